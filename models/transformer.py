@@ -12,10 +12,11 @@ Shapes: B batch, T positions, D d_model, H heads, E d_head, F d_mlp, V vocabular
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
-import torch.nn as nn
+from torch import nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,7 +126,7 @@ class Transformer(nn.Module):
         hooks: dict[str, HookFn] | None = None,
     ) -> torch.Tensor:
         """Final normed residual stream (B, T, D); records ``cache`` entries and applies ``hooks`` by name."""
-        B, T = tokens.shape
+        T = tokens.shape[1]
         if T > self.cfg.n_ctx:
             raise ValueError(f"sequence length {T} exceeds n_ctx={self.cfg.n_ctx}")
         if cache is None and not hooks:  # fast path: no dictionary look-ups

@@ -8,7 +8,7 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.transformer import Transformer, TransformerConfig
 
-TINY = dict(n_layers=2, d_model=16, n_heads=2, d_head=4, d_mlp=32, n_ctx=8, d_vocab=5)
+TINY = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_head": 4, "d_mlp": 32, "n_ctx": 8, "d_vocab": 5}
 
 
 @pytest.fixture(params=["relu", "gelu"])
