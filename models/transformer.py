@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from torch import nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 HookFn = Callable[[torch.Tensor], torch.Tensor | None]
 
