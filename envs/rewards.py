@@ -1,0 +1,385 @@
+"""Reward functions for the sequence env: a registry of named, documented entries.
+
+Every reward scores the agent's action at step t, taken after seeing tokens ``x_0..x_t`` of a stream
+sampled from the process. A reward is built once per env by :func:`make_reward` (which validates its
+params against the process) and then works on whole sampled sequences at once:
+
+- ``lookahead``: how many tokens after ``x_t`` the target may depend on, so the env samples
+  ``episode_len + lookahead`` tokens per episode.
+- ``targets(tokens (B, L), states (B, L + 1)) -> (B, L - lookahead)`` int64: the target token id for
+  the action at each step t (-1 where the step has no target).
+- ``rewards(actions (B,), targets (B,)) -> (B,)`` float64, where ``actions`` are token ids.
+- ``action_tokens``: the action set (token ids), validated against the vocabulary.
+
+Because the stream never depends on the actions, the targets are fixed when the sequence is sampled;
+they are also what ``info["target"]`` reports.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from envs.process import HMM
+
+
+class Reward:
+    """Base class. ``PARAMS`` maps each parameter name to (default, description)."""
+
+    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {}
+    #: rewards whose target is the next token only can also score a stream the agent steers
+    ONLINE: ClassVar[bool] = False
+
+    def __init__(self, hmm: HMM, params: dict | None = None, action_tokens=None):
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.PARAMS))
+        if unknown:
+            valid = {k: d for k, (d, _) in self.PARAMS.items()}
+            raise ValueError(f"reward {self.name!r}: unknown params {unknown}; valid params (defaults): {valid}")
+        self.hmm = hmm
+        self.params = {k: params.get(k, d) for k, (d, _) in self.PARAMS.items()}
+        self.lookahead = 1
+        self._setup()
+        tokens = self.default_action_tokens() if action_tokens is None else action_tokens
+        self.action_tokens = _check_tokens(tokens, hmm.vocab_size, f"reward {self.name!r}: action_tokens")
+        self._check_actions()
+
+    @property
+    def name(self) -> str:
+        return next((k for k, v in REWARDS.items() if v is type(self)), type(self).__name__)
+
+    def _setup(self) -> None:
+        """Validate params against the process; set ``lookahead``."""
+
+    def _check_actions(self) -> None:
+        """Validate ``action_tokens`` against the reward (after the generic vocabulary check)."""
+
+    def default_action_tokens(self) -> list[int]:
+        return list(range(self.hmm.vocab_size))
+
+    def targets(self, tokens: np.ndarray, states: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def rewards(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return (actions == targets).astype(np.float64)
+
+
+class NextToken(Reward):
+    """1 if the action is the next emitted token x_{t+1}, else 0.
+
+    The optimal policy is the argmax of P(x_{t+1} | x_0..x_t), i.e. of the exact belief pushed
+    through the process; this is the negative control (the pretraining objective as a reward).
+    """
+
+    ONLINE = True
+
+    def targets(self, tokens, states):
+        return tokens[:, 1:].astype(np.int64)  # (B, L-1)
+
+
+class RareNextToken(Reward):
+    """Next-token correctness, paid ``rare`` when the next token belongs to factor ``factor`` of the
+    composition and ``common`` otherwise (0 when wrong).
+
+    Meant for gated processes, whose second factor appears only after the trigger token: with
+    ``common=0`` only the rare capability pays (see :class:`envs.gym_env.ActiveGatedEnv`).
+    """
+
+    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
+        "factor": (1, "index of the rare factor in the composition"),
+        "rare": (1.0, "reward for a correct prediction of a token of that factor"),
+        "common": (0.0, "reward for a correct prediction of any other token"),
+    }
+    ONLINE = True
+
+    def _setup(self):
+        owners = self.hmm.meta.get("factor_tokens")
+        if not self.hmm.factors or owners is None:
+            raise ValueError(
+                f"reward 'rare_next_token' needs a composed process with meta['factor_tokens'] "
+                f"(interleave, mixture, gated); got {self.hmm.name!r}"
+            )
+        f = self.params["factor"]
+        if not isinstance(f, (int, np.integer)) or not 0 <= f < len(owners):
+            raise ValueError(f"reward 'rare_next_token': factor must be an index < {len(owners)}; got {f!r}")
+        self._rare = np.zeros(self.hmm.vocab_size, dtype=bool)
+        self._rare[np.asarray(owners[f], dtype=np.int64)] = True
+        self._values = np.array([float(self.params["common"]), float(self.params["rare"])])
+
+    def targets(self, tokens, states):
+        return tokens[:, 1:].astype(np.int64)
+
+    def rewards(self, actions, targets):
+        hit = actions == targets
+        return np.where(hit, self._values[self._rare[np.maximum(targets, 0)].astype(np.int64)], 0.0)
+
+
+class RewardPunish(Reward):
+    """+1 if the action is one of ``rewarded``, -1 if one of ``punished``, 0 for any other action.
+
+    For the concept-vector study: it depends on the action only, so rewarded and punished
+    trajectories are easy to tell apart and to collect from the same stream.
+    """
+
+    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
+        "rewarded": ((), "token ids that earn +1 when chosen"),
+        "punished": ((), "token ids that earn -1 when chosen"),
+    }
+    ONLINE = True
+
+    def _setup(self):
+        V = self.hmm.vocab_size
+        good = _check_tokens(self.params["rewarded"], V, "reward 'reward_punish': rewarded", allow_empty=True)
+        bad = _check_tokens(self.params["punished"], V, "reward 'reward_punish': punished", allow_empty=True)
+        if not len(good) and not len(bad):
+            raise ValueError("reward 'reward_punish': give at least one token in rewarded or punished")
+        both = sorted(set(good.tolist()) & set(bad.tolist()))
+        if both:
+            raise ValueError(f"reward 'reward_punish': tokens {both} are both rewarded and punished")
+        self._value = np.zeros(V)
+        self._value[good] = 1.0
+        self._value[bad] = -1.0
+
+    def targets(self, tokens, states):
+        return np.full((tokens.shape[0], tokens.shape[1] - 1), -1, dtype=np.int64)
+
+    def rewards(self, actions, targets):
+        return self._value[actions]
+
+
+class JointTarget(Reward):
+    """1 if the action is the token for ``(a + b) mod m``, else 0, where ``a`` (``b``) is the local id
+    of the first token of factor A (B) emitted after x_t.
+
+    Needs a stream in which both factors keep emitting (``product`` or ``interleave``): the lookahead
+    is the longest possible wait for a token of either factor, computed from the process and refused
+    if unbounded (mixture, gated). Since the factors are independent,
+    P(target = k) = sum_{a + b = k mod m} P_A(a) P_B(b), so the optimal policy needs both factor
+    beliefs at once (the joint belief is their outer product); any policy reading one factor only is
+    worse whenever the other factor's next token is not uniform. The action set has ``m`` tokens:
+    action token ``action_tokens[k]`` claims target k (default: factor A's tokens with local ids
+    0..m-1 when the composition has ``meta['factor_tokens']``, else token ids 0..m-1).
+    """
+
+    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
+        "factors": ((0, 1), "indices (A, B) of the two factors in the composition"),
+        "m": (None, "modulus; default: A's vocabulary size"),
+    }
+
+    def _setup(self):
+        hmm = self.hmm
+        if len(hmm.factors) < 2:
+            raise ValueError(
+                f"reward 'joint_target' needs a composition of at least two factors (product or interleave); "
+                f"{hmm.name!r} has {len(hmm.factors)}"
+            )
+        fa, fb = self.params["factors"]
+        n = len(hmm.factors)
+        if not (0 <= fa < n and 0 <= fb < n and fa != fb):
+            raise ValueError(f"reward 'joint_target': factors must be two distinct indices < {n}; got {(fa, fb)}")
+        self._fa, self._fb = int(fa), int(fb)
+        m = self.params["m"]
+        m = hmm.factors[fa].vocab_size if m is None else m
+        if not isinstance(m, (int, np.integer)) or m < 2:
+            raise ValueError(f"reward 'joint_target': m must be an int >= 2; got {m!r}")
+        self._m = int(m)
+        owns = [local >= 0 for local in _split(hmm, np.arange(hmm.vocab_size)[None])]  # [(1, V)]
+        waits = [_max_wait(hmm, owns[f][0]) for f in (fa, fb)]
+        if None in waits:
+            raise ValueError(
+                f"reward 'joint_target': in {hmm.name!r} a factor can stay silent for arbitrarily long "
+                "(mixture or gated?), so its next token is not always defined; use product or interleave"
+            )
+        self.lookahead = max(waits)
+
+    def default_action_tokens(self):
+        owners = self.hmm.meta.get("factor_tokens")
+        pool = list(owners[self._fa]) if owners is not None else list(range(self.hmm.vocab_size))
+        if self._m > len(pool):
+            raise ValueError(
+                f"reward 'joint_target': m={self._m} targets but only {len(pool)} default action tokens; "
+                "pass action_tokens (m token ids)"
+            )
+        return pool[: self._m]
+
+    def _check_actions(self):
+        if len(self.action_tokens) != self._m:
+            raise ValueError(
+                f"reward 'joint_target': needs exactly m={self._m} action tokens (one per target); "
+                f"got {len(self.action_tokens)}"
+            )
+        if len(set(self.action_tokens.tolist())) != self._m:
+            raise ValueError("reward 'joint_target': action tokens must be distinct")
+
+    def targets(self, tokens, states):
+        n = tokens.shape[1] - self.lookahead
+        split = _split(self.hmm, tokens)
+        nxt = [_next_local(split[f])[:, 1 : n + 1] for f in (self._fa, self._fb)]  # (B, n) each
+        assert (nxt[0] >= 0).all() and (nxt[1] >= 0).all(), "lookahead too short for joint_target"
+        return self.action_tokens[(nxt[0] + nxt[1]) % self._m]  # (B, n)
+
+    def target_probs(self, factor_beliefs: list[np.ndarray]) -> np.ndarray:
+        """P(target = k | factor beliefs) (..., m): the oracle's prediction from the joint belief."""
+        pa = self.hmm.factors[self._fa].next_token_probs(factor_beliefs[self._fa])  # (..., Va)
+        pb = self.hmm.factors[self._fb].next_token_probs(factor_beliefs[self._fb])  # (..., Vb)
+        ka = np.arange(pa.shape[-1])[:, None] + np.arange(pb.shape[-1])[None, :]  # (Va, Vb)
+        joint = pa[..., :, None] * pb[..., None, :]  # (..., Va, Vb)
+        out = np.zeros(joint.shape[:-2] + (self._m,))
+        for k in range(self._m):
+            out[..., k] = joint[..., ka % self._m == k].sum(axis=-1)
+        return out
+
+
+class Implies(Reward):
+    """1 if the action is the token for IMPLIES(x, y) = NOT(x AND NOT y), at the steps where a noisy
+    AND gate is about to emit its output bit; x, y are that gate's two input bits (the last two bits
+    it emitted). Every other step has no target and pays 0 whatever the action.
+
+    Works on ``noisy_and`` itself and on a mixture / interleave / product / gated composition with
+    noisy AND factors (other factors, e.g. noisy NOT, never set a target). Steps whose input bits
+    were emitted before the episode started also have no target. The action set is two tokens:
+    ``action_tokens[b]`` claims IMPLIES = b (default: the first noisy AND factor's tokens for 0, 1).
+    A policy that knows AND and NOT has what it needs, combined: the gate's phase (belief) says when
+    to answer, and the answer is NOT applied to AND(x, NOT y). Because off-target steps pay 0, the
+    phase matters only through the target steps.
+    """
+
+    def _setup(self):
+        hmm = self.hmm
+        parts = [hmm] if not hmm.factors else list(hmm.factors)
+        self._gates = [i for i, f in enumerate(parts) if _is_noisy_and(f)]
+        if not self._gates:
+            raise ValueError(
+                f"reward 'implies' needs noisy_and or a composition with a noisy_and factor; got {hmm.name!r}"
+            )
+        if hmm.factors and hmm.meta.get("kind") not in ("mixture", "interleave", "product", "gated"):
+            raise ValueError(f"reward 'implies': unsupported composition {hmm.meta.get('kind')!r}")
+        self.lookahead = 1
+
+    def default_action_tokens(self):
+        f = self._gates[0]
+        if not self.hmm.factors:
+            return [0, 1]
+        owners = self.hmm.meta.get("factor_tokens")
+        if owners is None:
+            raise ValueError("reward 'implies' on a product: pass action_tokens (the tokens for 0 and 1)")
+        return list(owners[f][:2])
+
+    def _check_actions(self):
+        if len(self.action_tokens) != 2 or self.action_tokens[0] == self.action_tokens[1]:
+            raise ValueError(f"reward 'implies': needs two distinct action tokens (for 0, 1); got {self.action_tokens}")
+
+    def targets(self, tokens, states):
+        B, L = tokens.shape
+        n = L - 1
+        if self.hmm.factors:
+            local, fstates = _split(self.hmm, tokens), _factor_states(self.hmm, states)
+        else:
+            local, fstates = [tokens], [states]
+        out = np.full((B, n), -1, dtype=np.int64)
+        for f in self._gates:
+            bits, st = local[f], fstates[f]  # (B, L), (B, L+1)
+            # the output bit x_{t+1} comes from the gate's P0 / P1 states (see processes.noisy_and)
+            fires = (bits[:, 1:] >= 0) & (st[:, 1:L] >= 3)  # (B, n)
+            y_pos = _last_before(bits)  # (B, L+1): position of the gate's last bit before each index
+            x_pos = _last_before(bits, np.maximum(y_pos, 0))
+            yp, xp = y_pos[:, 1:L], x_pos[:, 1:L]  # (B, n): input bits of the output at t+1
+            ok = fires & (xp >= 0)
+            x = np.take_along_axis(bits, np.maximum(xp, 0), axis=1)
+            y = np.take_along_axis(bits, np.maximum(yp, 0), axis=1)
+            implies = np.where(ok, (1 - x) | y, 0)  # (B, n)
+            out = np.where(ok, self.action_tokens[implies], out)
+        return out
+
+
+REWARDS: dict[str, type[Reward]] = {
+    "next_token": NextToken,
+    "joint_target": JointTarget,
+    "implies": Implies,
+    "reward_punish": RewardPunish,
+    "rare_next_token": RareNextToken,
+}
+
+
+def make_reward(name: str, hmm: HMM, params: dict | None = None, action_tokens=None) -> Reward:
+    """The validated reward ``name`` for process ``hmm``; ValueError on an unknown name or bad params."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; valid: {sorted(REWARDS)}")
+    return REWARDS[name](hmm, params, action_tokens)
+
+
+def _check_tokens(tokens, vocab_size: int, what: str, allow_empty: bool = False) -> np.ndarray:
+    arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{what} must be a list of integer token ids; got {tokens!r}")
+    if not arr.size and not allow_empty:
+        raise ValueError(f"{what} is empty")
+    bad = sorted({int(x) for x in arr if not 0 <= x < vocab_size})
+    if bad:
+        raise ValueError(f"{what}: tokens {bad} are not in the vocabulary 0..{vocab_size - 1}")
+    return arr.astype(np.int64)
+
+
+def _split(hmm: HMM, tokens: np.ndarray) -> list[np.ndarray]:
+    from envs.compose import split_tokens
+
+    return [np.asarray(s) for s in split_tokens(hmm, tokens)]
+
+
+def _is_noisy_and(hmm: HMM) -> bool:
+    from envs.processes import noisy_and
+
+    if hmm.T.shape != (2, 5, 5) or hmm.factors:
+        return False
+    return bool(np.allclose(hmm.T, noisy_and(float(hmm.T[1, 3, 0])).T))
+
+
+def _factor_states(hmm: HMM, states: np.ndarray) -> list[np.ndarray]:
+    """Joint hidden states (...) -> per factor, its own state (-1 where a mixture is in another component)."""
+    kind, meta = hmm.meta.get("kind"), hmm.meta
+    if kind == "mixture":
+        out = []
+        for f, off in zip(hmm.factors, meta["state_offsets"]):
+            inside = (states >= off) & (states < off + f.n_states)
+            out.append(np.where(inside, states - off, -1))
+        return out
+    idx = np.unravel_index(states, meta["state_shape"])
+    skip = 0 if kind == "product" else 1  # interleave / gated: the first axis is whose turn it is
+    return [np.asarray(idx[skip + i], dtype=np.int64) for i in range(len(hmm.factors))]
+
+
+def _last_before(local: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+    """(B, L) factor-local tokens -> (B, L+1): entry s is the last position p < s (p < before[:, s]
+    if given) where the factor emitted, -1 if none."""
+    B, L = local.shape
+    idx = np.where(local >= 0, np.arange(L), -1)  # (B, L)
+    last = np.concatenate([np.full((B, 1), -1), np.maximum.accumulate(idx, axis=1)], axis=1)  # (B, L+1)
+    if before is None:
+        return last
+    return np.where(before > 0, np.take_along_axis(last, np.maximum(before, 0), axis=1), -1)
+
+
+def _next_local(local: np.ndarray) -> np.ndarray:
+    """(B, L) factor-local tokens (-1: silent) -> (B, L): the factor's first token at or after each position."""
+    B, L = local.shape
+    idx = np.where(local >= 0, np.arange(L), L)  # (B, L)
+    first = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]  # (B, L)
+    padded = np.concatenate([local, np.full((B, 1), -1)], axis=1)  # (B, L+1)
+    return np.take_along_axis(padded, first, axis=1)
+
+
+def _max_wait(hmm: HMM, owned: np.ndarray) -> int | None:
+    """Most steps until a token in ``owned`` (V,) bool is emitted, from any reachable state; None if unbounded."""
+    support = hmm.T > 0  # (V, S, S)
+    step = support.any(axis=0)  # (S, S)
+    reach = hmm.init > 0
+    for _ in range(hmm.n_states):
+        reach = reach | (reach[:, None] & step).any(axis=0)
+    silent = support[~owned].any(axis=0) & reach[:, None]  # (S, S) moves that emit no owned token
+    alive = reach.copy()  # states from which a silent path of k moves exists
+    for k in range(hmm.n_states + 1):
+        alive = (silent & alive[None, :]).any(axis=1)
+        if not alive.any():
+            return k + 1
+    return None
