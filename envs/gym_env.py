@@ -1,0 +1,372 @@
+"""Gymnasium envs over hidden Markov processes: predict (or act on) a token stream the agent cannot steer.
+
+At reset the env samples one sequence of ``episode_len + lookahead`` tokens from the process, with
+its hidden states and exact beliefs. At step t the agent sees the last K emitted tokens
+``x_{t-K+1}..x_t`` (right-padded with pad id V while fewer than K exist, so with the default
+``episode_len == K`` the observation is the prefix ``x_0..x_t`` of a fresh sequence, exactly what a
+pretrained causal model saw), picks a token from the action set, and is scored by a named reward
+(:mod:`envs.rewards`) on the tokens that follow. The stream is the process whatever the actions.
+
+``info["belief"]`` is the exact belief P(state | x_0..x_t) for the observation it comes with (from
+the start of the episode, even when K < t + 1), ``info["factor_beliefs"]`` (compositions only) maps
+factor index (as a string, so vector infos can be split per env) to that factor's belief, and the
+info returned by ``step`` has ``info["target"]``: the target token of the action just scored (-1: none).
+
+How to run::
+
+    env = SequenceEnv({"process": {"name": "mess3"}, "context": 8, "reward": "next_token"})
+    obs, info = env.reset(seed=0)
+    obs, r, terminated, truncated, info = env.step(env.action_space.sample())
+
+or ``gymnasium.make("rayexp/Sequence-v0", config=...)`` / ``gymnasium.make_vec(..., num_envs=64)``
+(the latter builds :class:`SequenceVectorEnv`, which steps all streams with numpy at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs import build_process
+from envs.process import HMM
+from envs.rewards import Reward, make_reward
+
+ENV_ID = "rayexp/Sequence-v0"
+ACTIVE_ENV_ID = "rayexp/ActiveGated-v0"
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Env settings; ``EnvConfig.from_dict`` rejects unknown keys."""
+
+    process: dict | HMM
+    """Process spec for ``envs.build_process`` (e.g. ``{"name": "mess3"}``) or an HMM."""
+    context: int = 8
+    """K: observation window length (>= 1)."""
+    episode_len: int | None = None
+    """Steps per episode (>= 1); default K, so each episode is one pretraining-length sequence."""
+    reward: str = "next_token"
+    """Name in ``envs.rewards.REWARDS``."""
+    reward_params: dict = field(default_factory=dict)
+    """Parameters of that reward (each reward documents its own)."""
+    action_tokens: list[int] | None = None
+    """Token ids the actions map to (action i -> action_tokens[i]); default chosen by the reward (all tokens)."""
+    seed: int | None = None
+    """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> EnvConfig:
+        config = dict(config or {})
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(config) - set(names))
+        if unknown:
+            raise ValueError(f"unknown env config keys {unknown}; valid: {names}")
+        if "process" not in config:
+            raise ValueError("env config needs 'process' (a process spec dict or an HMM)")
+        return cls(**config)
+
+
+def _lengths(cfg: EnvConfig) -> tuple[int, int]:
+    K = cfg.context
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"env config 'context' (K) must be an int >= 1; got {K!r}")
+    T = K if cfg.episode_len is None else cfg.episode_len
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"env config 'episode_len' must be an int >= 1; got {T!r}")
+    return int(K), int(T)
+
+
+def _window(tokens: np.ndarray, t: np.ndarray, K: int, pad: int) -> np.ndarray:
+    """(n, L) tokens, (n,) current index -> (n, K): tokens up to t, the last K of them, right-padded."""
+    t = t[:, None]  # (n, 1)
+    pos = np.maximum(t + 1 - K, 0) + np.arange(K)  # (n, K)
+    window = np.take_along_axis(tokens, np.minimum(pos, tokens.shape[1] - 1), axis=1)  # (n, K)
+    return np.where(pos <= t, window, pad)
+
+
+def _draw(hmm: HMM, n: int, length: int, rng: np.random.Generator):
+    """The one place sequences are sampled, so tests can swap in known sequences."""
+    return hmm.sample_with_beliefs(n, length, rng)
+
+
+class _Streams:
+    """``n`` independent episodes held as arrays; the single and vector envs both run on this."""
+
+    def __init__(self, cfg: EnvConfig, n: int):
+        self.hmm = build_process(cfg.process)
+        self.K, self.episode_len = _lengths(cfg)
+        self.reward: Reward = make_reward(cfg.reward, self.hmm, cfg.reward_params, cfg.action_tokens)
+        self.n = n
+        self.length = self.episode_len + self.reward.lookahead
+        self.pad = self.hmm.vocab_size
+        S, L = self.hmm.n_states, self.length
+        self.tokens = np.zeros((n, L), dtype=np.int64)
+        self.beliefs = np.zeros((n, L, S))
+        # a mixture's factor beliefs carry one extra entry, the component posterior
+        self.factor_beliefs = [np.zeros((n, L, fb.shape[-1])) for fb in self.hmm.factor_beliefs(self.hmm.init[None])]
+        self.targets = np.full((n, self.episode_len), -1, dtype=np.int64)
+        self.t = np.zeros(n, dtype=np.int64)
+
+    def reset(self, rows: np.ndarray, rng: np.random.Generator) -> None:
+        tokens, states, beliefs = _draw(self.hmm, len(rows), self.length, rng)
+        self.tokens[rows] = tokens
+        self.beliefs[rows] = beliefs
+        if self.hmm.factors:
+            for dst, src in zip(self.factor_beliefs, self.hmm.factor_beliefs(beliefs)):
+                dst[rows] = src
+        self.targets[rows] = self.reward.targets(tokens, states)[:, : self.episode_len]
+        self.t[rows] = 0
+
+    def observe(self) -> np.ndarray:
+        return _window(self.tokens, self.t, self.K, self.pad)
+
+    def step(self, actions: np.ndarray, rows: np.ndarray):
+        """Score ``actions`` (action indices, one per row) and advance those rows."""
+        if (self.t[rows] >= self.episode_len).any():
+            raise RuntimeError("step() after the episode ended; call reset() first")
+        target = self.targets[rows, self.t[rows]]  # (k,)
+        reward = self.reward.rewards(self.reward.action_tokens[actions], target)  # (k,)
+        self.t[rows] += 1
+        return reward, target, self.t[rows] >= self.episode_len
+
+    def info(self, rows) -> dict:
+        t = self.t[rows]
+        info = {"belief": self.beliefs[rows, t]}
+        if self.hmm.factors:
+            info["factor_beliefs"] = {str(i): fb[rows, t] for i, fb in enumerate(self.factor_beliefs)}
+        return info
+
+
+class SequenceEnv(gym.Env):
+    """One stream; see the module docstring. ``config``: the keys of :class:`EnvConfig`."""
+
+    metadata: ClassVar[dict] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None):
+        self.config = EnvConfig.from_dict(config)
+        self._streams = _Streams(self.config, 1)
+        self.hmm = self._streams.hmm
+        self.reward_fn = self._streams.reward
+        self.action_tokens = self.reward_fn.action_tokens
+        self.observation_space = gym.spaces.Box(0, self.hmm.vocab_size, shape=(self._streams.K,), dtype=np.int64)
+        self.action_space = gym.spaces.Discrete(len(self.action_tokens))
+        self._seeded = False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None and not self._seeded:
+            seed = self.config.seed
+        super().reset(seed=seed)
+        if seed is not None:
+            self.action_space.seed(seed)
+        self._seeded = True
+        self._streams.reset(np.array([0]), self.np_random)
+        return self._streams.observe()[0], _unbatch(self._streams.info(np.array([0])))
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must lie in 0..{self.action_space.n - 1}; got {action!r}")
+        rows = np.array([0])
+        reward, target, done = self._streams.step(np.asarray([action], dtype=np.int64), rows)
+        info = _unbatch(self._streams.info(rows))
+        info["target"] = int(target[0])
+        return self._streams.observe()[0], float(reward[0]), bool(done[0]), False, info
+
+
+class SequenceVectorEnv(VectorEnv):
+    """``num_envs`` streams stepped together with numpy; same config as :class:`SequenceEnv`.
+
+    Next-step autoreset (gymnasium's default, what RLlib expects): the step after an episode ends
+    resets that env, returns its first observation with reward 0, and ignores its action. All envs
+    that reset together draw their sequences in one batched call.
+    """
+
+    metadata: ClassVar[dict] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int, config: dict | None = None):
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1; got {num_envs!r}")
+        self.config = EnvConfig.from_dict(config)
+        self.num_envs = int(num_envs)
+        self._streams = _Streams(self.config, self.num_envs)
+        self.hmm = self._streams.hmm
+        self.reward_fn = self._streams.reward
+        self.action_tokens = self.reward_fn.action_tokens
+        self.single_observation_space = gym.spaces.Box(0, self.hmm.vocab_size, shape=(self._streams.K,), dtype=np.int64)
+        self.single_action_space = gym.spaces.Discrete(len(self.action_tokens))
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._seeded = False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None and not self._seeded:
+            seed = self.config.seed
+        super().reset(seed=seed)
+        if seed is not None:
+            self.action_space.seed(seed)
+        self._seeded = True
+        mask = (options or {}).get("reset_mask")
+        rows = np.arange(self.num_envs) if mask is None else np.flatnonzero(mask)
+        self._streams.reset(rows, self.np_random)
+        self._autoreset[rows] = False
+        return self._streams.observe(), self._vector_info(np.ones(self.num_envs, dtype=bool), None)
+
+    def step(self, actions):
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        if actions.min() < 0 or actions.max() >= self.single_action_space.n:
+            raise ValueError(f"actions must lie in 0..{self.single_action_space.n - 1}; got {actions}")
+        resetting = self._autoreset.copy()
+        stepping = np.flatnonzero(~resetting)
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        targets = np.full(self.num_envs, -1, dtype=np.int64)
+        if stepping.size:
+            r, tgt, done = self._streams.step(actions[stepping], stepping)
+            rewards[stepping], targets[stepping], terminated[stepping] = r, tgt, done
+        if resetting.any():
+            self._streams.reset(np.flatnonzero(resetting), self.np_random)
+        self._autoreset = terminated.copy()
+        obs = self._streams.observe()
+        return obs, rewards, terminated, np.zeros(self.num_envs, dtype=bool), self._vector_info(~resetting, targets)
+
+    def _vector_info(self, stepped: np.ndarray, targets: np.ndarray | None) -> dict:
+        """Info laid out as gymnasium's SyncVectorEnv would batch the single envs' infos."""
+        every = np.ones(self.num_envs, dtype=bool)
+        info = self._streams.info(np.arange(self.num_envs))
+        out = {"belief": info["belief"], "_belief": every}
+        if "factor_beliefs" in info:
+            fb = dict(info["factor_beliefs"])
+            fb.update({f"_{k}": every for k in info["factor_beliefs"]})
+            out["factor_beliefs"], out["_factor_beliefs"] = fb, every
+        if targets is not None and stepped.any():
+            out["target"], out["_target"] = targets, stepped.copy()
+        return out
+
+
+class ActiveGatedEnv(gym.Env):
+    """The rare-capability env: a gated process whose rare factor B the agent can summon.
+
+    Config as :class:`SequenceEnv`, with ``process`` a ``gated(A, B, trigger)`` spec. Same
+    observation, actions and episode layout, with one difference: choosing the trigger token
+    (which must be in the action set) *emits* it whenever A is the one about to emit, so the next
+    token after that is B's; any other action, or the trigger while B is due, leaves the process to
+    emit its own token. Under the passive stream B shows up only after A happens to emit the
+    trigger, so a policy sees (and can be paid for) B only if it seeks it. Rewards must score the
+    next token only (``next_token``, ``rare_next_token``, ``reward_punish``); ``rare_next_token``
+    with ``common=0`` pays only for correct predictions of B's tokens, so with discount > 0 the
+    optimal policy triggers and then predicts B. ``info["belief"]`` stays exact under the
+    interventions (it filters with the forced dynamics); ``info["forced"]`` says whether the
+    agent's trigger was emitted at that step.
+    """
+
+    metadata: ClassVar[dict] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None):
+        self.config = EnvConfig.from_dict(config)
+        hmm = self.hmm = build_process(self.config.process)
+        if hmm.meta.get("kind") != "gated":
+            raise ValueError(f"ActiveGatedEnv needs a gated process; got {hmm.name!r}")
+        self.K, self.episode_len = _lengths(self.config)
+        self.reward_fn = make_reward(self.config.reward, hmm, self.config.reward_params, self.config.action_tokens)
+        if not self.reward_fn.ONLINE:
+            raise ValueError(
+                f"ActiveGatedEnv: reward {self.config.reward!r} looks beyond the next token, which the agent "
+                "steers here; use next_token, rare_next_token or reward_punish"
+            )
+        self.action_tokens = self.reward_fn.action_tokens
+        self.trigger = int(hmm.meta["token_offsets"][0] + hmm.meta["trigger"])
+        if self.trigger not in self.action_tokens:
+            raise ValueError(
+                f"ActiveGatedEnv: the trigger token {self.trigger} is not in action_tokens "
+                f"{self.action_tokens.tolist()}, so the agent could never seek the rare factor"
+            )
+        S, V = hmm.n_states, hmm.vocab_size
+        p = hmm.T[self.trigger].sum(axis=1)  # (S,) P(trigger | state)
+        can = p > 0
+        forced = hmm.T.copy()  # (V, S, S) dynamics when the agent emits the trigger
+        forced[:, can, :] = 0.0
+        forced[self.trigger, can, :] = hmm.T[self.trigger, can, :] / p[can, None]
+        self._dynamics = (hmm.T, forced)
+        self._cdf = [np.cumsum(d.transpose(1, 0, 2).reshape(S, V * S), axis=1) for d in self._dynamics]  # (S, V*S)
+        self._can_force = can
+        self.observation_space = gym.spaces.Box(0, V, shape=(self.K,), dtype=np.int64)
+        self.action_space = gym.spaces.Discrete(len(self.action_tokens))
+        self._seeded = False
+
+    def _emit(self, seek: bool) -> int:
+        S = self.hmm.n_states
+        cdf = self._cdf[int(seek)][self._state]
+        k = min(int(np.searchsorted(cdf, self.np_random.random() * cdf[-1], side="right")), cdf.size - 1)
+        x, self._state = divmod(k, S)
+        eta = self._belief @ self._dynamics[int(seek)][x]  # (S,)
+        self._belief = eta / eta.sum()
+        return x
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None and not self._seeded:
+            seed = self.config.seed
+        super().reset(seed=seed)
+        if seed is not None:
+            self.action_space.seed(seed)
+        self._seeded = True
+        self._tokens = np.zeros((1, self.episode_len + 1), dtype=np.int64)
+        self._t = 0
+        self._state = int(self.np_random.choice(self.hmm.n_states, p=self.hmm.init))
+        self._belief = self.hmm.init.copy()
+        self._tokens[0, 0] = self._emit(False)
+        return self._observe(), self._info()
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must lie in 0..{self.action_space.n - 1}; got {action!r}")
+        if self._t >= self.episode_len:
+            raise RuntimeError("step() after the episode ended; call reset() first")
+        token = int(self.action_tokens[action])
+        forced = token == self.trigger and bool(self._can_force[self._state])
+        x = self._emit(token == self.trigger)
+        self._t += 1
+        self._tokens[0, self._t] = x
+        pair = self._tokens[:, self._t - 1 : self._t + 1]  # (1, 2)
+        target = self.reward_fn.targets(pair, np.zeros((1, 3), dtype=np.int64))[:, 0]  # (1,)
+        reward = float(self.reward_fn.rewards(np.array([token]), target)[0])
+        info = self._info()
+        info["target"], info["forced"] = int(target[0]), forced
+        return self._observe(), reward, self._t >= self.episode_len, False, info
+
+    def _observe(self) -> np.ndarray:
+        return _window(self._tokens, np.array([self._t]), self.K, self.hmm.vocab_size)[0]
+
+    def _info(self) -> dict:
+        fb = self.hmm.factor_beliefs(self._belief)
+        return {"belief": self._belief.copy(), "factor_beliefs": {str(i): b for i, b in enumerate(fb)}}
+
+
+def _unbatch(info: dict) -> dict:
+    return {k: (_unbatch(v) if isinstance(v, dict) else v[0]) for k, v in info.items()}
+
+
+def make_env(config: dict | None = None):
+    """Env creator for ``ray.tune.register_env``: a :class:`SequenceVectorEnv` when RLlib asks for
+    ``num_envs`` (its ``vector_entry_point`` mode), else a :class:`SequenceEnv`."""
+    config = dict(config or {})
+    num_envs = config.pop("num_envs", None)
+    return SequenceEnv(config) if num_envs is None else SequenceVectorEnv(num_envs, config)
+
+
+def _register() -> None:
+    if ENV_ID not in gym.registry:
+        gym.register(
+            id=ENV_ID,
+            entry_point="envs.gym_env:SequenceEnv",
+            vector_entry_point="envs.gym_env:SequenceVectorEnv",
+        )
+    if ACTIVE_ENV_ID not in gym.registry:
+        gym.register(id=ACTIVE_ENV_ID, entry_point="envs.gym_env:ActiveGatedEnv")
+
+
+_register()
