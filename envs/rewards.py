@@ -232,65 +232,80 @@ class JointTarget(Reward):
 
 
 class Implies(Reward):
-    """1 if the action is the token for IMPLIES(x, y) = NOT(x AND NOT y), at the steps where a noisy
-    AND gate is about to emit its output bit; x, y are that gate's two input bits (the last two bits
-    it emitted). Every other step has no target and pays 0 whatever the action.
+    """1 if the action is the token for IMPLIES(x, y) = NOT(x AND NOT y) of a noisy AND gate's two
+    input bits x, y; 0 otherwise.
 
-    Works on ``noisy_and`` itself and on a mixture / interleave / product / gated composition with
-    noisy AND factors (other factors, e.g. noisy NOT, never set a target). Steps whose input bits
-    were emitted before the episode started also have no target. The action set is two tokens:
-    ``action_tokens[b]`` claims IMPLIES = b (default: the first noisy AND factor's tokens for 0, 1).
-    A policy that knows AND and NOT has what it needs, combined: the gate's phase (belief) says when
-    to answer, and the answer is NOT applied to AND(x, NOT y). Because off-target steps pay 0, the
-    phase matters only through the target steps.
+    Default (``every_step=False``): only the steps right before the gate emits its output bit have a
+    target, and x, y are the two bits just emitted by the gate; every other step has no target and
+    pays 0 whatever the action. A policy can then score by answering IMPLIES of the gate's last two
+    bits at every step, without tracking the gate's phase. With ``every_step=True`` every step has a
+    target: IMPLIES of the gate's latest complete input pair (the last y emitted so far and the x
+    before it), so the answer depends on where in its triple the gate is, which under noise is a
+    belief over the gate's hidden phase.
+
+    Works on ``noisy_and`` itself and on a mixture / interleave / product / gated composition with a
+    noisy AND factor (``gate`` picks which; other factors, e.g. noisy NOT, never set a target).
+    Steps whose input bits were emitted before the episode started have no target. The action set
+    is two tokens: ``action_tokens[b]`` claims IMPLIES = b (default: the gate's own tokens for 0, 1).
     """
+
+    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
+        "gate": (None, "index of the noisy AND factor in the composition (default: the first one)"),
+        "every_step": (False, "target at every step (latest input pair) instead of only before the output bit"),
+    }
 
     def _setup(self):
         hmm = self.hmm
         parts = [hmm] if not hmm.factors else list(hmm.factors)
-        self._gates = [i for i, f in enumerate(parts) if _is_noisy_and(f)]
-        if not self._gates:
+        gates = [i for i, f in enumerate(parts) if _is_noisy_and(f)]
+        if not gates:
             raise ValueError(
                 f"reward 'implies' needs noisy_and or a composition with a noisy_and factor; got {hmm.name!r}"
             )
         if hmm.factors and hmm.meta.get("kind") not in ("mixture", "interleave", "product", "gated"):
             raise ValueError(f"reward 'implies': unsupported composition {hmm.meta.get('kind')!r}")
-        self.lookahead = 1
+        gate = self.params["gate"]
+        if gate is not None and gate not in gates:
+            raise ValueError(
+                f"reward 'implies': gate must be the index of a noisy_and factor, one of {gates}; got {gate!r}"
+            )
+        self._gate = gates[0] if gate is None else int(gate)
+        if self.params["every_step"] is not True and self.params["every_step"] is not False:
+            raise ValueError(f"reward 'implies': every_step must be true or false; got {self.params['every_step']!r}")
 
     def default_action_tokens(self):
-        f = self._gates[0]
         if not self.hmm.factors:
             return [0, 1]
         owners = self.hmm.meta.get("factor_tokens")
         if owners is None:
             raise ValueError("reward 'implies' on a product: pass action_tokens (the tokens for 0 and 1)")
-        return list(owners[f][:2])
+        return list(owners[self._gate][:2])
 
     def _check_actions(self):
         if len(self.action_tokens) != 2 or self.action_tokens[0] == self.action_tokens[1]:
             raise ValueError(f"reward 'implies': needs two distinct action tokens (for 0, 1); got {self.action_tokens}")
 
     def targets(self, tokens, states):
-        B, L = tokens.shape
-        n = L - 1
+        L = tokens.shape[1]
         if self.hmm.factors:
-            local, fstates = _split(self.hmm, tokens), _factor_states(self.hmm, states)
+            bits = _split(self.hmm, tokens)[self._gate]  # (B, L) gate-local bits, -1 where silent
+            st = _factor_states(self.hmm, states)[self._gate]  # (B, L+1) gate state before each token
         else:
-            local, fstates = [tokens], [states]
-        out = np.full((B, n), -1, dtype=np.int64)
-        for f in self._gates:
-            bits, st = local[f], fstates[f]  # (B, L), (B, L+1)
-            # the output bit x_{t+1} comes from the gate's P0 / P1 states (see processes.noisy_and)
-            fires = (bits[:, 1:] >= 0) & (st[:, 1:L] >= 3)  # (B, n)
-            y_pos = _last_before(bits)  # (B, L+1): position of the gate's last bit before each index
-            x_pos = _last_before(bits, np.maximum(y_pos, 0))
-            yp, xp = y_pos[:, 1:L], x_pos[:, 1:L]  # (B, n): input bits of the output at t+1
-            ok = fires & (xp >= 0)
-            x = np.take_along_axis(bits, np.maximum(xp, 0), axis=1)
-            y = np.take_along_axis(bits, np.maximum(yp, 0), axis=1)
-            implies = np.where(ok, (1 - x) | y, 0)  # (B, n)
-            out = np.where(ok, self.action_tokens[implies], out)
-        return out
+            bits, st = tokens, states
+        # gate states (processes.noisy_and): S=0 emits x, X0/X1=1,2 emit y, P0/P1=3,4 emit the output
+        if self.params["every_step"]:
+            is_y = (bits >= 0) & ((st[:, :L] == 1) | (st[:, :L] == 2))  # (B, L)
+            y_pos = np.maximum.accumulate(np.where(is_y, np.arange(L), -1), axis=1)[:, : L - 1]  # (B, n)
+            ok = y_pos >= 0
+        else:
+            y_pos = _last_before(bits)[:, 1:L]  # (B, n): the gate's last bit up to step t
+            ok = (bits[:, 1:] >= 0) & (st[:, 1:L] >= 3)  # the gate's output bit is x_{t+1}
+        x_pos = _last_before(bits, np.maximum(y_pos, 0))  # (B, n): the gate's bit before y
+        ok &= (y_pos >= 0) & (x_pos >= 0)
+        x = np.take_along_axis(bits, np.maximum(x_pos, 0), axis=1)
+        y = np.take_along_axis(bits, np.maximum(y_pos, 0), axis=1)
+        implies = np.where(ok, (1 - x) | y, 0)  # (B, n)
+        return np.where(ok, self.action_tokens[implies], -1)
 
 
 REWARDS: dict[str, type[Reward]] = {

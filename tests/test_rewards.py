@@ -118,6 +118,24 @@ def test_implies_on_noisy_and_matches_brute_force():
     assert (got >= 0).sum() >= 32 * 3  # one target per complete triple
 
 
+def test_implies_every_step_uses_the_latest_input_pair():
+    hmm = noisy_and(0.1)
+    r = make_reward("implies", hmm, {"every_step": True})
+    tokens, states = sample(hmm, batch=32, length=15)
+    got = r.targets(tokens, states)
+    want = np.full_like(got, -1)
+    for b in range(len(tokens)):
+        for t in range(got.shape[1]):
+            ys = [p for p in range(1, t + 1) if states[b, p] in (1, 2)]  # y is emitted from X0 / X1
+            if ys:
+                x, y = tokens[b, ys[-1] - 1], tokens[b, ys[-1]]
+                want[b, t] = int(not (x and not y))
+    np.testing.assert_array_equal(got, want)
+    at_output = make_reward("implies", hmm).targets(tokens, states)
+    np.testing.assert_array_equal(got[at_output >= 0], at_output[at_output >= 0])
+    assert (got >= 0).mean() > 0.8
+
+
 @pytest.mark.parametrize("kind", ["interleave", "mixture"])
 def test_implies_on_compositions_scores_only_the_and_gate(kind):
     gate = noisy_and(0.1)
@@ -171,6 +189,8 @@ def test_reward_punish_and_rare_next_token_values():
         ("implies", mess3(), {}, None, "noisy_and"),
         ("implies", interleave(noisy_not(), rrxor()), {}, None, "noisy_and"),
         ("implies", noisy_and(), {}, [0, 1, 1], "two distinct"),
+        ("implies", interleave(noisy_not(), noisy_and()), {"gate": 0}, None, "one of \\[1\\]"),
+        ("implies", noisy_and(), {"every_step": 1}, None, "true or false"),
         ("reward_punish", mess3(), {}, None, "at least one token"),
         ("reward_punish", mess3(), {"rewarded": [1], "punished": [1]}, None, "both rewarded and punished"),
         ("reward_punish", mess3(), {"rewarded": [7]}, None, "not in the vocabulary"),
