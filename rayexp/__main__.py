@@ -1,0 +1,3 @@
+from rayexp.cli import main
+
+raise SystemExit(main())

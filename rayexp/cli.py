@@ -1,0 +1,114 @@
+"""Command line: ``rayexp run | validate | report`` (``python -m rayexp`` is the same).
+
+Exit codes: 0 success, 1 a trial failed, 2 bad input (one line on stderr naming the file, the
+field path and what is wrong; nothing launched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rayexp.config import SweepError
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rayexp.config import load_sweep
+
+    sweep, trials = load_sweep(args.sweep)
+    res = sweep.resources
+    print(
+        f"{args.sweep}: ok: sweep {sweep.name!r}, {len(trials)} trials "
+        f"({len(sweep.tasks)} tasks x {len(trials) // len(sweep.tasks)} grid points"
+        f"{f' x {sweep.axes.num_samples} samples' if sweep.axes.num_samples > 1 else ''}), "
+        f"{res.cpu:g} CPU / {res.gpu:g} GPU per trial, MLflow experiment {sweep.experiment_name!r}"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rayexp.sweep import print_summary, run_sweep
+
+    outcome = run_sweep(args.sweep, resume=args.resume, address=args.address, verbose=args.verbose)
+    print_summary(outcome)
+    return 1 if outcome.errors else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rayexp.report import report
+
+    return report(args.experiment, out_dir=args.out, parent=args.parent)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayexp",
+        description="Ray Tune sweeps: pretrain -> probe -> PPO -> probe -> analyses, tracked in MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="validate and run a sweep file",
+        description=(
+            "Validate SWEEP, start (or join) Ray, run every trial with Ray Tune, log to MLflow "
+            "(MLFLOW_TRACKING_URI, default sqlite:///mlflow.db here) and print a summary table."
+        ),
+    )
+    run.add_argument("sweep", help="sweep YAML file, e.g. sweeps/quickstart.yaml")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this sweep after its driver died: finished trials are kept, "
+        "unfinished ones continue from their last stage checkpoint",
+    )
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (e.g. 127.0.0.1:6379 or auto); default: RAY_ADDRESS or an embedded Ray on 127.0.0.1",
+    )
+    run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune progress output level")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser(
+        "validate",
+        help="check a sweep file without running anything",
+        description=(
+            "Parse and validate SWEEP completely (types, unknown keys, process specs, context lengths, "
+            "learning rates) and print what it would run. Exit code 2 and one line on bad input."
+        ),
+    )
+    val.add_argument("sweep", help="sweep YAML file")
+    val.set_defaults(func=_cmd_validate)
+
+    rep = sub.add_parser(
+        "report",
+        help="compare the trials of an MLflow experiment",
+        description=(
+            "Read the latest sweep (or --parent) of EXPERIMENT from MLflow and print a table comparing "
+            "its trials; write the table (CSV) and comparison figures to --out."
+        ),
+    )
+    rep.add_argument("experiment", help="MLflow experiment name (the sweep's `experiment`, default its name)")
+    rep.add_argument("--out", default=None, help="directory for report.csv and figures (default: report_EXPERIMENT)")
+    rep.add_argument("--parent", default=None, help="parent run id of the sweep to report (default: latest)")
+    rep.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; continue with: rayexp run SWEEP --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

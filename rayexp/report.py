@@ -1,0 +1,116 @@
+"""`rayexp report EXPERIMENT`: compare a sweep's trials from what MLflow holds.
+
+Prints one row per trial run (task, process, seed, key metrics), writes it as ``report.csv`` and
+draws the comparison figures people ask for first: probe skill before vs after RL per trial, and
+the PPO reward curves, into ``--out``. Figures of single trials stay in each run's artifacts.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from rayexp import tracking
+from rayexp.config import SweepError
+from rayexp.sweep import SUMMARY_COLUMNS as KEY_METRICS
+from rayexp.sweep import format_table
+
+
+def trial_rows(uri: str, experiment: str, parent: str | None = None) -> tuple[str, list[dict], list]:
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise SweepError(uri, "", "no MLflow database here; run a sweep first or set MLFLOW_TRACKING_URI")
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in c.search_experiments()]
+        raise SweepError(uri, "experiment", f"no MLflow experiment {experiment!r}; found {names}")
+    if parent is None:
+        sweeps = c.search_runs(
+            [exp.experiment_id],
+            filter_string="tags.`rayexp.kind` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not sweeps:
+            raise SweepError(uri, "experiment", f"experiment {experiment!r} holds no rayexp sweep run")
+        parent = sweeps[0].info.run_id
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    rows = []
+    for run in runs:
+        tags, m = run.data.tags, run.data.metrics
+        task = tags.get("rayexp.task", "?")
+        row = {
+            "run": run.info.run_name,
+            "task": task,
+            "process": tags.get("rayexp.process"),
+            "seed": tags.get("rayexp.seed"),
+            "status": run.info.status,
+        }
+        for key, label in KEY_METRICS:
+            row[label] = m.get(key.format(task=task))
+        rows.append(row)
+    return parent, rows, runs
+
+
+def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    labels = [f"{r['task']}\nseed {r['seed']}" for r in rows]
+    pre = np.array([r["skill pre"] if r["skill pre"] is not None else np.nan for r in rows], dtype=float)
+    post = np.array([r["skill post"] if r["skill post"] is not None else np.nan for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, pre, 0.4, label="before RL")
+    ax.bar(x + 0.2, post, 0.4, label="after RL")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("belief probe skill (concat)")
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "probe_skill_pre_post.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    c = tracking.client(uri)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for run, row in zip(runs, rows):
+        hist = c.get_metric_history(run.info.run_id, f"ppo/{row['task']}/reward_per_step")
+        if hist:
+            hist = sorted(hist, key=lambda h: h.step)
+            ax.plot([h.step for h in hist], [h.value for h in hist], marker=".", label=row["run"])
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel("reward per step")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    written.append(out / "ppo_reward.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
+def report(experiment: str, out_dir: str | None = None, parent: str | None = None, file=sys.stdout) -> int:
+    uri = tracking.tracking_uri()
+    parent, rows, runs = trial_rows(uri, experiment, parent)
+    print(f"experiment {experiment!r}, sweep run {parent}, {len(rows)} trials ({uri})", file=file)
+    print(format_table(rows), file=file)
+    out = Path(out_dir or f"report_{experiment}")
+    out.mkdir(parents=True, exist_ok=True)
+    if rows:
+        with open(out / "report.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        for path in _figures(uri, rows, runs, out):
+            print(f"figure: {path}", file=file)
+    print(f"table: {out / 'report.csv'}", file=file)
+    return 0

@@ -1,0 +1,251 @@
+"""The sweep driver: validated sweep file -> Ray Tune run of `rayexp.trial.run_trial` -> summary.
+
+Ray: with ``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets) the driver joins that
+cluster; otherwise it starts an embedded Ray bound to 127.0.0.1. Cluster-dependent checks (a
+GPU request on a cluster without GPUs, custom resources that no node has) run right after
+connecting and before any trial is scheduled.
+
+Resuming: the Tune experiment lives at ``{storage_path}/{sweep name}``; ``resume=True`` restores
+it with `tune.Tuner.restore`, so finished trials are kept and unfinished ones continue from their
+last stage checkpoint. The sweep's MLflow parent run id is stored beside it
+(``rayexp_sweep.json``) so resumed trials find their runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayexp.config import SweepConfig, SweepError, check_cluster, flatten, load_sweep
+
+MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+SUMMARY_COLUMNS = (
+    ("pretrain/loss_gap", "pretrain gap"),
+    ("probe/pre/belief/concat_resid/skill", "skill pre"),
+    ("probe/post/belief/concat_resid/skill", "skill post"),
+    ("ppo/{task}/reward_per_step", "reward/step"),
+    ("ppo/{task}/approx_kl", "approx_kl"),
+    ("analysis/weight_diff/rel_frobenius", "|dW|/|W|"),
+    ("analysis/weight_diff/frac_changed", "frac changed"),
+)
+
+
+@dataclass
+class SweepOutcome:
+    rows: list[dict[str, Any]]
+    errors: int
+    parent_run_id: str
+    tracking_uri: str
+
+
+def storage_uri(storage_path: str) -> str:
+    """Tune needs an absolute path or a URI; relative paths are taken from the working directory."""
+    if "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path).expanduser().resolve())
+
+
+def _state_file(storage: str, name: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        fs, root = pafs.FileSystem.from_uri(storage)
+    else:
+        fs, root = pafs.LocalFileSystem(), storage
+    return fs, f"{root.rstrip('/')}/{name}/rayexp_sweep.json"
+
+
+def _read_state(storage: str, name: str) -> dict[str, Any] | None:
+    import pyarrow.fs as pafs
+
+    fs, path = _state_file(storage, name)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
+    fs, path = _state_file(storage, name)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(state).encode())
+
+
+def connect(address: str | None) -> None:
+    """Join a cluster, or start an embedded Ray on 127.0.0.1."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            dashboard_host="127.0.0.1",
+            include_dashboard=os.environ.get("RAYEXP_DASHBOARD", "0") == "1",
+        )
+
+
+def _resources(sweep: SweepConfig):
+    from ray import tune
+
+    res = sweep.resources
+    head = {"CPU": res.cpu, "GPU": res.gpu, **res.custom}
+    runners = max(int({**sweep.base.ppo, **t.ppo}.get("num_env_runners", 0)) for t in sweep.tasks)
+    # RLlib env runners are extra actors; reserving them with the trial avoids a deadlock when
+    # every CPU is held by a trial waiting for its own runners.
+    return tune.PlacementGroupFactory([head] + [{"CPU": 1.0}] * runners)
+
+
+def param_space(sweep: SweepConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    axes: dict[str, Any] = {k: tune.grid_search(v) for k, v in sweep.axes.grid.items()}
+    axes.update({k: dist.to_tune() for k, dist in sweep.axes.sample.items()})
+    return {
+        "base": sweep.base.model_dump(),
+        "task": tune.grid_search([t.model_dump() for t in sweep.tasks]),
+        "axes": axes,
+        "meta": meta,
+    }
+
+
+def _row(result, sweep: SweepConfig) -> dict[str, Any]:
+    cfg = result.config or {}
+    task = (cfg.get("task") or {}).get("name", "?")
+    axes = cfg.get("axes") or {}
+    metrics = result.metrics or {}
+    row: dict[str, Any] = {
+        "trial": Path(str(result.path)).name.split("_")[-2] if result.path else "?",
+        "task": task,
+        "seed": axes.get("seed", (cfg.get("base") or {}).get("seed")),
+        **{k: v for k, v in axes.items() if k != "seed"},
+        "status": "ERROR" if result.error else "OK",
+    }
+    for key, label in SUMMARY_COLUMNS:
+        row[label] = metrics.get(key.format(task=task))
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, (dict, list)):
+            return json.dumps(v)[:40]
+        return "-" if v is None else str(v)
+
+    table = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in table]
+    return "\n".join(lines)
+
+
+def run_sweep(path: str, resume: bool = False, address: str | None = None, verbose: int = 1) -> SweepOutcome:
+    """Validate, connect, check the cluster, run (or resume) the sweep; raises SweepError on bad input."""
+    from rayexp import tracking
+
+    sweep, trials = load_sweep(path)
+    storage = storage_uri(sweep.storage_path)
+    state = _read_state(storage, sweep.name) if resume else None
+    if resume and state is None:
+        raise SweepError(path, "", f"nothing to resume: no sweep state at {storage}/{sweep.name}")
+
+    import ray
+    from ray import tune
+
+    connect(address)
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        check_cluster(sweep, path, ray.cluster_resources(), nodes)
+
+        uri = tracking.tracking_uri()
+        exp_id = tracking.experiment_id(uri, sweep.experiment_name)
+        tags = tracking.git_tags(Path(path).resolve().parent)
+        if state is None:
+            parent = tracking.start_parent_run(
+                uri,
+                exp_id,
+                sweep.name,
+                flatten(sweep.model_dump()),
+                {**tags, "rayexp.sweep_file": str(path), "mlflow.note.content": sweep.description},
+            )
+            state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri}
+            _write_state(storage, sweep.name, state)
+        else:
+            parent = state["parent_run_id"]
+            exp_id = state.get("experiment_id", exp_id)
+            tracking.client(uri).update_run(parent, status="RUNNING")
+        meta = {
+            "parent_run_id": parent,
+            "experiment_id": exp_id,
+            "tracking_uri": uri,
+            "storage_path": storage,
+            "tags": tags,
+            "use_tune": True,
+        }
+        print(
+            f"rayexp: sweep {sweep.name}: {len(trials)} trials, MLflow experiment "
+            f"{sweep.experiment_name!r} ({uri}), results in {storage}/{sweep.name}",
+            flush=True,
+        )
+
+        from rayexp.trial import run_trial
+
+        trainable = tune.with_resources(run_trial, _resources(sweep))
+        exp_path = f"{storage.rstrip('/')}/{sweep.name}"
+        space = param_space(sweep, meta)
+        if resume and tune.Tuner.can_restore(exp_path):
+            tuner = tune.Tuner.restore(
+                exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=space
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    num_samples=sweep.axes.num_samples, max_concurrent_trials=sweep.max_concurrent
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=storage,
+                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=verbose,
+                ),
+            )
+        t0 = time.time()
+        grid = tuner.fit()
+        rows = [_row(r, sweep) for r in grid]
+        errors = sum(1 for r in grid if r.error)
+        tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)
+        tracking.client(uri).log_metric(parent, "sweep/failed_trials", errors)
+        tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
+        return SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri)
+    finally:
+        ray.shutdown()
+
+
+def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:
+    print("\n" + format_table(outcome.rows), file=file)
+    print(
+        f"\n{len(outcome.rows) - outcome.errors}/{len(outcome.rows)} trials finished; "
+        f"MLflow parent run {outcome.parent_run_id}.",
+        file=file,
+    )
+    uri = outcome.tracking_uri
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).parent == Path.cwd():
+        uri = "sqlite:///mlflow.db"
+    print(f"Open the MLflow UI: {MLFLOW_UI.format(uri=uri)}  (then http://127.0.0.1:5000)", file=file)

@@ -1,0 +1,190 @@
+"""MLflow tracking: one parent run per sweep, one nested run per trial.
+
+Trials run in Ray worker processes, so they log with an ``MlflowClient`` pointed at an explicit
+tracking URI rather than through mlflow's process-global active run. A trial's run is found
+again by its deterministic ``rayexp.trial_key`` tag, so a retried or resumed trial continues
+its run instead of creating a second one.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db`` with artifacts
+in ``<cwd>/mlartifacts``. One SQLite file shared by many processes on one machine works
+(MLflow sets a busy timeout); clusters should use a tracking server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_KEY_TAG = "rayexp.trial_key"
+SWEEP_TAG = "rayexp.sweep"
+_RETRIES = 5
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _default_artifact_location(uri: str) -> str | None:
+    """Artifacts next to a local SQLite file; a tracking server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """Commit SHA and dirty flag of the working tree (empty where not a git checkout)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        sha = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git.sha": sha, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": sha}
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _retry(fn, *args, **kwargs):
+    """SQLite under concurrent writers occasionally reports 'database is locked' past its timeout."""
+    for attempt in range(_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # mlflow wraps sqlalchemy errors in MlflowException
+            if "locked" not in str(err).lower() or attempt == _RETRIES - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    return None
+
+
+def experiment_id(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=_default_artifact_location(uri))
+    except Exception:
+        exp = c.get_experiment_by_name(name)  # created concurrently by another driver
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_parent_run(uri: str, exp_id: str, sweep_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    c = client(uri)
+    run = c.create_run(
+        exp_id,
+        run_name=f"{sweep_name}__{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={SWEEP_TAG: sweep_name, "rayexp.kind": "sweep", **tags},
+    )
+    _log_params(c, run.info.run_id, params)
+    return run.info.run_id
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _retry(client(uri).set_terminated, run_id, status)
+
+
+def _log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        _retry(c.log_batch, run_id, params=items[i : i + 100])
+
+
+def trial_key(parent_run_id: str, trial: dict[str, Any]) -> str:
+    blob = json.dumps({"parent": parent_run_id, "trial": trial}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class TrialRun:
+    """The MLflow run of one trial, created once and found again on retry."""
+
+    def __init__(
+        self,
+        uri: str,
+        exp_id: str,
+        parent_run_id: str,
+        key: str,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+    ):
+        self.uri, self.client = uri, client(uri)
+        found = _retry(
+            self.client.search_runs,
+            [exp_id],
+            filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{key}'",
+            max_results=1,
+        )
+        if found:
+            self.run_id = found[0].info.run_id
+            self.resumed = True
+            _retry(self.client.update_run, self.run_id, status="RUNNING")
+        else:
+            run = _retry(
+                self.client.create_run,
+                exp_id,
+                run_name=run_name,
+                tags={PARENT_TAG: parent_run_id, TRIAL_KEY_TAG: key, "rayexp.kind": "trial", **tags},
+            )
+            self.run_id = run.info.run_id
+            self.resumed = False
+            _log_params(self.client, self.run_id, params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _is_number(v)]
+        for i in range(0, len(items), 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_table(self, name: str, table, artifact_dir: str = "tables") -> None:
+        import pyarrow.parquet as pq
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.parquet"
+            pq.write_table(table, path)
+            _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
+
+    def log_figure(self, name: str, figure, artifact_dir: str = "figures") -> None:
+        import matplotlib.pyplot as plt
+
+        _retry(self.client.log_figure, self.run_id, figure, f"{artifact_dir}/{name}.png")
+        plt.close(figure)
+
+    def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _retry(self.client.set_terminated, self.run_id, status)
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
