@@ -1,25 +1,36 @@
-"""Gymnasium envs over hidden Markov processes: predict (or act on) a token stream the agent cannot steer.
+"""Gymnasium envs over hidden Markov processes: act on a token stream the agent cannot steer.
 
 At reset the env samples one sequence of ``episode_len + lookahead`` tokens from the process, with
-its hidden states and exact beliefs. At step t the agent sees the last K emitted tokens
-``x_{t-K+1}..x_t`` (right-padded with pad id V while fewer than K exist, so with the default
-``episode_len == K`` the observation is the prefix ``x_0..x_t`` of a fresh sequence, exactly what a
-pretrained causal model saw), picks a token from the action set, and is scored by a named reward
-(:mod:`envs.rewards`) on the tokens that follow. The stream is the process whatever the actions.
+its hidden states and exact beliefs (``lookahead`` is what the reward needs to see past step t).
+At step t the agent sees the last K emitted tokens ``x_{t-K+1}..x_t``, right-padded with pad id V
+while fewer than K exist: with the default ``episode_len == K`` the observation at step t is the
+prefix ``x_0..x_t`` of a fresh sequence, exactly what a pretrained causal model saw. The action
+picks a token from the action set, and a named reward (:mod:`envs.rewards`: ``next_token``,
+``joint_target``, ``implies``, ``reward_punish``, ``rare_next_token``) scores it against the
+tokens that follow. The next token comes from the process whatever the action. An episode
+terminates after ``episode_len`` steps (never truncates).
 
-``info["belief"]`` is the exact belief P(state | x_0..x_t) for the observation it comes with (from
-the start of the episode, even when K < t + 1), ``info["factor_beliefs"]`` (compositions only) maps
-factor index (as a string, so vector infos can be split per env) to that factor's belief, and the
-info returned by ``step`` has ``info["target"]``: the target token of the action just scored (-1: none).
+``info["belief"]`` is the exact belief P(state | x_0..x_t) that goes with the observation (from
+the start of the episode, also when t + 1 > K). For compositions ``info["factor_beliefs"]`` maps
+the factor index, as a string ("0", "1", ...: string keys let vector infos split per env), to
+``hmm.factor_beliefs`` of that belief; for a mixture one more entry, the last, is the component
+posterior. The info that ``step`` returns adds ``info["target"]``, the token the reward wanted for
+the action just taken (-1: that step had no target).
 
 How to run::
 
     env = SequenceEnv({"process": {"name": "mess3"}, "context": 8, "reward": "next_token"})
     obs, info = env.reset(seed=0)
-    obs, r, terminated, truncated, info = env.step(env.action_space.sample())
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 
-or ``gymnasium.make("rayexp/Sequence-v0", config=...)`` / ``gymnasium.make_vec(..., num_envs=64)``
-(the latter builds :class:`SequenceVectorEnv`, which steps all streams with numpy at once).
+or ``gymnasium.make("rayexp/Sequence-v0", config=...)``; ``gymnasium.make_vec("rayexp/Sequence-v0",
+num_envs=64, config=...)`` builds :class:`SequenceVectorEnv`, which steps all streams with numpy at
+once. For Tune / RLlib use :func:`make_env` as the env creator.
+
+What to expect: random actions earn 1/|actions| on ``next_token``; acting on ``argmax
+hmm.next_token_probs(info["belief"])`` earns the most any policy can (about 0.67 on mess3(x=0.05,
+a=0.85)). Measured on one busy core: the vector env ~250k env-steps/s at 64 streams, the single
+env ~9k (when the sampling kernel itself is cheap; see envs._kernels).
 """
 
 from __future__ import annotations
@@ -257,9 +268,10 @@ class ActiveGatedEnv(gym.Env):
     token after that is B's; any other action, or the trigger while B is due, leaves the process to
     emit its own token. Under the passive stream B shows up only after A happens to emit the
     trigger, so a policy sees (and can be paid for) B only if it seeks it. Rewards must score the
-    next token only (``next_token``, ``rare_next_token``, ``reward_punish``); ``rare_next_token``
-    with ``common=0`` pays only for correct predictions of B's tokens, so with discount > 0 the
-    optimal policy triggers and then predicts B. ``info["belief"]`` stays exact under the
+    next token only (``next_token``, ``rare_next_token``, ``reward_punish``). The default,
+    ``rare_next_token`` with ``common=0``, pays only for correct predictions of B's tokens, so with
+    discount > 0 the optimal policy triggers and then predicts B (under ``next_token`` a summoned
+    trigger counts as a correct prediction, which pays for seeking itself). ``info["belief"]`` stays exact under the
     interventions (it filters with the forced dynamics); ``info["forced"]`` says whether the
     agent's trigger was emitted at that step.
     """
@@ -267,6 +279,8 @@ class ActiveGatedEnv(gym.Env):
     metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, config: dict | None = None):
+        config = dict(config or {})
+        config.setdefault("reward", "rare_next_token")
         self.config = EnvConfig.from_dict(config)
         hmm = self.hmm = build_process(self.config.process)
         if hmm.meta.get("kind") != "gated":
@@ -348,6 +362,15 @@ class ActiveGatedEnv(gym.Env):
 
 def _unbatch(info: dict) -> dict:
     return {k: (_unbatch(v) if isinstance(v, dict) else v[0]) for k, v in info.items()}
+
+
+def action_tokens(config: dict) -> list[int]:
+    """The action set a config resolves to (the reward's default when ``action_tokens`` is not
+    given), e.g. for an RL module that must restrict its logits to the same tokens."""
+    cfg = EnvConfig.from_dict(config)
+    return make_reward(
+        cfg.reward, build_process(cfg.process), cfg.reward_params, cfg.action_tokens
+    ).action_tokens.tolist()
 
 
 def make_env(config: dict | None = None):

@@ -254,6 +254,9 @@ def test_registered_and_make_vec_uses_the_numpy_vector_env():
     assert info["belief"].shape == (4, 3)
     assert isinstance(make_env(dict(CONFIGS["mess3_next"], num_envs=3)), SequenceVectorEnv)
     assert isinstance(make_env(CONFIGS["mess3_next"]), SequenceEnv)
+    assert gym_env.action_tokens(CONFIGS["interleave_joint"]) == [0, 1, 2]  # joint_target: A's tokens
+    assert gym_env.action_tokens(CONFIGS["and_implies"]) == [0, 1]
+    assert gym_env.action_tokens(CONFIGS["mess3_next"]) == [0, 1, 2]
 
 
 def test_active_env_without_seeking_is_the_passive_stream():
@@ -290,7 +293,8 @@ def test_active_env_seeking_summons_b_and_keeps_beliefs_calibrated():
 
 
 def test_active_env_pays_for_seeking_the_rare_factor():
-    env = ActiveGatedEnv({"process": RARE, "context": 8, "reward": "rare_next_token"})
+    env = ActiveGatedEnv({"process": RARE, "context": 8})
+    assert env.config.reward == "rare_next_token"  # the active env's default
     hmm = env.hmm
 
     def oracle(seek):
