@@ -174,10 +174,11 @@ class JointTarget(Reward):
                 f"reward 'joint_target' needs a composition of at least two factors (product or interleave); "
                 f"{hmm.name!r} has {len(hmm.factors)}"
             )
-        fa, fb = self.params["factors"]
-        n = len(hmm.factors)
+        pair, n = self.params["factors"], len(hmm.factors)
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(f, (int, np.integer)) for f in pair)
+        fa, fb = pair if ok else (-1, -1)
         if not (0 <= fa < n and 0 <= fb < n and fa != fb):
-            raise ValueError(f"reward 'joint_target': factors must be two distinct indices < {n}; got {(fa, fb)}")
+            raise ValueError(f"reward 'joint_target': factors must be two distinct indices < {n}; got {pair!r}")
         self._fa, self._fb = int(fa), int(fb)
         m = self.params["m"]
         m = hmm.factors[fa].vocab_size if m is None else m

@@ -183,6 +183,7 @@ def test_reward_punish_and_rare_next_token_values():
         ("joint_target", mixture([mess3(), rrxor()]), {}, None, "silent for arbitrarily long"),
         ("joint_target", gated(mess3(), rrxor(), 0), {}, None, "silent for arbitrarily long"),
         ("joint_target", interleave(mess3(), rrxor()), {"factors": [0, 0]}, None, "two distinct"),
+        ("joint_target", interleave(mess3(), rrxor()), {"factors": 1}, None, "two distinct"),
         ("joint_target", interleave(mess3(), rrxor()), {"m": 1}, None, "m must be an int >= 2"),
         ("joint_target", interleave(mess3(), rrxor()), {"m": 4}, None, "pass action_tokens"),
         ("joint_target", interleave(mess3(), rrxor()), {}, [0, 1], "exactly m=3"),
