@@ -268,12 +268,14 @@ class ProbeResult:
     train: np.ndarray  # sequence indices
     test: np.ndarray
     predictions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (target, hook) -> (n_test_t, L, S)
+    predictions_random: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # same, random-init model
 
-    def held_out(self, target: str, hook: str) -> tuple[np.ndarray, np.ndarray]:
+    def held_out(self, target: str, hook: str, random_init: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(true, predicted) held-out beliefs of one probe, each (n, S) with all positions flattened."""
         t = self.targets[target]
         test = self.test[t.sequences[self.test]]
-        return _rows(t.beliefs[test]), _rows(self.predictions[(target, hook)])
+        pred = (self.predictions_random if random_init else self.predictions)[(target, hook)]
+        return _rows(t.beliefs[test]), _rows(pred)
 
 
 def run_probes(
@@ -305,7 +307,7 @@ def run_probes(
             acts = {**acts, CONCAT: np.concatenate([acts[h] for h in layers], axis=-1)}
             acts_random = {**acts_random, CONCAT: np.concatenate([acts_random[h] for h in layers], axis=-1)}
             hooks.append(CONCAT)
-    rows, predictions = [], {}
+    rows, predictions, predictions_random = [], {}, {}
     for name, target in targets.items():
         tr, te = train[target.sequences[train]], test[target.sequences[test]]
         mine = np.flatnonzero(target.sequences)
@@ -343,8 +345,9 @@ def run_probes(
             )
             if keep_predictions:
                 predictions[(name, hook)] = trained.pred
+                predictions_random[(name, hook)] = random.pred
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    return ProbeResult(table, tokens, targets, train, test, predictions)
+    return ProbeResult(table, tokens, targets, train, test, predictions, predictions_random)
 
 
 def probe_model(

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs.processes import mess3
+from envs import compose
+from envs.processes import mess3, rrxor
 from models.transformer import Transformer, TransformerConfig
 from rayexp import probes
 
@@ -93,6 +94,33 @@ def test_run_probes_table_controls_and_skill():
     assert true.shape == pred.shape == (len(res.test) * 8, 3)
     np.testing.assert_allclose(true, pred, atol=1e-6)
     assert set(res.train).isdisjoint(res.test)
+
+
+def test_factor_targets_of_a_mixture_are_component_beliefs():
+    m, r = mess3(0.15, 0.6), rrxor()
+    mix = compose.mixture([m, r])
+    rng = np.random.default_rng(0)
+    tokens, _, beliefs = mix.sample_with_beliefs(400, 9, rng)
+    targets = probes.belief_targets(mix, tokens, beliefs)
+    assert set(targets) == {"belief", "factor0", "factor1"}
+    f0, f1 = targets["factor0"], targets["factor1"]
+    assert f0.sequences.any() and f1.sequences.any()
+    assert not (f0.sequences & f1.sequences).any() and (f0.sequences | f1.sequences).all()
+    np.testing.assert_allclose(f0.beliefs[f0.sequences], m.beliefs(tokens[f0.sequences]), atol=1e-12)
+    offset = min(mix.meta["factor_tokens"][1])
+    np.testing.assert_allclose(f1.beliefs[f1.sequences], r.beliefs(tokens[f1.sequences] - offset), atol=1e-12)
+    # Same answer as the process library's own conditional factor beliefs.
+    for i, t in enumerate((f0, f1)):
+        np.testing.assert_allclose(t.beliefs[t.sequences], mix.factor_beliefs(beliefs)[i][t.sequences], atol=1e-12)
+
+
+def test_factor_targets_of_an_interleave_cover_every_sequence():
+    inter = compose.interleave(mess3(), rrxor())
+    tokens, _, beliefs = inter.sample_with_beliefs(50, 6, np.random.default_rng(0))
+    targets = probes.belief_targets(inter, tokens)
+    np.testing.assert_allclose(targets["belief"].beliefs, beliefs)
+    assert targets["factor0"].beliefs.shape == (50, 6, 3) and targets["factor1"].beliefs.shape == (50, 6, 5)
+    assert targets["factor0"].sequences.all() and targets["factor1"].sequences.all()
 
 
 def test_probe_model_on_a_real_transformer():
