@@ -69,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster to join (e.g. 127.0.0.1:6379 or auto); default: RAY_ADDRESS or an embedded Ray on 127.0.0.1",
     )
-    run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune progress output level")
+    run.add_argument(
+        "--verbose",
+        type=int,
+        default=0,
+        choices=(0, 1, 2),
+        help="Ray Tune's own status tables (0: rayexp's progress lines only)",
+    )
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser(

@@ -116,13 +116,46 @@ def param_space(sweep: SweepConfig, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _progress_callback():
+    """One line per trial event and finished stage: Tune's own tables list every metric."""
+    from ray import tune
+
+    from rayexp.trial import STAGES
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.t0, self.stage = time.time(), {}
+
+        def _say(self, trial, what: str) -> None:
+            cfg = trial.config
+            label = f"{cfg['task']['name']} {json.dumps(cfg.get('axes') or {}, default=str)}"
+            print(f"[{time.time() - self.t0:7.1f}s] {trial.trial_id} {label}: {what}", flush=True)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._say(trial, "started")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            stage = int(result.get("stage", 0))
+            if stage and stage != self.stage.get(trial.trial_id):
+                self.stage[trial.trial_id] = stage
+                self._say(trial, f"{STAGES[stage - 1]} done ({stage}/{len(STAGES)})")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._say(trial, "FAILED (Tune retries it from its last checkpoint while max_failures allows)")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._say(trial, "finished")
+
+    return Progress()
+
+
 def _row(result, sweep: SweepConfig) -> dict[str, Any]:
     cfg = result.config or {}
+    metrics = result.metrics or {}
     task = (cfg.get("task") or {}).get("name", "?")
     axes = cfg.get("axes") or {}
-    metrics = result.metrics or {}
     row: dict[str, Any] = {
-        "trial": Path(str(result.path)).name.split("_")[-2] if result.path else "?",
+        "trial": metrics.get("trial_id", "?"),
         "task": task,
         "seed": axes.get("seed", (cfg.get("base") or {}).get("seed")),
         **{k: v for k, v in axes.items() if k != "seed"},
@@ -153,7 +186,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(path: str, resume: bool = False, address: str | None = None, verbose: int = 1) -> SweepOutcome:
+def run_sweep(
+    path: str, resume: bool = False, address: str | None = None, verbose: int = 0, progress: bool = True
+) -> SweepOutcome:
     """Validate, connect, check the cluster, run (or resume) the sweep; raises SweepError on bad input."""
     from rayexp import tracking
 
@@ -173,7 +208,7 @@ def run_sweep(path: str, resume: bool = False, address: str | None = None, verbo
 
         uri = tracking.tracking_uri()
         exp_id = tracking.experiment_id(uri, sweep.experiment_name)
-        tags = tracking.git_tags(Path(path).resolve().parent)
+        tags = tracking.git_tags(Path(__file__).resolve().parent) or tracking.git_tags(Path(path).resolve().parent)
         if state is None:
             parent = tracking.start_parent_run(
                 uri,
@@ -195,6 +230,7 @@ def run_sweep(path: str, resume: bool = False, address: str | None = None, verbo
             "storage_path": storage,
             "tags": tags,
             "use_tune": True,
+            "cpus": sweep.resources.cpu,
         }
         print(
             f"rayexp: sweep {sweep.name}: {len(trials)} trials, MLflow experiment "
@@ -224,6 +260,7 @@ def run_sweep(path: str, resume: bool = False, address: str | None = None, verbo
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=verbose,
+                    callbacks=[_progress_callback()] if progress else [],
                 ),
             )
         t0 = time.time()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -82,53 +84,46 @@ class _State:
 # Stages
 
 
-def _pretrain(trial: TrialConfig, model_cfg, process, storage_path: str, scratch: Path, report: _Reporter):
+def pretrain_config(trial: TrialConfig, cpus: float):
+    """The trial's PretrainConfig: seeded by the trial, threads matching the trial's CPUs."""
+    from models.pretrain import PretrainConfig
+
+    defaults = {"seed": trial.seed, "num_threads": max(1, int(cpus)), "progress": False}
+    return PretrainConfig(**{**defaults, **trial.pretrain})
+
+
+def _pretrain(trial: TrialConfig, model_cfg, cfg, process, storage_path: str, scratch: Path, report: _Reporter):
     """Pretrained model from the cache, training it first if no trial has yet."""
     from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.pretrain import PretrainConfig, pretrain
+    from models.pretrain import pretrain
     from rayexp.cache import PretrainCache, pretrain_key
 
-    key = pretrain_key(trial.process, model_cfg.model_dump(), trial.pretrain, trial.seed)
-    cfg = (
-        PretrainConfig(**{"seed": trial.seed, **trial.pretrain})
-        if "seed" in PretrainConfig.model_fields
-        else PretrainConfig(**trial.pretrain)
-    )
+    # threads and progress bars do not change the result, so they stay out of the key
+    determining = cfg.model_dump(exclude={"num_threads", "progress", "device", "compile"})
+    key = pretrain_key(trial.process, model_cfg.model_dump(), determining, cfg.seed)
     live: list[dict] = []
 
     def build(out: Path) -> None:
         def callback(metrics: dict, step: int) -> None:
-            live.append({"step": step, **metrics})
+            live.append(metrics)
             report.metrics({f"pretrain/{k}": v for k, v in metrics.items() if k != "step"}, step)
 
-        result = pretrain(process, model_cfg, cfg, out_dir=str(out / "work"), callback=callback)
-        save_checkpoint(out / "model.pt", result.model, extra={"pretrain_key": key})
-        history = [dict(h) for h in result.history]
-        (out / "history.json").write_text(json.dumps(history))
-        (out / "meta.json").write_text(
-            json.dumps(
-                {
-                    "key": key,
-                    "process": trial.process,
-                    "seed": trial.seed,
-                    "model": model_cfg.model_dump(),
-                    "pretrain": trial.pretrain,
-                }
-            )
-        )
-        shutil.rmtree(out / "work", ignore_errors=True)
+        result = pretrain(process, model_cfg, cfg, callback=callback, process_spec=trial.process)
+        save_checkpoint(out / "model.pt", result.model, extra={"pretrain_key": key, "process_spec": trial.process})
+        (out / "history.json").write_text(json.dumps([dict(h) for h in result.history]))
+        meta = {"key": key, "process": trial.process, "model": model_cfg.model_dump(), "pretrain": determining}
+        (out / "meta.json").write_text(json.dumps(meta))
 
     entry, hit = PretrainCache(storage_path).get_or_create(key, build, scratch)
-    if hit or not live:
-        # metrics of a cached pretraining are replayed so every trial's run has its curve
+    if not live:
+        # a cached pretraining's curve is replayed so every trial's run holds it
         for row in json.loads((entry / "history.json").read_text()):
-            step = row.get("step", 0)
-            report.metrics({f"pretrain/{k}": v for k, v in row.items() if k != "step"}, step)
+            report.metrics({f"pretrain/{k}": v for k, v in row.items() if k != "step"}, row.get("step", 0))
     if report.run is not None:
         report.run.set_tags({"rayexp.pretrain_key": key, "rayexp.pretrain_cache": "hit" if hit else "miss"})
     report.latest["pretrain/cache_hit"] = float(hit)
     model, _ = load_checkpoint(entry / "model.pt")
-    return model, entry / "model.pt"
+    return model.eval(), entry / "model.pt"
 
 
 def _probe(phase: str, model, random_model, trial: TrialConfig, process, report: _Reporter, run, state_dir: Path):
@@ -164,20 +159,21 @@ def _probe(phase: str, model, random_model, trial: TrialConfig, process, report:
         if ("belief", hook) in result.predictions:
             true, pred = result.held_out("belief", hook)
             run.log_figure(f"belief_simplex_{phase}", figures.belief_simplex(true, pred, title=f"{phase}: {hook}"))
-        if phase == "post" and (state_dir / "probe_pre.parquet").exists():
-            before = pq.read_table(state_dir / "probe_pre.parquet")
+        first = state_dir / f"probe_{phase.replace('post', 'pre')}.parquet"
+        if phase.endswith("post") and first.exists():
+            before = pq.read_table(first)
             run.log_figure(
-                "probe_skill_by_layer",
+                "probe_skill_by_layer" + ("_rl" if phase.startswith("rl") else ""),
                 figures.skill_by_layer(before, result.table, title="probe skill before / after RL"),
             )
     return result.table
 
 
-def _random_init(model_cfg, trial: TrialConfig):
-    """The probe control: the trained architecture at its initialisation (same seed as pretraining)."""
+def _random_init(model_cfg, seed: int):
+    """The probe control: the trained architecture at its initialisation (pretraining's seed)."""
     from models.transformer import Transformer
 
-    return Transformer(model_cfg, seed=trial.seed).eval()
+    return Transformer(model_cfg, seed=seed).eval()
 
 
 def _env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
@@ -191,8 +187,13 @@ def _env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
         "reward_params": task.reward_params,
         "seed": trial.seed,
     }
-    if task.action_tokens is not None:
-        env["action_tokens"] = task.action_tokens
+    # The policy module must act over the reward's own action set; rewards choose a default
+    # (e.g. joint_target: factor A's m tokens), so it is resolved here and passed explicitly.
+    from envs.rewards import make_reward
+    from rayexp.config import build_process
+
+    reward = make_reward(task.reward, build_process(env["process"]), task.reward_params, task.action_tokens)
+    env["action_tokens"] = [int(t) for t in reward.action_tokens]
     return env
 
 
@@ -206,7 +207,7 @@ def _ppo(trial: TrialConfig, n_ctx: int, checkpoint_path: Path, out_path: Path, 
     prefix = f"ppo/{trial.task.name}"
 
     def callback(metrics: dict, step: int) -> None:
-        report.metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, step)
+        report.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if k != "iteration"}, step)
 
     return train_ppo(settings, _env_config(trial, n_ctx), str(checkpoint_path), str(out_path), callback)
 
@@ -244,7 +245,10 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     facts = check_trial(trial)
     model_cfg = TransformerConfig(**{"d_vocab": facts["d_vocab"], **trial.model})
     process = build_process(trial.process)
+    pre_cfg = pretrain_config(trial, meta.get("cpus", 1))
     use_tune = meta.get("use_tune", True)
+    if use_tune:
+        import ray
 
     run = None
     if meta.get("tracking_uri"):
@@ -264,6 +268,9 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
             },
         )
     report = _Reporter(run, use_tune)
+    if run is not None:
+        node = ray.get_runtime_context().get_node_id() if use_tune else "local"
+        run.set_tags({"rayexp.worker_pid": os.getpid(), "rayexp.node_id": node, "rayexp.host": socket.gethostname()})
 
     workdir = Path(tempfile.mkdtemp(prefix="rayexp-trial-"))
     state_dir = workdir / "state"
@@ -289,15 +296,21 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     try:
         if state.done("pretrain"):  # a cache hit: nothing to log again
             model_before, pre_path = _pretrain(
-                trial, model_cfg, process, meta["storage_path"], workdir, _Reporter(None, False)
+                trial, model_cfg, pre_cfg, process, meta["storage_path"], workdir, _Reporter(None, False)
             )
         else:
-            model_before, pre_path = _pretrain(trial, model_cfg, process, meta["storage_path"], workdir, report)
+            model_before, pre_path = _pretrain(
+                trial, model_cfg, pre_cfg, process, meta["storage_path"], workdir, report
+            )
             stage_done("pretrain")
 
-        random_model = _random_init(model_cfg, trial)
+        random_model = _random_init(model_cfg, pre_cfg.seed)
+        stream_spec = task_process(trial)
+        stream = None if stream_spec == trial.process else build_process(stream_spec)
         if not state.done("probe_pre"):
             _probe("pre", model_before, random_model, trial, process, report, run, state_dir)
+            if stream is not None:
+                _probe("rl_pre", model_before, random_model, trial, stream, report, run, state_dir)
             stage_done("probe_pre")
 
         after_path = state_dir / "model_after.pt"
@@ -310,6 +323,8 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
 
         if not state.done("probe_post"):
             _probe("post", model_after, random_model, trial, process, report, run, state_dir)
+            if stream is not None:
+                _probe("rl_post", model_after, random_model, trial, stream, report, run, state_dir)
             stage_done("probe_post")
 
         if not state.done("analyses"):
@@ -332,6 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     sweep, _ = load_sweep(argv[0])
     task = next((t for t in sweep.tasks if len(argv) < 2 or t.name == argv[1]), sweep.tasks[0])
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
     storage = tempfile.mkdtemp(prefix="rayexp-debug-")
     config = {
         "base": sweep.base.model_dump(),
@@ -339,8 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         "axes": grid_points(sweep)[0],
         "meta": {"use_tune": False, "storage_path": storage},
     }
-    for key, value in sorted(run_trial(config).items()):
-        print(f"{key:60s} {value:.4g}")
+    try:
+        for key, value in sorted(run_trial(config).items()):
+            print(f"{key:60s} {value:.4g}")
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":
