@@ -1,0 +1,7 @@
+"""Hidden Markov processes with exact belief states (numpy + numba only)."""
+
+from envs.process import HMM, from_matrices
+from envs.processes import PROCESSES
+from envs.spec import build_process
+
+__all__ = ["HMM", "from_matrices", "PROCESSES", "build_process"]

@@ -1,41 +1,223 @@
-"""Sampling and belief kernels (reference numpy version; to be replaced by a compiled kernel)."""
+"""Sampling and exact-belief kernels.
+
+The compiled kernels (numba, float64, parallel over the batch) are what :class:`envs.process.HMM`
+uses. Every uniform random number is drawn up front from the caller's numpy Generator, one row
+per sequence, so a seed gives the same tokens, states and beliefs whatever the thread count.
+``sample`` and ``sample_with_beliefs`` consume the same draws, so they agree token for token.
+
+Sampling inverts the CDF of the joint (token, next state) distribution of the current state
+(``P(x, j | i) = T[x][i, j]``): the next state is drawn from the true generative model, never
+as an argmax (Mess3 is non-unifilar). Beliefs use the normalized forward algorithm,
+``eta_t = eta_{t-1} T[x_t] / (eta_{t-1} T[x_t] 1)``, which only multiplies and adds
+non-negative numbers, so exact zeros stay zero and no cancellation can occur.
+
+The pure-numpy functions at the bottom are the plain batch-vectorised loop (one matrix product
+per time step) that the benchmark measures against, and an independent cross-check in tests.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 
-def sample(hmm, batch, length, rng):
-    V, S, _ = hmm.T.shape
-    # joint (token, next state) distribution per state, flattened as x * S + j
-    joint = hmm.T.transpose(1, 0, 2).reshape(S, V * S)
-    cdf = np.cumsum(joint, axis=1)
-    cdf[:, -1] = 1.0
-    states = np.empty((batch, length + 1), dtype=np.int64)
+def joint_cdf(T: np.ndarray) -> np.ndarray:
+    """Per-state CDF over (token, next state) pairs, flattened as ``x * S + j``: (S, V*S).
+
+    Each row is renormalized (rows may be off by the validation tolerance) and set to exactly 1
+    from its last positive entry on, so zero-probability pairs at the end can never be drawn.
+    """
+    V, S, _ = T.shape
+    joint = T.transpose(1, 0, 2).reshape(S, V * S)  # (S, V*S)
+    return _cdf_rows(joint)
+
+
+def init_cdf(init: np.ndarray) -> np.ndarray:
+    return _cdf_rows(init[None, :])[0]  # (S,)
+
+
+def _cdf_rows(p: np.ndarray) -> np.ndarray:
+    p = p / p.sum(axis=1, keepdims=True)
+    cdf = np.cumsum(p, axis=1)  # (R, K)
+    for r in range(p.shape[0]):
+        last = np.flatnonzero(p[r] > 0)[-1]
+        cdf[r, last:] = 1.0
+    return np.ascontiguousarray(cdf)
+
+
+def draw_uniforms(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+    """Column 0 picks the initial state, column t+1 the (token t, state t+1) pair: (B, L+1)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)); got {type(rng)}")
+    if batch < 0 or length < 0:
+        raise ValueError(f"batch and length must be >= 0; got batch={batch}, length={length}")
+    return rng.random((batch, length + 1))
+
+
+@njit(cache=True, inline="always")
+def _pick(cdf_row, u):
+    k = 0
+    n = cdf_row.shape[0]
+    while k < n - 1 and u >= cdf_row[k]:
+        k += 1
+    return k
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _sample_kernel(cdf, icdf, u, S, tokens, states):
+    B, L = tokens.shape
+    for b in prange(B):
+        s = _pick(icdf, u[b, 0])
+        states[b, 0] = s
+        for t in range(L):
+            k = _pick(cdf[s], u[b, t + 1])
+            x = k // S
+            s = k - x * S
+            tokens[b, t] = x
+            states[b, t + 1] = s
+
+
+@njit(cache=True, inline="always")
+def _forward_step(T, x, prev, out):
+    """out = prev @ T[x] normalized; returns P(x | prev) (0.0 when x is impossible)."""
+    S = prev.shape[0]
+    total = 0.0
+    for j in range(S):
+        acc = 0.0
+        for i in range(S):
+            acc += prev[i] * T[x, i, j]
+        out[j] = acc
+        total += acc
+    if total > 0.0:
+        for j in range(S):
+            out[j] = out[j] / total
+    return total
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _sample_beliefs_kernel(T, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
+    B, L = tokens.shape
+    S = init.shape[0]
+    for b in prange(B):
+        s = _pick(icdf, u[b, 0])
+        states[b, 0] = s
+        for t in range(L):
+            k = _pick(cdf[s], u[b, t + 1])
+            x = k // S
+            s = k - x * S
+            tokens[b, t] = x
+            states[b, t + 1] = s
+            prev = init if t == 0 else beliefs[b, t - 1]
+            if _forward_step(T, x, prev, beliefs[b, t]) <= 0.0:
+                # only reachable through underflow: the sampled token had exact probability > 0
+                failed_at[b] = t
+                break
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _beliefs_kernel(T, init, tokens, beliefs, failed_at):
+    B, L = tokens.shape
+    for b in prange(B):
+        for t in range(L):
+            prev = init if t == 0 else beliefs[b, t - 1]
+            if _forward_step(T, tokens[b, t], prev, beliefs[b, t]) <= 0.0:
+                failed_at[b] = t
+                break
+
+
+def _tables(hmm):
+    """CDF tables cached on the (immutable) HMM instance."""
+    cache = hmm._cache
+    if "cdf" not in cache:
+        cache["cdf"] = joint_cdf(hmm.T)
+        cache["icdf"] = init_cdf(hmm.init)
+        cache["T"] = np.ascontiguousarray(hmm.T)
+        cache["init"] = np.ascontiguousarray(hmm.init)
+    return cache["T"], cache["init"], cache["cdf"], cache["icdf"]
+
+
+def sample(hmm, batch: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    T, _, cdf, icdf = _tables(hmm)
+    u = draw_uniforms(rng, batch, length)
     tokens = np.empty((batch, length), dtype=np.int64)
-    states[:, 0] = rng.choice(S, size=batch, p=hmm.init)
-    u = rng.random((batch, length))
-    for t in range(length):
-        k = (u[:, t, None] > cdf[states[:, t]]).sum(axis=1)
-        k = np.minimum(k, V * S - 1)
-        tokens[:, t] = k // S
-        states[:, t + 1] = k % S
+    states = np.empty((batch, length + 1), dtype=np.int64)
+    _sample_kernel(cdf, icdf, u, T.shape[1], tokens, states)
     return tokens, states
 
 
-def beliefs(hmm, tokens):
+def sample_with_beliefs(hmm, batch: int, length: int, rng: np.random.Generator):
+    T, init, cdf, icdf = _tables(hmm)
+    u = draw_uniforms(rng, batch, length)
+    tokens = np.empty((batch, length), dtype=np.int64)
+    states = np.empty((batch, length + 1), dtype=np.int64)
+    beliefs = np.empty((batch, length, T.shape[1]), dtype=np.float64)
+    failed_at = np.full(batch, -1, dtype=np.int64)
+    _sample_beliefs_kernel(T, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
+    if (failed_at >= 0).any():
+        b = int(np.argmax(failed_at >= 0))
+        raise FloatingPointError(
+            f"{hmm.name}: belief underflowed to all zeros in sequence {b} at position {failed_at[b]}"
+        )
+    return tokens, states, beliefs
+
+
+def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
+    T, init, _, _ = _tables(hmm)
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 0:
+        raise ValueError("tokens must have at least one dimension (..., L)")
+    if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integers; got dtype {tokens.dtype}")
+    shape = tokens.shape
+    tok = np.ascontiguousarray(tokens.reshape(-1, shape[-1]), dtype=np.int64)  # (B, L)
+    if tok.size and (tok.min() < 0 or tok.max() >= hmm.vocab_size):
+        raise ValueError(f"{hmm.name}: tokens must lie in [0, {hmm.vocab_size}); got range [{tok.min()}, {tok.max()}]")
+    out = np.empty(tok.shape + (hmm.n_states,), dtype=np.float64)  # (B, L, S)
+    failed_at = np.full(tok.shape[0], -1, dtype=np.int64)
+    _beliefs_kernel(T, init, tok, out, failed_at)
+    if (failed_at >= 0).any():
+        b = int(np.argmax(failed_at >= 0))
+        t = int(failed_at[b])
+        raise ValueError(
+            f"{hmm.name}: token sequence {b} has probability zero at position {t} "
+            f"(token {tok[b, t]} cannot follow {tok[b, :t].tolist()[-8:]})"
+        )
+    return out.reshape(shape + (hmm.n_states,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain batch-vectorised numpy: the benchmark baseline and an independent cross-check.
+
+
+def sample_with_beliefs_numpy(hmm, batch: int, length: int, rng: np.random.Generator):
+    """Same draws and same results as :func:`sample_with_beliefs`, one matrix product per step."""
+    V, S, _ = hmm.T.shape
+    cdf = joint_cdf(hmm.T)  # (S, V*S)
+    flat = hmm.T.transpose(1, 0, 2).reshape(S, V * S)  # (S, V*S): eta @ flat = all V updates at once
+    u = draw_uniforms(rng, batch, length)
+    rows = np.arange(batch)
+    tokens = np.empty((batch, length), dtype=np.int64)
+    states = np.empty((batch, length + 1), dtype=np.int64)
+    beliefs = np.empty((batch, length, S))
+    states[:, 0] = (u[:, 0, None] >= init_cdf(hmm.init)[None, :-1]).sum(axis=1)
+    eta = np.broadcast_to(hmm.init, (batch, S))
+    for t in range(length):
+        k = (u[:, t + 1, None] >= cdf[states[:, t], :-1]).sum(axis=1)  # (B,)
+        tokens[:, t], states[:, t + 1] = np.divmod(k, S)
+        nxt = (eta @ flat).reshape(batch, V, S)[rows, tokens[:, t]]  # (B, S)
+        eta = nxt / nxt.sum(axis=1, keepdims=True)
+        beliefs[:, t] = eta
+    return tokens, states, beliefs
+
+
+def beliefs_numpy(hmm, tokens: np.ndarray) -> np.ndarray:
     shape = tokens.shape
     tok = tokens.reshape(-1, shape[-1])
     B, L = tok.shape
     out = np.empty((B, L, hmm.n_states))
     eta = np.broadcast_to(hmm.init, (B, hmm.n_states))
     for t in range(L):
-        eta = np.einsum("bi,bij->bj", eta, hmm.T[tok[:, t]])
+        eta = np.einsum("bi,bij->bj", eta, hmm.T[tok[:, t]])  # (B, S)
         eta = eta / eta.sum(axis=1, keepdims=True)
         out[:, t] = eta
     return out.reshape(shape + (hmm.n_states,))
-
-
-def sample_with_beliefs(hmm, batch, length, rng):
-    tokens, states = sample(hmm, batch, length, rng)
-    return tokens, states, beliefs(hmm, tokens)

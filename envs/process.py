@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ATOL = 1e-9
+# Beliefs closer than this in every coordinate count as one mixed state. The grid is shifted by
+# an irrational fraction of a cell so that beliefs with small denominators (1/2, 1/3, 2/5, ...)
+# sit far from cell boundaries and float round-off cannot split them.
+MERGE_TOL = 1e-9
+_GRID_SHIFT = 0.5 * (np.sqrt(5.0) - 1.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,7 +30,7 @@ class HMM:
     ``T`` has shape (V, S, S); ``init`` shape (S,). Use :func:`from_matrices` (validated) to build one.
     ``token_names`` label tokens for figures; ``factors`` holds the factor processes of a composition
     (empty for a primitive process), and ``meta`` whatever a composition needs to map tokens and
-    states back to its factors.
+    states back to its factors (see :mod:`envs.compose`).
     """
 
     T: np.ndarray
@@ -34,6 +39,8 @@ class HMM:
     token_names: tuple[str, ...] = ()
     factors: tuple["HMM", ...] = ()
     meta: dict = field(default_factory=dict)
+    # derived tables and expensive results (CDFs, entropy rate); never part of identity
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_states(self) -> int:
@@ -48,18 +55,32 @@ class HMM:
         """State-to-state matrix ``sum_x T[x]`` (S, S)."""
         return self.T.sum(axis=0)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = {}  # numba-side tables are rebuilt on the other side of a pickle
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    # -- sampling and beliefs (compiled kernels in envs._kernels) ----------------------------
+
     def sample(self, batch: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``batch`` sequences of ``length`` tokens.
 
         Returns ``tokens`` (batch, length) int64 and ``states`` (batch, length + 1) int64, where
-        ``states[:, t]`` is the hidden state before token t is emitted.
+        ``states[:, t]`` is the hidden state before token t is emitted. Uses the same random draws
+        as :meth:`sample_with_beliefs`, so both give the same tokens for the same seed.
         """
         from envs import _kernels
 
         return _kernels.sample(self, batch, length, rng)
 
     def beliefs(self, tokens: np.ndarray) -> np.ndarray:
-        """Exact beliefs (float64, shape tokens.shape + (S,)): entry t is P(state | tokens[..., :t+1])."""
+        """Exact beliefs (float64, shape tokens.shape + (S,)): entry t is P(state | tokens[..., :t+1]).
+
+        ValueError if a token is out of range or a sequence has probability zero.
+        """
         from envs import _kernels
 
         return _kernels.beliefs(self, np.asarray(tokens))
@@ -67,31 +88,225 @@ class HMM:
     def sample_with_beliefs(
         self, batch: int, length: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(tokens, states, beliefs)`` in one pass."""
+        """``(tokens (B,L), states (B,L+1), beliefs (B,L,S))`` in one fused pass."""
         from envs import _kernels
 
         return _kernels.sample_with_beliefs(self, batch, length, rng)
 
     def next_token_probs(self, beliefs: np.ndarray) -> np.ndarray:
         """P(next token | belief): ``beliefs`` (..., S) -> (..., V)."""
-        return np.einsum("...i,xij->...x", beliefs, self.T)
+        return np.asarray(beliefs) @ self.T.sum(axis=2).T  # (..., V)
+
+    def factor_beliefs(self, beliefs: np.ndarray) -> list[np.ndarray]:
+        """Beliefs over each factor's states (empty list for a primitive); see envs.compose."""
+        if not self.factors:
+            return []
+        from envs import compose
+
+        return compose.factor_beliefs(self, beliefs)
+
+    # -- mixed states and entropies -------------------------------------------------------------
+
+    def mixed_states(self, depth: int, max_states: int = 500_000) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct beliefs reached after 0..depth tokens, with probabilities.
+
+        Returns ``(beliefs (N, S), probs (N,))``: ``probs`` is the distribution of the belief at a
+        position drawn uniformly from 0..depth (so it sums to 1, and the root ``init`` has weight at
+        least 1/(depth+1)). Beliefs within ``MERGE_TOL`` of each other are merged; rows are in a
+        canonical (sorted) order. ValueError if a level would exceed ``max_states`` beliefs.
+        """
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0; got {depth}")
+        levels_b, levels_p = [], []
+        b, p = self.init[None, :], np.ones(1)
+        for t in range(depth + 1):
+            levels_b.append(b)
+            levels_p.append(p)
+            if t < depth:
+                b, p = _expand(self.T, b, p)
+                if len(b) > max_states:
+                    raise ValueError(
+                        f"{self.name}: {len(b)} distinct beliefs at depth {t + 1} exceed max_states={max_states}"
+                    )
+        return _merge(np.concatenate(levels_b), np.concatenate(levels_p) / (depth + 1))
+
+    def conditional_entropies(
+        self,
+        length: int,
+        max_states: int = 20_000,
+        beyond: str = "coarsen",
+        n_samples: int = 16_384,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """``H(X_t | X_0..X_{t-1})`` in nats for t = 0..length-1, starting from ``init``.
+
+        The optimal next-token loss of a model at position t is entry t+1. Compositions with a
+        closed form use it (exact in terms of their factors' entries): product = sum of factors;
+        interleave = factor ``t % n`` at its own position ``t // n``; mixture (disjoint tokens, so
+        the first token reveals the component) = ``H(weights) + sum_i w_i H_i[0]`` at t = 0, then
+        ``sum_i w_i H_i[t]``. Everything else goes through :func:`enumerate_conditional_entropies`
+        (see there for ``max_states``, ``beyond``, ``n_samples``, ``seed``).
+        """
+        key = ("cond_H", length, max_states, beyond, n_samples, seed)
+        if key not in self._cache:
+            kind = self.meta.get("kind")
+            sub = dict(max_states=max_states, beyond=beyond, n_samples=n_samples, seed=seed)
+            if kind == "product":
+                out = sum(f.conditional_entropies(length, **sub) for f in self.factors)
+            elif kind == "interleave":
+                n = len(self.factors)
+                per = [f.conditional_entropies(-(-length // n), **sub) for f in self.factors]
+                out = np.array([per[t % n][t // n] for t in range(length)])
+            elif kind == "mixture":
+                w = np.array(self.meta["weights"])
+                out = sum(wi * f.conditional_entropies(length, **sub) for wi, f in zip(w, self.factors))
+                if length:
+                    out[0] += _entropy(w)
+            else:
+                out = enumerate_conditional_entropies(self, length, **sub)
+            self._cache[key] = np.asarray(out, dtype=np.float64)
+        return self._cache[key].copy()
+
+    def entropy_rate(self, n_samples: int = 8192, length: int = 512, seed: int = 0) -> float:
+        """Entropy rate in nats/token: the optimal next-token loss once the context is long.
+
+        Exact where a formula exists: a unifilar presentation with a unique stationary
+        distribution (``sum_i pi_i H(X | state i)``: RRXOR, Z1R, noisy NOT/AND); a product (sum of
+        factor rates); an interleave (mean of factor rates); a mixture (weighted mean of component
+        rates). Otherwise (Mess3, gated) Monte Carlo: the mean entropy of the exact predictive
+        distribution over the second half of ``n_samples`` sampled sequences of ``length`` tokens
+        (seeded; standard error ~1e-4 nats for Mess3).
+        """
+        key = ("h", n_samples, length, seed)
+        if key in self._cache:
+            return self._cache[key]
+        kind = self.meta.get("kind")
+        sub = dict(n_samples=n_samples, length=length, seed=seed)
+        if kind == "product":
+            h = sum(f.entropy_rate(**sub) for f in self.factors)
+        elif kind == "interleave":
+            h = float(np.mean([f.entropy_rate(**sub) for f in self.factors]))
+        elif kind == "mixture":
+            h = float(sum(w * f.entropy_rate(**sub) for w, f in zip(self.meta["weights"], self.factors)))
+        elif _is_unifilar(self.T) and _has_unique_stationary(self.transition):
+            h = float(stationary(self.transition) @ _entropy(self.T.sum(axis=2).T))
+        else:
+            _, _, bel = self.sample_with_beliefs(n_samples, length, np.random.default_rng(seed))
+            h = float(_entropy(bel[:, length // 2 :] @ self.T.sum(axis=2).T).mean())
+        self._cache[key] = float(h)
+        return float(h)
+
+
+def enumerate_conditional_entropies(
+    hmm: HMM, length: int, max_states: int = 20_000, beyond: str = "coarsen", n_samples: int = 16_384, seed: int = 0
+) -> np.ndarray:
+    """``H(X_t | X_0..X_{t-1})`` for t < length from the mixed-state tree of any HMM.
+
+    Exact (equal beliefs merged) while a level has at most ``max_states`` beliefs. Past that
+    (Mess3 grows like V^t) ``beyond`` decides:
+
+    - ``"coarsen"`` (default, deterministic): each level is merged on a grid coarse enough to keep
+      ``max_states`` cells, every cell replaced by its probability-weighted mean belief. That mean
+      is the exact posterior of an observer who only knows the cell, so every entry is an upper
+      bound on the true value; for Mess3 the excess is ~4e-6 nats at 10k states, less at 20k.
+    - ``"mc"``: Monte Carlo with exact beliefs: the mean entropy of the exact predictive
+      distribution over ``n_samples`` sampled prefixes (seeded, so deterministic), standard error
+      about ``std / sqrt(n_samples)`` (~1e-3 nats for Mess3 at the default).
+    """
+    if beyond not in ("coarsen", "mc"):
+        raise ValueError(f"beyond must be 'coarsen' or 'mc'; got {beyond!r}")
+    out = np.empty(length)
+    emit = hmm.T.sum(axis=2).T  # (S, V): P(x | state)
+    b, p = hmm.init[None, :], np.ones(1)
+    t, cell = 0, MERGE_TOL
+    while t < length and (len(b) <= max_states or beyond == "coarsen"):
+        if len(b) > max_states:
+            b, p = _merge(b, p, cell)
+        while len(b) > max_states:
+            cell *= 2.0  # kept for later levels: the tree only grows
+            b, p = _merge(b, p, cell)
+        out[t] = p @ _entropy(b @ emit)
+        t += 1
+        if t < length:
+            b, p = _expand(hmm.T, b, p)
+    if t < length:
+        _, _, bel = hmm.sample_with_beliefs(n_samples, length - 1, np.random.default_rng(seed))  # (N, L-1, S)
+        prior = np.concatenate([np.broadcast_to(hmm.init, (n_samples, 1, hmm.n_states)), bel], axis=1)  # (N, L, S)
+        out[t:] = _entropy(prior[:, t:] @ emit).mean(axis=0)
+    return out
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in nats along the last axis, with 0 log 0 = 0."""
+    logp = np.log(np.where(p > 0, p, 1.0))
+    return -(p * logp).sum(axis=-1)
+
+
+def _expand(T: np.ndarray, beliefs: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One level of the mixed-state tree: every belief followed by every possible token, merged."""
+    nxt = np.einsum("ni,xij->nxj", beliefs, T)  # (N, V, S)
+    px = nxt.sum(axis=2)  # (N, V)
+    joint = probs[:, None] * px  # (N, V)
+    keep = (px > 0) & (joint > 0)
+    return _merge(nxt[keep] / px[keep][:, None], joint[keep])
+
+
+def _merge(beliefs: np.ndarray, probs: np.ndarray, cell: float = MERGE_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """Merge beliefs in the same grid cell into their probability-weighted mean.
+
+    The mean is the exact posterior given "the belief is in this cell", so merging only ever
+    discards information; with the default cell it merges beliefs that differ by round-off.
+    """
+    keys = np.floor(beliefs / cell + _GRID_SHIFT).astype(np.int64)  # (N, S)
+    # sort one 64-bit hash per row instead of rows (10x faster); collisions are checked below
+    mult = np.arange(1, keys.shape[1] + 1, dtype=np.int64) * np.int64(0x9E3779B97F4A7C15 - (1 << 64))
+    _, first, inv = np.unique(keys @ mult, return_index=True, return_inverse=True)  # wraps mod 2^64
+    inv = inv.ravel()
+    if not np.array_equal(keys[first][inv], keys):
+        _, inv = np.unique(keys, axis=0, return_inverse=True)
+        inv = inv.ravel()
+    p = np.bincount(inv, weights=probs)  # (M,)
+    mass = np.stack([np.bincount(inv, weights=probs * col, minlength=len(p)) for col in beliefs.T], axis=1)  # (M, S)
+    return mass / p[:, None], p
+
+
+def _is_unifilar(T: np.ndarray) -> bool:
+    """Each (state, token) leads to at most one next state."""
+    return bool(((T > 0).sum(axis=2) <= 1).all())
+
+
+def _null_dim(transition: np.ndarray) -> int:
+    sv = np.linalg.svd(transition - np.eye(transition.shape[0]), compute_uv=False)
+    return int((sv < 1e-10 * max(1, transition.shape[0])).sum())
+
+
+def _has_unique_stationary(transition: np.ndarray) -> bool:
+    return _null_dim(transition) == 1
 
 
 def stationary(transition: np.ndarray) -> np.ndarray:
-    """The unique stationary distribution of a row-stochastic matrix; ValueError if not unique."""
+    """The unique stationary distribution of a row-stochastic matrix; ValueError if not unique.
+
+    Solved as a linear system (not an eigenvector), which is accurate to round-off even for
+    periodic chains such as RRXOR, whose eigenvalues on the unit circle make eigensolvers lose
+    ~1e-12 and would split mixed states that are really equal.
+    """
     s = transition.shape[0]
-    w, v = np.linalg.eig(transition.T)
-    ones = np.isclose(w, 1.0, atol=1e-8)
-    if ones.sum() != 1:
+    nd = _null_dim(transition)
+    if nd != 1:
         raise ValueError(
-            f"stationary distribution: the chain has {int(ones.sum())} eigenvalues equal to 1, so no unique "
-            "stationary distribution exists; pass init= explicitly"
+            f"stationary distribution: sum_x T[x] has {nd} independent stationary vectors (more than one closed "
+            "class of states), so no unique stationary distribution exists; pass init= explicitly"
         )
-    pi = np.real(v[:, np.argmax(ones)])
-    pi = pi / pi.sum()
-    if np.any(pi < -ATOL) or s == 0:
-        raise ValueError("stationary distribution: eigenvector has negative entries")
-    return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
+    A = transition.T - np.eye(s)  # pi A^T = 0
+    A[-1, :] = 1.0  # replace one (redundant) balance equation by sum(pi) = 1
+    rhs = np.zeros(s)
+    rhs[-1] = 1.0
+    pi = np.linalg.solve(A, rhs)
+    if np.any(pi < -1e-9):
+        raise ValueError(f"stationary distribution: solution has negative entries {pi}")
+    pi = np.clip(pi, 0.0, None)
+    return pi / pi.sum()
 
 
 def from_matrices(
@@ -104,35 +319,53 @@ def from_matrices(
     meta=None,
     atol: float = 1e-8,
 ) -> HMM:
-    """Build a validated :class:`HMM`. Every failed check raises ValueError saying which and where."""
-    T = np.asarray(T, dtype=np.float64)
+    """Build a validated :class:`HMM`. Every failed check raises ValueError saying which and where.
+
+    ``T`` (V, S, S): ``T[x][i, j] = P(emit x, go to j | in i)``. ``init`` (S,) defaults to the
+    stationary distribution of ``sum_x T[x]`` and must be given when that is not unique.
+    """
+    try:
+        T = np.array(T, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: T is not a numeric array ({e})") from None
     if T.ndim != 3 or T.shape[1] != T.shape[2]:
-        raise ValueError(f"{name}: T must have shape (V, S, S); got {T.shape}")
+        raise ValueError(f"{name}: shape check: T must have shape (V, S, S); got {T.shape}")
     if T.shape[0] < 1 or T.shape[1] < 1:
-        raise ValueError(f"{name}: T must have at least one token and one state; got {T.shape}")
+        raise ValueError(f"{name}: shape check: T needs at least one token and one state; got {T.shape}")
     bad = ~np.isfinite(T)
     if bad.any():
         x, i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{name}: T[{x}][{i}, {j}] is {T[x, i, j]} (NaN or inf)")
+        raise ValueError(f"{name}: finite check: T[{x}][{i}, {j}] is {T[x, i, j]}")
     if (T < 0).any():
         x, i, j = np.argwhere(T < 0)[0]
-        raise ValueError(f"{name}: T[{x}][{i}, {j}] = {T[x, i, j]} is negative")
+        raise ValueError(f"{name}: non-negative check: T[{x}][{i}, {j}] = {T[x, i, j]} is negative")
     rows = T.sum(axis=(0, 2))
     off = np.abs(rows - 1.0) > atol
     if off.any():
         i = int(np.argmax(off))
-        raise ValueError(f"{name}: row {i} of sum_x T[x] sums to {rows[i]:.12g}, not 1 (tolerance {atol})")
+        raise ValueError(f"{name}: stochastic check: row {i} of sum_x T[x] sums to {rows[i]:.12g}, not 1 (atol {atol})")
     if init is None:
-        init = stationary(T.sum(axis=0))
+        try:
+            init = stationary(T.sum(axis=0))
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     else:
-        init = np.asarray(init, dtype=np.float64)
+        try:
+            init = np.array(init, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: init is not a numeric array ({e})") from None
         if init.shape != (T.shape[1],):
-            raise ValueError(f"{name}: init must have shape ({T.shape[1]},); got {init.shape}")
-        if not np.all(np.isfinite(init)) or (init < 0).any() or abs(init.sum() - 1.0) > atol:
-            raise ValueError(f"{name}: init must be a probability vector (finite, >= 0, sums to 1); got {init}")
-    if token_names and len(token_names) != T.shape[0]:
-        raise ValueError(f"{name}: {len(token_names)} token_names for {T.shape[0]} tokens")
+            raise ValueError(f"{name}: shape check: init must have shape ({T.shape[1]},); got {init.shape}")
+        if not np.all(np.isfinite(init)):
+            raise ValueError(f"{name}: finite check: init[{int(np.argmax(~np.isfinite(init)))}] is not finite")
+        if (init < 0).any():
+            raise ValueError(f"{name}: non-negative check: init[{int(np.argmax(init < 0))}] is negative")
+        if abs(init.sum() - 1.0) > atol:
+            raise ValueError(f"{name}: stochastic check: init sums to {init.sum():.12g}, not 1 (atol {atol})")
+    token_names = tuple(str(t) for t in token_names) or tuple(str(x) for x in range(T.shape[0]))
+    if len(token_names) != T.shape[0]:
+        raise ValueError(f"{name}: shape check: {len(token_names)} token_names for {T.shape[0]} tokens")
     T.setflags(write=False)
     init = np.ascontiguousarray(init)
     init.setflags(write=False)
-    return HMM(T=T, init=init, name=name, token_names=tuple(token_names), factors=tuple(factors), meta=dict(meta or {}))
+    return HMM(T=T, init=init, name=name, token_names=token_names, factors=tuple(factors), meta=dict(meta or {}))

@@ -1,13 +1,38 @@
-"""Registry of named process factories (reference subset; the full registry comes with issue 2)."""
+"""Registry of named process factories.
+
+Each factory is a pure function of its (validated) parameters returning an :class:`HMM`.
+:func:`build` checks names and parameters against the registry and the factory signature, so a
+typo gets an error that lists what is valid.
+"""
 
 from __future__ import annotations
+
+import inspect
+import math
 
 import numpy as np
 
 from envs.process import HMM, from_matrices
 
 
+def _check_range(process: str, param: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{process}: {param} must be a number in [{lo}, {hi}]; got {value!r}")
+    value = float(value)
+    if not (lo <= value <= hi) or math.isnan(value):
+        raise ValueError(f"{process}: {param} must be in [{lo}, {hi}]; got {value}")
+    return value
+
+
 def mess3(x: float = 0.15, a: float = 0.6) -> HMM:
+    """Mess3 (3 states, 3 tokens, non-unifilar). 0 <= x <= 0.5, 0 <= a <= 1.
+
+    ``x`` sets how often the state moves, ``a`` how strongly a state emits its own token. The
+    stationary distribution is uniform by symmetry and is set exactly (at x = 0 the chain never
+    moves and has no unique stationary distribution).
+    """
+    x = _check_range("mess3", "x", x, 0.0, 0.5)
+    a = _check_range("mess3", "a", a, 0.0, 1.0)
     b = (1 - a) / 2
     y = 1 - 2 * x
     T = np.array(
@@ -17,10 +42,14 @@ def mess3(x: float = 0.15, a: float = 0.6) -> HMM:
             [[b * y, b * x, a * x], [b * x, b * y, a * x], [b * x, b * x, a * y]],
         ]
     )
-    return from_matrices(T, name=f"mess3(x={x}, a={a})")
+    return from_matrices(T, np.full(3, 1 / 3), name=f"mess3(x={x:g}, a={a:g})")
 
 
 def rrxor() -> HMM:
+    """Random-random-XOR: two fair random bits, then their XOR. States S, 0, 1, T, F.
+
+    Stationary distribution [2, 1, 1, 1, 1] / 6; its mixed-state presentation has 36 beliefs.
+    """
     S, Z, O, Tt, F = range(5)
     T = np.zeros((2, 5, 5))
     T[0, S, Z] = T[1, S, O] = 0.5
@@ -31,10 +60,71 @@ def rrxor() -> HMM:
     return from_matrices(T, name="rrxor")
 
 
-PROCESSES = {"mess3": mess3, "rrxor": rrxor}
+def z1r() -> HMM:
+    """Zero-one-random: 0, then 1, then a fair random bit, repeated. States Z, O, R."""
+    Z, O, R = range(3)
+    T = np.zeros((2, 3, 3))
+    T[0, Z, O] = 1.0
+    T[1, O, R] = 1.0
+    T[0, R, Z] = T[1, R, Z] = 0.5
+    return from_matrices(T, name="z1r")
+
+
+def noisy_not(eps: float = 0.1) -> HMM:
+    """Bits in pairs (x, NOT x), x a fair random bit, the second bit flipped w.p. eps (0 <= eps <= 1).
+
+    States: S (start of a pair), X0 / X1 (first bit was 0 / 1).
+    """
+    eps = _check_range("noisy_not", "eps", eps, 0.0, 1.0)
+    S, X0, X1 = range(3)
+    T = np.zeros((2, 3, 3))
+    T[0, S, X0] = T[1, S, X1] = 0.5
+    T[1, X0, S], T[0, X0, S] = 1 - eps, eps
+    T[0, X1, S], T[1, X1, S] = 1 - eps, eps
+    return from_matrices(T, name=f"noisy_not(eps={eps:g})")
+
+
+def noisy_and(eps: float = 0.1) -> HMM:
+    """Bits in triples (x, y, x AND y), x and y fair random bits, the third flipped w.p. eps.
+
+    States: S (start of a triple), X0 / X1 (first bit), P0 / P1 (the AND of the two bits).
+    """
+    eps = _check_range("noisy_and", "eps", eps, 0.0, 1.0)
+    S, X0, X1, P0, P1 = range(5)
+    T = np.zeros((2, 5, 5))
+    T[0, S, X0] = T[1, S, X1] = 0.5
+    T[0, X0, P0] = T[1, X0, P0] = 0.5
+    T[0, X1, P0] = T[1, X1, P1] = 0.5
+    T[0, P0, S], T[1, P0, S] = 1 - eps, eps
+    T[1, P1, S], T[0, P1, S] = 1 - eps, eps
+    return from_matrices(T, name=f"noisy_and(eps={eps:g})")
+
+
+PROCESSES = {
+    "mess3": mess3,
+    "rrxor": rrxor,
+    "z1r": z1r,
+    "noisy_not": noisy_not,
+    "noisy_and": noisy_and,
+    "from_matrices": from_matrices,
+}
+
+
+def signature_of(name: str) -> str:
+    return f"{name}{inspect.signature(PROCESSES[name])}"
 
 
 def build(name: str, **params) -> HMM:
+    """``PROCESSES[name](**params)`` with the name and parameter names checked first."""
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; valid: {sorted(PROCESSES)}")
+    sig = inspect.signature(PROCESSES[name])
+    valid = [p for p, v in sig.parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown parameter(s) {unknown}; valid signature: {signature_of(name)}")
+    try:
+        sig.bind(**params)
+    except TypeError as e:
+        raise ValueError(f"{name}: {e}; valid signature: {signature_of(name)}") from None
     return PROCESSES[name](**params)
