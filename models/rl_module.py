@@ -95,8 +95,14 @@ class TransformerPolicyModule(TorchRLModule, ValueFunctionAPI):
         n = (obs != self.pad_token).sum(-1).clamp(min=1)  # (B,) an empty window reads as token 0
         return obs, n
 
-    def _last_resid(self, model: Transformer, obs: torch.Tensor, dedup: bool) -> torch.Tensor:
-        """Final residual stream at each row's last real position (B, D)."""
+    def _last_resid(
+        self, model: Transformer, obs: torch.Tensor, dedup: bool, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final residual stream at each row's last real position (B, D); zeros where ``keep`` is False."""
+        if keep is not None and not bool(keep.all()):
+            rows = keep.nonzero().squeeze(-1)  # (B',)
+            sub = self._last_resid(model, obs[rows], dedup)  # (B', D)
+            return sub.new_zeros(obs.shape[0], sub.shape[-1]).index_copy(0, rows, sub)  # (B, D)
         obs, n = self._tokens(obs)
         L = int(n.max())
         if dedup:
@@ -107,6 +113,21 @@ class TransformerPolicyModule(TorchRLModule, ValueFunctionAPI):
         tokens = obs[heads, :L].masked_fill(obs[heads, :L] == self.pad_token, 0)  # (H, L)
         resid = model.trunk(tokens)  # (H, L, D)
         return resid[head_of, n - 1]  # (B, D)
+
+    @staticmethod
+    def _rows_needed(batch: dict[str, Any]) -> torch.Tensor | None:
+        """False for the observation after a terminal step, whose outputs RLlib masks or gates to 0.
+
+        RLlib appends each episode's last observation (loss-masked) for bootstrapping. After a
+        termination that observation is the window slid past the sequence, a prefix of nothing
+        else in the batch, so computing it would double the learner's causal passes for nothing.
+        """
+        mask, term = batch.get(Columns.LOSS_MASK), batch.get(Columns.TERMINATEDS)
+        if mask is None or term is None or mask.dim() != 1:
+            return None
+        after_terminal = torch.zeros_like(mask, dtype=torch.bool)  # (B,)
+        after_terminal[1:] = term[:-1].bool() & ~mask[1:].bool()
+        return ~after_terminal
 
     def _policy(self, resid: torch.Tensor) -> torch.Tensor:
         return self.transformer.unembed(resid)[:, self.action_tokens]  # (B, A)
@@ -123,21 +144,25 @@ class TransformerPolicyModule(TorchRLModule, ValueFunctionAPI):
         return self._forward(batch, **kwargs)
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        resid = self._last_resid(self.transformer, batch[Columns.OBS], dedup=True)  # (B, D)
+        keep = self._rows_needed(batch)
+        resid = self._last_resid(self.transformer, batch[Columns.OBS], dedup=True, keep=keep)  # (B, D)
         out = {Columns.ACTION_DIST_INPUTS: self._policy(resid), Columns.EMBEDDINGS: resid}
         if self._reference:
             ref = self._reference[0].to(resid.device)
             with torch.no_grad():
-                ref_resid = self._last_resid(ref, batch[Columns.OBS], dedup=True)  # (B, D)
+                ref_resid = self._last_resid(ref, batch[Columns.OBS], dedup=True, keep=keep)  # (B, D)
                 out[PRETRAINED_LOGITS] = ref.unembed(ref_resid)[:, self.action_tokens]  # (B, A)
         return out
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any | None = None) -> torch.Tensor:
         if embeddings is None:
-            embeddings = self._last_resid(self.transformer, batch[Columns.OBS], dedup=True)  # (B, D)
+            keep = self._rows_needed(batch)
+            embeddings = self._last_resid(self.transformer, batch[Columns.OBS], dedup=True, keep=keep)  # (B, D)
         if not self.value_grad_to_trunk:
             embeddings = embeddings.detach()
-        return self.value_head(embeddings).squeeze(-1)  # (B,)
+        values = self.value_head(embeddings).squeeze(-1)  # (B,)
+        keep = self._rows_needed(batch)
+        return values if keep is None else values.masked_fill(~keep, 0.0)  # (B,)
 
 
 def export_checkpoint(module: TransformerPolicyModule, path, extra: dict | None = None) -> None:

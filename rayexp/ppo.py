@@ -35,6 +35,7 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
 
@@ -76,9 +77,10 @@ class PPOSettings(BaseModel):
 
 
 def _make_env(config: dict):
-    from envs.gym_env import SequenceEnv
+    # Imported lazily so that configs can be built (and this module imported) without the env.
+    from envs.gym_env import make_env
 
-    return SequenceEnv({k: v for k, v in dict(config).items() if k != "num_envs"})
+    return make_env(dict(config))
 
 
 def register_env() -> str:
@@ -109,6 +111,8 @@ def build_ppo_config(settings: PPOSettings, env_config: dict, checkpoint_path: s
             num_env_runners=settings.num_env_runners,
             num_envs_per_env_runner=settings.num_envs_per_env_runner,
             num_cpus_per_env_runner=1,
+            # RLlib then calls the creator with num_envs: one numpy-vectorised env, not N copies.
+            gym_env_vectorize_mode="vector_entry_point",
         )
         .learners(num_learners=0, learner_class=TransformerPPOLearner)
         .rl_module(rl_module_spec=module_spec(settings, env_config, checkpoint_path))
@@ -145,20 +149,29 @@ class TransformerPPOLearner(PPOTorchLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         module = self.module[module_id].unwrapped()
-        dist_cls = module.get_train_action_dist_cls()
-        dist = dist_cls.from_logits(fwd_out[Columns.ACTION_DIST_INPUTS])
+        logits = fwd_out[Columns.ACTION_DIST_INPUTS]  # (B, A)
+        mask = batch.get(Columns.LOSS_MASK)
+        mask = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
+
+        def mean(x):
+            return x[mask].mean()
+
         with torch.no_grad():
+            dist = module.get_train_action_dist_cls().from_logits(logits)
             log_ratio = dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP]  # (B,)
+            values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))[mask]  # (B',)
+            targets = batch[Postprocessing.VALUE_TARGETS][mask]  # (B',)
             stats = {
-                "approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
-                "clip_fraction": ((log_ratio.exp() - 1).abs() > config.clip_param).float().mean(),
+                "approx_kl": mean((log_ratio.exp() - 1) - log_ratio),
+                "clip_fraction": mean(((log_ratio.exp() - 1).abs() > config.clip_param).float()),
+                # RLlib's own vf_explained_var also counts the loss-masked bootstrap rows.
+                "explained_variance": 1 - (targets - values).var() / targets.var().clamp(min=1e-8),
             }
-        coeff = config.learner_config_dict.get("kl_to_pretrained", 0.0)
         if PRETRAINED_LOGITS in fwd_out:
-            logp = torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], -1)  # (B, A)
+            logp = torch.log_softmax(logits, -1)  # (B, A)
             ref_logp = torch.log_softmax(fwd_out[PRETRAINED_LOGITS], -1)  # (B, A)
-            kl = (logp.exp() * (logp - ref_logp)).sum(-1).mean()
-            loss = loss + coeff * kl
+            kl = mean((logp.exp() * (logp - ref_logp)).sum(-1))
+            loss = loss + config.learner_config_dict.get("kl_to_pretrained", 0.0) * kl
             stats["kl_to_pretrained"] = kl.detach()
         self.metrics.log_dict(stats, key=module_id, window=1)
         return loss
@@ -178,7 +191,7 @@ _LEARNER_KEYS = {
     "approx_kl": "approx_kl",
     "clip_fraction": "clip_fraction",
     "entropy": "entropy",
-    "vf_explained_var": "vf_explained_var",
+    "explained_variance": "vf_explained_var",
     "policy_loss": "policy_loss",
     "vf_loss": "vf_loss",
     "mean_kl_loss": "kl_to_previous",
