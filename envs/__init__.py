@@ -4,4 +4,4 @@ from envs.process import HMM, from_matrices
 from envs.processes import PROCESSES
 from envs.spec import build_process
 
-__all__ = ["HMM", "from_matrices", "PROCESSES", "build_process"]
+__all__ = ["HMM", "PROCESSES", "build_process", "from_matrices"]

@@ -169,7 +169,7 @@ def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
     if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be integers; got dtype {tokens.dtype}")
     shape = tokens.shape
-    tok = np.ascontiguousarray(tokens.reshape(-1, shape[-1]), dtype=np.int64)  # (B, L)
+    tok = np.ascontiguousarray(tokens.reshape(int(np.prod(shape[:-1])), shape[-1]), dtype=np.int64)  # (B, L)
     if tok.size and (tok.min() < 0 or tok.max() >= hmm.vocab_size):
         raise ValueError(f"{hmm.name}: tokens must lie in [0, {hmm.vocab_size}); got range [{tok.min()}, {tok.max()}]")
     out = np.empty(tok.shape + (hmm.n_states,), dtype=np.float64)  # (B, L, S)

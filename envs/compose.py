@@ -28,7 +28,7 @@ def _check_factors(op: str, factors) -> tuple[HMM, ...]:
         raise ValueError(f"{op}: needs at least one factor")
     for i, f in enumerate(factors):
         if not isinstance(f, HMM):
-            raise ValueError(f"{op}: factor {i} is a {type(f).__name__}, not an HMM")
+            raise ValueError(f"{op}: factor {i} is a {type(f).__name__}, not an HMM")  # noqa: TRY004 (spec errors are ValueErrors by contract)
     return factors
 
 

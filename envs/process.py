@@ -37,7 +37,7 @@ class HMM:
     init: np.ndarray
     name: str = "hmm"
     token_names: tuple[str, ...] = ()
-    factors: tuple["HMM", ...] = ()
+    factors: tuple[HMM, ...] = ()
     meta: dict = field(default_factory=dict)
     # derived tables and expensive results (CDFs, entropy rate); never part of identity
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -150,7 +150,7 @@ class HMM:
         key = ("cond_H", length, max_states, beyond, n_samples, seed)
         if key not in self._cache:
             kind = self.meta.get("kind")
-            sub = dict(max_states=max_states, beyond=beyond, n_samples=n_samples, seed=seed)
+            sub = {"max_states": max_states, "beyond": beyond, "n_samples": n_samples, "seed": seed}
             if kind == "product":
                 out = sum(f.conditional_entropies(length, **sub) for f in self.factors)
             elif kind == "interleave":
@@ -181,7 +181,7 @@ class HMM:
         if key in self._cache:
             return self._cache[key]
         kind = self.meta.get("kind")
-        sub = dict(n_samples=n_samples, length=length, seed=seed)
+        sub = {"n_samples": n_samples, "length": length, "seed": seed}
         if kind == "product":
             h = sum(f.entropy_rate(**sub) for f in self.factors)
         elif kind == "interleave":

@@ -17,7 +17,7 @@ from envs.process import HMM, from_matrices
 
 def _check_range(process: str, param: str, value, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{process}: {param} must be a number in [{lo}, {hi}]; got {value!r}")
+        raise ValueError(f"{process}: {param} must be a number in [{lo}, {hi}]; got {value!r}")  # noqa: TRY004 (spec errors are ValueErrors by contract)
     value = float(value)
     if not (lo <= value <= hi) or math.isnan(value):
         raise ValueError(f"{process}: {param} must be in [{lo}, {hi}]; got {value}")
@@ -111,7 +111,8 @@ PROCESSES = {
 
 
 def signature_of(name: str) -> str:
-    return f"{name}{inspect.signature(PROCESSES[name])}"
+    sig = inspect.signature(PROCESSES[name], eval_str=True)
+    return f"{name}{sig.replace(return_annotation=inspect.Signature.empty)}"
 
 
 def build(name: str, **params) -> HMM:

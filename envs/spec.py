@@ -32,7 +32,7 @@ def build_process(spec: dict, _path: str = "process") -> HMM:
     if isinstance(spec, HMM):
         return spec
     if not isinstance(spec, dict):
-        raise ValueError(f"{_path}: a process spec must be a dict with a 'name' key; got {spec!r}")
+        raise ValueError(f"{_path}: a process spec must be a dict with a 'name' key; got {spec!r}")  # noqa: TRY004 (spec errors are ValueErrors by contract)
     if "name" not in spec:
         raise ValueError(f"{_path}: missing key 'name'; valid names: {valid_names()}")
     name = spec["name"]
@@ -41,10 +41,14 @@ def build_process(spec: dict, _path: str = "process") -> HMM:
         required, optional = COMPOSITIONS[name]
         unknown = sorted(set(params) - set(required) - set(optional))
         if unknown:
-            raise ValueError(f"{_path}: unknown key(s) {unknown} for {name!r}; valid keys: {['name', *required, *optional]}")
+            raise ValueError(
+                f"{_path}: unknown key(s) {unknown} for {name!r}; valid keys: {['name', *required, *optional]}"
+            )
         missing = [k for k in required if k not in params]
         if missing:
-            raise ValueError(f"{_path}: missing key(s) {missing} for {name!r}; valid keys: {['name', *required, *optional]}")
+            raise ValueError(
+                f"{_path}: missing key(s) {missing} for {name!r}; valid keys: {['name', *required, *optional]}"
+            )
         if name == "gated":
             a = build_process(params["a"], f"{_path}.a")
             b = build_process(params["b"], f"{_path}.b")
@@ -72,4 +76,4 @@ def _wrap(path, fn, *args):
         raise ValueError(f"{path}: {e}") from None
 
 
-__all__ = ["build_process", "valid_names", "COMPOSITIONS", "signature_of"]
+__all__ = ["COMPOSITIONS", "build_process", "signature_of", "valid_names"]
