@@ -14,7 +14,12 @@ def path_sums(T: np.ndarray, init: np.ndarray, tokens) -> list[np.ndarray]:
     paths = [(p, (s,)) for s, p in enumerate(init) if p > 0]
     out = []
     for x in tokens:
-        paths = [(p * T[x, path[-1], j], path + (j,)) for p, path in paths for j in range(T.shape[1]) if T[x, path[-1], j] > 0]
+        paths = [
+            (p * T[x, path[-1], j], path + (j,))
+            for p, path in paths
+            for j in range(T.shape[1])
+            if T[x, path[-1], j] > 0
+        ]
         joint = np.zeros(T.shape[1])
         for p, path in paths:
             joint[path[-1]] += p
@@ -25,7 +30,9 @@ def path_sums(T: np.ndarray, init: np.ndarray, tokens) -> list[np.ndarray]:
 def brute_beliefs(T: np.ndarray, init: np.ndarray, tokens) -> np.ndarray:
     """(L, S) beliefs P(state after token t | tokens[:t+1]); NaN rows where the prefix is impossible."""
     sums = path_sums(T, init, tokens)
-    return np.array([s / s.sum() if s.sum() > 0 else np.full_like(s, np.nan) for s in sums]).reshape(len(sums), T.shape[1])
+    return np.array([s / s.sum() if s.sum() > 0 else np.full_like(s, np.nan) for s in sums]).reshape(
+        len(sums), T.shape[1]
+    )
 
 
 def brute_prob(T: np.ndarray, init: np.ndarray, tokens) -> float:

@@ -122,7 +122,7 @@ def test_registry_builds_every_process_with_defaults():
 def test_mess3_edge_parameters_are_valid():
     for x, a in [(0.0, 0.85), (0.5, 0.0), (0.5, 1.0), (0.0, 1 / 3)]:
         hmm = mess3(x, a)
-        tokens, _, beliefs = hmm.sample_with_beliefs(4, 20, np.random.default_rng(0))
+        _tokens, _, beliefs = hmm.sample_with_beliefs(4, 20, np.random.default_rng(0))
         assert np.allclose(beliefs.sum(-1), 1.0)
 
 
@@ -226,7 +226,7 @@ def test_initial_states_follow_init_and_runs_are_deterministic():
     t2, s2, b2 = hmm.sample_with_beliefs(20_000, 5, np.random.default_rng(3))
     np.testing.assert_array_equal(t1, t2)
     np.testing.assert_array_equal(s1, s2)
-    t3, s3, b3 = hmm.sample_with_beliefs(20_000, 5, np.random.default_rng(3))
+    _t3, _s3, b3 = hmm.sample_with_beliefs(20_000, 5, np.random.default_rng(3))
     np.testing.assert_array_equal(b2, b3)
     t4, _ = hmm.sample(20_000, 5, np.random.default_rng(4))
     assert not np.array_equal(t1, t4)
@@ -258,7 +258,7 @@ def test_numpy_baseline_matches_compiled_kernel(name):
 
 def test_sampled_sequences_are_possible_and_bad_arguments_raise():
     hmm = z1r()
-    tokens, states = hmm.sample(200, 9, np.random.default_rng(0))
+    tokens, _states = hmm.sample(200, 9, np.random.default_rng(0))
     assert all(brute_prob(hmm.T, hmm.init, seq) > 0 for seq in tokens[:50])
     with pytest.raises(TypeError, match="numpy.random.Generator"):
         hmm.sample(2, 3, 0)
