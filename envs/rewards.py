@@ -224,12 +224,9 @@ class JointTarget(Reward):
         """P(target = k | factor beliefs) (..., m): the oracle's prediction from the joint belief."""
         pa = self.hmm.factors[self._fa].next_token_probs(factor_beliefs[self._fa])  # (..., Va)
         pb = self.hmm.factors[self._fb].next_token_probs(factor_beliefs[self._fb])  # (..., Vb)
-        ka = np.arange(pa.shape[-1])[:, None] + np.arange(pb.shape[-1])[None, :]  # (Va, Vb)
-        joint = pa[..., :, None] * pb[..., None, :]  # (..., Va, Vb)
-        out = np.zeros(joint.shape[:-2] + (self._m,))
-        for k in range(self._m):
-            out[..., k] = joint[..., ka % self._m == k].sum(axis=-1)
-        return out
+        k = (np.arange(pa.shape[-1])[:, None] + np.arange(pb.shape[-1])[None, :]).ravel() % self._m  # (Va*Vb,)
+        joint = (pa[..., :, None] * pb[..., None, :]).reshape(pa.shape[:-1] + (k.size,))  # (..., Va*Vb)
+        return joint @ np.eye(self._m)[k]  # (..., m)
 
 
 class Implies(Reward):
