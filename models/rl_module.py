@@ -137,6 +137,14 @@ class TransformerPolicyModule(TorchRLModule, ValueFunctionAPI):
             resid = self._last_resid(self.transformer, batch[Columns.OBS], dedup=False)  # (B, D)
             return {Columns.ACTION_DIST_INPUTS: self._policy(resid)}
 
+    # The wrapped model has no dropout or batch norm, so RLlib's eval()/train() toggling around
+    # every acting call (~3 ms of module traversal each) changes nothing and is skipped.
+    def forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._forward_inference(batch, **kwargs)
+
+    def forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._forward_exploration(batch, **kwargs)
+
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return self._forward(batch, **kwargs)
 
