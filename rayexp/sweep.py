@@ -80,11 +80,16 @@ def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
 def connect(address: str | None) -> None:
     """Join a cluster, or start an embedded Ray on 127.0.0.1."""
     import ray
+    import ray._private.ray_constants
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        # Ray maps 127.0.0.1 to the machine's routable address unless clusters are "disabled",
+        # as on macOS/Windows; that switch keeps an embedded Ray (GCS, raylet, workers) on loopback.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(
             _node_ip_address="127.0.0.1",
             dashboard_host="127.0.0.1",
@@ -140,8 +145,11 @@ def _progress_callback():
                 self.stage[trial.trial_id] = stage
                 self._say(trial, f"{STAGES[stage - 1]} done ({stage}/{len(STAGES)})")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self._say(trial, "FAILED; retrying from its last stage checkpoint")
+
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._say(trial, "FAILED (Tune retries it from its last checkpoint while max_failures allows)")
+            self._say(trial, "FAILED; no retries left")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._say(trial, "finished")

@@ -287,8 +287,8 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
         run.set_tags({"rayexp.resumed_after": state.data["done"][-1]})
 
     def stage_done(stage: str) -> None:
-        state.finish(stage, report.latest)
         report.latest["stage"] = float(STAGES.index(stage) + 1)
+        state.finish(stage, report.latest)
         snapshot = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
         shutil.copytree(state_dir, snapshot, dirs_exist_ok=True)
         report.metrics({}, step=0, checkpoint_dir=snapshot)
