@@ -77,9 +77,16 @@ def _sample_kernel(cdf, icdf, u, S, tokens, states):
             states[b, t + 1] = s
 
 
+# Two variants of the forward step: dense for small dense processes (Mess3: the sums stay in
+# registers, ~2x faster per entry) and sparse for compositions (entries of token x at
+# ptr[x]:ptr[x+1], ordered by source state, so a composition pays for its non-zeros, not S^2).
+# Each cur[j] sums over i in increasing order in both, so they give bit-identical beliefs. The
+# belief is carried in per-sequence buffers and normalized while it is written out: reading it
+# back from the output array or copying it made the kernel 1.5-1.7x slower.
+
+
 @njit(cache=True, inline="always")
-def _forward_step(T, x, prev, cur):
-    """cur = prev @ T[x], normalized; returns P(x | prev) (0.0 when x is impossible)."""
+def _unnormalized_dense(T, x, prev, cur):
     S = prev.shape[0]
     total = 0.0
     for j in range(S):
@@ -88,84 +95,160 @@ def _forward_step(T, x, prev, cur):
             acc += prev[i] * T[x, i, j]
         cur[j] = acc
         total += acc
-    if total > 0.0:
-        for j in range(S):
-            cur[j] = cur[j] / total
     return total
 
 
-# The belief is carried in small per-sequence buffers (prev, cur) rather than read back from the
-# output array: this keeps the recurrence in registers/L1 and made the kernel ~1.7x faster.
+@njit(cache=True, inline="always")
+def _unnormalized_sparse(ptr, src, dst, val, x, prev, cur):
+    S = prev.shape[0]
+    for j in range(S):
+        cur[j] = 0.0
+    for e in range(ptr[x], ptr[x + 1]):
+        cur[dst[e]] += prev[src[e]] * val[e]
+    total = 0.0
+    for j in range(S):
+        total += cur[j]
+    return total
 
 
 @njit(cache=True, parallel=True, fastmath=False)
-def _sample_beliefs_kernel(T, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
+def _sample_beliefs_dense(T, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
     B, L = tokens.shape
     S = init.shape[0]
+    K = cdf.shape[1]
     for b in prange(B):
         prev = init.copy()
         cur = np.empty(S)
         s = _pick(icdf, u[b, 0])
         states[b, 0] = s
         for t in range(L):
-            k = _pick(cdf[s], u[b, t + 1])
+            uu = u[b, t + 1]
+            k = 0
+            while k < K - 1 and uu >= cdf[s, k]:
+                k += 1
             x = k // S
             s = k - x * S
             tokens[b, t] = x
             states[b, t + 1] = s
-            if _forward_step(T, x, prev, cur) <= 0.0:
+            total = _unnormalized_dense(T, x, prev, cur)
+            if total <= 0.0:
                 # only reachable through underflow: the sampled token had exact probability > 0
                 failed_at[b] = t
                 break
             for j in range(S):
-                beliefs[b, t, j] = cur[j]
-            prev, cur = cur, prev
+                v = cur[j] / total
+                prev[j] = v
+                beliefs[b, t, j] = v
 
 
 @njit(cache=True, parallel=True, fastmath=False)
-def _beliefs_kernel(T, init, tokens, beliefs, failed_at):
+def _sample_beliefs_sparse(ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
+    B, L = tokens.shape
+    S = init.shape[0]
+    K = cdf.shape[1]
+    for b in prange(B):
+        prev = init.copy()
+        cur = np.empty(S)
+        s = _pick(icdf, u[b, 0])
+        states[b, 0] = s
+        for t in range(L):
+            uu = u[b, t + 1]
+            k = 0
+            while k < K - 1 and uu >= cdf[s, k]:
+                k += 1
+            x = k // S
+            s = k - x * S
+            tokens[b, t] = x
+            states[b, t + 1] = s
+            total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
+            if total <= 0.0:
+                # only reachable through underflow: the sampled token had exact probability > 0
+                failed_at[b] = t
+                break
+            for j in range(S):
+                v = cur[j] / total
+                prev[j] = v
+                beliefs[b, t, j] = v
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _beliefs_dense(T, init, tokens, beliefs, failed_at):
     B, L = tokens.shape
     S = init.shape[0]
     for b in prange(B):
         prev = init.copy()
         cur = np.empty(S)
         for t in range(L):
-            if _forward_step(T, tokens[b, t], prev, cur) <= 0.0:
+            x = tokens[b, t]
+            total = _unnormalized_dense(T, x, prev, cur)
+            if total <= 0.0:
                 failed_at[b] = t
                 break
             for j in range(S):
-                beliefs[b, t, j] = cur[j]
-            prev, cur = cur, prev
+                v = cur[j] / total
+                prev[j] = v
+                beliefs[b, t, j] = v
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _beliefs_sparse(ptr, src, dst, val, init, tokens, beliefs, failed_at):
+    B, L = tokens.shape
+    S = init.shape[0]
+    for b in prange(B):
+        prev = init.copy()
+        cur = np.empty(S)
+        for t in range(L):
+            x = tokens[b, t]
+            total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
+            if total <= 0.0:
+                failed_at[b] = t
+                break
+            for j in range(S):
+                v = cur[j] / total
+                prev[j] = v
+                beliefs[b, t, j] = v
+
+
+def sparse_tokens(T: np.ndarray):
+    """Per-token lists of non-zero entries: ptr (V+1,), src, dst (nnz,) int64, val (nnz,) float64."""
+    x, i, j = np.nonzero(T)  # row-major: ordered by token, then source, then destination
+    ptr = np.searchsorted(x, np.arange(T.shape[0] + 1)).astype(np.int64)
+    return ptr, i.astype(np.int64), j.astype(np.int64), np.ascontiguousarray(T[x, i, j])
 
 
 def _tables(hmm):
-    """CDF tables cached on the (immutable) HMM instance."""
+    """Dense or sparse T (whichever is faster), CDFs and init, cached on the (immutable) HMM."""
     cache = hmm._cache
     if "cdf" not in cache:
+        V, S, _ = hmm.T.shape
+        sparse = sparse_tokens(hmm.T)
+        # the sparse loop costs ~2x per entry, so it wins below ~half density
+        cache["dense"] = bool(len(sparse[3]) > 0.4 * V * S * S)
+        cache["mats"] = (np.ascontiguousarray(hmm.T),) if cache["dense"] else sparse
         cache["cdf"] = joint_cdf(hmm.T)
         cache["icdf"] = init_cdf(hmm.init)
-        cache["T"] = np.ascontiguousarray(hmm.T)
         cache["init"] = np.ascontiguousarray(hmm.init)
-    return cache["T"], cache["init"], cache["cdf"], cache["icdf"]
+    return cache["dense"], cache["mats"], cache["init"], cache["cdf"], cache["icdf"]
 
 
 def sample(hmm, batch: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    T, _, cdf, icdf = _tables(hmm)
+    _, _, _, cdf, icdf = _tables(hmm)
     u = draw_uniforms(rng, batch, length)
     tokens = np.empty((batch, length), dtype=np.int64)
     states = np.empty((batch, length + 1), dtype=np.int64)
-    _sample_kernel(cdf, icdf, u, T.shape[1], tokens, states)
+    _sample_kernel(cdf, icdf, u, hmm.n_states, tokens, states)
     return tokens, states
 
 
 def sample_with_beliefs(hmm, batch: int, length: int, rng: np.random.Generator):
-    T, init, cdf, icdf = _tables(hmm)
+    dense, mats, init, cdf, icdf = _tables(hmm)
     u = draw_uniforms(rng, batch, length)
     tokens = np.empty((batch, length), dtype=np.int64)
     states = np.empty((batch, length + 1), dtype=np.int64)
-    beliefs = np.empty((batch, length, T.shape[1]), dtype=np.float64)
+    beliefs = np.empty((batch, length, hmm.n_states), dtype=np.float64)
     failed_at = np.full(batch, -1, dtype=np.int64)
-    _sample_beliefs_kernel(T, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
+    kernel = _sample_beliefs_dense if dense else _sample_beliefs_sparse
+    kernel(*mats, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
     if (failed_at >= 0).any():
         b = int(np.argmax(failed_at >= 0))
         raise FloatingPointError(
@@ -175,7 +258,7 @@ def sample_with_beliefs(hmm, batch: int, length: int, rng: np.random.Generator):
 
 
 def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
-    T, init, _, _ = _tables(hmm)
+    dense, mats, init, _, _ = _tables(hmm)
     tokens = np.asarray(tokens)
     if tokens.ndim == 0:
         raise ValueError("tokens must have at least one dimension (..., L)")
@@ -187,7 +270,7 @@ def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
         raise ValueError(f"{hmm.name}: tokens must lie in [0, {hmm.vocab_size}); got range [{tok.min()}, {tok.max()}]")
     out = np.empty(tok.shape + (hmm.n_states,), dtype=np.float64)  # (B, L, S)
     failed_at = np.full(tok.shape[0], -1, dtype=np.int64)
-    _beliefs_kernel(T, init, tok, out, failed_at)
+    (_beliefs_dense if dense else _beliefs_sparse)(*mats, init, tok, out, failed_at)
     if (failed_at >= 0).any():
         b = int(np.argmax(failed_at >= 0))
         t = int(failed_at[b])
