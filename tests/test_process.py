@@ -345,8 +345,8 @@ def test_mess3_entropies_agree_across_methods():
     np.testing.assert_allclose(coarse[:6], exact[:6], atol=1e-12)  # 3^5 < 500: still exact
     assert (coarse[6:9] >= exact[6:9] - 1e-12).all()  # coarsening only forgets: an upper bound
     assert np.abs(coarse[6:9] - exact[6:9]).max() < 1e-4
-    default = hmm.conditional_entropies(40)  # coarsened at 20k beliefs per level
-    assert np.all(np.diff(default) < 5e-6)  # a stationary process: non-increasing up to the bound's slack
+    default = hmm.conditional_entropies(40)  # coarsened at 5k beliefs per level
+    assert np.all(np.diff(default) < 2e-5)  # a stationary process: non-increasing up to the bound's slack
     assert np.abs(coarse - default).max() < 5e-4
     assert np.abs(mc[6:] - default[6:]).max() < 5e-3
     assert abs(hmm.entropy_rate() - default[-1]) < 1e-3
