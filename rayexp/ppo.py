@@ -114,8 +114,10 @@ def module_spec(settings: PPOSettings, env_config: dict, checkpoint_path: str | 
         "value_grad_to_trunk": settings.value_grad_to_trunk,
         "kl_to_pretrained": settings.kl_to_pretrained > 0,
     }
-    if env_config.get("action_tokens") is not None:
-        model_config["action_tokens"] = list(env_config["action_tokens"])
+    from envs.gym_env import action_tokens
+
+    # The env resolves its action set (a reward may choose its own default); the module must agree.
+    model_config["action_tokens"] = action_tokens(dict(env_config))
     return RLModuleSpec(module_class=TransformerPolicyModule, model_config=model_config)
 
 
