@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from process_bruteforce import brute_beliefs, brute_prob
 from scipy.stats import chisquare
 
-from envs import _kernels
+from envs import _kernels, build_process
 from envs.process import HMM, from_matrices, stationary
 from envs.processes import PROCESSES, build, mess3, noisy_and, noisy_not, rrxor, z1r
 
@@ -267,11 +267,25 @@ def test_sampled_sequences_are_possible_and_bad_arguments_raise():
 
 
 def test_hmm_pickles_with_its_behaviour():
-    hmm = mess3(0.05, 0.85)
-    hmm.sample(2, 2, np.random.default_rng(0))  # fills the cache
-    clone = pickle.loads(pickle.dumps(hmm))
-    tokens = np.array([0, 1, 2, 2])
-    np.testing.assert_array_equal(clone.beliefs(tokens), hmm.beliefs(tokens))
+    for hmm in (
+        mess3(0.05, 0.85),
+        build_process({"name": "interleave", "factors": [{"name": "z1r"}, {"name": "rrxor"}]}),
+    ):
+        hmm.sample(2, 2, np.random.default_rng(0))  # fills the cache
+        clone = pickle.loads(pickle.dumps(hmm))
+        tokens = hmm.sample(3, 6, np.random.default_rng(1))[0]
+        np.testing.assert_array_equal(clone.beliefs(tokens), hmm.beliefs(tokens))
+        assert clone.meta == hmm.meta and clone.name == hmm.name
+
+
+def test_demo_runs_through_its_entry_point(capsys):
+    from envs.__main__ import main
+
+    assert main(["--batch", "16", "--length", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "mixture(mess3(x=0.05, a=0.85), rrxor" in out and "optimal_loss" in out and "entropy_rate" in out
+    assert main(["--spec", '{"name": "mess4"}']) == 2
+    assert "unknown process name 'mess4'" in capsys.readouterr().err
 
 
 # -- mixed states and entropies ------------------------------------------------------------------
