@@ -191,8 +191,12 @@ class HMM:
         elif _is_unifilar(self.T) and _has_unique_stationary(self.transition):
             h = float(stationary(self.transition) @ _entropy(self.T.sum(axis=2).T))
         else:
-            _, _, bel = self.sample_with_beliefs(n_samples, length, np.random.default_rng(seed))
-            h = float(_entropy(bel[:, length // 2 :] @ self.T.sum(axis=2).T).mean())
+            emit = self.T.sum(axis=2).T  # (S, V)
+            sums = [
+                _entropy(bel[:, length // 2 :] @ emit).sum(axis=0)  # (L - L//2,)
+                for bel in _belief_chunks(self, n_samples, length, np.random.default_rng(seed))
+            ]
+            h = float(np.sum(sums) / (n_samples * (length - length // 2)))
         self._cache[key] = float(h)
         return float(h)
 
@@ -215,6 +219,8 @@ def enumerate_conditional_entropies(
     """
     if beyond not in ("coarsen", "mc"):
         raise ValueError(f"beyond must be 'coarsen' or 'mc'; got {beyond!r}")
+    if max_states < 1 or length < 0:
+        raise ValueError(f"need max_states >= 1 and length >= 0; got max_states={max_states}, length={length}")
     out = np.empty(length)
     emit = hmm.T.sum(axis=2).T  # (S, V): P(x | state)
     b, p = hmm.init[None, :], np.ones(1)
@@ -230,10 +236,19 @@ def enumerate_conditional_entropies(
         if t < length:
             b, p = _expand(hmm.T, b, p)
     if t < length:
-        _, _, bel = hmm.sample_with_beliefs(n_samples, length - 1, np.random.default_rng(seed))  # (N, L-1, S)
-        prior = np.concatenate([np.broadcast_to(hmm.init, (n_samples, 1, hmm.n_states)), bel], axis=1)  # (N, L, S)
-        out[t:] = _entropy(prior[:, t:] @ emit).mean(axis=0)
+        total = np.zeros(length - t)
+        for bel in _belief_chunks(hmm, n_samples, length - 1, np.random.default_rng(seed)):  # (n, L-1, S)
+            prior = bel[:, t - 1 :]  # belief before token t' is the one after token t'-1; t >= 1 here
+            total += _entropy(prior @ emit).sum(axis=0)
+        out[t:] = total / n_samples
     return out
+
+
+def _belief_chunks(hmm: HMM, n: int, length: int, rng: np.random.Generator, max_floats: int = 2**24):
+    """Beliefs of ``n`` sampled sequences in chunks of at most ~128 MB, drawn from one generator."""
+    step = max(1, max_floats // max(1, length * hmm.n_states))
+    for start in range(0, n, step):
+        yield hmm.sample_with_beliefs(min(step, n - start), length, rng)[2]
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
