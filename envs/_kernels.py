@@ -63,18 +63,16 @@ def _pick(cdf_row, u):
     return k
 
 
-@njit(cache=True, parallel=True, fastmath=False)
-def _sample_kernel(cdf, icdf, u, S, tokens, states):
-    B, L = tokens.shape
-    for b in prange(B):
-        s = _pick(icdf, u[b, 0])
-        states[b, 0] = s
-        for t in range(L):
-            k = _pick(cdf[s], u[b, t + 1])
-            x = k // S
-            s = k - x * S
-            tokens[b, t] = x
-            states[b, t + 1] = s
+@njit(cache=True, inline="always")
+def _sample_seq(b, cdf, icdf, u, S, tokens, states):
+    s = _pick(icdf, u[b, 0])
+    states[b, 0] = s
+    for t in range(tokens.shape[1]):
+        k = _pick(cdf[s], u[b, t + 1])
+        x = k // S
+        s = k - x * S
+        tokens[b, t] = x
+        states[b, t + 1] = s
 
 
 # Two variants of the forward step: dense for small dense processes (Mess3: the sums stay in
@@ -111,102 +109,99 @@ def _unnormalized_sparse(ptr, src, dst, val, x, prev, cur):
     return total
 
 
-@njit(cache=True, parallel=True, fastmath=False)
-def _sample_beliefs_dense(T, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
-    B, L = tokens.shape
+@njit(cache=True, inline="always")
+def _write_normalized(cur, total, prev, out):
+    for j in range(cur.shape[0]):
+        v = cur[j] / total
+        prev[j] = v
+        out[j] = v
+
+
+@njit(cache=True, inline="always")
+def _sample_beliefs_seq(b, dense, T, ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
     S = init.shape[0]
     K = cdf.shape[1]
-    for b in prange(B):
-        prev = init.copy()
-        cur = np.empty(S)
-        s = _pick(icdf, u[b, 0])
-        states[b, 0] = s
-        for t in range(L):
-            uu = u[b, t + 1]
-            k = 0
-            while k < K - 1 and uu >= cdf[s, k]:
-                k += 1
-            x = k // S
-            s = k - x * S
-            tokens[b, t] = x
-            states[b, t + 1] = s
+    prev = init.copy()
+    cur = np.empty(S)
+    s = _pick(icdf, u[b, 0])
+    states[b, 0] = s
+    for t in range(tokens.shape[1]):
+        uu = u[b, t + 1]
+        k = 0
+        while k < K - 1 and uu >= cdf[s, k]:
+            k += 1
+        x = k // S
+        s = k - x * S
+        tokens[b, t] = x
+        states[b, t + 1] = s
+        if dense:
             total = _unnormalized_dense(T, x, prev, cur)
-            if total <= 0.0:
-                # only reachable through underflow: the sampled token had exact probability > 0
-                failed_at[b] = t
-                break
-            for j in range(S):
-                v = cur[j] / total
-                prev[j] = v
-                beliefs[b, t, j] = v
-
-
-@njit(cache=True, parallel=True, fastmath=False)
-def _sample_beliefs_sparse(ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
-    B, L = tokens.shape
-    S = init.shape[0]
-    K = cdf.shape[1]
-    for b in prange(B):
-        prev = init.copy()
-        cur = np.empty(S)
-        s = _pick(icdf, u[b, 0])
-        states[b, 0] = s
-        for t in range(L):
-            uu = u[b, t + 1]
-            k = 0
-            while k < K - 1 and uu >= cdf[s, k]:
-                k += 1
-            x = k // S
-            s = k - x * S
-            tokens[b, t] = x
-            states[b, t + 1] = s
+        else:
             total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
-            if total <= 0.0:
-                # only reachable through underflow: the sampled token had exact probability > 0
-                failed_at[b] = t
-                break
-            for j in range(S):
-                v = cur[j] / total
-                prev[j] = v
-                beliefs[b, t, j] = v
+        if total <= 0.0:
+            # only reachable through underflow: the sampled token had exact probability > 0
+            failed_at[b] = t
+            return
+        _write_normalized(cur, total, prev, beliefs[b, t])
 
 
-@njit(cache=True, parallel=True, fastmath=False)
-def _beliefs_dense(T, init, tokens, beliefs, failed_at):
-    B, L = tokens.shape
-    S = init.shape[0]
-    for b in prange(B):
-        prev = init.copy()
-        cur = np.empty(S)
-        for t in range(L):
-            x = tokens[b, t]
+@njit(cache=True, inline="always")
+def _beliefs_seq(b, dense, T, ptr, src, dst, val, init, tokens, beliefs, failed_at):
+    prev = init.copy()
+    cur = np.empty(init.shape[0])
+    for t in range(tokens.shape[1]):
+        x = tokens[b, t]
+        if dense:
             total = _unnormalized_dense(T, x, prev, cur)
-            if total <= 0.0:
-                failed_at[b] = t
-                break
-            for j in range(S):
-                v = cur[j] / total
-                prev[j] = v
-                beliefs[b, t, j] = v
-
-
-@njit(cache=True, parallel=True, fastmath=False)
-def _beliefs_sparse(ptr, src, dst, val, init, tokens, beliefs, failed_at):
-    B, L = tokens.shape
-    S = init.shape[0]
-    for b in prange(B):
-        prev = init.copy()
-        cur = np.empty(S)
-        for t in range(L):
-            x = tokens[b, t]
+        else:
             total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
-            if total <= 0.0:
-                failed_at[b] = t
-                break
-            for j in range(S):
-                v = cur[j] / total
-                prev[j] = v
-                beliefs[b, t, j] = v
+        if total <= 0.0:
+            failed_at[b] = t
+            return
+        _write_normalized(cur, total, prev, beliefs[b, t])
+
+
+# Batch loops: parallel over sequences for big batches; serial for small ones (a gym reset samples
+# one sequence), where waking the thread pool costs more than the work.
+
+
+@njit(cache=True, parallel=True)
+def _sample_par(cdf, icdf, u, S, tokens, states):
+    for b in prange(tokens.shape[0]):
+        _sample_seq(b, cdf, icdf, u, S, tokens, states)
+
+
+@njit(cache=True)
+def _sample_ser(cdf, icdf, u, S, tokens, states):
+    for b in range(tokens.shape[0]):
+        _sample_seq(b, cdf, icdf, u, S, tokens, states)
+
+
+@njit(cache=True, parallel=True)
+def _sample_beliefs_par(dense, T, ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
+    for b in prange(tokens.shape[0]):
+        _sample_beliefs_seq(b, dense, T, ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
+
+
+@njit(cache=True)
+def _sample_beliefs_ser(dense, T, ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
+    for b in range(tokens.shape[0]):
+        _sample_beliefs_seq(b, dense, T, ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
+
+
+@njit(cache=True, parallel=True)
+def _beliefs_par(dense, T, ptr, src, dst, val, init, tokens, beliefs, failed_at):
+    for b in prange(tokens.shape[0]):
+        _beliefs_seq(b, dense, T, ptr, src, dst, val, init, tokens, beliefs, failed_at)
+
+
+@njit(cache=True)
+def _beliefs_ser(dense, T, ptr, src, dst, val, init, tokens, beliefs, failed_at):
+    for b in range(tokens.shape[0]):
+        _beliefs_seq(b, dense, T, ptr, src, dst, val, init, tokens, beliefs, failed_at)
+
+
+PARALLEL_MIN_TOKENS = 1 << 14
 
 
 def sparse_tokens(T: np.ndarray):
@@ -217,37 +212,38 @@ def sparse_tokens(T: np.ndarray):
 
 
 def _tables(hmm):
-    """Dense or sparse T (whichever is faster), CDFs and init, cached on the (immutable) HMM."""
+    """Dense and sparse T with the faster one flagged, CDFs and init, cached on the (immutable) HMM."""
     cache = hmm._cache
     if "cdf" not in cache:
         V, S, _ = hmm.T.shape
         sparse = sparse_tokens(hmm.T)
         # the sparse loop costs ~2x per entry, so it wins below ~half density
-        cache["dense"] = bool(len(sparse[3]) > 0.4 * V * S * S)
-        cache["mats"] = (np.ascontiguousarray(hmm.T),) if cache["dense"] else sparse
+        dense = bool(len(sparse[3]) > 0.4 * V * S * S)
+        cache["mats"] = (dense, np.ascontiguousarray(hmm.T), *sparse)
         cache["cdf"] = joint_cdf(hmm.T)
         cache["icdf"] = init_cdf(hmm.init)
         cache["init"] = np.ascontiguousarray(hmm.init)
-    return cache["dense"], cache["mats"], cache["init"], cache["cdf"], cache["icdf"]
+    return cache["mats"], cache["init"], cache["cdf"], cache["icdf"]
 
 
 def sample(hmm, batch: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    _, _, _, cdf, icdf = _tables(hmm)
+    _, _, cdf, icdf = _tables(hmm)
     u = draw_uniforms(rng, batch, length)
     tokens = np.empty((batch, length), dtype=np.int64)
     states = np.empty((batch, length + 1), dtype=np.int64)
-    _sample_kernel(cdf, icdf, u, hmm.n_states, tokens, states)
+    kernel = _sample_par if batch * length >= PARALLEL_MIN_TOKENS else _sample_ser
+    kernel(cdf, icdf, u, hmm.n_states, tokens, states)
     return tokens, states
 
 
 def sample_with_beliefs(hmm, batch: int, length: int, rng: np.random.Generator):
-    dense, mats, init, cdf, icdf = _tables(hmm)
+    mats, init, cdf, icdf = _tables(hmm)
     u = draw_uniforms(rng, batch, length)
     tokens = np.empty((batch, length), dtype=np.int64)
     states = np.empty((batch, length + 1), dtype=np.int64)
     beliefs = np.empty((batch, length, hmm.n_states), dtype=np.float64)
     failed_at = np.full(batch, -1, dtype=np.int64)
-    kernel = _sample_beliefs_dense if dense else _sample_beliefs_sparse
+    kernel = _sample_beliefs_par if batch * length >= PARALLEL_MIN_TOKENS else _sample_beliefs_ser
     kernel(*mats, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
     if (failed_at >= 0).any():
         b = int(np.argmax(failed_at >= 0))
@@ -258,7 +254,7 @@ def sample_with_beliefs(hmm, batch: int, length: int, rng: np.random.Generator):
 
 
 def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
-    dense, mats, init, _, _ = _tables(hmm)
+    mats, init, _, _ = _tables(hmm)
     tokens = np.asarray(tokens)
     if tokens.ndim == 0:
         raise ValueError("tokens must have at least one dimension (..., L)")
@@ -270,7 +266,8 @@ def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
         raise ValueError(f"{hmm.name}: tokens must lie in [0, {hmm.vocab_size}); got range [{tok.min()}, {tok.max()}]")
     out = np.empty(tok.shape + (hmm.n_states,), dtype=np.float64)  # (B, L, S)
     failed_at = np.full(tok.shape[0], -1, dtype=np.int64)
-    (_beliefs_dense if dense else _beliefs_sparse)(*mats, init, tok, out, failed_at)
+    kernel = _beliefs_par if tok.size >= PARALLEL_MIN_TOKENS else _beliefs_ser
+    kernel(*mats, init, tok, out, failed_at)
     if (failed_at >= 0).any():
         b = int(np.argmax(failed_at >= 0))
         t = int(failed_at[b])

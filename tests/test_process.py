@@ -232,18 +232,23 @@ def test_initial_states_follow_init_and_runs_are_deterministic():
     assert not np.array_equal(t1, t4)
 
 
-def test_results_do_not_depend_on_thread_count():
-    hmm = mess3()
+@pytest.mark.parametrize("hmm", [mess3(), rrxor()], ids=lambda h: h.name)  # dense and sparse kernels
+def test_results_do_not_depend_on_thread_count_or_batch_split(hmm):
+    batch, length = 512, 64
+    assert batch * length >= _kernels.PARALLEL_MIN_TOKENS  # the parallel path
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = hmm.sample_with_beliefs(64, 32, np.random.default_rng(5))
+        one = hmm.sample_with_beliefs(batch, length, np.random.default_rng(5))
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = hmm.sample_with_beliefs(64, 32, np.random.default_rng(5))
+        many = hmm.sample_with_beliefs(batch, length, np.random.default_rng(5))
     finally:
         numba.set_num_threads(before)
     for a, b in zip(one, many):
         np.testing.assert_array_equal(a, b)
+    # small batches take the serial loop: same numbers, sequence by sequence
+    np.testing.assert_array_equal(np.concatenate([hmm.beliefs(t[None]) for t in one[0][:20]]), one[2][:20])
+    np.testing.assert_array_equal(hmm.sample(batch, length, np.random.default_rng(5))[0], one[0])
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))
