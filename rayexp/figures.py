@@ -60,12 +60,19 @@ def belief_colors(true: np.ndarray) -> np.ndarray:
 
 
 def belief_simplex(
-    true: np.ndarray, pred: np.ndarray, title: str = "", max_points: int = 20000, seed: int = 0, point_size: float = 1.0
+    true: np.ndarray,
+    pred: np.ndarray,
+    title: str = "",
+    max_points: int = 20000,
+    seed: int = 0,
+    point_size: float | None = None,
 ):
     """True beliefs (left) and probe-predicted beliefs (right), coloured by the true belief.
 
     3-state beliefs are drawn in the 2-simplex (barycentric); more states are projected onto the top-2
-    principal components of the *true* beliefs, and predictions onto the same axes.
+    principal components of the *true* beliefs, and predictions onto the same axes. ``point_size=None``
+    scales markers with the number of distinct beliefs, so a 36-state mixed-state presentation (RRXOR)
+    is as visible as a fractal of thousands of points.
     """
     true = np.asarray(true, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
@@ -75,6 +82,10 @@ def belief_simplex(
         keep = np.random.default_rng(seed).choice(len(true), max_points, replace=False)
         true, pred = true[keep], pred[keep]
     colors = belief_colors(true)
+    if point_size is None:
+        distinct = len(np.unique(true.round(6), axis=0))
+        point_size = float(np.clip(1500 / distinct, 1.0, 40.0))
+    sizes = (point_size, min(point_size, 4.0))  # predictions scatter: keep their markers small
     if true.shape[1] == 3:
         xy_true, xy_pred = barycentric(true), barycentric(pred)
         labels = ("", "")
@@ -83,8 +94,9 @@ def belief_simplex(
         xy_true, xy_pred = (true - mean) @ axes, (pred - mean) @ axes
         labels = ("PC1 of true beliefs", "PC2 of true beliefs")
     fig, axs = plt.subplots(1, 2, figsize=(10, 4.8))
-    for ax, xy, name in zip(axs, (xy_true, xy_pred), ("true beliefs", "probe prediction (held out)")):
-        ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=point_size, linewidths=0, rasterized=True)
+    panels = zip(axs, (xy_true, xy_pred), sizes, ("true beliefs", "probe prediction (held out)"))
+    for ax, xy, size, name in panels:
+        ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=size, linewidths=0, rasterized=True)
         if true.shape[1] == 3:
             ax.plot([0, 1, 0.5, 0], [0, 0, _SQRT3_2, 0], color="0.6", lw=0.8)
             ax.set_aspect("equal")
@@ -149,15 +161,15 @@ def skill_by_layer(before: pa.Table, after: pa.Table | None = None, targets: lis
                 x, [r["skill_ci_low"] for r in stream], [r["skill_ci_high"] for r in stream], color=c, alpha=0.15, lw=0
             )
             ax_r.plot(x, [r["r2"] for r in stream], ls, color=c, marker="o", label=name)
-            ax_r.plot(x, [r["r2_random_init"] for r in stream], ":", color=c, label=f"{name} random init")
+            ax_r.plot(x, [r["r2_random_init"] for r in stream], ":", color=c)
             last = max(x)
             for off, kind, marker in ((0.35, "ln_final", "s"), (0.7, "concat", "*")):
                 fill = "none" if ls == "--" else "full"
                 if kind in extra:
                     ax_s.plot([last + off], [extra[kind]["skill"]], marker, color=c, ms=9, fillstyle=fill)
                     ax_r.plot([last + off], [extra[kind]["r2"]], marker, color=c, ms=9, fillstyle=fill)
-    for ax, ylabel in ((ax_s, "skill = 1 - MSE / MSE(random init)"), (ax_r, "held-out R$^2$")):
-        ax.set_xlabel("residual stream depth (0 = embedding; ■ final norm, ★ all layers)")
+    for ax, ylabel in ((ax_s, "skill = 1 - MSE / MSE(random init)"), (ax_r, "held-out R$^2$ (dotted: random init)")):
+        ax.set_xlabel("layer (0 = embedding)   ■ final norm   ★ all layers")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax_s.axhline(0, color="0.5", lw=0.8)

@@ -71,7 +71,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "rrxor": Experiment(
         spec={"name": "rrxor"},
         model=TransformerConfig(n_layers=4, d_model=128, n_heads=4, d_head=16, d_mlp=512, n_ctx=10, d_vocab=2),
-        pretrain=PretrainConfig(steps=3000, batch_size=256, lr=1e-3, warmup_steps=100),
+        pretrain=PretrainConfig(steps=2000, batch_size=256, lr=1e-3, warmup_steps=100),
         criterion="R^2 of the concatenated residual layers > R^2 of the final residual stream",
     ),
     "mixture": Experiment(

@@ -1,6 +1,9 @@
 """Probe math against planted answers, the sequence split, the controls and the table schema."""
 
+import json
+
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -142,3 +145,20 @@ def test_probe_model_on_a_real_transformer():
     np.testing.assert_allclose(same.column("skill").to_numpy(), 0.0, atol=1e-12)
     summary = probes.summarize(t)
     assert summary[f"{probes.CONCAT}/skill"] == concat["skill"]
+
+
+def test_reproduce_entry_point_smoke(tmp_path, capsys):
+    from rayexp import reproduce
+
+    assert reproduce.main(["mess3-0.05", "--out", str(tmp_path), "--steps", "3", "--n-seq", "200"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    table = pq.read_table(tmp_path / "probes.parquet")
+    assert table.schema.equals(probes.SCHEMA)
+    final = next(r for r in table.to_pylist() if r["hook"] == "blocks.3.hook_resid_post")
+    assert summary["targets"]["belief"]["final"]["skill"] == pytest.approx(final["skill"])
+    assert summary["passed"] == (final["skill"] >= 0.8)
+    assert summary["command"].startswith("python -m rayexp.reproduce mess3-0.05")
+    for name in ("simplex_final.png", "simplex_concat.png", "simplex_random_init.png", "skill_by_layer.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert (tmp_path / "checkpoints" / "final.pt").exists()
+    assert "criterion" in capsys.readouterr().out
