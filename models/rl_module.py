@@ -28,10 +28,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.transformer import Transformer

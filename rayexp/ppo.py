@@ -22,9 +22,10 @@ per trajectory segment (shuffling stays exact, just slower).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,7 +228,7 @@ def _metrics(result: dict, prev_steps: int, dt: float) -> tuple[dict[str, float]
     m = {
         "episode_return_mean": float(ret),
         "episode_len_mean": float(length),
-        "reward_per_step": float(ret) / float(length) if length and length == length else float("nan"),
+        "reward_per_step": float(ret) / float(length) if np.isfinite(length) and length > 0 else float("nan"),
         "env_steps": steps,
         "env_steps_per_s": (steps - prev_steps) / dt,
     }
