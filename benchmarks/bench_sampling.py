@@ -7,6 +7,10 @@ matrix product per time step for sample + belief update, same random draws, same
 their ratio, per wall-clock second and per CPU-second (summed over threads: what the work costs,
 which a busy shared machine distorts much less than wall time). Both run in the same process, so
 the ratios hold on a busy machine even when absolute numbers do not. Best of ``--repeats`` runs.
+
+On an oversubscribed machine the default OpenMP threading layer spin-waits for a descheduled
+thread and 2 threads can be slower than 1; ``NUMBA_THREADING_LAYER=workqueue`` does not (but
+must not be called from several Python threads at once). Compare with ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,10 @@ def main(argv=None) -> list[dict]:
     procs = {"mess3(0.05,0.85)": mess3(0.05, 0.85), "rrxor": rrxor()}
     for hmm in procs.values():  # compile (or load the cache) outside the timings
         hmm.sample_with_beliefs(2, 2, np.random.default_rng(0))
-    print(f"numba threads: {numba.get_num_threads()}, cpus: {os.cpu_count()}, load avg: {os.getloadavg()[0]:.1f}")
+    print(
+        f"numba threads: {numba.get_num_threads()} ({numba.threading_layer()} layer), cpus: {os.cpu_count()}, "
+        f"load avg: {os.getloadavg()[0]:.1f}"
+    )
     header = (
         f"{'process':<18} {'batch x length':>15} {'numba M tok/s':>14} {'numpy M tok/s':>14} {'ratio':>6}"
         f" {'numba M tok/cpu-s':>18} {'numpy M tok/cpu-s':>18} {'ratio':>6}"
