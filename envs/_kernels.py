@@ -1,8 +1,9 @@
 """Sampling and exact-belief kernels.
 
-The compiled kernels (numba, float64, parallel over the batch) are what :class:`envs.process.HMM`
-uses. Every uniform random number is drawn up front from the caller's numpy Generator, one row
-per sequence, so a seed gives the same tokens, states and beliefs whatever the thread count.
+The compiled kernels (numba, float64; parallel over the batch for big batches, serial for small
+ones) are what :class:`envs.process.HMM` uses. Every uniform random number is drawn up front from
+the caller's numpy Generator, one row per sequence, so a seed gives the same tokens, states and
+beliefs whatever the thread count.
 ``sample`` and ``sample_with_beliefs`` consume the same draws, so they agree token for token.
 
 Sampling inverts the CDF of the joint (token, next state) distribution of the current state
