@@ -56,6 +56,13 @@ def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        # a reused Ray worker can sit in a deleted directory (an earlier job's working dir), and
+        # mlflow resolves its default artifact root against the cwd
+        os.chdir(tempfile.gettempdir())
+
     return MlflowClient(tracking_uri=uri)
 
 
