@@ -163,13 +163,13 @@ class TransformerPolicyModule(TorchRLModule, ValueFunctionAPI):
         return out
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any | None = None) -> torch.Tensor:
+        keep = self._rows_needed(batch)
         if embeddings is None:
-            keep = self._rows_needed(batch)
-            embeddings = self._last_resid(self.transformer, batch[Columns.OBS], dedup=True, keep=keep)  # (B, D)
+            with torch.set_grad_enabled(self.value_grad_to_trunk and torch.is_grad_enabled()):
+                embeddings = self._last_resid(self.transformer, batch[Columns.OBS], dedup=True, keep=keep)  # (B, D)
         if not self.value_grad_to_trunk:
             embeddings = embeddings.detach()
         values = self.value_head(embeddings).squeeze(-1)  # (B,)
-        keep = self._rows_needed(batch)
         return values if keep is None else values.masked_fill(~keep, 0.0)  # (B,)
 
 

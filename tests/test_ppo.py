@@ -90,7 +90,7 @@ def test_build_ppo_config_wires_module_env_and_learner(brief_checkpoint):
 
 
 def test_lr_0_round_trips_weights_bit_for_bit(ray_local, brief_checkpoint, tmp_path):
-    settings = PPOSettings(lr=0.0, iterations=1, **FAST)
+    settings = PPOSettings(lr=0.0, iterations=1, kl_to_pretrained=0.5, **FAST)
     res = train_ppo(settings, ENV, brief_checkpoint, tmp_path / "post.pt")
     post, extra = load_checkpoint(res.checkpoint_path)
     pre, _ = load_checkpoint(brief_checkpoint)
@@ -101,6 +101,7 @@ def test_lr_0_round_trips_weights_bit_for_bit(ray_local, brief_checkpoint, tmp_p
     h = res.history[0]
     assert h["env_steps"] >= 600 and h["env_steps_per_s"] > 0
     assert {"approx_kl", "clip_fraction", "entropy", "vf_explained_var", "reward_per_step"} <= h.keys()
+    assert h["kl_to_pretrained"] < 1e-6 and h["approx_kl"] < 1e-6  # the policy never moved
 
 
 @pytest.mark.slow
