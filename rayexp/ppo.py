@@ -155,9 +155,19 @@ def build_ppo_config(settings: PPOSettings, env_config: dict, checkpoint_path: s
             shuffle_batch_per_epoch=settings.shuffle_batch_per_epoch,
             learner_config_dict={"kl_to_pretrained": settings.kl_to_pretrained},
         )
+        # Episode metrics average over about one iteration's episodes, so each history entry
+        # describes the policy that sampled it (the first one: the pretrained policy).
+        .reporting(metrics_num_episodes_for_smoothing=max(1, settings.train_batch_size // _episode_len(env_config)))
         .debugging(seed=settings.seed)
     )
     return config
+
+
+def _episode_len(env_config: dict) -> int:
+    from envs.gym_env import EnvConfig
+
+    cfg = EnvConfig.from_dict(dict(env_config))
+    return cfg.episode_len or cfg.context
 
 
 class TransformerPPOLearner(PPOTorchLearner):
