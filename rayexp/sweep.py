@@ -41,6 +41,7 @@ class SweepOutcome:
     errors: int
     parent_run_id: str
     tracking_uri: str
+    wall_s: float = float("nan")  # Tune's fit, without Ray start-up
 
 
 def storage_uri(storage_path: str) -> str:
@@ -77,7 +78,7 @@ def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
         f.write(json.dumps(state).encode())
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join a cluster, or start an embedded Ray on 127.0.0.1."""
     import ray
     import ray._private.ray_constants
@@ -91,6 +92,7 @@ def connect(address: str | None) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(
+            num_cpus=num_cpus,
             _node_ip_address="127.0.0.1",
             dashboard_host="127.0.0.1",
             include_dashboard=os.environ.get("RAYEXP_DASHBOARD", "0") == "1",
@@ -106,6 +108,11 @@ def _resources(sweep: SweepConfig):
     # RLlib env runners are extra actors; reserving them with the trial avoids a deadlock when
     # every CPU is held by a trial waiting for its own runners.
     return tune.PlacementGroupFactory([head] + [{"CPU": 1.0}] * runners)
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directory names: Tune's default spells out the config and can pass 255 chars."""
+    return f"trial_{trial.trial_id}"
 
 
 def param_space(sweep: SweepConfig, meta: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +202,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_sweep(
-    path: str, resume: bool = False, address: str | None = None, verbose: int = 0, progress: bool = True
+    path: str,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: int = 0,
+    progress: bool = True,
+    num_cpus: int | None = None,
 ) -> SweepOutcome:
     """Validate, connect, check the cluster, run (or resume) the sweep; raises SweepError on bad input."""
     from rayexp import tracking
@@ -209,7 +221,7 @@ def run_sweep(
     import ray
     from ray import tune
 
-    connect(address)
+    connect(address, num_cpus)
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         check_cluster(sweep, path, ray.cluster_resources(), nodes)
@@ -260,7 +272,9 @@ def run_sweep(
                 trainable,
                 param_space=space,
                 tune_config=tune.TuneConfig(
-                    num_samples=sweep.axes.num_samples, max_concurrent_trials=sweep.max_concurrent
+                    num_samples=sweep.axes.num_samples,
+                    max_concurrent_trials=sweep.max_concurrent,
+                    trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(
                     name=sweep.name,
@@ -275,10 +289,11 @@ def run_sweep(
         grid = tuner.fit()
         rows = [_row(r, sweep) for r in grid]
         errors = sum(1 for r in grid if r.error)
-        tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)
+        tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)  # includes scheduling
         tracking.client(uri).log_metric(parent, "sweep/failed_trials", errors)
         tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
-        return SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri)
+        wall = time.time() - t0
+        return SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, wall_s=wall)
     finally:
         ray.shutdown()
 

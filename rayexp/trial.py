@@ -286,8 +286,16 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     if run is not None and state.data["done"]:
         run.set_tags({"rayexp.resumed_after": state.data["done"][-1]})
 
+    clock = [time.perf_counter()]
+
     def stage_done(stage: str) -> None:
+        now = time.perf_counter()
         report.latest["stage"] = float(STAGES.index(stage) + 1)
+        seconds = {f"time/{stage}_s": now - clock[0]}
+        clock[0] = now
+        if run is not None:
+            run.log_metrics(seconds, step=0)
+        report.latest.update(seconds)
         state.finish(stage, report.latest)
         snapshot = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
         shutil.copytree(state_dir, snapshot, dirs_exist_ok=True)
