@@ -21,6 +21,7 @@ per trajectory segment (shuffling stays exact, just slower).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
 
 ENV_NAME = "rayexp-sequence-v0"
+logger = logging.getLogger(__name__)
 
 
 class PPOSettings(BaseModel):
@@ -271,7 +273,11 @@ def train_ppo(
     diagnostics (to MLflow or Tune).
     """
     torch.manual_seed(settings.seed)
-    use_workqueue_numba_threads()
+    if not use_workqueue_numba_threads():
+        logger.warning(
+            "numba's OpenMP threads already run in this process; the learner's torch ops will be far slower. "
+            "Set NUMBA_THREADING_LAYER=workqueue before any envs kernel runs."
+        )
     algo = build_ppo_config(settings, env_config, checkpoint_path).build_algo()
     history: list[dict[str, float]] = []
     try:
