@@ -16,7 +16,9 @@ the module cheap:
   One causal pass per trajectory segment instead of one per env step.
 - Acting: the trunk runs only over the longest real prefix in the batch, in inference mode.
 
-model_config keys: ``checkpoint`` (path, required), ``action_tokens`` (token ids, default all),
+model_config keys: ``checkpoint`` (path, required), ``transformer_config`` (its TransformerConfig
+as a dict: lets env runners on nodes without the file build the model and receive the Learner's
+weights), ``action_tokens`` (token ids, default all),
 ``pad_token`` (default d_vocab), ``value_hidden`` (hidden width of the value MLP, 0 = linear),
 ``value_grad_to_trunk`` (default False: the value loss does not move the transformer, so weight
 diffs are the policy's alone), ``kl_to_pretrained`` (bool: also output the frozen pretrained
@@ -25,6 +27,7 @@ policy's logits under :data:`PRETRAINED_LOGITS` for a KL penalty in the learner)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +37,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.transformer import Transformer
+from models.transformer import Transformer, TransformerConfig
 
 PRETRAINED_LOGITS = "pretrained_action_logits"
 
@@ -69,7 +72,12 @@ class TransformerPolicyModule(TorchRLModule, ValueFunctionAPI):
 
     def setup(self):
         cfg = self.model_config
-        self.transformer, _ = load_checkpoint(cfg["checkpoint"])
+        if self.inference_only and "transformer_config" in cfg and not Path(cfg["checkpoint"]).exists():
+            # An env runner on a node without the file: RLlib syncs the Learner's weights into
+            # every env runner before the first sample, so only the architecture is needed here.
+            self.transformer = Transformer(TransformerConfig(**cfg["transformer_config"])).eval()
+        else:
+            self.transformer, _ = load_checkpoint(cfg["checkpoint"])
         V, D = self.transformer.cfg.d_vocab, self.transformer.cfg.d_model
         self.pad_token = int(cfg.get("pad_token", V))
         action_tokens = list(cfg.get("action_tokens") or range(V))

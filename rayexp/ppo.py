@@ -111,8 +111,10 @@ def register_env() -> str:
 
 
 def module_spec(settings: PPOSettings, env_config: dict, checkpoint_path: str | Path) -> RLModuleSpec:
+    payload = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     model_config = {
         "checkpoint": str(checkpoint_path),
+        "transformer_config": payload["config"],
         "value_hidden": settings.value_hidden,
         "value_grad_to_trunk": settings.value_grad_to_trunk,
         "kl_to_pretrained": settings.kl_to_pretrained > 0,

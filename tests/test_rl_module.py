@@ -154,3 +154,24 @@ def test_kl_reference_outputs_pretrained_logits_and_stays_out_of_the_state(check
 def test_bad_action_tokens_raise(checkpoint):
     with pytest.raises(ValueError, match="vocabulary"):
         build(checkpoint, [0, V])
+
+
+def test_env_runner_copy_builds_without_the_file_and_takes_synced_weights(checkpoint, tmp_path):
+    learner_side = build(checkpoint)
+    model, _ = load_checkpoint(checkpoint)
+    spec = RLModuleSpec(
+        module_class=TransformerPolicyModule,
+        observation_space=gym.spaces.Box(0, V, shape=(K,), dtype=np.int64),
+        action_space=gym.spaces.Discrete(V),
+        inference_only=True,
+        model_config={"checkpoint": str(tmp_path / "absent.pt"), "transformer_config": model.cfg.model_dump()},
+    )
+    runner_side = spec.build()
+    runner_side.set_state(learner_side.get_state(inference_only=True))
+    obs = episode_observations(3)
+    torch.testing.assert_close(
+        runner_side.forward_exploration({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS],
+        learner_side.forward_exploration({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS],
+        atol=0,
+        rtol=0,
+    )
