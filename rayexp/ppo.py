@@ -39,6 +39,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
+from models.checkpoint import load_checkpoint
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
 
 ENV_NAME = "rayexp-sequence-v0"
@@ -111,10 +112,9 @@ def register_env() -> str:
 
 
 def module_spec(settings: PPOSettings, env_config: dict, checkpoint_path: str | Path) -> RLModuleSpec:
-    payload = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     model_config = {
         "checkpoint": str(checkpoint_path),
-        "transformer_config": payload["config"],
+        "transformer_config": load_checkpoint(checkpoint_path)[0].cfg.model_dump(),
         "value_hidden": settings.value_hidden,
         "value_grad_to_trunk": settings.value_grad_to_trunk,
         "kl_to_pretrained": settings.kl_to_pretrained > 0,
