@@ -175,3 +175,18 @@ def test_env_runner_copy_builds_without_the_file_and_takes_synced_weights(checkp
         atol=0,
         rtol=0,
     )
+
+
+def test_dedup_gradients_equal_per_row_gradients(checkpoint):
+    module = build(checkpoint)
+    obs = episode_observations(5)
+    weights = torch.randn(len(obs), V, generator=torch.Generator().manual_seed(0))  # an arbitrary loss
+
+    def grads(dedup: bool) -> list[torch.Tensor]:
+        module.zero_grad()
+        resid = module._last_resid(module.transformer, obs, dedup=dedup)  # (B, D)
+        (module._policy(resid) * weights).sum().backward()
+        return [p.grad.clone() for p in module.transformer.parameters()]
+
+    for shared, per_row in zip(grads(True), grads(False)):
+        torch.testing.assert_close(shared, per_row, atol=1e-5, rtol=1e-4)
