@@ -22,11 +22,11 @@ def run(**kw):
 
 
 def test_loss_gap_to_optimal_falls():
-    res = run(steps=240, eval_every=40, warmup_steps=10)
+    res = run(steps=160, eval_every=40, warmup_steps=10)
     gaps = [h["loss_gap"] for h in res.history]
-    assert [h["step"] for h in res.history] == [40, 80, 120, 160, 200, 240]
+    assert [h["step"] for h in res.history] == [40, 80, 120, 160]
     assert gaps[0] > 0.05, "an untrained model should be well above the optimum"
-    assert gaps[-1] < 0.5 * gaps[0], gaps
+    assert max(gaps[-2:]) < 0.3 * gaps[0], gaps
     assert abs(gaps[-1]) < 0.05, gaps  # close to the optimum (a little MC noise either side)
     assert all(h["tokens_per_s"] > 0 and h["optimal_loss"] == res.optimal_loss for h in res.history)
     assert 0.5 < res.optimal_loss < math.log(3)
