@@ -90,14 +90,24 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     else:
         # Ray maps 127.0.0.1 to the machine's routable address unless clusters are "disabled",
         # as on macOS/Windows; that switch keeps an embedded Ray (GCS, raylet, workers) on loopback.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(
-            num_cpus=num_cpus,
-            _node_ip_address="127.0.0.1",
-            dashboard_host="127.0.0.1",
-            include_dashboard=os.environ.get("RAYEXP_DASHBOARD", "0") == "1",
-        )
+        # The switch is undone after start-up so later clusters from this process are unaffected.
+        key, before = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        constants = ray._private.ray_constants
+        enabled = constants.ENABLE_RAY_CLUSTER
+        os.environ[key], constants.ENABLE_RAY_CLUSTER = "0", False
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                _node_ip_address="127.0.0.1",
+                dashboard_host="127.0.0.1",
+                include_dashboard=os.environ.get("RAYEXP_DASHBOARD", "0") == "1",
+            )
+        finally:
+            constants.ENABLE_RAY_CLUSTER = enabled
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
 
 
 def _resources(sweep: SweepConfig):

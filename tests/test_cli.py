@@ -89,3 +89,21 @@ def test_unknown_command_is_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_any_trial(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = yaml.safe_load((ROOT / "sweeps/quickstart.yaml").read_text())
+    sweep["resources"] = {"cpu": 1, "gpu": 0.5}
+    file = tmp_path / "gpu.yaml"
+    file.write_text(yaml.safe_dump(sweep))
+    assert main(["validate", str(file)]) == 0  # fine on paper ...
+    assert main(["run", str(file)]) == 2  # ... refused once connected to this GPU-less Ray
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [f"error: {file}: resources.gpu: 0.5 GPU per trial requested but the cluster has no GPU"]
+    assert not ray.is_initialized()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "rayexp_results").exists()

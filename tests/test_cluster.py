@@ -64,6 +64,7 @@ def cluster(tmp_path_factory):
         "OMP_NUM_THREADS": "1",
     }
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # multi-node needs Ray's default (enabled)
     common = [
         "ray",
         "start",

@@ -5,10 +5,12 @@ Every test uses a tiny model and a few PPO steps; Ray is stopped by the code und
 (`run_sweep` shuts down what it starts) or by killing the process group the test started.
 """
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +103,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def test_parallel_trials_land_in_mlflow_and_share_one_pretraining(workdir):
+    from rayexp.report import report
     from rayexp.sweep import run_sweep
 
     path = write_sweep(workdir, tiny_sweep())
@@ -140,6 +143,10 @@ def test_parallel_trials_land_in_mlflow_and_share_one_pretraining(workdir):
     assert spans[1][0] < spans[0][1]
     assert sorted(r.data.tags["rayexp.pretrain_cache"] for r in runs) == ["hit", "miss"]
     assert len(list((workdir / "results" / "pretrain_cache").glob("*/DONE"))) == 1
+    buf = io.StringIO()
+    assert report("tiny", out_dir=str(workdir / "rep"), file=buf) == 0  # `rayexp report tiny`
+    assert "negative_control" in buf.getvalue() and "positive_control" in buf.getvalue()
+    assert {"report.csv", "probe_skill_pre_post.png", "ppo_reward.png"} <= {p.name for p in (workdir / "rep").iterdir()}
     assert {r.data.tags["rayexp.pretrain_key"] for r in runs} == {
         p.name for p in (workdir / "results/pretrain_cache").glob("*") if p.is_dir()
     }
@@ -152,7 +159,7 @@ def _wait_for(predicate, timeout: float, proc=None, what=""):
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -162,10 +169,15 @@ def test_worker_killed_mid_ppo_resumes_from_its_checkpoint(workdir):
     path = write_sweep(workdir, sweep)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     proc = cli("run", str(path), cwd=workdir)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
+        # the driver creates the MLflow database; reading it before then would race its migration
+        _wait_for(lambda: any(line.startswith("rayexp: sweep fault") for line in lines), 240, proc, "the sweep start")
 
         def mid_ppo():
-            for run in trial_runs(uri, "fault") if (workdir / "mlflow.db").exists() else []:
+            for run in trial_runs(uri, "fault"):
                 hist = tracking.client(uri).get_metric_history(run.info.run_id, "ppo/next/approx_kl")
                 if len(hist) >= 2:
                     return int(run.data.tags["rayexp.worker_pid"])
@@ -173,7 +185,9 @@ def test_worker_killed_mid_ppo_resumes_from_its_checkpoint(workdir):
 
         pid = _wait_for(mid_ppo, 240, proc, "PPO to start")
         os.kill(pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+        reader.join(timeout=30)
+        out = "".join(lines)
     finally:
         kill_group(proc)
     (workdir / "driver.log").write_text(out)
