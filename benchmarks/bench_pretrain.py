@@ -1,0 +1,164 @@
+"""Pretraining throughput against the machine's fp32 matmul bound and a plain nn.MultiheadAttention loop.
+
+How to run::
+
+    python benchmarks/bench_pretrain.py                 # 2 threads, 5 interleaved rounds
+    python benchmarks/bench_pretrain.py --rounds 3 --batch 512 --compile
+
+What to expect: a table with the measured fp32 matmul peak, the bound it implies
+(peak / (6 x matmul parameters) tokens/s: training costs ~6 FLOPs per weight per token),
+``models.pretrain`` tokens/s and a plain loop's tokens/s, with ratios. The machine is shared, so
+every figure is the best of several interleaved rounds, and the ratios (measured in the same
+rounds) matter more than the absolute numbers.
+
+The model is the Mess3 model of the brief: 4 layers, d_model 64, context 10, d_mlp 256, with
+4 heads x 16 so that nn.MultiheadAttention (which needs d_head = d_model / n_heads) builds
+exactly the same sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.processes import mess3
+from models.pretrain import PretrainConfig, pretrain
+from models.transformer import Transformer, TransformerConfig
+
+MODEL = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=10, d_vocab=3)
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 20, dtype=torch.float32, device: str = "cpu") -> float:
+    """Best-of-3 throughput of an n x n x n matrix product, GFLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    best = 0.0
+    for _ in range(3):
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+class PlainLM(nn.Module):
+    """What one writes first: nn.TransformerEncoderLayer (pre-LN) blocks with a causal mask."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.pos = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        layer = {"d_model": cfg.d_model, "nhead": cfg.n_heads, "dim_feedforward": cfg.d_mlp, "dropout": 0.0}
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(**layer, activation=cfg.act, batch_first=True, norm_first=True)
+            for _ in range(cfg.n_layers)
+        )
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(T)  # (T, T) -inf above the diagonal
+        x = self.embed(tokens) + self.pos(torch.arange(T))  # (B, T, D)
+        for block in self.blocks:
+            x = block(x, src_mask=mask, is_causal=True)  # (B, T, D)
+        return self.out(self.ln(x))  # (B, T, V)
+
+
+def plain_tokens_per_s(process, batch: int, steps: int, seed: int = 0) -> float:
+    """A plain training loop: sample, forward, loss, backward, AdamW, log loss.item() every step."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = PlainLM(MODEL)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    T = MODEL.n_ctx
+    t0 = None
+    for step in range(steps + 2):
+        if step == 2:  # the first steps allocate and warm caches
+            t0 = time.perf_counter()
+        tokens = torch.from_numpy(process.sample(batch, T + 1, rng)[0])  # (B, T+1)
+        logits = model(tokens[:, :-1])  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, MODEL.d_vocab), tokens[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss.item()
+    return batch * T * steps / (time.perf_counter() - t0)
+
+
+def ours_tokens_per_s(process, batch: int, steps: int, compile: bool, device: str = "cpu", threads=2) -> float:
+    """Best reporting window of a real ``pretrain`` run (the first window pays for warm-up)."""
+    cfg = PretrainConfig(
+        steps=steps,
+        batch_size=batch,
+        eval_every=max(1, steps // 4),
+        progress=False,
+        compile=compile,
+        device=device,
+        num_threads=threads,
+        optimal_loss_samples=1000,
+    )
+    res = pretrain(process, MODEL, cfg)
+    return max(h["tokens_per_s"] for h in res.history[1:])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=PretrainConfig().batch_size)
+    ap.add_argument("--tokens", type=int, default=600_000, help="tokens per measurement per round")
+    ap.add_argument("--compile", action="store_true", help="benchmark models.pretrain with compile=True")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # the plain loop gets the same denormal handling as ours
+    process = mess3(0.05, 0.85)
+    n_mm = Transformer(MODEL).num_params(matmul_only=True)
+    n_all = Transformer(MODEL).num_params()
+    n_plain = sum(p.numel() for p in PlainLM(MODEL).parameters())
+    assert n_plain == n_all, (n_plain, n_all)  # same sizes, so the same bound applies to both
+    steps = max(8, args.tokens // (args.batch * MODEL.n_ctx))
+    peak = ours = plain = 0.0
+    for r in range(args.rounds):  # interleaved, best of rounds: other jobs on the machine hit all alike
+        peak = max(peak, matmul_peak_gflops())
+        ours = max(ours, ours_tokens_per_s(process, args.batch, steps, args.compile, threads=args.threads))
+        plain = max(plain, plain_tokens_per_s(process, args.batch, max(4, steps // 2)))
+        print(f"round {r + 1}/{args.rounds}: peak {peak:.0f} GFLOP/s, ours {ours:,.0f} tok/s, plain {plain:,.0f} tok/s")
+    bound = peak * 1e9 / (6 * n_mm)
+    rows = [
+        ("fp32 matmul peak (1024^3 torch.mm)", f"{peak:,.1f} GFLOP/s", ""),
+        ("bound = peak / (6 x matmul params)", f"{bound:,.0f} tok/s", f"params {n_mm:,} (all {n_all:,})"),
+        ("models.pretrain", f"{ours:,.0f} tok/s", f"{ours / bound:.2f} of bound, {ours / plain:.2f}x plain"),
+        ("plain nn.MultiheadAttention loop", f"{plain:,.0f} tok/s", f"{plain / bound:.2f} of bound"),
+    ]
+    if torch.cuda.is_available():
+        bf16 = matmul_peak_gflops(n=8192, reps=20, dtype=torch.bfloat16, device="cuda")
+        gpu_batch = 8192
+        gpu = ours_tokens_per_s(process, gpu_batch, 400, args.compile, device="cuda", threads=None)
+        share = gpu * 6 * n_mm / (bf16 * 1e9)
+        rows += [
+            ("GPU bf16 matmul peak (8192^3)", f"{bf16:,.0f} GFLOP/s", ""),
+            (f"models.pretrain on GPU (batch {gpu_batch})", f"{gpu:,.0f} tok/s", f"{share:.3f} of bf16 peak"),
+        ]
+    print(
+        f"\nMess3 model {MODEL.n_layers}L d{MODEL.d_model} {MODEL.n_heads}x{MODEL.d_head} ctx {MODEL.n_ctx}, "
+        f"batch {args.batch}, {args.threads} threads, best of {args.rounds} rounds, compile={args.compile}"
+    )
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>18}  {note}")
+
+
+if __name__ == "__main__":
+    main()
