@@ -93,7 +93,7 @@ def cluster(tmp_path_factory):
     procs = [head]
     try:
         address = f"127.0.0.1:{gcs}"
-        _wait_nodes(address, env, 1, head)
+        _wait_nodes(address, env, 1, head, tmp / "head.log")
         worker = subprocess.Popen(
             [*common, f"--address={address}", '--resources={"worker_node": 1}', *node_ports()],
             env=env,
@@ -102,7 +102,7 @@ def cluster(tmp_path_factory):
             start_new_session=True,
         )
         procs.append(worker)
-        _wait_nodes(address, env, 2, worker)
+        _wait_nodes(address, env, 2, worker, tmp / "worker.log")
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "env": env, "tmp": tmp}
     finally:
         for proc in reversed(procs):
@@ -117,17 +117,22 @@ def cluster(tmp_path_factory):
                 pass
 
 
-def _wait_nodes(address: str, env: dict, n: int, proc, timeout: float = 120) -> None:
+def _wait_nodes(address: str, env: dict, n: int, proc, log: Path, timeout: float = 240) -> None:
+    """Until `ray start` says it is up and the cluster counts n live nodes."""
     probe = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len([x for x in ray.nodes() if x['Alive']]))"
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        out = subprocess.run(
-            [sys.executable, "-c", probe], env=env, check=False, capture_output=True, text=True, timeout=60
-        )
-        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
-            return
+            raise RuntimeError(f"ray start exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        if "Ray runtime started" in log.read_text():
+            try:
+                out = subprocess.run(
+                    [sys.executable, "-c", probe], env=env, check=False, capture_output=True, text=True, timeout=60
+                )
+            except subprocess.TimeoutExpired:
+                continue
+            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
+                return
         time.sleep(1)
     raise RuntimeError(f"cluster at {address} did not reach {n} nodes")
 
