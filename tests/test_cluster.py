@@ -13,6 +13,7 @@ no `ray stop`, which would stop every Ray on the machine).
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -37,9 +38,8 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def node_ports() -> list[str]:
+def node_ports(worker_port_base: int) -> list[str]:
     nm, om, agent, agent_grpc, metrics, renv = free_ports(6)
-    base = 20000 + (os.getpid() * 7 + nm) % 30000  # a private worker-port range per node
     return [
         f"--node-manager-port={nm}",
         f"--object-manager-port={om}",
@@ -47,8 +47,9 @@ def node_ports() -> list[str]:
         f"--dashboard-agent-grpc-port={agent_grpc}",
         f"--metrics-export-port={metrics}",
         f"--runtime-env-agent-port={renv}",
-        f"--min-worker-port={base}",
-        f"--max-worker-port={base + 200}",
+        # below Linux's ephemeral range (32768+), where free_ports' picks come from
+        f"--min-worker-port={worker_port_base}",
+        f"--max-worker-port={worker_port_base + 150}",
     ]
 
 
@@ -56,7 +57,8 @@ def node_ports() -> list[str]:
 def cluster(tmp_path_factory):
     """Head (1 CPU, resource head_node) + worker (1 CPU, resource worker_node) on 127.0.0.1."""
     tmp = tmp_path_factory.mktemp("cluster")
-    gcs, dashboard = free_ports(2)
+    gcs, dashboard, client = free_ports(3)
+    worker_ports = random.Random().randrange(11000, 29000, 400)
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -82,8 +84,9 @@ def cluster(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
             '--resources={"head_node": 1}',
-            *node_ports(),
+            *node_ports(worker_ports),
         ],
         env=env,
         stdout=(tmp / "head.log").open("w"),
@@ -95,7 +98,7 @@ def cluster(tmp_path_factory):
         address = f"127.0.0.1:{gcs}"
         _wait_nodes(address, env, 1, head, tmp / "head.log")
         worker = subprocess.Popen(
-            [*common, f"--address={address}", '--resources={"worker_node": 1}', *node_ports()],
+            [*common, f"--address={address}", '--resources={"worker_node": 1}', *node_ports(worker_ports + 200)],
             env=env,
             stdout=(tmp / "worker.log").open("w"),
             stderr=subprocess.STDOUT,
