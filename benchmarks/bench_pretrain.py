@@ -2,14 +2,14 @@
 
 How to run::
 
-    python benchmarks/bench_pretrain.py                 # 2 threads, 5 interleaved rounds
+    python benchmarks/bench_pretrain.py                 # 2 threads, 3 interleaved rounds
     python benchmarks/bench_pretrain.py --rounds 3 --batch 512 --compile
 
 What to expect: a table with the measured fp32 matmul peak, the bound it implies
 (peak / (6 x matmul parameters) tokens/s: training costs ~6 FLOPs per weight per token),
 ``models.pretrain`` tokens/s and a plain loop's tokens/s, with ratios. The machine is shared, so
-every figure is the best of several interleaved rounds, and the ratios (measured in the same
-rounds) matter more than the absolute numbers.
+each timing window is paired with matmul probes run just before and after it, and the shares
+of the bound (median over windows) and their ratio matter more than the absolute numbers.
 
 The model is the Mess3 model of the brief: 4 layers, d_model 64, context 10, d_mlp 256, with
 4 heads x 16 so that nn.MultiheadAttention (which needs d_head = d_model / n_heads) builds
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import median
 
 import numpy as np
 import torch
@@ -33,19 +34,18 @@ from models.transformer import Transformer, TransformerConfig
 MODEL = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=10, d_vocab=3)
 
 
-def matmul_peak_gflops(n: int = 1024, reps: int = 20, dtype=torch.float32, device: str = "cpu") -> float:
-    """Best-of-3 throughput of an n x n x n matrix product, GFLOP/s."""
+def matmul_peak_gflops(n: int = 1024, reps: int = 5, tries: int = 3, dtype=torch.float32, device="cpu") -> float:
+    """Best-of-``tries`` throughput of an n x n x n matrix product, GFLOP/s."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     best = 0.0
-    for _ in range(3):
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
+    a @ b
+    for _ in range(tries):
+        sync()
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -74,50 +74,64 @@ class PlainLM(nn.Module):
         return self.out(self.ln(x))  # (B, T, V)
 
 
-def plain_tokens_per_s(process, batch: int, steps: int, seed: int = 0) -> float:
-    """A plain training loop: sample, forward, loss, backward, AdamW, log loss.item() every step."""
+def paired_shares(windows: list[float], peaks: list[float], n_params: int) -> list[float]:
+    """Share of the bound per window, each against the better of the peaks measured just before and after it.
+
+    Other jobs on a shared machine slow the matmul probe and the training alike, so pairing each
+    window with its neighbouring probes cancels most of the load; best-of-run figures would not.
+    """
+    return [w * 6 * n_params / (max(peaks[i], peaks[i + 1]) * 1e9) for i, w in enumerate(windows)]
+
+
+def plain_windows(process, batch: int, steps: int, windows: int, peaks: list[float], seed: int = 0) -> list[float]:
+    """A plain training loop (sample, forward, loss, backward, AdamW, loss.item() every step): tokens/s per window."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = PlainLM(MODEL)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    T = MODEL.n_ctx
-    t0 = None
-    for step in range(steps + 2):
-        if step == 2:  # the first steps allocate and warm caches
-            t0 = time.perf_counter()
-        tokens = torch.from_numpy(process.sample(batch, T + 1, rng)[0])  # (B, T+1)
-        logits = model(tokens[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, MODEL.d_vocab), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss.item()
-    return batch * T * steps / (time.perf_counter() - t0)
+    T, out = MODEL.n_ctx, []
+    for w in range(windows + 1):  # window 0 warms up and is dropped
+        if w == 1:
+            peaks.append(matmul_peak_gflops())
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tokens = torch.from_numpy(process.sample(batch, T + 1, rng)[0])  # (B, T+1)
+            logits = model(tokens[:, :-1])  # (B, T, V)
+            loss = F.cross_entropy(logits.reshape(-1, MODEL.d_vocab), tokens[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss.item()
+        if w >= 1:
+            out.append(batch * T * steps / (time.perf_counter() - t0))
+            peaks.append(matmul_peak_gflops())
+    return out
 
 
-def ours_tokens_per_s(process, batch: int, steps: int, compile: bool, device: str = "cpu", threads=2) -> float:
-    """Best reporting window of a real ``pretrain`` run (the first window pays for warm-up)."""
+def ours_windows(process, batch, steps, windows, peaks, compile=False, device="cpu", threads=2) -> list[float]:
+    """Tokens/s per reporting window of a real ``pretrain`` run; a matmul probe runs between windows."""
     cfg = PretrainConfig(
-        steps=steps,
+        steps=steps * (windows + 1),
         batch_size=batch,
-        eval_every=max(1, steps // 4),
+        eval_every=steps,
         progress=False,
         compile=compile,
         device=device,
         num_threads=threads,
         optimal_loss_samples=1000,
     )
-    res = pretrain(process, MODEL, cfg)
-    return max(h["tokens_per_s"] for h in res.history[1:])
+    probe = (lambda: None) if device == "cuda" else (lambda: peaks.append(matmul_peak_gflops()))
+    res = pretrain(process, MODEL, cfg, callback=lambda metrics, step: probe())  # callbacks run between windows
+    return [h["tokens_per_s"] for h in res.history[1:]]  # window 0 pays for warm-up; peaks[i] follows window i
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=PretrainConfig().batch_size)
-    ap.add_argument("--tokens", type=int, default=600_000, help="tokens per measurement per round")
+    ap.add_argument("--tokens", type=int, default=100_000, help="tokens per timing window (3 windows per round)")
     ap.add_argument("--compile", action="store_true", help="benchmark models.pretrain with compile=True")
     args = ap.parse_args(argv)
 
@@ -128,24 +142,42 @@ def main(argv=None) -> None:
     n_all = Transformer(MODEL).num_params()
     n_plain = sum(p.numel() for p in PlainLM(MODEL).parameters())
     assert n_plain == n_all, (n_plain, n_all)  # same sizes, so the same bound applies to both
-    steps = max(8, args.tokens // (args.batch * MODEL.n_ctx))
-    peak = ours = plain = 0.0
-    for r in range(args.rounds):  # interleaved, best of rounds: other jobs on the machine hit all alike
-        peak = max(peak, matmul_peak_gflops())
-        ours = max(ours, ours_tokens_per_s(process, args.batch, steps, args.compile, threads=args.threads))
-        plain = max(plain, plain_tokens_per_s(process, args.batch, max(4, steps // 2)))
-        print(f"round {r + 1}/{args.rounds}: peak {peak:.0f} GFLOP/s, ours {ours:,.0f} tok/s, plain {plain:,.0f} tok/s")
+    steps = max(4, args.tokens // (args.batch * MODEL.n_ctx))  # per window
+    ours, plain, ours_share, plain_share = [], [], [], []
+    for r in range(args.rounds):  # interleaved rounds: load from other jobs hits both alike
+        peaks: list[float] = []
+        w = ours_windows(process, args.batch, steps, 3, peaks, args.compile, threads=args.threads)
+        ours += w
+        ours_share += paired_shares(w, peaks, n_mm)
+        peaks = []
+        w = plain_windows(process, args.batch, steps, 3, peaks)
+        plain += w
+        plain_share += paired_shares(w, peaks, n_mm)
+        print(
+            f"round {r + 1}/{args.rounds}: ours {max(ours):,.0f} tok/s (median share {median(ours_share):.2f}), "
+            f"plain {max(plain):,.0f} tok/s (median share {median(plain_share):.2f})"
+        )
+    peak = matmul_peak_gflops(reps=20)
     bound = peak * 1e9 / (6 * n_mm)
+    so, sp = median(ours_share), median(plain_share)
     rows = [
-        ("fp32 matmul peak (1024^3 torch.mm)", f"{peak:,.1f} GFLOP/s", ""),
+        ("fp32 matmul peak (1024^3 torch.mm, now)", f"{peak:,.1f} GFLOP/s", ""),
         ("bound = peak / (6 x matmul params)", f"{bound:,.0f} tok/s", f"params {n_mm:,} (all {n_all:,})"),
-        ("models.pretrain", f"{ours:,.0f} tok/s", f"{ours / bound:.2f} of bound, {ours / plain:.2f}x plain"),
-        ("plain nn.MultiheadAttention loop", f"{plain:,.0f} tok/s", f"{plain / bound:.2f} of bound"),
+        (
+            "models.pretrain (best window)",
+            f"{max(ours):,.0f} tok/s",
+            f"share of bound {so:.2f} median / {max(ours_share):.2f} best; {so / sp:.2f}x plain (median shares)",
+        ),
+        (
+            "plain nn.MultiheadAttention (best window)",
+            f"{max(plain):,.0f} tok/s",
+            f"share of bound {sp:.2f} median / {max(plain_share):.2f} best",
+        ),
     ]
     if torch.cuda.is_available():
         bf16 = matmul_peak_gflops(n=8192, reps=20, dtype=torch.bfloat16, device="cuda")
         gpu_batch = 8192
-        gpu = ours_tokens_per_s(process, gpu_batch, 400, args.compile, device="cuda", threads=None)
+        gpu = max(ours_windows(process, gpu_batch, 100, 3, [], args.compile, device="cuda", threads=None))
         share = gpu * 6 * n_mm / (bf16 * 1e9)
         rows += [
             ("GPU bf16 matmul peak (8192^3)", f"{bf16:,.0f} GFLOP/s", ""),
@@ -153,7 +185,7 @@ def main(argv=None) -> None:
         ]
     print(
         f"\nMess3 model {MODEL.n_layers}L d{MODEL.d_model} {MODEL.n_heads}x{MODEL.d_head} ctx {MODEL.n_ctx}, "
-        f"batch {args.batch}, {args.threads} threads, best of {args.rounds} rounds, compile={args.compile}"
+        f"batch {args.batch}, {args.threads} threads, {args.rounds} rounds x 3 windows, compile={args.compile}"
     )
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
