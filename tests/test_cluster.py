@@ -1,24 +1,38 @@
 """A two-node Ray cluster on one machine (two raylets, token auth on): trials run on both nodes,
-and `ray job submit` of a tiny sweep lands its runs in MLflow.
+and `ray job submit` of a tiny sweep lands its runs in MLflow. Every Ray process stays on
+loopback, and the tests check that on the live sockets.
 
-Nodes are started with ``--node-ip-address=127.0.0.1``; Ray itself replaces a loopback node
-address by the machine's own address for any multi-node cluster (and refuses multi-node
-clusters when told to stay on loopback), so the GCS and raylets listen on that address, behind
-token auth. The dashboard / job server is bound to 127.0.0.1.
+`ray start` cannot do this: Ray swaps a loopback node address for the machine's routable one
+whenever multi-node clusters are enabled, and refuses a second node when they are disabled. So
+the cluster comes from `ray.cluster_utils.Cluster` (nodes started in-process through
+`ray._private.node.Node`, which has no such refusal) in a helper process that disables clusters
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) before importing Ray: `get_node_ip_address()` is then
+127.0.0.1 for the helper, its GCS, raylets and workers (they inherit the environment) and for
+the drivers, which get the same variable.
 
-Each node is one `ray start --block` process in its own process group; the fixture kills both
-groups, which takes the raylets, GCS, dashboard and workers with them (nothing else is touched:
-no `ray stop`, which would stop every Ray on the machine).
+Ray also makes HTTP requests of its own to the outside (cloud metadata probes, usage notes);
+the cluster's environment routes those to a dead proxy on loopback (see the fixture).
+
+While the cluster runs, a watch samples `ss` and the tests assert that every socket of the
+cluster's processes and of each client (listening or connected) is on loopback.
+
+The helper runs in its own session; teardown stops the cluster (SIGTERM -> `Cluster.shutdown`),
+then kills by pid whatever is left of the processes the watch saw in the helper's or a client's
+family. The helper also shuts the cluster down if the test process dies. Nothing else is touched
+(no `ray stop`, which would stop every Ray on the machine).
 """
 
+import ipaddress
 import json
 import os
-import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,131 +41,253 @@ from test_sweep import tiny_sweep, trial_runs, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
+CLUSTER_SCRIPT = r"""
+import json, os, signal, sys, time
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read once, when Ray is imported
+import ray
+import ray._private.ray_constants as ray_constants
+import ray._private.utils
+from ray.cluster_utils import Cluster
+
+assert not ray_constants.ENABLE_RAY_CLUSTER
+# Cluster records its address in /tmp/ray/ray_current_cluster, where any other `ray.init()` on
+# the machine would find it and join this cluster instead of starting its own.
+ray._private.utils.write_ray_address = lambda *args, **kwargs: None
+temp_dir, dashboard_port = sys.argv[1], int(sys.argv[2])
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args=dict(
+        num_cpus=1,
+        node_ip_address="127.0.0.1",
+        resources={"head_node": 1},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        temp_dir=temp_dir,
+    ),
+)
+cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={"worker_node": 1})
+cluster.wait_for_nodes()
+signal.signal(signal.SIGTERM, lambda *_: (cluster.shutdown(), os._exit(0)))
+print(json.dumps({"address": cluster.address, "dashboard": cluster.webui_url}), flush=True)
+parent = os.getppid()
+while os.getppid() == parent:  # the test process died without tearing down: stop anyway
+    time.sleep(2)
+cluster.shutdown()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+        return s.getsockname()[1]
 
 
-def node_ports(worker_port_base: int) -> list[str]:
-    nm, om, agent, agent_grpc, metrics, renv = free_ports(6)
-    return [
-        f"--node-manager-port={nm}",
-        f"--object-manager-port={om}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={renv}",
-        # below Linux's ephemeral range (32768+), where free_ports' picks come from
-        f"--min-worker-port={worker_port_base}",
-        f"--max-worker-port={worker_port_base + 150}",
-    ]
+def processes() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent, session, start time) for every live (not zombie) process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":  # fields after comm: state ppid pgrp session ... starttime (20th)
+                table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[19]))
+    return table
+
+
+def family(root: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
+    """root, its descendants, and whatever shares its session (started with start_new_session, so
+    a session is ours alone): Ray's job entrypoints get sessions of their own, reparented
+    processes keep theirs."""
+    members = {pid for pid, (_, sid, _) in table.items() if sid == root} | {root}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in table.items() if ppid in members} - members
+        members |= more
+        grew = bool(more)
+    return {pid for pid in members if pid in table}
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[0].strip("[]").split("%")[0]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # "*" (any address) and names
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+class SocketWatch:
+    """Samples `ss -tuanp` every second and keeps every socket owned by a watched process family:
+    the cluster helper's (GCS, raylets, dashboard, workers, job entrypoints) and each client's.
+    Sampling sees sockets that live a second or more; short-lived ones can slip between samples."""
+
+    def __init__(self):
+        self.roots: set[int] = set()
+        self.seen: dict[tuple, tuple] = {}  # (proto, state, local, peer, pid) -> (root, command)
+        self.members: dict[int, int] = {}  # every process seen in a watched family -> its start time
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(1.0)
+
+    def sample(self):
+        with self._lock:
+            table = processes()
+            owner_root = {pid: root for root in list(self.roots) for pid in family(root, table)}
+            self.members.update({pid: table[pid][2] for pid in owner_root})
+            out = subprocess.run(["ss", "-tuanpH"], check=True, capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                parts = line.split()
+                if len(parts) < 7:
+                    continue
+                proto, state, local, peer, users = parts[0], parts[1], parts[4], parts[5], " ".join(parts[6:])
+                for owner in users.split("),("):
+                    if "pid=" not in owner:
+                        continue
+                    pid = int(owner.split("pid=")[1].split(",")[0])
+                    if pid in owner_root:
+                        self.seen[(proto, state, local, peer, pid)] = (owner_root[pid], owner.split('"')[1])
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sample()
+
+    def alive(self) -> list[int]:
+        """Watched processes still running (same pid and start time, so never a reused pid)."""
+        table = processes()
+        return [pid for pid, start in self.members.items() if pid in table and table[pid][2] == start]
+
+    def violations(self) -> list[tuple]:
+        """Sockets bound to, or talking to, anything but loopback."""
+        bad = []
+        for (proto, state, local, peer, pid), (_, cmd) in self.seen.items():
+            remote_ok = (peer.endswith(":*") and _host(peer) in ("*", "0.0.0.0", "::")) or is_loopback(_host(peer))
+            if not is_loopback(_host(local)) or not remote_ok:
+                bad.append((proto, state, local, peer, pid, cmd))
+        return bad
+
+    def count(self, root: int | None = None, state: str | None = None, cmd: str | None = None) -> int:
+        return sum(
+            (root is None or r == root) and (state is None or k[1] == state) and (cmd is None or c == cmd)
+            for k, (r, c) in self.seen.items()
+        )
+
+
+def run_client(cmd: list[str], watch: SocketWatch, timeout: float, **kw) -> tuple[subprocess.CompletedProcess, int]:
+    """Runs a Ray client in its own session, its sockets watched; returns (result, its pid)."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+    )
+    watch.roots.add(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    watch.sample()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), proc.pid
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head (1 CPU, resource head_node) + worker (1 CPU, resource worker_node) on 127.0.0.1."""
+    """Head (1 CPU, resource head_node) + worker (1 CPU, resource worker_node), all on 127.0.0.1."""
     tmp = tmp_path_factory.mktemp("cluster")
-    gcs, dashboard, client = free_ports(3)
-    worker_ports = random.Random().randrange(11000, 29000, 400)
+    # Ray's unix sockets live under the temp dir, whose path must stay short (AF_UNIX: 107 bytes)
+    ray_tmp = tempfile.mkdtemp(prefix="raycl", dir="/tmp")
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Every Ray head's dashboard probes cloud metadata servers (169.254.169.254,
+        # metadata.google.internal) and, for clusters not made by ray.init, posts a "usage
+        # disabled" note to usage-stats.ray.io, all through `requests`. A dead proxy on loopback
+        # stops those at 127.0.0.1 (and saves the DNS lookups). Upper case only: gRPC reads just
+        # the lower-case variables, so Ray's own loopback gRPC is left alone.
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost,::1",
         "OMP_NUM_THREADS": "1",
     }
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # multi-node needs Ray's default (enabled)
-    common = [
-        "ray",
-        "start",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        "--disable-usage-stats",
-    ]
-    head = subprocess.Popen(
-        [
-            *common,
-            "--head",
-            f"--port={gcs}",
-            f"--temp-dir={tmp / 'ray'}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={client}",
-            '--resources={"head_node": 1}',
-            *node_ports(worker_ports),
-        ],
+    for key in ("RAY_ADDRESS", "http_proxy", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy", "grpc_proxy"):
+        env.pop(key, None)
+    watch = SocketWatch()
+    info, log = tmp / "cluster.json", tmp / "cluster.log"
+    helper = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER_SCRIPT, ray_tmp, str(free_port())],
         env=env,
-        stdout=(tmp / "head.log").open("w"),
-        stderr=subprocess.STDOUT,
+        stdout=info.open("w"),
+        stderr=log.open("w"),
         start_new_session=True,
     )
-    procs = [head]
+    watch.roots.add(helper.pid)
     try:
-        address = f"127.0.0.1:{gcs}"
-        _wait_nodes(address, env, 1, head, tmp / "head.log")
-        worker = subprocess.Popen(
-            [*common, f"--address={address}", '--resources={"worker_node": 1}', *node_ports(worker_ports + 200)],
-            env=env,
-            stdout=(tmp / "worker.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        procs.append(worker)
-        _wait_nodes(address, env, 2, worker, tmp / "worker.log")
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "env": env, "tmp": tmp}
+        end = time.time() + 240
+        while not info.read_text().strip():
+            if helper.poll() is not None or time.time() > end:
+                raise RuntimeError(f"cluster helper did not come up ({helper.poll()}): {log.read_text()[-3000:]}")
+            time.sleep(1)
+        up = json.loads(info.read_text())
+        assert up["address"].startswith("127.0.0.1:") and up["dashboard"].startswith("127.0.0.1:")
+        yield {
+            "address": up["address"],
+            "dashboard": f"http://{up['dashboard']}",
+            "env": env,
+            "watch": watch,
+            "helper": helper.pid,
+        }
     finally:
-        for proc in reversed(procs):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        watch.stop()
+        helper.send_signal(signal.SIGTERM)
+        try:
+            helper.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        end = time.time() + 30
+        while (left := watch.alive()) and time.time() < end:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        helper.wait(timeout=10)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        assert not watch.alive(), "cluster or client processes outlived teardown"
 
 
-def _wait_nodes(address: str, env: dict, n: int, proc, log: Path, timeout: float = 240) -> None:
-    """Until `ray start` says it is up and the cluster counts n live nodes."""
-    probe = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len([x for x in ray.nodes() if x['Alive']]))"
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        if "Ray runtime started" in log.read_text():
-            try:
-                out = subprocess.run(
-                    [sys.executable, "-c", probe], env=env, check=False, capture_output=True, text=True, timeout=60
-                )
-            except subprocess.TimeoutExpired:
-                continue
-            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
-                return
-        time.sleep(1)
-    raise RuntimeError(f"cluster at {address} did not reach {n} nodes")
+def assert_loopback_only(watch: SocketWatch) -> None:
+    watch.sample()
+    pids = {k[4] for k in watch.seen}
+    print(f"watched {len(watch.seen)} sockets ({watch.count(state='ESTAB')} established) of {len(pids)} processes")
+    assert watch.violations() == []
 
 
 def test_trials_run_on_both_nodes(cluster, tmp_path):
     path = write_sweep(tmp_path, tiny_sweep("twonode", storage_path=str(tmp_path / "results")))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**cluster["env"], "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.run(
+    watch = cluster["watch"]
+    proc, driver = run_client(
         [sys.executable, "-m", "rayexp", "run", str(path), "--address", cluster["address"]],
+        watch,
+        timeout=400,
         env=env,
         cwd=tmp_path,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = trial_runs(uri, "twonode")
@@ -159,6 +295,12 @@ def test_trials_run_on_both_nodes(cluster, tmp_path):
     # one CPU per node and per trial: running both at once needs both nodes
     assert len({r.data.tags["rayexp.node_id"] for r in runs}) == 2
     assert all("analysis/weight_diff/rel_frobenius" in r.data.metrics for r in runs)
+    # the watch saw the cluster and the driver: both raylets listening, the driver connected
+    raylets = {k[4] for k, (s, c) in watch.seen.items() if c == "raylet" and k[1] == "LISTEN"}
+    assert len(raylets) == 2
+    assert watch.count(root=driver, state="ESTAB") > 0
+    assert watch.count(root=cluster["helper"], state="ESTAB") > 20
+    assert_loopback_only(watch)
 
 
 def test_ray_job_submit_with_token_auth(cluster, tmp_path):
@@ -167,6 +309,7 @@ def test_ray_job_submit_with_token_auth(cluster, tmp_path):
     sweep = tiny_sweep("job", storage_path=str(tmp_path / "results"), tasks=[{"name": "next", "reward": "next_token"}])
     write_sweep(job_dir, sweep)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    watch = cluster["watch"]
     submit = [
         "ray",
         "job",
@@ -182,20 +325,23 @@ def test_ray_job_submit_with_token_auth(cluster, tmp_path):
         "run",
         "job.yaml",
     ]
-    no_token = {k: v for k, v in cluster["env"].items() if k != "RAY_AUTH_TOKEN"}
-    denied = subprocess.run(
+    denied, _ = run_client(
         ["ray", "job", "list", "--address", cluster["dashboard"]],
-        env={**no_token, "RAY_AUTH_TOKEN": "wrong"},
-        check=False,
-        capture_output=True,
-        text=True,
+        watch,
         timeout=120,
+        env={**cluster["env"], "RAY_AUTH_TOKEN": "wrong"},
     )
     assert denied.returncode != 0  # the cluster refuses a client without its token
-    proc = subprocess.run(submit, env=cluster["env"], check=False, capture_output=True, text=True, timeout=400)
+    assert "AuthenticationError" in denied.stderr
+    proc, client = run_client(submit, watch, timeout=400, env=cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     assert "1/1 trials finished" in proc.stdout
     runs = trial_runs(uri, "job")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "ppo/next/reward_per_step" in runs[0].data.metrics
+    port = cluster["dashboard"].rsplit(":", 1)[1]
+    assert any(r == client and k[3].endswith(f":{port}") for k, (r, c) in watch.seen.items())
+    # the job's driver (`rayexp run` under the job supervisor, in a session of its own) was watched
+    assert watch.count(root=cluster["helper"], state="ESTAB", cmd="rayexp") > 0
+    assert_loopback_only(watch)
