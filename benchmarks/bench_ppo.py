@@ -28,6 +28,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from models.checkpoint import save_checkpoint
 from models.transformer import Transformer, TransformerConfig
 from rayexp.ppo import PPOSettings, build_ppo_config, use_workqueue_numba_threads
+from rayexp.sweep import start_local_ray
 
 ENV_CONFIG = {"process": {"name": "mess3", "x": 0.05, "a": 0.85}, "context": 10, "reward": "next_token"}
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, tuple[float, float]]]
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "policy.pt"
         save_checkpoint(ckpt, Transformer(model_cfg, seed=0))  # speed does not depend on the weights
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        start_local_ray(num_cpus=2)  # loopback only, no cloud-metadata probes
         try:
             raw = raw_env_rate(args.num_envs)
             tf_rates, cp_rates = [], []

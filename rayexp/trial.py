@@ -360,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     task = next((t for t in sweep.tasks if len(argv) < 2 or t.name == argv[1]), sweep.tasks[0])
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
+    from rayexp.sweep import start_local_ray
+
+    start_local_ray(num_cpus=1)
     storage = tempfile.mkdtemp(prefix="rayexp-debug-")
     config = {
         "base": sweep.base.model_dump(),

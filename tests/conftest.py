@@ -11,3 +11,9 @@ import os
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# Every Ray head probes cloud metadata (169.254.169.254, metadata.google.internal) through
+# `requests`, usage stats or not; a dead loopback proxy stops that. Ray's gRPC reads only the
+# lower-case proxy variables, and loopback (the dashboard, job server) is exempt.
+os.environ["HTTP_PROXY"] = os.environ["HTTPS_PROXY"] = "http://127.0.0.1:9"
+os.environ["NO_PROXY"] = "127.0.0.1,localhost,::1"
