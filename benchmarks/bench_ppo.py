@@ -27,7 +27,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 
 from models.checkpoint import save_checkpoint
 from models.transformer import Transformer, TransformerConfig
-from rayexp.ppo import PPOSettings, build_ppo_config, use_workqueue_numba_threads
+from rayexp.ppo import PPOSettings, build_ppo_config
 from rayexp.sweep import start_local_ray
 
 ENV_CONFIG = {"process": {"name": "mess3", "x": 0.05, "a": 0.85}, "context": 10, "reward": "next_token"}
@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> list[tuple[str, tuple[float, float]]]
         minibatch_size=args.train_batch // 4,
     )
     model_cfg = TransformerConfig(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256, n_ctx=10, d_vocab=3)
-    use_workqueue_numba_threads()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "policy.pt"
         save_checkpoint(ckpt, Transformer(model_cfg, seed=0))  # speed does not depend on the weights

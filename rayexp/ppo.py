@@ -80,28 +80,20 @@ class PPOSettings(BaseModel):
     )
 
 
-def use_workqueue_numba_threads() -> bool:
-    """Make numba's parallel kernels use its ``workqueue`` threads instead of OpenMP, if still possible.
-
-    Measured here: once the envs' ``parallel=True`` kernels have run on numba's OpenMP layer, every
-    small torch op in the same process costs ~20x more CPU (3.6 ms instead of 0.17 ms for a
-    (320, 64) @ (64, 256) linear): the two OpenMP runtimes' threads spin against each other on 2
-    cores. Returns False when numba's threads were already launched (then it is too late).
-    """
+def _numba_runs_openmp() -> bool:
+    """True if numba's OpenMP pool already runs here: envs/_kernels.py picks the workqueue layer
+    unless NUMBA_THREADING_LAYER says otherwise, because OpenMP's spinning threads make every small
+    torch op in the same process ~20x dearer."""
     import numba
     from numba.np.ufunc import parallel
 
-    if parallel._is_initialized:
-        return numba.threading_layer() != "omp"
-    numba.config.THREADING_LAYER = "workqueue"
-    return True
+    return parallel._is_initialized and numba.threading_layer() == "omp"
 
 
 def _make_env(config: dict):
     # Imported lazily so that configs can be built (and this module imported) without the env.
     from envs.gym_env import make_env
 
-    use_workqueue_numba_threads()  # the env creator runs first in every env-runner process
     return make_env(dict(config))
 
 
@@ -275,10 +267,10 @@ def train_ppo(
     diagnostics (to MLflow or Tune).
     """
     torch.manual_seed(settings.seed)
-    if not use_workqueue_numba_threads():
+    if _numba_runs_openmp():
         logger.warning(
-            "numba's OpenMP threads already run in this process; the learner's torch ops will be far slower. "
-            "Set NUMBA_THREADING_LAYER=workqueue before any envs kernel runs."
+            "numba's OpenMP threads run in this process; the learner's torch ops will be far slower. "
+            "Leave NUMBA_THREADING_LAYER unset (envs picks workqueue) or set it to workqueue."
         )
     algo = build_ppo_config(settings, env_config, checkpoint_path).build_algo()
     history: list[dict[str, float]] = []

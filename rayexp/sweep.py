@@ -126,7 +126,6 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # inherited by embedded Ray's workers
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -235,9 +235,6 @@ def _analyses(trial: TrialConfig, before, after, report: _Reporter, run, workdir
 
 def run_trial(config: dict[str, Any]) -> dict[str, float]:
     """Tune function trainable. `config`: {"base", "task", "axes", "meta"} (see rayexp.sweep)."""
-    # numba's OpenMP pool (envs kernels) makes the learner's torch ops far slower in one process;
-    # the layer is fixed at the first parallel kernel, so this must precede any envs call
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     from models.checkpoint import load_checkpoint
     from models.transformer import TransformerConfig
     from rayexp import tracking

@@ -17,11 +17,7 @@ from rayexp.ppo import (
     TransformerPPOLearner,
     build_ppo_config,
     train_ppo,
-    use_workqueue_numba_threads,
 )
-
-# Before any numba kernel runs in this session (see use_workqueue_numba_threads for why).
-use_workqueue_numba_threads()
 
 K = 10
 PROCESS = {"name": "mixture", "components": [{"name": "mess3", "x": 0.05, "a": 0.85}, {"name": "rrxor"}]}
