@@ -39,7 +39,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ and not _numba_parallel._is_initial
 _LAUNCH_LOCK = threading.Lock()
 
 
-def _launch(kernel, *args):
+def launch(kernel, *args):
+    """Run a parallel numba kernel; every numba kernel of the project (envs and models) goes through here."""
     with _LAUNCH_LOCK:
         return kernel(*args)
 
@@ -255,7 +256,7 @@ def sample(hmm, batch: int, length: int, rng: np.random.Generator) -> tuple[np.n
     tokens = np.empty((batch, length), dtype=np.int64)
     states = np.empty((batch, length + 1), dtype=np.int64)
     kernel = _sample_par if batch * length >= PARALLEL_MIN_TOKENS else _sample_ser
-    _launch(kernel, cdf, icdf, u, hmm.n_states, tokens, states)
+    launch(kernel, cdf, icdf, u, hmm.n_states, tokens, states)
     return tokens, states
 
 
@@ -267,7 +268,7 @@ def sample_with_beliefs(hmm, batch: int, length: int, rng: np.random.Generator):
     beliefs = np.empty((batch, length, hmm.n_states), dtype=np.float64)
     failed_at = np.full(batch, -1, dtype=np.int64)
     kernel = _sample_beliefs_par if batch * length >= PARALLEL_MIN_TOKENS else _sample_beliefs_ser
-    _launch(kernel, *mats, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
+    launch(kernel, *mats, cdf, icdf, init, u, tokens, states, beliefs, failed_at)
     if (failed_at >= 0).any():
         b = int(np.argmax(failed_at >= 0))
         raise FloatingPointError(
@@ -290,7 +291,7 @@ def beliefs(hmm, tokens: np.ndarray) -> np.ndarray:
     out = np.empty(tok.shape + (hmm.n_states,), dtype=np.float64)  # (B, L, S)
     failed_at = np.full(tok.shape[0], -1, dtype=np.int64)
     kernel = _beliefs_par if tok.size >= PARALLEL_MIN_TOKENS else _beliefs_ser
-    _launch(kernel, *mats, init, tok, out, failed_at)
+    launch(kernel, *mats, init, tok, out, failed_at)
     if (failed_at >= 0).any():
         b = int(np.argmax(failed_at >= 0))
         t = int(failed_at[b])

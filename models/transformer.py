@@ -1,8 +1,8 @@
 """A causal decoder-only transformer with TransformerLens-style hook points.
 
-Pre-LayerNorm blocks, learned positional embeddings, fused QKV projection and
-``F.scaled_dot_product_attention(is_causal=True)``. Hook names follow TransformerLens
-(``hook_embed``, ``blocks.{i}.hook_resid_pre/mid/post``, ``ln_final.hook_normalized``) so
+Pre-LayerNorm blocks, learned positional embeddings, fused QKV projection and causal attention
+(numba kernels on CPU, see ``models/_attention.py``; ``F.scaled_dot_product_attention`` elsewhere).
+Hook names follow TransformerLens (``hook_embed``, ``blocks.{i}.hook_resid_pre/mid/post``, ``ln_final.hook_normalized``) so
 probes and analyses speak the field's vocabulary, but hooks are plain dictionary look-ups on
 the forward path rather than modules: an un-hooked forward pays nothing for them.
 
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from models._attention import causal_attention
 
 HookFn = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -59,11 +61,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head)  # (B, T, 3, H, E)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, E)
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, E)
-        z = z.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)  # (B, T, H*E)
+        z = causal_attention(self.qkv(x), self.n_heads, self.d_head)  # (B, T, 3*H*E) -> (B, T, H*E)
         return self.out(z)  # (B, T, D)
 
 

@@ -94,3 +94,33 @@ def test_checkpoint_round_trip_weights_only(model, tmp_path):
         assert torch.equal(loaded(x), model(x))
     with pytest.raises(TypeError, match="builtins"):
         save_checkpoint(tmp_path / "bad.pt", model, {"obj": object()})
+
+
+def _sdpa_reference(qkv: torch.Tensor, n_heads: int, d_head: int) -> torch.Tensor:
+    B, T, _ = qkv.shape
+    q, k, v = qkv.view(B, T, 3, n_heads, d_head).permute(2, 0, 3, 1, 4).unbind(0)
+    z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return z.transpose(1, 2).reshape(B, T, n_heads * d_head)
+
+
+@pytest.mark.parametrize("B,T,H,E", [(7, 10, 4, 16), (3, 1, 1, 8), (5, 13, 2, 5), (64, 4, 3, 32)])
+def test_cpu_attention_kernels_match_float64_sdpa_values_and_gradients(B, T, H, E):
+    """float32 kernels against SDPA in float64, with float32 SDPA's own error as the yardstick."""
+    from models._attention import causal_attention
+
+    gen = torch.Generator().manual_seed(B * T + H)
+    x64 = 3 * torch.randn(B, T, 3 * H * E, generator=gen, dtype=torch.float64)  # large logits: softmax saturates
+    dz = torch.randn(B, T, H * E, generator=gen, dtype=torch.float64)
+    ours_in, sdpa32_in, ref_in = (x64.float().requires_grad_(), x64.float().requires_grad_(), x64.requires_grad_())
+    ours, sdpa32, ref = causal_attention(ours_in, H, E), _sdpa_reference(sdpa32_in, H, E), _sdpa_reference(ref_in, H, E)
+    ours.backward(dz.float())
+    sdpa32.backward(dz.float())
+    ref.backward(dz)
+    for got, f32, want in ((ours, sdpa32, ref), (ours_in.grad, sdpa32_in.grad, ref_in.grad)):
+        err = (got.double() - want).abs().max().item()
+        assert err <= 2 * (f32.double() - want).abs().max().item() + 1e-6, err
+        torch.testing.assert_close(got.double(), want.detach(), atol=2e-5, rtol=1e-4)
+    # a non-contiguous input (a slice) and no-grad mode give the same values
+    wide = torch.cat([x64.detach().float(), torch.zeros(B, T, 1)], dim=-1)[..., :-1]
+    with torch.no_grad():
+        torch.testing.assert_close(causal_attention(wide, H, E), ours.detach(), atol=0, rtol=0)
