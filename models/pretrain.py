@@ -7,10 +7,12 @@ How to run::
     from models.transformer import TransformerConfig
     res = pretrain(mess3(0.05, 0.85), TransformerConfig(), PretrainConfig(steps=2000), out_dir="runs/m")
 
-What to expect: on 2 CPU cores the default Mess3 model trains at roughly 0.5-0.6 of the machine's
-fp32 matmul bound (see benchmarks/bench_pretrain.py); the loss approaches the process's optimal
-loss (the mean conditional entropy of the next token given the exact belief), and
-``history[-1]["loss_gap"]`` says how far it still is, in nats per token.
+What to expect: on 2 CPU cores the 4-layer d_model 64 Mess3 model trains at ~0.4 of the machine's
+fp32 matmul bound, where the step's matrix products alone reach ~0.65 (benchmarks/bench_pretrain.py);
+a d_model 128 model spends more of its step in large products (~100 GFLOP/s, 0.55-0.6 of the bound,
+for the RRXOR reproduction). The loss approaches the process's optimal loss (the mean
+conditional entropy of the next token given the exact belief), and ``history[-1]["loss_gap"]``
+says how far it still is, in nats per token.
 
 Every batch is a fresh sample (no fixed dataset), drawn in large chunks ahead of the training
 steps from a generator seeded by ``seed``, so the data stream, the initialisation and
