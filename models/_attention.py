@@ -13,6 +13,7 @@ checks values and gradients against ``F.scaled_dot_product_attention``.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -99,6 +100,15 @@ def _backward(qkv, p, dz, dqkv, scale):
                     dqkv[b, s, 2, h, e] = acc[e]
 
 
+def _run(kernel, *args) -> None:
+    # As many numba threads as torch may use here (a Tune trial with 1 CPU sets torch to 1 thread),
+    # so attention never takes more cores than the rest of the step. numba's setting is per thread.
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    launch(kernel, *args)
+
+
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, n_heads: int, d_head: int) -> torch.Tensor:
@@ -106,7 +116,7 @@ class _CausalAttention(torch.autograd.Function):
         qkv = qkv.contiguous().view(B, T, 3, n_heads, d_head)
         z = qkv.new_empty(B, T, n_heads, d_head)
         p = qkv.new_empty(B, n_heads, T, T)
-        launch(_forward, qkv.detach().numpy(), z.numpy(), p.numpy(), np.float32(d_head**-0.5))
+        _run(_forward, qkv.detach().numpy(), z.numpy(), p.numpy(), np.float32(d_head**-0.5))
         ctx.save_for_backward(qkv, p)
         return z.view(B, T, n_heads * d_head)
 
@@ -117,7 +127,7 @@ class _CausalAttention(torch.autograd.Function):
         B, T, _, H, E = qkv.shape
         dqkv = torch.empty_like(qkv)
         dz = dz.contiguous().view(B, T, H, E)
-        launch(_backward, qkv.numpy(), p.numpy(), dz.numpy(), dqkv.numpy(), np.float32(E**-0.5))
+        _run(_backward, qkv.numpy(), p.numpy(), dz.numpy(), dqkv.numpy(), np.float32(E**-0.5))
         return dqkv.view(B, T, 3 * H * E), None, None
 
 

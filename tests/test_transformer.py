@@ -124,3 +124,21 @@ def test_cpu_attention_kernels_match_float64_sdpa_values_and_gradients(B, T, H, 
     wide = torch.cat([x64.detach().float(), torch.zeros(B, T, 1)], dim=-1)[..., :-1]
     with torch.no_grad():
         torch.testing.assert_close(causal_attention(wide, H, E), ours.detach(), atol=0, rtol=0)
+
+
+def test_cpu_attention_uses_no_more_threads_than_torch():
+    import numba
+
+    from models._attention import causal_attention
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        qkv = torch.randn(64, 10, 3 * 2 * 8)
+        one = causal_attention(qkv, 2, 8)
+        assert numba.get_num_threads() == 1
+        torch.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        torch.testing.assert_close(causal_attention(qkv, 2, 8), one, atol=0, rtol=0)  # one thread per sequence
+        assert numba.get_num_threads() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
