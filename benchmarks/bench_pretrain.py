@@ -210,8 +210,10 @@ def main(argv=None) -> None:
         (
             "the step's matmuls alone (ceiling)",
             f"{median(ceil_share) * bound:,.0f} tok/s",
-            f"share of bound {median(ceil_share):.2f} median / {max(ceil_share):.2f} best; "
-            f"ours reaches {so / median(ceil_share):.2f} of it",
+            (
+                f"share of bound {median(ceil_share):.2f} median / {max(ceil_share):.2f} best; "
+                f"ours reaches {so / median(ceil_share):.2f} of it"
+            ),
         ),
         (
             "plain nn.MultiheadAttention (best window)",

@@ -21,7 +21,10 @@ per trajectory segment (shuffling stays exact, just slower).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +76,9 @@ class PPOSettings(BaseModel):
     num_env_runners: int = Field(0, ge=0, description="remote env runners (0: sample in the driver)")
     num_envs_per_env_runner: int = Field(16, ge=1, description="envs stepped together, one batched forward per step")
     iterations: int = Field(10, ge=1, description="training iterations")
+    checkpoint_every: int = Field(
+        1, ge=0, description="save the PPO state every N iterations so a killed trial resumes there (0: never)"
+    )
     seed: int = Field(0, description="seed of RLlib, envs and torch")
     value_hidden: int = Field(64, ge=0, description="hidden width of the value MLP (0: linear value head)")
     value_grad_to_trunk: bool = Field(
@@ -254,17 +260,41 @@ def learner_module(algo, settings: PPOSettings, env_config: dict, checkpoint_pat
     return module
 
 
+def _save_state(algo, state_dir: Path, iteration: int, steps: int, history: list[dict]) -> None:
+    """RLlib's algorithm state under ``algo_{iteration}``, then ``progress.json`` naming it (atomic rename),
+    then older states removed: a kill at any point leaves one complete state to resume from."""
+    name = f"algo_{iteration:06d}"
+    algo.save_to_path(str(state_dir / name))
+    tmp = state_dir / "progress.json.tmp"
+    tmp.write_text(json.dumps({"iteration": iteration, "steps": steps, "algo": name, "history": history}))
+    os.replace(tmp, state_dir / "progress.json")
+    for old in state_dir.glob("algo_*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def train_ppo(
     settings: PPOSettings,
     env_config: dict,
     checkpoint_path: str | Path,
     out_path: str | Path,
     callback: Callable[[dict, int], None] | None = None,
+    state_dir: str | Path | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> PPOResult:
     """Post-train the checkpoint with PPO for ``settings.iterations``; export to ``out_path``.
 
     Needs a running Ray (``ray.init``). ``callback(metrics, iteration)`` forwards each iteration's
     diagnostics (to MLflow or Tune).
+
+    With ``state_dir``, the algorithm state (weights, optimizer, KL coefficient) is saved there every
+    ``settings.checkpoint_every`` iterations, before that iteration's callback, and
+    ``on_checkpoint(iteration)`` is called after each save. A later call with a ``state_dir``
+    holding a saved state resumes after its iteration: it first replays the saved iterations'
+    metrics through ``callback`` (callers skip those they already logged), then trains the rest.
+    The environments of a resumed run start from a seed derived from ``settings.seed`` and the
+    resumed iteration, so it does not see the first iterations' streams again; it is therefore
+    not bit-identical to an uninterrupted run.
     """
     torch.manual_seed(settings.seed)
     if _numba_runs_openmp():
@@ -272,16 +302,32 @@ def train_ppo(
             "numba's OpenMP threads run in this process; the learner's torch ops will be far slower. "
             "Leave NUMBA_THREADING_LAYER unset (envs picks workqueue) or set it to workqueue."
         )
-    algo = build_ppo_config(settings, env_config, checkpoint_path).build_algo()
+    state = Path(state_dir) if state_dir is not None else None
+    saved = state / "progress.json" if state is not None else None
+    progress = json.loads(saved.read_text()) if saved is not None and saved.exists() else None
+    start = progress["iteration"] + 1 if progress else 0
+    build_settings = settings if not start else settings.model_copy(update={"seed": settings.seed + 7919 * start})
+    algo = build_ppo_config(build_settings, env_config, checkpoint_path).build_algo()
     history: list[dict[str, float]] = []
     try:
         steps = 0
-        for it in range(settings.iterations):
+        if progress:
+            algo.restore_from_path(str(state / progress["algo"]))  # the sampled-steps count comes back too
+            history, steps = progress["history"], progress["steps"]
+            for metrics in history:
+                if callback is not None:
+                    callback(dict(metrics), int(metrics["iteration"]))
+        for it in range(start, settings.iterations):
             t0 = time.perf_counter()
             result = algo.train()
             metrics, steps = _metrics(result, steps, time.perf_counter() - t0)
             metrics["iteration"] = it
             history.append(metrics)
+            due = state is not None and settings.checkpoint_every and (it + 1) % settings.checkpoint_every == 0
+            if due and it + 1 < settings.iterations:  # after the last iteration the exported model is the state
+                _save_state(algo, state, it, int(metrics["env_steps"]), history)
+                if on_checkpoint is not None:
+                    on_checkpoint(it)
             if callback is not None:
                 callback(metrics, it)
         module = learner_module(algo, settings, env_config, checkpoint_path)

@@ -163,6 +163,11 @@ class TrialRun:
         for i in range(0, len(items), 1000):
             _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
 
+    def last_step(self, key: str) -> int | None:
+        """The highest step logged for metric ``key`` in this run (None if never logged)."""
+        history = _retry(self.client.get_metric_history, self.run_id, key)
+        return max((m.step for m in history), default=None)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 

@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,20 @@ def _env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
     return env
 
 
-def _ppo(trial: TrialConfig, n_ctx: int, checkpoint_path: Path, out_path: Path, report: _Reporter):
+def _ppo(
+    trial: TrialConfig,
+    n_ctx: int,
+    checkpoint_path: Path,
+    out_path: Path,
+    report: _Reporter,
+    state_dir: Path,
+    on_checkpoint: Callable[[], None],
+):
+    """PPO, resumable: its state is saved under ``state_dir`` (part of the trial's Tune checkpoint).
+
+    A retried trial resumes after the last saved iteration; the replayed iterations' metrics are
+    only logged if this MLflow run lacks them, so every PPO metric has one point per iteration.
+    """
     from rayexp.ppo import PPOSettings, train_ppo
 
     raw = {**trial.ppo, **trial.task.ppo}
@@ -205,11 +219,28 @@ def _ppo(trial: TrialConfig, n_ctx: int, checkpoint_path: Path, out_path: Path, 
         raw["seed"] = trial.seed
     settings = PPOSettings(**raw)
     prefix = f"ppo/{trial.task.name}"
+    last = report.run.last_step(f"{prefix}/env_steps") if report.run is not None else None
+    logged = [-1 if last is None else last]
 
     def callback(metrics: dict, step: int) -> None:
+        if step <= logged[0]:
+            return  # logged by an earlier attempt of this trial
         report.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if k != "iteration"}, step)
+        logged[0] = step
 
-    return train_ppo(settings, _env_config(trial, n_ctx), str(checkpoint_path), str(out_path), callback)
+    state_dir.mkdir(exist_ok=True)
+    saved = state_dir / "progress.json"
+    if saved.exists() and report.run is not None:
+        report.run.set_tags({"rayexp.ppo_resumed_after_iteration": json.loads(saved.read_text())["iteration"]})
+    return train_ppo(
+        settings,
+        _env_config(trial, n_ctx),
+        str(checkpoint_path),
+        str(out_path),
+        callback,
+        state_dir=state_dir,
+        on_checkpoint=lambda iteration: on_checkpoint(),
+    )
 
 
 def _analyses(trial: TrialConfig, before, after, report: _Reporter, run, workdir: Path) -> None:
@@ -297,9 +328,14 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
             run.log_metrics(seconds, step=0)
         report.latest.update(seconds)
         state.finish(stage, report.latest)
-        snapshot = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
-        shutil.copytree(state_dir, snapshot, dirs_exist_ok=True)
-        report.metrics({}, step=0, checkpoint_dir=snapshot)
+        snapshot()
+
+    def snapshot() -> None:
+        """Hand Tune a copy of the state directory as this trial's checkpoint."""
+        copy = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
+        shutil.copytree(state_dir, copy, dirs_exist_ok=True)
+        report.metrics({}, step=0, checkpoint_dir=copy)
+        shutil.rmtree(copy, ignore_errors=True)  # tune.report persisted it to storage before returning
 
     try:
         if state.done("pretrain"):  # a cache hit: nothing to log again
@@ -323,7 +359,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
 
         after_path = state_dir / "model_after.pt"
         if not state.done("ppo"):
-            _ppo(trial, model_cfg.n_ctx, pre_path, after_path, report)
+            _ppo(trial, model_cfg.n_ctx, pre_path, after_path, report, state_dir / "ppo", snapshot)
             if run is not None:
                 run.log_artifact(after_path, "weights")
             stage_done("ppo")

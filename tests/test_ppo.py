@@ -164,3 +164,32 @@ def test_ppo_raises_joint_target_reward_on_interleaved_stream(ray_local, tmp_pat
     curve = [round(h["reward_per_step"], 3) for h in res.history]
     print(f"joint_target: expected reward {before:.3f} -> {after:.3f}; sampled {curve}")
     assert after > before + 0.025, (before, after, curve)
+
+
+def test_train_ppo_resumes_after_its_last_saved_iteration(ray_local, brief_checkpoint, tmp_path):
+    """Killed (here: an exception) after iteration 2 was saved, a second call with the same state dir
+    replays iterations 0-2 through the callback, then trains 3-4 from the saved algorithm state."""
+    settings = PPOSettings(
+        train_batch_size=60, minibatch_size=60, num_epochs=1, num_envs_per_env_runner=6, iterations=5, seed=3
+    )
+    state, seen, saved = tmp_path / "ppo_state", [], []
+    state.mkdir()
+
+    class Killed(Exception):
+        pass
+
+    def callback(metrics, it):
+        seen.append((it, metrics["env_steps"]))
+        if it == 2 and len(seen) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_ppo(settings, ENV, brief_checkpoint, tmp_path / "a.pt", callback, state, saved.append)
+    assert saved == [0, 1, 2] and sorted(p.name for p in state.iterdir()) == ["algo_000002", "progress.json"]
+    first = list(seen)
+    result = train_ppo(settings, ENV, brief_checkpoint, tmp_path / "a.pt", callback, state, saved.append)
+    assert seen[3:6] == first  # the saved iterations, replayed
+    assert [it for it, _ in seen[6:]] == [3, 4]
+    assert [h["env_steps"] for h in result.history] == [60 * (i + 1) for i in range(5)]  # counts carried over
+    assert saved == [0, 1, 2, 3]  # the last iteration is not saved: the exported model is the result
+    assert load_checkpoint(tmp_path / "a.pt")[0] is not None

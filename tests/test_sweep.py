@@ -203,6 +203,15 @@ def test_worker_killed_mid_ppo_resumes_from_its_checkpoint(workdir):
     assert len(c.get_metric_history(run.info.run_id, "probe/pre/belief/concat_resid/skill")) == 1
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "pretrain/loss")]
     assert sorted(steps) == [10, 20, 30]  # logged once: the retry did not pretrain again
+    # PPO resumed after a saved iteration (>= 1: two iterations were logged before the kill), and
+    # every PPO metric has exactly one point per iteration
+    assert int(run.data.tags["rayexp.ppo_resumed_after_iteration"]) >= 1
+    for key in ("ppo/next/approx_kl", "ppo/next/reward_per_step", "ppo/next/env_steps"):
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, key)) == list(range(8)), key
+    env_steps = [
+        m.value for m in sorted(c.get_metric_history(run.info.run_id, "ppo/next/env_steps"), key=lambda m: m.step)
+    ]
+    assert env_steps == [48 * (i + 1) for i in range(8)]  # the sampled-steps count continued across the kill
     assert "analysis/weight_diff/rel_frobenius" in run.data.metrics
     assert "weights/model_after.pt" in artifacts(uri, run.info.run_id)
 
