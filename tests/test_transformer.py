@@ -126,19 +126,31 @@ def test_cpu_attention_kernels_match_float64_sdpa_values_and_gradients(B, T, H, 
         torch.testing.assert_close(causal_attention(wide, H, E), ours.detach(), atol=0, rtol=0)
 
 
-def test_cpu_attention_uses_no_more_threads_than_torch():
+def test_cpu_attention_picks_serial_kernels_for_one_thread_or_small_batches(monkeypatch):
+    """One torch thread (a 1-CPU trial) or a small batch: serial kernels; big batches: parallel ones.
+    Every choice gives the same bits (one thread per sequence, same arithmetic)."""
     import numba
 
-    from models._attention import causal_attention
+    import models._attention as attention
 
+    ran: list[str] = []
+    monkeypatch.setattr(attention, "launch", lambda kernel, *args: (ran.append(kernel.__name__), kernel(*args)))
     old = torch.get_num_threads()
+    big = torch.randn(512, 10, 3 * 4 * 16, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    small = big[:8].detach().clone().requires_grad_()
     try:
-        torch.set_num_threads(1)
-        qkv = torch.randn(64, 10, 3 * 2 * 8)
-        one = causal_attention(qkv, 2, 8)
-        assert numba.get_num_threads() == 1
-        torch.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        torch.testing.assert_close(causal_attention(qkv, 2, 8), one, atol=0, rtol=0)  # one thread per sequence
-        assert numba.get_num_threads() == torch.get_num_threads()
+        outputs = []
+        for threads, x in ((1, big), (min(2, numba.config.NUMBA_NUM_THREADS), big), (2, small)):
+            torch.set_num_threads(threads)
+            x.grad = None
+            z = attention.causal_attention(x, 4, 16)
+            z.sum().backward()
+            outputs.append((z.detach()[:8], x.grad[:8].clone()))
     finally:
         torch.set_num_threads(old)
+    parallel = numba.config.NUMBA_NUM_THREADS > 1
+    assert ran == ["_forward_ser", "_backward_ser"] + (
+        ["_forward_par", "_backward_par"] if parallel else ["_forward_ser", "_backward_ser"]
+    ) + ["_forward_ser", "_backward_ser"]
+    for z, g in outputs[1:]:
+        assert torch.equal(z, outputs[0][0]) and torch.equal(g, outputs[0][1])
