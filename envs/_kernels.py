@@ -142,6 +142,19 @@ def _write_normalized(cur, total, prev, out):
 
 
 @njit(cache=True, inline="always")
+def _update(dense, T, ptr, src, dst, val, x, prev, cur, out):
+    """One forward-algorithm step on token x into prev and out; False if the belief underflowed to zero."""
+    if dense:
+        total = _unnormalized_dense(T, x, prev, cur)
+    else:
+        total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
+    if total <= 0.0:
+        return False
+    _write_normalized(cur, total, prev, out)
+    return True
+
+
+@njit(cache=True, inline="always")
 def _sample_beliefs_seq(b, dense, T, ptr, src, dst, val, cdf, icdf, init, u, tokens, states, beliefs, failed_at):
     S = init.shape[0]
     K = cdf.shape[1]
@@ -158,15 +171,10 @@ def _sample_beliefs_seq(b, dense, T, ptr, src, dst, val, cdf, icdf, init, u, tok
         s = k - x * S
         tokens[b, t] = x
         states[b, t + 1] = s
-        if dense:
-            total = _unnormalized_dense(T, x, prev, cur)
-        else:
-            total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
-        if total <= 0.0:
+        if not _update(dense, T, ptr, src, dst, val, x, prev, cur, beliefs[b, t]):
             # only reachable through underflow: the sampled token had exact probability > 0
             failed_at[b] = t
             return
-        _write_normalized(cur, total, prev, beliefs[b, t])
 
 
 @njit(cache=True, inline="always")
@@ -174,15 +182,9 @@ def _beliefs_seq(b, dense, T, ptr, src, dst, val, init, tokens, beliefs, failed_
     prev = init.copy()
     cur = np.empty(init.shape[0])
     for t in range(tokens.shape[1]):
-        x = tokens[b, t]
-        if dense:
-            total = _unnormalized_dense(T, x, prev, cur)
-        else:
-            total = _unnormalized_sparse(ptr, src, dst, val, x, prev, cur)
-        if total <= 0.0:
+        if not _update(dense, T, ptr, src, dst, val, tokens[b, t], prev, cur, beliefs[b, t]):
             failed_at[b] = t
             return
-        _write_normalized(cur, total, prev, beliefs[b, t])
 
 
 # Batch loops: parallel over sequences for big batches; serial for small ones (a gym reset samples
