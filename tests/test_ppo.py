@@ -38,21 +38,28 @@ def brief_checkpoint(tmp_path_factory):
 
     A bare loop rather than models.pretrain.pretrain, whose optimal-loss bookkeeping for the
     mixture costs more than this whole pretraining."""
-    process = build_process(PROCESS)
+    path = tmp_path_factory.mktemp("pre") / "pre.pt"
+    save_checkpoint(path, bare_pretrain(PROCESS, d_vocab=5, steps=15))
+    return path
+
+
+def bare_pretrain(process_spec: dict, d_vocab: int, steps: int) -> Transformer:
+    """A 2-layer d32 model after ``steps`` AdamW steps on 64 fresh sequences each (seeded)."""
+    process = build_process(process_spec)
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_head=8, d_mlp=64, n_ctx=K, d_vocab=5))
+    model = Transformer(
+        TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_head=8, d_mlp=64, n_ctx=K, d_vocab=d_vocab)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
-    for _ in range(15):
+    for _ in range(steps):
         tokens = torch.as_tensor(process.sample(64, K + 1, rng)[0])  # (64, K+1)
         logits = model(tokens[:, :K])  # (64, K, V)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), tokens[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, d_vocab), tokens[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    path = tmp_path_factory.mktemp("pre") / "pre.pt"
-    save_checkpoint(path, model)
-    return path
+    return model
 
 
 def expected_next_token_reward(checkpoint, n: int = 4000) -> float:
@@ -143,18 +150,7 @@ def expected_env_reward(checkpoint, env_config: dict, n: int = 512) -> float:
 def test_ppo_raises_joint_target_reward_on_interleaved_stream(ray_local, tmp_path):
     """The target (next A token + next B token) mod 3 needs both factors' beliefs; the pretrained
     policy (A's next-token distribution) is at chance, and PPO must read the joint belief."""
-    process = build_process(JOINT_ENV["process"])
-    torch.manual_seed(0)
-    model = Transformer(TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_head=8, d_mlp=64, n_ctx=K, d_vocab=6))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(100):
-        tokens = torch.as_tensor(process.sample(64, K + 1, rng)[0])  # (64, K+1)
-        loss = torch.nn.functional.cross_entropy(model(tokens[:, :K]).reshape(-1, 6), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    save_checkpoint(tmp_path / "pre.pt", model)
+    save_checkpoint(tmp_path / "pre.pt", bare_pretrain(JOINT_ENV["process"], d_vocab=6, steps=100))
     settings = PPOSettings(lr=3e-3, iterations=16, **FAST)
     res = train_ppo(settings, JOINT_ENV, tmp_path / "pre.pt", tmp_path / "post.pt")
     before, after = (
