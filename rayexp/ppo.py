@@ -273,6 +273,17 @@ def _save_state(algo, state_dir: Path, iteration: int, steps: int, history: list
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _progress(state_dir: Path | None) -> dict | None:
+    path = state_dir / "progress.json" if state_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def saved_iteration(state_dir: str | Path) -> int | None:
+    """The last iteration whose state ``train_ppo`` saved in ``state_dir`` (it resumes after it), or None."""
+    progress = _progress(Path(state_dir))
+    return None if progress is None else int(progress["iteration"])
+
+
 def train_ppo(
     settings: PPOSettings,
     env_config: dict,
@@ -303,8 +314,7 @@ def train_ppo(
             "Leave NUMBA_THREADING_LAYER unset (envs picks workqueue) or set it to workqueue."
         )
     state = Path(state_dir) if state_dir is not None else None
-    saved = state / "progress.json" if state is not None else None
-    progress = json.loads(saved.read_text()) if saved is not None and saved.exists() else None
+    progress = _progress(state)
     start = progress["iteration"] + 1 if progress else 0
     build_settings = settings if not start else settings.model_copy(update={"seed": settings.seed + 7919 * start})
     algo = build_ppo_config(build_settings, env_config, checkpoint_path).build_algo()

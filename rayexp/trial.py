@@ -212,7 +212,7 @@ def _ppo(
     A retried trial resumes after the last saved iteration; the replayed iterations' metrics are
     only logged if this MLflow run lacks them, so every PPO metric has one point per iteration.
     """
-    from rayexp.ppo import PPOSettings, train_ppo
+    from rayexp.ppo import PPOSettings, saved_iteration, train_ppo
 
     raw = {**trial.ppo, **trial.task.ppo}
     if "seed" in PPOSettings.model_fields and "seed" not in raw:
@@ -229,9 +229,9 @@ def _ppo(
         logged[0] = step
 
     state_dir.mkdir(exist_ok=True)
-    saved = state_dir / "progress.json"
-    if saved.exists() and report.run is not None:
-        report.run.set_tags({"rayexp.ppo_resumed_after_iteration": json.loads(saved.read_text())["iteration"]})
+    resumed_after = saved_iteration(state_dir)
+    if resumed_after is not None and report.run is not None:
+        report.run.set_tags({"rayexp.ppo_resumed_after_iteration": resumed_after})
     return train_ppo(
         settings,
         _env_config(trial, n_ctx),
