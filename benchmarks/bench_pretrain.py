@@ -85,6 +85,25 @@ def paired_shares(windows: list[float], peaks: list[float], n_params: int) -> li
     return [w * 6 * n_params / (max(peaks[i], peaks[i + 1]) * 1e9) for i, w in enumerate(windows)]
 
 
+def timed_windows(step, tokens_per_step: int, steps: int, windows: int, peaks: list[float]) -> list[float]:
+    """Tokens/s of ``steps`` calls of ``step`` per window; window 0 warms up and is dropped.
+
+    A matmul peak probe runs before window 1 and after every timed window, so ``peaks[i]`` and
+    ``peaks[i + 1]`` bracket window i (see :func:`paired_shares`).
+    """
+    out = []
+    for w in range(windows + 1):
+        if w == 1:
+            peaks.append(matmul_peak_gflops())
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if w >= 1:
+            out.append(tokens_per_step * steps / (time.perf_counter() - t0))
+            peaks.append(matmul_peak_gflops())
+    return out
+
+
 def matmul_only_windows(batch: int, steps: int, windows: int, peaks: list[float]) -> list[float]:
     """The matrix products of one training step and nothing else: tokens/s per window.
 
@@ -106,17 +125,7 @@ def matmul_only_windows(batch: int, steps: int, windows: int, peaks: list[float]
             dy.t() @ x  # weight gradient
             dy @ w  # input gradient
 
-    out = []
-    for w in range(windows + 1):
-        if w == 1:
-            peaks.append(matmul_peak_gflops())
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if w >= 1:
-            out.append(n * steps / (time.perf_counter() - t0))
-            peaks.append(matmul_peak_gflops())
-    return out
+    return timed_windows(step, n, steps, windows, peaks)
 
 
 def plain_windows(process, batch: int, steps: int, windows: int, peaks: list[float], seed: int = 0) -> list[float]:
@@ -125,24 +134,19 @@ def plain_windows(process, batch: int, steps: int, windows: int, peaks: list[flo
     rng = np.random.default_rng(seed)
     model = PlainLM(MODEL)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    T, out = MODEL.n_ctx, []
-    for w in range(windows + 1):  # window 0 warms up and is dropped
-        if w == 1:
-            peaks.append(matmul_peak_gflops())
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            tokens = torch.from_numpy(process.sample(batch, T + 1, rng)[0])  # (B, T+1)
-            logits = model(tokens[:, :-1])  # (B, T, V)
-            loss = F.cross_entropy(logits.reshape(-1, MODEL.d_vocab), tokens[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss.item()
-        if w >= 1:
-            out.append(batch * T * steps / (time.perf_counter() - t0))
-            peaks.append(matmul_peak_gflops())
-    return out
+    T = MODEL.n_ctx
+
+    def step() -> None:
+        tokens = torch.from_numpy(process.sample(batch, T + 1, rng)[0])  # (B, T+1)
+        logits = model(tokens[:, :-1])  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, MODEL.d_vocab), tokens[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss.item()
+
+    return timed_windows(step, batch * T, steps, windows, peaks)
 
 
 def ours_windows(process, batch, steps, windows, peaks, compile=False, device="cpu", threads=2) -> list[float]:
