@@ -25,7 +25,9 @@ How to run::
 
 or ``gymnasium.make("rayexp/Sequence-v0", config=...)``; ``gymnasium.make_vec("rayexp/Sequence-v0",
 num_envs=64, config=...)`` builds :class:`SequenceVectorEnv`, which steps all streams with numpy at
-once. For Tune / RLlib use :func:`make_env` as the env creator.
+once. For Tune / RLlib use :func:`make_env` as the env creator: a config's ``env`` key (one of
+:data:`ENV_KINDS`) picks these envs (``"sequence"``, the default) or the active gated env of
+:mod:`envs.active_env` (``"active_gated"``), whose stream the agent steers.
 
 What to expect: random actions earn 1/|actions| on ``next_token``; acting on ``argmax
 hmm.next_token_probs(info["belief"])`` earns the most any policy can (about 0.67 on mess3(x=0.05,
@@ -35,7 +37,6 @@ env ~9k (when the sampling kernel itself is cheap; see envs._kernels).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import gymnasium as gym
@@ -44,6 +45,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs import build_process
+from envs.active_env import ActiveGatedEnv, ActiveGatedVectorEnv
+from envs.env_config import ENV_KINDS, EnvConfig, episode_lengths, window
 from envs.process import HMM
 from envs.rewards import Reward, make_reward
 
@@ -51,58 +54,16 @@ ENV_ID = "rayexp/Sequence-v0"
 ACTIVE_ENV_ID = "rayexp/ActiveGated-v0"
 
 
-@dataclass(frozen=True)
-class EnvConfig:
-    """Env settings; ``EnvConfig.from_dict`` rejects unknown keys."""
-
-    process: dict | HMM
-    """Process spec for ``envs.build_process`` (e.g. ``{"name": "mess3"}``) or an HMM."""
-    context: int = 8
-    """K: observation window length (>= 1)."""
-    episode_len: int | None = None
-    """Steps per episode (>= 1); default K, so each episode is one pretraining-length sequence."""
-    reward: str = "next_token"
-    """Name in ``envs.rewards.REWARDS``."""
-    reward_params: dict = field(default_factory=dict)
-    """Parameters of that reward (each reward documents its own)."""
-    action_tokens: list[int] | None = None
-    """Token ids the actions map to (action i -> action_tokens[i]); default chosen by the reward (all tokens)."""
-    seed: int | None = None
-    """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
-
-    @classmethod
-    def from_dict(cls, config: dict | None) -> EnvConfig:
-        config = dict(config or {})
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(config) - set(names))
-        if unknown:
-            raise ValueError(f"unknown env config keys {unknown}; valid: {names}")
-        if "process" not in config:
-            raise ValueError("env config needs 'process' (a process spec dict or an HMM)")
-        return cls(**config)
-
-
-def _lengths(cfg: EnvConfig) -> tuple[int, int]:
-    K = cfg.context
-    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
-        raise ValueError(f"env config 'context' (K) must be an int >= 1; got {K!r}")
-    T = K if cfg.episode_len is None else cfg.episode_len
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"env config 'episode_len' must be an int >= 1; got {T!r}")
-    return int(K), int(T)
-
-
-def _window(tokens: np.ndarray, t: np.ndarray, K: int, pad: int) -> np.ndarray:
-    """(n, L) tokens, (n,) current index -> (n, K): tokens up to t, the last K of them, right-padded."""
-    t = t[:, None]  # (n, 1)
-    pos = np.maximum(t + 1 - K, 0) + np.arange(K)  # (n, K)
-    window = np.take_along_axis(tokens, np.minimum(pos, tokens.shape[1] - 1), axis=1)  # (n, K)
-    return np.where(pos <= t, window, pad)
-
-
 def _draw(hmm: HMM, n: int, length: int, rng: np.random.Generator):
     """The one place sequences are sampled, so tests can swap in known sequences."""
     return hmm.sample_with_beliefs(n, length, rng)
+
+
+def _sequence_config(config: dict | None) -> EnvConfig:
+    cfg = EnvConfig.from_dict(config)
+    if cfg.env != "sequence":
+        raise ValueError(f"SequenceEnv runs env 'sequence'; got env={cfg.env!r} (use make_env)")
+    return cfg
 
 
 class _Streams:
@@ -110,7 +71,7 @@ class _Streams:
 
     def __init__(self, cfg: EnvConfig, n: int):
         self.hmm = build_process(cfg.process)
-        self.K, self.episode_len = _lengths(cfg)
+        self.K, self.episode_len = episode_lengths(cfg)
         self.reward: Reward = make_reward(cfg.reward, self.hmm, cfg.reward_params, cfg.action_tokens)
         self.n = n
         self.length = self.episode_len + self.reward.lookahead
@@ -134,7 +95,7 @@ class _Streams:
         self.t[rows] = 0
 
     def observe(self) -> np.ndarray:
-        return _window(self.tokens, self.t, self.K, self.pad)
+        return window(self.tokens, self.t, self.K, self.pad)
 
     def step(self, actions: np.ndarray, rows: np.ndarray):
         """Score ``actions`` (action indices, one per row) and advance those rows."""
@@ -159,7 +120,7 @@ class SequenceEnv(gym.Env):
     metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, config: dict | None = None):
-        self.config = EnvConfig.from_dict(config)
+        self.config = _sequence_config(config)
         self._streams = _Streams(self.config, 1)
         self.hmm = self._streams.hmm
         self.reward_fn = self._streams.reward
@@ -201,7 +162,7 @@ class SequenceVectorEnv(VectorEnv):
     def __init__(self, num_envs: int, config: dict | None = None):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1; got {num_envs!r}")
-        self.config = EnvConfig.from_dict(config)
+        self.config = _sequence_config(config)
         self.num_envs = int(num_envs)
         self._streams = _Streams(self.config, self.num_envs)
         self.hmm = self._streams.hmm
@@ -259,114 +220,27 @@ class SequenceVectorEnv(VectorEnv):
         return out
 
 
-class ActiveGatedEnv(gym.Env):
-    """The rare-capability env: a gated process whose rare factor B the agent can summon.
-
-    Config as :class:`SequenceEnv`, with ``process`` a ``gated(A, B, trigger)`` spec. Same
-    observation, actions and episode layout, with one difference: choosing the trigger token
-    (which must be in the action set) *emits* it whenever A is the one about to emit, so the next
-    token after that is B's; any other action, or the trigger while B is due, leaves the process to
-    emit its own token. Under the passive stream B shows up only after A happens to emit the
-    trigger, so a policy sees (and can be paid for) B only if it seeks it. Rewards must score the
-    next token only (``next_token``, ``rare_next_token``, ``reward_punish``). The default,
-    ``rare_next_token`` with ``common=0``, pays only for correct predictions of B's tokens, so with
-    discount > 0 the optimal policy triggers and then predicts B (under ``next_token`` a summoned
-    trigger counts as a correct prediction, which pays for seeking itself). ``info["belief"]`` stays exact under the
-    interventions (it filters with the forced dynamics); ``info["forced"]`` says whether the
-    agent's trigger was emitted at that step.
-    """
-
-    metadata: ClassVar[dict] = {"render_modes": []}
-
-    def __init__(self, config: dict | None = None):
-        config = dict(config or {})
-        config.setdefault("reward", "rare_next_token")
-        self.config = EnvConfig.from_dict(config)
-        hmm = self.hmm = build_process(self.config.process)
-        if hmm.meta.get("kind") != "gated":
-            raise ValueError(f"ActiveGatedEnv needs a gated process; got {hmm.name!r}")
-        self.K, self.episode_len = _lengths(self.config)
-        self.reward_fn = make_reward(self.config.reward, hmm, self.config.reward_params, self.config.action_tokens)
-        if not self.reward_fn.ONLINE:
-            raise ValueError(
-                f"ActiveGatedEnv: reward {self.config.reward!r} looks beyond the next token, which the agent "
-                "steers here; use next_token, rare_next_token or reward_punish"
-            )
-        self.action_tokens = self.reward_fn.action_tokens
-        self.trigger = int(hmm.meta["token_offsets"][0] + hmm.meta["trigger"])
-        if self.trigger not in self.action_tokens:
-            raise ValueError(
-                f"ActiveGatedEnv: the trigger token {self.trigger} is not in action_tokens "
-                f"{self.action_tokens.tolist()}, so the agent could never seek the rare factor"
-            )
-        S, V = hmm.n_states, hmm.vocab_size
-        p = hmm.T[self.trigger].sum(axis=1)  # (S,) P(trigger | state)
-        can = p > 0
-        forced = hmm.T.copy()  # (V, S, S) dynamics when the agent emits the trigger
-        forced[:, can, :] = 0.0
-        forced[self.trigger, can, :] = hmm.T[self.trigger, can, :] / p[can, None]
-        self._dynamics = (hmm.T, forced)
-        self._cdf = [np.cumsum(d.transpose(1, 0, 2).reshape(S, V * S), axis=1) for d in self._dynamics]  # (S, V*S)
-        self._can_force = can
-        self.observation_space = gym.spaces.Box(0, V, shape=(self.K,), dtype=np.int64)
-        self.action_space = gym.spaces.Discrete(len(self.action_tokens))
-        self._seeded = False
-
-    def _emit(self, seek: bool) -> int:
-        S = self.hmm.n_states
-        cdf = self._cdf[int(seek)][self._state]
-        k = min(int(np.searchsorted(cdf, self.np_random.random() * cdf[-1], side="right")), cdf.size - 1)
-        x, self._state = divmod(k, S)
-        eta = self._belief @ self._dynamics[int(seek)][x]  # (S,)
-        self._belief = eta / eta.sum()
-        return x
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is None and not self._seeded:
-            seed = self.config.seed
-        super().reset(seed=seed)
-        if seed is not None:
-            self.action_space.seed(seed)
-        self._seeded = True
-        self._tokens = np.zeros((1, self.episode_len + 1), dtype=np.int64)
-        self._t = 0
-        self._state = int(self.np_random.choice(self.hmm.n_states, p=self.hmm.init))
-        self._belief = self.hmm.init.copy()
-        self._tokens[0, 0] = self._emit(False)
-        return self._observe(), self._info()
-
-    def step(self, action):
-        if not self.action_space.contains(action):
-            raise ValueError(f"action must lie in 0..{self.action_space.n - 1}; got {action!r}")
-        if self._t >= self.episode_len:
-            raise RuntimeError("step() after the episode ended; call reset() first")
-        token = int(self.action_tokens[action])
-        forced = token == self.trigger and bool(self._can_force[self._state])
-        x = self._emit(token == self.trigger)
-        self._t += 1
-        self._tokens[0, self._t] = x
-        pair = self._tokens[:, self._t - 1 : self._t + 1]  # (1, 2)
-        target = self.reward_fn.targets(pair, np.zeros((1, 3), dtype=np.int64))[:, 0]  # (1,)
-        reward = float(self.reward_fn.rewards(np.array([token]), target)[0])
-        info = self._info()
-        info["target"], info["forced"] = int(target[0]), forced
-        return self._observe(), reward, self._t >= self.episode_len, False, info
-
-    def _observe(self) -> np.ndarray:
-        return _window(self._tokens, np.array([self._t]), self.K, self.hmm.vocab_size)[0]
-
-    def _info(self) -> dict:
-        fb = self.hmm.factor_beliefs(self._belief)
-        return {"belief": self._belief.copy(), "factor_beliefs": {str(i): b for i, b in enumerate(fb)}}
-
-
 def _unbatch(info: dict) -> dict:
     return {k: (_unbatch(v) if isinstance(v, dict) else v[0]) for k, v in info.items()}
 
 
+#: env kind -> (single env, vector env); RLlib asks for the vector one (see make_env)
+_ENVS = {"sequence": (SequenceEnv, SequenceVectorEnv), "active_gated": (ActiveGatedEnv, ActiveGatedVectorEnv)}
+
+
+def _kind(config: dict) -> str:
+    kind = config.get("env", "sequence")
+    if kind not in ENV_KINDS:
+        raise ValueError(f"env config 'env' must be one of {list(ENV_KINDS)}; got {kind!r}")
+    return kind
+
+
 def action_tokens(config: dict) -> list[int]:
     """The action set a config resolves to (the reward's default when ``action_tokens`` is not
-    given), e.g. for an RL module that must restrict its logits to the same tokens."""
+    given, which for ``env: active_gated`` is ``rare_next_token``'s), e.g. for an RL module that must
+    restrict its logits to the same tokens."""
+    if _kind(config) == "active_gated":
+        return ActiveGatedEnv(config).action_tokens.tolist()
     cfg = EnvConfig.from_dict(config)
     return make_reward(
         cfg.reward, build_process(cfg.process), cfg.reward_params, cfg.action_tokens
@@ -374,11 +248,14 @@ def action_tokens(config: dict) -> list[int]:
 
 
 def make_env(config: dict | None = None):
-    """Env creator for ``ray.tune.register_env``: a :class:`SequenceVectorEnv` when RLlib asks for
-    ``num_envs`` (its ``vector_entry_point`` mode), else a :class:`SequenceEnv`."""
+    """Env creator for ``ray.tune.register_env``. ``config["env"]`` (one of :data:`ENV_KINDS`, default
+    "sequence") picks the env; when RLlib asks for ``num_envs`` (its ``vector_entry_point`` mode) the
+    result is that env's vector form (:class:`SequenceVectorEnv`, :class:`ActiveGatedVectorEnv`: both
+    next-step autoreset), else the single env."""
     config = dict(config or {})
     num_envs = config.pop("num_envs", None)
-    return SequenceEnv(config) if num_envs is None else SequenceVectorEnv(num_envs, config)
+    single, vector = _ENVS[_kind(config)]
+    return single(config) if num_envs is None else vector(num_envs, config)
 
 
 def _register() -> None:
@@ -389,7 +266,24 @@ def _register() -> None:
             vector_entry_point="envs.gym_env:SequenceVectorEnv",
         )
     if ACTIVE_ENV_ID not in gym.registry:
-        gym.register(id=ACTIVE_ENV_ID, entry_point="envs.gym_env:ActiveGatedEnv")
+        gym.register(
+            id=ACTIVE_ENV_ID,
+            entry_point="envs.active_env:ActiveGatedEnv",
+            vector_entry_point="envs.active_env:ActiveGatedVectorEnv",
+        )
 
 
 _register()
+
+__all__ = [
+    "ACTIVE_ENV_ID",
+    "ENV_ID",
+    "ENV_KINDS",
+    "ActiveGatedEnv",
+    "ActiveGatedVectorEnv",
+    "EnvConfig",
+    "SequenceEnv",
+    "SequenceVectorEnv",
+    "action_tokens",
+    "make_env",
+]

@@ -12,8 +12,12 @@ mixed into the token stream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from envs.layout import Layout
 
 ATOL = 1e-9
 # Beliefs closer than this in every coordinate count as one mixed state. The grid is shifted by
@@ -28,17 +32,20 @@ class HMM:
     """An edge-emitting hidden Markov process.
 
     ``T`` has shape (V, S, S); ``init`` shape (S,). Use :func:`from_matrices` (validated) to build one.
-    ``token_names`` label tokens for figures; ``factors`` holds the factor processes of a composition
-    (empty for a primitive process), and ``meta`` whatever a composition needs to map tokens and
-    states back to its factors (see :mod:`envs.compose`).
+    ``token_names`` label tokens for figures. ``layout`` (:mod:`envs.layout`, set by :mod:`envs.compose`)
+    maps a composition's tokens and states back to its factors; None for a primitive process.
+    ``family`` and ``params`` record which registry factory built the process and with what
+    (``{"name": family, **params}`` rebuilds it), so code recognises a process by what it is, not by
+    comparing matrices; "" and {} for compositions and for :func:`from_matrices`.
     """
 
     T: np.ndarray
     init: np.ndarray
     name: str = "hmm"
     token_names: tuple[str, ...] = ()
-    factors: tuple[HMM, ...] = ()
-    meta: dict = field(default_factory=dict)
+    layout: Layout | None = None
+    family: str = ""
+    params: dict = field(default_factory=dict)
     # derived tables and expensive results (CDFs, entropy rate); never part of identity
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -49,6 +56,17 @@ class HMM:
     @property
     def vocab_size(self) -> int:
         return self.T.shape[0]
+
+    @property
+    def factors(self) -> tuple[HMM, ...]:
+        """The factor processes of a composition, in order; () for a primitive process."""
+        return () if self.layout is None else self.layout.factors
+
+    @property
+    def meta(self) -> dict:
+        """The layout's plain description (``kind``, ``state_shape``, ``factor_tokens``, ...; see
+        :meth:`envs.layout.Layout.meta`) for display and serialisation; {} for a primitive process."""
+        return {} if self.layout is None else self.layout.meta()
 
     @property
     def transition(self) -> np.ndarray:
@@ -98,12 +116,8 @@ class HMM:
         return np.asarray(beliefs) @ self.T.sum(axis=2).T  # (..., V)
 
     def factor_beliefs(self, beliefs: np.ndarray) -> list[np.ndarray]:
-        """Beliefs over each factor's states (empty list for a primitive); see envs.compose."""
-        if not self.factors:
-            return []
-        from envs import compose
-
-        return compose.factor_beliefs(self, beliefs)
+        """Beliefs over each factor's states (empty list for a primitive); see :mod:`envs.layout`."""
+        return [] if self.layout is None else self.layout.factor_beliefs(beliefs)
 
     # -- mixed states and entropies -------------------------------------------------------------
 
@@ -144,25 +158,15 @@ class HMM:
         closed form use it (exact in terms of their factors' entries): product = sum of factors;
         interleave = factor ``t % n`` at its own position ``t // n``; mixture (disjoint tokens, so
         the first token reveals the component) = ``H(weights) + sum_i w_i H_i[0]`` at t = 0, then
-        ``sum_i w_i H_i[t]``. Everything else goes through :func:`enumerate_conditional_entropies`
-        (see there for ``max_states``, ``beyond``, ``n_samples``, ``seed``).
+        ``sum_i w_i H_i[t]`` (each in :mod:`envs.layout`). Everything else goes through
+        :func:`enumerate_conditional_entropies` (see there for ``max_states``, ``beyond``,
+        ``n_samples``, ``seed``).
         """
         key = ("cond_H", length, max_states, beyond, n_samples, seed)
         if key not in self._cache:
-            kind = self.meta.get("kind")
             sub = {"max_states": max_states, "beyond": beyond, "n_samples": n_samples, "seed": seed}
-            if kind == "product":
-                out = sum(f.conditional_entropies(length, **sub) for f in self.factors)
-            elif kind == "interleave":
-                n = len(self.factors)
-                per = [f.conditional_entropies(-(-length // n), **sub) for f in self.factors]
-                out = np.array([per[t % n][t // n] for t in range(length)])
-            elif kind == "mixture":
-                w = np.array(self.meta["weights"])
-                out = sum(wi * f.conditional_entropies(length, **sub) for wi, f in zip(w, self.factors))
-                if length:
-                    out[0] += _entropy(w)
-            else:
+            out = None if self.layout is None else self.layout.conditional_entropies(length, **sub)
+            if out is None:
                 out = enumerate_conditional_entropies(self, length, **sub)
             self._cache[key] = np.asarray(out, dtype=np.float64)
         return self._cache[key].copy()
@@ -180,17 +184,11 @@ class HMM:
         key = ("h", n_samples, length, seed)
         if key in self._cache:
             return self._cache[key]
-        kind = self.meta.get("kind")
         sub = {"n_samples": n_samples, "length": length, "seed": seed}
-        if kind == "product":
-            h = sum(f.entropy_rate(**sub) for f in self.factors)
-        elif kind == "interleave":
-            h = float(np.mean([f.entropy_rate(**sub) for f in self.factors]))
-        elif kind == "mixture":
-            h = float(sum(w * f.entropy_rate(**sub) for w, f in zip(self.meta["weights"], self.factors)))
-        elif _is_unifilar(self.T) and _has_unique_stationary(self.transition):
+        h = None if self.layout is None else self.layout.entropy_rate(**sub)
+        if h is None and _is_unifilar(self.T) and _has_unique_stationary(self.transition):
             h = float(stationary(self.transition) @ _entropy(self.T.sum(axis=2).T))
-        else:
+        if h is None:
             emit = self.T.sum(axis=2).T  # (S, V)
             sums = [
                 _entropy(bel[:, length // 2 :] @ emit).sum(axis=0)  # (L - L//2,)
@@ -330,14 +328,14 @@ def from_matrices(
     *,
     name: str = "from_matrices",
     token_names=(),
-    factors=(),
-    meta=None,
+    layout=None,
     atol: float = 1e-8,
 ) -> HMM:
     """Build a validated :class:`HMM`. Every failed check raises ValueError saying which and where.
 
     ``T`` (V, S, S): ``T[x][i, j] = P(emit x, go to j | in i)``. ``init`` (S,) defaults to the
     stationary distribution of ``sum_x T[x]`` and must be given when that is not unique.
+    ``layout``: how a composition's tokens and states map to its factors (:mod:`envs.compose` sets it).
     """
     try:
         T = np.array(T, dtype=np.float64)
@@ -380,7 +378,17 @@ def from_matrices(
     token_names = tuple(str(t) for t in token_names) or tuple(str(x) for x in range(T.shape[0]))
     if len(token_names) != T.shape[0]:
         raise ValueError(f"{name}: shape check: {len(token_names)} token_names for {T.shape[0]} tokens")
+    if layout is not None:
+        from envs.layout import Layout
+
+        if not isinstance(layout, Layout):
+            raise ValueError(f"{name}: layout must be an envs.layout.Layout; got {type(layout).__name__}")
+        if (layout.vocab_size, layout.n_states) != T.shape[:2]:
+            raise ValueError(
+                f"{name}: shape check: layout has {layout.vocab_size} tokens and {layout.n_states} states; "
+                f"T has {T.shape[0]} and {T.shape[1]}"
+            )
     T.setflags(write=False)
     init = np.ascontiguousarray(init)
     init.setflags(write=False)
-    return HMM(T=T, init=init, name=name, token_names=token_names, factors=tuple(factors), meta=dict(meta or {}))
+    return HMM(T=T, init=init, name=name, token_names=token_names, layout=layout)

@@ -1,12 +1,15 @@
 """Registry of named process factories.
 
-Each factory is a pure function of its (validated) parameters returning an :class:`HMM`.
+Each factory is a pure function of its (validated) parameters returning an :class:`HMM` that
+records what it is (``hmm.family``, ``hmm.params``), so code recognises a process by name rather
+than by comparing matrices; :func:`from_matrices` records nothing, whatever its matrices.
 :func:`build` checks names and parameters against the registry and the factory signature, so a
 typo gets an error that lists what is valid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -22,6 +25,11 @@ def _check_range(process: str, param: str, value, lo: float, hi: float) -> float
     if not (lo <= value <= hi) or math.isnan(value):
         raise ValueError(f"{process}: {param} must be in [{lo}, {hi}]; got {value}")
     return value
+
+
+def _registered(hmm: HMM, family: str, **params) -> HMM:
+    """``hmm`` labelled with the factory that built it and its validated parameters."""
+    return dataclasses.replace(hmm, family=family, params=params)
 
 
 def mess3(x: float = 0.15, a: float = 0.6) -> HMM:
@@ -42,7 +50,7 @@ def mess3(x: float = 0.15, a: float = 0.6) -> HMM:
             [[b * y, b * x, a * x], [b * x, b * y, a * x], [b * x, b * x, a * y]],
         ]
     )
-    return from_matrices(T, np.full(3, 1 / 3), name=f"mess3(x={x:g}, a={a:g})")
+    return _registered(from_matrices(T, np.full(3, 1 / 3), name=f"mess3(x={x:g}, a={a:g})"), "mess3", x=x, a=a)
 
 
 def rrxor() -> HMM:
@@ -57,7 +65,7 @@ def rrxor() -> HMM:
     T[0, O, Tt] = T[1, O, F] = 0.5
     T[1, Tt, S] = 1.0
     T[0, F, S] = 1.0
-    return from_matrices(T, name="rrxor")
+    return _registered(from_matrices(T, name="rrxor"), "rrxor")
 
 
 def z1r() -> HMM:
@@ -67,7 +75,7 @@ def z1r() -> HMM:
     T[0, Z, O] = 1.0
     T[1, O, R] = 1.0
     T[0, R, Z] = T[1, R, Z] = 0.5
-    return from_matrices(T, name="z1r")
+    return _registered(from_matrices(T, name="z1r"), "z1r")
 
 
 def noisy_not(eps: float = 0.1) -> HMM:
@@ -81,23 +89,35 @@ def noisy_not(eps: float = 0.1) -> HMM:
     T[0, S, X0] = T[1, S, X1] = 0.5
     T[1, X0, S], T[0, X0, S] = 1 - eps, eps
     T[0, X1, S], T[1, X1, S] = 1 - eps, eps
-    return from_matrices(T, name=f"noisy_not(eps={eps:g})")
+    return _registered(from_matrices(T, name=f"noisy_not(eps={eps:g})"), "noisy_not", eps=eps)
+
+
+#: noisy_and's hidden states by name: S starts a triple, X0 / X1 hold the first bit, P0 / P1 the AND
+NOISY_AND_STATES = {"S": 0, "X0": 1, "X1": 2, "P0": 3, "P1": 4}
+#: which of noisy_and's states emit each bit of a triple (x, y, and the noisy output x AND y)
+NOISY_AND_EMITS = {"x": ("S",), "y": ("X0", "X1"), "out": ("P0", "P1")}
+
+
+def noisy_and_states(bit: str) -> np.ndarray:
+    """noisy_and's state ids that emit ``bit`` ("x", "y" or "out") of a triple."""
+    return np.array([NOISY_AND_STATES[s] for s in NOISY_AND_EMITS[bit]], dtype=np.int64)
 
 
 def noisy_and(eps: float = 0.1) -> HMM:
     """Bits in triples (x, y, x AND y), x and y fair random bits, the third flipped w.p. eps.
 
-    States: S (start of a triple), X0 / X1 (first bit), P0 / P1 (the AND of the two bits).
+    States (:data:`NOISY_AND_STATES`): S (start of a triple), X0 / X1 (first bit), P0 / P1 (the AND
+    of the two bits).
     """
     eps = _check_range("noisy_and", "eps", eps, 0.0, 1.0)
-    S, X0, X1, P0, P1 = range(5)
+    S, X0, X1, P0, P1 = (NOISY_AND_STATES[k] for k in ("S", "X0", "X1", "P0", "P1"))
     T = np.zeros((2, 5, 5))
     T[0, S, X0] = T[1, S, X1] = 0.5
     T[0, X0, P0] = T[1, X0, P0] = 0.5
     T[0, X1, P0] = T[1, X1, P1] = 0.5
     T[0, P0, S], T[1, P0, S] = 1 - eps, eps
     T[1, P1, S], T[0, P1, S] = 1 - eps, eps
-    return from_matrices(T, name=f"noisy_and(eps={eps:g})")
+    return _registered(from_matrices(T, name=f"noisy_and(eps={eps:g})"), "noisy_and", eps=eps)
 
 
 PROCESSES = {

@@ -21,7 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from envs.layout import max_wait
 from envs.process import HMM
+from envs.processes import noisy_and_states
 
 
 class Reward:
@@ -94,17 +96,16 @@ class RareNextToken(Reward):
     ONLINE = True
 
     def _setup(self):
-        owners = self.hmm.meta.get("factor_tokens")
-        if not self.hmm.factors or owners is None:
+        layout = self.hmm.layout
+        if layout is None or not layout.disjoint:
             raise ValueError(
-                f"reward 'rare_next_token' needs a composed process with meta['factor_tokens'] "
+                f"reward 'rare_next_token' needs a composed process whose factors own disjoint tokens "
                 f"(interleave, mixture, gated); got {self.hmm.name!r}"
             )
         f = self.params["factor"]
-        if not isinstance(f, (int, np.integer)) or not 0 <= f < len(owners):
-            raise ValueError(f"reward 'rare_next_token': factor must be an index < {len(owners)}; got {f!r}")
-        self._rare = np.zeros(self.hmm.vocab_size, dtype=bool)
-        self._rare[np.asarray(owners[f], dtype=np.int64)] = True
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or not 0 <= f < layout.n_factors:
+            raise ValueError(f"reward 'rare_next_token': factor must be an index < {layout.n_factors}; got {f!r}")
+        self._rare = layout.token_owner == f  # (V,)
         self._values = np.array([float(self.params["common"]), float(self.params["rare"])])
 
     def targets(self, tokens, states):
@@ -159,7 +160,7 @@ class JointTarget(Reward):
     beliefs at once (the joint belief is their outer product); any policy reading one factor only is
     worse whenever the other factor's next token is not uniform. The action set has ``m`` tokens:
     action token ``action_tokens[k]`` claims target k (default: factor A's tokens with local ids
-    0..m-1 when the composition has ``meta['factor_tokens']``, else token ids 0..m-1).
+    0..m-1 when the factors own disjoint tokens, else token ids 0..m-1).
     """
 
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
@@ -185,8 +186,7 @@ class JointTarget(Reward):
         if not isinstance(m, (int, np.integer)) or m < 2:
             raise ValueError(f"reward 'joint_target': m must be an int >= 2; got {m!r}")
         self._m = int(m)
-        owns = [local >= 0 for local in _split(hmm, np.arange(hmm.vocab_size)[None])]  # [(1, V)]
-        waits = [_max_wait(hmm, owns[f][0]) for f in (fa, fb)]
+        waits = [max_wait(hmm, f) for f in (fa, fb)]
         if None in waits:
             raise ValueError(
                 f"reward 'joint_target': in {hmm.name!r} a factor can stay silent for arbitrarily long "
@@ -195,8 +195,8 @@ class JointTarget(Reward):
         self.lookahead = max(waits)
 
     def default_action_tokens(self):
-        owners = self.hmm.meta.get("factor_tokens")
-        pool = list(owners[self._fa]) if owners is not None else list(range(self.hmm.vocab_size))
+        layout = self.hmm.layout
+        pool = layout.factor_tokens[self._fa] if layout.disjoint else list(range(self.hmm.vocab_size))
         if self._m > len(pool):
             raise ValueError(
                 f"reward 'joint_target': m={self._m} targets but only {len(pool)} default action tokens; "
@@ -215,7 +215,7 @@ class JointTarget(Reward):
 
     def targets(self, tokens, states):
         n = tokens.shape[1] - self.lookahead
-        split = _split(self.hmm, tokens)
+        split = self.hmm.layout.split_tokens(tokens)
         nxt = [_next_local(split[f])[:, 1 : n + 1] for f in (self._fa, self._fb)]  # (B, n) each
         assert (nxt[0] >= 0).all() and (nxt[1] >= 0).all(), "lookahead too short for joint_target"
         return self.action_tokens[(nxt[0] + nxt[1]) % self._m]  # (B, n)
@@ -242,7 +242,9 @@ class Implies(Reward):
     belief over the gate's hidden phase.
 
     Works on ``noisy_and`` itself and on a mixture / interleave / product / gated composition with a
-    noisy AND factor (``gate`` picks which; other factors, e.g. noisy NOT, never set a target).
+    noisy AND factor (``gate`` picks which; other factors, e.g. noisy NOT, never set a target). A gate
+    is what the registry built as ``noisy_and`` (``hmm.family``): a ``from_matrices`` copy of its
+    matrices is not one, since nothing then says which of its states emit which bit.
     Steps whose input bits were emitted before the episode started have no target. The action set
     is two tokens: ``action_tokens[b]`` claims IMPLIES = b (default: the gate's own tokens for 0, 1).
     """
@@ -254,14 +256,13 @@ class Implies(Reward):
 
     def _setup(self):
         hmm = self.hmm
-        parts = [hmm] if not hmm.factors else list(hmm.factors)
-        gates = [i for i, f in enumerate(parts) if _is_noisy_and(f)]
+        parts = [hmm] if hmm.layout is None else list(hmm.factors)
+        # recognised by what the registry built, not by its matrices (see envs.processes)
+        gates = [i for i, f in enumerate(parts) if f.family == "noisy_and"]
         if not gates:
             raise ValueError(
                 f"reward 'implies' needs noisy_and or a composition with a noisy_and factor; got {hmm.name!r}"
             )
-        if hmm.factors and hmm.meta.get("kind") not in ("mixture", "interleave", "product", "gated"):
-            raise ValueError(f"reward 'implies': unsupported composition {hmm.meta.get('kind')!r}")
         gate = self.params["gate"]
         if gate is not None and gate not in gates:
             raise ValueError(
@@ -272,12 +273,12 @@ class Implies(Reward):
             raise ValueError(f"reward 'implies': every_step must be true or false; got {self.params['every_step']!r}")
 
     def default_action_tokens(self):
-        if not self.hmm.factors:
+        layout = self.hmm.layout
+        if layout is None:
             return [0, 1]
-        owners = self.hmm.meta.get("factor_tokens")
-        if owners is None:
+        if not layout.disjoint:
             raise ValueError("reward 'implies' on a product: pass action_tokens (the tokens for 0 and 1)")
-        return list(owners[self._gate][:2])
+        return [layout.global_token(self._gate, bit) for bit in (0, 1)]
 
     def _check_actions(self):
         if len(self.action_tokens) != 2 or self.action_tokens[0] == self.action_tokens[1]:
@@ -285,19 +286,19 @@ class Implies(Reward):
 
     def targets(self, tokens, states):
         L = tokens.shape[1]
-        if self.hmm.factors:
-            bits = _split(self.hmm, tokens)[self._gate]  # (B, L) gate-local bits, -1 where silent
-            st = _factor_states(self.hmm, states)[self._gate]  # (B, L+1) gate state before each token
+        layout = self.hmm.layout
+        if layout is not None:
+            bits = layout.split_tokens(tokens)[self._gate]  # (B, L) gate-local bits, -1 where silent
+            st = layout.factor_states(states)[self._gate]  # (B, L+1) gate state before each token
         else:
             bits, st = tokens, states
-        # gate states (processes.noisy_and): S=0 emits x, X0/X1=1,2 emit y, P0/P1=3,4 emit the output
         if self.params["every_step"]:
-            is_y = (bits >= 0) & ((st[:, :L] == 1) | (st[:, :L] == 2))  # (B, L)
+            is_y = (bits >= 0) & np.isin(st[:, :L], noisy_and_states("y"))  # (B, L)
             y_pos = np.maximum.accumulate(np.where(is_y, np.arange(L), -1), axis=1)[:, : L - 1]  # (B, n)
             ok = y_pos >= 0
         else:
             y_pos = _last_before(bits)[:, 1:L]  # (B, n): the gate's last bit up to step t
-            ok = (bits[:, 1:] >= 0) & (st[:, 1:L] >= 3)  # the gate's output bit is x_{t+1}
+            ok = (bits[:, 1:] >= 0) & np.isin(st[:, 1:L], noisy_and_states("out"))  # the output bit is x_{t+1}
         x_pos = _last_before(bits, np.maximum(y_pos, 0))  # (B, n): the gate's bit before y
         ok &= (y_pos >= 0) & (x_pos >= 0)
         x = np.take_along_axis(bits, np.maximum(x_pos, 0), axis=1)
@@ -334,34 +335,6 @@ def _check_tokens(tokens, vocab_size: int, what: str, allow_empty: bool = False)
     return arr.astype(np.int64)
 
 
-def _split(hmm: HMM, tokens: np.ndarray) -> list[np.ndarray]:
-    from envs.compose import split_tokens
-
-    return [np.asarray(s) for s in split_tokens(hmm, tokens)]
-
-
-def _is_noisy_and(hmm: HMM) -> bool:
-    from envs.processes import noisy_and
-
-    if hmm.T.shape != (2, 5, 5) or hmm.factors:
-        return False
-    return bool(np.allclose(hmm.T, noisy_and(float(hmm.T[1, 3, 0])).T))
-
-
-def _factor_states(hmm: HMM, states: np.ndarray) -> list[np.ndarray]:
-    """Joint hidden states (...) -> per factor, its own state (-1 where a mixture is in another component)."""
-    kind, meta = hmm.meta.get("kind"), hmm.meta
-    if kind == "mixture":
-        out = []
-        for f, off in zip(hmm.factors, meta["state_offsets"]):
-            inside = (states >= off) & (states < off + f.n_states)
-            out.append(np.where(inside, states - off, -1))
-        return out
-    idx = np.unravel_index(states, meta["state_shape"])
-    skip = 0 if kind == "product" else 1  # interleave / gated: the first axis is whose turn it is
-    return [np.asarray(idx[skip + i], dtype=np.int64) for i in range(len(hmm.factors))]
-
-
 def _last_before(local: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
     """(B, L) factor-local tokens -> (B, L+1): entry s is the last position p < s (p < before[:, s]
     if given) where the factor emitted, -1 if none."""
@@ -380,19 +353,3 @@ def _next_local(local: np.ndarray) -> np.ndarray:
     first = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]  # (B, L)
     padded = np.concatenate([local, np.full((B, 1), -1)], axis=1)  # (B, L+1)
     return np.take_along_axis(padded, first, axis=1)
-
-
-def _max_wait(hmm: HMM, owned: np.ndarray) -> int | None:
-    """Most steps until a token in ``owned`` (V,) bool is emitted, from any reachable state; None if unbounded."""
-    support = hmm.T > 0  # (V, S, S)
-    step = support.any(axis=0)  # (S, S)
-    reach = hmm.init > 0
-    for _ in range(hmm.n_states):
-        reach = reach | (reach[:, None] & step).any(axis=0)
-    silent = support[~owned].any(axis=0) & reach[:, None]  # (S, S) moves that emit no owned token
-    alive = reach.copy()  # states from which a silent path of k moves exists
-    for k in range(hmm.n_states + 1):
-        alive = (silent & alive[None, :]).any(axis=1)
-        if not alive.any():
-            return k + 1
-    return None

@@ -223,32 +223,27 @@ class Target:
     sequences: np.ndarray  # (N,) bool
 
 
-def _is_mixture(hmm) -> bool:
-    kind = str(hmm.meta.get("kind", hmm.meta.get("composition", "")))
-    return kind == "mixture" or hmm.name.startswith("mixture")
-
-
 def belief_targets(hmm, tokens: np.ndarray, beliefs: np.ndarray | None = None) -> dict[str, Target]:
     """``belief`` (joint) and, for compositions, ``factor{i}`` targets for ``tokens`` (N, L).
 
-    For a mixture with disjoint token blocks, a sequence belongs to the component that owns its first
-    token; factor i's target is that component's forward-algorithm belief on its own (local) tokens,
-    computed from the factor process itself so it does not depend on how the joint state space is laid
-    out. Other compositions use ``hmm.factor_beliefs``.
+    Where each sequence comes from one factor (``hmm.layout.exclusive``: a mixture), factor i is
+    defined on the sequences all of whose tokens it owns; its target is that component's
+    forward-algorithm belief on its own (local) tokens, computed from the factor process itself so it
+    does not depend on how the joint state space is laid out. Other compositions use
+    ``hmm.factor_beliefs``.
     """
     tokens = np.asarray(tokens)
     joint = hmm.beliefs(tokens) if beliefs is None else np.asarray(beliefs, dtype=np.float64)  # (N, L, S)
     every = np.ones(len(tokens), dtype=bool)
     targets = {"belief": Target(joint, every)}
-    if not hmm.factors:
+    layout = hmm.layout
+    if layout is None:
         return targets
-    if _is_mixture(hmm):
-        for i, (factor, owned) in enumerate(zip(hmm.factors, hmm.meta["factor_tokens"])):
-            owned = np.asarray(owned)
-            mine = np.isin(tokens, owned).all(axis=1)  # (N,)
-            local = np.searchsorted(np.sort(owned), tokens[mine])  # global id -> factor-local id, ids ascending
-            fb = np.full(tokens.shape + (factor.n_states,), np.nan)
-            fb[mine] = factor.beliefs(local)
+    if layout.exclusive:
+        for i, (factor, local) in enumerate(zip(layout.factors, layout.split_tokens(tokens))):
+            mine = (local >= 0).all(axis=1)  # (N,)
+            fb = np.full(tokens.shape + (factor.n_states,), np.nan)  # (N, L, S_i)
+            fb[mine] = factor.beliefs(local[mine])
             targets[f"factor{i}"] = Target(fb, mine)
     else:
         for i, fb in enumerate(hmm.factor_beliefs(joint)):

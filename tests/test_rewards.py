@@ -144,11 +144,8 @@ def test_implies_on_compositions_scores_only_the_and_gate(kind):
     assert r.action_tokens.tolist() == [2, 3]  # the AND gate's bits
     tokens, states = sample(hmm, batch=32, length=24)
     got = r.targets(tokens, states)
-    from envs.compose import split_tokens
-    from envs.rewards import _factor_states
-
-    local = split_tokens(hmm, tokens)[1]
-    fstates = _factor_states(hmm, states)[1]
+    local = hmm.layout.split_tokens(tokens)[1]
+    fstates = hmm.layout.factor_states(states)[1]
     for b in range(len(tokens)):
         keep = local[b] >= 0  # the AND gate's own subsequence, with its own states
         pos = np.flatnonzero(keep)

@@ -1,0 +1,69 @@
+"""What an env config means, shared by every env in :mod:`envs.gym_env`: the keys (validated once,
+unknown keys are an error) and the observation window they imply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from envs.process import HMM
+
+#: the env kinds a config's ``env`` key may name (``envs.gym_env.make_env`` builds each)
+ENV_KINDS = ("sequence", "active_gated")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Env settings; ``EnvConfig.from_dict`` rejects unknown keys."""
+
+    process: dict | HMM
+    """Process spec for ``envs.build_process`` (e.g. ``{"name": "mess3"}``) or an HMM."""
+    env: str = "sequence"
+    """Which env runs the config, one of :data:`ENV_KINDS`: ``"sequence"`` (a stream the agent cannot
+    steer: ``SequenceEnv`` / ``SequenceVectorEnv``) or ``"active_gated"`` (a gated process whose trigger
+    the agent can emit: ``ActiveGatedEnv``); ``envs.gym_env.make_env`` dispatches on it."""
+    context: int = 8
+    """K: observation window length (>= 1)."""
+    episode_len: int | None = None
+    """Steps per episode (>= 1); default K, so each episode is one pretraining-length sequence."""
+    reward: str = "next_token"
+    """Name in ``envs.rewards.REWARDS``."""
+    reward_params: dict = field(default_factory=dict)
+    """Parameters of that reward (each reward documents its own)."""
+    action_tokens: list[int] | None = None
+    """Token ids the actions map to (action i -> action_tokens[i]); default chosen by the reward (all tokens)."""
+    seed: int | None = None
+    """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> EnvConfig:
+        config = dict(config or {})
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(config) - set(names))
+        if unknown:
+            raise ValueError(f"unknown env config keys {unknown}; valid: {names}")
+        if "process" not in config:
+            raise ValueError("env config needs 'process' (a process spec dict or an HMM)")
+        if config.get("env", "sequence") not in ENV_KINDS:
+            raise ValueError(f"env config 'env' must be one of {list(ENV_KINDS)}; got {config['env']!r}")
+        return cls(**config)
+
+
+def episode_lengths(cfg: EnvConfig) -> tuple[int, int]:
+    """(K, episode_len) of a config, validated."""
+    K = cfg.context
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"env config 'context' (K) must be an int >= 1; got {K!r}")
+    T = K if cfg.episode_len is None else cfg.episode_len
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"env config 'episode_len' must be an int >= 1; got {T!r}")
+    return int(K), int(T)
+
+
+def window(tokens: np.ndarray, t: np.ndarray, K: int, pad: int) -> np.ndarray:
+    """(n, L) tokens, (n,) current index -> (n, K): tokens up to t, the last K of them, right-padded."""
+    t = t[:, None]  # (n, 1)
+    pos = np.maximum(t + 1 - K, 0) + np.arange(K)  # (n, K)
+    window = np.take_along_axis(tokens, np.minimum(pos, tokens.shape[1] - 1), axis=1)  # (n, K)
+    return np.where(pos <= t, window, pad)
