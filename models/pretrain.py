@@ -30,50 +30,14 @@ from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from models.checkpoint import save_checkpoint
+from models.config import PretrainConfig
 from models.transformer import Transformer, TransformerConfig
-
-
-class PretrainConfig(BaseModel):
-    """Training settings; every field is validated and unknown keys are an error."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(2000, ge=0, description="optimizer updates")
-    batch_size: int = Field(512, ge=1, description="sequences per update (fresh samples every step)")
-    seq_len: int | None = Field(
-        None, ge=1, description="input positions per sequence (<= n_ctx); None = the model's n_ctx"
-    )
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW (fused kernel) or SGD")
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (ignored by AdamW)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
-    schedule: Literal["cosine", "constant"] = Field(
-        "cosine", description="after warm-up: cosine decay to min_lr_frac * lr, or constant"
-    )
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to lr over this many updates")
-    min_lr_frac: float = Field(0.1, ge=0, le=1, description="final lr of the cosine schedule, as a fraction of lr")
-    grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this; None = off")
-    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) or L2 (SGD) weight decay")
-    seed: int = Field(0, description="seeds the initialisation and the data stream")
-    eval_every: int = Field(100, ge=1, description="report metrics (history, callback, progress) every N updates")
-    checkpoint_steps: list[int] = Field(
-        default_factory=list, description="save a checkpoint after these updates (0 = at init); needs out_dir"
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
-    num_threads: int | None = Field(2, ge=1, description="CPU cores to train on; None = torch's current setting")
-    compile: bool = Field(False, description="torch.compile forward + backward (measured slower on CPU for this model)")
-    progress: bool | None = Field(None, description="tqdm bar; None = only on a TTY and for >= 500 steps")
-    optimal_loss_samples: int = Field(
-        20000, ge=100, description="Monte-Carlo sequences for the optimal loss when the process has no exact one"
-    )
 
 
 @dataclass

@@ -13,32 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models._attention import causal_attention
+from models.config import TransformerConfig
 
 HookFn = Callable[[torch.Tensor], torch.Tensor | None]
-
-
-class TransformerConfig(BaseModel):
-    """Architecture of :class:`Transformer`. Defaults are the Mess3 model of Shai et al. (2024)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n_layers: int = Field(4, ge=1, description="number of transformer blocks")
-    d_model: int = Field(64, ge=1, description="width of the residual stream")
-    n_heads: int = Field(1, ge=1, description="attention heads per block")
-    d_head: int = Field(8, ge=1, description="width of each head (n_heads * d_head need not equal d_model)")
-    d_mlp: int = Field(256, ge=1, description="hidden width of each MLP")
-    n_ctx: int = Field(10, ge=1, description="context length: maximum number of positions")
-    d_vocab: int = Field(3, ge=1, description="vocabulary size (input tokens and output logits)")
-    act: Literal["relu", "gelu"] = Field("relu", description="MLP non-linearity")
-    ln: bool = Field(True, description="use LayerNorm before attention, MLP and unembedding (else identity)")
 
 
 def hook_names_for(cfg: TransformerConfig) -> list[str]:

@@ -1,9 +1,12 @@
-"""Sweep files: YAML -> validated pydantic models, checked entirely before Ray starts.
+"""Sweep files: YAML -> validated pydantic models (rayexp.settings), checked entirely before Ray starts.
 
 A sweep file holds one base trial, the tasks (one Tune trial per task and grid point), the
-axes to vary, resources per trial, where results live and the MLflow experiment name.
-The sections owned by other modules (model, pretrain, probe, ppo) are validated against
-those modules' own pydantic models, so each field is declared and documented once.
+axes to vary, resources per trial, where results live, the MLflow experiment name and the
+across-trial analyses. Each section's fields are declared once, in :mod:`rayexp.settings` and
+:mod:`models.config`; this module resolves the trials and checks what spans sections: context
+lengths against ``model.n_ctx``, process vocabularies, rewards, env kinds, analysis parameters
+and the estimated memory of a training step against a budget (``RAYEXP_MEMORY_GB``, default 64).
+Nothing here imports torch or RLlib.
 
 `load_sweep(path)` raises `SweepError` whose message is ONE line:
 ``FILE: FIELD.PATH: what is wrong``.
@@ -15,16 +18,34 @@ import copy
 import itertools
 import json
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-# Keys that name a sequence length in a pretrain section; all must fit in the model's n_ctx.
-_CONTEXT_KEYS = ("seq_len", "context", "context_len", "seq_length", "n_ctx")
+from models.config import TransformerConfig, param_count, train_memory_bytes
+from rayexp.settings import (  # noqa: F401  (the schema names, importable from here as before)
+    AnalysisRef,
+    Axes,
+    BaseTrial,
+    Distribution,
+    PPOSettings,
+    ProbeSettings,
+    Resources,
+    SweepConfig,
+    TaskConfig,
+    TrialConfig,
+)
+
 _LR_KEYS = ("lr", "learning_rate")
+#: Memory one trial may plan for, in GB (10^9 bytes): a large GPU's share, or a node's RAM.
+#: ``RAYEXP_MEMORY_GB`` overrides it (e.g. 140 on an H200, 8 on a laptop).
+MEMORY_ENV = "RAYEXP_MEMORY_GB"
+DEFAULT_MEMORY_GB = 64.0
+_GB = 1e9
 
 
 class SweepError(ValueError):
@@ -34,172 +55,6 @@ class SweepError(ValueError):
         self.file, self.path = file, path
         self.message = " ".join(str(message).split())
         super().__init__(f"{file}: {path}: {self.message}" if path else f"{file}: {self.message}")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TaskConfig(_Strict):
-    """One RL post-training task: an environment over a process stream and a reward."""
-
-    name: str = Field(
-        pattern=r"^[A-Za-z0-9_\-]+$",
-        description="Short name; appears in run names and metric names (ppo/{name}/...).",
-    )
-    reward: str = Field(description="Reward name in envs.rewards.REWARDS, e.g. next_token or joint_target.")
-    reward_params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the reward.")
-    stream: Literal["pretrain", "interleave", "product"] = Field(
-        default="pretrain",
-        description="RL stream when `process` is null: the pretraining process itself, or its components "
-        "(of a mixture / composition) interleaved or taken as a product, so a grid over base.process "
-        "carries the positive control along.",
-    )
-    process: dict[str, Any] | None = Field(
-        default=None,
-        description="Explicit process spec of the RL stream (envs.build_process); overrides `stream`.",
-    )
-    context: int | None = Field(
-        default=None, gt=0, description="Observation window K of the env; null = the model's n_ctx. Must be <= n_ctx."
-    )
-    episode_len: int | None = Field(default=None, gt=0, description="Steps per episode; null = context.")
-    action_tokens: list[int] | None = Field(
-        default=None, description="Token ids the policy may emit; null = the RL stream's whole vocabulary."
-    )
-    ppo: dict[str, Any] = Field(
-        default_factory=dict, description="Overrides of the base ppo settings for this task only."
-    )
-
-
-class ProbeSettings(_Strict):
-    """Belief probes run before and after RL (rayexp.probes.probe_model)."""
-
-    n_seq: int = Field(default=3000, ge=10, description="Fresh sequences sampled for probing (split by sequence).")
-    seq_len: int | None = Field(default=None, gt=0, description="Probe sequence length; null = model n_ctx.")
-    test_frac: float = Field(default=0.2, gt=0, lt=1, description="Share of sequences held out for scoring.")
-    alpha: float = Field(default=1e-6, ge=0, description="Ridge penalty.")
-    hooks: list[str] | None = Field(default=None, description="Hook names to probe; null = all residual hooks.")
-    figures: bool = Field(default=True, description="Log belief-simplex and skill-by-layer figures.")
-
-
-class BaseTrial(_Strict):
-    """Everything one trial needs except its task."""
-
-    process: dict[str, Any] = Field(
-        description="Pretraining process spec for envs.build_process, e.g. {name: mess3, x: 0.05, a: 0.85}."
-    )
-    model: dict[str, Any] = Field(
-        description="models.transformer.TransformerConfig fields; d_vocab defaults to the process vocabulary."
-    )
-    pretrain: dict[str, Any] = Field(default_factory=dict, description="models.pretrain.PretrainConfig fields.")
-    probe: ProbeSettings = Field(default_factory=ProbeSettings, description="Belief probe settings.")
-    ppo: dict[str, Any] = Field(default_factory=dict, description="rayexp.ppo.PPOSettings fields, shared by tasks.")
-    analyses: list[str] = Field(
-        default_factory=lambda: ["weight_diff"], description="Names in rayexp.analyses.ANALYSES run after PPO."
-    )
-    seed: int = Field(default=0, ge=0, description="Seed of every stochastic step (pretrain, probes, PPO).")
-
-
-class TrialConfig(BaseTrial):
-    """A fully resolved trial: the base with axis values applied, plus its task."""
-
-    task: TaskConfig = Field(description="The RL task of this trial.")
-
-
-class Distribution(_Strict):
-    """A sampled axis: exactly one of the keys."""
-
-    uniform: tuple[float, float] | None = Field(default=None, description="[low, high], uniform.")
-    loguniform: tuple[float, float] | None = Field(default=None, description="[low, high], log-uniform, low > 0.")
-    randint: tuple[int, int] | None = Field(default=None, description="[low, high), integers.")
-    choice: list[Any] | None = Field(default=None, min_length=1, description="Values drawn uniformly.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Distribution:
-        set_keys = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
-        if len(set_keys) != 1:
-            raise ValueError("give exactly one of uniform, loguniform, randint, choice")
-        lo_hi = getattr(self, set_keys[0])
-        if set_keys[0] != "choice" and not lo_hi[0] < lo_hi[1]:
-            raise ValueError(f"{set_keys[0]} needs low < high, got {list(lo_hi)}")
-        if self.loguniform is not None and self.loguniform[0] <= 0:
-            raise ValueError("loguniform needs low > 0")
-        return self
-
-    def endpoints(self) -> list[Any]:
-        """Values that bound what the distribution can produce, for validation."""
-        if self.choice is not None:
-            return list(self.choice)
-        if self.randint is not None:
-            return [self.randint[0], self.randint[1] - 1]
-        return list(self.uniform or self.loguniform)  # type: ignore[arg-type]
-
-    def to_tune(self) -> Any:
-        from ray import tune
-
-        if self.uniform is not None:
-            return tune.uniform(*self.uniform)
-        if self.loguniform is not None:
-            return tune.loguniform(*self.loguniform)
-        if self.randint is not None:
-            return tune.randint(*self.randint)
-        return tune.choice(self.choice)
-
-
-class Axes(_Strict):
-    """What varies between trials. Keys are dotted paths into the base trial, e.g. model.d_model."""
-
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination is run.")
-    sample: dict[str, Distribution] = Field(default_factory=dict, description="Drawn num_samples times.")
-    num_samples: int = Field(default=1, ge=1, description="Repeats of the grid (each with fresh samples).")
-
-    @field_validator("grid")
-    @classmethod
-    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in grid.items():
-            if not values:
-                raise ValueError(f"axis {key!r} has no values")
-        return grid
-
-
-class Resources(_Strict):
-    """Resources of one trial (one Tune trial = one Ray actor holding them)."""
-
-    cpu: float = Field(default=1.0, gt=0, description="CPUs per trial.")
-    gpu: float = Field(default=0.0, ge=0, description="GPUs per trial; fractions share a device.")
-    custom: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per trial, e.g. {node_a: 0.01} to pin trials."
-    )
-
-
-class SweepConfig(_Strict):
-    """A whole sweep file."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="Sweep name; Tune experiment dir under storage_path.")
-    description: str = Field(default="", description="What the sweep asks; logged on the parent MLflow run.")
-    experiment: str | None = Field(default=None, description="MLflow experiment name; null = the sweep name.")
-    storage_path: str = Field(
-        default="rayexp_results",
-        description="Results, checkpoints and the pretrain cache: a local dir, an NFS mount or s3://bucket/prefix.",
-    )
-    resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
-    max_concurrent: int | None = Field(default=None, ge=1, description="Cap on trials running at once.")
-    max_failures: int = Field(default=2, ge=0, description="Retries of a failed trial, from its last checkpoint.")
-    base: BaseTrial = Field(description="The base trial config.")
-    tasks: list[TaskConfig] = Field(min_length=1, description="RL tasks; each is an implicit grid axis.")
-    axes: Axes = Field(default_factory=Axes, description="Grid and sampled axes over the base trial.")
-
-    @property
-    def experiment_name(self) -> str:
-        return self.experiment or self.name
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
-        return tasks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,31 +151,6 @@ class _FieldError(Exception):
         self.path, self.message = path, message
 
 
-def _validate_with(model_cls: type[BaseModel] | None, data: dict[str, Any], path: str) -> Any:
-    if model_cls is None:
-        return data
-    try:
-        return model_cls.model_validate(data)
-    except ValidationError as err:
-        sub, msg = _first_error(err)
-        raise _FieldError(f"{path}.{sub}" if sub else path, msg) from None
-
-
-def _owner_models() -> dict[str, type[BaseModel] | None]:
-    """The pydantic models of the sections other modules own (None where not importable)."""
-    found: dict[str, type[BaseModel] | None] = {}
-    for section, module, attr in (
-        ("model", "models.transformer", "TransformerConfig"),
-        ("pretrain", "models.pretrain", "PretrainConfig"),
-        ("ppo", "rayexp.ppo", "PPOSettings"),
-    ):
-        try:
-            found[section] = getattr(__import__(module, fromlist=[attr]), attr)
-        except (ImportError, AttributeError):
-            found[section] = None
-    return found
-
-
 def task_process(trial: TrialConfig) -> dict[str, Any]:
     """Process spec of the trial's RL stream (see TaskConfig.stream)."""
     task = trial.task
@@ -338,6 +168,56 @@ def task_process(trial: TrialConfig) -> dict[str, Any]:
     return {"name": task.stream, "factors": parts}
 
 
+def ppo_settings(trial: TrialConfig) -> PPOSettings:
+    """The task's PPO settings: the base ppo section, the task's overrides on top, and the trial's
+    seed unless either sets one. Raises _FieldError at ``task.ppo.KEY`` for a bad override."""
+    task_ppo = trial.task.ppo
+    raw = {"seed": trial.seed, **trial.ppo.model_dump(exclude_unset=True), **task_ppo}
+    try:
+        return PPOSettings.model_validate(raw)
+    except ValidationError as err:
+        sub, msg = _first_error(err)
+        if sub.split(".")[0] in task_ppo or (not sub and task_ppo):
+            raise _FieldError(f"task.ppo.{sub}" if sub else "task.ppo", msg) from None
+        raise _FieldError(f"ppo.{sub}" if sub else "ppo", msg) from None
+
+
+def memory_budget_gb() -> float:
+    """The memory budget of one trial's training step, in GB: ``RAYEXP_MEMORY_GB`` or 64."""
+    raw = os.environ.get(MEMORY_ENV, "")
+    try:
+        budget = float(raw) if raw.strip() else DEFAULT_MEMORY_GB
+    except ValueError:
+        budget = float("nan")
+    if not (budget > 0 and math.isfinite(budget)):
+        raise _FieldError(MEMORY_ENV, f"must be a positive number of GB, got {raw!r}")
+    return budget
+
+
+def check_memory(trial: TrialConfig, facts: dict[str, Any], budget_gb: float) -> None:
+    """The estimated memory of the trial's largest training steps (a pretraining batch, a PPO
+    minibatch) against the budget; _FieldError naming the batch field. Run by the driver only, so
+    the budget is the one the sweep was validated with."""
+    model = trial.model.resolve(facts["d_vocab"])
+    pre = trial.pretrain
+    seq_len = pre.seq_len or facts["n_ctx"]
+    _check_memory(model, pre.batch_size, seq_len, pre.optimizer_states, budget_gb, "pretrain.batch_size")
+    where = "task.ppo.minibatch_size" if "minibatch_size" in trial.task.ppo else "ppo.minibatch_size"
+    minibatch = ppo_settings(trial).minibatch_size
+    _check_memory(model, minibatch, facts["context"], 2, budget_gb, where)  # PPO's learner runs Adam
+
+
+def _check_memory(model: TransformerConfig, batch: int, seq_len: int, states: int, budget: float, path: str) -> None:
+    need = train_memory_bytes(model, batch, seq_len, states) / _GB
+    if need > budget:
+        raise _FieldError(
+            path,
+            f"estimated training memory {need:.1f} GB ({batch} x {seq_len} positions, "
+            f"{param_count(model) / 1e6:.1f}M parameters) exceeds the budget of {budget:g} GB "
+            f"(set {MEMORY_ENV} to change it)",
+        )
+
+
 def _build_at(spec: dict[str, Any], path: str):
     """Build a process spec; its error's own "process.components[0]: ..." prefix joins the path."""
     try:
@@ -351,47 +231,75 @@ def _build_at(spec: dict[str, Any], path: str):
         raise _FieldError(path, msg) from None
 
 
+def _is_gated(hmm) -> bool:
+    from envs.layout import GatedLayout
+
+    return isinstance(hmm.layout, GatedLayout)
+
+
+def _env_kinds() -> tuple[str, ...]:
+    from envs.env_config import ENV_KINDS
+
+    return ENV_KINDS
+
+
+def _check_analysis(ref: AnalysisRef, scope: str, path: str) -> None:
+    from rayexp.analyses import validate_params
+
+    try:
+        validate_params(ref.name, ref.params, scope=scope)
+    except ValidationError as err:  # before ValueError: pydantic's error is one
+        sub, msg = _first_error(err)
+        raise _FieldError(f"{path}.params.{sub}" if sub else f"{path}.params", msg) from None
+    except ValueError as err:
+        raise _FieldError(f"{path}.name", str(err)) from None
+
+
+def _check_analyses(refs: list, scope: str, path: str) -> None:
+    seen: set[str] = set()
+    for i, ref in enumerate(refs):
+        if ref.name in seen:
+            raise _FieldError(f"{path}[{i}].name", f"analysis {ref.name!r} is listed twice")
+        seen.add(ref.name)
+        _check_analysis(ref, scope, f"{path}[{i}]")
+
+
 def check_trial(trial: TrialConfig) -> dict[str, Any]:
     """Semantic checks of one resolved trial; raises _FieldError(path relative to the trial).
 
     Returns facts the runner needs (vocab sizes, context), so callers do not rebuild processes.
     """
-    owners = _owner_models()
     hmm = _build_at(trial.process, "process")
     vocab = hmm.vocab_size
-
-    model = dict(trial.model)
-    d_vocab = model.setdefault("d_vocab", vocab)
-    if isinstance(d_vocab, int) and d_vocab < vocab:
-        raise _FieldError("model.d_vocab", f"{d_vocab} is smaller than the process vocabulary {vocab}")
-    model_cfg = _validate_with(owners["model"], model, "model")
-    n_ctx = model["n_ctx"] if owners["model"] is None else model_cfg.n_ctx
-    if not isinstance(n_ctx, int):
-        raise _FieldError("model.n_ctx", "missing or not an integer")
-
-    for section in ("pretrain", "ppo"):
-        _check_lr(getattr(trial, section), section)
-    for key in _CONTEXT_KEYS:
-        length = trial.pretrain.get(key)
-        if isinstance(length, int) and length > n_ctx:
-            raise _FieldError(f"pretrain.{key}", f"context length {length} exceeds model.n_ctx {n_ctx}")
-    _validate_with(owners["pretrain"], trial.pretrain, "pretrain")
-    if trial.probe.seq_len is not None and trial.probe.seq_len > n_ctx:
-        raise _FieldError("probe.seq_len", f"context length {trial.probe.seq_len} exceeds model.n_ctx {n_ctx}")
+    if trial.model.d_vocab is not None and trial.model.d_vocab < vocab:
+        raise _FieldError("model.d_vocab", f"{trial.model.d_vocab} is smaller than the process vocabulary {vocab}")
+    model = trial.model.resolve(vocab)
+    n_ctx = model.n_ctx
+    for path, length in (("pretrain.seq_len", trial.pretrain.seq_len), ("probe.seq_len", trial.probe.seq_len)):
+        if length is not None and length > n_ctx:
+            raise _FieldError(path, f"context length {length} exceeds model.n_ctx {n_ctx}")
 
     task = trial.task
-    ppo = {**trial.ppo, **task.ppo}
     _check_lr(task.ppo, "task.ppo")
-    _validate_with(owners["ppo"], ppo, "task.ppo" if task.ppo else "ppo")
+    ppo_settings(trial)  # the task's overrides, checked merged into the base section
     stream = task_process(trial)
     task_hmm = hmm if stream is trial.process else _build_at(stream, "task.process" if task.process else "task.stream")
-    if task_hmm.vocab_size > model["d_vocab"]:
+    if task_hmm.vocab_size > model.d_vocab:
         raise _FieldError(
-            "task.process", f"vocabulary {task_hmm.vocab_size} exceeds the model's d_vocab {model['d_vocab']}"
+            "task.process", f"vocabulary {task_hmm.vocab_size} exceeds the model's d_vocab {model.d_vocab}"
         )
     context = task.context or n_ctx
     if context > n_ctx:
         raise _FieldError("task.context", f"context length {context} exceeds model.n_ctx {n_ctx}")
+    kinds = _env_kinds()
+    if task.env not in kinds:
+        raise _FieldError("task.env", f"unknown env {task.env!r}; valid: {list(kinds)}")
+    if task.env == "active_gated" and not _is_gated(task_hmm):
+        raise _FieldError(
+            "task.env", f"active_gated needs a gated RL stream, got {process_label(stream)!r} (set task.process)"
+        )
+    if task.env == "active_gated" and task.shuffle_reward:
+        raise _FieldError("task.shuffle_reward", "needs a stream the agent cannot steer (env: sequence)")
     if task.action_tokens is not None:
         bad = [t for t in task.action_tokens if not 0 <= t < task_hmm.vocab_size]
         if bad or not task.action_tokens:
@@ -404,20 +312,19 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
         make_reward(task.reward, task_hmm, task.reward_params, task.action_tokens)
     except (ValueError, TypeError, KeyError) as err:
         raise _FieldError("task.reward_params", str(err)) from None
-    from rayexp.analyses import ANALYSES
 
-    for i, name in enumerate(trial.analyses):
-        if name not in ANALYSES:
-            raise _FieldError(f"analyses[{i}]", f"unknown analysis {name!r}; valid: {sorted(ANALYSES)}")
-    return {"vocab": vocab, "d_vocab": model["d_vocab"], "n_ctx": n_ctx, "context": context}
+    _check_analyses(trial.analyses, "trial", "analyses")
+    return {"vocab": vocab, "d_vocab": model.d_vocab, "n_ctx": n_ctx, "context": context}
 
 
-def _check_lr(section: dict[str, Any], path: str) -> None:
+def _check_lr(section: Any, path: str) -> None:
+    """A negative or non-finite learning rate, named as such (before the section's own checks)."""
+    if not isinstance(section, dict):
+        return
     for key, value in section.items():
-        if isinstance(value, dict):
-            _check_lr(value, f"{path}.{key}")
-        elif (
-            (key in _LR_KEYS or key.endswith("_lr"))
+        if (
+            isinstance(key, str)
+            and (key in _LR_KEYS or key.endswith("_lr"))
             and isinstance(value, (int, float))
             and not isinstance(value, bool)
             and not (value >= 0 and math.isfinite(value))
@@ -438,11 +345,43 @@ def _where(path: str, overrides: dict[str, Any], sweep: SweepConfig, task_index:
     return f"base.{path}"
 
 
+def config_values(trial: TrialConfig) -> dict[str, Any]:
+    """The trial's config with every section's effective values (defaults included), as group_by reads it."""
+    values = trial.model_dump()
+    for section in ("model", "pretrain", "ppo"):
+        values[section] = getattr(trial, section).model_dump()
+    return values
+
+
+def _has_path(values: Any, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(values, dict) or key not in values:
+            return False
+        values = values[key]
+    return True
+
+
+def _check_sweep_analyses(sweep: SweepConfig, trials: list[TrialConfig]) -> None:
+    _check_analyses(sweep.sweep_analyses, "sweep", "sweep_analyses")
+    values = [config_values(t) for t in trials]
+    for i, ref in enumerate(sweep.sweep_analyses):
+        for j, key in enumerate(ref.group_by):
+            if not any(_has_path(v, key) for v in values):
+                raise _FieldError(
+                    f"sweep_analyses[{i}].group_by[{j}]",
+                    f"{key!r} is not a trial config path; e.g. task, seed, process, model.d_model, task.reward",
+                )
+
+
 def validate_sweep(sweep: SweepConfig, file: str) -> list[TrialConfig]:
     """Resolve and check every grid point x task (sampled axes at their endpoints)."""
     base = sweep.base.model_dump()
     sampled = [[(k, v) for v in dist.endpoints()] for k, dist in sweep.axes.sample.items()]
     overrides_list = [{**point, **dict(combo)} for point in grid_points(sweep) for combo in itertools.product(*sampled)]
+    try:
+        budget = memory_budget_gb()
+    except _FieldError as err:
+        raise SweepError(err.path, "", err.message) from None  # the environment's fault, not the file's
     trials = []
     for overrides in overrides_list:
         for t, task in enumerate(sweep.tasks):
@@ -454,10 +393,14 @@ def validate_sweep(sweep: SweepConfig, file: str) -> list[TrialConfig]:
             except ValueError as err:
                 raise SweepError(file, "axes", str(err)) from None
             try:
-                check_trial(trial)
+                check_memory(trial, check_trial(trial), budget)
             except _FieldError as err:
                 raise SweepError(file, _where(err.path, overrides, sweep, t), err.message) from None
             trials.append(trial)
+    try:
+        _check_sweep_analyses(sweep, trials)
+    except _FieldError as err:
+        raise SweepError(file, err.path, err.message) from None
     return trials
 
 
@@ -470,6 +413,15 @@ def parse_sweep(text: str, file: str) -> SweepConfig:
         raise SweepError(file, where, f"not valid YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(raw, dict):
         raise SweepError(file, "", f"a sweep file is a YAML mapping, got {type(raw).__name__}")
+    base = raw.get("base") if isinstance(raw.get("base"), dict) else {}
+    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else []
+    try:
+        for section in ("pretrain", "ppo"):
+            _check_lr(base.get(section), f"base.{section}")
+        for i, task in enumerate(tasks):
+            _check_lr(task.get("ppo") if isinstance(task, dict) else None, f"tasks[{i}].ppo")
+    except _FieldError as err:
+        raise SweepError(file, err.path, err.message) from None
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as err:

@@ -56,7 +56,7 @@ def test_grid_and_tasks_resolve_to_trials(tmp_path):
     data["tasks"].append({"name": "other", "reward": "next_token", "context": 4})
     sweep, trials = load_sweep(write(tmp_path, data))
     assert len(trials) == 3 * 2 * 2
-    assert {(t.seed, t.model["d_model"], t.task.name) for t in trials} == {
+    assert {(t.seed, t.model.d_model, t.task.name) for t in trials} == {
         (s, d, n) for s in (0, 1, 2) for d in (16, 32) for n in ("next", "other")
     }
     assert len(grid_points(sweep)) == 6
@@ -65,7 +65,7 @@ def test_grid_and_tasks_resolve_to_trials(tmp_path):
 def test_resolve_does_not_mutate_base():
     base = copy.deepcopy(TINY["base"])
     trial = resolve_trial(base, TINY["tasks"][0], {"model.d_model": 64, "pretrain.lr": 0.01})
-    assert trial.model["d_model"] == 64 and trial.pretrain["lr"] == 0.01
+    assert trial.model.d_model == 64 and trial.pretrain.lr == 0.01
     assert base == TINY["base"]
 
 
@@ -80,7 +80,7 @@ def test_sampled_axis_checked_at_its_bounds(tmp_path):
     data = copy.deepcopy(TINY)
     data["axes"] = {"sample": {"ppo.lr": {"loguniform": [1e-5, 1e-3]}}, "num_samples": 3}
     _sweep, trials = load_sweep(write(tmp_path, data))
-    assert [t.ppo["lr"] for t in trials] == [1e-5, 1e-3]
+    assert [t.ppo.lr for t in trials] == [1e-5, 1e-3]
 
 
 def test_cluster_checks():
@@ -129,7 +129,7 @@ MALFORMED = [
     ("base.probe.seq_len", 7, "base.probe.seq_len", "exceeds model.n_ctx 6"),
     ("tasks.0.reward", "speed", "tasks[0].reward", "unknown reward 'speed'"),
     ("tasks.0.process", INTERLEAVE, "tasks[0].process", "vocabulary 5 exceeds the model's d_vocab 3"),
-    ("base.analyses", ["weight_diff", "astrology"], "base.analyses[1]", "unknown analysis 'astrology'"),
+    ("base.analyses", ["weight_diff", "astrology"], "base.analyses[1].name", "analysis 'astrology'"),
     ("axes", {"grid": {"model.d_model": [16, "big"]}}, "axes.grid.model.d_model[1]", "integer"),
     ("axes", {"sample": {"ppo.lr": {"uniform": [0.1, 0.01]}}}, "axes.sample.ppo.lr", "low < high"),
     ("resources.gpu", -1, "resources.gpu", "greater than or equal to 0"),

@@ -1,0 +1,361 @@
+"""The sweep file's schema: one pydantic model per section, each field documented where declared.
+
+Imports neither torch nor RLlib (the transformer and pretraining configs come from the torch-free
+``models.config``), so ``rayexp validate`` checks a file in about a second on a driver that never
+trains. Unknown keys are an error in every section. What needs more than one section (context
+lengths against ``model.n_ctx``, process vocabularies, estimated memory, analysis parameters) is
+checked in :mod:`rayexp.config`, which also resolves the trials.
+
+Sizes have documented maxima (``le=`` bounds, see :mod:`models.config` for why).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from models.config import MAX_BATCH, MAX_D_MLP, MAX_D_VOCAB, MAX_N_CTX, MAX_STEPS, PretrainConfig, TransformerConfig
+
+MAX_TRAIN_BATCH = 1_000_000  # env steps per PPO iteration; RLlib holds the whole batch in memory
+MAX_ENVS_PER_RUNNER = 4096  # one batched forward steps them all; more only adds latency
+MAX_ENV_RUNNERS = 1024
+MAX_PROBE_SEQ = 200_000  # the ridge fit holds n_seq x seq_len rows per hook; scores settle far earlier
+MAX_EPISODE_LEN = 1_000_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PPOSettings(_Strict):
+    """PPO hyperparameters and resources (rayexp.ppo.train_ppo). Unknown keys are an error."""
+
+    lr: float = Field(3e-4, ge=0, description="Adam learning rate (0 leaves every weight untouched)")
+    gamma: float = Field(0.0, ge=0, le=1, description="discount; 0 because actions do not change the stream")
+    lambda_: float = Field(1.0, ge=0, le=1, description="GAE lambda (irrelevant when gamma is 0)")
+    clip_param: float = Field(0.2, gt=0, description="PPO ratio clip")
+    vf_clip_param: float = Field(10.0, gt=0, description="clip of the squared value error")
+    vf_loss_coeff: float = Field(1.0, ge=0, description="weight of the value loss")
+    entropy_coeff: float = Field(0.0, ge=0, description="entropy bonus")
+    kl_coeff: float = Field(
+        0.0, ge=0, description="RLlib's adaptive KL penalty to the *previous* policy (0 disables it)"
+    )
+    kl_target: float = Field(0.01, gt=0, description="target of the adaptive KL to the previous policy")
+    kl_to_pretrained: float = Field(
+        0.0, ge=0, description="fixed coefficient of KL(policy || frozen pretrained policy) added to the loss"
+    )
+    grad_clip: float | None = Field(1.0, description="global gradient-norm clip (None: off)")
+    num_epochs: int = Field(4, ge=1, description="passes over each train batch")
+    minibatch_size: int = Field(
+        500, ge=1, le=MAX_BATCH, description=f"rows per SGD step (<= train_batch_size, <= {MAX_BATCH})"
+    )
+    train_batch_size: int = Field(
+        2000, ge=1, le=MAX_TRAIN_BATCH, description=f"env steps per training iteration (<= {MAX_TRAIN_BATCH:_})"
+    )
+    shuffle_batch_per_epoch: bool = Field(False, description="shuffle rows per epoch (breaks prefix sharing)")
+    num_env_runners: int = Field(
+        0, ge=0, le=MAX_ENV_RUNNERS, description=f"remote env runners (0: sample in the driver; <= {MAX_ENV_RUNNERS})"
+    )
+    num_envs_per_env_runner: int = Field(
+        16,
+        ge=1,
+        le=MAX_ENVS_PER_RUNNER,
+        description=f"envs stepped together, one batched forward per step (<= {MAX_ENVS_PER_RUNNER})",
+    )
+    iterations: int = Field(10, ge=1, le=MAX_STEPS, description="training iterations")
+    checkpoint_every: int = Field(
+        1, ge=0, description="save the PPO state every N iterations so a killed trial resumes there (0: never)"
+    )
+    save_every: int = Field(
+        5,
+        ge=0,
+        description="store a policy checkpoint (pretraining checkpoint format) every N PPO iterations, "
+        "plus the final one; 0 = final only",
+    )
+    seed: int = Field(0, description="seed of RLlib, envs and torch; in a sweep, unset = the trial's seed")
+    value_hidden: int = Field(
+        64, ge=0, le=MAX_D_MLP, description="hidden width of the value MLP (0: linear value head)"
+    )
+    value_grad_to_trunk: bool = Field(
+        False, description="let the value loss update the transformer (off: weight changes are the policy's)"
+    )
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> PPOSettings:
+        # RLlib refuses this too, but only once the trial has pretrained
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(f"minibatch_size {self.minibatch_size} exceeds train_batch_size {self.train_batch_size}")
+        return self
+
+
+class ModelSection(TransformerConfig):
+    """The sweep's ``model`` section: a TransformerConfig whose vocabulary defaults to the process's."""
+
+    # Wider than TransformerConfig.d_vocab on purpose: None is resolved per trial, once the process is built.
+    d_vocab: int | None = Field(  # pyright: ignore[reportIncompatibleVariableOverride]
+        None,
+        ge=1,
+        le=MAX_D_VOCAB,
+        description=f"vocabulary size (<= {MAX_D_VOCAB}); null = the pretraining process's vocabulary, "
+        "which an explicit value must not be below",
+    )
+
+    def resolve(self, vocab: int) -> TransformerConfig:
+        """The TransformerConfig of a trial whose process emits ``vocab`` tokens."""
+        return TransformerConfig(**{**self.model_dump(), "d_vocab": self.d_vocab or vocab})
+
+
+class ProbeSettings(_Strict):
+    """Belief probes run before and after RL (rayexp.probes.probe_model)."""
+
+    n_seq: int = Field(
+        default=3000,
+        ge=10,
+        le=MAX_PROBE_SEQ,
+        description=f"Fresh sequences sampled for probing, split by sequence (<= {MAX_PROBE_SEQ:_}).",
+    )
+    seq_len: int | None = Field(
+        default=None, gt=0, le=MAX_N_CTX, description="Probe sequence length; null = model n_ctx. Must be <= n_ctx."
+    )
+    test_frac: float = Field(default=0.2, gt=0, lt=1, description="Share of sequences held out for scoring.")
+    alpha: float = Field(default=1e-6, ge=0, description="Ridge penalty.")
+    hooks: list[str] | None = Field(default=None, description="Hook names to probe; null = all residual hooks.")
+    figures: bool = Field(default=True, description="Log belief-simplex and skill-by-layer figures.")
+
+
+class ArtifactSettings(_Strict):
+    """What a trial stores under storage_path for later analyses (rayexp.artifacts)."""
+
+    pretrain_checkpoints: int = Field(
+        default=10,
+        ge=0,
+        le=200,
+        description="number of log-spaced pretraining checkpoints, step 0 and the last step included; 0 = none",
+    )
+    retention: Literal["all", "final", "none"] = Field(
+        default="all",
+        description="all: keep every checkpoint; final: after the trial's analyses, delete intermediate PPO "
+        "checkpoints and keep the pretrained and final models; none: delete the trial's stored artifacts "
+        "when it finishes (MLflow keeps what was logged)",
+    )
+    rollouts: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="episodes of the final policy stored for analyses that need rollouts; raised automatically "
+        "when an analysis needs them",
+    )
+
+
+class AnalysisRef(_Strict):
+    """One analysis to run and its parameters; a bare name ``weight_diff`` means ``{name: weight_diff}``."""
+
+    name: str = Field(description="Name in rayexp.analyses.ANALYSES.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters of the analysis, checked against its own params model."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class SweepAnalysisRef(AnalysisRef):
+    """An across-trial analysis run over the finished sweep, once per group of trials."""
+
+    group_by: list[str] = Field(
+        default_factory=lambda: ["task"],
+        description="Dotted trial-config paths whose values form the groups, e.g. task (= task.name), process, "
+        "model.d_model, seed; [] = all trials in one group.",
+    )
+
+
+class TaskConfig(_Strict):
+    """One RL post-training task: an environment over a process stream and a reward."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_\-]+$",
+        description="Short name; appears in run names and metric names (ppo/{name}/...).",
+    )
+    env: str = Field(
+        default="sequence",
+        description="Env kind in envs.gym_env.ENV_KINDS: sequence (actions do not steer the stream) or "
+        "active_gated (the agent can emit a gated process's trigger; needs a gated RL stream).",
+    )
+    reward: str = Field(description="Reward name in envs.rewards.REWARDS, e.g. next_token or joint_target.")
+    reward_params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the reward.")
+    shuffle_reward: bool = Field(
+        default=False,
+        description="The null task: score each action against an independent sequence's target, so the reward "
+        "says nothing about the right action and PPO's own drift has a baseline.",
+    )
+    stream: Literal["pretrain", "interleave", "product"] = Field(
+        default="pretrain",
+        description="RL stream when `process` is null: the pretraining process itself, or its components "
+        "(of a mixture / composition) interleaved or taken as a product, so a grid over base.process "
+        "carries the positive control along.",
+    )
+    process: dict[str, Any] | None = Field(
+        default=None,
+        description="Explicit process spec of the RL stream (envs.build_process); overrides `stream`.",
+    )
+    context: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_N_CTX,
+        description="Observation window K of the env; null = the model's n_ctx. Must be <= n_ctx.",
+    )
+    episode_len: int | None = Field(
+        default=None, gt=0, le=MAX_EPISODE_LEN, description="Steps per episode; null = context."
+    )
+    action_tokens: list[int] | None = Field(
+        default=None, description="Token ids the policy may emit; null = the RL stream's whole vocabulary."
+    )
+    ppo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the base ppo settings for this task only (PPOSettings fields, checked merged).",
+    )
+
+
+class BaseTrial(_Strict):
+    """Everything one trial needs except its task."""
+
+    process: dict[str, Any] = Field(
+        description="Pretraining process spec for envs.build_process, e.g. {name: mess3, x: 0.05, a: 0.85}."
+    )
+    model: ModelSection = Field(description="The transformer (models.config.TransformerConfig fields).")
+    pretrain: PretrainConfig = Field(
+        default_factory=PretrainConfig,
+        description="Pretraining (models.config.PretrainConfig fields). Fields left unset follow the trial: "
+        "seed = the trial's seed, num_threads = its CPUs, no progress bar. A batch_size x seq_len whose estimated "
+        "training memory (models.config.train_memory_bytes) exceeds RAYEXP_MEMORY_GB (default 64) is refused.",
+    )
+    probe: ProbeSettings = Field(default_factory=ProbeSettings, description="Belief probe settings.")
+    ppo: PPOSettings = Field(
+        default_factory=PPOSettings,
+        description="PPO settings shared by the tasks; unset seed = the trial's seed. A minibatch_size x context "
+        "whose estimated training memory exceeds RAYEXP_MEMORY_GB (default 64) is refused.",
+    )
+    analyses: list[AnalysisRef] = Field(
+        default_factory=lambda: [AnalysisRef(name="weight_diff")],
+        description="Trial-level analyses run after PPO, each a name or {name, params}; names unique.",
+    )
+    artifacts: ArtifactSettings = Field(
+        default_factory=ArtifactSettings, description="What the trial stores for later analyses."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of every stochastic step (pretrain, probes, PPO).")
+
+    @field_serializer("model", "pretrain", "ppo", mode="wrap")
+    def _as_written(self, section: BaseModel, handler: Any) -> dict[str, Any]:
+        # These sections dump only the fields the file set: an unset field follows the trial
+        # (pretrain.seed is the trial's seed, d_vocab the process's), so a dumped base re-validates
+        # to the same trials instead of pinning a default as if the file had written it.
+        return {k: v for k, v in handler(section).items() if k in section.model_fields_set}
+
+
+class TrialConfig(BaseTrial):
+    """A fully resolved trial: the base with axis values applied, plus its task."""
+
+    task: TaskConfig = Field(description="The RL task of this trial.")
+
+
+class Distribution(_Strict):
+    """A sampled axis: exactly one of the keys."""
+
+    uniform: tuple[float, float] | None = Field(default=None, description="[low, high], uniform.")
+    loguniform: tuple[float, float] | None = Field(default=None, description="[low, high], log-uniform, low > 0.")
+    randint: tuple[int, int] | None = Field(default=None, description="[low, high), integers.")
+    choice: list[Any] | None = Field(default=None, min_length=1, description="Values drawn uniformly.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        set_keys = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
+        if len(set_keys) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, randint, choice")
+        lo_hi = getattr(self, set_keys[0])
+        if set_keys[0] != "choice" and not lo_hi[0] < lo_hi[1]:
+            raise ValueError(f"{set_keys[0]} needs low < high, got {list(lo_hi)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+    def endpoints(self) -> list[Any]:
+        """Values that bound what the distribution can produce, for validation."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint is not None:
+            return [self.randint[0], self.randint[1] - 1]
+        return list(self.uniform or self.loguniform)  # type: ignore[arg-type]
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        if self.randint is not None:
+            return tune.randint(*self.randint)
+        return tune.choice(self.choice)
+
+
+class Axes(_Strict):
+    """What varies between trials. Keys are dotted paths into the base trial, e.g. model.d_model."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination is run.")
+    sample: dict[str, Distribution] = Field(default_factory=dict, description="Drawn num_samples times.")
+    num_samples: int = Field(default=1, ge=1, description="Repeats of the grid (each with fresh samples).")
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return grid
+
+
+class Resources(_Strict):
+    """Resources of one trial (one Tune trial = one Ray actor holding them)."""
+
+    cpu: float = Field(default=1.0, gt=0, description="CPUs per trial.")
+    gpu: float = Field(default=0.0, ge=0, description="GPUs per trial; fractions share a device.")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per trial, e.g. {node_a: 0.01} to pin trials."
+    )
+
+
+class SweepConfig(_Strict):
+    """A whole sweep file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="Sweep name; Tune experiment dir under storage_path.")
+    description: str = Field(default="", description="What the sweep asks; logged on the parent MLflow run.")
+    experiment: str | None = Field(default=None, description="MLflow experiment name; null = the sweep name.")
+    storage_path: str = Field(
+        default="rayexp_results",
+        description="Results, checkpoints and the pretrain cache: a local dir, an NFS mount or s3://bucket/prefix.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
+    max_concurrent: int | None = Field(default=None, ge=1, description="Cap on trials running at once.")
+    max_failures: int = Field(default=2, ge=0, description="Retries of a failed trial, from its last checkpoint.")
+    base: BaseTrial = Field(description="The base trial config.")
+    tasks: list[TaskConfig] = Field(min_length=1, description="RL tasks; each is an implicit grid axis.")
+    axes: Axes = Field(default_factory=Axes, description="Grid and sampled axes over the base trial.")
+    sweep_analyses: list[SweepAnalysisRef] = Field(
+        default_factory=list,
+        description="Across-trial analyses run over the finished sweep (rayexp analyze), logged on the parent run.",
+    )
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return tasks
