@@ -28,7 +28,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from models.checkpoint import save_checkpoint
 from models.transformer import Transformer, TransformerConfig
 from rayexp.ppo import PPOSettings, build_ppo_config
-from rayexp.sweep import start_local_ray
+from rayexp.ray_local import start_local_ray
 
 ENV_CONFIG = {"process": {"name": "mess3", "x": 0.05, "a": 0.85}, "context": 10, "reward": "next_token"}
 

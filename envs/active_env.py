@@ -60,6 +60,8 @@ class ActiveGatedEnv(gym.Env):
         self.config = EnvConfig.from_dict(config)
         if self.config.env != "active_gated":
             raise ValueError(f"ActiveGatedEnv runs env 'active_gated'; got env={self.config.env!r} (use make_env)")
+        if self.config.shuffle_reward:
+            raise ValueError("ActiveGatedEnv: shuffle_reward needs a stream the agent cannot steer (env 'sequence')")
         hmm = self.hmm = build_process(self.config.process)
         if not isinstance(hmm.layout, GatedLayout):
             raise ValueError(f"ActiveGatedEnv needs a gated process; got {hmm.name!r}")  # noqa: TRY004 (config errors are ValueErrors by contract)

@@ -33,6 +33,10 @@ class EnvConfig:
     """Parameters of that reward (each reward documents its own)."""
     action_tokens: list[int] | None = None
     """Token ids the actions map to (action i -> action_tokens[i]); default chosen by the reward (all tokens)."""
+    shuffle_reward: bool = False
+    """The null task: score each action against the targets of an independent sequence of the same
+    process (drawn alongside), so the reward keeps its distribution but carries no information about
+    the right action at this context; what PPO then changes is drift from PPO itself."""
     seed: int | None = None
     """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
 

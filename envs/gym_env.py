@@ -74,6 +74,7 @@ class _Streams:
         self.K, self.episode_len = episode_lengths(cfg)
         self.reward: Reward = make_reward(cfg.reward, self.hmm, cfg.reward_params, cfg.action_tokens)
         self.n = n
+        self.shuffle = bool(cfg.shuffle_reward)
         self.length = self.episode_len + self.reward.lookahead
         self.pad = self.hmm.vocab_size
         S, L = self.hmm.n_states, self.length
@@ -91,6 +92,8 @@ class _Streams:
         if self.hmm.factors:
             for dst, src in zip(self.factor_beliefs, self.hmm.factor_beliefs(beliefs)):
                 dst[rows] = src
+        if self.shuffle:  # the null: targets of independent shadow sequences
+            tokens, states, _ = _draw(self.hmm, len(rows), self.length, rng)
         self.targets[rows] = self.reward.targets(tokens, states)[:, : self.episode_len]
         self.t[rows] = 0
 

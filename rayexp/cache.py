@@ -3,7 +3,9 @@
 A pretrained model is determined by (process spec, model config, pretrain config, seed) and the
 cache format version; its key is a hash of exactly those. Entries live at
 ``{storage_path}/pretrain_cache/{key}/`` (local dir, NFS or any pyarrow.fs URI such as s3://)
-and are complete once ``DONE`` exists, which is written last.
+and are complete once ``DONE`` exists, which is written last. Besides FILES an entry holds
+``checkpoints/step_{step:07d}.pt`` when the pretrain config asks for checkpoints (they are part
+of the key); ``rayexp.artifacts`` reads them.
 
 Trials that need the same entry at the same moment pretrain once: the first takes an
 exclusive ``fcntl.lockf`` lock on ``{key}.lock`` (POSIX locks also hold on NFS), the others
@@ -25,7 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rayexp.storage import Storage
+
 CACHE_VERSION = 1
+CACHE_DIR = "pretrain_cache"
 FILES = ("model.pt", "history.json", "meta.json")
 
 
@@ -35,17 +40,6 @@ def pretrain_key(process: dict[str, Any], model: dict[str, Any], pretrain: dict[
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _filesystem(storage_path: str):
-    """(pyarrow filesystem, root path within it, local path or None)."""
-    import pyarrow.fs as pafs
-
-    if "://" not in storage_path or storage_path.startswith("file://"):
-        local = Path(storage_path.removeprefix("file://")).resolve()
-        return pafs.LocalFileSystem(), str(local), local
-    fs, root = pafs.FileSystem.from_uri(storage_path)
-    return fs, root.rstrip("/"), None
 
 
 @contextlib.contextmanager
@@ -61,8 +55,9 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 class PretrainCache:
     def __init__(self, storage_path: str):
-        self.fs, self.root, self.local = _filesystem(storage_path)
-        self.root = f"{self.root}/pretrain_cache"
+        self.storage = Storage(storage_path)
+        self.fs, self.root, self.local = self.storage.fs, self.storage.root, self.storage.local
+        self.root = f"{self.root}/{CACHE_DIR}"
 
     def _exists(self, path: str) -> bool:
         import pyarrow.fs as pafs
@@ -101,10 +96,8 @@ class PretrainCache:
             missing = [n for n in FILES if not (staging / n).exists()]
             if missing:
                 raise RuntimeError(f"pretrain cache build wrote no {missing}")
-            self.fs.create_dir(entry, recursive=True)
-            for name in FILES:
-                with open(staging / name, "rb") as src, self.fs.open_output_stream(f"{entry}/{name}") as out:
-                    shutil.copyfileobj(src, out)
+            # everything the build wrote (FILES, and checkpoints/ when asked for), then DONE
+            self.storage.put_tree(staging, f"{CACHE_DIR}/{key}")
             with self.fs.open_output_stream(f"{entry}/DONE") as out:
                 out.write(str(os.getpid()).encode())
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Command line: ``rayexp run | validate | report`` (``python -m rayexp`` is the same).
+"""Command line: ``rayexp run | validate | report | analyze`` (``python -m rayexp`` is the same).
 
 Exit codes: 0 success, 1 a trial failed, 2 bad input (one line on stderr naming the file, the
 field path and what is wrong; nothing launched).
@@ -40,6 +40,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from rayexp.report import report
 
     return report(args.experiment, out_dir=args.out, parent=args.parent)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from rayexp.analyze import run_analysis
+
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as err:
+        raise SweepError("--params", "", f"not valid JSON: {err.msg}") from None
+    if not isinstance(params, dict):
+        raise SweepError("--params", "", "must be a JSON object")
+    group_by = [g for g in args.group_by.split(",") if g] if args.group_by is not None else None
+    run_analysis(args.experiment, args.analysis, params, group_by, parent=args.parent, address=args.address)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="directory for report.csv and figures (default: report_EXPERIMENT)")
     rep.add_argument("--parent", default=None, help="parent run id of the sweep to report (default: latest)")
     rep.set_defaults(func=_cmd_report)
+
+    ana = sub.add_parser(
+        "analyze",
+        help="run an across-trial analysis over a finished sweep",
+        description=(
+            "Group the finished trials of EXPERIMENT's latest sweep (or --parent) by config fields, run "
+            "analysis NAME on each group (as Ray tasks) and log metrics, tables and figures to the sweep's "
+            "parent MLflow run. Running it twice adds nothing new. Exit code 2 on bad input."
+        ),
+    )
+    ana.add_argument("experiment", help="MLflow experiment name of the sweep")
+    ana.add_argument("--analysis", required=True, help="across-trial analysis name, e.g. seed_spread")
+    ana.add_argument("--params", default=None, help='analysis parameters as JSON, e.g. \'{"metrics": ["..."]}\'')
+    ana.add_argument(
+        "--group-by",
+        default=None,
+        help="comma-separated trial config fields (task, process, seed, model.d_model, ...); default: task",
+    )
+    ana.add_argument("--parent", default=None, help="parent run id of the sweep (default: latest)")
+    ana.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or embedded Ray)")
+    ana.set_defaults(func=_cmd_analyze)
     return parser
 
 

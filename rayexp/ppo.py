@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
@@ -44,46 +43,10 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from models.checkpoint import load_checkpoint
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
+from rayexp.settings import PPOSettings  # declared there, torch-free, for the sweep validator
 
 ENV_NAME = "rayexp-sequence-v0"
 logger = logging.getLogger(__name__)
-
-
-class PPOSettings(BaseModel):
-    """PPO hyperparameters and resources. Unknown keys are an error."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(3e-4, ge=0, description="Adam learning rate (0 leaves every weight untouched)")
-    gamma: float = Field(0.0, ge=0, le=1, description="discount; 0 because actions do not change the stream")
-    lambda_: float = Field(1.0, ge=0, le=1, description="GAE lambda (irrelevant when gamma is 0)")
-    clip_param: float = Field(0.2, gt=0, description="PPO ratio clip")
-    vf_clip_param: float = Field(10.0, gt=0, description="clip of the squared value error")
-    vf_loss_coeff: float = Field(1.0, ge=0, description="weight of the value loss")
-    entropy_coeff: float = Field(0.0, ge=0, description="entropy bonus")
-    kl_coeff: float = Field(
-        0.0, ge=0, description="RLlib's adaptive KL penalty to the *previous* policy (0 disables it)"
-    )
-    kl_target: float = Field(0.01, gt=0, description="target of the adaptive KL to the previous policy")
-    kl_to_pretrained: float = Field(
-        0.0, ge=0, description="fixed coefficient of KL(policy || frozen pretrained policy) added to the loss"
-    )
-    grad_clip: float | None = Field(1.0, description="global gradient-norm clip (None: off)")
-    num_epochs: int = Field(4, ge=1, description="passes over each train batch")
-    minibatch_size: int = Field(500, ge=1, description="rows per SGD step")
-    train_batch_size: int = Field(2000, ge=1, description="env steps per training iteration")
-    shuffle_batch_per_epoch: bool = Field(False, description="shuffle rows per epoch (breaks prefix sharing)")
-    num_env_runners: int = Field(0, ge=0, description="remote env runners (0: sample in the driver)")
-    num_envs_per_env_runner: int = Field(16, ge=1, description="envs stepped together, one batched forward per step")
-    iterations: int = Field(10, ge=1, description="training iterations")
-    checkpoint_every: int = Field(
-        1, ge=0, description="save the PPO state every N iterations so a killed trial resumes there (0: never)"
-    )
-    seed: int = Field(0, description="seed of RLlib, envs and torch")
-    value_hidden: int = Field(64, ge=0, description="hidden width of the value MLP (0: linear value head)")
-    value_grad_to_trunk: bool = Field(
-        False, description="let the value loss update the transformer (off: weight changes are the policy's)"
-    )
 
 
 def _numba_runs_openmp() -> bool:
@@ -260,6 +223,16 @@ def learner_module(algo, settings: PPOSettings, env_config: dict, checkpoint_pat
     return module
 
 
+def _hand_over_policy(algo, settings, env_config, checkpoint_path, n: int, on_policy) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rayexp-policy-") as tmp:
+        path = Path(tmp) / f"policy_{n}.pt"
+        module = learner_module(algo, settings, env_config, checkpoint_path)
+        export_checkpoint(module, path, extra={"ppo_iteration": n, "env_config": dict(env_config)})
+        on_policy(n, path)
+
+
 def _save_state(algo, state_dir: Path, iteration: int, steps: int, history: list[dict]) -> None:
     """RLlib's algorithm state under ``algo_{iteration}``, then ``progress.json`` naming it (atomic rename),
     then older states removed: a kill at any point leaves one complete state to resume from."""
@@ -292,6 +265,7 @@ def train_ppo(
     callback: Callable[[dict, int], None] | None = None,
     state_dir: str | Path | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_policy: Callable[[int, Path], None] | None = None,
 ) -> PPOResult:
     """Post-train the checkpoint with PPO for ``settings.iterations``; export to ``out_path``.
 
@@ -306,6 +280,10 @@ def train_ppo(
     The environments of a resumed run start from a seed derived from ``settings.seed`` and the
     resumed iteration, so it does not see the first iterations' streams again; it is therefore
     not bit-identical to an uninterrupted run.
+
+    ``on_policy(n, path)`` receives, every ``settings.save_every`` iterations, the policy after
+    ``n`` iterations as a ``models.checkpoint`` file (the Learner's weights; the file is removed
+    after the call); the final policy is ``out_path``.
     """
     torch.manual_seed(settings.seed)
     if _numba_runs_openmp():
@@ -338,6 +316,9 @@ def train_ppo(
                 _save_state(algo, state, it, int(metrics["env_steps"]), history)
                 if on_checkpoint is not None:
                     on_checkpoint(it)
+            every = getattr(settings, "save_every", 0)
+            if on_policy is not None and every and (it + 1) % every == 0 and it + 1 < settings.iterations:
+                _hand_over_policy(algo, settings, env_config, checkpoint_path, it + 1, on_policy)
             if callback is not None:
                 callback(metrics, it)
         module = learner_module(algo, settings, env_config, checkpoint_path)

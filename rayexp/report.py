@@ -17,7 +17,7 @@ from rayexp.sweep import SUMMARY_COLUMNS as KEY_METRICS
 from rayexp.sweep import format_table
 
 
-def trial_rows(uri: str, experiment: str, parent: str | None = None) -> tuple[str, list[dict], list]:
+def _experiment(uri: str, experiment: str):
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         raise SweepError(uri, "", "no MLflow database here; run a sweep first or set MLFLOW_TRACKING_URI")
     c = tracking.client(uri)
@@ -25,16 +25,26 @@ def trial_rows(uri: str, experiment: str, parent: str | None = None) -> tuple[st
     if exp is None:
         names = [e.name for e in c.search_experiments()]
         raise SweepError(uri, "experiment", f"no MLflow experiment {experiment!r}; found {names}")
-    if parent is None:
-        sweeps = c.search_runs(
-            [exp.experiment_id],
-            filter_string="tags.`rayexp.kind` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not sweeps:
-            raise SweepError(uri, "experiment", f"experiment {experiment!r} holds no rayexp sweep run")
-        parent = sweeps[0].info.run_id
+    return c, exp
+
+
+def latest_sweep_run(uri: str, experiment: str) -> str:
+    """Run id of the experiment's most recent sweep (parent) run."""
+    c, exp = _experiment(uri, experiment)
+    sweeps = c.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`rayexp.kind` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not sweeps:
+        raise SweepError(uri, "experiment", f"experiment {experiment!r} holds no rayexp sweep run")
+    return sweeps[0].info.run_id
+
+
+def trial_rows(uri: str, experiment: str, parent: str | None = None) -> tuple[str, list[dict], list]:
+    c, exp = _experiment(uri, experiment)
+    parent = parent or latest_sweep_run(uri, experiment)
     runs = c.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",

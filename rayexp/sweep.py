@@ -14,7 +14,6 @@ last stage checkpoint. The sweep's MLflow parent run id is stored beside it
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rayexp.config import SweepConfig, SweepError, check_cluster, flatten, load_sweep
+from rayexp.ray_local import connect
 
 MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 SUMMARY_COLUMNS = (
@@ -78,66 +78,12 @@ def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
         f.write(json.dumps(state).encode())
 
 
-# Ray's usage-stats code, run by every head even with usage stats off, probes cloud metadata
-# (169.254.169.254, metadata.google.internal) through `requests`. A local Ray on a laptop or CI
-# has no business leaving the machine, so while it starts, `requests` is pointed at a dead
-# loopback proxy; Ray's own gRPC reads only the lower-case proxy variables and is unaffected.
-_NO_EGRESS = {
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "NO_PROXY": "127.0.0.1,localhost,::1",
-}
-
-
-def start_local_ray(num_cpus: int | None = None, include_dashboard: bool = False) -> None:
-    """Start an embedded Ray whose every process (GCS, raylet, workers, dashboard) stays on 127.0.0.1."""
-    import ray
-    import ray._private.ray_constants
-
-    # Ray maps 127.0.0.1 to the machine's routable address unless clusters are "disabled", as on
-    # macOS/Windows; that switch keeps an embedded Ray on loopback. The environment is restored
-    # after start-up (the Ray processes keep their copy), so later clusters are unaffected.
-    overrides = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    if not any(os.environ.get(k) or os.environ.get(k.lower()) for k in ("HTTP_PROXY", "HTTPS_PROXY")):
-        overrides.update(_NO_EGRESS)  # a user's own proxy settings are left alone
-    before = {k: os.environ.get(k) for k in overrides}
-    constants = ray._private.ray_constants
-    enabled = constants.ENABLE_RAY_CLUSTER
-    os.environ.update(overrides)
-    constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(
-            num_cpus=num_cpus,
-            _node_ip_address="127.0.0.1",
-            dashboard_host="127.0.0.1",
-            include_dashboard=include_dashboard,
-        )
-    finally:
-        constants.ENABLE_RAY_CLUSTER = enabled
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join a cluster, or start an embedded Ray on 127.0.0.1."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        start_local_ray(num_cpus, include_dashboard=os.environ.get("RAYEXP_DASHBOARD", "0") == "1")
-
-
 def _resources(sweep: SweepConfig):
     from ray import tune
 
     res = sweep.resources
     head = {"CPU": res.cpu, "GPU": res.gpu, **res.custom}
-    runners = max(int({**sweep.base.ppo, **t.ppo}.get("num_env_runners", 0)) for t in sweep.tasks)
+    runners = max(int({**sweep.base.ppo.model_dump(), **t.ppo}.get("num_env_runners", 0)) for t in sweep.tasks)
     # RLlib env runners are extra actors; reserving them with the trial avoids a deadlock when
     # every CPU is held by a trial waiting for its own runners.
     return tune.PlacementGroupFactory([head] + [{"CPU": 1.0}] * runners)
@@ -165,11 +111,19 @@ def _progress_callback():
     """One line per trial event and finished stage: Tune's own tables list every metric."""
     from ray import tune
 
-    from rayexp.trial import STAGES
+    from rayexp.config import resolve_trial
+    from rayexp.stages import stages_for
 
     class Progress(tune.Callback):
         def __init__(self):
-            self.t0, self.stage = time.time(), {}
+            self.t0, self.stage, self.names = time.time(), {}, {}
+
+        def _stage_names(self, trial) -> list[str]:
+            if trial.trial_id not in self.names:
+                cfg = trial.config
+                resolved = resolve_trial(cfg["base"], cfg["task"], cfg.get("axes") or {})
+                self.names[trial.trial_id] = [s.name for s in stages_for(resolved)]
+            return self.names[trial.trial_id]
 
         def _say(self, trial, what: str) -> None:
             cfg = trial.config
@@ -183,7 +137,8 @@ def _progress_callback():
             stage = int(result.get("stage", 0))
             if stage and stage != self.stage.get(trial.trial_id):
                 self.stage[trial.trial_id] = stage
-                self._say(trial, f"{STAGES[stage - 1]} done ({stage}/{len(STAGES)})")
+                names = self._stage_names(trial)
+                self._say(trial, f"{names[stage - 1]} done ({stage}/{len(names)})")
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             self._say(trial, "FAILED; retrying from its last stage checkpoint")
@@ -268,7 +223,12 @@ def run_sweep(
                 exp_id,
                 sweep.name,
                 flatten(sweep.model_dump()),
-                {**tags, "rayexp.sweep_file": str(path), "mlflow.note.content": sweep.description},
+                {
+                    **tags,
+                    "rayexp.sweep_file": str(path),
+                    "rayexp.storage": storage,  # where `rayexp analyze` finds the trials' artifacts
+                    "mlflow.note.content": sweep.description,
+                },
             )
             state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri}
             _write_state(storage, sweep.name, state)
@@ -281,6 +241,7 @@ def run_sweep(
             "experiment_id": exp_id,
             "tracking_uri": uri,
             "storage_path": storage,
+            "sweep": sweep.name,
             "tags": tags,
             "use_tune": True,
             "cpus": sweep.resources.cpu,
@@ -324,11 +285,26 @@ def run_sweep(
         errors = sum(1 for r in grid if r.error)
         tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)  # includes scheduling
         tracking.client(uri).log_metric(parent, "sweep/failed_trials", errors)
+        errors += _sweep_analyses(sweep, parent)
         tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
         wall = time.time() - t0
         return SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, wall_s=wall)
     finally:
         ray.shutdown()
+
+
+def _sweep_analyses(sweep: SweepConfig, parent: str) -> int:
+    """The sweep file's across-trial analyses, on the Ray that ran the trials; returns failures."""
+    from rayexp.analyze import run_analysis
+
+    failed = 0
+    for spec in sweep.sweep_analyses:
+        try:
+            run_analysis(sweep.experiment_name, spec.name, spec.params, spec.group_by, parent=parent, file=sys.stdout)
+        except Exception as err:  # noqa: BLE001  (a failed analysis must not hide the trials' results)
+            print(f"rayexp: sweep analysis {spec.name!r} failed: {err}", file=sys.stderr, flush=True)
+            failed += 1
+    return failed
 
 
 def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:

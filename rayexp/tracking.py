@@ -78,18 +78,26 @@ def _retry(fn, *args, **kwargs):
     return None
 
 
+# MLflow 3 opens an experiment on its GenAI overview unless the experiment says it holds training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(uri: str, name: str) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name, artifact_location=_default_artifact_location(uri))
-    except Exception:
-        exp = c.get_experiment_by_name(name)  # created concurrently by another driver
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = c.create_experiment(name, artifact_location=_default_artifact_location(uri), tags=EXPERIMENT_KIND)
+        except Exception:
+            exp = c.get_experiment_by_name(name)  # created concurrently by another driver
+            if exp is None:
+                raise
+        else:
+            return exp_id
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            c.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def start_parent_run(uri: str, exp_id: str, sweep_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -120,7 +128,56 @@ def trial_key(parent_run_id: str, trial: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-class TrialRun:
+class Run:
+    """Logging into one existing MLflow run (a trial's, or a sweep's parent run)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.client, self.run_id = uri, client(uri), run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _is_number(v)]
+        for i in range(0, len(items), 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+
+    def metric_keys(self) -> set[str]:
+        """Names of the metrics this run holds already."""
+        return set(_retry(self.client.get_run, self.run_id).data.metrics)
+
+    def last_step(self, key: str) -> int | None:
+        """The highest step logged for metric ``key`` in this run (None if never logged)."""
+        history = _retry(self.client.get_metric_history, self.run_id, key)
+        return max((m.step for m in history), default=None)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_table(self, name: str, table, artifact_dir: str = "tables") -> None:
+        import pyarrow.parquet as pq
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.parquet"
+            pq.write_table(table, path)
+            _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
+
+    def log_figure(self, name: str, figure, artifact_dir: str = "figures") -> None:
+        import matplotlib.pyplot as plt
+
+        _retry(self.client.log_figure, self.run_id, figure, f"{artifact_dir}/{name}.png")
+        plt.close(figure)
+
+    def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _retry(self.client.set_terminated, self.run_id, status)
+
+
+class TrialRun(Run):
     """The MLflow run of one trial, created once and found again on retry."""
 
     def __init__(
@@ -154,44 +211,6 @@ class TrialRun:
             self.run_id = run.info.run_id
             self.resumed = False
             _log_params(self.client, self.run_id, params)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _is_number(v)]
-        for i in range(0, len(items), 1000):
-            _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
-
-    def last_step(self, key: str) -> int | None:
-        """The highest step logged for metric ``key`` in this run (None if never logged)."""
-        history = _retry(self.client.get_metric_history, self.run_id, key)
-        return max((m.step for m in history), default=None)
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def log_table(self, name: str, table, artifact_dir: str = "tables") -> None:
-        import pyarrow.parquet as pq
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.parquet"
-            pq.write_table(table, path)
-            _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
-
-    def log_figure(self, name: str, figure, artifact_dir: str = "figures") -> None:
-        import matplotlib.pyplot as plt
-
-        _retry(self.client.log_figure, self.run_id, figure, f"{artifact_dir}/{name}.png")
-        plt.close(figure)
-
-    def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
-
-    def finish(self, status: str = "FINISHED") -> None:
-        _retry(self.client.set_terminated, self.run_id, status)
 
 
 def _is_number(v: Any) -> bool:

@@ -1,12 +1,11 @@
-"""One trial: pretrain (or reuse) -> probe before -> PPO on the task -> probe after -> analyses.
+"""One trial: its stages (rayexp.stages) run in order by a short loop, each resumable.
 
 `run_trial(config)` is the Tune function trainable. Every stage reports its metrics to Tune as
-they happen and logs them to the trial's MLflow run; after each stage it reports a checkpoint
+they happen and logs them to the trial's MLflow run; after each stage it hands Tune a checkpoint
 holding the stage state, so a trial that dies (worker killed, node lost) resumes at the first
-unfinished stage and a finished stage is never redone or logged twice.
-
-Stage implementations are imported inside the stages: the driver validates sweep files
-without importing torch or RLlib, and workers pay for them only when they run.
+unfinished stage and a finished stage is never redone or logged twice. What stages produce is
+stored under the sweep's storage path and read back through ``ctx.artifacts``
+(:class:`rayexp.artifacts.TrialArtifacts`).
 
 Debug path without Tune: ``python -m rayexp.trial sweeps/quickstart.yaml [task]`` runs the
 first grid point of a sweep in this process (tune.report becomes a print).
@@ -18,54 +17,58 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from rayexp.artifacts import TrialArtifacts, log_spaced_steps
 from rayexp.config import TrialConfig, check_trial, flatten, process_label, resolve_trial, task_process
 
-STAGES = ("pretrain", "probe_pre", "ppo", "probe_post", "analyses")
+#: Fault injection for the fault-tolerance tests: ``RAYEXP_KILL_AT=STAGE@MARKER`` SIGKILLs the
+#: worker once when STAGE starts (the MARKER file records that it happened).
+KILL_AT = "RAYEXP_KILL_AT"
 
 
-class _Reporter:
+class Reporter:
     """Sends stage metrics to MLflow (by step) and to Tune (cumulative latest values)."""
 
     def __init__(self, run, use_tune: bool):
         self.run, self.use_tune = run, use_tune
         self.latest: dict[str, float] = {}
 
-    def metrics(self, metrics: dict[str, Any], step: int, checkpoint_dir: Path | None = None) -> None:
+    def metrics(self, metrics: dict[str, Any], step: int, checkpoint_dir: Path | None = None, once=False) -> None:
+        """``once``: skip keys this run already holds (a stage re-run after a kill mid-logging)."""
         clean = {k: float(v) for k, v in metrics.items() if _finite_number(v)}
-        if self.run is not None and clean:
-            self.run.log_metrics(clean, step)
+        if once and self.run is not None and clean:
+            have = self.run.metric_keys()
+            clean_new = {k: v for k, v in clean.items() if k not in have}
+        else:
+            clean_new = clean
+        if self.run is not None and clean_new:
+            self.run.log_metrics(clean_new, step)
         self.latest.update(clean)
-        self._tune(checkpoint_dir)
+        if self.use_tune:
+            from ray import tune
 
-    def _tune(self, checkpoint_dir: Path | None) -> None:
-        if not self.use_tune:
-            return
-        from ray import tune
-
-        checkpoint = None
-        if checkpoint_dir is not None:
-            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report(dict(self.latest), checkpoint=checkpoint)
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+            tune.report(dict(self.latest), checkpoint=checkpoint)
 
 
 def _finite_number(v: Any) -> bool:
     try:
-        f = float(v)
+        return math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
-    return math.isfinite(f)
 
 
-class _State:
-    """Stage progress, persisted in the Tune checkpoint directory."""
+class StageState:
+    """Which stages are done, persisted in the Tune checkpoint directory."""
 
     def __init__(self, directory: Path):
         self.dir = directory
@@ -81,103 +84,35 @@ class _State:
         (self.dir / "state.json").write_text(json.dumps(self.data))
 
 
-# ---------------------------------------------------------------------------------------------
-# Stages
-
-
 def pretrain_config(trial: TrialConfig, cpus: float):
-    """The trial's PretrainConfig: seeded by the trial, threads matching the trial's CPUs."""
+    """The trial's PretrainConfig: seeded by the trial, threads matching the trial's CPUs, and
+    log-spaced checkpoints (``artifacts.pretrain_checkpoints``) unless the file lists its own."""
     from models.pretrain import PretrainConfig
 
-    defaults = {"seed": trial.seed, "num_threads": max(1, int(cpus)), "progress": False}
-    return PretrainConfig(**{**defaults, **trial.pretrain})
+    raw = _as_dict(trial.pretrain)
+    cfg = PretrainConfig(**{"seed": trial.seed, "num_threads": max(1, int(cpus)), "progress": False, **raw})
+    if "checkpoint_steps" not in raw:
+        cfg = cfg.model_copy(
+            update={
+                "checkpoint_steps": log_spaced_steps(cfg.steps, _artifact_setting(trial, "pretrain_checkpoints", 10))
+            }
+        )
+    return cfg
 
 
-def _pretrain(trial: TrialConfig, model_cfg, cfg, process, storage_path: str, scratch: Path, report: _Reporter):
-    """Pretrained model from the cache, training it first if no trial has yet."""
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.pretrain import pretrain
-    from rayexp.cache import PretrainCache, pretrain_key
-
-    # threads and progress bars do not change the result, so they stay out of the key
-    determining = cfg.model_dump(exclude={"num_threads", "progress", "device", "compile"})
-    key = pretrain_key(trial.process, model_cfg.model_dump(), determining, cfg.seed)
-    live: list[dict] = []
-
-    def build(out: Path) -> None:
-        def callback(metrics: dict, step: int) -> None:
-            live.append(metrics)
-            report.metrics({f"pretrain/{k}": v for k, v in metrics.items() if k != "step"}, step)
-
-        result = pretrain(process, model_cfg, cfg, callback=callback, process_spec=trial.process)
-        save_checkpoint(out / "model.pt", result.model, extra={"pretrain_key": key, "process_spec": trial.process})
-        (out / "history.json").write_text(json.dumps([dict(h) for h in result.history]))
-        meta = {"key": key, "process": trial.process, "model": model_cfg.model_dump(), "pretrain": determining}
-        (out / "meta.json").write_text(json.dumps(meta))
-
-    entry, hit = PretrainCache(storage_path).get_or_create(key, build, scratch)
-    if not live:
-        # a cached pretraining's curve is replayed so every trial's run holds it
-        for row in json.loads((entry / "history.json").read_text()):
-            report.metrics({f"pretrain/{k}": v for k, v in row.items() if k != "step"}, row.get("step", 0))
-    if report.run is not None:
-        report.run.set_tags({"rayexp.pretrain_key": key, "rayexp.pretrain_cache": "hit" if hit else "miss"})
-    report.latest["pretrain/cache_hit"] = float(hit)
-    model, _ = load_checkpoint(entry / "model.pt")
-    return model.eval(), entry / "model.pt"
+def _as_dict(section: Any) -> dict[str, Any]:
+    """What the sweep file set in a typed section (unset fields keep following the trial, e.g. its seed)."""
+    return section.model_dump(exclude_unset=True)
 
 
-def _probe(phase: str, model, random_model, trial: TrialConfig, process, report: _Reporter, run, state_dir: Path):
-    """Probe table, metrics probe/{phase}/{target}/{hook}/{metric} and figures; returns the table."""
-    import pyarrow.parquet as pq
-
-    from rayexp import probes
-
-    cfg = trial.probe
-    result = probes.probe_model(
-        model,
-        random_model,
-        process,
-        n_seq=cfg.n_seq,
-        seq_len=cfg.seq_len,
-        seed=trial.seed,
-        hooks=cfg.hooks,
-        test_frac=cfg.test_frac,
-        alpha=cfg.alpha,
-    )
-    pq.write_table(result.table, state_dir / f"probe_{phase}.parquet")
-    metrics = {}
-    for target in dict.fromkeys(result.table.column("target").to_pylist()):
-        metrics.update({f"probe/{phase}/{target}/{k}": v for k, v in probes.summarize(result.table, target).items()})
-    report.metrics(metrics, step=0)
-    if run is None:
-        return result.table
-    run.log_table(f"probe_{phase}", result.table)
-    if cfg.figures:
-        from rayexp import figures
-
-        hook = probes.CONCAT if (("belief", probes.CONCAT) in result.predictions) else model.hook_names[-1]
-        if ("belief", hook) in result.predictions:
-            true, pred = result.held_out("belief", hook)
-            run.log_figure(f"belief_simplex_{phase}", figures.belief_simplex(true, pred, title=f"{phase}: {hook}"))
-        first = state_dir / f"probe_{phase.replace('post', 'pre')}.parquet"
-        if phase.endswith("post") and first.exists():
-            before = pq.read_table(first)
-            run.log_figure(
-                "probe_skill_by_layer" + ("_rl" if phase.startswith("rl") else ""),
-                figures.skill_by_layer(before, result.table, title="probe skill before / after RL"),
-            )
-    return result.table
+def _artifact_setting(trial: TrialConfig, name: str, default: Any) -> Any:
+    return getattr(getattr(trial, "artifacts", None), name, default)
 
 
-def _random_init(model_cfg, seed: int):
-    """The probe control: the trained architecture at its initialisation (pretraining's seed)."""
-    from models.transformer import Transformer
+def env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
+    """The RL env config of the trial's task (``envs.gym_env.make_env``), action set resolved."""
+    from envs.gym_env import action_tokens
 
-    return Transformer(model_cfg, seed=seed).eval()
-
-
-def _env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
     task = trial.task
     context = task.context or n_ctx
     env = {
@@ -188,118 +123,120 @@ def _env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
         "reward_params": task.reward_params,
         "seed": trial.seed,
     }
-    # The policy module must act over the reward's own action set; rewards choose a default
-    # (e.g. joint_target: factor A's m tokens), so it is resolved here and passed explicitly.
-    from envs.rewards import make_reward
-    from rayexp.config import build_process
-
-    reward = make_reward(task.reward, build_process(env["process"]), task.reward_params, task.action_tokens)
-    env["action_tokens"] = [int(t) for t in reward.action_tokens]
+    if task.env != "sequence":
+        env["env"] = task.env
+    if task.shuffle_reward:
+        env["shuffle_reward"] = True
+    if task.action_tokens is not None:
+        env["action_tokens"] = list(task.action_tokens)
+    # the policy module must act over the reward's own action set, which a reward may choose
+    env["action_tokens"] = [int(t) for t in action_tokens(dict(env))]
     return env
 
 
-def _ppo(
-    trial: TrialConfig,
-    n_ctx: int,
-    checkpoint_path: Path,
-    out_path: Path,
-    report: _Reporter,
-    state_dir: Path,
-    on_checkpoint: Callable[[], None],
-):
-    """PPO, resumable: its state is saved under ``state_dir`` (part of the trial's Tune checkpoint).
+@dataclass
+class TrialContext:
+    """What every stage gets: the resolved trial, where it stores things, and how it reports."""
 
-    A retried trial resumes after the last saved iteration; the replayed iterations' metrics are
-    only logged if this MLflow run lacks them, so every PPO metric has one point per iteration.
-    """
-    from rayexp.ppo import PPOSettings, saved_iteration, train_ppo
+    trial: TrialConfig
+    meta: dict[str, Any]
+    facts: dict[str, Any]
+    report: Reporter
+    state: StageState
+    artifacts: TrialArtifacts
+    workdir: Path
+    snapshot: Any = None  # () -> None: hand Tune the current state directory
+    n_rollouts: int = 0
 
-    raw = {**trial.ppo, **trial.task.ppo}
-    if "seed" in PPOSettings.model_fields and "seed" not in raw:
-        raw["seed"] = trial.seed
-    settings = PPOSettings(**raw)
-    prefix = f"ppo/{trial.task.name}"
-    last = report.run.last_step(f"{prefix}/env_steps") if report.run is not None else None
-    logged = [-1 if last is None else last]
+    @property
+    def storage_path(self) -> str:
+        return self.meta["storage_path"]
 
-    def callback(metrics: dict, step: int) -> None:
-        if step <= logged[0]:
-            return  # logged by an earlier attempt of this trial
-        report.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if k != "iteration"}, step)
-        logged[0] = step
+    @cached_property
+    def model_cfg(self):
+        from models.transformer import TransformerConfig
 
-    state_dir.mkdir(exist_ok=True)
-    resumed_after = saved_iteration(state_dir)
-    if resumed_after is not None and report.run is not None:
-        report.run.set_tags({"rayexp.ppo_resumed_after_iteration": resumed_after})
-    return train_ppo(
-        settings,
-        _env_config(trial, n_ctx),
-        str(checkpoint_path),
-        str(out_path),
-        callback,
-        state_dir=state_dir,
-        on_checkpoint=lambda iteration: on_checkpoint(),
+        return TransformerConfig(**{**_as_dict(self.trial.model), "d_vocab": self.facts["d_vocab"]})
+
+    @cached_property
+    def pre_cfg(self):
+        return pretrain_config(self.trial, self.meta.get("cpus", 1))
+
+    @cached_property
+    def pretrain_determining(self) -> dict[str, Any]:
+        # threads, progress bars and the device do not change the result, so they stay out of the key
+        return self.pre_cfg.model_dump(exclude={"num_threads", "progress", "device", "compile"})
+
+    @cached_property
+    def pretrain_key(self) -> str:
+        from rayexp.cache import pretrain_key
+
+        return pretrain_key(
+            self.trial.process, self.model_cfg.model_dump(), self.pretrain_determining, self.pre_cfg.seed
+        )
+
+    @cached_property
+    def process(self):
+        from rayexp.config import build_process
+
+        return build_process(self.trial.process)
+
+    @cached_property
+    def env_config(self) -> dict[str, Any]:
+        return env_config(self.trial, self.model_cfg.n_ctx)
+
+    @cached_property
+    def ppo_settings(self):
+        """The task's PPOSettings (base section, the task's overrides, the trial's seed)."""
+        from rayexp.config import ppo_settings
+
+        return ppo_settings(self.trial)
+
+
+def _open_run(trial: TrialConfig, meta: dict[str, Any], key: str):
+    from rayexp import tracking
+
+    if not meta.get("tracking_uri"):
+        return None
+    return tracking.TrialRun(
+        meta["tracking_uri"],
+        meta["experiment_id"],
+        meta["parent_run_id"],
+        key,
+        run_name=f"{process_label(trial.process)}__{trial.task.name}__{trial.seed}__{time.strftime('%H%M%S')}",
+        params=flatten(trial.model_dump()),
+        tags={
+            "rayexp.task": trial.task.name,
+            "rayexp.process": process_label(trial.process),
+            "rayexp.seed": str(trial.seed),
+            **meta.get("tags", {}),
+        },
     )
 
 
-def _analyses(trial: TrialConfig, before, after, report: _Reporter, run, workdir: Path) -> None:
-    from rayexp.analyses import AnalysisContext, run_analysis
-
-    for name in trial.analyses:
-        ctx = AnalysisContext(
-            trial=trial.model_dump(), task=trial.task.name, seed=trial.seed, out_dir=str(workdir / f"analysis_{name}")
-        )
-        Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
-        result = run_analysis(name, before, after, trial.process, ctx)
-        report.metrics({f"analysis/{name}/{k}": v for k, v in result.metrics.items()}, step=0)
-        if run is not None:
-            for tname, table in result.tables.items():
-                run.log_table(tname, table)
-            for fname, fig in result.figures.items():
-                run.log_figure(fname, fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainable
+def _maybe_kill(stage: str) -> None:
+    spec = os.environ.get(KILL_AT, "")
+    name, _, marker = spec.rpartition("@")
+    if name == stage and marker and not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_trial(config: dict[str, Any]) -> dict[str, float]:
     """Tune function trainable. `config`: {"base", "task", "axes", "meta"} (see rayexp.sweep)."""
-    from models.checkpoint import load_checkpoint
-    from models.transformer import TransformerConfig
     from rayexp import tracking
-    from rayexp.config import build_process
+    from rayexp.stages import rollouts_wanted, stages_for
 
     meta = config["meta"]
     trial = resolve_trial(config["base"], config["task"], config.get("axes", {}))
     facts = check_trial(trial)
-    model_cfg = TransformerConfig(**{"d_vocab": facts["d_vocab"], **trial.model})
-    process = build_process(trial.process)
-    pre_cfg = pretrain_config(trial, meta.get("cpus", 1))
     use_tune = meta.get("use_tune", True)
-    if use_tune:
+    key = tracking.trial_key(meta.get("parent_run_id", "local"), trial.model_dump())
+    run = _open_run(trial, meta, key)
+    report = Reporter(run, use_tune)
+    if run is not None:
         import ray
 
-    run = None
-    if meta.get("tracking_uri"):
-        key = tracking.trial_key(meta["parent_run_id"], trial.model_dump())
-        run = tracking.TrialRun(
-            meta["tracking_uri"],
-            meta["experiment_id"],
-            meta["parent_run_id"],
-            key,
-            run_name=f"{process_label(trial.process)}__{trial.task.name}__{trial.seed}__{time.strftime('%H%M%S')}",
-            params=flatten(trial.model_dump()),
-            tags={
-                "rayexp.task": trial.task.name,
-                "rayexp.process": process_label(trial.process),
-                "rayexp.seed": str(trial.seed),
-                **meta.get("tags", {}),
-            },
-        )
-    report = _Reporter(run, use_tune)
-    if run is not None:
         node = ray.get_runtime_context().get_node_id() if use_tune else "local"
         run.set_tags({"rayexp.worker_pid": os.getpid(), "rayexp.node_id": node, "rayexp.host": socket.gethostname()})
 
@@ -312,23 +249,14 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
         restored = tune.get_checkpoint()
         if restored is not None:
             restored.to_directory(str(state_dir))
-    state = _State(state_dir)
+    state = StageState(state_dir)
     report.latest.update(state.data["latest"])
     if run is not None and state.data["done"]:
         run.set_tags({"rayexp.resumed_after": state.data["done"][-1]})
 
-    clock = [time.perf_counter()]
-
-    def stage_done(stage: str) -> None:
-        now = time.perf_counter()
-        report.latest["stage"] = float(STAGES.index(stage) + 1)
-        seconds = {f"time/{stage}_s": now - clock[0]}
-        clock[0] = now
-        if run is not None:
-            run.log_metrics(seconds, step=0)
-        report.latest.update(seconds)
-        state.finish(stage, report.latest)
-        snapshot()
+    artifacts = TrialArtifacts(meta["storage_path"], meta.get("sweep", "debug"), key)
+    ctx = TrialContext(trial, meta, facts, report, state, artifacts, workdir, n_rollouts=rollouts_wanted(trial))
+    stages = stages_for(trial)
 
     def snapshot() -> None:
         """Hand Tune a copy of the state directory as this trial's checkpoint."""
@@ -337,43 +265,28 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
         report.metrics({}, step=0, checkpoint_dir=copy)
         shutil.rmtree(copy, ignore_errors=True)  # tune.report persisted it to storage before returning
 
+    ctx.snapshot = snapshot
     try:
-        if state.done("pretrain"):  # a cache hit: nothing to log again
-            model_before, pre_path = _pretrain(
-                trial, model_cfg, pre_cfg, process, meta["storage_path"], workdir, _Reporter(None, False)
-            )
-        else:
-            model_before, pre_path = _pretrain(
-                trial, model_cfg, pre_cfg, process, meta["storage_path"], workdir, report
-            )
-            stage_done("pretrain")
-
-        random_model = _random_init(model_cfg, pre_cfg.seed)
-        stream_spec = task_process(trial)
-        stream = None if stream_spec == trial.process else build_process(stream_spec)
-        if not state.done("probe_pre"):
-            _probe("pre", model_before, random_model, trial, process, report, run, state_dir)
-            if stream is not None:
-                _probe("rl_pre", model_before, random_model, trial, stream, report, run, state_dir)
-            stage_done("probe_pre")
-
-        after_path = state_dir / "model_after.pt"
-        if not state.done("ppo"):
-            _ppo(trial, model_cfg.n_ctx, pre_path, after_path, report, state_dir / "ppo", snapshot)
+        artifacts.write_meta(
+            trial.model_dump(), ctx.pretrain_key, ctx.env_config, facts | {"pretrain_seed": ctx.pre_cfg.seed}
+        )
+        clock = time.perf_counter()
+        for i, stage in enumerate(stages):
+            if state.done(stage.name):
+                continue
+            _maybe_kill(stage.name)
+            stage.run(ctx)
+            now = time.perf_counter()
+            seconds = {f"time/{stage.name.replace(':', '_')}_s": now - clock}
+            clock = now
             if run is not None:
-                run.log_artifact(after_path, "weights")
-            stage_done("ppo")
-        model_after, _ = load_checkpoint(after_path)
-
-        if not state.done("probe_post"):
-            _probe("post", model_after, random_model, trial, process, report, run, state_dir)
-            if stream is not None:
-                _probe("rl_post", model_after, random_model, trial, stream, report, run, state_dir)
-            stage_done("probe_post")
-
-        if not state.done("analyses"):
-            _analyses(trial, model_before, model_after, report, run, workdir)
-            stage_done("analyses")
+                run.log_metrics(seconds, step=0)
+            report.latest.update(seconds | {"stage": float(i + 1), "n_stages": float(len(stages))})
+            artifacts.write_metrics(report.latest)
+            state.finish(stage.name, report.latest)
+            snapshot()
+        artifacts.apply_retention(_artifact_setting(trial, "retention", "all"))
+        artifacts.mark_finished()
     except BaseException:
         if run is not None:
             run.finish("FAILED")
@@ -381,6 +294,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if run is not None:
+        run.set_tags({"rayexp.artifacts": artifacts.store.path(artifacts.rel)})
         run.finish("FINISHED")
     return dict(report.latest)
 
@@ -391,21 +305,22 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     sweep, _ = load_sweep(argv[0])
     task = next((t for t in sweep.tasks if len(argv) < 2 or t.name == argv[1]), sweep.tasks[0])
-    import ray
-
-    from rayexp.sweep import start_local_ray
-
-    start_local_ray(num_cpus=1)
     storage = tempfile.mkdtemp(prefix="rayexp-debug-")
     config = {
         "base": sweep.base.model_dump(),
         "task": task.model_dump(),
         "axes": grid_points(sweep)[0],
-        "meta": {"use_tune": False, "storage_path": storage},
+        "meta": {"use_tune": False, "storage_path": storage, "sweep": sweep.name},
     }
+    import ray
+
+    from rayexp.ray_local import start_local_ray
+
+    start_local_ray(num_cpus=1)
     try:
         for key, value in sorted(run_trial(config).items()):
             print(f"{key:60s} {value:.4g}")
+        print(f"artifacts under {storage}")
     finally:
         ray.shutdown()
 

@@ -9,6 +9,8 @@ a single `ray.init(_node_ip_address="127.0.0.1")` opened ~24 connections over th
 
 import os
 
+import pytest
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -17,3 +19,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # lower-case proxy variables, and loopback (the dashboard, job server) is exempt.
 os.environ["HTTP_PROXY"] = os.environ["HTTPS_PROXY"] = "http://127.0.0.1:9"
 os.environ["NO_PROXY"] = "127.0.0.1,localhost,::1"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow store, no cluster address inherited."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return tmp_path

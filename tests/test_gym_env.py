@@ -162,6 +162,19 @@ def test_next_token_oracle_beats_random():
     assert oracle.mean() > rand.mean() + 0.2  # mess3(0.05, 0.85) is very predictable once synchronised
 
 
+def test_shuffled_reward_carries_no_information_about_the_action():
+    """The null task: the oracle that wins on the real reward scores only chance on the shuffled one,
+    while the reward rate of a fixed action (its marginal) stays what it was."""
+    cfg = {"process": MESS3, "context": 8, "episode_len": 60}
+    oracle = lambda env: lambda o, i, t: int(np.argmax(env.hmm.next_token_probs(i["belief"])))
+    real, null = SequenceEnv(cfg), SequenceEnv(dict(cfg, shuffle_reward=True))
+    r_real = rollout(real, 0, oracle(real), episodes=40)[1].mean()
+    r_null = rollout(null, 0, oracle(null), episodes=40)[1].mean()
+    assert r_real > 0.55 and r_null == pytest.approx(1 / 3, abs=0.04), (r_real, r_null)
+    always0 = [rollout(e, 1, lambda o, i, t: 0, episodes=40)[1].mean() for e in (real, null)]
+    assert always0[0] == pytest.approx(always0[1], abs=0.04)
+
+
 def test_joint_target_needs_the_joint_belief():
     env = SequenceEnv(dict(CONFIGS["interleave_joint"], episode_len=80))
     hmm, r = env.hmm, env.reward_fn

@@ -189,3 +189,41 @@ def test_train_ppo_resumes_after_its_last_saved_iteration(ray_local, brief_check
     assert [h["env_steps"] for h in result.history] == [60 * (i + 1) for i in range(5)]  # counts carried over
     assert saved == [0, 1, 2, 3]  # the last iteration is not saved: the exported model is the result
     assert load_checkpoint(tmp_path / "a.pt")[0] is not None
+
+
+def test_policy_checkpoints_every_save_every_are_the_learners_weights(ray_local, brief_checkpoint, tmp_path):
+    """Every ``save_every`` iterations the Learner's policy is handed over as a checkpoint; the one after
+    two iterations equals the weights RLlib saved in its own algorithm state at that point."""
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+
+    settings = PPOSettings(
+        train_batch_size=60,
+        minibatch_size=60,
+        num_epochs=1,
+        num_envs_per_env_runner=6,
+        iterations=3,
+        seed=5,
+        save_every=1,
+    )
+    state, policies = tmp_path / "state", {}
+    state.mkdir()
+
+    def keep(n, path):
+        policies[n] = load_checkpoint(path)[0]
+
+    train_ppo(settings, ENV, brief_checkpoint, tmp_path / "final.pt", None, state, None, keep)
+    assert sorted(policies) == [1, 2]  # the third is the final model, written to out_path
+    algo = build_ppo_config(settings, ENV, brief_checkpoint).build_algo()
+    try:
+        algo.restore_from_path(str(state / "algo_000001"))  # RLlib's own state after two iterations
+        path = f"{COMPONENT_LEARNER_GROUP}/{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}"
+        learner = algo.get_state(components=path)
+        for key in (COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID):
+            learner = learner[key]
+    finally:
+        algo.stop()
+    trunk = {k.removeprefix("transformer."): v for k, v in learner.items() if k.startswith("transformer.")}
+    mine = policies[2].state_dict()
+    assert trunk.keys() == mine.keys()
+    assert all(torch.equal(torch.as_tensor(trunk[k]), mine[k]) for k in mine)
+    assert not all(torch.equal(policies[1].state_dict()[k], mine[k]) for k in mine)

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from rayexp import tracking
@@ -71,15 +70,6 @@ def artifacts(uri: str, run_id: str, path=None) -> list[str]:
     for a in c.list_artifacts(run_id, path):
         out += artifacts(uri, run_id, a.path) if a.is_dir else [a.path]
     return out
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return tmp_path
 
 
 def cli(*args, cwd, **kw):
@@ -202,7 +192,8 @@ def test_worker_killed_mid_ppo_resumes_from_its_checkpoint(workdir):
     c = tracking.client(uri)
     assert len(c.get_metric_history(run.info.run_id, "probe/pre/belief/concat_resid/skill")) == 1
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "pretrain/loss")]
-    assert sorted(steps) == [10, 20, 30]  # logged once: the retry did not pretrain again
+    # logged once (the retry did not pretrain again): every eval_every step and every checkpoint step
+    assert sorted(steps) == sorted(set(steps)) and {10, 20, 30} <= set(steps)
     # PPO resumed after a saved iteration (>= 1: two iterations were logged before the kill), and
     # every PPO metric has exactly one point per iteration
     assert int(run.data.tags["rayexp.ppo_resumed_after_iteration"]) >= 1

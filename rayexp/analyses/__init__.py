@@ -1,56 +1,113 @@
-"""Analyses that compare the model before and after RL post-training.
+"""Analyses: typed, declared, and fed a trial's stored artifacts.
 
-An analysis is a function ``f(model_before, model_after, process_spec, context) -> AnalysisResult``
-registered under a name; sweep files list names in ``base.analyses``. The trial logs whatever
-an analysis returns: ``metrics`` as MLflow metrics ``analysis/{name}/{key}``, ``tables`` as
-parquet artifacts, ``figures`` as PNG artifacts. Adding an analysis = one module here that
-calls :func:`register`.
+An analysis is a function registered with :func:`analysis`. It declares
+
+- ``params``: a pydantic model (unknown keys are an error), validated by ``rayexp validate``;
+- ``needs``: which stored artifacts it reads (:data:`NEEDS`), so the trial stores them (rollouts
+  only when someone asks) and refuses clearly when they are missing;
+- ``scope``: ``"trial"`` (runs inside one trial, after PPO, as its own resumable stage) or
+  ``"sweep"`` (runs over a finished sweep's trials, grouped by config fields, through
+  ``rayexp analyze`` or a sweep file's ``sweep_analyses``).
+
+Per-trial: ``fn(artifacts: rayexp.artifacts.TrialArtifacts, params) -> AnalysisResult``.
+Across trials: ``fn(group: list[TrialArtifacts], params) -> AnalysisResult``, once per group.
+The pipeline logs whatever comes back: ``metrics`` as MLflow metrics ``analysis/{name}/{key}``
+(across trials: ``sweep/{name}/{group}/{key}`` on the parent run), ``tables`` as parquet,
+``figures`` as PNG. The maths of each analysis lives in a small pure function beside it, with a
+unit test on a constructed case; the registered function is the thin adapter.
+
+This module and every analysis module import without torch (they import it inside functions),
+so the driver validates sweep files without loading torch or RLlib.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+#: What an analysis may ask for; each maps to one accessor of ``rayexp.artifacts.TrialArtifacts``.
+NEEDS = (
+    "model_before",  # the pretrained model
+    "model_after",  # the post-RL policy's transformer
+    "random_init",  # the same architecture at its initialisation (probe control)
+    "pretrain_checkpoints",  # log-spaced checkpoints over pretraining
+    "ppo_checkpoints",  # policy checkpoints every ppo.save_every iterations
+    "probe_tables",  # probe tables before / after RL
+    "rollouts",  # episodes of the final policy (stored only when an analysis needs them)
+    "env",  # the RL env config and its stream's process spec
+)
+SCOPES = ("trial", "sweep")
 
 
-@dataclass
-class AnalysisContext:
-    """What an analysis may need besides the two models."""
+class Params(BaseModel):
+    """Base of every analysis's parameters: unknown keys are an error."""
 
-    trial: dict[str, Any]  # the resolved trial config (TrialConfig.model_dump())
-    task: str
-    seed: int
-    out_dir: str  # a scratch directory for the analysis
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass
 class AnalysisResult:
     metrics: dict[str, float] = field(default_factory=dict)
-    tables: dict[str, pa.Table] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow.Table
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
 
 
-Analysis = Callable[[Any, Any, dict, AnalysisContext], AnalysisResult]
-ANALYSES: dict[str, Analysis] = {}
+@dataclass(frozen=True)
+class AnalysisDef:
+    name: str
+    fn: Callable[..., AnalysisResult]
+    params: type[Params]
+    needs: tuple[str, ...]
+    scope: Literal["trial", "sweep"]
+    description: str
 
 
-def register(name: str) -> Callable[[Analysis], Analysis]:
-    def deco(fn: Analysis) -> Analysis:
+ANALYSES: dict[str, AnalysisDef] = {}
+
+
+def analysis(
+    name: str,
+    *,
+    params: type[Params] = Params,
+    needs: tuple[str, ...] = (),
+    scope: Literal["trial", "sweep"] = "trial",
+) -> Callable[[Callable[..., AnalysisResult]], Callable[..., AnalysisResult]]:
+    """Register ``fn`` under ``name``; its docstring's first line is the description."""
+    bad = [n for n in needs if n not in NEEDS]
+    if bad:
+        raise ValueError(f"analysis {name!r}: unknown needs {bad}; valid: {list(NEEDS)}")
+    if scope not in SCOPES:
+        raise ValueError(f"analysis {name!r}: scope must be one of {SCOPES}")
+
+    def deco(fn: Callable[..., AnalysisResult]) -> Callable[..., AnalysisResult]:
         if name in ANALYSES:
             raise ValueError(f"analysis {name!r} registered twice")
-        ANALYSES[name] = fn
+        doc = (fn.__doc__ or "").strip().splitlines()
+        ANALYSES[name] = AnalysisDef(name, fn, params, tuple(needs), scope, doc[0] if doc else "")
         return fn
 
     return deco
 
 
-def run_analysis(name: str, model_before, model_after, process_spec: dict, context: AnalysisContext) -> AnalysisResult:
-    if name not in ANALYSES:
-        raise ValueError(f"unknown analysis {name!r}; valid: {sorted(ANALYSES)}")
-    return ANALYSES[name](model_before, model_after, process_spec, context)
+def get(name: str, scope: str | None = None) -> AnalysisDef:
+    """The registered analysis; ValueError naming the valid ones (of that scope) otherwise."""
+    found = ANALYSES.get(name)
+    if found is None or (scope is not None and found.scope != scope):
+        valid = sorted(n for n, a in ANALYSES.items() if scope is None or a.scope == scope)
+        what = f"{scope}-level analysis" if scope else "analysis"
+        raise ValueError(f"unknown {what} {name!r}; valid: {valid}")
+    return found
 
 
-from rayexp.analyses import weight_diff  # noqa: F401  (registers itself)
+def validate_params(name: str, params: dict[str, Any] | None, scope: str = "trial") -> Params:
+    """Validated params of analysis ``name``: ValueError for an unknown name, pydantic's
+    ValidationError for bad params (callers turn both into one line)."""
+    return get(name, scope).params.model_validate(dict(params or {}))
+
+
+for _module in ("weight_diff", "policy_kl", "seed_spread"):
+    importlib.import_module(f"rayexp.analyses.{_module}")  # each registers itself

@@ -15,14 +15,20 @@ import math
 
 import numpy as np
 import pyarrow as pa
-import torch
+from pydantic import Field
 
-from rayexp.analyses import AnalysisContext, AnalysisResult, register
+from rayexp.analyses import AnalysisResult, Params, analysis
 
 TOL = 1e-3
 
 
-def effective_rank(delta: torch.Tensor) -> float:
+class WeightDiffParams(Params):
+    tol: float = Field(TOL, gt=0, description="an entry counts as changed when |dW| > tol * RMS(W_before)")
+
+
+def effective_rank(delta) -> float:
+    import torch
+
     s = torch.linalg.svdvals(delta.double())  # (min(m, n),)
     total = float(s.sum())
     if total <= 0:
@@ -32,7 +38,8 @@ def effective_rank(delta: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def weight_diff_table(model_before: torch.nn.Module, model_after: torch.nn.Module, tol: float = TOL) -> pa.Table:
+def weight_diff_table(model_before, model_after, tol: float = TOL) -> pa.Table:
+    """One row per parameter tensor of two ``torch.nn.Module``s with the same parameter names."""
     before = dict(model_before.named_parameters())
     rows: dict[str, list] = {
         k: [] for k in ("module", "shape", "numel", "rel_frobenius", "frac_changed", "effective_rank", "max_rank")
@@ -69,9 +76,13 @@ def _layer_component(name: str) -> tuple[str, str]:
     return "-", name
 
 
-@register("weight_diff")
-def weight_diff(model_before, model_after, process_spec: dict, context: AnalysisContext) -> AnalysisResult:
-    table = weight_diff_table(model_before, model_after)
+@analysis("weight_diff", params=WeightDiffParams, needs=("model_before", "model_after"))
+def weight_diff(artifacts, params: WeightDiffParams) -> AnalysisResult:
+    """Where RL changed the weights: relative norm, share changed and effective rank per tensor."""
+    import torch
+
+    model_before, model_after = artifacts.model_before(), artifacts.model_after()
+    table = weight_diff_table(model_before, model_after, params.tol)
     numel = np.asarray(table.column("numel").to_pylist(), dtype=float)
     frac = np.asarray(table.column("frac_changed").to_pylist())
     before = torch.cat([p.detach().flatten().float() for p in model_before.parameters()])

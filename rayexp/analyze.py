@@ -1,0 +1,156 @@
+"""`rayexp analyze EXPERIMENT --analysis NAME`: an across-trial analysis over a finished sweep.
+
+The sweep's parent MLflow run names where its trials stored their artifacts (tags
+``rayexp.storage`` and ``rayexp.sweep``). Trials are grouped by config fields (``--group-by
+task,model.d_model``; ``task`` means the task's name, ``process`` the process label), each group
+runs as one Ray task (on a cluster it runs where Ray puts it, next to shared storage), and the
+driver logs each group's result to the parent run: metrics ``sweep/{analysis}/{group}/{key}``,
+tables ``sweep/{analysis}/{group}__{table}.parquet`` and figures as PNG. Metrics the parent run
+already holds are not logged again and artifacts overwrite their own paths, so running the same
+analysis twice adds nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+from rayexp import tracking
+from rayexp.config import SweepError, process_label
+
+
+def group_value(config: dict[str, Any], field: str) -> Any:
+    """A trial config's value at a dotted path; ``task`` is the task name, ``process`` its label."""
+    if field == "task":
+        return config["task"]["name"]
+    if field == "process":
+        return process_label(config["process"])
+    node: Any = config
+    for part in field.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(field)
+        node = node[part]
+    return process_label(node) if isinstance(node, dict) and "name" in node else node
+
+
+def group_label(values: tuple) -> str:
+    """A metric-name-safe label of one group's values (MLflow keys allow [\\w./ :-])."""
+    text = "__".join(str(v) for v in values) or "all"
+    return re.sub(r"[^\w.\-]+", "_", text).strip("_") or "all"
+
+
+def group_trials(trials: list, group_by: list[str]) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for t in trials:
+        try:
+            key = tuple(group_value(t.config, f) for f in group_by)
+        except KeyError as err:
+            raise SweepError("--group-by", str(err.args[0]), "not a field of the trial config") from None
+        groups.setdefault(group_label(key), []).append(t)
+    return dict(sorted(groups.items()))
+
+
+def _run_group(name: str, params: dict[str, Any], trials: list) -> dict[str, Any]:
+    """One group's analysis (in a Ray task); figures come back as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rayexp import analyses
+
+    spec = analyses.get(name, "sweep")
+    result = spec.fn(trials, analyses.validate_params(name, params, scope="sweep"))
+    pngs = {}
+    for fname, fig in result.figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        pngs[fname] = buf.getvalue()
+    return {"metrics": {k: float(v) for k, v in result.metrics.items()}, "tables": result.tables, "figures": pngs}
+
+
+def parent_run(uri: str, experiment: str, parent: str | None = None):
+    """The sweep's parent run (the latest of the experiment unless ``parent`` names one)."""
+    from rayexp.report import latest_sweep_run
+
+    return tracking.client(uri).get_run(parent or latest_sweep_run(uri, experiment))
+
+
+def run_analysis(
+    experiment: str,
+    name: str,
+    params: dict[str, Any] | None = None,
+    group_by: list[str] | None = None,
+    parent: str | None = None,
+    address: str | None = None,
+    file=sys.stdout,
+) -> dict[str, dict[str, float]]:
+    """Run across-trial analysis ``name`` over a sweep's finished trials; returns {group: metrics}."""
+    from rayexp import analyses
+    from rayexp.artifacts import find_trials
+
+    params = dict(params or {})
+    group_by = list(group_by if group_by is not None else ["task"])
+    try:
+        analyses.validate_params(name, params, scope="sweep")
+    except ValueError as err:  # pydantic's ValidationError is a ValueError too
+        raise SweepError(
+            "--params" if name in analyses.ANALYSES else "--analysis", name, str(err).splitlines()[0]
+        ) from None
+    uri = tracking.tracking_uri()
+    run = parent_run(uri, experiment, parent)
+    tags = run.data.tags
+    if "rayexp.storage" not in tags:
+        raise SweepError(uri, "experiment", f"sweep run {run.info.run_id} does not say where its trials are stored")
+    trials = find_trials(tags["rayexp.storage"], tags[tracking.SWEEP_TAG])
+    if not trials:
+        raise SweepError(tags["rayexp.storage"], tags[tracking.SWEEP_TAG], "no finished trials stored for this sweep")
+    groups = group_trials(trials, group_by)
+
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        from rayexp.ray_local import connect
+
+        connect(address)
+    try:
+        task = ray.remote(num_cpus=1)(_run_group)
+        refs = {g: task.remote(name, params, members) for g, members in groups.items()}
+        results = {g: ray.get(ref) for g, ref in refs.items()}
+    finally:
+        if started:
+            ray.shutdown()
+    return _log(uri, run.info.run_id, name, params, group_by, results, groups, file)
+
+
+def _log(uri, run_id, name, params, group_by, results, groups, file) -> dict[str, dict[str, float]]:
+    import tempfile
+    from pathlib import Path
+
+    out = tracking.Run(uri, run_id)
+    have = out.metric_keys()
+    new = {f"sweep/{name}/{g}/{k}": v for g, r in results.items() for k, v in r["metrics"].items()}
+    fresh = {k: v for k, v in new.items() if k not in have}
+    if fresh:
+        out.log_metrics(fresh, step=0)
+    out.set_tags({f"rayexp.sweep_analysis.{name}": json.dumps({"params": params, "group_by": group_by})})
+    with tempfile.TemporaryDirectory() as tmp:
+        for g, r in results.items():
+            for tname, table in r["tables"].items():
+                out.log_table(f"{g}__{tname}", table, artifact_dir=f"sweep/{name}")
+            for fname, png in r["figures"].items():
+                path = Path(tmp) / f"{g}__{fname}.png"
+                path.write_bytes(png)
+                out.log_artifact(path, f"figures/sweep/{name}")
+    print(
+        f"analysis {name!r}: {len(groups)} groups ({', '.join(f'{g}: {len(m)} trials' for g, m in groups.items())}); "
+        f"{len(fresh)} new metrics on parent run {run_id} ({len(new) - len(fresh)} already there)",
+        file=file,
+    )
+    return {g: r["metrics"] for g, r in results.items()}

@@ -1,0 +1,229 @@
+"""What a trial stores, in one layout, read through one object.
+
+Layout under the sweep's ``storage_path`` (local dir, NFS or ``s3://``; see docs/artifacts.md for
+sizes)::
+
+    pretrain_cache/{pretrain_key}/          shared by every trial with the same pretrain spec
+        model.pt                            the pretrained model (models.checkpoint format)
+        checkpoints/step_{step:07d}.pt      log-spaced pretraining checkpoints (artifacts.pretrain_checkpoints)
+        history.json, meta.json, DONE
+    {sweep}/trials/{trial_key}/
+        trial.json                          resolved trial config, pretrain key, env config, facts
+        ppo/policy_{iteration:06d}.pt       the policy after that many PPO iterations, every
+                                            ppo.save_every and the last one (same format as pretraining)
+        probes/{phase}.parquet              probe tables (pre, post, rl_pre, rl_post)
+        rollouts.npz                        episodes of the final policy, when an analysis needs them
+        analyses/{name}.json                a finished analysis's metrics (its stage is done)
+        metrics.json                        the trial's latest metrics (what `rayexp analyze` reads)
+        FINISHED                            written last
+
+``trial_key`` is the trial's MLflow ``rayexp.trial_key`` tag, so a run and its files find each
+other. Everything that reads a trial (its own later stages, analyses, ``rayexp analyze``,
+``rayexp report``) goes through :class:`TrialArtifacts`, which loads each piece lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+from rayexp.cache import CACHE_DIR as CACHE
+from rayexp.storage import Storage
+
+TRIALS = "trials"
+
+
+def log_spaced_steps(total: int, n: int) -> list[int]:
+    """About ``n`` checkpoint steps in [0, total]: 0, the last step, and log-spaced ones between."""
+    if n <= 0 or total <= 0:
+        return [0] if n > 0 else []
+    if n == 1:
+        return [total]
+    inner = {round(math.exp(math.log(total) * i / (n - 2))) for i in range(n - 1)} if n > 2 else set()
+    return sorted({0, total} | {s for s in inner if 0 < s <= total})
+
+
+def policy_name(iteration: int) -> str:
+    return f"policy_{iteration:06d}.pt"
+
+
+class TrialArtifacts:
+    """One trial's stored artifacts (lazily loaded, cached per object)."""
+
+    def __init__(self, storage_path: str, sweep: str, key: str):
+        self.store = Storage(storage_path)
+        self.sweep, self.key = sweep, key
+        self.rel = f"{sweep}/{TRIALS}/{key}"
+
+    def __repr__(self) -> str:
+        return f"TrialArtifacts({self.store.uri!r}, {self.sweep!r}, {self.key!r})"
+
+    def __reduce__(self):  # ships to Ray workers as its address, not its loaded models
+        return (TrialArtifacts, (self.store.uri, self.sweep, self.key))
+
+    def _p(self, rel: str) -> str:
+        return f"{self.rel}/{rel}"
+
+    # ----------------------------------------------------------------------------- writing
+    def write_meta(self, trial: dict[str, Any], pretrain_key: str, env_config: dict[str, Any], facts: dict) -> None:
+        self.store.write_json(
+            self._p("trial.json"), {"trial": trial, "pretrain_key": pretrain_key, "env": env_config, "facts": facts}
+        )
+
+    def put_policy(self, local_path, iteration: int) -> None:
+        self.store.put(local_path, self._p(f"ppo/{policy_name(iteration)}"))
+
+    def put_probe_table(self, table, phase: str) -> None:
+        import tempfile
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pq.write_table(table, Path(tmp) / "t.parquet")
+            self.store.put(Path(tmp) / "t.parquet", self._p(f"probes/{phase}.parquet"))
+
+    def put_rollouts(self, local_npz) -> None:
+        self.store.put(local_npz, self._p("rollouts.npz"))
+
+    def write_metrics(self, metrics: dict[str, float]) -> None:
+        self.store.write_json(self._p("metrics.json"), metrics)
+
+    def finish_analysis(self, name: str, metrics: dict[str, float]) -> None:
+        self.store.write_json(self._p(f"analyses/{name}.json"), metrics)
+
+    def mark_finished(self) -> None:
+        self.store.write_json(self._p("FINISHED"), {})
+
+    def apply_retention(self, retention: str) -> None:
+        """``final``: drop intermediate policies; ``none``: drop models, tables and rollouts too."""
+        if retention == "all":
+            return
+        policies = self.ppo_iterations()
+        for it in policies[:-1] if retention == "final" else policies:
+            self.store.delete(self._p(f"ppo/{policy_name(it)}"))
+        if retention == "none":
+            for rel in ("probes", "rollouts.npz"):
+                self.store.delete(self._p(rel))
+
+    # ----------------------------------------------------------------------------- reading
+    @functools.cached_property
+    def meta(self) -> dict[str, Any]:
+        if not self.store.exists(self._p("trial.json")):
+            raise FileNotFoundError(f"{self.store.path(self.rel)}: no trial.json (not a trial, or it never started)")
+        return self.store.read_json(self._p("trial.json"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved trial config as a dict (TrialConfig.model_dump())."""
+        return self.meta["trial"]
+
+    @functools.cached_property
+    def trial(self):
+        from rayexp.config import TrialConfig
+
+        return TrialConfig.model_validate(self.config)
+
+    @property
+    def env_config(self) -> dict[str, Any]:
+        """The RL env config (``envs.gym_env.make_env``); ``["process"]`` is the stream's spec."""
+        return self.meta["env"]
+
+    @property
+    def pretrain_key(self) -> str:
+        return self.meta["pretrain_key"]
+
+    @property
+    def finished(self) -> bool:
+        return self.store.exists(self._p("FINISHED"))
+
+    def process(self):
+        """The pretraining process (an ``envs`` HMM)."""
+        from rayexp.config import build_process
+
+        return build_process(self.config["process"])
+
+    def stream(self):
+        """The RL stream's process."""
+        from rayexp.config import build_process
+
+        return build_process(self.env_config["process"])
+
+    def _load(self, rel: str):
+        from models.checkpoint import load_checkpoint
+
+        if not self.store.exists(rel):
+            raise FileNotFoundError(f"{self.store.path(rel)}: not stored (retention setting, or the stage has not run)")
+        return load_checkpoint(self.store.local_file(rel))[0]
+
+    @functools.cache  # noqa: B019  (one object per trial; models are what is worth caching)
+    def model_before(self):
+        return self._load(f"{CACHE}/{self.pretrain_key}/model.pt")
+
+    @functools.cache  # noqa: B019
+    def random_init(self):
+        """The probe control: the architecture at its initialisation (pretraining's seed)."""
+        from models.transformer import Transformer
+
+        seed = self.meta["facts"].get("pretrain_seed", self.config.get("seed", 0))
+        return Transformer(self.model_before().cfg, seed=seed).eval()
+
+    def pretrain_steps(self) -> list[int]:
+        names = self.store.listdir(f"{CACHE}/{self.pretrain_key}/checkpoints")
+        return sorted(int(n[5:-3]) for n in names if n.startswith("step_") and n.endswith(".pt"))
+
+    def pretrain_checkpoint(self, step: int):
+        return self._load(f"{CACHE}/{self.pretrain_key}/checkpoints/step_{step:07d}.pt")
+
+    def ppo_iterations(self) -> list[int]:
+        names = self.store.listdir(self._p("ppo"))
+        return sorted(int(n[7:-3]) for n in names if n.startswith("policy_") and n.endswith(".pt"))
+
+    def policy(self, iteration: int):
+        """The policy's transformer after ``iteration`` PPO iterations (0: the pretrained model)."""
+        return self.model_before() if iteration == 0 else self._load(self._p(f"ppo/{policy_name(iteration)}"))
+
+    @functools.cache  # noqa: B019
+    def model_after(self):
+        its = self.ppo_iterations()
+        if not its:
+            raise FileNotFoundError(f"{self.store.path(self.rel)}/ppo: no policy stored yet")
+        return self.policy(its[-1])
+
+    def probe_table(self, phase: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.store.local_file(self._p(f"probes/{phase}.parquet")))
+
+    def probe_phases(self) -> list[str]:
+        return [n[: -len(".parquet")] for n in self.store.listdir(self._p("probes")) if n.endswith(".parquet")]
+
+    def rollouts(self) -> dict[str, Any]:
+        import numpy as np
+
+        with np.load(self.store.local_file(self._p("rollouts.npz"))) as z:
+            return {k: z[k] for k in z.files}
+
+    def metrics(self) -> dict[str, float]:
+        return self.store.read_json(self._p("metrics.json")) if self.store.exists(self._p("metrics.json")) else {}
+
+    def analysis_metrics(self, name: str) -> dict[str, float] | None:
+        """Metrics of a finished analysis, None when it has not finished."""
+        rel = self._p(f"analyses/{name}.json")
+        return self.store.read_json(rel) if self.store.exists(rel) else None
+
+    def size_bytes(self) -> dict[str, int]:
+        """Bytes of this trial's own files and of its (shared) pretrain cache entry."""
+        return {
+            "trial": self.store.size(self.rel),
+            "pretrain_cache_entry": self.store.size(f"{CACHE}/{self.pretrain_key}"),
+        }
+
+
+def find_trials(storage_path: str, sweep: str, finished_only: bool = True) -> list[TrialArtifacts]:
+    """Every trial stored for ``sweep`` (those with a FINISHED marker unless told otherwise)."""
+    store = Storage(storage_path)
+    trials = [TrialArtifacts(storage_path, sweep, k) for k in store.listdir(f"{sweep}/{TRIALS}")]
+    trials = [t for t in trials if t.store.exists(t._p("trial.json"))]
+    return [t for t in trials if t.finished] if finished_only else trials

@@ -1,0 +1,260 @@
+"""The stages of a trial, declared once: name, what each needs, what it produces.
+
+A stage is a function ``run(ctx: rayexp.trial.TrialContext) -> None`` that reads what earlier
+stages produced through ``ctx.artifacts`` (:class:`rayexp.artifacts.TrialArtifacts`) and stores
+what it produces there. :func:`stages_for` lists a trial's stages in order: the fixed pipeline,
+then one stage per analysis in the sweep file, so each analysis is resumable on its own.
+Implementations import torch and RLlib inside the functions: the driver never needs them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rayexp.trial import TrialContext
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[TrialContext], None]
+    needs: tuple[str, ...]  # artifact names (rayexp.analyses.NEEDS vocabulary)
+    produces: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrain
+
+
+def pretrain(ctx: TrialContext) -> None:
+    """Train (or find in the content-addressed cache) the pretrained model and its checkpoints."""
+    from models.checkpoint import save_checkpoint
+    from models.pretrain import pretrain as train
+    from rayexp.cache import PretrainCache
+
+    live: list[dict] = []
+    report = ctx.report
+
+    def build(out: Path) -> None:
+        def callback(metrics: dict, step: int) -> None:
+            live.append(metrics)
+            report.metrics({f"pretrain/{k}": v for k, v in metrics.items() if k != "step"}, step)
+
+        result = train(
+            ctx.process,
+            ctx.model_cfg,
+            ctx.pre_cfg,
+            out_dir=out / "checkpoints",
+            callback=callback,
+            process_spec=ctx.trial.process,
+        )
+        (out / "checkpoints" / "final.pt").unlink(missing_ok=True)  # model.pt is the final model
+        save_checkpoint(
+            out / "model.pt", result.model, extra={"pretrain_key": ctx.pretrain_key, "process_spec": ctx.trial.process}
+        )
+        (out / "history.json").write_text(json.dumps([dict(h) for h in result.history]))
+        meta = {"key": ctx.pretrain_key, "process": ctx.trial.process, "model": ctx.model_cfg.model_dump()}
+        (out / "meta.json").write_text(json.dumps(meta | {"pretrain": ctx.pretrain_determining}))
+
+    _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.pretrain_key, build, ctx.workdir)
+    if not live:
+        # a cached pretraining's curve is replayed so every trial's run holds it
+        for row in ctx.artifacts.store.read_json(f"pretrain_cache/{ctx.pretrain_key}/history.json"):
+            report.metrics({f"pretrain/{k}": v for k, v in row.items() if k != "step"}, row.get("step", 0))
+    if report.run is not None:
+        report.run.set_tags(
+            {"rayexp.pretrain_key": ctx.pretrain_key, "rayexp.pretrain_cache": "hit" if hit else "miss"}
+        )
+    report.latest["pretrain/cache_hit"] = float(hit)
+
+
+# ---------------------------------------------------------------------------------------------
+# probes
+
+
+def _probe(ctx: TrialContext, phase: str, model, process) -> None:
+    """Probe table, metrics probe/{phase}/{target}/{hook}/{metric} and figures."""
+    from rayexp import probes
+
+    cfg = ctx.trial.probe
+    result = probes.probe_model(
+        model,
+        ctx.artifacts.random_init(),
+        process,
+        n_seq=cfg.n_seq,
+        seq_len=cfg.seq_len,
+        seed=ctx.trial.seed,
+        hooks=cfg.hooks,
+        test_frac=cfg.test_frac,
+        alpha=cfg.alpha,
+    )
+    ctx.artifacts.put_probe_table(result.table, phase)
+    metrics = {}
+    for target in dict.fromkeys(result.table.column("target").to_pylist()):
+        metrics.update({f"probe/{phase}/{target}/{k}": v for k, v in probes.summarize(result.table, target).items()})
+    ctx.report.metrics(metrics, step=0)
+    run = ctx.report.run
+    if run is None:
+        return
+    run.log_table(f"probe_{phase}", result.table)
+    if not cfg.figures:
+        return
+    from rayexp import figures
+
+    hook = probes.CONCAT if ("belief", probes.CONCAT) in result.predictions else model.hook_names[-1]
+    if ("belief", hook) in result.predictions:
+        true, pred = result.held_out("belief", hook)
+        run.log_figure(f"belief_simplex_{phase}", figures.belief_simplex(true, pred, title=f"{phase}: {hook}"))
+    first = phase.replace("post", "pre")
+    if phase.endswith("post") and first in ctx.artifacts.probe_phases():
+        run.log_figure(
+            "probe_skill_by_layer" + ("_rl" if phase.startswith("rl") else ""),
+            figures.skill_by_layer(
+                ctx.artifacts.probe_table(first), result.table, title="probe skill before / after RL"
+            ),
+        )
+
+
+def _probe_both(ctx: TrialContext, when: str, model) -> None:
+    _probe(ctx, when, model, ctx.process)
+    if ctx.env_config["process"] != ctx.trial.process:  # the RL stream differs: probe it too
+        from rayexp.config import build_process
+
+        _probe(ctx, f"rl_{when}", model, build_process(ctx.env_config["process"]))
+
+
+def probe_pre(ctx: TrialContext) -> None:
+    """Belief probes of the pretrained model, on the pretraining process and the RL stream."""
+    _probe_both(ctx, "pre", ctx.artifacts.model_before())
+
+
+def probe_post(ctx: TrialContext) -> None:
+    """The same probes on the post-RL model."""
+    _probe_both(ctx, "post", ctx.artifacts.model_after())
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO
+
+
+def ppo(ctx: TrialContext) -> None:
+    """PPO, resumable inside the stage: its state lives in the trial's Tune checkpoint.
+
+    A retried trial resumes after the last saved iteration; replayed iterations' metrics are only
+    logged if this MLflow run lacks them, so every PPO metric has one point per iteration. Policy
+    checkpoints go to storage every ``ppo.save_every`` iterations, and the final one last.
+    """
+    from rayexp.ppo import saved_iteration, train_ppo
+
+    settings = ctx.ppo_settings
+    report = ctx.report
+    prefix = f"ppo/{ctx.trial.task.name}"
+    last = report.run.last_step(f"{prefix}/env_steps") if report.run is not None else None
+    logged = [-1 if last is None else last]
+
+    def callback(metrics: dict, step: int) -> None:
+        if step <= logged[0]:
+            return  # logged by an earlier attempt of this trial
+        report.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if k != "iteration"}, step)
+        logged[0] = step
+
+    state_dir = ctx.state.dir / "ppo"
+    state_dir.mkdir(exist_ok=True)
+    resumed_after = saved_iteration(state_dir)
+    if resumed_after is not None and report.run is not None:
+        report.run.set_tags({"rayexp.ppo_resumed_after_iteration": resumed_after})
+    out = ctx.workdir / "model_after.pt"
+    train_ppo(
+        settings,
+        ctx.env_config,
+        str(ctx.artifacts.store.local_file(f"pretrain_cache/{ctx.pretrain_key}/model.pt")),
+        str(out),
+        callback,
+        state_dir=state_dir,
+        on_checkpoint=lambda iteration: ctx.snapshot(),
+        on_policy=lambda n, path: ctx.artifacts.put_policy(path, n),
+    )
+    ctx.artifacts.put_policy(out, settings.iterations)
+    if report.run is not None:
+        report.run.log_artifact(out, "weights")
+
+
+# ---------------------------------------------------------------------------------------------
+# rollouts and analyses
+
+
+def rollouts(ctx: TrialContext) -> None:
+    """Episodes of the final policy in the RL env, stored for analyses that need them."""
+    import tempfile
+
+    import numpy as np
+
+    from rayexp.rollouts import collect
+
+    data = collect(ctx.artifacts.model_after(), ctx.env_config, ctx.n_rollouts, seed=ctx.trial.seed + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez_compressed(Path(tmp) / "rollouts.npz", **data)
+        ctx.artifacts.put_rollouts(Path(tmp) / "rollouts.npz")
+    ctx.report.metrics({"rollouts/reward_per_step": float(data["rewards"].mean())}, step=0)
+
+
+def analysis_stage(name: str, params: dict[str, Any]) -> Stage:
+    from rayexp import analyses
+
+    spec = analyses.get(name, "trial")
+
+    def run(ctx: TrialContext) -> None:
+        result = spec.fn(ctx.artifacts, analyses.validate_params(name, params))
+        metrics = {f"analysis/{name}/{k}": v for k, v in result.metrics.items()}
+        ctx.report.metrics(metrics, step=0, once=True)
+        run_ = ctx.report.run
+        if run_ is not None:
+            for tname, table in result.tables.items():
+                run_.log_table(tname, table)
+            for fname, fig in result.figures.items():
+                run_.log_figure(fname, fig)
+        ctx.artifacts.finish_analysis(name, {k: float(v) for k, v in result.metrics.items()})
+
+    return Stage(f"analysis:{name}", run, needs=spec.needs, produces=(f"analyses/{name}",))
+
+
+PIPELINE = (
+    Stage("pretrain", pretrain, needs=(), produces=("model_before", "random_init", "pretrain_checkpoints")),
+    Stage("probe_pre", probe_pre, needs=("model_before", "random_init"), produces=("probe_tables",)),
+    Stage("ppo", ppo, needs=("model_before", "env"), produces=("ppo_checkpoints", "model_after")),
+    Stage("probe_post", probe_post, needs=("model_after", "random_init"), produces=("probe_tables",)),
+)
+ROLLOUTS = Stage("rollouts", rollouts, needs=("model_after", "env"), produces=("rollouts",))
+
+
+#: episodes stored when an analysis needs rollouts and the sweep file asks for fewer
+MIN_ROLLOUTS = 256
+
+
+def rollouts_wanted(trial) -> int:
+    """Episodes of the final policy to store: ``artifacts.rollouts``, raised when an analysis needs them."""
+    from rayexp import analyses
+
+    asked = getattr(getattr(trial, "artifacts", None), "rollouts", 0)
+    needed = any("rollouts" in analyses.get(a.name, "trial").needs for a in trial.analyses)
+    return max(asked, MIN_ROLLOUTS if needed else 0)
+
+
+def stages_for(trial) -> list[Stage]:
+    """The trial's stages in order; each stage's needs are produced by an earlier one."""
+    stages = list(PIPELINE)
+    if rollouts_wanted(trial) > 0:
+        stages.append(ROLLOUTS)
+    stages += [analysis_stage(a.name, a.params) for a in trial.analyses]
+    made = {"env"}
+    for stage in stages:
+        missing = [n for n in stage.needs if n not in made]
+        if missing:
+            raise ValueError(f"stage {stage.name!r} needs {missing}, which no earlier stage produces")
+        made.update(stage.produces)
+    return stages

@@ -1,0 +1,102 @@
+"""What a finished sweep leaves behind, read through rayexp.artifacts; analyses as resumable
+stages; across-trial analyses on the parent run (embedded Ray on 127.0.0.1, tiny models)."""
+
+import os
+import threading
+
+import torch
+from test_sweep import cli, kill_group, tiny_sweep, trial_runs, write_sweep
+
+from rayexp import tracking
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sweep_stores_checkpoints_and_analyze_logs_once(workdir):
+    from models.pretrain import pretrain
+    from models.transformer import Transformer
+    from rayexp.analyze import run_analysis
+    from rayexp.artifacts import find_trials, log_spaced_steps
+    from rayexp.sweep import run_sweep
+    from rayexp.trial import pretrain_config
+
+    sweep = tiny_sweep("stored", ppo_iterations=3)
+    sweep["base"]["ppo"]["save_every"] = 1
+    sweep["base"]["artifacts"] = {"pretrain_checkpoints": 4}
+    sweep["base"]["analyses"] = ["weight_diff", {"name": "policy_kl", "params": {"n_seq": 50}}]
+    sweep["sweep_analyses"] = [{"name": "seed_spread", "params": {"metrics": ["analysis/policy_kl/policy_kl"]}}]
+    outcome = run_sweep(str(write_sweep(workdir, sweep)))
+    assert outcome.errors == 0
+
+    trials = find_trials(str(workdir / "results"), "stored")
+    assert sorted(t.config["task"]["name"] for t in trials) == ["negative_control", "positive_control"]
+    uri = tracking.tracking_uri()
+    c = tracking.client(uri)
+    runs = {r.data.tags["rayexp.trial_key"]: r for r in trial_runs(uri, "stored")}
+    for t in trials:
+        # pretraining: the log-spaced checkpoints are those an independent re-run produces, bit for bit
+        cfg = pretrain_config(t.trial, 1)
+        assert t.pretrain_steps() == log_spaced_steps(30, 4) == cfg.checkpoint_steps
+        again = pretrain(t.process(), t.model_before().cfg, cfg, out_dir=workdir / f"again_{t.key}")
+        for step in t.pretrain_steps():
+            rerun = torch.load(workdir / f"again_{t.key}" / f"step_{step:07d}.pt", weights_only=True)["state_dict"]
+            stored = t.pretrain_checkpoint(step).state_dict()
+            assert all(torch.equal(rerun[k], stored[k]) for k in stored), step
+        assert _same_weights(t.pretrain_checkpoint(0), Transformer(t.model_before().cfg, seed=cfg.seed))
+        assert _same_weights(t.pretrain_checkpoint(30), t.model_before()) and _same_weights(
+            again.model, t.model_before()
+        )
+        # PPO: a policy after every iteration; the last is the model the run logged to MLflow
+        assert t.ppo_iterations() == [1, 2, 3]
+        logged = c.download_artifacts(runs[t.key].info.run_id, "weights/model_after.pt", str(workdir / t.key))
+        from models.checkpoint import load_checkpoint
+
+        assert _same_weights(t.policy(3), load_checkpoint(logged)[0]) and _same_weights(t.model_after(), t.policy(3))
+        assert not _same_weights(t.policy(1), t.model_before())  # PPO moved the weights
+        assert {"pre", "post"} <= set(t.probe_phases())
+        assert t.env_config["process"]["name"] in ("mixture", "interleave")
+        assert t.analysis_metrics("policy_kl")["policy_kl"] >= 0
+        assert t.size_bytes()["trial"] > 0
+
+    # the across-trial analysis ran when the trials finished; running it twice more adds nothing
+    parent = outcome.parent_run_id
+    key = "sweep/seed_spread/negative_control/analysis/policy_kl/policy_kl/mean"
+    assert key in c.get_run(parent).data.metrics
+    for _ in range(2):
+        run_analysis("stored", "seed_spread", {"metrics": ["analysis/policy_kl/policy_kl"]}, ["task"])
+    assert len(c.get_metric_history(parent, key)) == 1
+    names = {m for m in c.get_run(parent).data.metrics if m.startswith("sweep/seed_spread/")}
+    assert all(len(c.get_metric_history(parent, m)) == 1 for m in names) and len(names) == 8
+
+
+def test_trial_killed_in_its_second_analysis_resumes_there(workdir):
+    sweep = tiny_sweep("analyses", ppo_iterations=2, tasks=[{"name": "next", "reward": "next_token"}])
+    sweep["base"]["analyses"] = ["weight_diff", {"name": "policy_kl", "params": {"n_seq": 50}}]
+    path = write_sweep(workdir, sweep)
+    marker = workdir / "killed"
+    proc = cli("run", str(path), cwd=workdir, env={**os.environ, "RAYEXP_KILL_AT": f"analysis:policy_kl@{marker}"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=400)
+        reader.join(timeout=30)
+    finally:
+        kill_group(proc)
+    out = "".join(lines)
+    assert proc.returncode == 0, out
+    assert marker.exists() and "FAILED" in out, out  # the worker died once, in the second analysis
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    (run,) = trial_runs(uri, "analyses")
+    assert run.info.status == "FINISHED" and run.data.tags["rayexp.resumed_after"] == "analysis:weight_diff"
+    c = tracking.client(uri)
+    # the first analysis was not run again (its stage time has one point), and every metric has one point
+    assert len(c.get_metric_history(run.info.run_id, "time/analysis_weight_diff_s")) == 1
+    for key in run.data.metrics:
+        if key.startswith(("analysis/", "probe/", "ppo/")):
+            assert len(c.get_metric_history(run.info.run_id, key)) == 1 or key.startswith("ppo/"), key
+    assert "analysis/policy_kl/policy_kl" in run.data.metrics
+    assert "analysis:policy_kl done (6/6)" in out  # one progress line per stage, by name
