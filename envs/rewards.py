@@ -272,6 +272,11 @@ class Implies(Reward):
         if self.params["every_step"] is not True and self.params["every_step"] is not False:
             raise ValueError(f"reward 'implies': every_step must be true or false; got {self.params['every_step']!r}")
 
+    @property
+    def gate(self) -> int:
+        """Index of the scored noisy AND gate among the composition's factors (0 for a plain gate)."""
+        return self._gate
+
     def default_action_tokens(self):
         layout = self.hmm.layout
         if layout is None:
