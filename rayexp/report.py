@@ -77,14 +77,18 @@ def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
 
     written = []
     labels = [f"{r['task']}\nseed {r['seed']}" for r in rows]
-    pre = np.array([r["skill pre"] if r["skill pre"] is not None else np.nan for r in rows], dtype=float)
-    post = np.array([r["skill post"] if r["skill post"] is not None else np.nan for r in rows], dtype=float)
+
+    def skill(run, phase: str) -> float:
+        return run.data.metrics.get(f"probe/{phase}/belief/concat_resid/skill", np.nan)
+
+    pre = np.array([skill(run, "pre") for run in runs], dtype=float)
+    post = np.array([skill(run, "post") for run in runs], dtype=float)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
     x = np.arange(len(rows))
     ax.bar(x - 0.2, pre, 0.4, label="before RL")
     ax.bar(x + 0.2, post, 0.4, label="after RL")
     ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel("belief probe skill (concat)")
+    ax.set_ylabel("joint-belief probe skill\n(all layers, pretraining process)")
     ax.legend()
     fig.tight_layout()
     written.append(out / "probe_skill_pre_post.png")
@@ -108,6 +112,39 @@ def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
     return written
 
 
+VERDICT_COLUMNS = ("process", "task", "n_seeds", "score", "score_ci_low", "score_ci_high", "verdict")
+
+
+def verdict_rows(uri: str, parent: str) -> list[dict]:
+    """The verdict table of a sweep: one row per (process, task) group that the across-trial
+    ``verdict`` analysis logged on the parent run (empty when it never ran)."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    c = tracking.client(uri)
+    names = [a.path for a in c.list_artifacts(parent, "sweep/verdict") if a.path.endswith("__verdict.parquet")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(names):
+            rows += pq.read_table(c.download_artifacts(parent, name, tmp)).to_pylist()
+    first = [k for k in VERDICT_COLUMNS if rows and k in rows[0]]
+    return [{k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first} for r in rows]
+
+
+def print_verdicts(rows: list[dict], file=sys.stdout) -> None:
+    if rows:
+        brief = [{k: r[k] for k in (*VERDICT_COLUMNS, "reason") if k in r} for r in rows]
+        print("\nverdict (rule: README, 'Reading a verdict'):\n" + format_table(brief), file=file)
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def report(experiment: str, out_dir: str | None = None, parent: str | None = None, file=sys.stdout) -> int:
     uri = tracking.tracking_uri()
     parent, rows, runs = trial_rows(uri, experiment, parent)
@@ -116,11 +153,53 @@ def report(experiment: str, out_dir: str | None = None, parent: str | None = Non
     out = Path(out_dir or f"report_{experiment}")
     out.mkdir(parents=True, exist_ok=True)
     if rows:
-        with open(out / "report.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(rows, out / "report.csv")
         for path in _figures(uri, rows, runs, out):
             print(f"figure: {path}", file=file)
     print(f"table: {out / 'report.csv'}", file=file)
+    verdicts = verdict_rows(uri, parent)
+    if verdicts:
+        print_verdicts(verdicts, file)
+        _write_csv(verdicts, out / "verdict.csv")
+        print(f"table: {out / 'verdict.csv'}", file=file)
+        print(f"figure: {verdict_figure(runs, out / 'verdict_signals.png')}", file=file)
     return 0
+
+
+#: the verdict's signals as trial metrics, drawn per task with seeds as points
+VERDICT_SIGNALS = {
+    "kappa (composed, post)": "analysis/composition/composed/post",
+    "reweighting R^2 (post)": "analysis/composition/reweighting_r2/post",
+    "greedy margin (post)": "analysis/composition/margin_greedy/post",
+    "interaction (post)": "analysis/composition/interaction/post",
+    "kappa (perturbed null)": "analysis/composition/composed/perturbed",
+}
+
+
+def verdict_figure(runs: list, path: Path) -> Path:
+    """Each verdict signal per (process, task), controls side by side, every seed a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = sorted({(r.data.tags.get("rayexp.process", "?"), r.data.tags.get("rayexp.task", "?")) for r in runs})
+    fig, axes = plt.subplots(1, len(VERDICT_SIGNALS), figsize=(3.2 * len(VERDICT_SIGNALS), 3.6), squeeze=False)
+    for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
+        for i, g in enumerate(groups):
+            vals = [
+                r.data.metrics[key]
+                for r in runs
+                if (r.data.tags.get("rayexp.process"), r.data.tags.get("rayexp.task")) == g and key in r.data.metrics
+            ]
+            ax.plot(i + np.linspace(-0.12, 0.12, len(vals)) if vals else [], vals, "o", alpha=0.7)
+            if vals:
+                ax.plot([i - 0.25, i + 0.25], [np.mean(vals)] * 2, "k-")
+        ax.set_xticks(range(len(groups)), [f"{t}\n{p[:18]}" for p, t in groups], rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.axhline(0, color="k", lw=0.4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -14,24 +14,26 @@ last stage checkpoint. The sweep's MLflow parent run id is stored beside it
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayexp.config import SweepConfig, SweepError, check_cluster, flatten, load_sweep
+from rayexp.config import SweepConfig, SweepError, check_cluster, flatten, load_sweep, process_label
 from rayexp.ray_local import connect
 
 MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 SUMMARY_COLUMNS = (
     ("pretrain/loss_gap", "pretrain gap"),
-    ("probe/pre/belief/concat_resid/skill", "skill pre"),
-    ("probe/post/belief/concat_resid/skill", "skill post"),
     ("ppo/{task}/reward_per_step", "reward/step"),
+    ("analysis/composition/reward/post/greedy", "greedy reward"),
+    ("analysis/composition/ceiling/optimum", "optimum"),
+    ("analysis/composition/composed/post", "kappa"),
+    ("analysis/composition/reweighting_r2/post", "R2 rewt"),
     ("ppo/{task}/approx_kl", "approx_kl"),
     ("analysis/weight_diff/rel_frobenius", "|dW|/|W|"),
-    ("analysis/weight_diff/frac_changed", "frac changed"),
 )
 
 
@@ -127,7 +129,11 @@ def _progress_callback():
 
         def _say(self, trial, what: str) -> None:
             cfg = trial.config
-            label = f"{cfg['task']['name']} {json.dumps(cfg.get('axes') or {}, default=str)}"
+            axes = " ".join(
+                f"{k}={process_label(v) if isinstance(v, dict) and 'name' in v else v}"
+                for k, v in (cfg.get("axes") or {}).items()
+            )
+            label = f"{cfg['task']['name']} {axes}".rstrip()
             print(f"[{time.time() - self.t0:7.1f}s] {trial.trial_id} {label}: {what}", flush=True)
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -255,6 +261,10 @@ def run_sweep(
         from rayexp.trial import run_trial
 
         trainable = tune.with_resources(run_trial, _resources(sweep))
+        if progress and not verbose:
+            # Tune's own reporter prints its experiment banner and tables even at verbose 0; its
+            # legacy reporter at verbose 0 prints nothing, leaving rayexp's one line per stage
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         exp_path = f"{storage.rstrip('/')}/{sweep.name}"
         space = param_space(sweep, meta)
         if resume and tune.Tuner.can_restore(exp_path):
@@ -314,6 +324,9 @@ def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:
         f"MLflow parent run {outcome.parent_run_id}.",
         file=file,
     )
+    from rayexp.report import print_verdicts, verdict_rows
+
+    print_verdicts(verdict_rows(outcome.tracking_uri, outcome.parent_run_id), file)
     uri = outcome.tracking_uri
     if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).parent == Path.cwd():
         uri = "sqlite:///mlflow.db"

@@ -14,6 +14,7 @@ first grid point of a sweep in this process (tune.report becomes a print).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -228,6 +229,11 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     from rayexp.stages import rollouts_wanted, stages_for
 
     meta = config["meta"]
+    if meta.get("quiet_checkpoints", True):
+        # Tune logs a line per reported checkpoint (one per stage and PPO iteration here); the
+        # driver prints one line per finished stage instead
+        for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     trial = resolve_trial(config["base"], config["task"], config.get("axes", {}))
     facts = check_trial(trial)
     use_tune = meta.get("use_tune", True)
