@@ -129,10 +129,7 @@ def _progress_callback():
 
         def _say(self, trial, what: str) -> None:
             cfg = trial.config
-            axes = " ".join(
-                f"{k}={process_label(v) if isinstance(v, dict) and 'name' in v else v}"
-                for k, v in (cfg.get("axes") or {}).items()
-            )
+            axes = " ".join(f"{k}={_axis_value(v)}" for k, v in (cfg.get("axes") or {}).items())
             label = f"{cfg['task']['name']} {axes}".rstrip()
             print(f"[{time.time() - self.t0:7.1f}s] {trial.trial_id} {label}: {what}", flush=True)
 
@@ -158,6 +155,11 @@ def _progress_callback():
     return Progress()
 
 
+def _axis_value(value: Any) -> Any:
+    """A process spec as its short label (mixture(mess3,rrxor)), anything else as it is."""
+    return process_label(value) if isinstance(value, dict) and "name" in value else value
+
+
 def _row(result, sweep: SweepConfig) -> dict[str, Any]:
     cfg = result.config or {}
     metrics = result.metrics or {}
@@ -167,7 +169,7 @@ def _row(result, sweep: SweepConfig) -> dict[str, Any]:
         "trial": metrics.get("trial_id", "?"),
         "task": task,
         "seed": axes.get("seed", (cfg.get("base") or {}).get("seed")),
-        **{k: v for k, v in axes.items() if k != "seed"},
+        **{k: _axis_value(v) for k, v in axes.items() if k != "seed"},
         "status": "ERROR" if result.error else "OK",
     }
     for key, label in SUMMARY_COLUMNS:
