@@ -41,7 +41,7 @@ def test_every_command_has_help(command, capsys):
 def test_python_m_validates_a_shipped_sweep():
     proc = run("validate", "sweeps/quickstart.yaml")
     assert proc.returncode == 0, proc.stderr
-    assert "ok: sweep 'quickstart', 2 trials" in proc.stdout
+    assert "ok: sweep 'quickstart', 3 trials" in proc.stdout
 
 
 def test_python_m_bad_file_one_line_exit_2(tmp_path):
