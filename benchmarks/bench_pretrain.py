@@ -1,17 +1,22 @@
-"""Pretraining throughput against the machine's fp32 matmul bound and a plain nn.MultiheadAttention loop.
+"""Pretraining throughput in fp32 and bf16 against the machine's matmul bounds and a plain nn.MultiheadAttention loop.
 
 How to run::
 
-    python benchmarks/bench_pretrain.py                 # 2 threads, 3 interleaved rounds
+    python benchmarks/bench_pretrain.py                 # 2 threads, 3 interleaved rounds, fp32 and bf16
     python benchmarks/bench_pretrain.py --rounds 3 --batch 512 --compile
+    python benchmarks/bench_pretrain.py --rounds 1 --tokens 20000 --batch 64    # smoke run, well under a minute
 
-What to expect: a table with the measured fp32 matmul peak, the bound it implies
+What to expect: a table with the measured fp32 and bf16 matmul peaks, the bound each implies
 (peak / (6 x matmul parameters) tokens/s: training costs ~6 FLOPs per weight per token),
-``models.pretrain`` tokens/s and a plain loop's tokens/s, with ratios, and the ceiling: the same
-step's matrix products run alone on the model's shapes (d_model 64 products do not reach the
-1024^3 peak, so no implementation on the same BLAS reaches share 1). The machine is shared, so
-each timing window is paired with matmul probes run just before and after it, and the shares
-of the bound (median over windows) and their ratio matter more than the absolute numbers.
+``models.pretrain`` tokens/s in each precision (``PretrainConfig.precision``) with its share of
+that precision's bound, the bf16 / fp32 speed-up, a plain fp32 loop's tokens/s, and the
+ceilings: the same step's matrix products run alone on the model's shapes (d_model 64 products
+do not reach the 1024^3 peak, so no implementation on the same BLAS reaches share 1). On a CPU
+with bf16 matrix units (Intel AMX) bf16 should train >= 1.7x faster than fp32; elsewhere the
+bf16 row says whether ``auto`` (which keeps those machines on fp32) leaves speed unused. The
+machine is shared, so each timing window is paired with matmul probes of its precision run just
+before and after it, and the shares of the bound (median over windows) and their ratios matter
+more than the absolute numbers.
 
 The model is the Mess3 model of the brief: 4 layers, d_model 64, context 10, d_mlp 256, with
 4 heads x 16 so that nn.MultiheadAttention (which needs d_head = d_model / n_heads) builds
@@ -30,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.processes import mess3
-from models.pretrain import PretrainConfig, pretrain
+from models.pretrain import PretrainConfig, has_bf16_matmul_units, pretrain, resolve_precision
 from models.transformer import Transformer, TransformerConfig
 
 MODEL = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=10, d_vocab=3)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def matmul_peak_gflops(n: int = 1024, reps: int = 5, tries: int = 3, dtype=torch.float32, device="cpu") -> float:
@@ -85,37 +91,40 @@ def paired_shares(windows: list[float], peaks: list[float], n_params: int) -> li
     return [w * 6 * n_params / (max(peaks[i], peaks[i + 1]) * 1e9) for i, w in enumerate(windows)]
 
 
-def timed_windows(step, tokens_per_step: int, steps: int, windows: int, peaks: list[float]) -> list[float]:
+def timed_windows(
+    step, tokens_per_step: int, steps: int, windows: int, peaks: list[float], dtype=torch.float32
+) -> list[float]:
     """Tokens/s of ``steps`` calls of ``step`` per window; window 0 warms up and is dropped.
 
-    A matmul peak probe runs before window 1 and after every timed window, so ``peaks[i]`` and
-    ``peaks[i + 1]`` bracket window i (see :func:`paired_shares`).
+    A ``dtype`` matmul peak probe runs before window 1 and after every timed window, so ``peaks[i]``
+    and ``peaks[i + 1]`` bracket window i (see :func:`paired_shares`).
     """
     out = []
     for w in range(windows + 1):
         if w == 1:
-            peaks.append(matmul_peak_gflops())
+            peaks.append(matmul_peak_gflops(dtype=dtype))
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
         if w >= 1:
             out.append(tokens_per_step * steps / (time.perf_counter() - t0))
-            peaks.append(matmul_peak_gflops())
+            peaks.append(matmul_peak_gflops(dtype=dtype))
     return out
 
 
-def matmul_only_windows(batch: int, steps: int, windows: int, peaks: list[float]) -> list[float]:
-    """The matrix products of one training step and nothing else: tokens/s per window.
+def matmul_only_windows(batch: int, steps: int, windows: int, peaks: list[float], dtype=torch.float32) -> list[float]:
+    """The matrix products of one training step in ``dtype`` and nothing else: tokens/s per window.
 
     Forward ``addmm`` (bias included) and the two backward products (input and weight gradients)
-    of every ``nn.Linear`` of the model, on distinct buffers of the real shapes. No
-    implementation that calls the same BLAS can do better, so this is the practical ceiling
-    that the share of the bound should be read against.
+    of every ``nn.Linear`` of the model, on distinct buffers of the real shapes (already in
+    ``dtype``: no autocast casts). No implementation that calls the same BLAS can do better, so
+    this is the practical ceiling that the share of the bound should be read against.
     """
     model, n = Transformer(MODEL), batch * MODEL.n_ctx
     shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
     layers = [
-        (torch.randn(o, i) * 0.05, torch.zeros(o), torch.randn(n, i), torch.randn(n, o)) for i, o in shapes
+        tuple(t.to(dtype) for t in (torch.randn(o, i) * 0.05, torch.zeros(o), torch.randn(n, i), torch.randn(n, o)))
+        for i, o in shapes
     ]  # weight, bias, input, output gradient
 
     def step() -> None:
@@ -125,7 +134,7 @@ def matmul_only_windows(batch: int, steps: int, windows: int, peaks: list[float]
             dy.t() @ x  # weight gradient
             dy @ w  # input gradient
 
-    return timed_windows(step, n, steps, windows, peaks)
+    return timed_windows(step, n, steps, windows, peaks, dtype)
 
 
 def plain_windows(process, batch: int, steps: int, windows: int, peaks: list[float], seed: int = 0) -> list[float]:
@@ -149,8 +158,10 @@ def plain_windows(process, batch: int, steps: int, windows: int, peaks: list[flo
     return timed_windows(step, batch * T, steps, windows, peaks)
 
 
-def ours_windows(process, batch, steps, windows, peaks, compile=False, device="cpu", threads=2) -> list[float]:
-    """Tokens/s per reporting window of a real ``pretrain`` run; a matmul probe runs between windows."""
+def ours_windows(
+    process, batch, steps, windows, peaks, compile=False, device="cpu", threads=2, precision="fp32"
+) -> list[float]:
+    """Tokens/s per reporting window of a real ``pretrain`` run; a matmul probe (its precision) runs between windows."""
     cfg = PretrainConfig(
         steps=steps * (windows + 1),
         batch_size=batch,
@@ -160,8 +171,10 @@ def ours_windows(process, batch, steps, windows, peaks, compile=False, device="c
         device=device,
         num_threads=threads,
         optimal_loss_samples=1000,
+        precision=precision,
     )
-    probe = (lambda: None) if device == "cuda" else (lambda: peaks.append(matmul_peak_gflops()))
+    dtype = DTYPES[precision]
+    probe = (lambda: None) if device == "cuda" else (lambda: peaks.append(matmul_peak_gflops(dtype=dtype)))
     res = pretrain(process, MODEL, cfg, callback=lambda metrics, step: probe())  # callbacks run between windows
     return [h["tokens_per_s"] for h in res.history[1:]]  # window 0 pays for warm-up; peaks[i] follows window i
 
@@ -173,7 +186,11 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=PretrainConfig().batch_size)
     ap.add_argument("--tokens", type=int, default=100_000, help="tokens per timing window (3 windows per round)")
     ap.add_argument("--compile", action="store_true", help="benchmark models.pretrain with compile=True")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated PretrainConfig.precision values")
     args = ap.parse_args(argv)
+    precisions = args.precisions.split(",")
+    if unknown := set(precisions) - set(DTYPES):
+        ap.error(f"unknown precisions {sorted(unknown)}; valid: {sorted(DTYPES)}")
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # the plain loop gets the same denormal handling as ours
@@ -183,56 +200,75 @@ def main(argv=None) -> None:
     n_plain = sum(p.numel() for p in PlainLM(MODEL).parameters())
     assert n_plain == n_all, (n_plain, n_all)  # same sizes, so the same bound applies to both
     steps = max(4, args.tokens // (args.batch * MODEL.n_ctx))  # per window
-    ours, plain, ours_share, plain_share, ceil_share = [], [], [], [], []
-    for r in range(args.rounds):  # interleaved rounds: load from other jobs hits both alike
-        peaks: list[float] = []
-        w = ours_windows(process, args.batch, steps, 3, peaks, args.compile, threads=args.threads)
-        ours += w
-        ours_share += paired_shares(w, peaks, n_mm)
+    ours = {p: [] for p in precisions}  # tokens/s per window
+    ours_share = {p: [] for p in precisions}  # share of that precision's bound per window
+    ceil_share = {p: [] for p in precisions}
+    plain, plain_share = [], []
+    for r in range(args.rounds):  # interleaved rounds: load from other jobs hits every contender alike
+        for prec in precisions:
+            peaks: list[float] = []
+            w = ours_windows(process, args.batch, steps, 3, peaks, args.compile, threads=args.threads, precision=prec)
+            ours[prec] += w
+            ours_share[prec] += paired_shares(w, peaks, n_mm)
         peaks = []
         w = plain_windows(process, args.batch, steps, 3, peaks)
         plain += w
         plain_share += paired_shares(w, peaks, n_mm)
-        peaks = []
-        ceil_share += paired_shares(matmul_only_windows(args.batch, steps, 3, peaks), peaks, n_mm)
-        print(
-            f"round {r + 1}/{args.rounds}: ours {max(ours):,.0f} tok/s (median share {median(ours_share):.2f}), "
-            f"plain {max(plain):,.0f} tok/s (median share {median(plain_share):.2f}), "
-            f"matmuls alone: median share {median(ceil_share):.2f}"
-        )
-    peak = matmul_peak_gflops(reps=20)
-    bound = peak * 1e9 / (6 * n_mm)
-    so, sp = median(ours_share), median(plain_share)
-    rows = [
-        ("fp32 matmul peak (1024^3 torch.mm, now)", f"{peak:,.1f} GFLOP/s", ""),
-        ("bound = peak / (6 x matmul params)", f"{bound:,.0f} tok/s", f"params {n_mm:,} (all {n_all:,})"),
-        (
-            "models.pretrain (best window)",
-            f"{max(ours):,.0f} tok/s",
-            f"share of bound {so:.2f} median / {max(ours_share):.2f} best; {so / sp:.2f}x plain (median shares)",
-        ),
-        (
-            "the step's matmuls alone (ceiling)",
-            f"{median(ceil_share) * bound:,.0f} tok/s",
+        for prec in precisions:
+            peaks = []
+            ceil_share[prec] += paired_shares(
+                matmul_only_windows(args.batch, steps, 3, peaks, DTYPES[prec]), peaks, n_mm
+            )
+        line = ", ".join(f"ours {p} {max(ours[p]):,.0f} tok/s (median share {median(ours_share[p]):.2f})" for p in ours)
+        print(f"round {r + 1}/{args.rounds}: {line}, plain {max(plain):,.0f} tok/s (share {median(plain_share):.2f})")
+
+    sp = median(plain_share)
+    rows = []
+    for prec in precisions:
+        peak = matmul_peak_gflops(reps=20, dtype=DTYPES[prec])
+        bound = peak * 1e9 / (6 * n_mm)
+        so, sc = median(ours_share[prec]), median(ceil_share[prec])
+        if prec == "fp32":  # same bound as the plain loop: compare the load-paired shares
+            versus_plain = f"{so / sp:.2f}x plain (median shares)"
+        else:
+            versus_plain = f"{median(ours[prec]) / median(plain):.2f}x plain (median tok/s)"
+        rows += [
+            (f"{prec} matmul peak (1024^3 torch.mm, now)", f"{peak:,.1f} GFLOP/s", ""),
+            (f"{prec} bound = peak / (6 x matmul params)", f"{bound:,.0f} tok/s", f"params {n_mm:,} (all {n_all:,})"),
             (
-                f"share of bound {median(ceil_share):.2f} median / {max(ceil_share):.2f} best; "
-                f"ours reaches {so / median(ceil_share):.2f} of it"
+                f"models.pretrain {prec} (best window)",
+                f"{max(ours[prec]):,.0f} tok/s",
+                f"share of {prec} bound {so:.2f} median / {max(ours_share[prec]):.2f} best; {versus_plain}",
             ),
-        ),
+            (
+                f"{prec}: the step's matmuls alone (ceiling)",
+                f"{sc * bound:,.0f} tok/s",
+                f"share of {prec} bound {sc:.2f} median / {max(ceil_share[prec]):.2f} best; ours reaches {so / sc:.2f}",
+            ),
+        ]
+    if {"fp32", "bf16"} <= set(precisions):
+        speedup = median(ours["bf16"]) / median(ours["fp32"])
+        rows.append(("models.pretrain bf16 / fp32", f"{speedup:.2f}x", "median tok/s over the interleaved windows"))
+    rows.append(
         (
-            "plain nn.MultiheadAttention (best window)",
+            "plain nn.MultiheadAttention fp32 (best window)",
             f"{max(plain):,.0f} tok/s",
-            f"share of bound {sp:.2f} median / {max(plain_share):.2f} best",
-        ),
-    ]
+            f"share of fp32 bound {sp:.2f} median / {max(plain_share):.2f} best",
+        )
+    )
+    auto = resolve_precision(PretrainConfig(device="cpu"))
+    units = "bf16 matrix units detected" if has_bf16_matmul_units(torch.device("cpu")) else "no bf16 matrix units"
+    rows.append(("precision auto on this CPU", auto, units))
     if torch.cuda.is_available():
         bf16 = matmul_peak_gflops(n=8192, reps=20, dtype=torch.bfloat16, device="cuda")
         gpu_batch = 8192
-        gpu = max(ours_windows(process, gpu_batch, 100, 3, [], args.compile, device="cuda", threads=None))
+        gpu = max(
+            ours_windows(process, gpu_batch, 100, 3, [], args.compile, device="cuda", threads=None, precision="bf16")
+        )
         share = gpu * 6 * n_mm / (bf16 * 1e9)
         rows += [
             ("GPU bf16 matmul peak (8192^3)", f"{bf16:,.0f} GFLOP/s", ""),
-            (f"models.pretrain on GPU (batch {gpu_batch})", f"{gpu:,.0f} tok/s", f"{share:.3f} of bf16 peak"),
+            (f"models.pretrain on GPU, bf16 (batch {gpu_batch})", f"{gpu:,.0f} tok/s", f"{share:.3f} of bf16 peak"),
         ]
     print(
         f"\nMess3 model {MODEL.n_layers}L d{MODEL.d_model} {MODEL.n_heads}x{MODEL.d_head} ctx {MODEL.n_ctx}, "

@@ -166,15 +166,18 @@ class _CausalAttention(torch.autograd.Function):
 
 
 def causal_attention(qkv: torch.Tensor, n_heads: int, d_head: int) -> torch.Tensor:
-    """``(B, T, 3*H*E)`` fused q, k, v -> ``(B, T, H*E)`` heads merged; differentiable.
+    """``(B, T, 3*H*E)`` fused q, k, v -> ``(B, T, H*E)`` heads merged, in ``qkv``'s dtype; differentiable.
 
-    Uses the numba kernels for float32 CPU tensors and ``F.scaled_dot_product_attention``
-    otherwise (CUDA, other dtypes, inside torch.compile). The kernels are differentiable once
-    (no double backward).
+    Uses the numba kernels for float32 and bfloat16 CPU tensors and ``F.scaled_dot_product_attention``
+    otherwise (CUDA, other dtypes, inside torch.compile). A bfloat16 qkv (what a bf16-autocast
+    product returns) is attended in float32 and the result cast back: mixed precision keeps the
+    softmax in float32, and SDPA's fixed costs on short contexts (above) are what the kernels avoid.
+    The kernels are differentiable once (no double backward).
     """
     B, T, _ = qkv.shape
-    if qkv.device.type == "cpu" and qkv.dtype == torch.float32 and not torch.compiler.is_compiling():
-        return _CausalAttention.apply(qkv, n_heads, d_head)
+    kernel_dtype = qkv.dtype in (torch.float32, torch.bfloat16)
+    if qkv.device.type == "cpu" and kernel_dtype and not torch.compiler.is_compiling():
+        return _CausalAttention.apply(qkv.float(), n_heads, d_head).to(qkv.dtype)
     q, k, v = qkv.view(B, T, 3, n_heads, d_head).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, E)
     z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, E)
     return z.transpose(1, 2).reshape(B, T, n_heads * d_head)

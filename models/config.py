@@ -88,6 +88,14 @@ class PretrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     num_threads: int | None = Field(2, ge=1, description="CPU cores to train on; None = torch's current setting")
     compile: bool = Field(False, description="torch.compile forward + backward (measured slower on CPU for this model)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description=(
+            "bf16: matrix products in bf16 (autocast), with weights, optimizer state, LayerNorm, attention softmax "
+            "and the loss in fp32; fp32: everything fp32; auto = bf16 where the device has bf16 matrix units "
+            "(CUDA compute capability >= 8, x86 AMX-BF16), else fp32. The resolved value is logged and keyed"
+        ),
+    )
     progress: bool | None = Field(None, description="tqdm bar; None = only on a TTY and for >= 500 steps")
     optimal_loss_samples: int = Field(
         20000, ge=100, description="Monte-Carlo sequences for the optimal loss when the process has no exact one"

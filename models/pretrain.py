@@ -10,9 +10,11 @@ How to run::
 What to expect: on 2 CPU cores the 4-layer d_model 64 Mess3 model trains at ~0.4 of the machine's
 fp32 matmul bound, where the step's matrix products alone reach ~0.65 (benchmarks/bench_pretrain.py);
 a d_model 128 model spends more of its step in large products (~100 GFLOP/s, 0.55-0.6 of the bound,
-for the RRXOR reproduction). The loss approaches the process's optimal loss (the mean
-conditional entropy of the next token given the exact belief), and ``history[-1]["loss_gap"]``
-says how far it still is, in nats per token.
+for the RRXOR reproduction). That is fp32; ``precision`` (default ``auto``) runs the matrix products
+in bf16 where the device has bf16 matrix units (GPUs; Intel AMX, where the step's products run
+3-4x faster than in fp32) and keeps the weights, optimizer state, LayerNorm, softmax and loss in fp32. The loss approaches
+the process's optimal loss (the mean conditional entropy of the next token given the exact
+belief), and ``history[-1]["loss_gap"]`` says how far it still is, in nats per token.
 
 Every batch is a fresh sample (no fixed dataset), drawn in large chunks ahead of the training
 steps from a generator seeded by ``seed``, so the data stream, the initialisation and
@@ -27,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +45,13 @@ from models.transformer import Transformer, TransformerConfig
 @dataclass
 class PretrainResult:
     model: Transformer
-    history: list[dict] = field(default_factory=list)  # {step, loss, optimal_loss, loss_gap, tokens_per_s, lr}
+    # {step, loss, optimal_loss, loss_gap, tokens_per_s, lr, precision}
+    history: list[dict] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     optimal_loss: float = float("nan")  # nats/token, averaged over predicted positions
     tokens_per_s: float = 0.0  # whole run, wall clock, including compilation and the first steps
     wall_s: float = 0.0
+    precision: str = "fp32"  # the resolved PretrainConfig.precision: "fp32" or "bf16"
 
 
 def optimal_loss_by_position(process, seq_len: int, samples: int = 20000, seed: int = 0) -> np.ndarray:
@@ -117,6 +121,49 @@ def _cpu_settings(num_threads: int | None):
         torch.set_flush_denormal(False)
 
 
+def has_bf16_matmul_units(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware, well above its fp32 rate.
+
+    CUDA: compute capability >= 8 (tensor cores with bf16). CPU: x86 AMX-BF16 (Intel Xeon since
+    Sapphire Rapids: 565-743 GFLOP/s on the step's shapes in bf16 against 141-212 in fp32, 2
+    threads) or the AVX-512 bf16 dot product (AMD Zen 4: benchmarks/bench_pretrain.py measured the
+    Mess3 model's whole training step 1.43x faster in bf16 than in fp32 on 2 cores, bf16 1024^3 peak
+    416 GFLOP/s against 186). Other CPUs (AVX2 only) would emulate bf16 and stay on fp32. Tests
+    monkeypatch this function.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
+        return False
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.9
+    if capabilities is not None:
+        found = capabilities()
+        return bool(found.get("amx_bf16", False) or found.get("avx512_bf16", False))
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(cfg: PretrainConfig) -> torch.device:
+    """The device ``pretrain`` trains on: ``cfg.device``, with ``auto`` = cuda when available, else cpu."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_precision(cfg: PretrainConfig) -> str:
+    """``"fp32"`` or ``"bf16"``: ``cfg.precision``, with ``auto`` resolved for the device the run trains on.
+
+    The resolved value, not ``auto``, belongs in logs and cache keys: ``auto`` trains differently on
+    machines with and without bf16 matrix units.
+    """
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if has_bf16_matmul_units(resolve_device(cfg)) else "fp32"
+
+
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -152,17 +199,16 @@ def pretrain(
         raise ValueError(f"process emits {process.vocab_size} tokens but d_vocab={model_cfg.d_vocab}")
     if cfg.checkpoint_steps and out_dir is None:
         raise ValueError("checkpoint_steps needs out_dir")
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    device = resolve_device(cfg)
     cuda = device.type == "cuda"
+    precision = resolve_precision(cfg)
+    cfg = cfg.model_copy(update={"precision": precision})  # checkpoints log the resolved setting
 
     opt_by_pos = optimal_loss_by_position(process, seq_len, cfg.optimal_loss_samples, seed=cfg.seed + 1)
     optimal = float(opt_by_pos.mean())
     meta = {"process": _process_meta(process), "process_spec": process_spec, "pretrain": cfg.model_dump()}
     out = Path(out_dir) if out_dir is not None else None
-    result = PretrainResult(model=None, optimal_loss=optimal)  # type: ignore[arg-type]
+    result = PretrainResult(model=None, optimal_loss=optimal, precision=precision)  # type: ignore[arg-type]
 
     if not cuda:
         _keep_freed_memory()
@@ -179,7 +225,11 @@ def pretrain(
         params = list(model.parameters())
 
         def compute_loss(batch: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+            # bf16 autocasts only the matrix products: the residual stream stays fp32 (a bf16 product
+            # added to it promotes), so LayerNorm sees fp32 and returns fp32, and the CPU attention
+            # kernel takes its input back to fp32 (models/_attention.py). Parameters, their accumulated
+            # gradients and the optimizer state stay fp32.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(batch[:, :-1])  # (B, T, V)
             return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
 
@@ -232,6 +282,7 @@ def pretrain(
                         "loss_gap": loss - optimal,
                         "tokens_per_s": window_steps * cfg.batch_size * seq_len / (now - window_start),
                         "lr": lr,
+                        "precision": precision,
                     }
                     result.history.append(metrics)
                     if callback is not None:

@@ -10,6 +10,7 @@ Implementations import torch and RLlib inside the functions: the driver never ne
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,11 @@ def pretrain(ctx: TrialContext) -> None:
             report.metrics({f"pretrain/{k}": v for k, v in row.items() if k != "step"}, row.get("step", 0))
     if report.run is not None:
         report.run.set_tags(
-            {"rayexp.pretrain_key": ctx.pretrain_key, "rayexp.pretrain_cache": "hit" if hit else "miss"}
+            {
+                "rayexp.pretrain_key": ctx.pretrain_key,
+                "rayexp.pretrain_cache": "hit" if hit else "miss",
+                "rayexp.pretrain_precision": ctx.pretrain_determining["precision"],  # auto, resolved
+            }
         )
     report.latest["pretrain/cache_hit"] = float(hit)
 
@@ -182,6 +187,9 @@ def ppo(ctx: TrialContext) -> None:
     ctx.artifacts.put_policy(out, settings.iterations)
     if report.run is not None:
         report.run.log_artifact(out, "weights")
+    # the policy is stored; RLlib's resumable state (~10 MB with Adam's moments) would otherwise ride
+    # along in every later Tune checkpoint of the trial
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -165,8 +165,13 @@ class TrialContext:
 
     @cached_property
     def pretrain_determining(self) -> dict[str, Any]:
-        # threads, progress bars and the device do not change the result, so they stay out of the key
-        return self.pre_cfg.model_dump(exclude={"num_threads", "progress", "device", "compile"})
+        # threads, progress bars and the device do not change the result, so they stay out of the key;
+        # the precision does, and `auto` means bf16 on one machine and fp32 on another, so the key
+        # holds the precision this worker resolves it to
+        from models.pretrain import resolve_precision
+
+        determining = self.pre_cfg.model_dump(exclude={"num_threads", "progress", "device", "compile"})
+        return determining | {"precision": resolve_precision(self.pre_cfg)}
 
     @cached_property
     def pretrain_key(self) -> str:

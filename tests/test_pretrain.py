@@ -67,6 +67,7 @@ def test_sgd_constant_schedule_checkpoints_and_callback(tmp_path):
     assert {p.name for p in res.checkpoints} == {"step_0000000.pt", "step_0000010.pt", "final.pt"}
     model, extra = load_checkpoint(tmp_path / "step_0000010.pt")
     assert extra["step"] == 10 and extra["process_spec"]["a"] == 0.85 and extra["pretrain"]["optimizer"] == "sgd"
+    assert extra["pretrain"]["precision"] == res.precision in ("fp32", "bf16")  # resolved, never "auto"
     final, extra = load_checkpoint(tmp_path / "final.pt")
     assert extra["step"] == 20
     x = torch.randint(0, 3, (4, 8))
