@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rayexp import tracking
 from rayexp.config import SweepError
-from rayexp.sweep import SUMMARY_COLUMNS as KEY_METRICS
 from rayexp.sweep import format_table
+from rayexp.trial import SUMMARY_COLUMNS as KEY_METRICS
 
 
 def _experiment(uri: str, experiment: str):

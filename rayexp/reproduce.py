@@ -158,7 +158,7 @@ def run(
         "process": hmm.name,
         "spec": exp.spec,
         "model": exp.model.model_dump(),
-        "pretrain": pre_cfg.model_dump(),
+        "pretrain": pre_cfg.model_dump() | {"precision": result.precision},  # auto, as resolved here
         "probe": {"n_seq": n_seq or exp.n_seq, "test_frac": 0.2, "alpha": 1e-6, "seed": seed + 1000},
         "tokens_trained": pre_cfg.steps * pre_cfg.batch_size * (pre_cfg.seq_len or exp.model.n_ctx),
         "tokens_per_s": result.tokens_per_s,
@@ -181,7 +181,8 @@ def run(
 def _print(summary: dict) -> None:
     print(
         f"{summary['experiment']}: {summary['process']}  loss gap {summary['loss_gap']:.4f} nats/token, "
-        f"wall {summary['wall_s']['total']:.0f} s ({summary['wall_s']['pretrain']:.0f} s pretraining)"
+        f"wall {summary['wall_s']['total']:.0f} s ({summary['wall_s']['pretrain']:.0f} s pretraining, "
+        f"{summary['pretrain']['precision']})"
     )
     for target, rows in summary["targets"].items():
         for where, r in rows.items():

@@ -23,18 +23,9 @@ from typing import Any
 
 from rayexp.config import SweepConfig, SweepError, check_cluster, flatten, load_sweep, process_label
 from rayexp.ray_local import connect
+from rayexp.trial import SUMMARY_COLUMNS
 
 MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
-SUMMARY_COLUMNS = (
-    ("pretrain/loss_gap", "pretrain gap"),
-    ("ppo/{task}/reward_per_step", "reward/step"),
-    ("analysis/composition/reward/post/greedy", "greedy reward"),
-    ("analysis/composition/ceiling/optimum", "optimum"),
-    ("analysis/composition/composed/post", "kappa"),
-    ("analysis/composition/reweighting_r2/post", "R2 rewt"),
-    ("ppo/{task}/approx_kl", "approx_kl"),
-    ("analysis/weight_diff/rel_frobenius", "|dW|/|W|"),
-)
 
 
 @dataclass

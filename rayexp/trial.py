@@ -36,6 +36,27 @@ from rayexp.config import TrialConfig, check_trial, flatten, process_label, reso
 KILL_AT = "RAYEXP_KILL_AT"
 
 
+#: (metric, label) pairs of the console summary and `rayexp report`; ``{task}`` is the task name
+SUMMARY_COLUMNS = (
+    ("pretrain/loss_gap", "pretrain gap"),
+    ("ppo/{task}/reward_per_step", "reward/step"),
+    ("analysis/composition/reward/post/greedy", "greedy reward"),
+    ("analysis/composition/ceiling/optimum", "optimum"),
+    ("analysis/composition/composed/post", "kappa"),
+    ("analysis/composition/reweighting_r2/post", "R2 rewt"),
+    ("ppo/{task}/approx_kl", "approx_kl"),
+    ("analysis/weight_diff/rel_frobenius", "|dW|/|W|"),
+)
+
+
+def for_tune(key: str) -> bool:
+    """What a trial reports to Tune: progress, stage times, PPO curves and the summary's metrics.
+    Everything else (hundreds of probe and analysis metrics) goes to MLflow only; sending it to Tune
+    at every stage and PPO iteration made each trial's Tune logs ~6 MB."""
+    summary = {k for k, _ in SUMMARY_COLUMNS}
+    return key in ("stage", "n_stages") or key.startswith(("time/", "ppo/", "pretrain/")) or key in summary
+
+
 class Reporter:
     """Sends stage metrics to MLflow (by step) and to Tune (cumulative latest values)."""
 
@@ -58,7 +79,7 @@ class Reporter:
             from ray import tune
 
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
-            tune.report(dict(self.latest), checkpoint=checkpoint)
+            tune.report({k: v for k, v in self.latest.items() if for_tune(k)}, checkpoint=checkpoint)
 
 
 def _finite_number(v: Any) -> bool:

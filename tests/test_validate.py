@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import yaml
+from test_config import _set
 
 from models.config import (
     MAX_BATCH,
@@ -52,18 +53,6 @@ TINY = {
     },
     "tasks": [{"name": "next", "reward": "next_token"}],
 }
-
-
-def _set(data, dotted, value):
-    node = data
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-    if isinstance(node, list):
-        node[int(leaf)] = value
-    else:
-        node[leaf] = value
-    return data
 
 
 def validate(tmp_path, capsys, data) -> tuple[int, str, list[str]]:
