@@ -109,5 +109,5 @@ def validate_params(name: str, params: dict[str, Any] | None, scope: str = "tria
     return get(name, scope).params.model_validate(dict(params or {}))
 
 
-for _module in ("weight_diff", "policy_kl", "seed_spread", "composition", "verdict", "representation"):
+for _module in ("weight_diff", "policy_kl", "seed_spread", "composition", "verdict", "representation", "llc"):
     importlib.import_module(f"rayexp.analyses.{_module}")  # each registers itself
