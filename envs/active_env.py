@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from envs.env_config import EnvConfig, episode_lengths, window
+from envs.env_config import EnvConfig, config_seeded_reset, episode_lengths, window
 from envs.layout import GatedLayout
 from envs.rewards import make_reward
 from envs.spec import build_process
@@ -102,12 +102,7 @@ class ActiveGatedEnv(gym.Env):
         return x
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is None and not self._seeded:
-            seed = self.config.seed
-        super().reset(seed=seed)
-        if seed is not None:
-            self.action_space.seed(seed)
-        self._seeded = True
+        config_seeded_reset(self, seed, super().reset)
         self._tokens = np.zeros((1, self.episode_len + 1), dtype=np.int64)
         self._t = 0
         self._state = int(self.np_random.choice(self.hmm.n_states, p=self.hmm.init))

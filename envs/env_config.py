@@ -54,6 +54,18 @@ class EnvConfig:
         return cls(**config)
 
 
+def config_seeded_reset(env, seed: int | None, parent_reset) -> None:
+    """Seed ``env``'s reset: the caller's seed, else ``env.config.seed`` on the very first reset (RLlib
+    seeds resets itself; a direct user gets a reproducible stream from the config alone).
+    ``parent_reset`` is the base class's ``reset`` (gymnasium's Env or VectorEnv)."""
+    if seed is None and not env._seeded:
+        seed = env.config.seed
+    parent_reset(seed=seed)
+    if seed is not None:
+        env.action_space.seed(seed)
+    env._seeded = True
+
+
 def episode_lengths(cfg: EnvConfig) -> tuple[int, int]:
     """(K, episode_len) of a config, validated."""
     K = cfg.context

@@ -46,7 +46,7 @@ from gymnasium.vector.utils import batch_space
 
 from envs import build_process
 from envs.active_env import ActiveGatedEnv, ActiveGatedVectorEnv
-from envs.env_config import ENV_KINDS, EnvConfig, episode_lengths, window
+from envs.env_config import ENV_KINDS, EnvConfig, config_seeded_reset, episode_lengths, window
 from envs.process import HMM
 from envs.rewards import Reward, make_reward
 
@@ -133,12 +133,7 @@ class SequenceEnv(gym.Env):
         self._seeded = False
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is None and not self._seeded:
-            seed = self.config.seed
-        super().reset(seed=seed)
-        if seed is not None:
-            self.action_space.seed(seed)
-        self._seeded = True
+        config_seeded_reset(self, seed, super().reset)
         self._streams.reset(np.array([0]), self.np_random)
         return self._streams.observe()[0], _unbatch(self._streams.info(np.array([0])))
 
@@ -179,12 +174,7 @@ class SequenceVectorEnv(VectorEnv):
         self._seeded = False
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is None and not self._seeded:
-            seed = self.config.seed
-        super().reset(seed=seed)
-        if seed is not None:
-            self.action_space.seed(seed)
-        self._seeded = True
+        config_seeded_reset(self, seed, super().reset)
         mask = (options or {}).get("reset_mask")
         rows = np.arange(self.num_envs) if mask is None else np.flatnonzero(mask)
         self._streams.reset(rows, self.np_random)
