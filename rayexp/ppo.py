@@ -316,7 +316,7 @@ def train_ppo(
                 _save_state(algo, state, it, int(metrics["env_steps"]), history)
                 if on_checkpoint is not None:
                     on_checkpoint(it)
-            every = getattr(settings, "save_every", 0)
+            every = settings.save_every
             if on_policy is not None and every and (it + 1) % every == 0 and it + 1 < settings.iterations:
                 _hand_over_policy(algo, settings, env_config, checkpoint_path, it + 1, on_policy)
             if callback is not None:

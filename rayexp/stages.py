@@ -248,9 +248,8 @@ def rollouts_wanted(trial) -> int:
     """Episodes of the final policy to store: ``artifacts.rollouts``, raised when an analysis needs them."""
     from rayexp import analyses
 
-    asked = getattr(getattr(trial, "artifacts", None), "rollouts", 0)
     needed = any("rollouts" in analyses.get(a.name, "trial").needs for a in trial.analyses)
-    return max(asked, MIN_ROLLOUTS if needed else 0)
+    return max(trial.artifacts.rollouts, MIN_ROLLOUTS if needed else 0)
 
 
 def stages_for(trial) -> list[Stage]:

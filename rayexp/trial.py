@@ -111,24 +111,13 @@ def pretrain_config(trial: TrialConfig, cpus: float):
     log-spaced checkpoints (``artifacts.pretrain_checkpoints``) unless the file lists its own."""
     from models.pretrain import PretrainConfig
 
-    raw = _as_dict(trial.pretrain)
+    raw = trial.pretrain.model_dump(exclude_unset=True)  # unset fields keep following the trial (its seed)
     cfg = PretrainConfig(**{"seed": trial.seed, "num_threads": max(1, int(cpus)), "progress": False, **raw})
     if "checkpoint_steps" not in raw:
         cfg = cfg.model_copy(
-            update={
-                "checkpoint_steps": log_spaced_steps(cfg.steps, _artifact_setting(trial, "pretrain_checkpoints", 10))
-            }
+            update={"checkpoint_steps": log_spaced_steps(cfg.steps, trial.artifacts.pretrain_checkpoints)}
         )
     return cfg
-
-
-def _as_dict(section: Any) -> dict[str, Any]:
-    """What the sweep file set in a typed section (unset fields keep following the trial, e.g. its seed)."""
-    return section.model_dump(exclude_unset=True)
-
-
-def _artifact_setting(trial: TrialConfig, name: str, default: Any) -> Any:
-    return getattr(getattr(trial, "artifacts", None), name, default)
 
 
 def env_config(trial: TrialConfig, n_ctx: int) -> dict[str, Any]:
@@ -176,9 +165,7 @@ class TrialContext:
 
     @cached_property
     def model_cfg(self):
-        from models.transformer import TransformerConfig
-
-        return TransformerConfig(**{**_as_dict(self.trial.model), "d_vocab": self.facts["d_vocab"]})
+        return self.trial.model.resolve(self.facts["d_vocab"])
 
     @cached_property
     def pre_cfg(self):
@@ -317,7 +304,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
             artifacts.write_metrics(report.latest)
             state.finish(stage.name, report.latest)
             snapshot()
-        artifacts.apply_retention(_artifact_setting(trial, "retention", "all"))
+        artifacts.apply_retention(trial.artifacts.retention)
         artifacts.mark_finished()
     except BaseException:
         if run is not None:
