@@ -10,7 +10,7 @@ import numpy as np
 from envs.process import HMM
 
 #: the env kinds a config's ``env`` key may name (``envs.gym_env.make_env`` builds each)
-ENV_KINDS = ("sequence", "active_gated")
+ENV_KINDS = ("sequence", "active_gated", "outcome")
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,15 @@ class EnvConfig:
     """Process spec for ``envs.build_process`` (e.g. ``{"name": "mess3"}``) or an HMM."""
     env: str = "sequence"
     """Which env runs the config, one of :data:`ENV_KINDS`: ``"sequence"`` (a stream the agent cannot
-    steer: ``SequenceEnv`` / ``SequenceVectorEnv``) or ``"active_gated"`` (a gated process whose trigger
-    the agent can emit: ``ActiveGatedEnv``); ``envs.gym_env.make_env`` dispatches on it."""
+    steer: ``SequenceEnv`` / ``SequenceVectorEnv``), ``"active_gated"`` (a gated process whose trigger
+    the agent can emit: ``ActiveGatedEnv``) or ``"outcome"`` (an outcome process whose actions the agent
+    takes and whose outcomes it is paid for: ``envs.outcome_env.OutcomeEnv``, each step three tokens);
+    ``envs.gym_env.make_env`` dispatches on it."""
     context: int = 8
     """K: observation window length (>= 1)."""
     episode_len: int | None = None
-    """Steps per episode (>= 1); default K, so each episode is one pretraining-length sequence."""
+    """Steps per episode (>= 1); default K, so each episode is one pretraining-length sequence (``env:
+    outcome``: the rounds whose three tokens fit in K after the first, ``max(1, (K - 1) // 3)``)."""
     reward: str = "next_token"
     """Name in ``envs.rewards.REWARDS``."""
     reward_params: dict = field(default_factory=dict)

@@ -26,8 +26,9 @@ How to run::
 or ``gymnasium.make("rayexp/Sequence-v0", config=...)``; ``gymnasium.make_vec("rayexp/Sequence-v0",
 num_envs=64, config=...)`` builds :class:`SequenceVectorEnv`, which steps all streams with numpy at
 once. For Tune / RLlib use :func:`make_env` as the env creator: a config's ``env`` key (one of
-:data:`ENV_KINDS`) picks these envs (``"sequence"``, the default) or the active gated env of
-:mod:`envs.active_env` (``"active_gated"``), whose stream the agent steers.
+:data:`ENV_KINDS`) picks these envs (``"sequence"``, the default), the active gated env of
+:mod:`envs.active_env` (``"active_gated"``) or the outcome env of :mod:`envs.outcome_env`
+(``"outcome"``), whose streams the agent steers.
 
 What to expect: random actions earn 1/|actions| on ``next_token``; acting on ``argmax
 hmm.next_token_probs(info["belief"])`` earns the most any policy can (about 0.67 on mess3(x=0.05,
@@ -47,11 +48,13 @@ from gymnasium.vector.utils import batch_space
 from envs import build_process
 from envs.active_env import ActiveGatedEnv, ActiveGatedVectorEnv
 from envs.env_config import ENV_KINDS, EnvConfig, config_seeded_reset, episode_lengths, window
+from envs.outcome_env import OutcomeEnv, OutcomeVectorEnv
 from envs.process import HMM
 from envs.rewards import Reward, make_reward
 
 ENV_ID = "rayexp/Sequence-v0"
 ACTIVE_ENV_ID = "rayexp/ActiveGated-v0"
+OUTCOME_ENV_ID = "rayexp/Outcome-v0"
 
 
 def _draw(hmm: HMM, n: int, length: int, rng: np.random.Generator):
@@ -73,6 +76,11 @@ class _Streams:
         self.hmm = build_process(cfg.process)
         self.K, self.episode_len = episode_lengths(cfg)
         self.reward: Reward = make_reward(cfg.reward, self.hmm, cfg.reward_params, cfg.action_tokens)
+        if self.reward.ENV not in (None, "sequence"):
+            raise ValueError(
+                f"reward {cfg.reward!r} needs env: {self.reward.ENV} (it scores what the action causes, "
+                "and a sequence env's stream ignores the actions)"
+            )
         self.n = n
         self.shuffle = bool(cfg.shuffle_reward)
         self.length = self.episode_len + self.reward.lookahead
@@ -218,7 +226,11 @@ def _unbatch(info: dict) -> dict:
 
 
 #: env kind -> (single env, vector env); RLlib asks for the vector one (see make_env)
-_ENVS = {"sequence": (SequenceEnv, SequenceVectorEnv), "active_gated": (ActiveGatedEnv, ActiveGatedVectorEnv)}
+_ENVS = {
+    "sequence": (SequenceEnv, SequenceVectorEnv),
+    "active_gated": (ActiveGatedEnv, ActiveGatedVectorEnv),
+    "outcome": (OutcomeEnv, OutcomeVectorEnv),
+}
 
 
 def _kind(config: dict) -> str:
@@ -230,10 +242,11 @@ def _kind(config: dict) -> str:
 
 def action_tokens(config: dict) -> list[int]:
     """The action set a config resolves to (the reward's default when ``action_tokens`` is not
-    given, which for ``env: active_gated`` is ``rare_next_token``'s), e.g. for an RL module that must
-    restrict its logits to the same tokens."""
-    if _kind(config) == "active_gated":
-        return ActiveGatedEnv(config).action_tokens.tolist()
+    given, which for ``env: active_gated`` is ``rare_next_token``'s and for ``env: outcome`` the outcome
+    process's action tokens), e.g. for an RL module that must restrict its logits to the same tokens."""
+    kind = _kind(config)
+    if kind != "sequence":
+        return _ENVS[kind][0](config).action_tokens.tolist()
     cfg = EnvConfig.from_dict(config)
     return make_reward(
         cfg.reward, build_process(cfg.process), cfg.reward_params, cfg.action_tokens
@@ -243,8 +256,8 @@ def action_tokens(config: dict) -> list[int]:
 def make_env(config: dict | None = None):
     """Env creator for ``ray.tune.register_env``. ``config["env"]`` (one of :data:`ENV_KINDS`, default
     "sequence") picks the env; when RLlib asks for ``num_envs`` (its ``vector_entry_point`` mode) the
-    result is that env's vector form (:class:`SequenceVectorEnv`, :class:`ActiveGatedVectorEnv`: both
-    next-step autoreset), else the single env."""
+    result is that env's vector form (:class:`SequenceVectorEnv`, :class:`ActiveGatedVectorEnv`,
+    :class:`OutcomeVectorEnv`: all next-step autoreset), else the single env."""
     config = dict(config or {})
     num_envs = config.pop("num_envs", None)
     single, vector = _ENVS[_kind(config)]
@@ -264,6 +277,12 @@ def _register() -> None:
             entry_point="envs.active_env:ActiveGatedEnv",
             vector_entry_point="envs.active_env:ActiveGatedVectorEnv",
         )
+    if OUTCOME_ENV_ID not in gym.registry:
+        gym.register(
+            id=OUTCOME_ENV_ID,
+            entry_point="envs.outcome_env:OutcomeEnv",
+            vector_entry_point="envs.outcome_env:OutcomeVectorEnv",
+        )
 
 
 _register()
@@ -272,9 +291,12 @@ __all__ = [
     "ACTIVE_ENV_ID",
     "ENV_ID",
     "ENV_KINDS",
+    "OUTCOME_ENV_ID",
     "ActiveGatedEnv",
     "ActiveGatedVectorEnv",
     "EnvConfig",
+    "OutcomeEnv",
+    "OutcomeVectorEnv",
     "SequenceEnv",
     "SequenceVectorEnv",
     "action_tokens",

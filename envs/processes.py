@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from envs.outcome import outcome_hmm
 from envs.process import HMM, from_matrices
 
 
@@ -120,12 +121,34 @@ def noisy_and(eps: float = 0.1) -> HMM:
     return _registered(from_matrices(T, name=f"noisy_and(eps={eps:g})"), "noisy_and", eps=eps)
 
 
+def outcome(base: dict | HMM | None = None) -> HMM:
+    """A base process whose every token is followed by an action token and that action's outcome
+    (rewarded / punished / neutral), research note 004; layout and rule in :mod:`envs.outcome`.
+
+    ``base``: a process spec dict or an HMM with at least 3 states (default mess3 with its defaults).
+    ``params["base"]`` records the spec (``{"name": family, **params}`` when given a registry HMM)
+    so the process rebuilds from ``{"name": "outcome", **params}``.
+    """
+    if base is None:
+        base = {"name": "mess3"}
+    if isinstance(base, dict):
+        from envs.spec import build_process  # spec imports this module
+
+        spec, built = dict(base), build_process(base, "base")
+    elif isinstance(base, HMM):
+        spec, built = ({"name": base.family, **base.params} if base.family else base), base
+    else:
+        raise ValueError(f"outcome: base must be a process spec dict or an HMM; got {base!r}")  # noqa: TRY004 (spec errors are ValueErrors by contract)
+    return _registered(outcome_hmm(built), "outcome", base=spec)
+
+
 PROCESSES = {
     "mess3": mess3,
     "rrxor": rrxor,
     "z1r": z1r,
     "noisy_not": noisy_not,
     "noisy_and": noisy_and,
+    "outcome": outcome,
     "from_matrices": from_matrices,
 }
 

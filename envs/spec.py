@@ -4,6 +4,7 @@
     {"name": "mixture", "components": [spec, spec], "weights": [0.5, 0.5]}
     {"name": "interleave", "factors": [spec, spec]}      # also "product"
     {"name": "gated", "a": spec, "b": spec, "trigger": 0}
+    {"name": "outcome", "base": spec}                    # a registered process over a nested one
 
 Every error names the offending key (with its path inside the spec) and lists what is valid.
 """
@@ -21,6 +22,8 @@ COMPOSITIONS = {
     "mixture": (("components",), ("weights",)),
     "gated": (("a", "b", "trigger"), ()),
 }
+#: registered processes with parameters that are process specs, built here so errors name their path
+NESTED = {"outcome": ("base",)}
 
 
 def valid_names() -> list[str]:
@@ -63,6 +66,9 @@ def build_process(spec: dict, _path: str = "process") -> HMM:
         return _wrap(_path, getattr(compose, name), *built)
     if name not in PROCESSES:
         raise ValueError(f"{_path}: unknown process name {name!r}; valid names: {valid_names()}")
+    for key in NESTED.get(name, ()):
+        if key in params:
+            params[key] = build_process(params[key], f"{_path}.{key}")
     try:
         return build(name, **params)
     except ValueError as e:
@@ -76,4 +82,4 @@ def _wrap(path, fn, *args):
         raise ValueError(f"{path}: {e}") from None
 
 
-__all__ = ["COMPOSITIONS", "build_process", "signature_of", "valid_names"]
+__all__ = ["COMPOSITIONS", "NESTED", "build_process", "signature_of", "valid_names"]

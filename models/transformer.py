@@ -161,16 +161,30 @@ class Transformer(nn.Module):
         logits = self.unembed(self._run(tokens, cache=cache))  # (B, T, V)
         return logits, cache
 
-    def run_with_hooks(self, tokens: torch.Tensor, hooks: dict[str, HookFn]) -> torch.Tensor:
+    def run_with_hooks(
+        self, tokens: torch.Tensor, hooks: dict[str, HookFn], cache: dict[str, torch.Tensor | None] | None = None
+    ) -> torch.Tensor:
         """Logits (B, T, V) with ``hooks[name](activation)`` applied at each named point.
 
         A hook returning a tensor replaces the activation (steering, ablation); returning None keeps it.
+        ``cache`` (``{name: None}``) is filled in place with the activations as they flow on, after the hooks.
         """
         self._check_names(hooks)
-        return self.unembed(self._run(tokens, hooks=hooks))  # (B, T, V)
+        if cache is not None:
+            self._check_names(cache)
+        return self.unembed(self._run(tokens, cache=cache, hooks=hooks))  # (B, T, V)
 
     def num_params(self, matmul_only: bool = False) -> int:
         """Parameter count; ``matmul_only`` counts only weights used in matrix products (the 6N FLOP rule)."""
         if not matmul_only:
             return sum(p.numel() for p in self.parameters())
         return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+
+def add_vector(vector: torch.Tensor, alpha: float) -> HookFn:
+    """A hook adding ``alpha * vector`` (D,) to the activation at every position (activation steering)."""
+
+    def hook(x: torch.Tensor) -> torch.Tensor:
+        return x + alpha * vector.to(x.dtype)
+
+    return hook

@@ -7,6 +7,8 @@ sizes)::
         model.pt                            the pretrained model (models.checkpoint format)
         checkpoints/step_{step:07d}.pt      log-spaced pretraining checkpoints (artifacts.pretrain_checkpoints)
         history.json, meta.json, DONE
+    pretrain_cache/start-{key}/             M_A of a task with start_from (its PPO on another reward),
+        model.pt, history.json, meta.json   shared by every trial that names the same M_A
     {sweep}/trials/{trial_key}/
         trial.json                          resolved trial config, pretrain key, env config, facts
         ppo/policy_{iteration:06d}.pt       the policy after that many PPO iterations, every
@@ -66,10 +68,18 @@ class TrialArtifacts:
         return f"{self.rel}/{rel}"
 
     # ----------------------------------------------------------------------------- writing
-    def write_meta(self, trial: dict[str, Any], pretrain_key: str, env_config: dict[str, Any], facts: dict) -> None:
-        self.store.write_json(
-            self._p("trial.json"), {"trial": trial, "pretrain_key": pretrain_key, "env": env_config, "facts": facts}
-        )
+    def write_meta(
+        self,
+        trial: dict[str, Any],
+        pretrain_key: str,
+        env_config: dict[str, Any],
+        facts: dict,
+        start_key: str | None = None,
+    ) -> None:
+        meta = {"trial": trial, "pretrain_key": pretrain_key, "env": env_config, "facts": facts}
+        if start_key is not None:
+            meta["start_key"] = start_key
+        self.store.write_json(self._p("trial.json"), meta)
 
     def put_policy(self, local_path, iteration: int) -> None:
         self.store.put(local_path, self._p(f"ppo/{policy_name(iteration)}"))
@@ -157,8 +167,18 @@ class TrialArtifacts:
             raise FileNotFoundError(f"{self.store.path(rel)}: not stored (retention setting, or the stage has not run)")
         return load_checkpoint(self.store.local_file(rel))[0]
 
+    @property
+    def start_key(self) -> str | None:
+        """Cache key of M_A when the task started from one (``task.start_from``), else None."""
+        return self.meta.get("start_key")
+
     @functools.cache  # noqa: B019  (one object per trial; models are what is worth caching)
     def model_before(self):
+        """The model PPO started from: the pretrained model, or M_A under ``task.start_from``."""
+        return self._load(f"{CACHE}/{self.start_key or self.pretrain_key}/model.pt")
+
+    @functools.cache  # noqa: B019
+    def model_pretrained(self):
         return self._load(f"{CACHE}/{self.pretrain_key}/model.pt")
 
     @functools.cache  # noqa: B019
@@ -167,7 +187,7 @@ class TrialArtifacts:
         from models.transformer import Transformer
 
         seed = self.meta["facts"].get("pretrain_seed", self.config.get("seed", 0))
-        return Transformer(self.model_before().cfg, seed=seed).eval()
+        return Transformer(self.model_pretrained().cfg, seed=seed).eval()
 
     def pretrain_steps(self) -> list[int]:
         names = self.store.listdir(f"{CACHE}/{self.pretrain_key}/checkpoints")

@@ -312,6 +312,21 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
         make_reward(task.reward, task_hmm, task.reward_params, task.action_tokens)
     except (ValueError, TypeError, KeyError) as err:
         raise _FieldError("task.reward_params", str(err)) from None
+    if task.start_from is not None:
+        start = task.start_from
+        if start.reward not in REWARDS:
+            raise _FieldError("task.start_from.reward", f"unknown reward {start.reward!r}; valid: {sorted(REWARDS)}")
+        try:
+            first = make_reward(start.reward, task_hmm, start.reward_params, task.action_tokens)
+        except (ValueError, TypeError, KeyError) as err:
+            raise _FieldError("task.start_from.reward_params", str(err)) from None
+        this = make_reward(task.reward, task_hmm, task.reward_params, task.action_tokens)
+        if first.action_tokens.tolist() != this.action_tokens.tolist():
+            raise _FieldError(
+                "task.start_from.reward",
+                f"M_A's reward acts on tokens {first.action_tokens.tolist()} but the task's on "
+                f"{this.action_tokens.tolist()}; the policy head must be the same (set task.action_tokens)",
+            )
 
     _check_analyses(trial.analyses, "trial", "analyses")
     return {"vocab": vocab, "d_vocab": model.d_vocab, "n_ctx": n_ctx, "context": context}

@@ -172,6 +172,17 @@ class SweepAnalysisRef(AnalysisRef):
     )
 
 
+class StartFrom(_Strict):
+    """Start a task's PPO from M_A: the pretrained model first post-trained with PPO on another
+    reward in the same env, with its own fixed seed, so every trial naming the same M_A shares it
+    (trained once, cached next to the pretrained model)."""
+
+    reward: str = Field(description="M_A's reward (envs.rewards.REWARDS), e.g. next_token.")
+    reward_params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of that reward.")
+    iterations: int = Field(gt=0, le=100_000, description="PPO iterations that train M_A.")
+    seed: int = Field(default=0, ge=0, description="M_A's PPO seed (not the trial's: the trials share M_A).")
+
+
 class TaskConfig(_Strict):
     """One RL post-training task: an environment over a process stream and a reward."""
 
@@ -181,8 +192,9 @@ class TaskConfig(_Strict):
     )
     env: str = Field(
         default="sequence",
-        description="Env kind in envs.gym_env.ENV_KINDS: sequence (actions do not steer the stream) or "
-        "active_gated (the agent can emit a gated process's trigger; needs a gated RL stream).",
+        description="Env kind in envs.gym_env.ENV_KINDS: sequence (actions do not steer the stream), "
+        "active_gated (the agent can emit a gated process's trigger; needs a gated RL stream) or outcome "
+        "(the agent takes an outcome process's actions and is paid their outcomes; reward outcome).",
     )
     reward: str = Field(description="Reward name in envs.rewards.REWARDS, e.g. next_token or joint_target.")
     reward_params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the reward.")
@@ -216,6 +228,11 @@ class TaskConfig(_Strict):
     ppo: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of the base ppo settings for this task only (PPOSettings fields, checked merged).",
+    )
+    start_from: StartFrom | None = Field(
+        default=None,
+        description="Post-train from M_A (the pretrained model after PPO on start_from.reward in this env) instead "
+        "of the pretrained model; 'before' then means M_A for every stage and analysis.",
     )
 
 

@@ -79,6 +79,47 @@ def pretrain(ctx: TrialContext) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# start_from: M_A
+
+
+def start_from(ctx: TrialContext) -> None:
+    """Train (or find in the cache) M_A: the pretrained model after PPO on ``task.start_from``'s
+    reward in this task's env, with M_A's own seed. Trials naming the same M_A train it once (the
+    pretrain cache's lock); its reward curve is logged as ``start/{metric}`` in every such trial."""
+    from rayexp.cache import PretrainCache
+    from rayexp.ppo import train_ppo
+
+    live: list[dict] = []
+    report = ctx.report
+
+    def log(metrics: dict, step: int) -> None:
+        report.metrics({f"start/{k}": v for k, v in metrics.items() if k != "iteration"}, step)
+
+    def build(out: Path) -> None:
+        def callback(metrics: dict, step: int) -> None:
+            live.append(metrics)
+            log(metrics, step)
+
+        result = train_ppo(
+            ctx.start_settings,
+            ctx.start_env_config,
+            str(ctx.artifacts.store.local_file(f"pretrain_cache/{ctx.pretrain_key}/model.pt")),
+            out / "model.pt",
+            callback,
+        )
+        (out / "history.json").write_text(json.dumps(result.history))
+        meta = {"pretrain_key": ctx.pretrain_key, "env": ctx.start_env_config, "ppo": ctx.start_settings.model_dump()}
+        (out / "meta.json").write_text(json.dumps(meta))
+
+    _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.start_key, build, ctx.workdir)
+    if not live:
+        for row in ctx.artifacts.store.read_json(f"pretrain_cache/{ctx.start_key}/history.json"):
+            log(row, int(row["iteration"]))
+    if report.run is not None:
+        report.run.set_tags({"rayexp.start_key": ctx.start_key, "rayexp.start_cache": "hit" if hit else "miss"})
+
+
+# ---------------------------------------------------------------------------------------------
 # probes
 
 
@@ -177,7 +218,7 @@ def ppo(ctx: TrialContext) -> None:
     train_ppo(
         settings,
         ctx.env_config,
-        str(ctx.artifacts.store.local_file(f"pretrain_cache/{ctx.pretrain_key}/model.pt")),
+        ctx.start_model_path(),
         str(out),
         callback,
         state_dir=state_dir,
@@ -237,6 +278,7 @@ PIPELINE = (
     Stage("ppo", ppo, needs=("model_before", "env"), produces=("ppo_checkpoints", "model_after")),
     Stage("probe_post", probe_post, needs=("model_after", "random_init"), produces=("probe_tables",)),
 )
+START_FROM = Stage("start_from", start_from, needs=("model_before",), produces=("model_before",))
 ROLLOUTS = Stage("rollouts", rollouts, needs=("model_after", "env"), produces=("rollouts",))
 
 
@@ -255,6 +297,8 @@ def rollouts_wanted(trial) -> int:
 def stages_for(trial) -> list[Stage]:
     """The trial's stages in order; each stage's needs are produced by an earlier one."""
     stages = list(PIPELINE)
+    if trial.task.start_from is not None:
+        stages.insert(1, START_FROM)
     if rollouts_wanted(trial) > 0:
         stages.append(ROLLOUTS)
     stages += [analysis_stage(a.name, a.params) for a in trial.analyses]

@@ -206,6 +206,41 @@ class TrialContext:
 
         return ppo_settings(self.trial)
 
+    @cached_property
+    def start_env_config(self) -> dict[str, Any] | None:
+        """M_A's env config (``task.start_from``): this task's env with M_A's reward and seed."""
+        start = self.trial.task.start_from
+        if start is None:
+            return None
+        return self.env_config | {"reward": start.reward, "reward_params": start.reward_params, "seed": start.seed}
+
+    @cached_property
+    def start_settings(self):
+        """M_A's PPO settings: this task's, with M_A's iterations and seed, and no checkpoints."""
+        start = self.trial.task.start_from
+        if start is None:
+            return None
+        update = {"iterations": start.iterations, "seed": start.seed, "save_every": 0, "checkpoint_every": 0}
+        return self.ppo_settings.model_copy(update=update)
+
+    @cached_property
+    def start_key(self) -> str | None:
+        """Cache key of M_A (None without ``task.start_from``): its pretrained model, env and PPO settings."""
+        if self.start_env_config is None:
+            return None
+        import hashlib
+
+        blob = json.dumps(
+            {"pretrain": self.pretrain_key, "env": self.start_env_config, "ppo": self.start_settings.model_dump()},
+            sort_keys=True,
+        )
+        return "start-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def start_model_path(self) -> str:
+        """Local path of the model PPO starts from: M_A when the task names one, else the pretrained model."""
+        key = self.start_key or self.pretrain_key
+        return str(self.artifacts.store.local_file(f"pretrain_cache/{key}/model.pt"))
+
 
 def _open_run(trial: TrialConfig, meta: dict[str, Any], key: str):
     from rayexp import tracking
@@ -287,7 +322,11 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     ctx.snapshot = snapshot
     try:
         artifacts.write_meta(
-            trial.model_dump(), ctx.pretrain_key, ctx.env_config, facts | {"pretrain_seed": ctx.pre_cfg.seed}
+            trial.model_dump(),
+            ctx.pretrain_key,
+            ctx.env_config,
+            facts | {"pretrain_seed": ctx.pre_cfg.seed},
+            start_key=ctx.start_key,
         )
         clock = time.perf_counter()
         for i, stage in enumerate(stages):

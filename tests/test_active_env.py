@@ -41,7 +41,7 @@ def vector_rollout(env, steps, seed=None, actions_seed=0):
 
 
 def test_env_kinds_are_the_ones_make_env_builds():
-    assert ENV_KINDS == ("sequence", "active_gated") and tuple(gym_env._ENVS) == ENV_KINDS
+    assert ENV_KINDS == ("sequence", "active_gated", "outcome") and tuple(gym_env._ENVS) == ENV_KINDS
     assert isinstance(make_env(dict(ACTIVE, env="sequence")), SequenceEnv)
     assert isinstance(make_env(dict(ACTIVE, env="sequence", num_envs=2)), SequenceVectorEnv)
     assert isinstance(make_env(ACTIVE), ActiveGatedEnv)
@@ -134,10 +134,16 @@ def test_single_active_env_passes_the_checker():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: make_env(dict(ACTIVE, env="passive")), r"'env' must be one of \['sequence', 'active_gated'\]"),
-        (lambda: make_env(dict(ACTIVE, env="passive", num_envs=2)), r"one of \['sequence', 'active_gated'\]"),
-        (lambda: action_tokens(dict(ACTIVE, env="nope")), r"one of \['sequence', 'active_gated'\]"),
-        (lambda: EnvConfig.from_dict(dict(ACTIVE, env="nope")), r"one of \['sequence', 'active_gated'\]"),
+        (
+            lambda: make_env(dict(ACTIVE, env="passive")),
+            r"'env' must be one of \['sequence', 'active_gated', 'outcome'\]",
+        ),
+        (
+            lambda: make_env(dict(ACTIVE, env="passive", num_envs=2)),
+            r"one of \['sequence', 'active_gated', 'outcome'\]",
+        ),
+        (lambda: action_tokens(dict(ACTIVE, env="nope")), r"one of \['sequence', 'active_gated', 'outcome'\]"),
+        (lambda: EnvConfig.from_dict(dict(ACTIVE, env="nope")), r"one of \['sequence', 'active_gated', 'outcome'\]"),
         (lambda: SequenceEnv(ACTIVE), "SequenceEnv runs env 'sequence'; got env='active_gated'"),
         (lambda: SequenceVectorEnv(2, ACTIVE), "SequenceEnv runs env 'sequence'"),
         (lambda: ActiveGatedEnv(dict(ACTIVE, env="sequence")), "ActiveGatedEnv runs env 'active_gated'"),

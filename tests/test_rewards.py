@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from envs.compose import gated, interleave, mixture, product
+from envs.gym_env import ActiveGatedEnv, SequenceEnv, SequenceVectorEnv
 from envs.processes import mess3, noisy_and, noisy_not, rrxor
 from envs.rewards import REWARDS, make_reward
+
+EYE3 = np.eye(3).tolist()
+PAYOFF = np.array([[0.5, -1.0, 2.0], [0.0, 1.25, -0.5], [3.0, 0.0, -2.0]])  # (A, V) for mess3, all tokens
 
 
 def sample(hmm, batch=64, length=30, seed=0):
@@ -14,7 +18,7 @@ def sample(hmm, batch=64, length=30, seed=0):
 
 
 def test_registry_entries_are_documented():
-    assert {"next_token", "joint_target", "implies", "reward_punish"} <= set(REWARDS)
+    assert {"next_token", "joint_target", "implies", "reward_punish", "payoff"} <= set(REWARDS)
     for name, cls in REWARDS.items():
         assert cls.__doc__ and len(cls.__doc__) > 80, name
         for param, (_, doc) in cls.PARAMS.items():
@@ -193,8 +197,141 @@ def test_reward_punish_and_rare_next_token_values():
         ("reward_punish", mess3(), {"rewarded": [1], "punished": [1]}, None, "both rewarded and punished"),
         ("reward_punish", mess3(), {"rewarded": [7]}, None, "not in the vocabulary"),
         ("rare_next_token", mess3(), {}, None, "composed process"),
+        ("payoff", mess3(), {}, None, "give matrix"),
+        ("payoff", mess3(), {"matrix": EYE3[:2]}, None, "one row per action token, shape \\(3, 3\\)"),
+        ("payoff", mess3(), {"matrix": EYE3}, [0, 1], "one row per action token, shape \\(2, 3\\)"),
+        ("payoff", mess3(), {"matrix": [[1, 0], [0, 1], [0, 0]]}, None, "V=3 columns"),
+        ("payoff", mess3(), {"matrix": [[1, 0, 0], [0, 1], [0, 0, 1]]}, None, "list of rows of V=3 numbers"),
+        ("payoff", mess3(), {"matrix": [1, 0, 0]}, None, "list of rows of V=3 numbers"),
+        ("payoff", mess3(), {"matrix": [["a", "b", "c"]] * 3}, None, "list of rows of V=3 numbers"),
+        ("payoff", mess3(), {"matrix": [[True, False, False]] * 3}, None, "list of rows of V=3 numbers"),
+        (
+            "payoff",
+            mess3(),
+            {"matrix": [[0, float("nan"), 0], [0, 1, 0], [0, 0, 1]]},
+            None,
+            "finite; matrix\\[0\\]\\[1\\]",
+        ),
+        (
+            "payoff",
+            mess3(),
+            {"matrix": [[0, 0, 0], [0, 1, 0], [0, 0, float("inf")]]},
+            None,
+            "finite; matrix\\[2\\]\\[2\\]",
+        ),
+        ("payoff", mess3(), {"matrix": EYE3, "offset": 2}, None, "offset must be 1 .* or 0"),
+        ("payoff", mess3(), {"matrix": EYE3, "offset": True}, None, "offset must be 1"),
+        ("payoff", mess3(), {"matrix": EYE3, "offset": "1"}, None, "offset must be 1"),
+        ("payoff", mess3(), {"matrix": EYE3[:2]}, [1, 1], "distinct"),
+        ("payoff", mess3(), {"matrix": EYE3, "scale": 2}, None, "unknown params"),
     ],
 )
 def test_bad_reward_configs_raise(name, hmm, params, actions, match):
     with pytest.raises(ValueError, match=match):
         make_reward(name, hmm, params, actions)
+
+
+def test_payoff_targets_and_rewards_map_action_tokens_to_rows():
+    hmm = mess3()
+    tokens, states = sample(hmm, batch=8, length=12)
+    for offset, want in ((1, tokens[:, 1:]), (0, tokens[:, :-1])):
+        r = make_reward("payoff", hmm, {"matrix": PAYOFF.tolist(), "offset": offset})
+        assert r.lookahead == 1 and r.ONLINE and r.offset == offset
+        np.testing.assert_array_equal(r.targets(tokens, states), want)
+    # action tokens [2, 0]: row 0 is token 2's, row 1 token 0's
+    r = make_reward("payoff", hmm, {"matrix": PAYOFF[:2].tolist()}, action_tokens=[2, 0])
+    np.testing.assert_array_equal(r.rewards(np.array([2, 0, 2, 0]), np.array([0, 1, 2, 2])), [0.5, 1.25, 2.0, -0.5])
+    with pytest.raises(ValueError, match="not in the action set"):
+        r.rewards(np.array([1]), np.array([0]))
+    # the docstring's examples
+    tok = np.array([0, 1, 2, 0, 2])
+    nxt = np.array([1, 1, 0, 2, 2])
+    ident = make_reward("payoff", hmm, {"matrix": EYE3})
+    np.testing.assert_array_equal(ident.rewards(tok, nxt), make_reward("next_token", hmm).rewards(tok, nxt))
+    neg = make_reward("payoff", hmm, {"matrix": (-np.eye(3)).tolist()})
+    np.testing.assert_array_equal(neg.rewards(tok, nxt), -ident.rewards(tok, nxt))
+    shift = np.zeros((3, 3))
+    shift[(np.arange(3) + 1) % 3, np.arange(3)] = 1
+    r = make_reward("payoff", hmm, {"matrix": shift.tolist()})
+    np.testing.assert_array_equal(r.rewards(tok, nxt), (tok == (nxt + 1) % 3).astype(float))
+
+
+def run_episode(config, seed, actions):
+    """(rewards, targets, newest token before each step, newest token after it, beliefs) of one episode."""
+    env = SequenceEnv(config)
+    obs, info = env.reset(seed=seed)
+    K = env.observation_space.shape[0]
+    out = {"reward": [], "target": [], "before": [], "after": [], "belief": [info["belief"]]}
+    for t, a in enumerate(actions):
+        out["before"].append(obs[min(t, K - 1)])  # episode_len == K: the window is the prefix
+        obs, rew, done, _, info = env.step(a)
+        out["after"].append(obs[min(t + 1, K - 1)])
+        out["reward"].append(rew)
+        out["target"].append(info["target"])
+        out["belief"].append(info["belief"])
+    assert done
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("offset", [1, 0])
+def test_payoff_in_the_sequence_env_pays_the_matrix_entry(offset):
+    config = {
+        "process": {"name": "mess3"},
+        "context": 10,
+        "reward": "payoff",
+        "reward_params": {"matrix": PAYOFF.tolist(), "offset": offset},
+    }
+    actions = np.random.default_rng(5).integers(0, 3, size=10)
+    ep = run_episode(config, 11, actions)
+    scored = ep["after"] if offset == 1 else ep["before"]  # x_{t+1} or x_t
+    np.testing.assert_array_equal(ep["target"], scored)
+    np.testing.assert_array_equal(ep["reward"], PAYOFF[actions, ep["target"]])
+    # the same stream as next_token under the same seed (same lookahead, so the same draws)
+    nt = run_episode({"process": {"name": "mess3"}, "context": 10}, 11, actions)
+    np.testing.assert_array_equal(ep["belief"], nt["belief"])
+    np.testing.assert_array_equal(ep["after"], nt["after"])
+    if offset == 1:
+        ident = run_episode({**config, "reward_params": {"matrix": EYE3}}, 11, actions)
+        np.testing.assert_array_equal(ident["reward"], nt["reward"])
+        neg = run_episode({**config, "reward_params": {"matrix": (-np.eye(3)).tolist()}}, 11, actions)
+        np.testing.assert_array_equal(neg["reward"], -nt["reward"])
+
+
+def test_payoff_in_the_vector_env():
+    for offset in (0, 1):
+        env = SequenceVectorEnv(
+            4,
+            {
+                "process": {"name": "mess3"},
+                "context": 5,
+                "reward": "payoff",
+                "reward_params": {"matrix": PAYOFF.tolist(), "offset": offset},
+            },
+        )
+        env.reset(seed=0)
+        for t in range(5):
+            a = np.arange(4) % 3
+            _, rew, _, _, info = env.step(a)
+            np.testing.assert_array_equal(rew, PAYOFF[a, info["target"]])
+
+
+@pytest.mark.parametrize("offset", [1, 0])
+def test_payoff_scores_a_steered_stream(offset):
+    """ONLINE for both offsets: the active gated env reads the target from (x_t, x_{t+1})."""
+    M = np.arange(25, dtype=float).reshape(5, 5) / 7 - 1  # gated(mess3, rrxor): 5 tokens
+    env = ActiveGatedEnv(
+        {
+            "process": {"name": "gated", "a": {"name": "mess3"}, "b": {"name": "rrxor"}, "trigger": 0},
+            "context": 8,
+            "reward": "payoff",
+            "reward_params": {"matrix": M.tolist(), "offset": offset},
+        }
+    )
+    obs, _ = env.reset(seed=2)
+    for t, a in enumerate([0, 3, 1, 0, 4, 2, 0, 0]):
+        before = obs[t]
+        obs, rew, done, _, info = env.step(a)
+        after = obs[min(t + 1, 7)]
+        assert info["target"] == (after if offset == 1 else before)
+        assert rew == M[a, info["target"]]
+    assert done

@@ -109,5 +109,16 @@ def validate_params(name: str, params: dict[str, Any] | None, scope: str = "tria
     return get(name, scope).params.model_validate(dict(params or {}))
 
 
-for _module in ("weight_diff", "policy_kl", "seed_spread", "composition", "verdict", "representation", "llc"):
+_MODULES = (
+    "weight_diff",
+    "policy_kl",
+    "seed_spread",
+    "composition",
+    "verdict",
+    "representation",
+    "llc",
+    "negation",
+    "task_vectors",
+)
+for _module in _MODULES:
     importlib.import_module(f"rayexp.analyses.{_module}")  # each registers itself

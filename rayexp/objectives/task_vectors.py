@@ -1,0 +1,154 @@
+"""Task vectors: what a fine-tuning on another reward wrote into the weights (research note 002).
+
+Pure numpy. A model is a ``{parameter name: array}`` dict; a task vector is ``tau = theta_B - theta_A``
+over the same names. Modules group parameter names the way the transformer is built (embeddings,
+each block's attention / MLP / LayerNorms, the final LayerNorm, the unembedding), so every statistic
+can also be read per module.
+
+- :func:`task_vector`, :func:`apply` (``theta_A + lam * tau``: ``lam = -1`` is note 002's negation);
+- :func:`cosine_matrix` and :func:`pair_cosines` (same reward other seed / other reward / the
+  seed-only null);
+- :func:`nearest_centroid_loso`: name the reward of a held-out seed's vectors from the centroids of
+  the other seeds' vectors, with :func:`permutation_pvalue` for "better than chance";
+- :func:`superpose`: per seed, the mean update over rewards and each reward's residual from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(attn|mlp|ln1|ln2)\.")
+
+
+def module_of(name: str) -> str:
+    """Parameter name -> module: ``embed``, ``pos_embed``, ``blocks.{i}.attn``, ``blocks.{i}.mlp``,
+    ``blocks.{i}.ln`` (both LayerNorms), ``ln_final``, ``unembed``; anything else is its own first part."""
+    m = _BLOCK.match(name)
+    if m:
+        part = "ln" if m.group(2).startswith("ln") else m.group(2)
+        return f"blocks.{m.group(1)}.{part}"
+    head = name.split(".")[0]
+    return "unembed" if head == "unembed_proj" else head
+
+
+def task_vector(before: Params, after: Params) -> Params:
+    if set(before) != set(after):
+        raise ValueError(f"task vector of models with different parameters: {sorted(set(before) ^ set(after))}")
+    return {k: np.asarray(after[k], dtype=np.float64) - np.asarray(before[k], dtype=np.float64) for k in before}
+
+
+def apply(base: Params, tau: Params, lam: float = 1.0) -> Params:
+    """``base + lam * tau`` (lam = -1: the negated update)."""
+    if set(base) != set(tau):
+        raise ValueError(f"task vector and model differ in parameters: {sorted(set(base) ^ set(tau))}")
+    return {k: np.asarray(base[k], dtype=np.float64) + lam * tau[k] for k in base}
+
+
+def mean(vectors: Sequence[Params]) -> Params:
+    if not vectors:
+        raise ValueError("mean of no task vectors")
+    return {k: np.mean([v[k] for v in vectors], axis=0) for k in vectors[0]}
+
+
+def flatten(tau: Params, names: Sequence[str] | None = None) -> np.ndarray:
+    """One vector, parameters in sorted-name order (or ``names``' order)."""
+    names = sorted(tau) if names is None else names
+    return np.concatenate([np.ravel(tau[k]) for k in names])
+
+
+def module_names(tau: Params) -> dict[str, list[str]]:
+    """Module -> its parameter names (sorted), modules in order of first appearance in sorted names."""
+    out: dict[str, list[str]] = {}
+    for k in sorted(tau):
+        out.setdefault(module_of(k), []).append(k)
+    return out
+
+
+def module_norms(tau: Params) -> dict[str, float]:
+    return {m: float(np.linalg.norm(flatten(tau, names))) for m, names in module_names(tau).items()}
+
+
+def cosine_matrix(X: np.ndarray) -> np.ndarray:
+    """(n, d) rows -> (n, n) cosine similarities (a zero row has cosine 0 with everything)."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1)
+    U = X / np.where(norms > 0, norms, 1.0)[:, None]
+    return U @ U.T
+
+
+def pair_cosines(C: np.ndarray, labels: Sequence[str], seeds: Sequence[int], null: str | None) -> dict[str, np.ndarray]:
+    """Off-diagonal cosines by kind of pair:
+
+    - ``same_reward``: same label, other seed (the null's own pairs excluded);
+    - ``other_reward``: different labels, neither the null;
+    - ``null``: two seed-only vectors (the null label, other seeds): what retraining on the same
+      reward with another seed alone gives;
+    - ``null_vs_reward``: a seed-only vector against a reward's vector.
+    """
+    labels, seeds = np.asarray(labels), np.asarray(seeds)
+    i, j = np.triu_indices(len(labels), k=1)
+    li, lj, si, sj = labels[i], labels[j], seeds[i], seeds[j]
+    is_null_i = li == null if null is not None else np.zeros(len(i), bool)
+    is_null_j = lj == null if null is not None else np.zeros(len(j), bool)
+    c = C[i, j]
+    return {
+        "same_reward": c[(li == lj) & (si != sj) & ~is_null_i],
+        "other_reward": c[(li != lj) & ~is_null_i & ~is_null_j],
+        "null": c[is_null_i & is_null_j & (si != sj)],
+        "null_vs_reward": c[is_null_i ^ is_null_j],
+    }
+
+
+def nearest_centroid_loso(X: np.ndarray, labels: Sequence[str], groups: Sequence[int]) -> np.ndarray:
+    """Leave-one-group-out nearest-centroid predictions (n,): each row's label is predicted from the
+    centroids of the *other* groups' (seeds') unit-normalised rows, by cosine. Rows are normalised
+    so a reward is named by its direction, not by how far PPO moved."""
+    X = np.asarray(X, dtype=np.float64)
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    norms = np.linalg.norm(X, axis=1)
+    U = X / np.where(norms > 0, norms, 1.0)[:, None]
+    classes = np.unique(labels)
+    pred = np.empty(len(labels), dtype=labels.dtype)
+    for g in np.unique(groups):
+        test, train = groups == g, groups != g
+        present = [c for c in classes if (train & (labels == c)).any()]
+        if not present:
+            raise ValueError("nearest_centroid_loso needs every group's classes in the other groups")
+        cents = np.stack([U[train & (labels == c)].mean(0) for c in present])  # (k, d)
+        cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-300)
+        pred[test] = np.asarray(present)[np.argmax(U[test] @ cents.T, axis=1)]
+    return pred
+
+
+def permutation_pvalue(
+    X: np.ndarray, labels: Sequence[str], groups: Sequence[int], n_perm: int = 1000, seed: int = 0
+) -> tuple[float, float, np.ndarray]:
+    """(accuracy, p-value, null accuracies): the LOSO accuracy against the same classifier with labels
+    permuted within each group (so every group keeps one vector per label), ``p = (1 + #{null >= acc}) /
+    (1 + n_perm)``."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    acc = float(np.mean(nearest_centroid_loso(X, labels, groups) == labels))
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_perm)
+    for b in range(n_perm):
+        perm = labels.copy()
+        for g in np.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            perm[idx] = labels[rng.permutation(idx)]
+        null[b] = np.mean(nearest_centroid_loso(X, perm, groups) == perm)
+    return acc, float((1 + np.sum(null >= acc)) / (1 + n_perm)), null
+
+
+def superpose(taus: dict[str, Params]) -> tuple[Params, dict[str, Params]]:
+    """One seed's task vectors by reward -> (the mean update mu, {reward: tau - mu}).
+
+    If every reward's update were a shared part (reward-independent: sharpening, PPO's own drift)
+    plus a reward-specific part, mu estimates the shared part and the residuals the specific ones
+    (note 002's "superposing" of several R_B so confounders cancel)."""
+    mu = mean(list(taus.values()))
+    return mu, {r: {k: t[k] - mu[k] for k in t} for r, t in taus.items()}

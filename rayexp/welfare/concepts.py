@@ -1,0 +1,69 @@
+"""Difference-of-means concept vectors and the controls that make their cosine mean something.
+
+Pure numpy. ``acts`` (n, d) are activations at one hook point, one row per context; ``labels`` (n,)
+say how each context's trajectory ended: :data:`REWARDED`, :data:`PUNISHED` or :data:`NEUTRAL`.
+
+- v_R = mean(rewarded) - mean(neutral), v_P = mean(punished) - mean(neutral) (:func:`concept_vectors`);
+- the null of their cosine: the same with labels shuffled (:func:`shuffled_cosines`): what two
+  difference-of-means vectors sharing the neutral mean give when the labels carry nothing;
+- steering controls: a random vector of the same norm (:func:`random_like`) and one of the same norm
+  orthogonal to v (:func:`orthogonal_like`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REWARDED, PUNISHED, NEUTRAL = 0, 1, 2
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two vectors; NaN when either is zero."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def balanced(labels: np.ndarray, rng: np.random.Generator, per_class: int | None = None) -> np.ndarray:
+    """Indices with the same number of contexts per outcome (the rarest class's count, or ``per_class``
+    if smaller), drawn without replacement, so no mean rests on more data than another."""
+    labels = np.asarray(labels)
+    counts = [int(np.sum(labels == c)) for c in (REWARDED, PUNISHED, NEUTRAL)]
+    k = min(counts) if per_class is None else min(min(counts), per_class)
+    if k < 2:
+        raise ValueError(f"need at least 2 contexts per outcome (rewarded, punished, neutral); got {counts}")
+    return np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in (REWARDED, PUNISHED, NEUTRAL)])
+    )
+
+
+def concept_vectors(acts: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(v_R, v_P), each (d,)."""
+    acts, labels = np.asarray(acts, dtype=np.float64), np.asarray(labels)
+    means = []
+    for c in (REWARDED, PUNISHED, NEUTRAL):
+        rows = acts[labels == c]
+        if not len(rows):
+            raise ValueError(f"no contexts with outcome {c}")
+        means.append(rows.mean(0))
+    return means[0] - means[2], means[1] - means[2]
+
+
+def shuffled_cosines(acts: np.ndarray, labels: np.ndarray, n_perm: int, seed: int = 0) -> np.ndarray:
+    """cos(v_R, v_P) under ``n_perm`` random permutations of the labels (n_perm,)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    return np.array([cosine(*concept_vectors(acts, rng.permutation(labels))) for _ in range(n_perm)])
+
+
+def random_like(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random direction with v's norm."""
+    r = rng.standard_normal(v.shape)
+    return r * (np.linalg.norm(v) / np.linalg.norm(r))
+
+
+def orthogonal_like(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random direction orthogonal to v, with v's norm."""
+    r = rng.standard_normal(v.shape)
+    u = v / np.linalg.norm(v)
+    r = r - np.dot(r, u) * u
+    return r * (np.linalg.norm(v) / np.linalg.norm(r))
