@@ -129,17 +129,34 @@ def outcome(base: dict | HMM | None = None) -> HMM:
     ``params["base"]`` records the spec (``{"name": family, **params}`` when given a registry HMM)
     so the process rebuilds from ``{"name": "outcome", **params}``.
     """
-    if base is None:
-        base = {"name": "mess3"}
+    spec, built = _nested("outcome", {"name": "mess3"} if base is None else base)
+    return _registered(outcome_hmm(built), "outcome", base=spec)
+
+
+def _nested(process: str, base) -> tuple[object, HMM]:
+    """(spec to record, built HMM) of a nested ``base`` given as a spec dict or an HMM."""
     if isinstance(base, dict):
         from envs.spec import build_process  # spec imports this module
 
-        spec, built = dict(base), build_process(base, "base")
-    elif isinstance(base, HMM):
-        spec, built = ({"name": base.family, **base.params} if base.family else base), base
-    else:
-        raise ValueError(f"outcome: base must be a process spec dict or an HMM; got {base!r}")  # noqa: TRY004 (spec errors are ValueErrors by contract)
-    return _registered(outcome_hmm(built), "outcome", base=spec)
+        return dict(base), build_process(base, "base")
+    if isinstance(base, HMM):
+        return ({"name": base.family, **base.params} if base.family else base), base
+    raise ValueError(f"{process}: base must be a process spec dict or an HMM; got {base!r}")
+
+
+def rare_token(base: dict | HMM | None = None, eps: float = 0.01) -> HMM:
+    """``base`` plus one extra token (id ``base.vocab_size``) that it emits with probability ``eps``
+    at every step, leaving its state where it was (the rare-capability study, research note 000
+    §1.5.3). As ``gated``'s trigger it sets how often the rare factor shows up without an agent:
+    a sequence of L tokens contains it with probability ``1 - (1 - eps)**L``; ``eps = 0`` never.
+    """
+    spec, built = _nested("rare_token", {"name": "mess3"} if base is None else base)
+    eps = _check_range("rare_token", "eps", eps, 0.0, 0.5)
+    S = built.n_states
+    T = np.concatenate([(1 - eps) * built.T, eps * np.eye(S)[None]], axis=0)  # (V+1, S, S)
+    names = (*built.token_names, "rare") if built.token_names else ()
+    hmm = from_matrices(T, built.init, name=f"rare_token({built.name}, eps={eps:g})", token_names=names)
+    return _registered(hmm, "rare_token", base=spec, eps=eps)
 
 
 PROCESSES = {
@@ -149,6 +166,7 @@ PROCESSES = {
     "noisy_not": noisy_not,
     "noisy_and": noisy_and,
     "outcome": outcome,
+    "rare_token": rare_token,
     "from_matrices": from_matrices,
 }
 

@@ -5,6 +5,7 @@
     {"name": "interleave", "factors": [spec, spec]}      # also "product"
     {"name": "gated", "a": spec, "b": spec, "trigger": 0}
     {"name": "outcome", "base": spec}                    # a registered process over a nested one
+    {"name": "rare_token", "base": spec, "eps": 0.001}   # (also)
 
 Every error names the offending key (with its path inside the spec) and lists what is valid.
 """
@@ -23,7 +24,7 @@ COMPOSITIONS = {
     "gated": (("a", "b", "trigger"), ()),
 }
 #: registered processes with parameters that are process specs, built here so errors name their path
-NESTED = {"outcome": ("base",)}
+NESTED = {"outcome": ("base",), "rare_token": ("base",)}
 
 
 def valid_names() -> list[str]:

@@ -298,6 +298,12 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
         raise _FieldError(
             "task.env", f"active_gated needs a gated RL stream, got {process_label(stream)!r} (set task.process)"
         )
+    if task.env == "outcome" and task_hmm.family != "outcome":
+        raise _FieldError(
+            "task.env", f"outcome needs an outcome RL stream, got {process_label(stream)!r} (set task.process)"
+        )
+    if task.env != "sequence" and task.shuffle_reward:
+        raise _FieldError("task.shuffle_reward", "needs a stream the agent cannot steer (env: sequence)")
     if task.env == "active_gated" and task.shuffle_reward:
         raise _FieldError("task.shuffle_reward", "needs a stream the agent cannot steer (env: sequence)")
     if task.action_tokens is not None:
@@ -308,6 +314,13 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
 
     if task.reward not in REWARDS:
         raise _FieldError("task.reward", f"unknown reward {task.reward!r}; valid: {sorted(REWARDS)}")
+    wants = REWARDS[task.reward].ENV
+    if wants is not None and wants != task.env:
+        raise _FieldError("task.env", f"reward {task.reward!r} runs in env {wants!r}; got env {task.env!r}")
+    if task.env == "outcome" and wants != "outcome":
+        raise _FieldError(
+            "task.reward", f"env 'outcome' pays by the outcome tokens: use reward 'outcome', not {task.reward!r}"
+        )
     try:
         make_reward(task.reward, task_hmm, task.reward_params, task.action_tokens)
     except (ValueError, TypeError, KeyError) as err:

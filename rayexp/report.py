@@ -163,6 +163,9 @@ def report(experiment: str, out_dir: str | None = None, parent: str | None = Non
         _write_csv(verdicts, out / "verdict.csv")
         print(f"table: {out / 'verdict.csv'}", file=file)
         print(f"figure: {verdict_figure(runs, out / 'verdict_signals.png')}", file=file)
+    from rayexp.report_studies import print_studies
+
+    print_studies(runs, tracking.client(uri).get_run(parent).data.metrics, out, file)
     return 0
 
 

@@ -52,3 +52,55 @@ def test_report_writes_the_verdict_table(workdir):
     assert list(rows[0])[: len(need)] == need and "kappa_post" in rows[0]
     assert (workdir / "rep" / "verdict_signals.png").stat().st_size > 0
     assert (workdir / "rep" / "report.csv").exists()
+
+
+def test_study_summaries_from_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from rayexp.report_studies import objective_rows, print_studies, welfare_rows
+
+    cv = "analysis/concept_vectors/"
+    h = "blocks.1.hook_resid_post"
+
+    def run(cos_post):
+        m = {f"{cv}cos/{model}/{h}": v for model, v in (("random_init", 0.5), ("pre", -0.2), ("post", cos_post))}
+        m |= {f"{cv}null/post/{h}/q025": 0.1, f"{cv}null/post/{h}/q975": 0.7, f"{cv}steer/post/v_P/punish_slope": 0.03}
+        return SimpleNamespace(data=SimpleNamespace(metrics=m))
+
+    layers, steering = welfare_rows([run(-0.9), run(-0.7), SimpleNamespace(data=SimpleNamespace(metrics={}))])
+    assert layers == [
+        {
+            "hook": h,
+            "cos random_init": "+0.500 [+0.500, +0.500]",
+            "cos pre": "-0.200 [-0.200, -0.200]",
+            "cos post": "-0.800 [-0.900, -0.700]",
+            "null post (95%)": "[+0.10, +0.70]",
+            "align P pre/post": "-",
+        }
+    ]
+    assert steering[4] == {
+        "model": "post",
+        "vector": "v_P",
+        "d P(punished)/d alpha": "+0.030 [+0.030, +0.030]",
+        "d reward/d alpha": "-",
+    }
+    tv = "sweep/task_vectors/all/"
+    parent = {
+        tv + "classifier/accuracy": 0.8,
+        tv + "classifier/module/embed/accuracy": 0.4,
+        tv + "cos/null/mean": 0.2,
+        tv + "cos/null/ci_low": 0.1,
+        tv + "cos/null/ci_high": 0.3,
+        tv + "cos/null/n": 3.0,
+        tv + "negation/anti/lam0/lean_B/mean": 0.0,
+    }
+    assert objective_rows(parent) == [
+        {"group": "all", "metric": "classifier/accuracy", "value": 0.8, "95% CI": ""},
+        {"group": "all", "metric": "cos/null/mean", "value": 0.2, "95% CI": "[+0.100, +0.300]"},
+    ]
+    import io
+
+    buf = io.StringIO()
+    print_studies([run(-0.9)], parent, tmp_path, file=buf)
+    assert (tmp_path / "concept_layers.png").exists() and (tmp_path / "task_vectors.csv").exists()
+    assert "welfare" in buf.getvalue() and "objectives" in buf.getvalue()

@@ -248,6 +248,22 @@ SEMANTIC = [
     ("tasks.0.env", "active_gated", "tasks[0].env", "needs a gated RL stream"),
     ("tasks.0.ppo", {"minibatch_size": 100}, "tasks[0].ppo", "exceeds train_batch_size 60"),
     ("base.model.d_vocab", 2, "base.model.d_vocab", "smaller than the process vocabulary 3"),
+    ("tasks.0.env", "outcome", "tasks[0].env", "needs an outcome RL stream"),
+    ("tasks.0.reward", "outcome", "tasks[0].env", "runs in env 'outcome'"),
+    ("tasks.0.start_from", {"reward": "nope", "iterations": 2}, "tasks[0].start_from.reward", "unknown reward 'nope'"),
+    ("tasks.0.start_from", {"reward": "next_token", "iterations": 0}, "tasks[0].start_from.iterations", "greater"),
+    (
+        "tasks.0.start_from",
+        {"reward": "next_token", "iterations": 2, "reward_params": {"x": 1}},
+        "tasks[0].start_from.reward_params",
+        "unknown params",
+    ),
+    (
+        "tasks.0",
+        {"name": "p", "reward": "payoff", "reward_params": {"matrix": [[1, 0]]}},
+        "tasks[0].reward_params",
+        "payoff",
+    ),
 ]
 
 
@@ -263,11 +279,23 @@ def test_new_sections_accept_what_they_document(tmp_path):
     data["base"]["artifacts"] = {"pretrain_checkpoints": 0, "retention": "final", "rollouts": 64}
     data["base"]["ppo"]["save_every"] = 0
     data["sweep_analyses"] = [{"name": "seed_spread", "group_by": ["task", "process", "model.d_model", "seed"]}]
-    data["base"]["model"]["d_vocab"] = 5
+    data["base"]["model"]["d_vocab"] = 12
+    outcome = {"name": "outcome", "base": {"name": "mess3"}}
+    data["tasks"].append({"name": "welfare", "env": "outcome", "reward": "outcome", "process": outcome})
+    start = {"reward": "next_token", "iterations": 3, "seed": 7}
+    data["tasks"].append(
+        {
+            "name": "anti",
+            "reward": "payoff",
+            "reward_params": {"matrix": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]},
+            "start_from": start,
+        }
+    )
     file = tmp_path / "ok.yaml"
     file.write_text(yaml.safe_dump(data))
     sweep, trials = load_sweep(file)
-    assert [t.task.env for t in trials] == ["sequence", "active_gated"]
+    assert [t.task.env for t in trials] == ["sequence", "active_gated", "outcome", "sequence"]
+    assert trials[-1].task.start_from.seed == 7 and trials[-1].task.start_from.iterations == 3
     assert sweep.base.artifacts.retention == "final" and sweep.base.ppo.save_every == 0
 
 

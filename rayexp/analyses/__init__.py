@@ -119,6 +119,8 @@ _MODULES = (
     "llc",
     "negation",
     "task_vectors",
+    "concept_vectors",
+    "rare",
 )
 for _module in _MODULES:
     importlib.import_module(f"rayexp.analyses.{_module}")  # each registers itself

@@ -42,7 +42,8 @@ class ExactReturns:
         tokens, _, beliefs = self.hmm.sample_with_beliefs(n_seq, self.steps + look, np.random.default_rng(seed))
         self.tokens = tokens
         self.values = {
-            name: returns.action_values(self.hmm, r, tokens, beliefs)[:, : self.steps] for name, r in self.rewards.items()
+            name: returns.action_values(self.hmm, r, tokens, beliefs)[:, : self.steps]
+            for name, r in self.rewards.items()
         }
 
     def probs(self, model) -> np.ndarray:

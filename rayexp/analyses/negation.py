@@ -93,9 +93,15 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
     for lam in lambdas:
         for k in ("B", "A"):
             d, lo, hi = paired_bootstrap_ci(control[k], per_seq[lam][k], seed=params.seed)
-            metrics |= {f"{lam_name(lam)}/lean_{k}": d, f"{lam_name(lam)}/lean_{k}/ci_low": lo, f"{lam_name(lam)}/lean_{k}/ci_high": hi}
+            metrics |= {
+                f"{lam_name(lam)}/lean_{k}": d,
+                f"{lam_name(lam)}/lean_{k}/ci_low": lo,
+                f"{lam_name(lam)}/lean_{k}/ci_high": hi,
+            }
     metrics["tau_norm"] = float(tv.flatten(tau) @ tv.flatten(tau)) ** 0.5
-    return AnalysisResult(metrics=metrics, tables={"negation": pa.table(rows)}, figures={"negation": _figure(rows, metrics)})
+    return AnalysisResult(
+        metrics=metrics, tables={"negation": pa.table(rows)}, figures={"negation": _figure(rows, metrics)}
+    )
 
 
 def _figure(rows: dict, metrics: dict):

@@ -94,21 +94,29 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
         if len(vals):
             metrics |= _ci(f"cos/{kind}", vals, params.seed)
     figures["task_vector_cosines"] = _heatmap(C, labels, seeds)
-    tables["task_vector_cosines"] = pa.table({"row": [f"{lab}/{s}" for lab, s in zip(labels, seeds)]} | {
-        f"{lab}/{s}": C[:, i] for i, (lab, s) in enumerate(zip(labels, seeds))
-    })
+    tables["task_vector_cosines"] = pa.table(
+        {"row": [f"{lab}/{s}" for lab, s in zip(labels, seeds)]}
+        | {f"{lab}/{s}": C[:, i] for i, (lab, s) in enumerate(zip(labels, seeds))}
+    )
 
     # classifier
     def classify(Xs, labs, grps, n_perm, prefix):
         acc, p, _ = tv.permutation_pvalue(Xs, labs, grps, n_perm=n_perm, seed=params.seed)
         k = len(set(labs))
-        return {f"{prefix}/accuracy": acc, f"{prefix}/chance": 1.0 / k, f"{prefix}/p_value": p, f"{prefix}/n": float(len(labs))}
+        return {
+            f"{prefix}/accuracy": acc,
+            f"{prefix}/chance": 1.0 / k,
+            f"{prefix}/p_value": p,
+            f"{prefix}/n": float(len(labs)),
+        }
 
     if len(set(seeds)) >= 2 and len(set(labels)) >= 2:
         metrics |= classify(X, labels, seeds, params.n_perm, "classifier")
         keep = [i for i, lab in enumerate(labels) if lab != null]
         if null is not None and len({labels[i] for i in keep}) >= 2:
-            metrics |= classify(X[keep], [labels[i] for i in keep], [seeds[i] for i in keep], params.n_perm, "classifier/rewards_only")
+            metrics |= classify(
+                X[keep], [labels[i] for i in keep], [seeds[i] for i in keep], params.n_perm, "classifier/rewards_only"
+            )
         for mod, mnames in tv.module_names(taus[0]).items():
             Xm = np.stack([tv.flatten(t, mnames) for t in taus])
             got = classify(Xm, labels, seeds, params.n_perm_module, f"classifier/module/{mod}")
@@ -143,7 +151,8 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
         cos_mu_tau += [float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1]) for t in by.values()]
         cos_mu_null += [
             float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1])
-            for lab, t in zip(labels, taus) if lab == null
+            for lab, t in zip(labels, taus)
+            if lab == null
         ]
         r_mean = ev.returns(with_params(m_a, tv.apply(theta_a, mu)))
         for r, t in by.items():
@@ -162,7 +171,11 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
         for model, vals in g.items():
             if vals:
                 m, lo, hi = bootstrap_ci(vals, seed=params.seed)
-                metrics |= {f"superpose/{r}/gain_{model}": m, f"superpose/{r}/gain_{model}/ci_low": lo, f"superpose/{r}/gain_{model}/ci_high": hi}
+                metrics |= {
+                    f"superpose/{r}/gain_{model}": m,
+                    f"superpose/{r}/gain_{model}/ci_low": lo,
+                    f"superpose/{r}/gain_{model}/ci_high": hi,
+                }
     if cos_mu_tau:
         metrics["superpose/cos_mean_tau"] = float(np.mean(cos_mu_tau))
     if cos_mu_null:
@@ -238,7 +251,14 @@ def _negation_figure(metrics, tasks):
             lam, mean = zip(*pts)
             lo = [metrics[f"negation/{task}/lam{x:g}/lean_B/ci_low"] for x in lam]
             hi = [metrics[f"negation/{task}/lam{x:g}/lean_B/ci_high"] for x in lam]
-            ax.errorbar(lam, mean, yerr=[[m - a for m, a in zip(mean, lo)], [b - m for m, b in zip(mean, hi)]], fmt="o-", label=task, color=f"C{i}")
+            ax.errorbar(
+                lam,
+                mean,
+                yerr=[[m - a for m, a in zip(mean, lo)], [b - m for m, b in zip(mean, hi)]],
+                fmt="o-",
+                label=task,
+                color=f"C{i}",
+            )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("lambda")
     ax.set_ylabel("R_B return: negated+retrained - control")

@@ -32,7 +32,9 @@ def balanced(labels: np.ndarray, rng: np.random.Generator, per_class: int | None
     if k < 2:
         raise ValueError(f"need at least 2 contexts per outcome (rewarded, punished, neutral); got {counts}")
     return np.sort(
-        np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in (REWARDED, PUNISHED, NEUTRAL)])
+        np.concatenate(
+            [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in (REWARDED, PUNISHED, NEUTRAL)]
+        )
     )
 
 
@@ -67,3 +69,17 @@ def orthogonal_like(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     u = v / np.linalg.norm(v)
     r = r - np.dot(r, u) * u
     return r * (np.linalg.norm(v) / np.linalg.norm(r))
+
+
+def outcome_rates(policy: np.ndarray, outcome_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (reward rate, punishment probability) per decision (n,), from the policy (n, A) and
+    P(outcome k | history, action a) (n, A, 3): reward = P(rewarded) - P(punished) (the env pays +1 / -1)."""
+    p = np.einsum("na,nak->nk", np.asarray(policy, dtype=np.float64), np.asarray(outcome_p, dtype=np.float64))
+    return p[:, REWARDED] - p[:, PUNISHED], p[:, PUNISHED]
+
+
+def slope(alphas, values) -> float:
+    """Least-squares slope of ``values`` against ``alphas`` (the dose-response's steepness)."""
+    a, v = np.asarray(alphas, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    a = a - a.mean()
+    return float(np.dot(a, v - v.mean()) / np.dot(a, a))

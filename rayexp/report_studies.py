@@ -1,0 +1,136 @@
+"""The objective and welfare studies in `rayexp report`: their summaries as tables and figures.
+
+Welfare (trials with the ``concept_vectors`` analysis): cos(v_R, v_P) per hook for the random-init,
+pre-RL and post-RL models with the shuffled-label null band, mean and range over seeds
+(``concept_layers.csv`` / ``.png``), and the steering slopes (``steering.csv``). Objectives (the
+``task_vectors`` analysis on the parent run): the classifier, the cosines by kind of pair, the
+superposition gains and the negation leans (``task_vectors.csv``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rayexp.sweep import format_table
+
+CV = "analysis/concept_vectors/"
+
+
+def _mean_range(values: list[float]) -> str:
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{sum(values) / len(values):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def welfare_rows(runs: list) -> tuple[list[dict], list[dict]]:
+    """(per-hook cosine rows, steering rows) over the trial runs holding concept-vector metrics."""
+    runs = [r for r in runs if any(k.startswith(CV) for k in r.data.metrics)]
+    if not runs:
+        return [], []
+    keys = set().union(*(r.data.metrics for r in runs))
+    hooks = sorted({k[len(CV + "cos/post/") :] for k in keys if k.startswith(CV + "cos/post/")}, key=_hook_order)
+
+    def vals(key: str) -> list[float]:
+        return [r.data.metrics[key] for r in runs if key in r.data.metrics]
+
+    layers = []
+    for h in hooks:
+        row = {"hook": h}
+        for model in ("random_init", "pre", "post"):
+            row[f"cos {model}"] = _mean_range(vals(f"{CV}cos/{model}/{h}"))
+        lo, hi = vals(f"{CV}null/post/{h}/q025"), vals(f"{CV}null/post/{h}/q975")
+        row["null post (95%)"] = f"[{sum(lo) / len(lo):+.2f}, {sum(hi) / len(hi):+.2f}]" if lo else "-"
+        row["align P pre/post"] = _mean_range(vals(f"{CV}align/{h}/P"))
+        layers.append(row)
+    steering = []
+    for model in ("pre", "post"):
+        for vec in ("v_P", "v_R", "orthogonal", "random"):
+            steering.append(
+                {
+                    "model": model,
+                    "vector": vec,
+                    "d P(punished)/d alpha": _mean_range(vals(f"{CV}steer/{model}/{vec}/punish_slope")),
+                    "d reward/d alpha": _mean_range(vals(f"{CV}steer/{model}/{vec}/reward_slope")),
+                }
+            )
+    return layers, steering
+
+
+def _hook_order(h: str) -> tuple[int, int]:
+    parts = h.split(".")
+    block = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 99
+    return block, 0 if h.endswith("resid_pre") else 1
+
+
+def objective_rows(parent_metrics: dict[str, float]) -> list[dict]:
+    """One row per task-vector summary the parent run holds (``sweep/task_vectors/{group}/...``)."""
+    rows = []
+    wanted = ("classifier/", "cos/", "superpose/", "negation/", "similarity/")
+    for key in sorted(parent_metrics):
+        if not key.startswith("sweep/task_vectors/"):
+            continue
+        group, name = key.split("/", 3)[2:4]
+        if (
+            "/lam0/" in name  # the control itself: zero by construction
+            or name.startswith("classifier/module/")
+            or not name.startswith(wanted)
+            or name.endswith(("/ci_low", "/ci_high", "/n"))
+        ):
+            continue
+        stem = key.removesuffix("/mean")
+        lo, hi = parent_metrics.get(f"{stem}/ci_low"), parent_metrics.get(f"{stem}/ci_high")
+        ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+        rows.append({"group": group, "metric": name, "value": round(parent_metrics[key], 4), "95% CI": ci})
+    return rows
+
+
+def print_studies(runs: list, parent_metrics: dict[str, float], out: Path, file=sys.stdout) -> None:
+    from rayexp.report import _write_csv
+
+    layers, steering = welfare_rows(runs)
+    if layers:
+        print("\nwelfare: cos(v_R, v_P) per hook, mean [min, max] over seeds (README, 'Welfare'):", file=file)
+        print(format_table(layers), file=file)
+        print("\nsteering at the analysis's hook (slopes over alpha):", file=file)
+        print(format_table(steering), file=file)
+        _write_csv(layers, out / "concept_layers.csv")
+        _write_csv(steering, out / "steering.csv")
+        print(f"figure: {concept_figure(runs, out / 'concept_layers.png')}", file=file)
+    objective = objective_rows(parent_metrics)
+    if objective:
+        print("\nobjectives: task vectors (README, 'Objectives in weight diffs'):", file=file)
+        print(format_table(objective), file=file)
+        _write_csv(objective, out / "task_vectors.csv")
+
+
+def concept_figure(runs: list, path: Path) -> Path:
+    """cos(v_R, v_P) per hook, every seed a line, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if any(k.startswith(CV) for k in r.data.metrics)]
+    keys = set().union(*(r.data.metrics for r in runs))
+    hooks = sorted({k[len(CV + "cos/post/") :] for k in keys if k.startswith(CV + "cos/post/")}, key=_hook_order)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i, model in enumerate(("random_init", "pre", "post")):
+        for j, r in enumerate(runs):
+            y = [r.data.metrics.get(f"{CV}cos/{model}/{h}", float("nan")) for h in hooks]
+            ax.plot(range(len(hooks)), y, "o-", color=f"C{i}", alpha=0.7, label=model if j == 0 else None)
+        lo = [sum(r.data.metrics.get(f"{CV}null/{model}/{h}/q025", 0) for r in runs) / len(runs) for h in hooks]
+        hi = [sum(r.data.metrics.get(f"{CV}null/{model}/{h}/q975", 0) for r in runs) / len(runs) for h in hooks]
+        ax.fill_between(range(len(hooks)), lo, hi, color=f"C{i}", alpha=0.1)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(
+        range(len(hooks)), [h.replace("blocks.", "b").replace(".hook_resid_", " ") for h in hooks], fontsize=7
+    )
+    ax.set_ylabel("cos(v_R, v_P)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.legend(fontsize=7, title="bands: shuffled-label null", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
