@@ -14,7 +14,10 @@ Metrics (``lam{lambda}`` as ``%g``):
 - ``lam{l}/raw/{B,A}``: the negated model before retraining; ``lam{l}/retrained/{B,A}`` after;
 - ``lam{l}/lean_B`` (and ``/ci_low``, ``/ci_high``): retrained R_B return minus the control's
   (lambda = 0), paired over the evaluation sequences (< 0: leans toward minimising R_B);
-- ``lam{l}/lean_A``: the same on R_A (how much capability the negation cost after retraining).
+- ``lam{l}/lean_A``: the same on R_A (how much capability the negation cost after retraining);
+- with ``score_also``, ``lam{l}/lean_{name}`` and the returns for each extra reward too: scored in the
+  null task (R_B = R_A, a seed-only update), they say what negating *any* update of that size does to
+  each R_B, the baseline that ``task_vectors`` subtracts (``negation/{task}/lam{l}/beyond_null``).
 
 The across-seed answer (CIs over seeds, per reward) is in the ``task_vectors`` sweep analysis.
 Cost: one PPO run of ``iterations`` per lambda (RLlib build ~3 s plus the iterations).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from pydantic import Field
@@ -41,6 +45,11 @@ class NegationParams(Params):
     iterations: int = Field(5, ge=1, le=1000, description="PPO iterations of the brief retraining on R_A")
     n_seq: int = Field(1000, ge=20, le=1_000_000, description="stream sequences of the exact evaluation")
     seed: int = Field(0, ge=0, description="seeds the evaluation sequences (the same for every trial: paired)")
+    score_also: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="more rewards to score every model on, {name: {reward, reward_params}}: the other tasks' "
+        "rewards, so the null task's negation gives each R_B's baseline (what negating any update does)",
+    )
 
 
 def lam_name(lam: float) -> str:
@@ -58,7 +67,8 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
 
     env = artifacts.env_config
     spec_a = start_reward_spec(artifacts.config)
-    ev = ExactReturns(env, {"B": task_reward_spec(env), "A": spec_a}, params.n_seq, params.seed)
+    extra = {name: {"reward_params": {}} | spec for name, spec in params.score_also.items()}
+    ev = ExactReturns(env, {"B": task_reward_spec(env), "A": spec_a} | extra, params.n_seq, params.seed)
     m_a, m_b = artifacts.model_before(), artifacts.model_after()
     theta_a = params_of(m_a)
     tau = tv.task_vector(theta_a, params_of(m_b))
@@ -91,7 +101,7 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
                     per_seq[lam] = r
     control = per_seq[0.0]
     for lam in lambdas:
-        for k in ("B", "A"):
+        for k in ev.values:
             d, lo, hi = paired_bootstrap_ci(control[k], per_seq[lam][k], seed=params.seed)
             metrics |= {
                 f"{lam_name(lam)}/lean_{k}": d,

@@ -14,9 +14,12 @@ another seed, so its update is what retraining alone writes). Per trial ``tau = 
 - superposition, per seed: mu = mean tau over the rewards (null excluded), residual_r = tau_r - mu:
   ``superpose/{task}/gain_{tau,residual,mean}``: exact return on R_B of M_A + tau (= M_B), of
   M_A + residual, of M_A + mu, minus M_A's, with ``/ci_low``, ``/ci_high`` over seeds;
-  ``superpose/cos_mean_null`` (cos(mu, each null tau)), ``superpose/cos_mean_tau`` (cos(mu, tau_r));
+  ``superpose/cos_mean_null`` (cos(mu, each null tau)), ``superpose/cos_mean_tau`` (cos(mu, tau_r))
+  next to ``superpose/cos_mean_tau_if_orthogonal`` (what mutually orthogonal updates would give);
 - negation (from each trial's ``negation`` analysis): ``negation/{task}/lam{l}/lean_B/{mean,ci_low,
-  ci_high}`` over seeds, and ``.../lean_A``;
+  ci_high}`` over seeds, and ``.../lean_A``; ``negation/{task}/lam{l}/beyond_null/...``: the lean
+  minus the null task's lean on the same R_B (its ``score_also``), per seed: a lean toward
+  minimising R_B that generic damage from negating an update does not explain is below zero;
 - ``similarity/{task}/{task}``: correlation of the two rewards' exact action values over contexts x
   actions (how different the chosen rewards are), ``return/{task}/optimum``.
 
@@ -141,13 +144,16 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     rewards = [lab for lab in uniq if lab != null]
     sup_rows: dict[str, list] = {"task": [], "seed": [], "model": [], "return": []}
     gains: dict[str, dict[str, list]] = {r: {"tau": [], "residual": [], "mean": []} for r in rewards}
-    cos_mu_null, cos_mu_tau = [], []
+    cos_mu_null, cos_mu_tau, cos_orth = [], [], []
     for s in sorted(set(seeds)):
         by = {lab: t for lab, ss, t in zip(labels, seeds, taus) if ss == s and lab in rewards}
         if len(by) < 2:
             continue
         mu, resid = tv.superpose(by)
         mu_flat = tv.flatten(mu, names)
+        # were the updates mutually orthogonal, cos(mu, tau_r) would be |tau_r| / sqrt(sum |tau_i|^2)
+        sq = np.array([float(tv.flatten(t, names) @ tv.flatten(t, names)) for t in by.values()])
+        cos_orth += list(np.sqrt(sq / sq.sum()))
         cos_mu_tau += [float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1]) for t in by.values()]
         cos_mu_null += [
             float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1])
@@ -178,6 +184,7 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
                 }
     if cos_mu_tau:
         metrics["superpose/cos_mean_tau"] = float(np.mean(cos_mu_tau))
+        metrics["superpose/cos_mean_tau_if_orthogonal"] = float(np.mean(cos_orth))
     if cos_mu_null:
         metrics["superpose/cos_mean_null"] = float(np.mean(cos_mu_null))
     tables["superposition"] = pa.table(sup_rows)
@@ -192,6 +199,23 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
                 neg.setdefault(f"negation/{lab}/{key}", {"v": []})["v"].append(v)
     for key, d in neg.items():
         metrics |= _ci(key, d["v"], params.seed)
+    # beyond the null: the task's lean on its own R_B minus the lean on that R_B of the null task's
+    # negated model (same seed, same lambda): what negating an update *of no objective* does to R_B
+    if null is not None:
+        by_seed = {(lab, s): a.analysis_metrics("negation") or {} for lab, s, a in zip(labels, seeds, trials)}
+        for lab in rewards:
+            lams = sorted(
+                {k.split("/")[0] for (lb, _), m in by_seed.items() if lb == lab for k in m if k.startswith("lam")}
+            )
+            for lam in lams:
+                diffs = [
+                    by_seed[(lab, s)][f"{lam}/lean_B"] - by_seed[(null, s)][f"{lam}/lean_{lab}"]
+                    for s in sorted(set(seeds))
+                    if f"{lam}/lean_B" in by_seed.get((lab, s), {})
+                    and f"{lam}/lean_{lab}" in by_seed.get((null, s), {})
+                ]
+                if diffs:
+                    metrics |= _ci(f"negation/{lab}/{lam}/beyond_null", diffs, params.seed)
     if neg:
         figures["negation_lean"] = _negation_figure(metrics, uniq)
     return AnalysisResult(metrics=metrics, tables=tables, figures=figures)
