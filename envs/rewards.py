@@ -22,54 +22,10 @@ from typing import ClassVar
 import numpy as np
 
 from envs.layout import max_wait
-from envs.outcome import OutcomeTokens
 from envs.process import HMM
 from envs.processes import noisy_and_states
-
-
-class Reward:
-    """Base class. ``PARAMS`` maps each parameter name to (default, description)."""
-
-    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {}
-    #: rewards whose target at step t is read from the pair (x_t, x_{t+1}) alone (the next token, or the
-    #: current one) can also score a stream the agent steers (:class:`envs.active_env.ActiveGatedEnv`
-    #: calls ``targets`` on that pair)
-    ONLINE: ClassVar[bool] = False
-    #: the one env kind (``envs.env_config.ENV_KINDS``) that can score this reward; None: any that passes its checks
-    ENV: ClassVar[str | None] = None
-
-    def __init__(self, hmm: HMM, params: dict | None = None, action_tokens=None):
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown:
-            valid = {k: d for k, (d, _) in self.PARAMS.items()}
-            raise ValueError(f"reward {self.name!r}: unknown params {unknown}; valid params (defaults): {valid}")
-        self.hmm = hmm
-        self.params = {k: params.get(k, d) for k, (d, _) in self.PARAMS.items()}
-        self.lookahead = 1
-        self._setup()
-        tokens = self.default_action_tokens() if action_tokens is None else action_tokens
-        self.action_tokens = _check_tokens(tokens, hmm.vocab_size, f"reward {self.name!r}: action_tokens")
-        self._check_actions()
-
-    @property
-    def name(self) -> str:
-        return next((k for k, v in REWARDS.items() if v is type(self)), type(self).__name__)
-
-    def _setup(self) -> None:
-        """Validate params against the process; set ``lookahead``."""
-
-    def _check_actions(self) -> None:
-        """Validate ``action_tokens`` against the reward (after the generic vocabulary check)."""
-
-    def default_action_tokens(self) -> list[int]:
-        return list(range(self.hmm.vocab_size))
-
-    def targets(self, tokens: np.ndarray, states: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def rewards(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return (actions == targets).astype(np.float64)
+from envs.reward_base import Reward, check_tokens
+from envs.reward_tables import OutcomeReward, Payoff
 
 
 class NextToken(Reward):
@@ -136,8 +92,8 @@ class RewardPunish(Reward):
 
     def _setup(self):
         V = self.hmm.vocab_size
-        good = _check_tokens(self.params["rewarded"], V, "reward 'reward_punish': rewarded", allow_empty=True)
-        bad = _check_tokens(self.params["punished"], V, "reward 'reward_punish': punished", allow_empty=True)
+        good = check_tokens(self.params["rewarded"], V, "reward 'reward_punish': rewarded", allow_empty=True)
+        bad = check_tokens(self.params["punished"], V, "reward 'reward_punish': punished", allow_empty=True)
         if not len(good) and not len(bad):
             raise ValueError("reward 'reward_punish': give at least one token in rewarded or punished")
         both = sorted(set(good.tolist()) & set(bad.tolist()))
@@ -317,154 +273,6 @@ class Implies(Reward):
         return np.where(ok, self.action_tokens[implies], -1)
 
 
-class Payoff(Reward):
-    """A payoff table: ``matrix[k][v]`` is paid for action ``action_tokens[k]`` when the scored token
-    is ``v``; the scored token is the next token x_{t+1} (``offset=1``, the default) or the current
-    token x_t, the last one the agent saw (``offset=0``: an "echo" reward).
-
-    ``matrix`` has one row per action token (``len(action_tokens)``, by default all V tokens) and
-    one column per vocabulary token, finite numbers. Examples with V = 3, all tokens as actions:
-
-    - ``next_token``: the identity, offset 1 (same rewards on every stream);
-    - ``-next_token``: minus the identity, offset 1 (the negated objective);
-    - shifted prediction, paid for claiming ``(x_{t+1} + 1) mod V``: the permutation matrix with
-      ``matrix[(v + 1) % V][v] = 1``, offset 1;
-    - echo, paid for repeating the token just seen: the identity, offset 0;
-    - a constant preference for token 0, whatever the stream does: row 0 all ones, the rest zeros
-      (either offset; ``reward_punish`` with ``rewarded=[0]`` pays the same).
-
-    Both offsets have ``lookahead = 1`` and score the steps t = 0..L-2 of a stream of L tokens:
-    offset 1 needs x_{t+1}; offset 0 does not, but keeping the same lookahead means the env samples
-    the same number of tokens per episode as ``next_token``, so under one seed every payoff sees the
-    same stream (and the env's final observation and belief, at t = episode_len, exist). Targets are
-    ``tokens[:, 1:]`` (offset 1) or ``tokens[:, :-1]`` (offset 0); ``info["target"]`` is that token.
-    ``ONLINE`` holds for both offsets: the target is x_{t+1} or x_t, both read from the pair
-    (x_t, x_{t+1}) that a steered stream scores (x_t is even fixed before the action).
-    """
-
-    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
-        "matrix": (None, "A lists of V numbers: matrix[k][v] is paid for action k when the scored token is v"),
-        "offset": (1, "which token is scored: 1 = the next token x_{t+1}, 0 = the current token x_t (echo)"),
-    }
-    ONLINE = True
-
-    def _setup(self):
-        offset = self.params["offset"]
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset not in (0, 1):
-            raise ValueError(
-                f"reward 'payoff': offset must be 1 (score the next token) or 0 (score the current token); got {offset!r}"
-            )
-        self._offset = int(offset)
-        raw = self.params["matrix"]
-        if raw is None:
-            raise ValueError("reward 'payoff': give matrix (one row of V numbers per action token)")
-        try:
-            m = np.array(raw)
-        except ValueError:  # ragged rows
-            m = None
-        V = self.hmm.vocab_size
-        if m is None or m.ndim != 2 or m.dtype == bool or not np.issubdtype(m.dtype, np.number):
-            raise ValueError(
-                f"reward 'payoff': matrix must be a list of rows of V={V} numbers (one row per action token); got {raw!r}"
-            )
-        if m.shape[1] != V:
-            raise ValueError(f"reward 'payoff': matrix must have V={V} columns (one per token); got shape {m.shape}")
-        m = m.astype(np.float64)
-        if not np.isfinite(m).all():
-            k, v = np.argwhere(~np.isfinite(m))[0]
-            raise ValueError(f"reward 'payoff': matrix entries must be finite; matrix[{k}][{v}] is {m[k, v]}")
-        m.setflags(write=False)
-        self._matrix = m
-        self.lookahead = 1
-
-    def _check_actions(self):
-        A = len(self.action_tokens)
-        if self._matrix.shape[0] != A:
-            raise ValueError(
-                f"reward 'payoff': matrix must have one row per action token, shape ({A}, {self.hmm.vocab_size}); "
-                f"got shape {self._matrix.shape}"
-            )
-        if len(set(self.action_tokens.tolist())) != A:
-            raise ValueError(f"reward 'payoff': action tokens must be distinct; got {self.action_tokens.tolist()}")
-        self._index = np.full(self.hmm.vocab_size, -1, dtype=np.int64)  # token id -> action index
-        self._index[self.action_tokens] = np.arange(A)
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """(A, V) float64, read-only: row k is what action ``action_tokens[k]`` earns for each scored token."""
-        return self._matrix
-
-    @property
-    def offset(self) -> int:
-        """1: the scored token is x_{t+1}; 0: it is x_t."""
-        return self._offset
-
-    def targets(self, tokens, states):
-        tokens = np.asarray(tokens)
-        return (tokens[:, 1:] if self._offset == 1 else tokens[:, :-1]).astype(np.int64)  # (B, L-1)
-
-    def rewards(self, actions, targets):
-        actions, targets = np.asarray(actions, dtype=np.int64), np.asarray(targets, dtype=np.int64)
-        if actions.size and (actions.min() < 0 or actions.max() >= self.hmm.vocab_size):
-            raise ValueError(f"reward 'payoff': action tokens must lie in 0..{self.hmm.vocab_size - 1}")
-        k = self._index[actions]
-        if (k < 0).any():
-            raise ValueError(
-                f"reward 'payoff': actions {sorted(set(actions[k < 0].tolist()))} are not in the action set "
-                f"{self.action_tokens.tolist()}"
-            )
-        ok = targets >= 0  # -1: no target, pays 0 (never produced by payoff's own targets)
-        return np.where(ok, self._matrix[k, np.maximum(targets, 0)], 0.0)
-
-
-class OutcomeReward(Reward):
-    """The outcome process's own outcome as the reward: ``rewarded`` (default +1) when the action
-    names the hidden base state, ``punished`` (default -1) when it names the next one, ``neutral``
-    (default 0) otherwise (rule and tokens in :mod:`envs.outcome`).
-
-    The outcome follows from the agent's action, so only ``env: outcome``
-    (:class:`envs.outcome_env.OutcomeEnv`) can score it: it passes the outcome token it emitted as
-    the target, and :meth:`rewards` maps that token to its value whatever the action. The action
-    set is the process's S action tokens, in order (action i is action token V + i).
-    """
-
-    PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
-        "rewarded": (1.0, "reward when the action names the hidden base state"),
-        "punished": (-1.0, "reward when the action names the next base state"),
-        "neutral": (0.0, "reward for any other action"),
-    }
-    ONLINE = True
-    ENV = "outcome"
-
-    def _setup(self):
-        if self.hmm.family != "outcome":
-            raise ValueError(f"reward 'outcome' needs an outcome process (name: outcome); got {self.hmm.name!r}")
-        self._tokens = OutcomeTokens.of(self.hmm)
-        for k in ("rewarded", "punished", "neutral"):
-            v = self.params[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
-                raise ValueError(f"reward 'outcome': {k} must be a finite number; got {v!r}")
-        self._values = np.array([self.params[k] for k in ("rewarded", "punished", "neutral")], dtype=np.float64)
-
-    def default_action_tokens(self):
-        return self._tokens.action_tokens.tolist()
-
-    def _check_actions(self):
-        want = self._tokens.action_tokens
-        if not np.array_equal(self.action_tokens, want):
-            raise ValueError(
-                f"reward 'outcome': action_tokens must be the process's action tokens {want.tolist()} in order "
-                f"(action i is action token {want[0]} + i); got {self.action_tokens.tolist()}"
-            )
-
-    def targets(self, tokens, states):
-        raise ValueError("reward 'outcome' needs env: outcome (the outcome depends on the agent's action)")
-
-    def rewards(self, actions, targets):
-        """``targets``: the outcome token ids the env emitted, one per action."""
-        return self._values[self._tokens.outcome_index(targets)]
-
-
 REWARDS: dict[str, type[Reward]] = {
     "next_token": NextToken,
     "joint_target": JointTarget,
@@ -481,18 +289,6 @@ def make_reward(name: str, hmm: HMM, params: dict | None = None, action_tokens=N
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; valid: {sorted(REWARDS)}")
     return REWARDS[name](hmm, params, action_tokens)
-
-
-def _check_tokens(tokens, vocab_size: int, what: str, allow_empty: bool = False) -> np.ndarray:
-    arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{what} must be a list of integer token ids; got {tokens!r}")
-    if not arr.size and not allow_empty:
-        raise ValueError(f"{what} is empty")
-    bad = sorted({int(x) for x in arr if not 0 <= x < vocab_size})
-    if bad:
-        raise ValueError(f"{what}: tokens {bad} are not in the vocabulary 0..{vocab_size - 1}")
-    return arr.astype(np.int64)
 
 
 def _last_before(local: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
