@@ -74,6 +74,7 @@ def objective_rows(parent_metrics: dict[str, float]) -> list[dict]:
         group, name = key.split("/", 3)[2:4]
         if (
             "/lam0/" in name  # the control itself: zero by construction
+            or ("/lean_" in name and "/lean_A/" not in name and "/lean_B/" not in name)  # score_also's, in MLflow
             or name.startswith("classifier/module/")
             or not name.startswith(wanted)
             or name.endswith(("/ci_low", "/ci_high", "/n"))

@@ -13,9 +13,11 @@ up before RL (the exposure axis of ``sweeps/rare.yaml``). For the model PPO star
   the trigger often (``eval_eps``), so B's belief has history to read: at every position after B
   first spoke (``seen``), right before a trigger (``before``: is B's state decodable before the
   agent asks?) and at the trigger (``at``: B speaks next). Skill is against the random-init model
-  on the same positions (science rule 2).
+  on the same positions (science rule 2); ``r2_B/...`` is the held-out R² itself, and
+  ``r2_B_random_init/...`` the random-init model's (a negative skill means pretraining left B's
+  belief *less* linearly readable than a random network's token-and-position features do).
 
-Metrics ``{pre,post}/{trigger_rate,reward,skill_B/...}`` and ``delta/{...}`` (post - pre); table and
+Metrics ``{pre,post}/{trigger_rate,reward,skill_B/...,r2_B/...}`` and ``delta/{...}`` (post - pre); table and
 figure ``rare_curve`` over iterations.
 """
 
@@ -88,9 +90,16 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
             out[name] = probe_errors(X[tr], Y[tr], X[te], Y[te], params.alpha)
         return out
 
+    def sst(name: str) -> float:
+        """Held-out total sum of squares of B's belief at ``name``'s positions (R²'s denominator)."""
+        s, t = pos[name]
+        y = b_belief[s, t][~in_train[s]]
+        return float(((y - y.mean(0)) ** 2).sum()) if len(y) else float("nan")
+
+    totals = {k: sst(k) for k in pos}
     control = errors(features(artifacts.random_init()))
     rows: dict[str, list] = {"iteration": [], "trigger_rate": [], "reward": []}
-    rows |= {f"skill_B/{k}": [] for k in pos}
+    rows |= {f"skill_B/{k}": [] for k in pos} | {f"r2_B/{k}": [] for k in pos}
     action_tokens = np.asarray(env["action_tokens"])
     for it in [0, *artifacts.ppo_iterations()]:
         model = artifacts.policy(it)
@@ -102,10 +111,9 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
         for k in pos:
             c = np.nansum(control[k])
             rows[f"skill_B/{k}"].append(float(1 - np.nansum(err[k]) / c) if c > 0 else float("nan"))
-    metrics: dict[str, float] = {
-        "positions/seen": float(len(pos["seen"][0])),
-        "positions/before": float(len(pos["before"][0])),
-    }
+            rows[f"r2_B/{k}"].append(float(1 - np.nansum(err[k]) / totals[k]))
+    metrics: dict[str, float] = {f"positions/{k}": float(len(v[0])) for k, v in pos.items()}
+    metrics |= {f"r2_B_random_init/{k}": float(1 - np.nansum(control[k]) / totals[k]) for k in pos}
     for key, col in rows.items():
         if key == "iteration":
             continue
