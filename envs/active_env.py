@@ -135,8 +135,8 @@ class ActiveGatedEnv(gym.Env):
         return {"belief": self._belief.copy(), "factor_beliefs": {str(i): b for i, b in enumerate(fb)}}
 
 
-class ActiveGatedVectorEnv(SyncVectorEnv):
-    """``num_envs`` :class:`ActiveGatedEnv` copies under gymnasium's vector API, for RLlib.
+class CopiesVectorEnv(SyncVectorEnv):
+    """``num_envs`` copies of ``ENV`` (an env the agent steers) under gymnasium's vector API, for RLlib.
 
     The agent steers each stream, so unlike :class:`envs.gym_env.SequenceVectorEnv` there is no
     batched sampling to share, and gymnasium's own SyncVectorEnv steps the copies. Autoreset is
@@ -146,19 +146,29 @@ class ActiveGatedVectorEnv(SyncVectorEnv):
     seeds copy i with ``s + i`` as gymnasium does. The process is built once and shared.
     """
 
+    ENV: ClassVar[type[gym.Env]]
+    KIND: ClassVar[str]
+
     def __init__(self, num_envs: int, config: dict | None = None):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1; got {num_envs!r}")
         config = dict(config or {})
-        cfg = EnvConfig.from_dict(dict(config, env=config.get("env", "active_gated")))
+        cfg = EnvConfig.from_dict(dict(config, env=config.get("env", self.KIND)))
         config["process"] = build_process(cfg.process)
         seeds = spawn_seeds(cfg.seed, int(num_envs))
-        fns = [functools.partial(ActiveGatedEnv, dict(config, seed=s)) for s in seeds]
+        fns = [functools.partial(self.ENV, dict(config, seed=s)) for s in seeds]
         super().__init__(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
         self.config = self.envs[0].config
         self.hmm = self.envs[0].hmm
         self.reward_fn = self.envs[0].reward_fn
         self.action_tokens = self.envs[0].action_tokens
+
+
+class ActiveGatedVectorEnv(CopiesVectorEnv):
+    """``num_envs`` :class:`ActiveGatedEnv` copies (see :class:`CopiesVectorEnv`)."""
+
+    ENV = ActiveGatedEnv
+    KIND = "active_gated"
 
 
 def spawn_seeds(seed: int | None, n: int) -> list[int | None]:

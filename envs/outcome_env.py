@@ -24,14 +24,12 @@ state has one rewarded and one punished action); naming the most likely base sta
 
 from __future__ import annotations
 
-import functools
 from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from envs.active_env import spawn_seeds
+from envs.active_env import CopiesVectorEnv
 from envs.env_config import EnvConfig, config_seeded_reset, episode_lengths, window
 from envs.outcome import PUNISHED, OutcomeTokens, outcome_probs, outcome_rule
 from envs.rewards import make_reward
@@ -134,22 +132,9 @@ class OutcomeEnv(gym.Env):
         return {"belief": self._belief.copy()}
 
 
-class OutcomeVectorEnv(SyncVectorEnv):
-    """``num_envs`` :class:`OutcomeEnv` copies under gymnasium's vector API, for RLlib, exactly as
-    :class:`envs.active_env.ActiveGatedVectorEnv`: next-step autoreset, copy i's first reset seeded
-    from seed i spawned from the config's seed, ``reset(seed=s)`` seeding copy i with ``s + i``, and
-    the process built once and shared."""
+class OutcomeVectorEnv(CopiesVectorEnv):
+    """``num_envs`` :class:`OutcomeEnv` copies, exactly as :class:`envs.active_env.ActiveGatedVectorEnv`
+    (next-step autoreset, copies seeded from seeds spawned from the config's seed)."""
 
-    def __init__(self, num_envs: int, config: dict | None = None):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be an int >= 1; got {num_envs!r}")
-        config = dict(config or {})
-        cfg = EnvConfig.from_dict(dict(config, env=config.get("env", "outcome")))
-        config["process"] = build_process(cfg.process)
-        seeds = spawn_seeds(cfg.seed, int(num_envs))
-        fns = [functools.partial(OutcomeEnv, dict(config, seed=s)) for s in seeds]
-        super().__init__(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
-        self.config = self.envs[0].config
-        self.hmm = self.envs[0].hmm
-        self.reward_fn = self.envs[0].reward_fn
-        self.action_tokens = self.envs[0].action_tokens
+    ENV = OutcomeEnv
+    KIND = "outcome"

@@ -37,7 +37,13 @@ def test_objective_trials_share_one_m_a_and_log_task_vectors(workdir):
     sweep["base"]["process"] = {"name": "mess3", "x": 0.05, "a": 0.85}
     sweep["base"]["model"] = TINY_MODEL | {"n_ctx": 6}
     sweep["base"]["pretrain"]["seed"] = 0
-    sweep["base"]["analyses"] = [{"name": "negation", "params": {"lambdas": [1.0], "iterations": 1, "n_seq": 50}}]
+    negation = {
+        "lambdas": [1.0],
+        "iterations": 1,
+        "n_seq": 50,
+        "score_also": {"anti": {"reward": "payoff", "reward_params": ANTI}},
+    }
+    sweep["base"]["analyses"] = [{"name": "negation", "params": negation}]
     outcome = run_sweep(str(write_sweep(workdir, sweep)))
     assert outcome.errors == 0
 
@@ -63,10 +69,17 @@ def test_objective_trials_share_one_m_a_and_log_task_vectors(workdir):
     pre = "sweep/task_vectors/all/"
     assert 0 <= got[pre + "classifier/accuracy"] <= 1 and got[pre + "classifier/chance"] == 0.5
     assert got[pre + "similarity/anti/null"] == -1.0  # R_B = -R_A, exactly
-    for key in ("cos/same_reward/mean", "cos/other_reward/mean", "cos/null/mean", "negation/anti/lam1/lean_B/mean"):
+    for key in (
+        "cos/same_reward/mean",
+        "cos/null_vs_reward/mean",
+        "cos/null/mean",
+        "negation/anti/lam1/beyond_null/mean",
+    ):
         assert np.isfinite(got[pre + key]), key
-    arts = {a.path for a in c.list_artifacts(outcome.parent_run_id, "sweep/task_vectors/all")}
-    assert any("task_vector_cosines" in p for p in arts), arts
+    figures = {a.path for a in c.list_artifacts(outcome.parent_run_id, "figures/sweep/task_vectors")}
+    assert "figures/sweep/task_vectors/all__task_vector_cosines.png" in figures, figures
+    tables = {a.path for a in c.list_artifacts(outcome.parent_run_id, "sweep/task_vectors")}
+    assert any("all__superposition" in p for p in tables), tables
 
 
 def test_welfare_trial_logs_concept_vectors_and_steering(workdir):
@@ -103,3 +116,33 @@ def test_welfare_trial_logs_concept_vectors_and_steering(workdir):
     assert any("steering" in p for p in tables) or any(
         "steering" in a.path for d in tables for a in c.list_artifacts(run.info.run_id, d)
     )
+
+
+def test_rare_trial_logs_trigger_rate_reward_and_b_probes(workdir):
+    from rayexp.artifacts import find_trials
+    from rayexp.sweep import run_sweep
+
+    gated = {
+        "name": "gated",
+        "a": {"name": "rare_token", "base": {"name": "mess3"}, "eps": 0.05},
+        "b": {"name": "mess3"},
+        "trigger": 3,
+    }
+    task = {"name": "seek", "env": "active_gated", "reward": "rare_next_token", "reward_params": {"factor": 1}}
+    sweep = tiny_sweep("rare_toy", ppo_iterations=2, tasks=[task])
+    sweep["base"]["process"] = gated
+    sweep["base"]["model"] = TINY_MODEL | {"n_ctx": 8}
+    sweep["base"]["ppo"] |= {"save_every": 1, "gamma": 0.9}
+    sweep["base"]["analyses"] = [{"name": "rare", "params": {"n_episodes": 20, "n_seq": 200}}]
+    outcome = run_sweep(str(write_sweep(workdir, sweep)))
+    assert outcome.errors == 0
+    (trial,) = find_trials(str(workdir / "results"), "rare_toy")
+    m = trial.analysis_metrics("rare")
+    for phase in ("pre", "post"):
+        assert 0 <= m[f"{phase}/trigger_rate"] <= 1 and 0 <= m[f"{phase}/reward"] <= 1
+        assert m[f"{phase}/r2_B/seen"] <= 1
+    assert m["positions/before"] > 0 and m["positions/at"] > 0
+    assert m["delta/reward"] == m["post/reward"] - m["pre/reward"]
+    c = tracking.client(tracking.tracking_uri())
+    (run,) = trial_runs(tracking.tracking_uri(), "rare_toy")
+    assert "figures/rare_curve.png" in {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
