@@ -248,6 +248,12 @@ SEMANTIC = [
     ("tasks.0.env", "active_gated", "tasks[0].env", "needs a gated RL stream"),
     ("tasks.0.ppo", {"minibatch_size": 100}, "tasks[0].ppo", "exceeds train_batch_size 60"),
     ("base.model.d_vocab", 2, "base.model.d_vocab", "smaller than the process vocabulary 3"),
+    (
+        "base.analyses",
+        [{"name": "negation", "params": {"score_also": {"x": {"reward": "nope"}}}}],
+        "base.analyses[0].params.score_also",
+        "score_also.x",
+    ),
     ("tasks.0.env", "outcome", "tasks[0].env", "needs an outcome RL stream"),
     ("tasks.0.reward", "outcome", "tasks[0].env", "runs in env 'outcome'"),
     ("tasks.0.start_from", {"reward": "nope", "iterations": 2}, "tasks[0].start_from.reward", "unknown reward 'nope'"),

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rayexp.analyses import AnalysisResult, Params, analysis
 from rayexp.stats import paired_bootstrap_ci
@@ -50,6 +50,21 @@ class NegationParams(Params):
         description="more rewards to score every model on, {name: {reward, reward_params}}: the other tasks' "
         "rewards, so the null task's negation gives each R_B's baseline (what negating any update does)",
     )
+
+
+    @field_validator("score_also")
+    @classmethod
+    def _known_rewards(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from envs.rewards import REWARDS
+
+        for name, spec in value.items():
+            extra = sorted(set(spec) - {"reward", "reward_params"})
+            if extra or spec.get("reward") not in REWARDS:
+                raise ValueError(
+                    f"score_also.{name}: needs {{reward, reward_params}} with reward one of {sorted(REWARDS)}; "
+                    f"got {spec!r}"
+                )
+        return value
 
 
 def lam_name(lam: float) -> str:
