@@ -264,28 +264,24 @@ def _negation_figure(metrics, tasks):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for i, task in enumerate(tasks):
-        pts = sorted(
-            (float(k.split("/")[2][3:]), v)
-            for k, v in metrics.items()
-            if k.startswith(f"negation/{task}/lam") and k.endswith("/lean_B/mean")
-        )
-        if pts:
-            lam, mean = zip(*pts)
-            lo = [metrics[f"negation/{task}/lam{x:g}/lean_B/ci_low"] for x in lam]
-            hi = [metrics[f"negation/{task}/lam{x:g}/lean_B/ci_high"] for x in lam]
-            ax.errorbar(
-                lam,
-                mean,
-                yerr=[[m - a for m, a in zip(mean, lo)], [b - m for m, b in zip(mean, hi)]],
-                fmt="o-",
-                label=task,
-                color=f"C{i}",
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    panels = (("lean_B", "R_B return: negated+retrained - control"), ("beyond_null", "... minus the null task's lean"))
+    for ax, (kind, title) in zip(axes, panels):
+        for i, task in enumerate(tasks):
+            pre = f"negation/{task}/lam"
+            lams = sorted(
+                float(k[len(pre) :].split("/")[0]) for k in metrics if k.startswith(pre) and k.endswith(f"/{kind}/mean")
             )
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xlabel("lambda")
-    ax.set_ylabel("R_B return: negated+retrained - control")
-    ax.legend(fontsize=7)
+            if not lams:
+                continue
+            mean = [metrics[f"{pre}{x:g}/{kind}/mean"] for x in lams]
+            lo = [m - metrics[f"{pre}{x:g}/{kind}/ci_low"] for m, x in zip(mean, lams)]
+            hi = [metrics[f"{pre}{x:g}/{kind}/ci_high"] - m for m, x in zip(mean, lams)]
+            ax.errorbar(lams, mean, yerr=[lo, hi], fmt="o-", label=task, color=f"C{i}", capsize=2)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("lambda (theta_A - lambda tau)")
+        ax.set_title(title, fontsize=8)
+    axes[0].set_ylabel("change of exact R_B return")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
