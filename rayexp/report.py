@@ -146,6 +146,9 @@ def _write_csv(rows: list[dict], path: Path) -> None:
 
 
 def report(experiment: str, out_dir: str | None = None, parent: str | None = None, file=sys.stdout) -> int:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per table otherwise
     uri = tracking.tracking_uri()
     parent, rows, runs = trial_rows(uri, experiment, parent)
     print(f"experiment {experiment!r}, sweep run {parent}, {len(rows)} trials ({uri})", file=file)

@@ -4,7 +4,9 @@ Welfare (trials with the ``concept_vectors`` analysis): cos(v_R, v_P) per hook f
 pre-RL and post-RL models with the shuffled-label null band, mean and range over seeds
 (``concept_layers.csv`` / ``.png``), and the steering slopes (``steering.csv``). Objectives (the
 ``task_vectors`` analysis on the parent run): the classifier, the cosines by kind of pair, the
-superposition gains and the negation leans (``task_vectors.csv``).
+superposition gains and the negation leans (``task_vectors.csv``). Rare capabilities (trials with
+the ``rare`` analysis): trigger rate, reward and B's belief R² per group of trials that differ in
+more than their seed (``rare.csv``) and the curves over PPO checkpoints (``rare_curves.png``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from rayexp.sweep import format_table
 
 CV = "analysis/concept_vectors/"
+RARE = "analysis/rare/"
 
 
 def _mean_range(values: list[float]) -> str:
@@ -87,6 +90,86 @@ def objective_rows(parent_metrics: dict[str, float]) -> list[dict]:
     return rows
 
 
+def _groups(runs: list) -> dict[str, list]:
+    """Runs by the params in which they differ, the seed left out (e.g. the exposure axis)."""
+    keys = sorted({k for r in runs for k in r.data.params})
+    varying = [k for k in keys if k != "seed" and len({r.data.params.get(k) for r in runs}) > 1]
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(", ".join(f"{k}={r.data.params.get(k)}" for k in varying) or "all", []).append(r)
+    return out
+
+
+def rare_curves(runs: list) -> dict[str, dict[str, list]]:
+    """Each rare-capability trial's ``rare_curve`` table (iteration, trigger_rate, reward, ...) by run id."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from rayexp import tracking
+
+    c = tracking.client(tracking.tracking_uri())
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            if any(k.startswith(RARE) for k in r.data.metrics):
+                path = c.download_artifacts(r.info.run_id, "tables/rare_curve.parquet", tmp)
+                out[r.info.run_id] = pq.read_table(path).to_pydict()
+    return out
+
+
+def rare_rows(runs: list, curves: dict[str, dict[str, list]] | None = None) -> list[dict]:
+    """One row per group of rare-capability trials: mean [min, max] over its seeds, and with
+    ``curves`` the group's mean trigger rate at each stored PPO checkpoint (how fast RL found B)."""
+    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
+    rows = []
+    for label, group in _groups(runs).items():
+
+        def vals(key: str, group=group) -> list[float]:
+            return [r.data.metrics[RARE + key] for r in group if RARE + key in r.data.metrics]
+
+        rows.append(
+            {
+                "group": label,
+                "seeds": len(group),
+                "trigger rate post": _mean_range(vals("post/trigger_rate")),
+                "reward post": _mean_range(vals("post/reward")),
+                "R2 B at trigger pre": _mean_range(vals("pre/r2_B/at")),
+                "R2 B at trigger post": _mean_range(vals("post/r2_B/at")),
+            }
+        )
+        tables = [curves[r.info.run_id] for r in group if curves and r.info.run_id in curves]
+        if tables and all(t["iteration"] == tables[0]["iteration"] for t in tables):
+            its = tables[0]["iteration"]
+            means = [sum(t["trigger_rate"][i] for t in tables) / len(tables) for i in range(len(its))]
+            rows[-1][f"trigger rate at iterations {'/'.join(map(str, its))}"] = "/".join(f"{m:.2f}" for m in means)
+    return rows
+
+
+def rare_figure(runs: list, curves: dict[str, dict[str, list]], path: Path) -> Path:
+    """Trigger rate and reward over PPO checkpoints, each trial a line, coloured by group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if r.info.run_id in curves]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    for i, (label, group) in enumerate(_groups(runs).items()):
+        for j, r in enumerate(group):
+            t = curves[r.info.run_id]
+            for ax, key in zip(axes, ("trigger_rate", "reward")):
+                ax.plot(t["iteration"], t[key], "o-", color=f"C{i}", alpha=0.7, label=label if j == 0 else None)
+    for ax, name in zip(axes, ("trigger rate", "reward per step")):
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def print_studies(runs: list, parent_metrics: dict[str, float], out: Path, file=sys.stdout) -> None:
     from rayexp.report import _write_csv
 
@@ -99,6 +182,13 @@ def print_studies(runs: list, parent_metrics: dict[str, float], out: Path, file=
         _write_csv(layers, out / "concept_layers.csv")
         _write_csv(steering, out / "steering.csv")
         print(f"figure: {concept_figure(runs, out / 'concept_layers.png')}", file=file)
+    curves = rare_curves(runs)
+    rare = rare_rows(runs, curves)
+    if rare:
+        print("\nrare capabilities: mean [min, max] over seeds (README, 'Rare capabilities'):", file=file)
+        print(format_table(rare), file=file)
+        _write_csv(rare, out / "rare.csv")
+        print(f"figure: {rare_figure(runs, curves, out / 'rare_curves.png')}", file=file)
     objective = objective_rows(parent_metrics)
     if objective:
         print("\nobjectives: task vectors (README, 'Objectives in weight diffs'):", file=file)
