@@ -108,13 +108,15 @@ def rare_curves(runs: list) -> dict[str, dict[str, list]]:
 
     from rayexp import tracking
 
+    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
+    if not runs:
+        return {}
     c = tracking.client(tracking.tracking_uri())
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in runs:
-            if any(k.startswith(RARE) for k in r.data.metrics):
-                path = c.download_artifacts(r.info.run_id, "tables/rare_curve.parquet", tmp)
-                out[r.info.run_id] = pq.read_table(path).to_pydict()
+            path = c.download_artifacts(r.info.run_id, "tables/rare_curve.parquet", tmp)
+            out[r.info.run_id] = pq.read_table(path).to_pydict()
     return out
 
 

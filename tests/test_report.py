@@ -104,3 +104,24 @@ def test_study_summaries_from_metrics(tmp_path):
     print_studies([run(-0.9)], parent, tmp_path, file=buf)
     assert (tmp_path / "concept_layers.png").exists() and (tmp_path / "task_vectors.csv").exists()
     assert "welfare" in buf.getvalue() and "objectives" in buf.getvalue()
+
+
+def test_rare_summary_groups_by_what_varies_besides_the_seed():
+    from types import SimpleNamespace
+
+    from rayexp.report_studies import rare_rows
+
+    def run(rid, eps, seed, trig):
+        metrics = {"analysis/rare/post/trigger_rate": trig, "analysis/rare/post/reward": trig / 2}
+        return SimpleNamespace(
+            info=SimpleNamespace(run_id=rid),
+            data=SimpleNamespace(metrics=metrics, params={"process.a.eps": eps, "seed": seed, "model.n_layers": "4"}),
+        )
+
+    runs = [run("a", "0.0", "0", 0.2), run("b", "0.0", "1", 0.4), run("c", "0.01", "0", 0.5)]
+    curves = {rid: {"iteration": [0, 10], "trigger_rate": [0.0, v]} for rid, v in (("a", 0.1), ("b", 0.3), ("c", 0.5))}
+    rows = rare_rows(runs, curves)
+    assert [r["group"] for r in rows] == ["process.a.eps=0.0", "process.a.eps=0.01"]
+    assert rows[0]["seeds"] == 2 and rows[0]["trigger rate post"] == "+0.300 [+0.200, +0.400]"
+    assert rows[0]["trigger rate at iterations 0/10"] == "0.00/0.20"
+    assert rows[1]["reward post"] == "+0.250 [+0.250, +0.250]"
