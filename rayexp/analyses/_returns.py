@@ -38,7 +38,10 @@ class ExactReturns:
             raise ValueError(f"rewards act on different token sets {sorted(acts)}; a policy head has one")
         self.action_tokens = np.asarray(acts.pop())
         look = max(r.lookahead for r in self.rewards.values())
-        self.steps = int(env["context"])
+        self.steps = int(env.get("episode_len") or env["context"])
+        if self.steps != int(env["context"]):
+            # one causal pass scores step t at position t only while every observation is a prefix
+            raise ValueError(f"exact returns need episode_len == context; got {self.steps} and {env['context']}")
         tokens, _, beliefs = self.hmm.sample_with_beliefs(n_seq, self.steps + look, np.random.default_rng(seed))
         self.tokens = tokens
         self.values = {

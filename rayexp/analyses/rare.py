@@ -84,7 +84,7 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
         for name, (s, t) in pos.items():
             tr, te = in_train[s], ~in_train[s]
             if tr.sum() < 10 or te.sum() < 10:
-                out[name] = np.full(int(te.sum()), np.nan)
+                out[name] = np.full(max(int(te.sum()), 1), np.nan)  # too few positions: NaN, not a perfect fit
                 continue
             X, Y = feats[s, t], b_belief[s, t]
             out[name] = probe_errors(X[tr], Y[tr], X[te], Y[te], params.alpha)
@@ -109,11 +109,11 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
         rows["reward"].append(float(data["rewards"].mean()))
         err = errors(features(model))
         for k in pos:
-            c = np.nansum(control[k])
-            rows[f"skill_B/{k}"].append(float(1 - np.nansum(err[k]) / c) if c > 0 else float("nan"))
-            rows[f"r2_B/{k}"].append(float(1 - np.nansum(err[k]) / totals[k]))
+            c = np.sum(control[k])
+            rows[f"skill_B/{k}"].append(float(1 - np.sum(err[k]) / c) if c > 0 else float("nan"))
+            rows[f"r2_B/{k}"].append(float(1 - np.sum(err[k]) / totals[k]))
     metrics: dict[str, float] = {f"positions/{k}": float(len(v[0])) for k, v in pos.items()}
-    metrics |= {f"r2_B_random_init/{k}": float(1 - np.nansum(control[k]) / totals[k]) for k in pos}
+    metrics |= {f"r2_B_random_init/{k}": float(1 - np.sum(control[k]) / totals[k]) for k in pos}
     for key, col in rows.items():
         if key == "iteration":
             continue

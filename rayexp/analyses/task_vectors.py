@@ -7,14 +7,16 @@ another seed, so its update is what retraining alone writes). Per trial ``tau = 
 
 - ``norm/{task}/{module}``: mean per-module norm of tau over seeds (table ``task_vector_norms``);
 - ``cos/{same_reward,other_reward,null,null_vs_reward}/{mean,ci_low,ci_high,n}``: cosines of
-  pairs of task vectors (figure ``task_vector_cosines``: the full matrix);
+  pairs of task vectors from different seeds, and ``cos/other_reward_same_seed/...`` (trials of one
+  seed share their streams, so their updates share noise; figure ``task_vector_cosines``: the full
+  matrix);
 - ``classifier/{accuracy,chance,p_value,n}``: leave-one-seed-out nearest-centroid naming of the
   task from the vector, against a within-seed label permutation null; ``classifier/rewards_only/...``
   without the null task; ``classifier/module/{module}/{accuracy,p_value}``: the same on one module;
 - superposition, per seed: mu = mean tau over the rewards (null excluded), residual_r = tau_r - mu:
   ``superpose/{task}/gain_{tau,residual,mean}``: exact return on R_B of M_A + tau (= M_B), of
   M_A + residual, of M_A + mu, minus M_A's, with ``/ci_low``, ``/ci_high`` over seeds;
-  ``superpose/cos_mean_null`` (cos(mu, each null tau)), ``superpose/cos_mean_tau`` (cos(mu, tau_r))
+  ``superpose/cos_mean_null`` (cos(mu, the same seed's null tau)), ``superpose/cos_mean_tau`` (cos(mu, tau_r))
   next to ``superpose/cos_mean_tau_if_orthogonal`` (what mutually orthogonal updates would give);
 - negation (from each trial's ``negation`` analysis): ``negation/{task}/lam{l}/lean_B/{mean,ci_low,
   ci_high}`` over seeds, and ``.../lean_A``; ``negation/{task}/lam{l}/beyond_null/...``: the lean
@@ -157,8 +159,8 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
         cos_mu_tau += [float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1]) for t in by.values()]
         cos_mu_null += [
             float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1])
-            for lab, t in zip(labels, taus)
-            if lab == null
+            for lab, ss, t in zip(labels, seeds, taus)
+            if lab == null and ss == s
         ]
         r_mean = ev.returns(with_params(m_a, tv.apply(theta_a, mu)))
         for r, t in by.items():

@@ -85,10 +85,13 @@ def pair_cosines(C: np.ndarray, labels: Sequence[str], seeds: Sequence[int], nul
     """Off-diagonal cosines by kind of pair:
 
     - ``same_reward``: same label, other seed (the null's own pairs excluded);
-    - ``other_reward``: different labels, neither the null;
+    - ``other_reward``: different labels, neither the null, other seeds;
     - ``null``: two seed-only vectors (the null label, other seeds): what retraining on the same
       reward with another seed alone gives;
-    - ``null_vs_reward``: a seed-only vector against a reward's vector.
+    - ``null_vs_reward``: a seed-only vector against a reward's vector, other seeds;
+    - ``other_reward_same_seed``: different rewards, same seed, reported apart because trials of
+      one seed share their PPO and env seeds (the same streams, the same fresh value head), so
+      their updates share noise; every other kind pairs different seeds, like for like.
     """
     labels, seeds = np.asarray(labels), np.asarray(seeds)
     i, j = np.triu_indices(len(labels), k=1)
@@ -98,9 +101,10 @@ def pair_cosines(C: np.ndarray, labels: Sequence[str], seeds: Sequence[int], nul
     c = C[i, j]
     return {
         "same_reward": c[(li == lj) & (si != sj) & ~is_null_i],
-        "other_reward": c[(li != lj) & ~is_null_i & ~is_null_j],
+        "other_reward": c[(li != lj) & ~is_null_i & ~is_null_j & (si != sj)],
         "null": c[is_null_i & is_null_j & (si != sj)],
-        "null_vs_reward": c[is_null_i ^ is_null_j],
+        "null_vs_reward": c[(is_null_i ^ is_null_j) & (si != sj)],
+        "other_reward_same_seed": c[(li != lj) & ~is_null_i & ~is_null_j & (si == sj)],
     }
 
 
