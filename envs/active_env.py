@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from envs.env_config import EnvConfig, config_seeded_reset, episode_lengths, window
+from envs.env_config import EnvConfig, check_step, config_seeded_reset, episode_lengths, window
 from envs.layout import GatedLayout
 from envs.rewards import make_reward
 from envs.spec import build_process
@@ -111,10 +111,7 @@ class ActiveGatedEnv(gym.Env):
         return self._observe(), self._info()
 
     def step(self, action):
-        if not self.action_space.contains(action):
-            raise ValueError(f"action must lie in 0..{self.action_space.n - 1}; got {action!r}")
-        if self._t >= self.episode_len:
-            raise RuntimeError("step() after the episode ended; call reset() first")
+        check_step(self, action)
         token = int(self.action_tokens[action])
         forced = token == self.trigger and bool(self._can_force[self._state])
         x = self._emit(token == self.trigger)

@@ -86,3 +86,12 @@ def window(tokens: np.ndarray, t: np.ndarray, K: int, pad: int) -> np.ndarray:
     pos = np.maximum(t + 1 - K, 0) + np.arange(K)  # (n, K)
     window = np.take_along_axis(tokens, np.minimum(pos, tokens.shape[1] - 1), axis=1)  # (n, K)
     return np.where(pos <= t, window, pad)
+
+
+def check_step(env, action) -> None:
+    """The checks every env's ``step`` starts with: the action is in the action space and the episode
+    has not ended (``env._t`` steps taken of ``env.episode_len``)."""
+    if not env.action_space.contains(action):
+        raise ValueError(f"action must lie in 0..{env.action_space.n - 1}; got {action!r}")
+    if env._t >= env.episode_len:
+        raise RuntimeError("step() after the episode ended; call reset() first")

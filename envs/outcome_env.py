@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.active_env import CopiesVectorEnv
-from envs.env_config import EnvConfig, config_seeded_reset, episode_lengths, window
+from envs.env_config import EnvConfig, check_step, config_seeded_reset, episode_lengths, window
 from envs.outcome import PUNISHED, OutcomeTokens, outcome_probs, outcome_rule
 from envs.rewards import make_reward
 from envs.spec import build_process
@@ -106,10 +106,7 @@ class OutcomeEnv(gym.Env):
         return self._observe(), self._info()
 
     def step(self, action):
-        if not self.action_space.contains(action):
-            raise ValueError(f"action must lie in 0..{self.action_space.n - 1}; got {action!r}")
-        if self._t >= self.episode_len:
-            raise RuntimeError("step() after the episode ended; call reset() first")
+        check_step(self, action)
         a, lay = int(action), self.token_layout
         punish_prob = float(outcome_probs(self.hmm, self._belief)[a, PUNISHED])
         s = self._state - lay.n_base_states  # the hidden base state at this decision point

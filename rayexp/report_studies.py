@@ -150,10 +150,7 @@ def rare_rows(runs: list, curves: dict[str, dict[str, list]] | None = None) -> l
 
 def rare_figure(runs: list, curves: dict[str, dict[str, list]], path: Path) -> Path:
     """Trigger rate and reward over PPO checkpoints, each trial a line, coloured by group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     runs = [r for r in runs if r.info.run_id in curves]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
@@ -200,10 +197,7 @@ def print_studies(runs: list, parent_metrics: dict[str, float], out: Path, file=
 
 def concept_figure(runs: list, path: Path) -> Path:
     """cos(v_R, v_P) per hook, every seed a line, per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     runs = [r for r in runs if any(k.startswith(CV) for k in r.data.metrics)]
     keys = set().union(*(r.data.metrics for r in runs))

@@ -103,7 +103,7 @@ def start_from(ctx: TrialContext) -> None:
         result = train_ppo(
             ctx.start_settings,
             ctx.start_env_config,
-            str(ctx.artifacts.store.local_file(f"pretrain_cache/{ctx.pretrain_key}/model.pt")),
+            ctx.cached_model_path(ctx.pretrain_key),
             out / "model.pt",
             callback,
         )
@@ -218,7 +218,7 @@ def ppo(ctx: TrialContext) -> None:
     train_ppo(
         settings,
         ctx.env_config,
-        ctx.start_model_path(),
+        ctx.cached_model_path(),
         str(out),
         callback,
         state_dir=state_dir,

@@ -236,9 +236,10 @@ class TrialContext:
         )
         return "start-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def start_model_path(self) -> str:
-        """Local path of the model PPO starts from: M_A when the task names one, else the pretrained model."""
-        key = self.start_key or self.pretrain_key
+    def cached_model_path(self, key: str | None = None) -> str:
+        """Local path of a pretrain cache entry's model: ``key``'s, by default the one PPO starts from
+        (M_A when the task names one, else the pretrained model)."""
+        key = key or self.start_key or self.pretrain_key
         return str(self.artifacts.store.local_file(f"pretrain_cache/{key}/model.pt"))
 
 

@@ -207,17 +207,9 @@ def _curve(artifacts, data: _Data, hooks: list[str], final: dict) -> dict[str, l
     return rows
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _layer_figure(rows):
-    plt = _plt()
+    from rayexp.figures import plt  # the Agg backend, set once there
+
     fig, ax = plt.subplots(figsize=(6, 3.2))
     hooks = list(dict.fromkeys(rows["hook"]))
     x = np.arange(len(hooks))
@@ -237,7 +229,8 @@ def _layer_figure(rows):
 
 
 def _steer_figure(rows, hook):
-    plt = _plt()
+    from rayexp.figures import plt  # the Agg backend, set once there
+
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
     for ax, name in zip(axes, ("pre", "post")):
         for vec in dict.fromkeys(rows["vector"]):
@@ -260,7 +253,8 @@ def _steer_figure(rows, hook):
 
 
 def _curve_figure(rows, hook):
-    plt = _plt()
+    from rayexp.figures import plt  # the Agg backend, set once there
+
     sel = [j for j, h in enumerate(rows["hook"]) if h == hook]
     it = [rows["iteration"][j] for j in sel]
     fig, ax = plt.subplots(figsize=(5, 3))

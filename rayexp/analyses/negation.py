@@ -51,7 +51,6 @@ class NegationParams(Params):
         "rewards, so the null task's negation gives each R_B's baseline (what negating any update does)",
     )
 
-
     @field_validator("score_also")
     @classmethod
     def _known_rewards(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -130,11 +129,9 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
 
 
 def _figure(rows: dict, metrics: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     lam = np.asarray(rows["lambda"])
     stage = np.asarray(rows["stage"])

@@ -124,10 +124,7 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
 
 
 def _figure(rows):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     it = rows["iteration"]

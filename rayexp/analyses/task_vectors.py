@@ -75,16 +75,10 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
 
     # norms per module
     norm_rows: dict[str, list] = {"task": [], "seed": [], "module": [], "norm": []}
-    for lab, s, t in zip(labels, seeds, taus):
-        for mod, n in tv.module_norms(t).items():
-            norm_rows["task"].append(lab)
-            norm_rows["seed"].append(s)
-            norm_rows["module"].append(mod)
-            norm_rows["norm"].append(n)
-        norm_rows["task"].append(lab)
-        norm_rows["seed"].append(s)
-        norm_rows["module"].append("total")
-        norm_rows["norm"].append(float(np.linalg.norm(tv.flatten(t, names))))
+    for lab, s, t, x in zip(labels, seeds, taus, X):
+        for mod, n in (tv.module_norms(t) | {"total": float(np.linalg.norm(x))}).items():
+            for k, v in zip(norm_rows, (lab, s, mod, n)):
+                norm_rows[k].append(v)
     tables["task_vector_norms"] = pa.table(norm_rows)
     nt = {k: np.asarray(v) for k, v in norm_rows.items()}
     for lab in dict.fromkeys(labels):
@@ -148,20 +142,19 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     gains: dict[str, dict[str, list]] = {r: {"tau": [], "residual": [], "mean": []} for r in rewards}
     cos_mu_null, cos_mu_tau, cos_orth = [], [], []
     for s in sorted(set(seeds)):
-        by = {lab: t for lab, ss, t in zip(labels, seeds, taus) if ss == s and lab in rewards}
-        if len(by) < 2:
+        rows = [i for i, (lab, ss) in enumerate(zip(labels, seeds)) if ss == s and lab in rewards]
+        if len(rows) < 2:
             continue
+        by = {labels[i]: taus[i] for i in rows}
         mu, resid = tv.superpose(by)
-        mu_flat = tv.flatten(mu, names)
+        nulls = [i for i, (lab, ss) in enumerate(zip(labels, seeds)) if ss == s and lab == null]
+        # flattening is linear, so mu's flat vector is the mean of the rows; one cosine matrix per seed
+        cos = tv.cosine_matrix(np.vstack([X[rows].mean(0), X[rows], X[nulls]]))[0, 1:]
+        cos_mu_tau += list(cos[: len(rows)])
+        cos_mu_null += list(cos[len(rows) :])
         # were the updates mutually orthogonal, cos(mu, tau_r) would be |tau_r| / sqrt(sum |tau_i|^2)
-        sq = np.array([float(tv.flatten(t, names) @ tv.flatten(t, names)) for t in by.values()])
+        sq = (X[rows] ** 2).sum(1)
         cos_orth += list(np.sqrt(sq / sq.sum()))
-        cos_mu_tau += [float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1]) for t in by.values()]
-        cos_mu_null += [
-            float(tv.cosine_matrix(np.stack([mu_flat, tv.flatten(t, names)]))[0, 1])
-            for lab, ss, t in zip(labels, seeds, taus)
-            if lab == null and ss == s
-        ]
         r_mean = ev.returns(with_params(m_a, tv.apply(theta_a, mu)))
         for r, t in by.items():
             got = {
@@ -193,18 +186,17 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     figures["superposition"] = _gain_figure(gains)
 
     # negation: each trial's own analysis, summarised over seeds
-    neg: dict[str, dict[str, list]] = {}
-    for lab, a in zip(labels, trials):
-        m = a.analysis_metrics("negation") or {}
+    by_seed = {(lab, s): a.analysis_metrics("negation") or {} for lab, s, a in zip(labels, seeds, trials)}
+    neg: dict[str, list[float]] = {}
+    for (lab, _), m in by_seed.items():
         for key, v in m.items():
             if "/lean_" in key and not key.endswith(("ci_low", "ci_high")):
-                neg.setdefault(f"negation/{lab}/{key}", {"v": []})["v"].append(v)
-    for key, d in neg.items():
-        metrics |= _ci(key, d["v"], params.seed)
+                neg.setdefault(f"negation/{lab}/{key}", []).append(v)
+    for key, vals in neg.items():
+        metrics |= _ci(key, vals, params.seed)
     # beyond the null: the task's lean on its own R_B minus the lean on that R_B of the null task's
     # negated model (same seed, same lambda): what negating an update *of no objective* does to R_B
     if null is not None:
-        by_seed = {(lab, s): a.analysis_metrics("negation") or {} for lab, s, a in zip(labels, seeds, trials)}
         for lab in rewards:
             lams = sorted(
                 {k.split("/")[0] for (lb, _), m in by_seed.items() if lb == lab for k in m if k.startswith("lam")}
@@ -224,10 +216,7 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
 
 
 def _heatmap(C, labels, seeds):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     im = ax.imshow(C, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -241,10 +230,7 @@ def _heatmap(C, labels, seeds):
 
 
 def _gain_figure(gains):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     fig, ax = plt.subplots(figsize=(6, 3))
     kinds = ("tau", "residual", "mean")
@@ -261,10 +247,7 @@ def _gain_figure(gains):
 
 
 def _negation_figure(metrics, tasks):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     panels = (("lean_B", "R_B return: negated+retrained - control"), ("beyond_null", "... minus the null task's lean"))
