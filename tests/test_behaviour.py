@@ -1,0 +1,27 @@
+"""A redesign must not change what a trial measures: each tiny sweep in tests/goldens/behaviour/
+runs through the real CLI and every metric it logs to MLflow (trial and parent runs, every step)
+must equal the one captured before (tests/behaviour.py says how they were made)."""
+
+import json
+
+import pytest
+from behaviour import differences, run, sweep_files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", sweep_files(), ids=lambda p: p.stem)
+def test_every_logged_metric_is_unchanged(sweep, workdir):
+    want = json.loads(sweep.with_suffix(".json").read_text())
+    got = run(sweep, workdir)
+    assert sum(len(m) for m in got.values()) > 100  # the sweep really logged its analyses
+    diff = differences(want, got)
+    assert not diff, "\n".join(diff[:30])
+
+
+def test_a_changed_metric_is_reported():
+    want = {"parent": {"a": [[0, 1.0]], "b": [[0, 2.0], [1, 3.0]]}, "trial/x": {"c": [[0, float("nan")]]}}
+    assert differences(want, json.loads(json.dumps(want))) == []
+    got = {"parent": {"a": [[0, 1.0 + 1e-3]], "b": [[0, 2.0]]}, "trial/x": {"c": [[0, float("nan")]], "d": [[0, 1.0]]}}
+    diff = differences(want, got)
+    assert any(" a @ 0" in d for d in diff) and any(" b: steps" in d for d in diff)
+    assert any(" d: new metric" in d for d in diff)
