@@ -24,7 +24,7 @@ GOLDENS = Path(__file__).resolve().parent / "goldens" / "behaviour"
 ROOT = GOLDENS.parents[2]
 
 #: metrics that measure the machine, not the science (seconds, throughput, where a trial ran)
-VOLATILE = re.compile(r"(^time/|wall_s$|_per_s$|per_sec|throughput|/seconds$|_s$)")
+VOLATILE = re.compile(r"(^time/|wall_s$|_per_s$|per_sec|throughput|seconds|_s$)")
 
 
 def sweep_files() -> list[Path]:
