@@ -8,7 +8,7 @@ How to run::
 
 What to expect: for each phase's loss (pretraining: next-token cross-entropy on sequences of the
 quickstart process; RL: the self-distillation KL on windows of the same length) one row with the
-seconds of one estimate (= one checkpoint) at the defaults of ``rayexp.analyses.llc.LLCParams``
+seconds of one estimate (= one checkpoint) at the defaults of ``rayexp.studies.development.llc_analysis.LLCParams``
 (4 chains x 100 draws, batch 32), the seconds of one forward + backward pass of a batch, their
 ratio, and the ratio divided by the SGLD steps of an estimate (the per-step overhead of devinterp's
 sampler over a bare pass: the SGLD update of every parameter, callbacks; ~1.2-1.6 on CPU). Then the
@@ -38,9 +38,9 @@ import torch
 
 from envs import build_process
 from models.transformer import Transformer, TransformerConfig
-from rayexp.analyses.llc import LLCParams
-from rayexp.development import losses
-from rayexp.development.llc import SGLDSettings, default_nbeta, estimate_llc
+from rayexp.studies.development import losses
+from rayexp.studies.development.llc import SGLDSettings, default_nbeta, estimate_llc
+from rayexp.studies.development.llc_analysis import LLCParams
 
 MODEL = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=10, d_vocab=6)
 PROCESS = {"name": "interleave", "factors": [{"name": "mess3", "x": 0.05, "a": 0.85}] * 2}

@@ -16,8 +16,9 @@ import time
 
 import numpy as np
 
-from envs.process import _entropy, _merge
-from envs.spec import build_process
+from envs._numerics import entropy
+from envs.process import _merge
+from envs.processes import build_process
 
 DEFAULT_SPEC = {
     "name": "mixture",
@@ -42,7 +43,7 @@ def summarize(spec: dict, batch: int, length: int, seed: int) -> dict:
         "states": hmm.n_states,
         "vocab": hmm.vocab_size,
         "tokens_per_s": tokens.size / elapsed,
-        "mean_belief_entropy": float(_entropy(flat).mean()),
+        "mean_belief_entropy": float(entropy(flat).mean()),
         "distinct_beliefs": len(distinct),
         "entropy_rate": hmm.entropy_rate(),
         # a causal model at position t predicts token t+1, so its floor is H[t+1]
@@ -52,7 +53,7 @@ def summarize(spec: dict, batch: int, length: int, seed: int) -> dict:
     if hmm.factors:
         # per factor (for a mixture: each component's conditional belief, then the posterior)
         fb = hmm.factor_beliefs(beliefs)
-        stats["factor_belief_entropy"] = [round(float(_entropy(f).mean()), 4) for f in fb]
+        stats["factor_belief_entropy"] = [round(float(entropy(f).mean()), 4) for f in fb]
     return stats
 
 

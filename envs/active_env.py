@@ -30,8 +30,8 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from envs.env_config import EnvConfig, check_step, config_seeded_reset, episode_lengths, window
 from envs.layout import GatedLayout
+from envs.processes import build_process
 from envs.rewards import make_reward
-from envs.spec import build_process
 
 
 class ActiveGatedEnv(gym.Env):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from envs.process import _entropy
+from envs._numerics import entropy
 
 if TYPE_CHECKING:
     from envs.process import HMM
@@ -248,7 +248,7 @@ class MixtureLayout(Layout):
         # disjoint tokens: the first token reveals the component, which costs H(weights) once
         out = sum(w * f.conditional_entropies(length, **sub) for w, f in zip(self.weights, self.factors))
         if length:
-            out[0] += _entropy(self.weights)
+            out[0] += entropy(self.weights)
         return out
 
     def entropy_rate(self, **sub):

@@ -32,8 +32,8 @@ import numpy as np
 from envs.active_env import CopiesVectorEnv
 from envs.env_config import EnvConfig, check_step, config_seeded_reset, episode_lengths, window
 from envs.outcome import PUNISHED, OutcomeTokens, outcome_probs, outcome_rule
+from envs.processes import build_process
 from envs.rewards import make_reward
-from envs.spec import build_process
 
 
 class OutcomeEnv(gym.Env):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from envs._numerics import entropy
+
 if TYPE_CHECKING:
     from envs.layout import Layout
 
@@ -187,11 +189,11 @@ class HMM:
         sub = {"n_samples": n_samples, "length": length, "seed": seed}
         h = None if self.layout is None else self.layout.entropy_rate(**sub)
         if h is None and _is_unifilar(self.T) and _has_unique_stationary(self.transition):
-            h = float(stationary(self.transition) @ _entropy(self.T.sum(axis=2).T))
+            h = float(stationary(self.transition) @ entropy(self.T.sum(axis=2).T))
         if h is None:
             emit = self.T.sum(axis=2).T  # (S, V)
             sums = [
-                _entropy(bel[:, length // 2 :] @ emit).sum(axis=0)  # (L - L//2,)
+                entropy(bel[:, length // 2 :] @ emit).sum(axis=0)  # (L - L//2,)
                 for bel in _belief_chunks(self, n_samples, length, np.random.default_rng(seed))
             ]
             h = float(np.sum(sums) / (n_samples * (length - length // 2)))
@@ -229,7 +231,7 @@ def enumerate_conditional_entropies(
         while len(b) > max_states:
             cell *= 2.0  # kept for later levels: the tree only grows
             b, p = _merge(b, p, cell)
-        out[t] = p @ _entropy(b @ emit)
+        out[t] = p @ entropy(b @ emit)
         t += 1
         if t < length:
             b, p = _expand(hmm.T, b, p)
@@ -237,7 +239,7 @@ def enumerate_conditional_entropies(
         total = np.zeros(length - t)
         for bel in _belief_chunks(hmm, n_samples, length - 1, np.random.default_rng(seed)):  # (n, L-1, S)
             prior = bel[:, t - 1 :]  # belief before token t' is the one after token t'-1; t >= 1 here
-            total += _entropy(prior @ emit).sum(axis=0)
+            total += entropy(prior @ emit).sum(axis=0)
         out[t:] = total / n_samples
     return out
 
@@ -247,12 +249,6 @@ def _belief_chunks(hmm: HMM, n: int, length: int, rng: np.random.Generator, max_
     step = max(1, max_floats // max(1, length * hmm.n_states))
     for start in range(0, n, step):
         yield hmm.sample_with_beliefs(min(step, n - start), length, rng)[2]
-
-
-def _entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in nats along the last axis, with 0 log 0 = 0."""
-    logp = np.log(np.where(p > 0, p, 1.0))
-    return -(p * logp).sum(axis=-1)
 
 
 def _expand(T: np.ndarray, beliefs: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,8 @@ from envs.process import HMM
 class Reward:
     """Base class. ``PARAMS`` maps each parameter name to (default, description)."""
 
+    #: the name the registry knows it by (``envs.rewards.REWARDS`` is built from these)
+    NAME: ClassVar[str] = ""
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {}
     #: rewards whose target at step t is read from the pair (x_t, x_{t+1}) alone (the next token, or the
     #: current one) can also score a stream the agent steers (:class:`envs.active_env.ActiveGatedEnv`
@@ -40,9 +42,8 @@ class Reward:
 
     @property
     def name(self) -> str:
-        from envs.rewards import REWARDS  # the registry imports every reward module
-
-        return next((k for k, v in REWARDS.items() if v is type(self)), type(self).__name__)
+        """The name the registry (``envs.rewards.REWARDS``) knows this reward by."""
+        return type(self).NAME
 
     def _setup(self) -> None:
         """Validate params against the process; set ``lookahead``."""

@@ -38,6 +38,7 @@ class Payoff(Reward):
     (x_t, x_{t+1}) that a steered stream scores (x_t is even fixed before the action).
     """
 
+    NAME = "payoff"
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
         "matrix": (None, "A lists of V numbers: matrix[k][v] is paid for action k when the scored token is v"),
         "offset": (1, "which token is scored: 1 = the next token x_{t+1}, 0 = the current token x_t (echo)"),
@@ -124,6 +125,7 @@ class OutcomeReward(Reward):
     set is the process's S action tokens, in order (action i is action token V + i).
     """
 
+    NAME = "outcome"
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
         "rewarded": (1.0, "reward when the action names the hidden base state"),
         "punished": (-1.0, "reward when the action names the next base state"),

@@ -35,6 +35,7 @@ class NextToken(Reward):
     through the process; this is the negative control (the pretraining objective as a reward).
     """
 
+    NAME = "next_token"
     ONLINE = True
 
     def targets(self, tokens, states):
@@ -49,6 +50,7 @@ class RareNextToken(Reward):
     ``common=0`` only the rare capability pays (see :class:`envs.gym_env.ActiveGatedEnv`).
     """
 
+    NAME = "rare_next_token"
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
         "factor": (1, "index of the rare factor in the composition"),
         "rare": (1.0, "reward for a correct prediction of a token of that factor"),
@@ -84,6 +86,7 @@ class RewardPunish(Reward):
     trajectories are easy to tell apart and to collect from the same stream.
     """
 
+    NAME = "reward_punish"
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
         "rewarded": ((), "token ids that earn +1 when chosen"),
         "punished": ((), "token ids that earn -1 when chosen"),
@@ -124,6 +127,7 @@ class JointTarget(Reward):
     0..m-1 when the factors own disjoint tokens, else token ids 0..m-1).
     """
 
+    NAME = "joint_target"
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
         "factors": ((0, 1), "indices (A, B) of the two factors in the composition"),
         "m": (None, "modulus; default: A's vocabulary size"),
@@ -210,6 +214,7 @@ class Implies(Reward):
     is two tokens: ``action_tokens[b]`` claims IMPLIES = b (default: the gate's own tokens for 0, 1).
     """
 
+    NAME = "implies"
     PARAMS: ClassVar[dict[str, tuple[object, str]]] = {
         "gate": (None, "index of the noisy AND factor in the composition (default: the first one)"),
         "every_step": (False, "target at every step (latest input pair) instead of only before the output bit"),
@@ -274,13 +279,7 @@ class Implies(Reward):
 
 
 REWARDS: dict[str, type[Reward]] = {
-    "next_token": NextToken,
-    "joint_target": JointTarget,
-    "implies": Implies,
-    "reward_punish": RewardPunish,
-    "rare_next_token": RareNextToken,
-    "payoff": Payoff,
-    "outcome": OutcomeReward,
+    cls.NAME: cls for cls in (NextToken, JointTarget, Implies, RewardPunish, RareNextToken, Payoff, OutcomeReward)
 }
 
 

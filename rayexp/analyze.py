@@ -17,8 +17,13 @@ import re
 import sys
 from typing import Any
 
+from rayexp import registry as analyses
 from rayexp import tracking
-from rayexp.config import SweepError, process_label
+from rayexp.artifacts import find_trials
+from rayexp.config import SweepError
+from rayexp.ray_local import connect
+from rayexp.report import latest_sweep_run
+from rayexp.specs import process_label
 
 
 def group_value(config: dict[str, Any], field: str) -> Any:
@@ -56,12 +61,7 @@ def _run_group(name: str, params: dict[str, Any], trials: list) -> dict[str, Any
     """One group's analysis (in a Ray task); figures come back as PNG bytes."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rayexp import analyses
+    from rayexp.figures import plt  # matplotlib, Agg backend set once there
 
     spec = analyses.get(name, "sweep")
     result = spec.fn(trials, analyses.validate_params(name, params, scope="sweep"))
@@ -76,7 +76,6 @@ def _run_group(name: str, params: dict[str, Any], trials: list) -> dict[str, Any
 
 def parent_run(uri: str, experiment: str, parent: str | None = None):
     """The sweep's parent run (the latest of the experiment unless ``parent`` names one)."""
-    from rayexp.report import latest_sweep_run
 
     return tracking.client(uri).get_run(parent or latest_sweep_run(uri, experiment))
 
@@ -91,8 +90,6 @@ def run_analysis(
     file=sys.stdout,
 ) -> dict[str, dict[str, float]]:
     """Run across-trial analysis ``name`` over a sweep's finished trials; returns {group: metrics}."""
-    from rayexp import analyses
-    from rayexp.artifacts import find_trials
 
     params = dict(params or {})
     group_by = list(group_by if group_by is not None else ["task"])
@@ -116,8 +113,6 @@ def run_analysis(
 
     started = not ray.is_initialized()
     if started:
-        from rayexp.ray_local import connect
-
         connect(address)
     try:
         task = ray.remote(num_cpus=1)(_run_group)

@@ -31,6 +31,8 @@ import math
 from typing import Any
 
 from rayexp.cache import CACHE_DIR as CACHE
+from rayexp.settings import PPOSettings, TrialConfig
+from rayexp.specs import build_process
 from rayexp.storage import Storage
 
 TRIALS = "trials"
@@ -75,8 +77,11 @@ class TrialArtifacts:
         env_config: dict[str, Any],
         facts: dict,
         start_key: str | None = None,
+        ppo: dict[str, Any] | None = None,
     ) -> None:
         meta = {"trial": trial, "pretrain_key": pretrain_key, "env": env_config, "facts": facts}
+        if ppo is not None:
+            meta["ppo"] = ppo
         if start_key is not None:
             meta["start_key"] = start_key
         self.store.write_json(self._p("trial.json"), meta)
@@ -130,10 +135,13 @@ class TrialArtifacts:
         return self.meta["trial"]
 
     @functools.cached_property
-    def trial(self):
-        from rayexp.config import TrialConfig
-
+    def trial(self) -> TrialConfig:
         return TrialConfig.model_validate(self.config)
+
+    @property
+    def ppo_settings(self):
+        """The PPO settings the trial's PPO ran with (resolved by the driver), as a PPOSettings."""
+        return PPOSettings.model_validate(self.meta["ppo"])
 
     @property
     def env_config(self) -> dict[str, Any]:
@@ -150,14 +158,10 @@ class TrialArtifacts:
 
     def process(self):
         """The pretraining process (an ``envs`` HMM)."""
-        from rayexp.config import build_process
-
         return build_process(self.config["process"])
 
     def stream(self):
         """The RL stream's process."""
-        from rayexp.config import build_process
-
         return build_process(self.env_config["process"])
 
     def _load(self, rel: str):

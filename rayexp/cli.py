@@ -7,16 +7,18 @@ field path and what is wrong; nothing launched).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from rayexp.config import SweepError
+from rayexp.analyze import run_analysis
+from rayexp.config import SweepError, load_sweep
+from rayexp.report import report
+from rayexp.sweep import print_summary, run_sweep
 
 EXIT_BAD_INPUT = 2
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from rayexp.config import load_sweep
-
     sweep, trials = load_sweep(args.sweep)
     res = sweep.resources
     print(
@@ -29,24 +31,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rayexp.sweep import print_summary, run_sweep
-
     outcome = run_sweep(args.sweep, resume=args.resume, address=args.address, verbose=args.verbose)
     print_summary(outcome)
     return 1 if outcome.errors else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rayexp.report import report
-
     return report(args.experiment, out_dir=args.out, parent=args.parent)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    import json
-
-    from rayexp.analyze import run_analysis
-
     try:
         params = json.loads(args.params) if args.params else {}
     except json.JSONDecodeError as err:

@@ -41,6 +41,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
+from envs.gym_env import EnvConfig, action_tokens, make_env
 from models.checkpoint import load_checkpoint
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
 from rayexp.settings import PPOSettings  # declared there, torch-free, for the sweep validator
@@ -61,7 +62,6 @@ def _numba_runs_openmp() -> bool:
 
 def _make_env(config: dict):
     # Imported lazily so that configs can be built (and this module imported) without the env.
-    from envs.gym_env import make_env
 
     return make_env(dict(config))
 
@@ -80,7 +80,6 @@ def module_spec(settings: PPOSettings, env_config: dict, checkpoint_path: str | 
         "value_grad_to_trunk": settings.value_grad_to_trunk,
         "kl_to_pretrained": settings.kl_to_pretrained > 0,
     }
-    from envs.gym_env import action_tokens
 
     # The env resolves its action set (a reward may choose its own default); the module must agree.
     model_config["action_tokens"] = action_tokens(dict(env_config))
@@ -129,7 +128,6 @@ def build_ppo_config(settings: PPOSettings, env_config: dict, checkpoint_path: s
 
 
 def _episode_len(env_config: dict) -> int:
-    from envs.gym_env import EnvConfig
 
     cfg = EnvConfig.from_dict(dict(env_config))
     return cfg.episode_len or cfg.context

@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayexp.ridge import Ridge, mse, r2, ridge_fit, skill, split_sequences
+
 CONCAT = "concat_resid"
 
 SCHEMA = pa.schema(
@@ -53,73 +55,6 @@ SCHEMA = pa.schema(
         pa.field("seq_len", pa.int32()),
     ]
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Probe math on plain arrays
-
-
-@dataclass(frozen=True)
-class Ridge:
-    """A fitted affine map ``Y ~ X @ coef + intercept``."""
-
-    coef: np.ndarray  # (D, K)
-    intercept: np.ndarray  # (K,)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64) @ self.coef + self.intercept  # (N, K)
-
-
-def ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float = 1e-6) -> Ridge:
-    """Closed-form ridge regression with an unpenalised intercept.
-
-    ``alpha`` is relative to the features' scale (penalty = alpha * mean diagonal of the centred Gram
-    matrix), so the same alpha means the same amount of shrinkage for a trained model's activations
-    and for a random-init model's, whose norms differ. It only has to keep collinear features (a
-    LayerNorm output sums to a constant) solvable; 1e-6 is essentially ordinary least squares.
-    """
-    X = np.asarray(X, dtype=np.float64)  # (N, D)
-    Y = np.asarray(Y, dtype=np.float64)  # (N, K)
-    x_mean, y_mean = X.mean(axis=0), Y.mean(axis=0)
-    Xc, Yc = X - x_mean, Y - y_mean
-    gram = Xc.T @ Xc  # (D, D)
-    lam = alpha * max(float(np.trace(gram)) / max(gram.shape[0], 1), 1e-300)
-    gram[np.diag_indices_from(gram)] += lam
-    rhs = Xc.T @ Yc  # (D, K)
-    try:
-        coef = np.linalg.solve(gram, rhs)
-    except np.linalg.LinAlgError:
-        coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
-    return Ridge(coef=coef, intercept=y_mean - x_mean @ coef)
-
-
-def mse(Y: np.ndarray, Y_hat: np.ndarray) -> float:
-    """Mean squared error over samples and belief dimensions."""
-    return float(np.mean((np.asarray(Y, np.float64) - Y_hat) ** 2))
-
-
-def r2(Y: np.ndarray, Y_hat: np.ndarray) -> float:
-    """Variance-weighted R^2: 1 - total SSE / total SS around each dimension's mean (over all dims)."""
-    Y = np.asarray(Y, dtype=np.float64)
-    sst = float(((Y - Y.mean(axis=0)) ** 2).sum())
-    sse = float(((Y - Y_hat) ** 2).sum())
-    return 1.0 - sse / sst if sst > 0 else float("nan")
-
-
-def skill(mse_model: float, mse_random_init: float) -> float:
-    """1 - MSE_model / MSE_random_init: 0 = no better than an untrained network, 1 = perfect."""
-    return 1.0 - mse_model / mse_random_init if mse_random_init > 0 else float("nan")
-
-
-def split_sequences(n_seq: int, test_frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint sorted (train, test) sequence indices; positions of one sequence never straddle the split."""
-    if not 0 < test_frac < 1:
-        raise ValueError(f"test_frac must be in (0, 1); got {test_frac}")
-    n_test = round(n_seq * test_frac)
-    if n_test < 1 or n_test >= n_seq:
-        raise ValueError(f"split_sequences: {n_seq} sequences cannot give a non-empty train and test set")
-    perm = rng.permutation(n_seq)
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

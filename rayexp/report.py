@@ -7,14 +7,15 @@ the PPO reward curves, into ``--out``. Figures of single trials stay in each run
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 from rayexp import tracking
 from rayexp.config import SweepError
-from rayexp.sweep import format_table
-from rayexp.trial import SUMMARY_COLUMNS as KEY_METRICS
+from rayexp.registry import STUDIES
+from rayexp.registry import SUMMARY_COLUMNS as KEY_METRICS
+from rayexp.study import ReportInput
+from rayexp.tables import format_table, write_csv
 
 
 def _experiment(uri: str, experiment: str):
@@ -69,11 +70,9 @@ def trial_rows(uri: str, experiment: str, parent: str | None = None) -> tuple[st
 
 
 def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from rayexp.figures import plt  # the Agg backend, set once there
 
     written = []
     labels = [f"{r['task']}\nseed {r['seed']}" for r in rows]
@@ -112,39 +111,6 @@ def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
     return written
 
 
-VERDICT_COLUMNS = ("process", "task", "n_seeds", "score", "score_ci_low", "score_ci_high", "verdict")
-
-
-def verdict_rows(uri: str, parent: str) -> list[dict]:
-    """The verdict table of a sweep: one row per (process, task) group that the across-trial
-    ``verdict`` analysis logged on the parent run (empty when it never ran)."""
-    import tempfile
-
-    import pyarrow.parquet as pq
-
-    c = tracking.client(uri)
-    names = [a.path for a in c.list_artifacts(parent, "sweep/verdict") if a.path.endswith("__verdict.parquet")]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in sorted(names):
-            rows += pq.read_table(c.download_artifacts(parent, name, tmp)).to_pylist()
-    first = [k for k in VERDICT_COLUMNS if rows and k in rows[0]]
-    return [{k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first} for r in rows]
-
-
-def print_verdicts(rows: list[dict], file=sys.stdout) -> None:
-    if rows:
-        brief = [{k: r[k] for k in (*VERDICT_COLUMNS, "reason") if k in r} for r in rows]
-        print("\nverdict (rule: README, 'Reading a verdict'):\n" + format_table(brief), file=file)
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def report(experiment: str, out_dir: str | None = None, parent: str | None = None, file=sys.stdout) -> int:
     import os
 
@@ -156,56 +122,12 @@ def report(experiment: str, out_dir: str | None = None, parent: str | None = Non
     out = Path(out_dir or f"report_{experiment}")
     out.mkdir(parents=True, exist_ok=True)
     if rows:
-        _write_csv(rows, out / "report.csv")
+        write_csv(rows, out / "report.csv")
         for path in _figures(uri, rows, runs, out):
             print(f"figure: {path}", file=file)
     print(f"table: {out / 'report.csv'}", file=file)
-    verdicts = verdict_rows(uri, parent)
-    if verdicts:
-        print_verdicts(verdicts, file)
-        _write_csv(verdicts, out / "verdict.csv")
-        print(f"table: {out / 'verdict.csv'}", file=file)
-        print(f"figure: {verdict_figure(runs, out / 'verdict_signals.png')}", file=file)
-    from rayexp.report_studies import print_studies
-
-    print_studies(runs, tracking.client(uri).get_run(parent).data.metrics, out, file)
+    inp = ReportInput(uri, parent, runs, tracking.client(uri).get_run(parent).data.metrics, out, file)
+    for study in STUDIES.values():  # each study prints its own section, if its analyses ran
+        if study.report is not None:
+            study.report(inp)
     return 0
-
-
-#: the verdict's signals as trial metrics, drawn per task with seeds as points
-VERDICT_SIGNALS = {
-    "kappa (composed, post)": "analysis/composition/composed/post",
-    "reweighting R^2 (post)": "analysis/composition/reweighting_r2/post",
-    "greedy margin (post)": "analysis/composition/margin_greedy/post",
-    "interaction (post)": "analysis/composition/interaction/post",
-    "kappa (perturbed null)": "analysis/composition/composed/perturbed",
-}
-
-
-def verdict_figure(runs: list, path: Path) -> Path:
-    """Each verdict signal per (process, task), controls side by side, every seed a point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    groups = sorted({(r.data.tags.get("rayexp.process", "?"), r.data.tags.get("rayexp.task", "?")) for r in runs})
-    fig, axes = plt.subplots(1, len(VERDICT_SIGNALS), figsize=(3.2 * len(VERDICT_SIGNALS), 3.6), squeeze=False)
-    for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
-        for i, g in enumerate(groups):
-            vals = [
-                r.data.metrics[key]
-                for r in runs
-                if (r.data.tags.get("rayexp.process"), r.data.tags.get("rayexp.task")) == g and key in r.data.metrics
-            ]
-            ax.plot(i + np.linspace(-0.12, 0.12, len(vals)) if vals else [], vals, "o", alpha=0.7)
-            if vals:
-                ax.plot([i - 0.25, i + 0.25], [np.mean(vals)] * 2, "k-")
-        ax.set_xticks(range(len(groups)), [f"{t}\n{p[:18]}" for p, t in groups], rotation=45, ha="right", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        ax.axhline(0, color="k", lw=0.4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.gym_env import make_env
+
 
 def policy_probs(model, obs: np.ndarray, pad: int, action_tokens: np.ndarray) -> np.ndarray:
     """(N, A) action probabilities of ``model`` at windows ``obs`` (N, K) right-padded with ``pad``."""
@@ -25,7 +27,6 @@ def policy_probs(model, obs: np.ndarray, pad: int, action_tokens: np.ndarray) ->
 def collect(model, env_config: dict, n_episodes: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``n_episodes`` episodes, actions sampled from the policy (seeded): observations (N, L, K),
     actions and rewards (N, L), action probabilities (N, L, A) and exact beliefs (N, L, S)."""
-    from envs.gym_env import make_env
 
     envs = [make_env(dict(env_config)) for _ in range(n_episodes)]
     rng = np.random.default_rng(seed)

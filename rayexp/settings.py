@@ -11,6 +11,7 @@ Sizes have documented maxima (``le=`` bounds, see :mod:`models.config` for why).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
@@ -151,7 +152,7 @@ class ArtifactSettings(_Strict):
 class AnalysisRef(_Strict):
     """One analysis to run and its parameters; a bare name ``weight_diff`` means ``{name: weight_diff}``."""
 
-    name: str = Field(description="Name in rayexp.analyses.ANALYSES.")
+    name: str = Field(description="Name of a registered analysis (rayexp.registry).")
     params: dict[str, Any] = Field(
         default_factory=dict, description="Parameters of the analysis, checked against its own params model."
     )
@@ -306,16 +307,16 @@ class Distribution(_Strict):
             return [self.randint[0], self.randint[1] - 1]
         return list(self.uniform or self.loguniform)  # type: ignore[arg-type]
 
-    def to_tune(self) -> Any:
-        from ray import tune
-
+    def draw(self, rng) -> Any:
+        """One value, from a numpy Generator (the driver draws every trial's, seeded by the sweep)."""
         if self.uniform is not None:
-            return tune.uniform(*self.uniform)
+            return float(rng.uniform(*self.uniform))
         if self.loguniform is not None:
-            return tune.loguniform(*self.loguniform)
+            lo, hi = self.loguniform
+            return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
         if self.randint is not None:
-            return tune.randint(*self.randint)
-        return tune.choice(self.choice)
+            return int(rng.integers(*self.randint))
+        return self.choice[int(rng.integers(len(self.choice)))]
 
 
 class Axes(_Strict):

@@ -4,7 +4,8 @@ A stage is a function ``run(ctx: rayexp.trial.TrialContext) -> None`` that reads
 stages produced through ``ctx.artifacts`` (:class:`rayexp.artifacts.TrialArtifacts`) and stores
 what it produces there. :func:`stages_for` lists a trial's stages in order: the fixed pipeline,
 then one stage per analysis in the sweep file, so each analysis is resumable on its own.
-Implementations import torch and RLlib inside the functions: the driver never needs them.
+Implementations import torch and RLlib inside the functions (models.*, rayexp.ppo, rayexp.rollouts,
+rayexp.figures): the driver imports this module to name a trial's stages and never needs them.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rayexp.trial import TrialContext
+from rayexp import probes, registry
+from rayexp.cache import PretrainCache
+from rayexp.context import TrialContext
+from rayexp.resolved import ResolvedTrial
+from rayexp.rollouts import collect
+from rayexp.specs import build_process
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,8 @@ class Stage:
 
 def pretrain(ctx: TrialContext) -> None:
     """Train (or find in the content-addressed cache) the pretrained model and its checkpoints."""
-    from models.checkpoint import save_checkpoint
-    from models.pretrain import pretrain as train
-    from rayexp.cache import PretrainCache
+    from models.checkpoint import save_checkpoint  # torch
+    from models.pretrain import pretrain as train  # torch
 
     live: list[dict] = []
     report = ctx.report
@@ -86,8 +90,7 @@ def start_from(ctx: TrialContext) -> None:
     """Train (or find in the cache) M_A: the pretrained model after PPO on ``task.start_from``'s
     reward in this task's env, with M_A's own seed. Trials naming the same M_A train it once (the
     pretrain cache's lock); its reward curve is logged as ``start/{metric}`` in every such trial."""
-    from rayexp.cache import PretrainCache
-    from rayexp.ppo import train_ppo
+    from rayexp.ppo import train_ppo  # torch + RLlib
 
     live: list[dict] = []
     report = ctx.report
@@ -125,8 +128,6 @@ def start_from(ctx: TrialContext) -> None:
 
 def _probe(ctx: TrialContext, phase: str, model, process) -> None:
     """Probe table, metrics probe/{phase}/{target}/{hook}/{metric} and figures."""
-    from rayexp import probes
-
     cfg = ctx.trial.probe
     result = probes.probe_model(
         model,
@@ -150,7 +151,8 @@ def _probe(ctx: TrialContext, phase: str, model, process) -> None:
     run.log_table(f"probe_{phase}", result.table)
     if not cfg.figures:
         return
-    from rayexp import figures
+
+    from rayexp import figures  # matplotlib
 
     hook = probes.CONCAT if ("belief", probes.CONCAT) in result.predictions else model.hook_names[-1]
     if ("belief", hook) in result.predictions:
@@ -169,8 +171,6 @@ def _probe(ctx: TrialContext, phase: str, model, process) -> None:
 def _probe_both(ctx: TrialContext, when: str, model) -> None:
     _probe(ctx, when, model, ctx.process)
     if ctx.env_config["process"] != ctx.trial.process:  # the RL stream differs: probe it too
-        from rayexp.config import build_process
-
         _probe(ctx, f"rl_{when}", model, build_process(ctx.env_config["process"]))
 
 
@@ -195,7 +195,7 @@ def ppo(ctx: TrialContext) -> None:
     logged if this MLflow run lacks them, so every PPO metric has one point per iteration. Policy
     checkpoints go to storage every ``ppo.save_every`` iterations, and the final one last.
     """
-    from rayexp.ppo import saved_iteration, train_ppo
+    from rayexp.ppo import saved_iteration, train_ppo  # torch + RLlib
 
     settings = ctx.ppo_settings
     report = ctx.report
@@ -243,8 +243,6 @@ def rollouts(ctx: TrialContext) -> None:
 
     import numpy as np
 
-    from rayexp.rollouts import collect
-
     data = collect(ctx.artifacts.model_after(), ctx.env_config, ctx.n_rollouts, seed=ctx.trial.seed + 1)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez_compressed(Path(tmp) / "rollouts.npz", **data)
@@ -253,12 +251,10 @@ def rollouts(ctx: TrialContext) -> None:
 
 
 def analysis_stage(name: str, params: dict[str, Any]) -> Stage:
-    from rayexp import analyses
-
-    spec = analyses.get(name, "trial")
+    spec = registry.get(name, "trial")
 
     def run(ctx: TrialContext) -> None:
-        result = spec.fn(ctx.artifacts, analyses.validate_params(name, params))
+        result = spec.fn(ctx.artifacts, registry.validate_params(name, params))
         metrics = {f"analysis/{name}/{k}": v for k, v in result.metrics.items()}
         ctx.report.metrics(metrics, step=0, once=True)
         run_ = ctx.report.run
@@ -282,26 +278,14 @@ START_FROM = Stage("start_from", start_from, needs=("model_before",), produces=(
 ROLLOUTS = Stage("rollouts", rollouts, needs=("model_after", "env"), produces=("rollouts",))
 
 
-#: episodes stored when an analysis needs rollouts and the sweep file asks for fewer
-MIN_ROLLOUTS = 256
-
-
-def rollouts_wanted(trial) -> int:
-    """Episodes of the final policy to store: ``artifacts.rollouts``, raised when an analysis needs them."""
-    from rayexp import analyses
-
-    needed = any("rollouts" in analyses.get(a.name, "trial").needs for a in trial.analyses)
-    return max(trial.artifacts.rollouts, MIN_ROLLOUTS if needed else 0)
-
-
-def stages_for(trial) -> list[Stage]:
+def stages_for(trial: ResolvedTrial) -> list[Stage]:
     """The trial's stages in order; each stage's needs are produced by an earlier one."""
     stages = list(PIPELINE)
-    if trial.task.start_from is not None:
+    if trial.start is not None:
         stages.insert(1, START_FROM)
-    if rollouts_wanted(trial) > 0:
+    if trial.rollouts > 0:
         stages.append(ROLLOUTS)
-    stages += [analysis_stage(a.name, a.params) for a in trial.analyses]
+    stages += [analysis_stage(a.name, a.params) for a in trial.config.analyses]
     made = {"env"}
     for stage in stages:
         missing = [n for n in stage.needs if n not in made]

@@ -1,4 +1,5 @@
-"""Uncertainty over seeds and held-out samples: percentile bootstrap, plain and paired.
+"""Uncertainty over seeds and held-out samples: percentile bootstrap, plain and paired, and the
+per-unit values of ratio statistics (:func:`ratio_values`) so that a paired bootstrap covers them.
 
 Pure numpy; every analysis that reports an interval uses these, so the resampling scheme and
 its seed are the same everywhere (science rule 4: a change is a paired difference with a paired
@@ -42,3 +43,17 @@ def paired_bootstrap_ci(
     if a.shape != b.shape:
         raise ValueError(f"paired values need equal shapes; got {a.shape} and {b.shape}")
     return bootstrap_ci(b - a, n_boot=n_boot, ci=ci, seed=seed)
+
+
+# A ratio of means r = mean(num) / mean(den) (the composition margin, the interaction share) is not a
+# mean of per-unit values, so a bootstrap cannot resample it directly. Its linearisation (the delta
+# method) u_i = r + (num_i - r * den_i) / mean(den) has mean(u) = r exactly and the same first-order
+# sampling variance, the denominator's included; paired differences of two ratios are u_post - u_pre.
+def ratio_values(num: np.ndarray, den: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """(n,) per-unit linearised values of ``mean(num) / mean(den)``; NaNs when ``|mean(den)| < eps``."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    d = den.mean()
+    if not np.isfinite(d) or abs(d) < eps:
+        return np.full(num.shape, np.nan)
+    r = num.mean() / d
+    return r + (num - r * den) / d

@@ -21,9 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayexp.config import SweepConfig, SweepError, check_cluster, flatten, load_sweep, process_label
+from rayexp import tracking
+from rayexp.analyze import run_analysis
+from rayexp.config import Point, SweepConfig, SweepError, check_cluster, flatten, load_points
 from rayexp.ray_local import connect
-from rayexp.trial import SUMMARY_COLUMNS
+from rayexp.registry import STUDIES, SUMMARY_COLUMNS
+from rayexp.resolved import ResolvedTrial
+from rayexp.specs import process_label
+from rayexp.stages import stages_for
+from rayexp.study import ReportInput
+from rayexp.tables import format_table
+from rayexp.trial import run_trial
 
 MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 
@@ -71,12 +79,12 @@ def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
         f.write(json.dumps(state).encode())
 
 
-def _resources(sweep: SweepConfig):
-    from ray import tune
+def _resources(sweep: SweepConfig, points: list[Point]):
+    from ray import tune  # Ray is imported only once the sweep file is valid
 
     res = sweep.resources
     head = {"CPU": res.cpu, "GPU": res.gpu, **res.custom}
-    runners = max(int({**sweep.base.ppo.model_dump(), **t.ppo}.get("num_env_runners", 0)) for t in sweep.tasks)
+    runners = max(p.trial.ppo.num_env_runners for p in points)
     # RLlib env runners are extra actors; reserving them with the trial avoids a deadlock when
     # every CPU is held by a trial waiting for its own runners.
     return tune.PlacementGroupFactory([head] + [{"CPU": 1.0}] * runners)
@@ -87,25 +95,19 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def param_space(sweep: SweepConfig, meta: dict[str, Any]) -> dict[str, Any]:
-    from ray import tune
+def param_space(points: list[Point], meta: dict[str, Any]) -> dict[str, Any]:
+    """One Tune trial per resolved trial (the driver drew sampled axes already: docs/design.md §2)."""
+    from ray import tune  # see _resources
 
-    axes: dict[str, Any] = {k: tune.grid_search(v) for k, v in sweep.axes.grid.items()}
-    axes.update({k: dist.to_tune() for k, dist in sweep.axes.sample.items()})
     return {
-        "base": sweep.base.model_dump(),
-        "task": tune.grid_search([t.model_dump() for t in sweep.tasks]),
-        "axes": axes,
+        "point": tune.grid_search([{"trial": p.trial.model_dump(), "axes": p.axes} for p in points]),
         "meta": meta,
     }
 
 
 def _progress_callback():
     """One line per trial event and finished stage: Tune's own tables list every metric."""
-    from ray import tune
-
-    from rayexp.config import resolve_trial
-    from rayexp.stages import stages_for
+    from ray import tune  # see _resources
 
     class Progress(tune.Callback):
         def __init__(self):
@@ -113,15 +115,14 @@ def _progress_callback():
 
         def _stage_names(self, trial) -> list[str]:
             if trial.trial_id not in self.names:
-                cfg = trial.config
-                resolved = resolve_trial(cfg["base"], cfg["task"], cfg.get("axes") or {})
+                resolved = ResolvedTrial.model_validate(trial.config["point"]["trial"])
                 self.names[trial.trial_id] = [s.name for s in stages_for(resolved)]
             return self.names[trial.trial_id]
 
         def _say(self, trial, what: str) -> None:
-            cfg = trial.config
-            axes = " ".join(f"{k}={_axis_value(v)}" for k, v in (cfg.get("axes") or {}).items())
-            label = f"{cfg['task']['name']} {axes}".rstrip()
+            point = trial.config["point"]
+            axes = " ".join(f"{k}={_axis_value(v)}" for k, v in point["axes"].items())
+            label = f"{point['trial']['config']['task']['name']} {axes}".rstrip()
             print(f"[{time.time() - self.t0:7.1f}s] {trial.trial_id} {label}: {what}", flush=True)
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -151,41 +152,22 @@ def _axis_value(value: Any) -> Any:
     return process_label(value) if isinstance(value, dict) and "name" in value else value
 
 
-def _row(result, sweep: SweepConfig) -> dict[str, Any]:
-    cfg = result.config or {}
+def _row(result) -> dict[str, Any]:
+    point = (result.config or {}).get("point") or {"trial": {"config": {}}, "axes": {}}
     metrics = result.metrics or {}
-    task = (cfg.get("task") or {}).get("name", "?")
-    axes = cfg.get("axes") or {}
+    config = point["trial"]["config"]
+    task = (config.get("task") or {}).get("name", "?")
+    axes = point["axes"]
     row: dict[str, Any] = {
         "trial": metrics.get("trial_id", "?"),
         "task": task,
-        "seed": axes.get("seed", (cfg.get("base") or {}).get("seed")),
+        "seed": config.get("seed"),
         **{k: _axis_value(v) for k, v in axes.items() if k != "seed"},
         "status": "ERROR" if result.error else "OK",
     }
     for key, label in SUMMARY_COLUMNS:
         row[label] = metrics.get(key.format(task=task))
     return row
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no trials)"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, (dict, list)):
-            return json.dumps(v)[:40]
-        return "-" if v is None else str(v)
-
-    table = [[cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in table]
-    return "\n".join(lines)
 
 
 def run_sweep(
@@ -197,15 +179,13 @@ def run_sweep(
     num_cpus: int | None = None,
 ) -> SweepOutcome:
     """Validate, connect, check the cluster, run (or resume) the sweep; raises SweepError on bad input."""
-    from rayexp import tracking
-
-    sweep, trials = load_sweep(path)
+    sweep, points = load_points(path)
     storage = storage_uri(sweep.storage_path)
     state = _read_state(storage, sweep.name) if resume else None
     if resume and state is None:
         raise SweepError(path, "", f"nothing to resume: no sweep state at {storage}/{sweep.name}")
 
-    import ray
+    import ray  # see _resources
     from ray import tune
 
     connect(address, num_cpus)
@@ -246,20 +226,18 @@ def run_sweep(
             "cpus": sweep.resources.cpu,
         }
         print(
-            f"rayexp: sweep {sweep.name}: {len(trials)} trials, MLflow experiment "
+            f"rayexp: sweep {sweep.name}: {len(points)} trials, MLflow experiment "
             f"{sweep.experiment_name!r} ({uri}), results in {storage}/{sweep.name}",
             flush=True,
         )
 
-        from rayexp.trial import run_trial
-
-        trainable = tune.with_resources(run_trial, _resources(sweep))
+        trainable = tune.with_resources(run_trial, _resources(sweep, points))
         if progress and not verbose:
             # Tune's own reporter prints its experiment banner and tables even at verbose 0; its
             # legacy reporter at verbose 0 prints nothing, leaving rayexp's one line per stage
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         exp_path = f"{storage.rstrip('/')}/{sweep.name}"
-        space = param_space(sweep, meta)
+        space = param_space(points, meta)
         if resume and tune.Tuner.can_restore(exp_path):
             tuner = tune.Tuner.restore(
                 exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=space
@@ -269,7 +247,6 @@ def run_sweep(
                 trainable,
                 param_space=space,
                 tune_config=tune.TuneConfig(
-                    num_samples=sweep.axes.num_samples,
                     max_concurrent_trials=sweep.max_concurrent,
                     trial_dirname_creator=trial_dirname,
                 ),
@@ -284,7 +261,7 @@ def run_sweep(
             )
         t0 = time.time()
         grid = tuner.fit()
-        rows = [_row(r, sweep) for r in grid]
+        rows = [_row(r) for r in grid]
         errors = sum(1 for r in grid if r.error)
         tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)  # includes scheduling
         tracking.client(uri).log_metric(parent, "sweep/failed_trials", errors)
@@ -298,8 +275,6 @@ def run_sweep(
 
 def _sweep_analyses(sweep: SweepConfig, parent: str) -> int:
     """The sweep file's across-trial analyses, on the Ray that ran the trials; returns failures."""
-    from rayexp.analyze import run_analysis
-
     failed = 0
     for spec in sweep.sweep_analyses:
         try:
@@ -317,9 +292,10 @@ def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:
         f"MLflow parent run {outcome.parent_run_id}.",
         file=file,
     )
-    from rayexp.report import print_verdicts, verdict_rows
-
-    print_verdicts(verdict_rows(outcome.tracking_uri, outcome.parent_run_id), file)
+    inp = ReportInput(outcome.tracking_uri, outcome.parent_run_id, [], file=file)
+    for study in STUDIES.values():
+        if study.after_sweep is not None:
+            study.after_sweep(inp)
     uri = outcome.tracking_uri
     if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).parent == Path.cwd():
         uri = "sqlite:///mlflow.db"

@@ -64,7 +64,12 @@ def run(sweep: Path, workdir: Path) -> dict:
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db", "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "rayexp", "run", str(sweep)], cwd=workdir, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "rayexp", "run", str(sweep)],
+        check=False,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{sweep.name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

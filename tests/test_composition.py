@@ -5,10 +5,11 @@ import pytest
 
 from envs import build_process
 from envs.rewards import make_reward
-from rayexp.composition import ceilings, readout, reweighting, targets, update, verdict
-from rayexp.composition import interaction as ia
-from rayexp.composition.uncertainty import ratio_values
+from rayexp.exact import ceilings, targets
 from rayexp.probes import split_sequences
+from rayexp.stats import ratio_values
+from rayexp.studies.composition import interaction as ia
+from rayexp.studies.composition import readout, reweighting, update, verdict
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
@@ -255,7 +256,7 @@ def test_update_confined_to_the_unembedding_leaves_frozen_feature_readouts_uncha
 
     import torch
 
-    from rayexp.analyses.composition import model_forward
+    from rayexp.studies.composition.composition_analysis import model_forward
 
     pre = _tiny()
     post = copy.deepcopy(pre)
@@ -372,7 +373,7 @@ def test_implies_target_probs_match_the_sampled_targets():
 
 
 def test_one_seed_verdict_uses_the_context_intervals():
-    from rayexp.composition.verdict import COMPOSITION, INCONCLUSIVE, REWEIGHTING, decide
+    from rayexp.studies.composition.verdict import COMPOSITION, INCONCLUSIVE, REWEIGHTING, decide
 
     ctx = {"composed_ci_low": 0.6, "composed_ci_high": 0.7, "r2_ci_low": 0.1, "margin_ci_low": 0.8}
     v = decide([0.65], [0.12], [0.85], context_ci=ctx)
@@ -382,7 +383,7 @@ def test_one_seed_verdict_uses_the_context_intervals():
 
 
 def test_verdict_without_a_factor_pair_rests_on_the_reweighting_fit():
-    from rayexp.composition.verdict import INCONCLUSIVE, REWEIGHTING, decide
+    from rayexp.studies.composition.verdict import INCONCLUSIVE, REWEIGHTING, decide
 
     nan = float("nan")
     assert decide([nan] * 5, [0.95, 0.96, 0.94, 0.97, 0.95], [nan] * 5).code == REWEIGHTING

@@ -10,10 +10,10 @@ import pytest
 
 from envs import build_process
 from envs.rewards import make_reward
-from rayexp.analyses.composition import CompositionParams, Scorer, composition, make_setup
-from rayexp.analyses.verdict import SIGNALS, VerdictParams, verdict
-from rayexp.composition import interaction as ia
-from rayexp.composition import targets
+from rayexp.exact import targets
+from rayexp.studies.composition import interaction as ia
+from rayexp.studies.composition.composition_analysis import CompositionParams, Scorer, composition, make_setup
+from rayexp.studies.composition.verdict_analysis import SIGNALS, VerdictParams, verdict
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
@@ -183,7 +183,7 @@ def test_verdict_analysis_over_seeds():
 
 def test_analysis_modules_import_without_torch():
     code = (
-        "import sys, rayexp.analyses as a; assert {'composition', 'verdict'} <= set(a.ANALYSES); "
+        "import sys, rayexp.registry as a; assert {'composition', 'verdict'} <= set(a.ANALYSES); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

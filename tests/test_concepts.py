@@ -6,7 +6,7 @@ import torch
 
 from models.config import TransformerConfig
 from models.transformer import Transformer, add_vector
-from rayexp.welfare import concepts as cv
+from rayexp.studies.welfare import concepts as cv
 
 
 def test_diff_of_means_and_cosine_by_hand():

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from rayexp.development import losses
-from rayexp.development.llc import (
+from rayexp.studies.development import losses
+from rayexp.studies.development.llc import (
     SGLDSettings,
     calibrate,
     diagnose,
@@ -120,7 +120,7 @@ def test_diagnostics_flag_divergence_and_a_point_that_is_not_a_minimum():
 
 
 def test_diagnose_rules_on_constructed_traces():
-    from rayexp.development.llc import LLCResult
+    from rayexp.studies.development.llc import LLCResult
 
     def result(traces, init=1.0):
         traces = np.asarray(traces, dtype=float)
@@ -175,7 +175,7 @@ def test_transitions_on_a_staircase():
 
 
 def test_choose_skips_a_step_size_that_blew_up_at_any_localization():
-    from rayexp.development.llc import choose
+    from rayexp.studies.development.llc import choose
 
     def row(lr, loc, healthy=True, diverged=False, spiked=False):
         return {"lr": lr, "localization": loc, "healthy": healthy, "diverged": diverged, "spiked": spiked}
@@ -283,8 +283,8 @@ class FakeTrial:
 
 @pytest.mark.parametrize("rl_loss", ["self_distill", "action_nll"])
 def test_llc_analysis_end_to_end_on_tiny_models(rl_loss):
-    from rayexp.analyses import validate_params
-    from rayexp.analyses.llc import llc
+    from rayexp.registry import validate_params
+    from rayexp.studies.development.llc_analysis import llc
 
     params = validate_params(
         "llc",
@@ -317,7 +317,7 @@ def test_llc_analysis_end_to_end_on_tiny_models(rl_loss):
 def test_params_validate():
     from pydantic import ValidationError
 
-    from rayexp.analyses import validate_params
+    from rayexp.registry import validate_params
 
     assert validate_params("llc", {}).num_chains == 4
     with pytest.raises(ValidationError):
@@ -325,7 +325,7 @@ def test_params_validate():
     with pytest.raises(ValidationError):
         validate_params("llc", {"lrs": []})
     code = (
-        "import sys, rayexp.analyses as a; assert 'llc' in a.ANALYSES; "
+        "import sys, rayexp.registry as a; assert 'llc' in a.ANALYSES; "
         "assert not {'torch', 'devinterp'} & set(sys.modules), 'torch or devinterp imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""Exact action values and returns (rayexp.objectives.returns) against brute-force enumeration of
+"""Exact action values and returns (rayexp.studies.objective.returns) against brute-force enumeration of
 hidden paths, sampled rewards, the env's own steps, and hand-computed cases."""
 
 import itertools
@@ -11,8 +11,8 @@ from envs.compose import gated, interleave
 from envs.gym_env import SequenceEnv
 from envs.processes import mess3, noisy_and, rrxor
 from envs.rewards import make_reward
-from rayexp.objectives import returns
-from rayexp.objectives.returns import (
+from rayexp.studies.objective import returns
+from rayexp.studies.objective.returns import (
     UnsupportedReward,
     action_values,
     expected_return,

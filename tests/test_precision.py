@@ -95,7 +95,7 @@ def test_checkpoints_record_the_resolved_precision(units, tmp_path):
 
 def test_pretrain_cache_key_holds_the_resolved_precision(units):
     from rayexp.cache import pretrain_key
-    from rayexp.trial import TrialContext
+    from rayexp.context import TrialContext
 
     def determining(**kw):
         ctx = SimpleNamespace(pre_cfg=PretrainConfig(device="cpu", **kw))

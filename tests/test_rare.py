@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from envs.spec import build_process
-from rayexp.rare import rare_positions, trigger_rate
+from envs.processes import build_process
+from rayexp.studies.rare.positions import rare_positions, trigger_rate
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 

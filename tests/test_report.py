@@ -57,7 +57,10 @@ def test_report_writes_the_verdict_table(workdir):
 def test_study_summaries_from_metrics(tmp_path):
     from types import SimpleNamespace
 
-    from rayexp.report_studies import objective_rows, print_studies, welfare_rows
+    from rayexp.registry import STUDIES
+    from rayexp.studies.objective.report import objective_rows
+    from rayexp.studies.welfare.report import welfare_rows
+    from rayexp.study import ReportInput
 
     cv = "analysis/concept_vectors/"
     h = "blocks.1.hook_resid_post"
@@ -101,7 +104,9 @@ def test_study_summaries_from_metrics(tmp_path):
     import io
 
     buf = io.StringIO()
-    print_studies([run(-0.9)], parent, tmp_path, file=buf)
+    inp = ReportInput("sqlite:///unused.db", "parent", [run(-0.9)], parent, tmp_path, buf)
+    for name in ("welfare", "objective"):  # the sections `rayexp report` prints for these studies
+        STUDIES[name].report(inp)
     assert (tmp_path / "concept_layers.png").exists() and (tmp_path / "task_vectors.csv").exists()
     assert "welfare" in buf.getvalue() and "objectives" in buf.getvalue()
 
@@ -109,7 +114,7 @@ def test_study_summaries_from_metrics(tmp_path):
 def test_rare_summary_groups_by_what_varies_besides_the_seed():
     from types import SimpleNamespace
 
-    from rayexp.report_studies import rare_rows
+    from rayexp.studies.rare.report import rare_rows
 
     def run(rid, eps, seed, trig):
         metrics = {"analysis/rare/post/trigger_rate": trig, "analysis/rare/post/reward": trig / 2}

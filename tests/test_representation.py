@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from envs import build_process
-from rayexp.composition import representation as rep
 from rayexp.probes import fit_and_score
 from rayexp.stats import paired_bootstrap_ci
+from rayexp.studies.composition import representation as rep
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
@@ -207,8 +207,8 @@ HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_r
 
 
 def test_representation_analysis_on_tiny_models():
-    from rayexp.analyses import get
-    from rayexp.analyses.representation import RepresentationParams, representation
+    from rayexp.registry import get
+    from rayexp.studies.composition.representation_analysis import RepresentationParams, representation
 
     assert get("representation").needs == ("model_before", "model_after", "random_init", "env")
     params = RepresentationParams(n_seq=120)
@@ -250,7 +250,7 @@ def test_representation_analysis_on_tiny_models():
 
 @pytest.mark.parametrize("process", [MESS3, {"name": "mixture", "components": [MESS3, MESS3]}])
 def test_representation_analysis_without_two_running_factors(process):
-    from rayexp.analyses.representation import RepresentationParams, representation
+    from rayexp.studies.composition.representation_analysis import RepresentationParams, representation
 
     result = representation(FakeTrial(process, move="mlp"), RepresentationParams(n_seq=60))
     m = result.metrics
@@ -264,13 +264,13 @@ def test_representation_analysis_without_two_running_factors(process):
 
 
 def test_representation_params_and_torch_free_import():
-    from rayexp.analyses import validate_params
+    from rayexp.registry import validate_params
 
     assert validate_params("representation", {"n_seq": 500}).n_seq == 500
     with pytest.raises(Exception, match="extra"):
         validate_params("representation", {"n_sequences": 5})
     code = (
-        "import sys, rayexp.analyses as a; assert 'representation' in a.ANALYSES; "
+        "import sys, rayexp.registry as a; assert 'representation' in a.ANALYSES; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rayexp.objectives import task_vectors as tv
+from rayexp.studies.objective import task_vectors as tv
 
 
 def _model(rng, scale=1.0):

@@ -20,8 +20,8 @@ def test_sweep_stores_checkpoints_and_analyze_logs_once(workdir):
     from models.transformer import Transformer
     from rayexp.analyze import run_analysis
     from rayexp.artifacts import find_trials, log_spaced_steps
+    from rayexp.resolved import pretrain_config
     from rayexp.sweep import run_sweep
-    from rayexp.trial import pretrain_config
 
     sweep = tiny_sweep("stored", ppo_iterations=3)
     sweep["base"]["ppo"]["save_every"] = 1

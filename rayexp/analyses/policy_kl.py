@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from rayexp.analyses import AnalysisResult, Params, analysis
+from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.stats import bootstrap_ci
 
 

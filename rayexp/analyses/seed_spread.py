@@ -14,7 +14,7 @@ import math
 import pyarrow as pa
 from pydantic import Field
 
-from rayexp.analyses import AnalysisResult, Params, analysis
+from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.stats import bootstrap_ci
 
 
@@ -55,11 +55,9 @@ def seed_spread(group, params: SeedSpreadParams) -> AnalysisResult:
 
 
 def _figure(rows: dict, metrics: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from rayexp.figures import plt  # matplotlib, Agg backend set once there
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 3), squeeze=False)
     for ax, name in zip(axes[0], metrics):

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from rayexp.analyses import AnalysisResult, Params, analysis
+from rayexp.analysis import AnalysisResult, Params, analysis
 
 TOL = 1e-3
 

@@ -1,0 +1,30 @@
+"""Process specs (the YAML dicts ``envs.build_process`` reads): built once per spec, and named."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from envs import build_process as _build
+
+
+@lru_cache(maxsize=256)
+def _build_cached(spec_json: str):
+    return _build(json.loads(spec_json))
+
+
+def build_process(spec: dict[str, Any]):
+    """envs.build_process, memoised by spec (validation builds the same spec for every grid point)."""
+    return _build_cached(json.dumps(spec, sort_keys=True))
+
+
+def process_label(spec: dict[str, Any]) -> str:
+    """Short readable name of a process spec, e.g. mixture(mess3,rrxor)."""
+    name = spec.get("name", "?")
+    parts = spec.get("components") or spec.get("factors")
+    if parts:
+        return f"{name}({','.join(process_label(p) for p in parts)})"
+    if name == "gated":
+        return f"gated({process_label(spec.get('a', {}))},{process_label(spec.get('b', {}))})"
+    return str(name)

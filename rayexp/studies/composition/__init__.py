@@ -1,0 +1,38 @@
+"""Composition vs reweighting (docs/design.md §4): does RL compose the factors' belief states into
+something new, or reweight what the pretrained model already output?
+
+The maths, each module a signal computed from arrays (policies, exact target distributions,
+features), never from a model, so each has a unit test on a constructed case with a known answer
+(tests/test_composition*.py, tests/test_representation.py):
+
+- :mod:`.interaction`: the share of the policy's variance that is interaction between two factors
+  (2x2 resampling of each factor's history);
+- :mod:`.reweighting`: how well the post-RL policy is predicted from the pre-RL full distribution,
+  and kappa, the interaction left in what that prediction misses (the verdict's score);
+- :mod:`.readout`: reward reachable by a linear readout of frozen features;
+- :mod:`.update`: update sparsity by depth and the equal-norm random perturbation (the null);
+- :mod:`.representation`: factor and joint belief probes, dimensionality, subspace overlap, CKA;
+- :mod:`.verdict`: composition / reweighting / inconclusive over seeds, and why.
+
+Exact targets and ceilings are shared with other studies (:mod:`rayexp.exact`). The adapters are the
+analyses ``composition`` (:mod:`.composition_analysis`), ``representation``
+(:mod:`.representation_analysis`) and, across seeds, ``verdict`` (:mod:`.verdict_analysis`);
+:mod:`.report` prints the verdict table.
+"""
+
+from rayexp.studies.composition import composition_analysis, representation_analysis, verdict_analysis  # noqa: F401
+from rayexp.studies.composition.report import after_sweep, report_section
+from rayexp.study import Study
+
+STUDY = Study(
+    name="composition",
+    description="composition vs reweighting: the detector's signals and its verdict over seeds",
+    summary_columns=(
+        ("analysis/composition/reward/post/greedy", "greedy reward"),
+        ("analysis/composition/ceiling/optimum", "optimum"),
+        ("analysis/composition/composed/post", "kappa"),
+        ("analysis/composition/reweighting_r2/post", "R2 rewt"),
+    ),
+    report=report_section,
+    after_sweep=after_sweep,
+)

@@ -1,0 +1,363 @@
+"""Composition vs reweighting, one trial: every signal before RL, after RL and over PPO checkpoints.
+
+The maths lives in :mod:`rayexp.composition`; this adapter samples ``n_seq`` fresh sequences of the
+RL stream (seeded), runs each model once per 2x2 cell, and hands arrays to the pure functions. The
+policy at step t is the softmax of the logits at position t restricted to the env's action tokens:
+with ``episode_len == context`` the observation at step t is the prefix x_0..x_t, so one causal pass
+gives every step (with a longer episode only the first ``context`` steps, the prefix ones, are scored).
+
+Models: ``pre`` (pretrained), ``post`` (after PPO), ``perturbed`` (pre moved at random by as much as
+RL moved it: the null of science rule 6) and, for readouts, ``random_init``. Metrics (all averaged
+over steps and sequences):
+
+- ``reward/{pre,post,perturbed}/{expected,greedy}``; ``ceiling/{optimum,single_factor{i},lookup_k{k},
+  uniform}`` (lookups scored on the held-out half of the sequences);
+- ``margin/{pre,post,perturbed}`` (of the expected reward) and ``margin_greedy/...`` (of the greedy
+  reward: whether the policy's *choice* uses both factors, whatever its temperature); NaN when the
+  stream has no factors or the best single factor already reaches the optimum;
+- ``interaction/{pre,post,perturbed}`` (NaN unless the stream is a product or interleave);
+- ``reweighting_r2/{pre,post,perturbed}``: each policy from the *pre* model's full distribution;
+- ``composed/{pre,post,perturbed}``: kappa, the interaction left in what that fit cannot explain
+  (the verdict's score; NaN where interaction is);
+- ``readout/{final,concat}/{pretrained,post,random_init}``: greedy reward of a linear readout;
+- ``update_norm``, ``sparsity/frac_changed[/{depth}]``, ``sparsity/norm_share/{depth}``;
+- ``delta/{margin,margin_greedy,interaction,composed,expected}`` (post - pre, paired over sequences, ratios
+  linearised per sequence) with ``/ci_low``, ``/ci_high``.
+
+Table ``composition_curve`` (iteration, expected_reward, greedy_reward, margin, margin_greedy,
+interaction, composed, reweighting_r2) over the stored PPO checkpoints (iteration 0 = pre), figure
+``composition_curve``. Cost: 4 forward passes of ``n_seq`` x ``context`` tokens per model; for the
+4-layer d64 model, n_seq 1000, context 10, on one (shared) core: ~4 s without the curve, ~0.5 s
+more per checkpoint (7 s with 5).
+Supported rewards: ``next_token``, ``joint_target`` (:mod:`rayexp.exact.targets`); others raise.
+A shuffled-reward trial (env config ``shuffle_reward``) is scored against the reward it shuffled.
+
+What to expect on interleave(mess3(0.05, 0.85) x 2), context 10, joint_target m = 3: optimum 0.498,
+single factor 1/3 (exactly), lookup k=1 0.333 (the last token shows one factor), k=2 and k=3 0.489,
+uniform 1/3. Stand-ins for the controls (a pretrained 4-layer d64 model, then gradient ascent on
+the exact expected reward, PPO's expected update; 3 seeds each; see :mod:`rayexp.studies.composition.verdict`):
+joint target: composed/post 0.82-0.83, interaction/post 0.91-0.93, reweighting_r2/post 0.07-0.08,
+margin_greedy/post 1.00; next token: composed 0.0009, interaction 0.0004, reweighting_r2 0.95;
+shuffled reward: composed 0.006-0.03, reweighting_r2 0.84-0.86, margin_greedy 0.01; the perturbed
+null: composed 0.0003, reweighting_r2 0.99.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+
+from envs.process import HMM
+from envs.rewards import Reward, make_reward
+from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.exact import ceilings, targets
+from rayexp.probes import residual_layers, split_sequences
+from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
+from rayexp.studies.composition import interaction, readout, reweighting, update
+
+#: tokens (N, L) -> (logits (N, L, V), {"final": (N, L, D), "concat": (N, L, D')} when features are asked)
+Forward = Callable[[np.ndarray, bool], tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+class CompositionParams(Params):
+    n_seq: int = Field(1000, ge=20, le=1_000_000, description="fresh sequences of the RL stream")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="seeds the sequences, 2x2 partners and split (the same for every trial: paired across "
+        "seeds) and, with the trial's seed, the perturbation's direction",
+    )
+    lookup_k: list[Annotated[int, Field(ge=1, le=8)]] = Field(
+        default_factory=lambda: [1, 2, 3], description="last-k-tokens lookup ceilings (each k in 1..8)"
+    )
+    alpha: float = Field(1e-3, gt=0, description="ridge penalty (relative to the features' scale) of fits")
+    tol: float = Field(1e-3, gt=0, description="an entry counts as changed when |dW| > tol * RMS(W_before)")
+    checkpoints: bool = Field(True, description="also compute the curve over stored PPO checkpoints")
+
+
+@dataclass
+class Setup:
+    """The sampled stream and everything exact about it that every policy is scored against."""
+
+    hmm: HMM
+    reward: Reward
+    tokens: np.ndarray  # (N, L)
+    P: np.ndarray  # (N, L, A) exact P(target = action k)
+    single: list[np.ndarray]  # per factor, its observer's P (N, L, A)
+    cells: list[np.ndarray] | None  # tokens of (a, b'), (a', b), (a', b'); None without a fixed layout
+    train: np.ndarray
+    test: np.ndarray
+
+
+def make_setup(hmm: HMM, reward: Reward, length: int, n_seq: int, seed: int) -> Setup:
+    """``n_seq`` sequences of ``length`` tokens (seeded), their exact targets, the 2x2 cells and the split."""
+    rng = np.random.default_rng(seed)
+    tokens, _, beliefs = hmm.sample_with_beliefs(n_seq, length, rng)  # (N, L), _, (N, L, S)
+    P = targets.target_probs(hmm, reward, beliefs, tokens)
+    single: list[np.ndarray] = []
+    if hmm.layout is not None and not hmm.layout.exclusive:
+        single = [targets.single_factor_probs(hmm, reward, beliefs, i) for i in range(len(hmm.factors))]
+    a_from, b_from = interaction.partners(n_seq, rng)
+    own = np.arange(n_seq)
+    pair = tuple(reward.params.get("factors", (0, 1)))  # the joint target's two factors, else the first two
+    cells = None  # a primitive process has no factors; a mixture or gated one no fixed slots per factor
+    if hmm.layout is not None and len(hmm.factors) >= 2:
+        try:
+            cells = [
+                interaction.swap_histories(hmm.layout, tokens, a, b, pair)
+                for a, b in ((own, b_from), (a_from, own), (a_from, b_from))
+            ]
+        except ValueError:
+            cells = None
+    train, test = split_sequences(n_seq, 0.5, rng)
+    return Setup(hmm, reward, tokens, P, single, cells, train, test)
+
+
+def ceiling_values(s: Setup, lookup_k: list[int]) -> dict[str, np.ndarray]:
+    """Per-sequence ceilings (N,) (lookups: per held-out sequence)."""
+    out = {"optimum": ceilings.optimum(s.P).mean(1), "uniform": ceilings.uniform(s.P).mean(1)}
+    for i, Pi in enumerate(s.single):
+        out[f"single_factor{i}"] = ceilings.greedy_reward(Pi, s.P).mean(1)
+    for k in lookup_k:
+        keys = ceilings.lookup_keys(s.tokens, k, pad=s.hmm.vocab_size)
+        out[f"lookup_k{k}"] = ceilings.lookup_reward(keys, s.P, s.train, s.test).mean(1)
+    return out
+
+
+def best_single(ceil: dict[str, np.ndarray]) -> np.ndarray | None:
+    singles = [v for k, v in ceil.items() if k.startswith("single_factor")]
+    return max(singles, key=lambda v: float(v.mean())) if singles else None
+
+
+def policy_values(s: Setup, forward: Forward, with_features: bool = False) -> dict[str, np.ndarray]:
+    """Per-sequence signals of one model: expected and greedy reward (N,), interaction terms (N,), its
+    centred log-policy ``f`` (N, L, A) and its features if asked."""
+    act = s.reward.action_tokens
+    logits, feats = forward(s.tokens, with_features)  # (N, L, V)
+    f = interaction.centred(logits[..., act])  # (N, L, A)
+    pi = np.exp(f - np.logaddexp.reduce(f, axis=-1, keepdims=True))
+    out = {
+        "expected": ceilings.expected_reward(pi, s.P).mean(1),
+        "greedy": ceilings.greedy_reward(f, s.P).mean(1),
+        "f": f,
+        **feats,
+    }
+    if s.cells is not None:
+        out["f_cells"] = [interaction.centred(forward(c, False)[0][..., act]) for c in s.cells]
+        num, den = interaction.interaction_terms(f, *out["f_cells"])  # (N, L) each
+        out["ia_num"], out["ia_den"] = num.sum(1), den.sum(1)
+    return out
+
+
+def margin_values(reward: np.ndarray, ceil: dict, single: np.ndarray | None) -> np.ndarray:
+    """Per-sequence linearised margin (N,) of per-sequence ``reward`` (its mean is the margin); NaN
+    without a single-factor ceiling below the optimum."""
+    if single is None or ceil["optimum"].mean() - single.mean() < ceilings.MARGIN_EPS:
+        return np.full(len(ceil["optimum"]), np.nan)
+    return ratio_values(reward - single, ceil["optimum"] - single)
+
+
+def interaction_values(v: dict) -> np.ndarray:
+    if "ia_num" not in v:
+        return np.full(len(v["expected"]), np.nan)
+    return ratio_values(v["ia_num"], v["ia_den"])
+
+
+def model_forward(model, batch_size: int = 4096) -> Forward:
+    """A :data:`Forward` of a ``models.transformer.Transformer`` (float64 numpy out, in batches)."""
+    import torch
+
+    layers = residual_layers(model.hook_names)
+    names = [*layers, "ln_final.hook_normalized"]
+    device = next(model.parameters()).device
+
+    def one(x: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not with_features:
+            return model(x), {}
+        logits, cache = model.run_with_cache(x, names=names)  # (b, L, V), {name: (b, L, D)}
+        return logits, {"final": cache["ln_final.hook_normalized"], "concat": torch.cat([cache[n] for n in layers], -1)}
+
+    def run(tokens: np.ndarray, with_features: bool):
+        out: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        with torch.no_grad():
+            for start in range(0, len(tokens), batch_size):
+                x = torch.as_tensor(tokens[start : start + batch_size], dtype=torch.long, device=device)
+                out.append(one(x, with_features))
+        logits = torch.cat([o[0] for o in out]).double().cpu().numpy()  # (N, L, V)
+        feats = {k: torch.cat([o[1][k] for o in out]).double().cpu().numpy() for k in out[0][1]}
+        return logits, feats
+
+    return run
+
+
+def _probs(logits: np.ndarray) -> np.ndarray:
+    return np.exp(logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True))
+
+
+def _mean(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+class Scorer:
+    """Scores models on one :class:`Setup`: ceilings once, then each model's signals against them."""
+
+    def __init__(self, s: Setup, pre: Forward, params: CompositionParams):
+        self.s, self.params = s, params
+        self.ceil = ceiling_values(s, params.lookup_k)
+        self.single = best_single(self.ceil)
+        layout = s.hmm.layout
+        self.blocks = layout.factor_tokens if layout is not None and layout.disjoint else None
+        self.p_pre = _probs(pre(s.tokens, False)[0])  # (N, L, V) the pre-RL model's full distribution
+        self.p_pre_cells = [_probs(pre(c, False)[0]) for c in s.cells] if s.cells is not None else None
+
+    def ceiling_metrics(self) -> dict[str, float]:
+        return {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()}
+
+    def score(self, name: str, forward: Forward, readouts: bool = False) -> tuple[dict[str, float], dict]:
+        """Metrics of one model (named ``name`` in them) and its per-sequence values."""
+        s, params = self.s, self.params
+        v = policy_values(s, forward, readouts)
+        v["margin"] = margin_values(v["expected"], self.ceil, self.single)
+        v["margin_greedy"] = margin_values(v["greedy"], self.ceil, self.single)
+        v["interaction"] = interaction_values(v)
+        m = {f"reward/{name}/expected": _mean(v["expected"]), f"reward/{name}/greedy": _mean(v["greedy"])}
+        m |= {f"margin/{name}": _mean(v["margin"]), f"margin_greedy/{name}": _mean(v["margin_greedy"])}
+        m[f"interaction/{name}"] = _mean(v["interaction"])
+        r2, fmap = reweighting.reweighting_fit(self.p_pre, v["f"], s.train, s.test, self.blocks, params.alpha)
+        m[f"reweighting_r2/{name}"] = r2
+        y = np.asarray(v["f"][s.test], dtype=np.float64)  # (n_test, L, A)
+        sse = ((y - fmap.predict(self.p_pre[s.test])) ** 2).sum(axis=(1, 2))  # (n_test,)
+        sst = ((y - y.reshape(-1, y.shape[-1]).mean(0)) ** 2).sum(axis=(1, 2))  # (n_test,)
+        v["r2"] = 1.0 - ratio_values(sse, sst)  # per held-out sequence, mean = R^2
+        v["composed"] = np.full(len(s.test), np.nan)
+        if self.p_pre_cells is not None:
+            t = s.test
+            p_cells = [self.p_pre[t]] + [p[t] for p in self.p_pre_cells]
+            num, den = reweighting.composed_terms(fmap, p_cells, [v["f"][t]] + [f[t] for f in v["f_cells"]])
+            v["composed"] = ratio_values(num.sum(1), den.sum(1))  # per held-out sequence
+        m[f"composed/{name}"] = _mean(v["composed"])
+        if name == "post":  # CIs over held-out sequences: what a one-seed verdict can lean on
+            for key, vals in (
+                ("composed", v["composed"]),
+                ("reweighting_r2", v["r2"]),
+                ("margin_greedy", v["margin_greedy"]),
+            ):
+                _, lo, hi = bootstrap_ci(vals, seed=params.seed)
+                m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
+        if readouts:
+            m |= self.readouts("pretrained" if name == "pre" else name, v)
+        return m, v
+
+    def readouts(self, label: str, feats: dict[str, np.ndarray]) -> dict[str, float]:
+        """Greedy reward of a linear readout from each feature set (final layer, all layers concatenated)."""
+        s = self.s
+        return {
+            f"readout/{feat}/{label}": _mean(
+                readout.readout_reward(feats[feat], s.P, s.train, s.test, self.params.alpha)
+            )
+            for feat in ("final", "concat")
+        }
+
+
+def paired_deltas(pre: dict, post: dict, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in ("margin", "margin_greedy", "interaction", "composed", "expected"):
+        mean, lo, hi = paired_bootstrap_ci(pre[key], post[key], seed=seed)
+        out |= {f"delta/{key}": mean, f"delta/{key}/ci_low": lo, f"delta/{key}/ci_high": hi}
+    return out
+
+
+@analysis("composition", params=CompositionParams, needs=("model_before", "model_after", "env", "ppo_checkpoints"))
+def composition(artifacts, params: CompositionParams) -> AnalysisResult:
+    """Composition vs reweighting signals: reward vs ceilings, interaction, reweighting fit, readouts, sparsity."""
+    import pyarrow as pa
+
+    env = artifacts.env_config
+    hmm = artifacts.stream()
+    reward = make_reward(env["reward"], hmm, env.get("reward_params") or {}, env.get("action_tokens"))
+    targets.check_supported(reward)
+    length = min(int(env["context"]), int(env.get("episode_len") or env["context"]))
+    s = make_setup(hmm, reward, length, params.n_seq, params.seed)
+
+    pre, post = artifacts.model_before(), artifacts.model_after()
+    before, after = update.param_arrays(pre), update.param_arrays(post)
+    norm = update.update_norm(before, after)
+    # a direction of its own per trial, so the null varies across seeds as the trials do
+    perturbed = update.random_perturbation(
+        pre, norm, seed=params.seed * 1_000_003 + int(artifacts.config.get("seed", 0))
+    )
+    forwards = {
+        "pre": model_forward(pre),
+        "post": model_forward(post),
+        "perturbed": model_forward(perturbed),
+        "random_init": model_forward(artifacts.random_init()),  # the readouts' control only
+    }
+    scorer = Scorer(s, forwards["pre"], params)
+    metrics = scorer.ceiling_metrics()
+    vals = {}
+    for name in ("pre", "post", "perturbed"):
+        m, vals[name] = scorer.score(name, forwards[name], readouts=name != "perturbed")
+        metrics |= m
+    metrics |= scorer.readouts("random_init", forwards["random_init"](s.tokens, True)[1])
+    metrics |= paired_deltas(vals["pre"], vals["post"], params.seed)
+    metrics["update_norm"] = norm
+    metrics |= {f"sparsity/{k}": v for k, v in update.update_sparsity(before, after, params.tol).items()}
+
+    iterations = [0, *artifacts.ppo_iterations()] if params.checkpoints else [0]
+    rows: dict[str, list] = {k: [] for k in ("iteration", *CURVE)}
+    for it in iterations:
+        m = scorer.score("it", model_forward(pre if it == 0 else artifacts.policy(it)))[0]
+        rows["iteration"].append(it)
+        for col, key in CURVE.items():
+            rows[col].append(m[key.format("it")])
+    table = pa.table(rows)
+    return AnalysisResult(
+        metrics=metrics, tables={"composition_curve": table}, figures={"composition_curve": curve_figure(rows, metrics)}
+    )
+
+
+#: curve column -> metric of :meth:`Scorer.score` (``{}``: the model's name)
+CURVE = {
+    "expected_reward": "reward/{}/expected",
+    "greedy_reward": "reward/{}/greedy",
+    "margin": "margin/{}",
+    "margin_greedy": "margin_greedy/{}",
+    "interaction": "interaction/{}",
+    "composed": "composed/{}",
+    "reweighting_r2": "reweighting_r2/{}",
+}
+
+
+def curve_figure(rows: dict[str, list], metrics: dict[str, float]):
+    """Reward against its ceilings, and the composition signals, over PPO iterations."""
+    from rayexp.figures import plt  # matplotlib, Agg backend set once there
+
+    fig, (ax_r, ax_s) = plt.subplots(1, 2, figsize=(9, 3.4))
+    x = rows["iteration"]
+    ax_r.plot(x, rows["expected_reward"], "o-", label="expected")
+    ax_r.plot(x, rows["greedy_reward"], "s--", label="greedy")
+    for key, style in (("ceiling/optimum", "k-"), ("ceiling/uniform", "k:")):
+        ax_r.axhline(metrics[key], color=style[0], ls=style[1:], lw=0.8, label=key.split("/")[1])
+    singles = [v for k, v in metrics.items() if k.startswith("ceiling/single_factor")]
+    if singles:
+        ax_r.axhline(max(singles), color="tab:red", ls="-.", lw=0.8, label="best single factor")
+    lookups = {k: v for k, v in metrics.items() if k.startswith("ceiling/lookup_k")}
+    if lookups:
+        best = max(lookups, key=lookups.get)
+        ax_r.axhline(
+            lookups[best], color="tab:green", ls="--", lw=0.8, label=f"lookup k={best[len('ceiling/lookup_k') :]}"
+        )
+    ax_r.set(xlabel="PPO iteration", ylabel="reward / step", title="reward vs exact ceilings")
+    ax_r.legend(fontsize=7)
+    for col in ("margin", "margin_greedy", "interaction", "composed", "reweighting_r2"):
+        ax_s.plot(x, rows[col], "o-", label=col)
+    ax_s.axhline(0, color="k", lw=0.5)
+    ax_s.set(xlabel="PPO iteration", title="composition signals")
+    ax_s.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,89 @@
+"""The composition study in `rayexp report` and after `rayexp run`: the verdict table (one row per
+(process, task) group that the across-trial ``verdict`` analysis logged on the parent run,
+``verdict.csv``) and the verdict's signals per task, seeds as points (``verdict_signals.png``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rayexp import tracking
+from rayexp.study import ReportInput
+from rayexp.tables import format_table, write_csv
+
+VERDICT_COLUMNS = ("process", "task", "n_seeds", "score", "score_ci_low", "score_ci_high", "verdict")
+
+
+def verdict_rows(uri: str, parent: str) -> list[dict]:
+    """The verdict table of a sweep: one row per (process, task) group that the across-trial
+    ``verdict`` analysis logged on the parent run (empty when it never ran)."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    c = tracking.client(uri)
+    names = [a.path for a in c.list_artifacts(parent, "sweep/verdict") if a.path.endswith("__verdict.parquet")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(names):
+            rows += pq.read_table(c.download_artifacts(parent, name, tmp)).to_pylist()
+    first = [k for k in VERDICT_COLUMNS if rows and k in rows[0]]
+    return [{k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first} for r in rows]
+
+
+def print_verdicts(rows: list[dict], file=sys.stdout) -> None:
+    if rows:
+        brief = [{k: r[k] for k in (*VERDICT_COLUMNS, "reason") if k in r} for r in rows]
+        print("\nverdict (rule: README, 'Reading a verdict'):\n" + format_table(brief), file=file)
+
+
+#: the verdict's signals as trial metrics, drawn per task with seeds as points
+VERDICT_SIGNALS = {
+    "kappa (composed, post)": "analysis/composition/composed/post",
+    "reweighting R^2 (post)": "analysis/composition/reweighting_r2/post",
+    "greedy margin (post)": "analysis/composition/margin_greedy/post",
+    "interaction (post)": "analysis/composition/interaction/post",
+    "kappa (perturbed null)": "analysis/composition/composed/perturbed",
+}
+
+
+def verdict_figure(runs: list, path: Path) -> Path:
+    """Each verdict signal per (process, task), controls side by side, every seed a point."""
+    import numpy as np
+
+    from rayexp.figures import plt  # the Agg backend, set once there
+
+    groups = sorted({(r.data.tags.get("rayexp.process", "?"), r.data.tags.get("rayexp.task", "?")) for r in runs})
+    fig, axes = plt.subplots(1, len(VERDICT_SIGNALS), figsize=(3.2 * len(VERDICT_SIGNALS), 3.6), squeeze=False)
+    for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
+        for i, g in enumerate(groups):
+            vals = [
+                r.data.metrics[key]
+                for r in runs
+                if (r.data.tags.get("rayexp.process"), r.data.tags.get("rayexp.task")) == g and key in r.data.metrics
+            ]
+            ax.plot(i + np.linspace(-0.12, 0.12, len(vals)) if vals else [], vals, "o", alpha=0.7)
+            if vals:
+                ax.plot([i - 0.25, i + 0.25], [np.mean(vals)] * 2, "k-")
+        ax.set_xticks(range(len(groups)), [f"{t}\n{p[:18]}" for p, t in groups], rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.axhline(0, color="k", lw=0.4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report_section(inp: ReportInput) -> None:
+    verdicts = verdict_rows(inp.uri, inp.parent)
+    if not verdicts:
+        return
+    print_verdicts(verdicts, inp.file)
+    if inp.out is not None:
+        write_csv(verdicts, inp.out / "verdict.csv")
+        print(f"table: {inp.out / 'verdict.csv'}", file=inp.file)
+        print(f"figure: {verdict_figure(inp.runs, inp.out / 'verdict_signals.png')}", file=inp.file)
+
+
+def after_sweep(inp: ReportInput) -> None:
+    print_verdicts(verdict_rows(inp.uri, inp.parent), inp.file)

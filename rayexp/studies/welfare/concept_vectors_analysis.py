@@ -1,0 +1,271 @@
+"""Reward and punishment concept vectors in one trial of the outcome env (research note 004).
+
+The RL stream is an ``outcome`` process (:mod:`envs.outcome`): base token, action, outcome token
+(rewarded / punished / neutral), repeated. Contexts come from that process itself, i.e. with
+uniformly random actions (off-policy, the same for every model), and are balanced over outcomes
+(:func:`rayexp.studies.welfare.concepts.balanced`). The activation read is the one at the outcome token (the
+final token of a context that just ended in that outcome), at each residual-stream hook.
+
+Metrics (``{model}``: ``random_init``, ``pre`` (the model PPO started from), ``post``):
+
+- ``cos/{model}/{hook}``: cos(v_R, v_P); ``null/{model}/{hook}/{mean,q025,q975}`` the same with
+  outcome labels shuffled, and ``null/{model}/{hook}/p_below``: the share of shuffles at or below
+  the observed cosine (small: more antiparallel than labels that carry nothing);
+- ``align/{hook}/{R,P}``: cos(v_R pre, v_R post) and cos(v_P pre, v_P post): did RL keep the
+  directions it found?;
+- over the stored PPO checkpoints (table ``concept_curve``, figure): cos(v_R, v_P) at each hook,
+  the cosine of each checkpoint's v_R / v_P with the final ones, and the exact reward rate;
+- steering at ``steer_hook``: adding ``alpha * v`` at every position, for v in {v_P, v_R, a random
+  vector of v_P's norm (``n_random`` of them, averaged), one orthogonal to v_P of its norm}, on
+  the pre and post models: exact probability of a punished action and reward rate at every
+  decision point, averaged (table ``steering``, figure ``steering``);
+  ``steer/{model}/{vec}/{punish,reward}_slope``: least-squares slope over the alphas, and
+  ``steer/{model}/{vec}/dpunish_max``: the change at the largest alpha.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from envs.outcome import OutcomeTokens, outcome_probs
+from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.probes import residual_layers
+from rayexp.studies.welfare import concepts as cv
+
+
+class ConceptParams(Params):
+    n_seq: int = Field(2000, ge=50, le=1_000_000, description="sequences of the outcome process (random actions)")
+    n_perm: int = Field(200, ge=10, le=100_000, description="label shuffles of the null, per model and hook")
+    steer_hook: str | None = Field(None, description="hook to steer at; default: the middle residual stream")
+    alphas: list[float] = Field(
+        default_factory=lambda: [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0],
+        min_length=2,
+        description="steering strengths, in units of the vector (alpha = 1 adds the whole mean difference)",
+    )
+    n_random: int = Field(5, ge=1, le=100, description="norm-matched random steering vectors")
+    checkpoints: bool = Field(True, description="also the curve over stored PPO checkpoints")
+    seed: int = Field(0, ge=0, description="seeds the sequences, the balancing and the shuffles")
+
+
+def _hooks(model) -> list[str]:
+
+    return residual_layers(model.hook_names)
+
+
+class _Data:
+    """The sampled contexts: outcome positions with labels, decision positions with exact outcome
+    probabilities, both from one sample of the outcome process."""
+
+    def __init__(self, hmm, context: int, n_seq: int, seed: int):
+
+        lay = OutcomeTokens.of(hmm)
+        rng = np.random.default_rng(seed)
+        tokens, _, beliefs = hmm.sample_with_beliefs(n_seq, context, rng)  # (N, K), _, (N, K, S)
+        self.tokens = tokens
+        out = np.isin(tokens, lay.outcome_tokens)
+        self.out_idx = np.nonzero(out)
+        labels = lay.outcome_index(tokens[out])
+        keep = cv.balanced(labels, rng)
+        self.out_idx = (self.out_idx[0][keep], self.out_idx[1][keep])
+        self.labels = labels[keep]
+        dec = np.isin(tokens, lay.base_tokens)
+        self.dec_idx = np.nonzero(dec)
+        self.outcome_p = outcome_probs(hmm, beliefs[dec])  # (n_dec, A, 3)
+        self.action_tokens = lay.action_tokens
+
+    def acts(self, model, hooks: list[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.as_tensor(self.tokens, dtype=torch.long), names=hooks)
+        return {h: cache[h][self.out_idx].double().numpy() for h in hooks}
+
+    def rates(self, model, hooks=None) -> tuple[float, float]:
+        """Exact (reward rate, punishment probability) over decisions, with optional steering hooks."""
+        import torch
+
+        with torch.no_grad():
+            x = torch.as_tensor(self.tokens, dtype=torch.long)
+            logits = model.run_with_hooks(x, hooks) if hooks else model(x)
+            pi = torch.softmax(logits[self.dec_idx][:, torch.as_tensor(self.action_tokens)].double(), -1).numpy()
+        reward, punish = cv.outcome_rates(pi, self.outcome_p)
+        return float(reward.mean()), float(punish.mean())
+
+
+@analysis("concept_vectors", params=ConceptParams, needs=("model_before", "model_after", "random_init", "env"))
+def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
+    """Difference-of-means reward / punishment vectors per layer, their nulls, rotation over RL, steering."""
+    import torch
+
+    from models.transformer import add_vector
+
+    hmm = artifacts.stream()
+    if hmm.family != "outcome":
+        raise ValueError(f"concept_vectors needs an outcome RL stream (task.env: outcome); got {hmm.name!r}")
+    data = _Data(hmm, int(artifacts.env_config["context"]), params.n_seq, params.seed)
+    models = {"random_init": artifacts.random_init(), "pre": artifacts.model_before(), "post": artifacts.model_after()}
+    hooks = _hooks(models["post"])
+    steer_hook = params.steer_hook or hooks[len(hooks) // 2]
+    if steer_hook not in models["post"].hook_names:
+        raise ValueError(f"steer_hook {steer_hook!r} is not a hook; valid: {models['post'].hook_names}")
+    metrics: dict[str, float] = {}
+    vecs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    layer_rows: dict[str, list] = {"model": [], "hook": [], "cos": [], "null_q025": [], "null_q975": [], "p_below": []}
+    for name, model in models.items():
+        acts = data.acts(model, hooks)
+        vecs[name] = {}
+        for h in hooks:
+            v_r, v_p = cv.concept_vectors(acts[h], data.labels)
+            vecs[name][h] = (v_r, v_p)
+            c = cv.cosine(v_r, v_p)
+            null = cv.shuffled_cosines(acts[h], data.labels, params.n_perm, seed=params.seed)
+            q025, q975 = np.quantile(null, [0.025, 0.975])
+            p_below = float((1 + np.sum(null <= c)) / (1 + len(null)))
+            metrics |= {
+                f"cos/{name}/{h}": c,
+                f"null/{name}/{h}/mean": float(null.mean()),
+                f"null/{name}/{h}/q025": float(q025),
+                f"null/{name}/{h}/q975": float(q975),
+                f"null/{name}/{h}/p_below": p_below,
+            }
+            for k, v in zip(layer_rows, (name, h, c, float(q025), float(q975), p_below)):
+                layer_rows[k].append(v)
+    for h in hooks:
+        metrics[f"align/{h}/R"] = cv.cosine(vecs["pre"][h][0], vecs["post"][h][0])
+        metrics[f"align/{h}/P"] = cv.cosine(vecs["pre"][h][1], vecs["post"][h][1])
+    reward_pre, punish_pre = data.rates(models["pre"])
+    reward_post, punish_post = data.rates(models["post"])
+    metrics |= {
+        "reward/pre": reward_pre,
+        "reward/post": reward_post,
+        "punish/pre": punish_pre,
+        "punish/post": punish_post,
+    }
+
+    # steering
+    rng = np.random.default_rng(params.seed + 1)
+    steer_rows: dict[str, list] = {"model": [], "vector": [], "alpha": [], "reward": [], "punish": []}
+    for name in ("pre", "post"):
+        v_r, v_p = vecs[name][steer_hook]
+        candidates = {"v_P": v_p, "v_R": v_r, "orthogonal": cv.orthogonal_like(v_p, rng)}
+        candidates |= {f"random{i}": cv.random_like(v_p, rng) for i in range(params.n_random)}
+        curves: dict[str, dict[str, list[float]]] = {}
+        for vec_name, v in candidates.items():
+            vt = torch.as_tensor(v, dtype=torch.float32)
+            rp = [data.rates(models[name], {steer_hook: add_vector(vt, a)}) for a in params.alphas]
+            curves[vec_name] = {"reward": [r for r, _ in rp], "punish": [p for _, p in rp]}
+            for a, (r, p) in zip(params.alphas, rp):
+                for k, val in zip(steer_rows, (name, vec_name, a, r, p)):
+                    steer_rows[k].append(val)
+        curves["random"] = {
+            k: list(np.mean([curves[f"random{i}"][k] for i in range(params.n_random)], axis=0))
+            for k in ("reward", "punish")
+        }
+        i_max = int(np.argmax(params.alphas))
+        i_zero = int(np.argmin(np.abs(params.alphas)))
+        for vec_name in ("v_P", "v_R", "orthogonal", "random"):
+            c = curves[vec_name]
+            metrics[f"steer/{name}/{vec_name}/punish_slope"] = cv.slope(params.alphas, c["punish"])
+            metrics[f"steer/{name}/{vec_name}/reward_slope"] = cv.slope(params.alphas, c["reward"])
+            metrics[f"steer/{name}/{vec_name}/dpunish_max"] = c["punish"][i_max] - c["punish"][i_zero]
+        metrics[f"steer/{name}/random/punish_slope_absmax"] = max(
+            abs(cv.slope(params.alphas, curves[f"random{i}"]["punish"])) for i in range(params.n_random)
+        )
+    metrics["steer/hook_index"] = float(models["post"].hook_names.index(steer_hook))
+    metrics["steer/v_P_norm_post"] = float(np.linalg.norm(vecs["post"][steer_hook][1]))
+
+    tables = {"concept_layers": pa.table(layer_rows), "steering": pa.table(steer_rows)}
+    figures = {"concept_layers": _layer_figure(layer_rows), "steering": _steer_figure(steer_rows, steer_hook)}
+    if params.checkpoints and artifacts.ppo_iterations():
+        curve = _curve(artifacts, data, hooks, vecs["post"])
+        tables["concept_curve"] = pa.table(curve)
+        figures["concept_curve"] = _curve_figure(curve, steer_hook)
+    return AnalysisResult(metrics=metrics, tables=tables, figures=figures)
+
+
+def _curve(artifacts, data: _Data, hooks: list[str], final: dict) -> dict[str, list]:
+    rows: dict[str, list] = {
+        "iteration": [],
+        "hook": [],
+        "cos_RP": [],
+        "cos_R_final": [],
+        "cos_P_final": [],
+        "reward": [],
+    }
+    for it in [0, *artifacts.ppo_iterations()]:
+        model = artifacts.policy(it)
+        acts = data.acts(model, hooks)
+        reward, _ = data.rates(model)
+        for h in hooks:
+            v_r, v_p = cv.concept_vectors(acts[h], data.labels)
+            for k, v in zip(
+                rows, (it, h, cv.cosine(v_r, v_p), cv.cosine(v_r, final[h][0]), cv.cosine(v_p, final[h][1]), reward)
+            ):
+                rows[k].append(v)
+    return rows
+
+
+def _layer_figure(rows):
+    from rayexp.figures import plt  # the Agg backend, set once there
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    hooks = list(dict.fromkeys(rows["hook"]))
+    x = np.arange(len(hooks))
+    for i, name in enumerate(("random_init", "pre", "post")):
+        sel = [j for j, m in enumerate(rows["model"]) if m == name]
+        ax.plot(x, [rows["cos"][j] for j in sel], "o-", color=f"C{i}", label=name)
+        ax.fill_between(
+            x, [rows["null_q025"][j] for j in sel], [rows["null_q975"][j] for j in sel], color=f"C{i}", alpha=0.12
+        )
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, [h.replace("blocks.", "b").replace(".hook_resid_", " ") for h in hooks], fontsize=7)
+    ax.set_ylabel("cos(v_R, v_P)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.legend(fontsize=7, title="bands: shuffled labels, 95%", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _steer_figure(rows, hook):
+    from rayexp.figures import plt  # the Agg backend, set once there
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, name in zip(axes, ("pre", "post")):
+        for vec in dict.fromkeys(rows["vector"]):
+            sel = [j for j in range(len(rows["model"])) if rows["model"][j] == name and rows["vector"][j] == vec]
+            style = {"v_P": ("C3", 2), "v_R": ("C2", 2), "orthogonal": ("C0", 1)}.get(vec, ("0.6", 0.8))
+            ax.plot(
+                [rows["alpha"][j] for j in sel],
+                [rows["punish"][j] for j in sel],
+                "-",
+                color=style[0],
+                lw=style[1],
+                label=vec if not vec.startswith("random") or vec == "random0" else None,
+            )
+        ax.set_title(f"{name}-RL, steering at {hook}", fontsize=8)
+        ax.set_xlabel("alpha")
+    axes[0].set_ylabel("P(punished action)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _curve_figure(rows, hook):
+    from rayexp.figures import plt  # the Agg backend, set once there
+
+    sel = [j for j, h in enumerate(rows["hook"]) if h == hook]
+    it = [rows["iteration"][j] for j in sel]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(it, [rows["cos_RP"][j] for j in sel], "o-", label="cos(v_R, v_P)")
+    ax.plot(it, [rows["cos_R_final"][j] for j in sel], "s--", label="cos(v_R, final v_R)")
+    ax.plot(it, [rows["cos_P_final"][j] for j in sel], "^--", label="cos(v_P, final v_P)")
+    ax2 = ax.twinx()
+    ax2.plot(it, [rows["reward"][j] for j in sel], "k:", label="reward rate")
+    ax2.set_ylabel("exact reward rate")
+    ax.set_xlabel("PPO iteration")
+    ax.set_title(hook, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
