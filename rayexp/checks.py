@@ -52,7 +52,7 @@ def check_memory(trial: TrialConfig, facts: dict[str, Any], budget_gb: float) ->
     pre = trial.pretrain
     seq_len = pre.seq_len or facts["n_ctx"]
     _check_memory(model, pre.batch_size, seq_len, pre.optimizer_states, budget_gb, "pretrain.batch_size")
-    where = "task.ppo.minibatch_size" if "minibatch_size" in trial.task.ppo else "ppo.minibatch_size"
+    where = "task.ppo.minibatch_size" if "minibatch_size" in trial.task.ppo.model_fields_set else "ppo.minibatch_size"
     minibatch = ppo_settings(trial).minibatch_size
     _check_memory(model, minibatch, facts["context"], 2, budget_gb, where)  # PPO's learner runs Adam
 
@@ -116,7 +116,7 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
             raise FieldError(path, f"context length {length} exceeds model.n_ctx {n_ctx}")
 
     task = trial.task
-    check_lr(task.ppo, "task.ppo")
+    check_lr(task.ppo.model_dump(), "task.ppo")
     ppo_settings(trial)  # the task's overrides, checked merged into the base section
     stream = task_process(trial)
     task_hmm = hmm if stream is trial.process else _build_at(stream, "task.process" if task.process else "task.stream")

@@ -67,7 +67,7 @@ def ppo_settings(trial: TrialConfig) -> PPOSettings:
 
     "Unset" is read from the sections as the sweep file wrote them, which is why this runs on the
     driver only: a dumped and reloaded config has every field set."""
-    task_ppo = trial.task.ppo
+    task_ppo = trial.task.ppo.model_dump()  # only what the task set
     raw = {"seed": trial.seed, **trial.ppo.model_dump(exclude_unset=True), **task_ppo}
     try:
         return PPOSettings.model_validate(raw)

@@ -10,18 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.gym_env import make_env
-
-
-def policy_probs(model, obs: np.ndarray, pad: int, action_tokens: np.ndarray) -> np.ndarray:
-    """(N, A) action probabilities of ``model`` at windows ``obs`` (N, K) right-padded with ``pad``."""
-    import torch
-
-    n = (obs != pad).sum(axis=1)  # (N,) real lengths, >= 1 after reset
-    x = torch.as_tensor(np.where(obs == pad, 0, obs), dtype=torch.long)  # (N, K)
-    with torch.no_grad():
-        logits = model(x)[torch.arange(len(n)), torch.as_tensor(n - 1)]  # (N, V)
-        logits = logits[:, torch.as_tensor(action_tokens)]  # (N, A)
-        return torch.softmax(logits.double(), -1).numpy()
+from rayexp.policy import window_probs
 
 
 def collect(model, env_config: dict, n_episodes: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -38,7 +27,7 @@ def collect(model, env_config: dict, n_episodes: int, seed: int = 0) -> dict[str
     out: dict[str, list] = {"obs": [], "actions": [], "rewards": [], "probs": []}
     done = np.zeros(n_episodes, dtype=bool)
     while not done.all():
-        probs = policy_probs(model, obs, pad, tokens)  # (N, A)
+        probs = window_probs(model, obs, pad, tokens)  # (N, A)
         actions = (rng.random((len(probs), 1)) > probs.cumsum(1)).sum(1).clip(0, len(tokens) - 1)  # (N,)
         steps = [e.step(int(a)) for e, a in zip(envs, actions)]
         out["obs"].append(obs)

@@ -12,9 +12,18 @@ Sizes have documented maxima (``le=`` bounds, see :mod:`models.config` for why).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from models.config import MAX_BATCH, MAX_D_MLP, MAX_D_VOCAB, MAX_N_CTX, MAX_STEPS, PretrainConfig, TransformerConfig
 
@@ -88,6 +97,32 @@ class PPOSettings(_Strict):
         if self.minibatch_size > self.train_batch_size:
             raise ValueError(f"minibatch_size {self.minibatch_size} exceeds train_batch_size {self.train_batch_size}")
         return self
+
+
+class _Overrides(_Strict):
+    """Dumps only the fields that were set, so a trial's dump, its MLflow params and its key read as
+    the sweep file wrote it, and "unset" survives a dump and reload."""
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+def _overrides_of(settings: type[BaseModel], name: str) -> type[_Overrides]:
+    """A model with every field of ``settings`` optional and unset, each value held to the field's
+    own constraints; cross-field checks run once the overrides are merged into the base section."""
+    fields: dict[str, Any] = {
+        key: (
+            (Annotated[f.annotation, *f.metadata] if f.metadata else f.annotation) | None,
+            Field(None, description=f.description),
+        )
+        for key, f in settings.model_fields.items()
+    }
+    return create_model(name, __base__=_Overrides, **fields)
+
+
+#: a task's overrides of the base ppo section
+PPOOverrides = _overrides_of(PPOSettings, "PPOOverrides")
 
 
 class ModelSection(TransformerConfig):
@@ -226,9 +261,9 @@ class TaskConfig(_Strict):
     action_tokens: list[int] | None = Field(
         default=None, description="Token ids the policy may emit; null = the RL stream's whole vocabulary."
     )
-    ppo: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Overrides of the base ppo settings for this task only (PPOSettings fields, checked merged).",
+    ppo: PPOOverrides = Field(
+        default_factory=PPOOverrides,
+        description="Overrides of the base ppo settings for this task only (any PPOSettings field; checked merged).",
     )
     start_from: StartFrom | None = Field(
         default=None,

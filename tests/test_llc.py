@@ -202,7 +202,7 @@ def _tiny(seed=0):
 
 
 def test_rl_losses_read_the_policy_at_the_last_real_position():
-    from rayexp.rollouts import policy_probs
+    from rayexp.policy import window_probs as policy_probs
 
     model, pad = _tiny(), 3
     rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.policy import action_probs
 from rayexp.stats import bootstrap_ci
 
 
@@ -32,18 +33,9 @@ def forward_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return terms.sum(axis=-1)
 
 
-def _log_probs(model, tokens: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-    """(N, L, |vocab|) log-probabilities over ``vocab`` after each prefix of ``tokens`` (N, L)."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(torch.as_tensor(tokens, dtype=torch.long))[..., torch.as_tensor(vocab)]  # (N, L, v)
-        return torch.log_softmax(logits.double(), -1).numpy()
-
-
 def kl_on(before, after, tokens: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     """(N,) per-sequence mean forward KL between the two models' distributions over ``vocab``."""
-    lp, lq = _log_probs(before, tokens, vocab), _log_probs(after, tokens, vocab)
+    lp, lq = action_probs(before, tokens, vocab, log=True), action_probs(after, tokens, vocab, log=True)
     return forward_kl(np.exp(lp), np.exp(lq)).mean(axis=1)
 
 

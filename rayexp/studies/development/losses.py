@@ -15,12 +15,14 @@ checkpoint's own (frozen) action distribution on the same windows: every checkpo
 its minimum (KL 0), at the price of a different loss per checkpoint.
 
 The policy reads the logits at the last real position of a right-padded window, restricted to the
-env's action tokens (rayexp.rollouts.policy_probs). torch is imported inside functions.
+env's action tokens (rayexp.policy). torch is imported inside functions.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from rayexp.policy import action_logits
 
 
 def _split(n: int, batch_size: int) -> list[slice]:
@@ -58,14 +60,6 @@ def rollout_windows(rollouts: dict, pad: int) -> tuple[np.ndarray, np.ndarray, n
     return np.where(obs == pad, 0, obs)[keep], (n - 1)[keep], actions[keep].astype(np.int64)
 
 
-def policy_logits(model, x, last, action_tokens):
-    """(B, A) logits of the policy: the LM head at each window's last real position, action tokens only."""
-    import torch
-
-    logits = model(x)[torch.arange(len(last)), last]  # (B, V)
-    return logits[:, action_tokens]  # (B, A)
-
-
 def action_batches(rollouts: dict, pad: int, action_tokens, batch_size: int) -> list[tuple]:
     """Fixed batches (windows (B, K), last (B,), action (B,), action tokens (A,)) of a rollout buffer."""
     import torch
@@ -81,7 +75,7 @@ def action_nll(model, batch):
     import torch.nn.functional as F
 
     x, last, a, tok = batch
-    return F.cross_entropy(policy_logits(model, x, last, tok), a)
+    return F.cross_entropy(action_logits(model, x, last, tok), a)
 
 
 def distill_batches(reference, batches: list[tuple]) -> list[tuple]:
@@ -91,7 +85,7 @@ def distill_batches(reference, batches: list[tuple]) -> list[tuple]:
     out = []
     with torch.no_grad():
         for x, last, a, tok in batches:
-            logp = torch.log_softmax(policy_logits(reference, x, last, tok).double(), -1).float()  # (B, A)
+            logp = torch.log_softmax(action_logits(reference, x, last, tok).double(), -1).float()  # (B, A)
             out.append((x, last, a, tok, logp))
     return out
 
@@ -101,5 +95,5 @@ def self_distill_kl(model, batch):
     import torch
 
     x, last, _, tok, ref_logp = batch
-    logp = torch.log_softmax(policy_logits(model, x, last, tok), -1)  # (B, A)
+    logp = torch.log_softmax(action_logits(model, x, last, tok), -1)  # (B, A)
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()

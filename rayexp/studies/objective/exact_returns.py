@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from envs.rewards import make_reward
+from rayexp.policy import action_probs
 from rayexp.specs import build_process
 from rayexp.studies.objective import returns
 
@@ -50,12 +51,7 @@ class ExactReturns:
 
     def probs(self, model) -> np.ndarray:
         """(N, steps, A) the policy at every step."""
-        import torch
-
-        with torch.no_grad():
-            x = torch.as_tensor(self.tokens[:, : self.steps], dtype=torch.long)
-            logits = model(x)[..., torch.as_tensor(self.action_tokens)].double()
-            return torch.softmax(logits, -1).numpy()
+        return action_probs(model, self.tokens[:, : self.steps], self.action_tokens)
 
     def returns(self, model) -> dict[str, np.ndarray]:
         p = self.probs(model)

@@ -31,6 +31,7 @@ from pydantic import Field
 
 from envs.outcome import OutcomeTokens, outcome_probs
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.policy import action_probs
 from rayexp.probes import residual_layers
 from rayexp.studies.welfare import concepts as cv
 
@@ -84,12 +85,8 @@ class _Data:
 
     def rates(self, model, hooks=None) -> tuple[float, float]:
         """Exact (reward rate, punishment probability) over decisions, with optional steering hooks."""
-        import torch
-
-        with torch.no_grad():
-            x = torch.as_tensor(self.tokens, dtype=torch.long)
-            logits = model.run_with_hooks(x, hooks) if hooks else model(x)
-            pi = torch.softmax(logits[self.dec_idx][:, torch.as_tensor(self.action_tokens)].double(), -1).numpy()
+        forward = (lambda x: model.run_with_hooks(x, hooks)) if hooks else None
+        pi = action_probs(model, self.tokens, self.action_tokens, forward=forward)[self.dec_idx]  # (n_dec, A)
         reward, punish = cv.outcome_rates(pi, self.outcome_p)
         return float(reward.mean()), float(punish.mean())
 
