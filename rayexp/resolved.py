@@ -64,9 +64,7 @@ def task_process(trial: TrialConfig) -> dict[str, Any]:
 def ppo_settings(trial: TrialConfig) -> PPOSettings:
     """The task's PPO settings: the base ppo section, the task's overrides on top, and the trial's
     seed unless either sets one. Raises FieldError at ``task.ppo.KEY`` for a bad override.
-
-    "Unset" is read from the sections as the sweep file wrote them, which is why this runs on the
-    driver only: a dumped and reloaded config has every field set."""
+    ("Unset" is what the sweep file did not write: the sections dump only the fields it set.)"""
     task_ppo = trial.task.ppo.model_dump()  # only what the task set
     raw = {"seed": trial.seed, **trial.ppo.model_dump(exclude_unset=True), **task_ppo}
     try:

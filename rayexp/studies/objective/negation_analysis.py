@@ -34,7 +34,6 @@ from pydantic import Field, field_validator
 
 from envs.rewards import REWARDS
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.resolved import ppo_settings
 from rayexp.stats import paired_bootstrap_ci
 from rayexp.studies.objective import task_vectors as tv
 from rayexp.studies.objective.exact_returns import (
@@ -92,7 +91,7 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
     m_a, m_b = artifacts.model_before(), artifacts.model_after()
     theta_a = params_of(m_a)
     tau = tv.task_vector(theta_a, params_of(m_b))
-    settings = ppo_settings(artifacts.trial).model_copy(
+    settings = artifacts.ppo_settings.model_copy(
         update={"iterations": params.iterations, "save_every": 0, "checkpoint_every": 0}
     )
     env_a = env | spec_a
