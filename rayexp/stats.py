@@ -2,7 +2,7 @@
 per-unit values of ratio statistics (:func:`ratio_values`) so that a paired bootstrap covers them.
 
 Pure numpy; every analysis that reports an interval uses these, so the resampling scheme and
-its seed are the same everywhere (science rule 4: a change is a paired difference with a paired
+its seed are the same everywhere (docs/design.md §6 rule 4: a change is a paired difference with a paired
 interval, not two intervals side by side).
 """
 

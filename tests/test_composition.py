@@ -214,7 +214,7 @@ def test_composed_share_is_the_interaction_the_pre_rl_outputs_do_not_explain(hmm
 
 
 def test_a_sum_of_probabilities_that_interacts_is_still_reweighting():
-    """DESIGN's caveat: on a product stream each joint token carries both factors, so P((a+b) mod 3)
+    """docs/design.md §4.2's caveat: on a product stream each joint token carries both factors, so P((a+b) mod 3)
     is a fixed sum of the pretrained outputs: full interaction, and fully a function of p_pre."""
     product = build_process({"name": "product", "factors": [MESS3, MESS3]})
     tokens, _, _ = product.sample_with_beliefs(1500, 8, np.random.default_rng(3))

@@ -1,7 +1,7 @@
 """Exact target distributions of a reward: P(target = k | context), and what one factor alone predicts.
 
 The composition signals score policies against the *exact* distribution of what the reward wants
-(science rule 7), computed from exact beliefs, not from sampled rewards. Supported rewards:
+(docs/design.md §6 rule 7), computed from exact beliefs, not from sampled rewards. Supported rewards:
 
 - ``next_token``: P(x_{t+1} = action_tokens[k] | x_0..x_t) = ``hmm.next_token_probs(belief)`` at the
   action tokens (rows sum to less than 1 when the action set leaves tokens out);

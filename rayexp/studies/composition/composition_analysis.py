@@ -7,7 +7,7 @@ with ``episode_len == context`` the observation at step t is the prefix x_0..x_t
 gives every step (with a longer episode only the first ``context`` steps, the prefix ones, are scored).
 
 Models: ``pre`` (pretrained), ``post`` (after PPO), ``perturbed`` (pre moved at random by as much as
-RL moved it: the null of science rule 6) and, for readouts, ``random_init``. Metrics (all averaged
+RL moved it: the null of docs/design.md §6 rule 6) and, for readouts, ``random_init``. Metrics (all averaged
 over steps and sequences):
 
 - ``reward/{pre,post,perturbed}/{expected,greedy}``; ``ceiling/{optimum,single_factor{i},lookup_k{k},

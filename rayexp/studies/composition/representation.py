@@ -1,6 +1,6 @@
 """Where the composition lives: probes, dimensionality, subspace overlap and CKA, on plain arrays.
 
-DESIGN.md ("Composition vs reweighting") asks, once RL has composed two skills, whether the new
+docs/design.md §4 asks, once RL has composed two skills, whether the new
 policy reads existing features in a new way or builds a new joint representation inside. These are
 the pure (numpy) signals the adapter :mod:`rayexp.studies.composition.representation_analysis` feeds with activations
 (sequences x positions x features) and exact beliefs:

@@ -1,6 +1,6 @@
 """Where the composition lives: factor and joint belief probes, dimensionality, subspace overlap, CKA.
 
-DESIGN.md ("Composition vs reweighting", signals): once RL changes the policy, is the composition a
+docs/design.md §4.3: once RL changes the policy, is the composition a
 new readout of features the model already had, or a new representation inside? This adapter samples
 ``n_seq`` fresh sequences of the RL stream (seeded; the stream's tokens are the policy's inputs),
 their exact beliefs, each factor's belief (``hmm.layout.factor_beliefs``) and the joint belief over

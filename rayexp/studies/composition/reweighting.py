@@ -1,6 +1,6 @@
 """Reweighting fit: how well the pre-RL model's full output distribution predicts the post-RL policy.
 
-RL *reweights* when ``pi_post(. | x) ~ g(p_pre(x))`` for one map g (DESIGN.md). We fit g as a ridge
+RL *reweights* when ``pi_post(. | x) ~ g(p_pre(x))`` for one map g (docs/design.md §4.1). We fit g as a ridge
 map on features of ``p_pre(x)`` over the whole vocabulary (not only the action set) rich enough to
 express the usual reweightings:
 

@@ -4,7 +4,7 @@
   as :mod:`rayexp.analyses.weight_diff`), overall and per depth (``embed``, ``block{i}``,
   ``unembed``), with each depth's share of the update's squared norm;
 - :func:`random_perturbation`: a copy of a model moved by an isotropic Gaussian direction of a
-  given total norm, so any signal can be compared with "moved this much at random" (science rule 6).
+  given total norm, so any signal can be compared with "moved this much at random" (docs/design.md §6 rule 6).
 
 :func:`update_sparsity` works on ``{name: numpy array}`` (:func:`param_arrays` makes one from a model).
 """

@@ -31,7 +31,7 @@ held-out contexts when they are given (``context_ci``; the quickstart's one-seed
 such in its reason: it says how sure the signals are for this model, not across training runs);
 without them the verdict is inconclusive and the score is reported with NaN bounds.
 
-Why. DESIGN.md defines reweighting as pi_post ~ g(p_pre) for one map g: that is R^2_post near 1,
+Why. docs/design.md §4.1 defines reweighting as pi_post ~ g(p_pre) for one map g: that is R^2_post near 1,
 whatever else holds, so it is decided on R^2 alone, and first. Composition is a policy that depends
 jointly and non-additively on both factors in a way no such g gives: exactly kappa, the interaction
 left in what g cannot explain. Neither signal alone would do: eta (the policy's own interaction

@@ -1,6 +1,6 @@
 """The local learning coefficient over training: pretraining checkpoints and RL checkpoints.
 
-DESIGN.md ("Development (003)"). For each phase, one fixed loss (rayexp.studies.development.losses says why):
+docs/design.md §5 ("Development"). For each phase, one fixed loss (rayexp.studies.development.losses says why):
 
 - pretraining: next-token cross-entropy on ``n_seq`` sequences of the pretraining process (seeded);
 - RL (iteration 0 = the pretrained model, then every stored policy): on the trial's stored rollout

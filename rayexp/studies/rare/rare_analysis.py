@@ -13,7 +13,7 @@ up before RL (the exposure axis of ``sweeps/rare.yaml``). For the model PPO star
   the trigger often (``eval_eps``), so B's belief has history to read: at every position after B
   first spoke (``seen``), right before a trigger (``before``: is B's state decodable before the
   agent asks?) and at the trigger (``at``: B speaks next). Skill is against the random-init model
-  on the same positions (science rule 2); ``r2_B/...`` is the held-out R² itself, and
+  on the same positions (docs/design.md §6 rule 2); ``r2_B/...`` is the held-out R² itself, and
   ``r2_B_random_init/...`` the random-init model's (a negative skill means pretraining left B's
   belief *less* linearly readable than a random network's token-and-position features do).
 
