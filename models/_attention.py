@@ -1,9 +1,9 @@
 """Causal self-attention for short contexts on CPU: numba kernels behind a torch autograd Function.
 
 Why: for the models of this project (context ~10, d_head ~16) attention has almost no FLOPs, but
-torch's CPU SDPA kernels are built for long sequences; on 2 cores their fixed costs made attention
-~40% of a training step of the Mess3 model (10 ms per layer forward + backward for batch 512; these
-kernels take ~1.5 ms alone, ~2.8 ms inside a step). They read the fused QKV (B, T, 3*H*E) in place and
+torch's CPU SDPA kernels are built for long sequences, and on 2 cores their fixed costs made attention
+a large share of a training step of the Mess3 model (README, "Why pretraining stops near 0.4 of the
+bound", gives the measured split). They read the fused QKV (B, T, 3*H*E) in place and
 write the heads already merged as (B, T, H*E), so the permutes and copies around SDPA go too.
 
 Exact softmax in float32 with the running-max subtraction, like SDPA's math path; one thread per

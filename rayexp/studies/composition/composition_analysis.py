@@ -26,9 +26,8 @@ over steps and sequences):
 
 Table ``composition_curve`` (iteration, expected_reward, greedy_reward, margin, margin_greedy,
 interaction, composed, reweighting_r2) over the stored PPO checkpoints (iteration 0 = pre), figure
-``composition_curve``. Cost: 4 forward passes of ``n_seq`` x ``context`` tokens per model; for the
-4-layer d64 model, n_seq 1000, context 10, on one (shared) core: ~4 s without the curve, ~0.5 s
-more per checkpoint (7 s with 5).
+``composition_curve``. Cost: 4 forward passes of ``n_seq`` x ``context`` tokens per model, and per
+stored checkpoint for the curve (`benchmarks/bench_verdict.py` measures the share of a trial).
 Supported rewards: ``next_token``, ``joint_target`` (:mod:`rayexp.exact.targets`); others raise.
 A shuffled-reward trial (env config ``shuffle_reward``) is scored against the reward it shuffled.
 

@@ -33,9 +33,8 @@ metrics, ``dims/factored`` and ``dims/joint``; CKA, the belief probe and its dim
 Table ``representation_by_layer``: one row per hook (depth, CKA, skill pre/post of each target); figure
 ``representation_by_layer``: CKA and probe skill by depth, pre vs post.
 
-Cost for the 4-layer d64 model, context 10, n_seq 2000, pinned to one (shared) core: ~1.5 s, 3-4 s for
-the first call in a process (three forward passes with six cached hooks, 21 ridge solves, 8 paired
-bootstraps, the figure).
+Cost: three forward passes with the residual hooks cached, one ridge solve per (model, features),
+paired bootstraps and the figure; `benchmarks/bench_verdict.py` measures the analyses' share of a trial.
 """
 
 from __future__ import annotations
