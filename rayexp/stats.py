@@ -1,5 +1,6 @@
-"""Uncertainty over seeds and held-out samples: percentile bootstrap, plain and paired, and the
-per-unit values of ratio statistics (:func:`ratio_values`) so that a paired bootstrap covers them.
+"""Uncertainty over seeds and held-out samples: Student-t intervals over seeds (:func:`t_ci`),
+percentile bootstrap over held-out sequences, plain and paired, and the per-unit values of ratio
+statistics (:func:`ratio_values`) so that a paired bootstrap covers them.
 
 Pure numpy; every analysis that reports an interval uses these, so the resampling scheme and
 its seed are the same everywhere (docs/design.md §6 rule 4: a change is a paired difference with a paired
@@ -57,3 +58,22 @@ def ratio_values(num: np.ndarray, den: np.ndarray, eps: float = 1e-12) -> np.nda
         return np.full(num.shape, np.nan)
     r = num.mean() / d
     return r + (num - r * den) / d
+
+
+def t_ci(values, ci: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval of the mean over ``values`` (n,), non-finite dropped.
+
+    The interval a verdict over a handful of seeds leans on: with 5 seeds a percentile bootstrap
+    covers ~83-85 % at a nominal 95 % (tests/test_stats.py simulates both), the t interval its
+    nominal rate for normal data. One value gives NaN bounds (no spread to estimate)."""
+    from scipy import stats  # scipy's import is slow; only verdicts need it
+
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + ci / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half

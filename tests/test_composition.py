@@ -9,7 +9,7 @@ from rayexp.exact import ceilings, targets
 from rayexp.probes import split_sequences
 from rayexp.stats import ratio_values
 from rayexp.studies.composition import interaction as ia
-from rayexp.studies.composition import readout, reweighting, update, verdict
+from rayexp.studies.composition import readout, reweighting, update
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
@@ -313,46 +313,6 @@ def test_ratio_values_average_to_the_ratio():
     assert np.isnan(ratio_values(num, np.zeros(50))).all()
 
 
-# -------------------------------------------------------------------------------------------- verdict
-
-
-def _seeds(center, spread=0.02, n=5, seed=0):
-    return center + spread * np.random.default_rng(seed).standard_normal(n)
-
-
-def test_verdict_rule_on_synthetic_signals():
-    # clear composition: the positive control's stand-in values (kappa, R^2, greedy margin)
-    v = verdict.decide(_seeds(0.85), _seeds(0.1, seed=1), _seeds(0.95, seed=2))
-    assert (v.code, v.label) == (1, "composition") and v.ci_low > 0.7 and v.n_seeds == 5
-    # clear reweighting: the negative control's
-    v = verdict.decide(_seeds(0.001, 0.001), _seeds(0.95, seed=1), _seeds(0.98, seed=2))
-    assert v.code == -1 and v.r2_ci_low > 0.9
-    # overlapping seeds: some compose, some do not
-    v = verdict.decide([0.6, 0.02, 0.5, 0.01, 0.3], [0.3, 0.5, 0.2, 0.6, 0.4], [0.8, 0.3, 0.7, 0.2, 0.5])
-    assert v.code == 0 and v.ci_low < 0.1 < v.ci_high
-    # shuffled-reward-like: the policy drifted a little, no reward gained over one factor
-    v = verdict.decide(_seeds(0.02, 0.01), _seeds(0.85, seed=1), _seeds(0.01, seed=2))
-    assert v.code != 1
-    v = verdict.decide(_seeds(0.02, 0.01), _seeds(0.6, seed=1), _seeds(0.01, seed=2))  # drifted further
-    assert v.code == 0
-    # a composed-looking interaction that earns nothing is not composition either
-    v = verdict.decide(_seeds(0.6), _seeds(0.2, seed=1), _seeds(0.05, seed=2))
-    assert v.code == 0 and "margin" in v.reason
-    # interaction already inside the pretrained outputs (a sum of probabilities): reweighting
-    v = verdict.decide(_seeds(0.0, 0.002), _seeds(0.99, 0.005, seed=1), _seeds(1.0, seed=2))
-    assert v.code == -1
-    # neither: the policy moved away from p_pre without interaction
-    assert verdict.decide(_seeds(0.01, 0.005), _seeds(0.3, seed=1), _seeds(0.2, seed=2)).code == 0
-
-
-def test_verdict_with_one_seed_reports_a_score_without_a_verdict():
-    v = verdict.decide([0.8], [0.1], [0.95])
-    assert v.code == 0 and v.score == pytest.approx(0.8) and np.isnan(v.ci_low) and "1 seed" in v.reason
-    v = verdict.decide([np.nan, np.nan], [0.1, 0.2], [0.9, 0.9])  # no kappa: R^2 alone, too low to decide
-    assert v.code == 0 and v.n_seeds == 2 and "kappa undefined" in v.reason
-    assert verdict.decide([np.nan], [np.nan], [np.nan]).n_seeds == 0
-
-
 def test_implies_target_probs_match_the_sampled_targets():
     """P(target = k) of 'implies' on the logic sweep's mixture: exact values agree with the targets the
     env samples (frequency of each answer, and the optimum's hit rate)."""
@@ -370,22 +330,3 @@ def test_implies_target_probs_match_the_sampled_targets():
     hit = r.action_tokens[P.argmax(-1)] == sampled
     assert hit.mean() == pytest.approx(P.max(-1).mean(), abs=0.01)
     assert P.sum(-1).max() <= 1 + 1e-12 and 0 < P.max(-1).mean() < 0.5  # most steps have no target
-
-
-def test_one_seed_verdict_uses_the_context_intervals():
-    from rayexp.studies.composition.verdict import COMPOSITION, INCONCLUSIVE, REWEIGHTING, decide
-
-    ctx = {"composed_ci_low": 0.6, "composed_ci_high": 0.7, "r2_ci_low": 0.1, "margin_ci_low": 0.8}
-    v = decide([0.65], [0.12], [0.85], context_ci=ctx)
-    assert v.code == COMPOSITION and "held-out contexts" in v.reason and (v.ci_low, v.ci_high) == (0.6, 0.7)
-    assert decide([0.02], [0.95], [0.9], context_ci=ctx | {"r2_ci_low": 0.94}).code == REWEIGHTING
-    assert decide([0.65], [0.12], [0.85]).code == INCONCLUSIVE  # no intervals at all: no verdict
-
-
-def test_verdict_without_a_factor_pair_rests_on_the_reweighting_fit():
-    from rayexp.studies.composition.verdict import INCONCLUSIVE, REWEIGHTING, decide
-
-    nan = float("nan")
-    assert decide([nan] * 5, [0.95, 0.96, 0.94, 0.97, 0.95], [nan] * 5).code == REWEIGHTING
-    v = decide([nan] * 5, [0.3, 0.4, 0.35, 0.5, 0.2], [nan] * 5)
-    assert v.code == INCONCLUSIVE and "kappa undefined" in v.reason

@@ -20,8 +20,15 @@ INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
 
 
 def oracle(hmm, logits_of_beliefs):
-    """A Forward from exact beliefs: the policy a model would have if it computed this function exactly."""
-    return lambda tokens, with_features: (logits_of_beliefs(hmm.beliefs(tokens)), {})
+    """A Forward from exact beliefs: the policy a model would have if it computed this function exactly;
+    its features are the factors' beliefs side by side (the factored representation)."""
+
+    def run(tokens, with_features):
+        b = hmm.beliefs(tokens)
+        feats = np.concatenate(hmm.factor_beliefs(b), -1)
+        return logits_of_beliefs(b), ({"final": feats, "concat": feats} if with_features else {})
+
+    return run
 
 
 def test_scorer_on_oracle_policies():
@@ -57,6 +64,13 @@ def test_scorer_on_oracle_policies():
     assert m_rw["interaction/rw"] == pytest.approx(ia.interaction_share(*f), abs=1e-9)
     assert m_rw["interaction/rw"] < 0.01 and m_rw["composed/rw"] < 0.01
     assert np.isfinite(v_opt["margin"]).all() and v_opt["margin"].mean() == pytest.approx(m_opt["margin/post"])
+    # the policy classes: the composer is neither a map of p_pre nor a readout of factored beliefs and
+    # earns its reward by both factors at one step; the sharpened policy is a map of p_pre
+    assert m_opt["classes/reweighting/unexplained/post"] > 0.6 and m_opt["classes/elicitation/unexplained/post"] > 0.6
+    assert m_opt["margin_phase_greedy/post"] == pytest.approx(1.0, abs=1e-12)
+    assert m_rw["classes/reweighting/unexplained/rw"] < 0.05
+    assert m_rw["classes/reweighting/fit_reward/rw"] == pytest.approx(m_rw["reward/rw/greedy"], abs=0.02)
+    assert ceil["ceiling/single_per_phase"] == pytest.approx(1 / 3, abs=1e-12)
 
 
 def _tiny(seed=0):
@@ -69,7 +83,15 @@ def _tiny(seed=0):
 class FakeTrial:
     """What the composition analysis reads from rayexp.artifacts.TrialArtifacts, held in memory."""
 
-    def __init__(self, reward="joint_target", reward_params=None, stored_metrics=None, seed=0, task="positive_control"):
+    def __init__(
+        self,
+        reward="joint_target",
+        reward_params=None,
+        stored_metrics=None,
+        seed=0,
+        task="positive_control",
+        null=False,
+    ):
         import torch
 
         self.env_config = {
@@ -79,6 +101,7 @@ class FakeTrial:
             "reward": reward,
             "reward_params": reward_params if reward_params is not None else {"m": 3},
             "action_tokens": None,
+            **({"shuffle_reward": True} if null else {}),
         }
         self.config = {"process": INTERLEAVE, "task": {"name": task}, "seed": seed}
         self.key = f"trial{seed}"
@@ -151,34 +174,36 @@ def test_composition_analysis_refuses_unsupported_rewards():
         composition(FakeTrial("reward_punish", {"rewarded": [0]}), CompositionParams(n_seq=20))
 
 
-def test_verdict_analysis_over_seeds():
-    def trials(eta, r2, margin, task):
+def test_verdict_analysis_pairs_each_task_with_its_null_by_seed():
+    keys = ("classes/reweighting/unexplained/post", "classes/elicitation/unexplained/post", "margin_phase_greedy/post")
+
+    def trials(u_rw, u_el, margin, task, null=False):
         return [
-            FakeTrial(
-                stored_metrics={"composed/post": e, "reweighting_r2/post": r, "margin_greedy/post": g},
-                seed=s,
-                task=task,
-            )
-            for s, (e, r, g) in enumerate(zip(eta, r2, margin))
+            FakeTrial(stored_metrics=dict(zip(keys, vals)), seed=s, task=task, null=null)
+            for s, vals in enumerate(zip(u_rw, u_el, margin))
         ]
 
-    pos = verdict(
-        trials([0.9, 0.88, 0.93, 0.91, 0.87], [0.1, 0.12, 0.08, 0.1, 0.11], [0.97] * 5, "pos"), VerdictParams()
-    )  # kappa, R^2, greedy margin per seed
-    assert pos.metrics["verdict_code"] == 1 and pos.metrics["n_seeds"] == 5
-    assert pos.metrics["score_ci_low"] > 0.85 and pos.metrics["score"] == pytest.approx(0.898)
-    row = pos.tables["verdict"].to_pydict()
-    assert (
-        row["verdict"] == ["composition"] and row["task"] == ["pos"] and row["process"] == ["interleave(mess3,mess3)"]
+    null = trials([0.20, 0.25, 0.18, 0.22, 0.21], [0.15, 0.2, 0.14, 0.18, 0.16], [0.0] * 5, "null", null=True)
+    pos = trials([0.8, 0.78, 0.83, 0.81, 0.77], [0.7, 0.72, 0.69, 0.75, 0.7], [0.9, 0.95, 0.92, 0.88, 0.91], "pos")
+    neg = trials([0.05, 0.04, 0.06, 0.05, 0.03], [0.1, 0.1, 0.1, 0.1, 0.1], [np.nan] * 5, "neg")
+    # beyond the null for a map of p_pre, but no more than the null for a readout of the features
+    elicited = trials([0.41, 0.46, 0.4, 0.42, 0.4], [0.15, 0.2, 0.13, 0.18, 0.15], [0.0] * 5, "elicited")
+    result = verdict(null + pos + neg + elicited, VerdictParams())
+    row = result.tables["verdict"].to_pydict()
+    got = dict(zip(row["task"], row["verdict"]))
+    # the null itself, on absolute thresholds: its drift leaves 0.21 [0.18, 0.24] < 0.25 unexplained
+    assert got == {"pos": "composition", "neg": "reweighting", "elicited": "elicitation", "null": "reweighting"}
+    by_task = dict(zip(row["task"], row["reference"]))
+    assert by_task["pos"] == "null" and by_task["null"] == "absolute"  # the null is never its own reference
+    assert result.metrics["pos/verdict_code"] == 1 and result.metrics["pos/n_seeds"] == 5
+    assert result.metrics["pos/score"] == pytest.approx(
+        np.mean(np.array([0.7, 0.72, 0.69, 0.75, 0.7]) - [0.15, 0.2, 0.14, 0.18, 0.16])
     )
     assert {"n_seeds", "score", "score_ci_low", "score_ci_high", *SIGNALS} <= set(row)
-    assert row["composed_post"][0] == pytest.approx(0.898) and np.isnan(row["interaction_post"][0])
-    assert "verdict" in pos.figures
-    neg = verdict(trials([0.001] * 4, [0.95, 0.96, 0.94, 0.97], [0.9] * 4, "neg"), VerdictParams())
-    assert neg.metrics["verdict_code"] == -1
-    one = verdict(trials([0.8], [0.1], [1.0], "pos"), VerdictParams())
-    assert one.metrics["verdict_code"] == 0 and one.metrics["score"] == pytest.approx(0.8)
-    assert np.isnan(one.metrics["score_ci_low"]) and "1 seed" in one.tables["verdict"].to_pydict()["reason"][0]
+    assert "verdict" in result.figures
+    # one seed: intervals over held-out contexts (here none were stored, so no verdict)
+    one = verdict(trials([0.8], [0.7], [1.0], "pos"), VerdictParams())
+    assert one.metrics["pos/verdict_code"] == 0
 
 
 def test_analysis_modules_import_without_torch():

@@ -13,6 +13,7 @@ callers average per sequence and bootstrap over sequences.
 - best single factor: :func:`greedy_reward` of the single-factor prediction against the true P;
 - last-k-tokens lookup: a table from the last k tokens to the action with the largest mean P,
   fitted on training sequences and scored on held-out ones (so it is not optimistic);
+- best per-phase single factor: at each position the better factor's observer (:func:`per_phase_single`);
 - composition margin ``(R - R_single) / (R_opt - R_single)``: 0 = as good as the best policy that
   reads one factor, 1 = Bayes-optimal; NaN where the two ceilings coincide (the task does not
   need two factors, so the margin cannot say anything).
@@ -77,6 +78,16 @@ def lookup_reward(keys: np.ndarray, P: np.ndarray, train: np.ndarray, test: np.n
     table = np.where(seen, sums.argmax(axis=1), fallback)  # (n_keys,)
     action = table[inv[test]]  # (n_test, L)
     return np.take_along_axis(P[test], action[..., None], axis=-1)[..., 0]
+
+
+def per_phase_single(singles: list[np.ndarray], P: np.ndarray) -> np.ndarray:
+    """Greedy reward per context (N, L) of the best *per-phase* single-factor policy: at each
+    position, the one factor's observer that earns most there (over all sequences). It is at least
+    the best single factor, and on an interleave, where the factors take turns, it can be much more:
+    the margin against it asks for dependence on both factors at one step, not merely taking turns."""
+    rewards = np.stack([greedy_reward(Pi, P) for Pi in singles])  # (F, N, L)
+    best = rewards.mean(axis=1).argmax(axis=0)  # (L,) the best factor at each position
+    return np.take_along_axis(rewards, best[None, None, :].repeat(rewards.shape[1], 1), 0)[0]
 
 
 def margin(reward: float, single: float, opt: float, eps: float = MARGIN_EPS) -> float:

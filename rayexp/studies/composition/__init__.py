@@ -30,8 +30,9 @@ STUDY = Study(
     summary_columns=(
         ("analysis/composition/reward/post/greedy", "greedy reward"),
         ("analysis/composition/ceiling/optimum", "optimum"),
-        ("analysis/composition/composed/post", "kappa"),
-        ("analysis/composition/reweighting_r2/post", "R2 rewt"),
+        ("analysis/composition/classes/reweighting/unexplained/post", "u map"),
+        ("analysis/composition/classes/elicitation/unexplained/post", "u readout"),
+        ("analysis/composition/margin_phase_greedy/post", "margin"),
     ),
     report=report_section,
     after_sweep=after_sweep,

@@ -56,7 +56,7 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
 from rayexp.probes import residual_layers, split_sequences
 from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
-from rayexp.studies.composition import interaction, readout, reweighting, update
+from rayexp.studies.composition import classes, interaction, readout, reweighting, support, update
 
 #: tokens (N, L) -> (logits (N, L, V), {"final": (N, L, D), "concat": (N, L, D')} when features are asked)
 Forward = Callable[[np.ndarray, bool], tuple[np.ndarray, dict[str, np.ndarray]]]
@@ -121,6 +121,8 @@ def ceiling_values(s: Setup, lookup_k: list[int]) -> dict[str, np.ndarray]:
     out = {"optimum": ceilings.optimum(s.P).mean(1), "uniform": ceilings.uniform(s.P).mean(1)}
     for i, Pi in enumerate(s.single):
         out[f"single_factor{i}"] = ceilings.greedy_reward(Pi, s.P).mean(1)
+    if s.single:
+        out["single_per_phase"] = ceilings.per_phase_single(s.single, s.P).mean(1)
     for k in lookup_k:
         keys = ceilings.lookup_keys(s.tokens, k, pad=s.hmm.vocab_size)
         out[f"lookup_k{k}"] = ceilings.lookup_reward(keys, s.P, s.train, s.test).mean(1)
@@ -128,7 +130,7 @@ def ceiling_values(s: Setup, lookup_k: list[int]) -> dict[str, np.ndarray]:
 
 
 def best_single(ceil: dict[str, np.ndarray]) -> np.ndarray | None:
-    singles = [v for k, v in ceil.items() if k.startswith("single_factor")]
+    singles = [v for k, v in ceil.items() if k.startswith("single_factor")]  # not per phase: the old margin
     return max(singles, key=lambda v: float(v.mean())) if singles else None
 
 
@@ -211,7 +213,9 @@ class Scorer:
         self.single = best_single(self.ceil)
         layout = s.hmm.layout
         self.blocks = layout.factor_tokens if layout is not None and layout.disjoint else None
-        self.p_pre = _probs(pre(s.tokens, False)[0])  # (N, L, V) the pre-RL model's full distribution
+        logits, feats = pre(s.tokens, True)
+        self.p_pre = _probs(logits)  # (N, L, V) the pre-RL model's full distribution
+        self.h_pre = feats["concat"]  # (N, L, D') its frozen residual stream, all layers
         self.p_pre_cells = [_probs(pre(c, False)[0]) for c in s.cells] if s.cells is not None else None
 
     def ceiling_metrics(self) -> dict[str, float]:
@@ -240,17 +244,39 @@ class Scorer:
             num, den = reweighting.composed_terms(fmap, p_cells, [v["f"][t]] + [f[t] for f in v["f_cells"]])
             v["composed"] = ratio_values(num.sum(1), den.sum(1))  # per held-out sequence
         m[f"composed/{name}"] = _mean(v["composed"])
+        m |= self.classes(name, v)
         if name == "post":  # CIs over held-out sequences: what a one-seed verdict can lean on
             for key, vals in (
                 ("composed", v["composed"]),
                 ("reweighting_r2", v["r2"]),
                 ("margin_greedy", v["margin_greedy"]),
+                ("margin_phase_greedy", v["margin_phase_greedy"]),
+                ("classes/reweighting/unexplained", v["u_reweighting"]),
+                ("classes/elicitation/unexplained", v["u_elicitation"]),
             ):
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
         if readouts:
             m |= self.readouts("pretrained" if name == "pre" else name, v)
         return m, v
+
+    def classes(self, name: str, v: dict) -> dict[str, float]:
+        """Each policy class fitted to this model's policy within position, held out (:mod:`.classes`):
+        what it leaves unexplained, its KL, and the greedy reward the fit itself would earn."""
+        s, m = self.s, {}
+        pi = _probs(v["f"])  # (N, L, A)
+        v["margin_phase_greedy"] = margin_values(v["greedy"], self.ceil, self.ceil.get("single_per_phase"))
+        m[f"margin_phase_greedy/{name}"] = _mean(v["margin_phase_greedy"])
+        fitted = classes.class_values(pi, self.p_pre, self.h_pre, s.train, s.test, self.params.alpha, self.params.seed)
+        for cls in ("reweighting", "elicitation", "position"):
+            fit = fitted[f"fit_{cls}"]
+            if cls != "position":
+                v[f"u_{cls}"] = fitted[f"u_{cls}"]
+                m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
+                m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
+            m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))
+            m[f"classes/{cls}/fit_reward/{name}"] = _mean(ceilings.greedy_reward(fit, s.P[s.test]).mean(1))
+        return m
 
     def readouts(self, label: str, feats: dict[str, np.ndarray]) -> dict[str, float]:
         """Greedy reward of a linear readout from each feature set (final layer, all layers concatenated)."""
@@ -304,6 +330,8 @@ def composition(artifacts, params: CompositionParams) -> AnalysisResult:
         metrics |= m
     metrics |= scorer.readouts("random_init", forwards["random_init"](s.tokens, True)[1])
     metrics |= paired_deltas(vals["pre"], vals["post"], params.seed)
+    support_m = support.support_metrics(_probs(vals["pre"]["f"]), _probs(vals["post"]["f"]), s.P)
+    metrics |= {f"support/{k}": v for k, v in support_m.items()}
     metrics["update_norm"] = norm
     metrics |= {f"sparsity/{k}": v for k, v in update.update_sparsity(before, after, params.tol).items()}
 
@@ -329,6 +357,9 @@ CURVE = {
     "interaction": "interaction/{}",
     "composed": "composed/{}",
     "reweighting_r2": "reweighting_r2/{}",
+    "unexplained_reweighting": "classes/reweighting/unexplained/{}",
+    "unexplained_elicitation": "classes/elicitation/unexplained/{}",
+    "margin_phase_greedy": "margin_phase_greedy/{}",
 }
 
 
@@ -353,7 +384,7 @@ def curve_figure(rows: dict[str, list], metrics: dict[str, float]):
         )
     ax_r.set(xlabel="PPO iteration", ylabel="reward / step", title="reward vs exact ceilings")
     ax_r.legend(fontsize=7)
-    for col in ("margin", "margin_greedy", "interaction", "composed", "reweighting_r2"):
+    for col in ("margin_phase_greedy", "unexplained_reweighting", "unexplained_elicitation", "composed"):
         ax_s.plot(x, rows[col], "o-", label=col)
     ax_s.axhline(0, color="k", lw=0.5)
     ax_s.set(xlabel="PPO iteration", title="composition signals")

@@ -11,7 +11,18 @@ from rayexp import tracking
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, write_csv
 
-VERDICT_COLUMNS = ("process", "task", "n_seeds", "score", "score_ci_low", "score_ci_high", "verdict")
+VERDICT_COLUMNS = (
+    "process",
+    "task",
+    "n_seeds",
+    "u_rw",
+    "u_el",
+    "margin",
+    "score",
+    "score_ci_low",
+    "score_ci_high",
+    "verdict",
+)
 
 
 def verdict_rows(uri: str, parent: str) -> list[dict]:
@@ -39,11 +50,11 @@ def print_verdicts(rows: list[dict], file=sys.stdout) -> None:
 
 #: the verdict's signals as trial metrics, drawn per task with seeds as points
 VERDICT_SIGNALS = {
-    "kappa (composed, post)": "analysis/composition/composed/post",
-    "reweighting R^2 (post)": "analysis/composition/reweighting_r2/post",
-    "greedy margin (post)": "analysis/composition/margin_greedy/post",
-    "interaction (post)": "analysis/composition/interaction/post",
-    "kappa (perturbed null)": "analysis/composition/composed/perturbed",
+    "unexplained by a map of p_pre": "analysis/composition/classes/reweighting/unexplained/post",
+    "unexplained by a readout": "analysis/composition/classes/elicitation/unexplained/post",
+    "per-phase greedy margin": "analysis/composition/margin_phase_greedy/post",
+    "pass@1024 of pre": "analysis/composition/support/pass_at_1024/pre",
+    "pre prob. of post's choice": "analysis/composition/support/pre_prob_of_post_choice",
 }
 
 

@@ -1,71 +1,46 @@
-"""The verdict over seeds: composition, reweighting or inconclusive, by a rule written down here.
+"""The verdict over seeds: reweighting, elicitation, composition or inconclusive (docs/design.md §4).
 
-Inputs, one value per seed (per trial) of a group (one process, one task), from the per-trial
-``composition`` analysis:
+Inputs, one value per seed (per trial) of one task on one process pair, from the per-trial
+``composition`` analysis (:mod:`.classes`), each measured on held-out sequences, within position:
 
-- ``composed`` = kappa_post (``composed/post``): the share of the post-RL policy's variance that is
-  interaction between the two factors *and* not predicted from the pre-RL model's full output
-  distribution (:func:`.reweighting.composed_terms`: the 2x2 interaction of the residual of the
-  reweighting fit, on held-out sequences);
-- ``reweighting_r2`` = R^2_post (``reweighting_r2/post``): the share a fixed map g of the pre-RL
-  outputs predicts on held-out sequences (:mod:`.reweighting`);
-- ``margin`` = the post-RL policy's *greedy* composition margin (``margin_greedy/post``,
-  :mod:`.ceilings`): where its choice sits between the best single-factor policy (0) and the Bayes
-  optimum (1). Greedy, because the expected-reward margin also rises with mere sharpening (a
-  next-token policy sharpened by RL goes from margin ~0 to ~1 without composing anything), while a
-  composing policy that PPO's entropy bonus keeps stochastic still chooses right.
+- ``u_rw``: the share of the post-RL policy's deviation from its position-only policy (total
+  variation) that no fixed map of the pretrained model's full next-token distribution explains
+  (``classes/reweighting/unexplained/post``, a k-NN map per position, sharp maps included);
+- ``u_el``: the same for a linear readout of the frozen pretrained residual stream, all layers
+  (``classes/elicitation/unexplained/post``);
+- ``margin``: where the post-RL policy's *greedy* reward sits between the best per-phase
+  single-factor policy (0) and the Bayes optimum (1) (``margin_phase_greedy/post``);
+- the same pair's shuffled-reward null (same seeds), ``u_rw_null`` and ``u_el_null``: what PPO's own
+  drift leaves unexplained. ``d = u - u_null`` is paired by seed.
 
-Rule (defaults ``threshold`` tau = 0.1, ``r2_min`` = 0.8, ``margin_min`` = 0.5; CIs are 95%
-percentile bootstraps of the mean over seeds)::
+Rule (``tol`` 0.05, ``u_max`` 0.5, ``margin_min`` 0.5; intervals are Student-t over seeds, 95 %)::
 
-    score = mean over seeds of kappa_post, with its CI [lo, hi]
-    reweighting   if CI_low(R^2_post) > r2_min
-    composition   elif lo > tau  and  CI_low(margin) > margin_min
-    inconclusive  otherwise
+    explained(class)    = CI_high(d) < tol  and  CI_high(u) < u_max
+    unexplained(class)  = CI_low(d) > tol
+    reweighting    if explained(reweighting)
+    elicitation    elif explained(elicitation)
+    composition    elif unexplained(both)  and  CI_low(margin) > margin_min
+    inconclusive   otherwise (the reason says which test failed)
 
-Where kappa is undefined for every seed (a mixture, whose components never run together, so there is
-no factor pair to interact), R^2 alone decides: reweighting if its CI low > r2_min, else inconclusive.
+score = mean over seeds of min over the classes of the probability mass per step (total variation)
+the class leaves unexplained beyond the null: it grows in proportion to a policy's composed part.
 
-With fewer than ``min_seeds`` = 2 seeds the same rule runs on the one trial's intervals over its
-held-out contexts when they are given (``context_ci``; the quickstart's one-seed verdict, labelled as
-such in its reason: it says how sure the signals are for this model, not across training runs);
-without them the verdict is inconclusive and the score is reported with NaN bounds.
+Without a null for the pair (or for the null task itself) the reference is absolute: explained is
+``CI_high(u) < u_abs`` and unexplained ``CI_low(u) > u_abs`` (``u_abs`` 0.25), and the reason says so.
+With one seed the same rule runs on that trial's intervals over held-out contexts (the null, if
+any, at its point value), and the reason says so: it tells how sure the signals are for this model,
+not across training runs.
 
-Why. docs/design.md §4.1 defines reweighting as pi_post ~ g(p_pre) for one map g: that is R^2_post near 1,
-whatever else holds, so it is decided on R^2 alone, and first. Composition is a policy that depends
-jointly and non-additively on both factors in a way no such g gives: exactly kappa, the interaction
-left in what g cannot explain. Neither signal alone would do: eta (the policy's own interaction
-share) is 0.99 for the ``(a + b) mod 3`` target on a *product* stream, whose joint tokens carry
-both factors so the answer is a fixed sum of the pretrained outputs (R^2 1.00, kappa 0.00:
-reweighting); and 1 - R^2 is large for any new single-factor computation, which is not composition
-(kappa ~ 0: inconclusive). The margin guards the remaining side: composition must also earn reward,
-its choice at least half the way from the best single factor to the optimum, across seeds.
-
-An earlier candidate, score = eta_post - R^2_post (a lower bound on kappa), failed here: on
-interleave(mess3, rrxor), where mess3 alone already reaches 0.432 of the optimum 0.488, the
-Bayes-optimal joint policy has eta 0.12 and R^2 0.44 (score -0.32) while kappa = 0.12 is its whole
-interaction.
-
-Validated on stand-ins for the controls on interleave(mess3(0.05, 0.85) x 2), context 10: a 4-layer
-d64 transformer pretrained to 0.005 nats of optimal, then 300 steps of gradient ascent on the exact
-expected reward (PPO's expected update), 3 seeds each, n_seq 1000:
-
-- positive (joint_target m=3): kappa 0.82-0.83 (eta 0.91-0.93), R^2 0.07-0.08, greedy margin 1.00:
-  composition;
-- negative (next_token): kappa 0.0009, R^2 0.95: reweighting;
-- null (the joint-target rewards permuted across contexts, so they say nothing about the action):
-  kappa 0.006-0.03, R^2 0.84-0.86, greedy margin 0.01: reweighting (R^2's CI low 0.835 is near
-  r2_min, so with PPO's sampling noise it may come out inconclusive), never composition;
-- the pre-RL model moved at random by RL's update norm: kappa 0.0003, R^2 0.99: reweighting;
-- exact (oracle) policies: Bayes-optimal joint policy kappa 0.98, eta 1.00 (for symmetric Mess3
-  factors the cyclic symmetry makes both main effects vanish), R^2 0.00; sharpened next-token
-  policy kappa 0.000, R^2 1.00; on interleave(mess3, rrxor) the optimum's kappa is only 0.12, so
-  that stream's positive control can at best just clear tau: symmetric factor pairs give verdicts.
-
-Noise: at n_seq 1000 kappa's sd over evaluation sets is ~0.03 at 0.85 and ~0.003 at 0.03; R^2's
-~0.006. The stand-ins are not PPO runs and share one pretrained model (so their CIs over seeds are
-narrow): tau, r2_min and margin_min are parameters, to be rechecked on the composition sweep's
-controls (>= 5 seeds each).
+Why this rule. The classes are nested (a reweighting is also a readout of the features that make the
+outputs), so the verdict is the smallest class that explains the policy. Each test is a fit that
+*can* succeed: the earlier ridge map of p_pre could not represent sharp maps, so a planted argmax of
+group sums was called composition. Fits are judged within position, because position alone explains
+most of a pooled R^2. "Explained" is relative to the pair's own null, because PPO's drift leaves a
+share unexplained that no class should be charged with (and ``u_max`` keeps a drift-heavy null from
+excusing anything). Composition must also earn its reward by both factors at one step: the margin
+is against the best per-phase single-factor policy, so an interleave policy that only takes turns is
+not composition. The thresholds are parameters, checked on the known-answer battery
+(:mod:`.battery`, ``python -m rayexp.studies.composition.battery``) and on the PPO controls (README).
 """
 
 from __future__ import annotations
@@ -74,84 +49,132 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rayexp.stats import bootstrap_ci
+from rayexp.stats import t_ci
 
-COMPOSITION, REWEIGHTING, INCONCLUSIVE = 1, -1, 0
-LABELS = {COMPOSITION: "composition", REWEIGHTING: "reweighting", INCONCLUSIVE: "inconclusive"}
+REWEIGHTING, INCONCLUSIVE, COMPOSITION, ELICITATION = -1, 0, 1, 2
+LABELS = {
+    REWEIGHTING: "reweighting",
+    INCONCLUSIVE: "inconclusive",
+    COMPOSITION: "composition",
+    ELICITATION: "elicitation",
+}
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float = NAN
+    lo: float = NAN
+    hi: float = NAN
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    score: float  # mean kappa_post over seeds
-    ci_low: float
-    ci_high: float
-    r2_ci_low: float
-    margin_ci_low: float
-    n_seeds: int
-    code: int  # +1 composition, -1 reweighting, 0 inconclusive
+    code: int
     reason: str
+    n_seeds: int
+    score: Interval
+    u_rw: Interval
+    u_el: Interval
+    d_rw: Interval
+    d_el: Interval
+    margin: Interval
+    reference: str  # "null" | "absolute"
 
     @property
     def label(self) -> str:
         return LABELS[self.code]
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    tol: float = 0.05
+    u_max: float = 0.5
+    u_abs: float = 0.25
+    margin_min: float = 0.5
+    min_seeds: int = 2
+    ci: float = 0.95
+
+
+def _arr(x) -> np.ndarray:
+    return np.atleast_1d(np.asarray(x, dtype=np.float64))
+
+
 def decide(
-    composed,
-    reweighting_r2,
+    u_rw,
+    u_el,
     margin,
-    threshold: float = 0.1,
-    r2_min: float = 0.8,
-    margin_min: float = 0.5,
-    min_seeds: int = 2,
-    n_boot: int = 2000,
-    ci: float = 0.95,
-    seed: int = 0,
-    context_ci: dict[str, float] | None = None,
+    u_rw_null=None,
+    u_el_null=None,
+    th: Thresholds | None = None,
+    context: dict[str, Interval] | None = None,
+    tv: tuple | None = None,
 ) -> Verdict:
-    """The verdict of the rule in the module docstring, from per-seed values (n,) of kappa_post,
-    R^2_post and the greedy margin."""
-    kappa = np.asarray(composed, dtype=np.float64)
-    r2 = np.asarray(reweighting_r2, dtype=np.float64)
-    ok = np.isfinite(kappa) & np.isfinite(r2)
-    n = int(ok.sum())
-    nan = float("nan")
-    if n == 0 and np.isfinite(r2).sum() >= min_seeds:
-        # no factor pair to interact (a mixture's components never run together): R^2 alone decides
-        r2_ok = r2[np.isfinite(r2)]
-        r2_lo = bootstrap_ci(r2_ok, n_boot=n_boot, ci=ci, seed=seed)[1]
-        code = REWEIGHTING if r2_lo > r2_min else INCONCLUSIVE
-        why = "a fixed map of the pre-RL outputs" if code == REWEIGHTING else "kappa undefined, so no composition test"
-        reason = (
-            f"no factor pair (kappa undefined); R^2_post CI low {r2_lo:.2f} {'>' if code else '<='} {r2_min}: {why}"
-        )
-        return Verdict(nan, nan, nan, r2_lo, nan, len(r2_ok), code, reason)
-    if n == 0:
-        return Verdict(nan, nan, nan, nan, nan, 0, INCONCLUSIVE, "no seed has both kappa and R^2")
-    point, lo, hi = bootstrap_ci(kappa[ok], n_boot=n_boot, ci=ci, seed=seed)
+    """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
+    are paired with them by position (NaN where a seed has no null). ``context``: one trial's
+    intervals over held-out contexts for ``u_rw``, ``u_el`` and ``margin``, used below ``min_seeds``.
+    ``tv``: (tv_rw, tv_el, tv_rw_null, tv_el_null) per seed, the unexplained probability mass per step;
+    with it the score is in those units (it grows in proportion to a policy's composed part), else in
+    shares."""
+    th = th or Thresholds()
+    u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
+    have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
+    n = int((np.isfinite(u_rw) & np.isfinite(u_el)).sum())
     prefix = ""
-    if n < min_seeds:
-        keys = ("composed_ci_low", "composed_ci_high", "r2_ci_low", "margin_ci_low")
-        if not context_ci or not all(np.isfinite(context_ci.get(k, nan)) for k in keys[:3]):
-            return Verdict(point, nan, nan, nan, nan, n, INCONCLUSIVE, f"{n} seed(s) < {min_seeds}: no CI over seeds")
-        lo, hi, r2_lo, m_lo = (float(context_ci.get(k, nan)) for k in keys)
-        prefix = f"{n} seed: CIs over held-out contexts, not seeds; "
+    if n == 0:
+        empty = Interval()
+        return Verdict(INCONCLUSIVE, "no seed has both fits", 0, empty, empty, empty, empty, empty, empty, "-")
+    if n < th.min_seeds:
+        if context is None:
+            empty = Interval()
+            reason = f"{n} seed(s) < {th.min_seeds}: no interval over seeds"
+            return Verdict(INCONCLUSIVE, reason, n, empty, empty, empty, empty, empty, empty, "-")
+        i_rw, i_el, i_m = context["u_rw"], context["u_el"], context["margin"]
+        nrw = float(np.nanmean(_arr(u_rw_null))) if have_null else 0.0
+        nel = float(np.nanmean(_arr(u_el_null))) if have_null else 0.0
+        d_rw = Interval(i_rw.mean - nrw, i_rw.lo - nrw, i_rw.hi - nrw)
+        d_el = Interval(i_el.mean - nel, i_el.lo - nel, i_el.hi - nel)
+        score = Interval(min(d_rw.mean, d_el.mean), min(d_rw.lo, d_el.lo), min(d_rw.hi, d_el.hi))
+        prefix = "1 seed: intervals over held-out contexts, not seeds; "
     else:
-        r2_lo = bootstrap_ci(r2[ok], n_boot=n_boot, ci=ci, seed=seed)[1]
-        m_lo = bootstrap_ci(np.asarray(margin, dtype=np.float64), n_boot=n_boot, ci=ci, seed=seed)[1]
+        i_rw, i_el, i_m = Interval(*t_ci(u_rw, th.ci)), Interval(*t_ci(u_el, th.ci)), Interval(*t_ci(margin, th.ci))
+        if have_null:
+            drw, del_ = u_rw - _arr(u_rw_null), u_el - _arr(u_el_null)
+        else:
+            drw, del_ = u_rw, u_el
+        d_rw, d_el = Interval(*t_ci(drw, th.ci)), Interval(*t_ci(del_, th.ci))
+        score = Interval(*t_ci(np.minimum(drw, del_), th.ci))
+        if tv is not None and np.isfinite(_arr(tv[0])).any():
+            t_rw, t_el = _arr(tv[0]), _arr(tv[1])
+            if have_null and tv[2] is not None:
+                t_rw, t_el = t_rw - _arr(tv[2]), t_el - _arr(tv[3])
+            score = Interval(*t_ci(np.minimum(t_rw, t_el), th.ci))
+    ref = "null" if have_null else "absolute"
+    if not have_null and n < th.min_seeds:
+        d_rw, d_el = i_rw, i_el
 
-    def out(code: int, reason: str) -> Verdict:
-        return Verdict(point, lo, hi, r2_lo, m_lo, n, code, prefix + reason)
+    def explained(d: Interval, u: Interval) -> bool:
+        if have_null:
+            return d.hi < th.tol and u.hi < th.u_max
+        return u.hi < th.u_abs
 
-    if r2_lo > r2_min:
-        return out(REWEIGHTING, f"R^2_post CI low {r2_lo:.2f} > {r2_min}: a fixed map of the pre-RL outputs")
-    if lo > threshold:
-        if np.isfinite(m_lo) and m_lo > margin_min:
-            return out(
-                COMPOSITION, f"kappa CI low {lo:.2f} > {threshold}, greedy margin CI low {m_lo:.2f} > {margin_min}"
-            )
-        why = "undefined" if not np.isfinite(m_lo) else f"CI low {m_lo:.2f} <= {margin_min}"
-        return out(INCONCLUSIVE, f"kappa CI low {lo:.2f} > {threshold} but greedy margin {why}")
-    return out(
-        INCONCLUSIVE, f"kappa CI [{lo:.2f}, {hi:.2f}] not above {threshold}; R^2_post CI low {r2_lo:.2f} <= {r2_min}"
-    )
+    def unexplained(d: Interval, u: Interval) -> bool:
+        return d.lo > th.tol if have_null else u.lo > th.u_abs
+
+    def out(code: int, why: str) -> Verdict:
+        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref)
+
+    against = "beyond the null" if have_null else "absolute, no null for this pair"
+    if explained(d_rw, i_rw):
+        return out(REWEIGHTING, f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})")
+    if explained(d_el, i_el):
+        return out(ELICITATION, f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})")
+    if unexplained(d_rw, i_rw) and unexplained(d_el, i_el):
+        if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
+            return out(COMPOSITION, f"neither class explains it ({against}: {d_rw}, {d_el}); margin {i_m}")
+        why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
+        return out(INCONCLUSIVE, f"neither class explains it, but the per-phase margin is {why}")
+    return out(INCONCLUSIVE, f"unexplained by p_pre map {d_rw}, by readout {d_el} ({against}): between the thresholds")

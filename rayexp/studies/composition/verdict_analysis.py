@@ -1,17 +1,20 @@
-"""Across trials: composition / reweighting / inconclusive for each group of seeds.
+"""Across trials: reweighting / elicitation / composition / inconclusive for each task of each pair.
 
-Reads each trial's ``composition`` analysis metrics (``analysis/composition/...`` in its
-``metrics.json``, or the analysis's own stored result) and applies the rule of
-:mod:`rayexp.studies.composition.verdict` (stated there with its reasoning) over the group's trials, one per
-seed. Run it grouped so a group is one process and one task::
+Reads each trial's ``composition`` analysis metrics and applies the rule of
+:mod:`rayexp.studies.composition.verdict` (stated there with its reasoning) over the seeds of each
+(process, task), with the same process's shuffled-reward null (``shuffle_reward`` tasks) paired by
+seed as the reference. Run it grouped by process, so each group holds a pair's tasks and its null::
 
-    rayexp analyze EXPERIMENT --analysis verdict --group-by process,task
+    rayexp analyze EXPERIMENT --analysis verdict --group-by process
 
-Metrics per group: ``score`` (mean over seeds of kappa_post, the composed share), ``score_ci_low``,
-``score_ci_high``, ``n_seeds``, ``verdict_code`` (+1 composition, -1 reweighting, 0 inconclusive),
-``r2_ci_low``, ``margin_ci_low``. Table ``verdict``: one row (process, task, n_seeds, score and CI,
-verdict, reason, and the mean over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``:
-each signal with the seeds as points.
+(grouped by task too, a group has no null, and the rule falls back to absolute thresholds, saying so).
+
+Metrics per group and task: ``{task}/verdict_code`` (-1 reweighting, 0 inconclusive, +1 composition,
++2 elicitation), ``{task}/score`` with ``/ci_low`` and ``/ci_high`` (what neither class explains beyond
+the null), ``{task}/n_seeds``. Table ``verdict``: one row per task (process, task, n_seeds, score and
+CI, verdict, reason, each class's unexplained share and the margin with their intervals, and the mean
+over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
+seeds as points.
 """
 
 from __future__ import annotations
@@ -22,45 +25,52 @@ from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.specs import process_label
-from rayexp.studies.composition.verdict import decide
+from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 
 #: table column -> key of the per-trial composition analysis
 SIGNALS = {
-    "composed_post": "composed/post",
-    "interaction_post": "interaction/post",
-    "reweighting_r2_post": "reweighting_r2/post",
-    "margin_greedy_post": "margin_greedy/post",
-    "margin_post": "margin/post",
-    "interaction_pre": "interaction/pre",
-    "margin_pre": "margin/pre",
-    "interaction_perturbed": "interaction/perturbed",
-    "reweighting_r2_perturbed": "reweighting_r2/perturbed",
-    "composed_pre": "composed/pre",
-    "composed_perturbed": "composed/perturbed",
-    "delta_composed": "delta/composed",
-    "delta_margin_greedy": "delta/margin_greedy",
-    "delta_margin": "delta/margin",
-    "delta_interaction": "delta/interaction",
-    "reward_post_expected": "reward/post/expected",
+    "unexplained_reweighting": "classes/reweighting/unexplained/post",
+    "unexplained_elicitation": "classes/elicitation/unexplained/post",
+    "margin_phase_greedy": "margin_phase_greedy/post",
+    "unexplained_tv_reweighting": "classes/reweighting/unexplained_tv/post",
+    "unexplained_tv_elicitation": "classes/elicitation/unexplained_tv/post",
+    "unexplained_reweighting_ci_low": "classes/reweighting/unexplained/post/ci_low",
+    "unexplained_reweighting_ci_high": "classes/reweighting/unexplained/post/ci_high",
+    "unexplained_elicitation_ci_low": "classes/elicitation/unexplained/post/ci_low",
+    "unexplained_elicitation_ci_high": "classes/elicitation/unexplained/post/ci_high",
+    "margin_phase_greedy_ci_low": "margin_phase_greedy/post/ci_low",
+    "margin_phase_greedy_ci_high": "margin_phase_greedy/post/ci_high",
+    "fit_reward_reweighting": "classes/reweighting/fit_reward/post",
+    "fit_reward_elicitation": "classes/elicitation/fit_reward/post",
+    "kl_reweighting": "classes/reweighting/kl/post",
+    "kl_elicitation": "classes/elicitation/kl/post",
+    "reward_post_greedy": "reward/post/greedy",
+    "reward_pre_greedy": "reward/pre/greedy",
     "ceiling_optimum": "ceiling/optimum",
-    "composed_post_ci_low": "composed/post/ci_low",
-    "composed_post_ci_high": "composed/post/ci_high",
-    "reweighting_r2_post_ci_low": "reweighting_r2/post/ci_low",
-    "margin_greedy_post_ci_low": "margin_greedy/post/ci_low",
+    "ceiling_single_per_phase": "ceiling/single_per_phase",
+    "margin_greedy_post": "margin_greedy/post",
+    "interaction_post": "interaction/post",
+    "composed_post": "composed/post",
+    "reweighting_r2_post": "reweighting_r2/post",
+    "pass_at_1_pre": "support/pass_at_1/pre",
+    "pass_at_1024_pre": "support/pass_at_1024/pre",
+    "pass_at_1_post": "support/pass_at_1/post",
+    "pass_at_1024_post": "support/pass_at_1024/post",
+    "pass_at_1024_uniform": "support/pass_at_1024/uniform",
+    "pre_prob_of_post_choice": "support/pre_prob_of_post_choice",
+    "support_discovered": "support/discovered",
+    "support_lost": "support/lost",
 }
 
 
 class VerdictParams(Params):
     analysis: str = Field("composition", description="name of the per-trial analysis whose metrics are read")
-    threshold: float = Field(
-        0.1, ge=0, lt=1, description="tau: composition needs kappa's (the score's) CI low above it"
-    )
-    r2_min: float = Field(0.8, gt=0, lt=1, description="reweighting: the CI low of R^2_post above it")
-    margin_min: float = Field(0.5, ge=-1, le=1, description="composition also needs the margin's CI above this")
-    min_seeds: int = Field(2, ge=1, description="fewer seeds: the score is reported, the verdict is inconclusive")
-    n_boot: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples over seeds")
-    ci: float = Field(0.95, gt=0, lt=1, description="interval coverage")
-    seed: int = Field(0, ge=0, description="seed of the resampling")
+    tol: float = Field(0.05, ge=0, lt=1, description="explained: the paired excess over the null's CI high below it")
+    u_max: float = Field(0.5, gt=0, le=1, description="explained also needs the unexplained share's CI high below it")
+    u_abs: float = Field(0.25, gt=0, lt=1, description="without a null: explained below, unexplained above it")
+    margin_min: float = Field(0.5, ge=-1, le=1, description="composition needs the per-phase margin's CI low above it")
+    min_seeds: int = Field(2, ge=1, description="fewer seeds: intervals over one trial's held-out contexts")
+    ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
 
 
 def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, float]:
@@ -72,72 +82,122 @@ def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, fl
     return {col: float(found.get(key, float("nan"))) for col, key in SIGNALS.items()}
 
 
+def _seed(artifacts) -> int:
+    return int(artifacts.config.get("seed", 0))
+
+
+def _is_null(artifacts) -> bool:
+    return bool(artifacts.env_config.get("shuffle_reward"))
+
+
+def _context(t: dict[str, float]) -> dict[str, Interval]:
+    def iv(col: str) -> Interval:
+        return Interval(t[col], t[f"{col}_ci_low"], t[f"{col}_ci_high"])
+
+    return {
+        "u_rw": iv("unexplained_reweighting"),
+        "u_el": iv("unexplained_elicitation"),
+        "margin": iv("margin_phase_greedy"),
+    }
+
+
+def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str) -> list[float] | None:
+    """The null's values of ``key`` for ``seeds`` (NaN where a seed has no null trial), None without a null."""
+    return None if ref is None else [ref.get(s, {}).get(key, float("nan")) for s in seeds]
+
+
+def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[str, np.ndarray]]]:
+    """(process, task, Verdict, per-seed signal columns) for each (process, task) of ``group``."""
+    th = Thresholds(params.tol, params.u_max, params.u_abs, params.margin_min, params.min_seeds, params.ci)
+    cells: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    nulls: dict[str, dict[int, dict[str, float]]] = {}
+    null_cells: set[tuple[str, str]] = set()
+    for a in group:
+        process, task = process_label(a.config["process"]), a.config["task"]["name"]
+        signals = trial_signals(a, params.analysis)
+        cells.setdefault((process, task), {})[_seed(a)] = signals
+        if _is_null(a):
+            nulls.setdefault(process, {})[_seed(a)] = signals
+            null_cells.add((process, task))
+    out = []
+    for (process, task), by_seed in sorted(cells.items()):
+        seeds = sorted(by_seed)
+        col = {c: np.array([by_seed[s][c] for s in seeds]) for c in SIGNALS}
+        # the null task itself is judged on absolute thresholds: it cannot be its own reference
+        ref = None if (process, task) in null_cells else nulls.get(process)
+
+        tv = (
+            col["unexplained_tv_reweighting"],
+            col["unexplained_tv_elicitation"],
+            _null_of(ref, seeds, "unexplained_tv_reweighting"),
+            _null_of(ref, seeds, "unexplained_tv_elicitation"),
+        )
+        v = decide(
+            col["unexplained_reweighting"],
+            col["unexplained_elicitation"],
+            col["margin_phase_greedy"],
+            _null_of(ref, seeds, "unexplained_reweighting"),
+            _null_of(ref, seeds, "unexplained_elicitation"),
+            th,
+            context=_context(by_seed[seeds[0]]) if len(seeds) == 1 else None,
+            tv=tv,
+        )
+        out.append((process, task, v, col))
+    return out
+
+
 @analysis("verdict", params=VerdictParams, scope="sweep")
 def verdict(group, params: VerdictParams) -> AnalysisResult:
-    """Composition / reweighting / inconclusive over the seeds of a group, with a bootstrap CI."""
-
-    per_trial = [trial_signals(a, params.analysis) for a in group]
-    col = {c: np.array([t[c] for t in per_trial]) for c in SIGNALS}
-    v = decide(
-        col["composed_post"],
-        col["reweighting_r2_post"],
-        col["margin_greedy_post"],
-        threshold=params.threshold,
-        r2_min=params.r2_min,
-        margin_min=params.margin_min,
-        min_seeds=params.min_seeds,
-        n_boot=params.n_boot,
-        ci=params.ci,
-        seed=params.seed,
-        context_ci=(
-            {
-                "composed_ci_low": col["composed_post_ci_low"][0],
-                "composed_ci_high": col["composed_post_ci_high"][0],
-                "r2_ci_low": col["reweighting_r2_post_ci_low"][0],
-                "margin_ci_low": col["margin_greedy_post_ci_low"][0],
-            }
-            if len(per_trial) == 1
-            else None
-        ),
-    )
-    configs = [a.config for a in group]
-    processes = sorted({process_label(c["process"]) for c in configs})
-    tasks = sorted({c["task"]["name"] for c in configs})
-    row = {
-        "process": [",".join(processes)],
-        "task": [",".join(tasks)],
-        "n_seeds": [v.n_seeds],
-        "score": [v.score],
-        "score_ci_low": [v.ci_low],
-        "score_ci_high": [v.ci_high],
-        "verdict": [v.label],
-        "reason": [v.reason],
-        **{c: [float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")] for c, x in col.items()},
-    }
-    metrics = {
-        "score": v.score,
-        "score_ci_low": v.ci_low,
-        "score_ci_high": v.ci_high,
-        "n_seeds": float(v.n_seeds),
-        "verdict_code": float(v.code),
-        "r2_ci_low": v.r2_ci_low,
-        "margin_ci_low": v.margin_ci_low,
-    }
-    return AnalysisResult(metrics=metrics, tables={"verdict": pa.table(row)}, figures={"verdict": _figure(col, v)})
+    """Reweighting / elicitation / composition / inconclusive per task, against the pair's null."""
+    rows: dict[str, list] = {}
+    metrics: dict[str, float] = {}
+    results = verdicts(group, params)
+    for process, task, v, col in results:
+        row = {
+            "process": process,
+            "task": task,
+            "n_seeds": v.n_seeds,
+            "score": v.score.mean,
+            "score_ci_low": v.score.lo,
+            "score_ci_high": v.score.hi,
+            "verdict": v.label,
+            "reason": v.reason,
+            "reference": v.reference,
+            **{
+                f"{k}{s}": getattr(getattr(v, k), a)
+                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin")
+                for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
+            },
+            **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
+        }
+        for k, val in row.items():
+            rows.setdefault(k, []).append(val)
+        prefix = task
+        metrics |= {
+            f"{prefix}/verdict_code": float(v.code),
+            f"{prefix}/score": v.score.mean,
+            f"{prefix}/score/ci_low": v.score.lo,
+            f"{prefix}/score/ci_high": v.score.hi,
+            f"{prefix}/n_seeds": float(v.n_seeds),
+        }
+    return AnalysisResult(metrics=metrics, tables={"verdict": pa.table(rows)}, figures={"verdict": _figure(results)})
 
 
-def _figure(col: dict[str, np.ndarray], v):
+def _figure(results):
     from rayexp.figures import plt  # matplotlib, Agg backend set once there
 
-    names = list(col)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(names), 3.4))
-    for i, name in enumerate(names):
-        x = col[name]
-        ax.plot(np.full(len(x), i) + np.linspace(-0.15, 0.15, len(x)), x, "o", alpha=0.7, color="tab:blue")
-        if np.isfinite(x).any():
-            ax.plot([i - 0.25, i + 0.25], [np.nanmean(x)] * 2, "k-")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set_title(f"{v.label}: score {v.score:.2f} [{v.ci_low:.2f}, {v.ci_high:.2f}], {v.n_seeds} seeds", fontsize=9)
+    shown = ("unexplained_reweighting", "unexplained_elicitation", "margin_phase_greedy")
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], shown):
+        for i, (_, task, _v, col) in enumerate(results):
+            x = col[name]
+            ax.plot(np.full(len(x), i) + np.linspace(-0.15, 0.15, len(x)), x, "o", alpha=0.7)
+            if np.isfinite(x).any():
+                ax.plot([i - 0.25, i + 0.25], [np.nanmean(x)] * 2, "k-")
+        ax.set_xticks(
+            range(len(results)), [f"{r[1]}\n{r[2].label}" for r in results], rotation=45, ha="right", fontsize=7
+        )
+        ax.set_title(name, fontsize=9)
+        ax.axhline(0, color="k", lw=0.5)
     fig.tight_layout()
     return fig

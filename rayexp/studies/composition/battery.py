@@ -1,0 +1,282 @@
+"""The detector's known-answer battery: planted policies whose verdict is known by construction,
+scored by the same fits (:mod:`.classes`) and rule (:mod:`.verdict`) as a trial, no training.
+
+How to run: ``python -m rayexp.studies.composition.battery [--seeds 10] [--n-seq 1000]`` prints one row
+per (stream, planted policy): the verdict over the evaluation seeds, how many single-seed verdicts
+were right, and the signals. What to expect: every row ``ok``; the graded mixture's score rising
+with alpha (Spearman printed at the end).
+
+The "pretrained model" is exact: p_pre is the stream's exact next-token distribution (a perfectly
+pretrained model) and its features are the factors' beliefs side by side, the *factored*
+representation transformers learn for such processes (Shai et al. 2026), so a linear readout can add
+the factors' contributions but not multiply them. A reference null (the pretrained policy itself,
+p_pre on the action tokens) is scored on the same seeds and paired with every case, as a PPO trial is
+paired with its shuffled-reward null. Planted cases (fixed maps are drawn once, not per seed):
+
+- reweighting: p_pre sharpened at beta 3 / 10 / 30, its argmax, a fixed nonlinear map g, and on
+  product streams the argmax of group sums (the joint target read off p_pre);
+- elicitation: a fixed linear readout of the features, softmaxed (on a product of Mess3 factors it
+  is also a map of p_pre, whose factor marginals fix the beliefs: reweighting, the smaller class);
+- composition: the Bayes joint-target policy on interleaved streams; a graded mixture that acts as
+  that policy with probability alpha and as sharpened p_pre otherwise (pi = alpha pi_c + (1-alpha) pi_r);
+- drift: sharpened p_pre plus a reward-irrelevant random function of position and the last two tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from envs import build_process
+from envs.rewards import make_reward
+from rayexp.exact import ceilings, targets
+from rayexp.ridge import split_sequences
+from rayexp.stats import bootstrap_ci
+from rayexp.studies.composition import classes
+from rayexp.studies.composition.verdict import Interval, Thresholds, decide
+from rayexp.tables import format_table
+
+MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
+MESS3_WIDE = {"name": "mess3", "x": 0.15, "a": 0.6}
+STREAMS = {
+    "interleave(mess3,mess3)": {"name": "interleave", "factors": [MESS3, MESS3]},
+    "interleave(mess3,z1r)": {"name": "interleave", "factors": [MESS3, {"name": "z1r"}]},
+    "product(mess3,mess3)": {"name": "product", "factors": [MESS3_WIDE, MESS3_WIDE]},
+    "product(mess3,z1r)": {"name": "product", "factors": [MESS3_WIDE, {"name": "z1r"}]},
+}
+CONTEXT = 10
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Sample:
+    """One evaluation seed's sequences of a stream, with everything exact about them."""
+
+    tokens: np.ndarray  # (N, L)
+    p_pre: np.ndarray  # (N, L, V) exact next-token distribution
+    feats: np.ndarray  # (N, L, sum S_i) the factors' beliefs side by side
+    P: np.ndarray  # (N, L, A) exact P(joint target = action k)
+    act: np.ndarray  # (A,) action tokens
+    groups: np.ndarray | None  # (V, A) one-hot: joint token -> its target group (product streams)
+    ceil: dict[str, np.ndarray] = field(default_factory=dict)
+    train: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    test: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+
+def sample(stream: str, n_seq: int, seed: int) -> Sample:
+    hmm = build_process(STREAMS[stream])
+    reward = make_reward("joint_target", hmm)
+    rng = np.random.default_rng(seed)
+    tokens, _, beliefs = hmm.sample_with_beliefs(n_seq, CONTEXT, rng)
+    fb = hmm.factor_beliefs(beliefs)
+    P = targets.target_probs(hmm, reward, beliefs, tokens)
+    groups = None
+    if STREAMS[stream]["name"] == "product":
+        local = hmm.layout.split_tokens(np.arange(hmm.vocab_size)[None, :])  # per factor (1, V)
+        groups = np.eye(len(reward.action_tokens))[(local[0][0] + local[1][0]) % len(reward.action_tokens)]
+    single = [targets.single_factor_probs(hmm, reward, beliefs, i) for i in range(len(hmm.factors))]
+    ceil = {"optimum": ceilings.optimum(P).mean(1), "per_phase": ceilings.per_phase_single(single, P).mean(1)}
+    train, test = split_sequences(n_seq, 0.5, rng)
+    return Sample(
+        tokens,
+        hmm.next_token_probs(beliefs),
+        np.concatenate(fb, -1),
+        P,
+        reward.action_tokens,
+        groups,
+        ceil,
+        train,
+        test,
+    )
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+def _onehot(scores: np.ndarray) -> np.ndarray:
+    return np.eye(scores.shape[-1])[np.argmax(scores, -1)]
+
+
+def sharpen(s: Sample, beta: float) -> np.ndarray:
+    return _softmax(beta * np.log(s.p_pre[..., s.act] + 1e-12))
+
+
+#: a planted policy: (sample, a fixed generator for its fixed map) -> pi (N, L, A)
+Policy = Callable[[Sample, np.random.Generator], np.ndarray]
+
+
+def _nonlinear(s: Sample, g: np.random.Generator) -> np.ndarray:
+    M = g.normal(size=(s.p_pre.shape[-1], len(s.act)))  # (V, A)
+    return _softmax(3.0 * np.sin(6.0 * s.p_pre @ M))
+
+
+def _readout(s: Sample, g: np.random.Generator) -> np.ndarray:
+    W = g.normal(size=(s.feats.shape[-1], len(s.act)))  # (D, A)
+    return _softmax(4.0 * s.feats @ W)
+
+
+def _drift(s: Sample, g: np.random.Generator) -> np.ndarray:
+    V = s.p_pre.shape[-1]
+    table = g.normal(size=(CONTEXT, V + 1, V, len(s.act)))  # (position, previous token or none, token, action)
+    prev = np.concatenate([np.full((len(s.tokens), 1), V), s.tokens[:, :-1]], 1)  # (N, L)
+    pos = np.broadcast_to(np.arange(CONTEXT), s.tokens.shape)
+    return _softmax(10.0 * np.log(s.p_pre[..., s.act] + 1e-12) + 2.0 * table[pos, prev, s.tokens])
+
+
+def _bayes(s: Sample, g: np.random.Generator | None = None) -> np.ndarray:
+    return _onehot(s.P)
+
+
+def _graded(alpha: float) -> Policy:
+    def policy(s: Sample, g: np.random.Generator) -> np.ndarray:
+        return alpha * _bayes(s) + (1 - alpha) * sharpen(s, 10.0)  # acts composed with probability alpha
+
+    return policy
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    policy: Policy
+    expect: tuple[str, ...]  # the verdicts that are right by construction
+    streams: tuple[str, ...]
+
+
+INTERLEAVE = tuple(k for k in STREAMS if k.startswith("interleave"))
+PRODUCT = tuple(k for k in STREAMS if k.startswith("product"))
+CASES = (
+    *(
+        Case(f"sharpen beta={b:g}", lambda s, g, b=b: sharpen(s, b), ("reweighting",), (*INTERLEAVE, *PRODUCT))
+        for b in (3, 10, 30)
+    ),
+    Case("argmax p_pre", lambda s, g: _onehot(s.p_pre[..., s.act]), ("reweighting",), (*INTERLEAVE, *PRODUCT)),
+    Case("nonlinear g(p_pre)", _nonlinear, ("reweighting",), (*INTERLEAVE, *PRODUCT)),
+    Case("argmax of group sums", lambda s, g: _onehot(s.p_pre @ s.groups), ("reweighting",), PRODUCT),
+    Case("readout of features", _readout, ("elicitation",), INTERLEAVE),
+    Case("readout of features", _readout, ("reweighting",), ("product(mess3,mess3)",)),
+    Case("Bayes joint target", _bayes, ("composition",), INTERLEAVE),
+    *(
+        Case(
+            f"graded alpha={a:g}",
+            _graded(a),
+            ("reweighting",) if a == 0 else ("composition",) if a == 1 else (),
+            INTERLEAVE,
+        )
+        for a in ALPHAS
+    ),
+    Case("drift: p_pre + f(t, x_t-1, x_t)", _drift, ("elicitation", "inconclusive"), (*INTERLEAVE, *PRODUCT)),
+)
+
+
+def signals(s: Sample, pi: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Per-sequence values the verdict reads: unexplained shares (held out) and the per-phase margin."""
+    fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test, seed=seed)
+    greedy = ceilings.greedy_reward(pi, s.P).mean(1)
+    den = s.ceil["optimum"] - s.ceil["per_phase"]
+    margin = (
+        (greedy - s.ceil["per_phase"]) / den.mean()
+        if den.mean() > ceilings.MARGIN_EPS
+        else np.full(len(greedy), np.nan)
+    )
+    return {
+        "u_rw": fitted["u_reweighting"],
+        "u_el": fitted["u_elicitation"],
+        "margin": margin,
+        "tv_rw": fitted["tv_reweighting"],
+        "tv_el": fitted["tv_elicitation"],
+    }
+
+
+def _interval(x: np.ndarray, seed: int) -> Interval:
+    return Interval(*bootstrap_ci(x, seed=seed))
+
+
+def run_case(case: Case, stream: str, seeds: int, n_seq: int, th: Thresholds | None = None) -> dict:
+    """The case's verdict over ``seeds`` evaluation seeds, and how many one-seed verdicts were right."""
+    per: dict[str, list[float]] = {
+        k: [] for k in ("u_rw", "u_el", "margin", "n_rw", "n_el", "tv_rw", "tv_el", "ntv_rw", "ntv_el")
+    }
+    one_seed_right = 0
+    for seed in range(seeds):
+        s = sample(stream, n_seq, seed)
+        g = np.random.default_rng(10_007)  # the fixed map: the same for every seed
+        v = signals(s, case.policy(s, g), seed)
+        null = signals(s, sharpen(s, 1.0), seed)  # the pretrained policy itself
+        for k in ("u_rw", "u_el", "margin", "tv_rw", "tv_el"):
+            per[k].append(float(np.nanmean(v[k])) if np.isfinite(v[k]).any() else float("nan"))
+        for k, null_k in (("u_rw", "n_rw"), ("u_el", "n_el"), ("tv_rw", "ntv_rw"), ("tv_el", "ntv_el")):
+            per[null_k].append(float(np.nanmean(null[k])))
+        ctx = {k: _interval(v[k], seed) for k in ("u_rw", "u_el", "margin")}
+        one = decide(
+            [per["u_rw"][-1]], [per["u_el"][-1]], [per["margin"][-1]], [per["n_rw"][-1]], [per["n_el"][-1]], th, ctx
+        )
+        one_seed_right += one.label in case.expect
+    tv = (per["tv_rw"], per["tv_el"], per["ntv_rw"], per["ntv_el"])
+    v = decide(per["u_rw"], per["u_el"], per["margin"], per["n_rw"], per["n_el"], th, tv=tv)
+    return {
+        "stream": stream,
+        "planted": case.name,
+        "expected": "/".join(case.expect) or "(graded)",
+        "verdict": v.label,
+        "ok": "ok" if (v.label in case.expect or not case.expect) else "WRONG",
+        "one-seed right": f"{one_seed_right}/{seeds}" if case.expect else "-",
+        "u map": f"{v.u_rw.mean:.3f}",
+        "u readout": f"{v.u_el.mean:.3f}",
+        "margin": f"{v.margin.mean:.2f}",
+        "score": v.score.mean,
+        "right": v.label in case.expect if case.expect else None,
+        "one_seed_right": one_seed_right,
+    }
+
+
+def run(seeds: int = 10, n_seq: int = 1000, streams=None, th: Thresholds | None = None) -> list[dict]:
+    rows = []
+    for case in CASES:
+        for stream in case.streams:
+            if streams is None or stream in streams:
+                rows.append(run_case(case, stream, seeds, n_seq, th))
+    return rows
+
+
+def graded_spearman(rows: list[dict], stream: str) -> float:
+    """Spearman correlation between alpha and the score of the graded mixture on ``stream``."""
+    from scipy.stats import spearmanr  # only the battery needs it
+
+    pts = [
+        (float(r["planted"].split("=")[1]), r["score"])
+        for r in rows
+        if r["stream"] == stream and r["planted"].startswith("graded")
+    ]
+    return float(spearmanr([a for a, _ in pts], [s for _, s in pts]).statistic)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The composition detector's known-answer battery (no training).")
+    parser.add_argument("--seeds", type=int, default=10, help="evaluation seeds per case (default 10)")
+    parser.add_argument("--n-seq", type=int, default=1000, help="sequences per seed (default 1000)")
+    args = parser.parse_args(argv)
+    rows = run(args.seeds, args.n_seq)
+    shown = [
+        {k: v for k, v in r.items() if k not in ("right", "one_seed_right", "score")} | {"score": f"{r['score']:.3f}"}
+        for r in rows
+    ]
+    print(format_table(shown))
+    for stream in INTERLEAVE:
+        print(f"graded mixture on {stream}: Spearman(alpha, score) = {graded_spearman(rows, stream):.2f}")
+    wrong = [r for r in rows if r["right"] is False]
+    print(
+        f"{len(rows) - len(wrong)}/{len(rows)} cases with the verdict known by construction"
+        if not wrong
+        else f"{len(wrong)} WRONG"
+    )
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Which policy class explains a post-RL policy (docs/design.md §4.1), with fits that can succeed.
+
+The classes are nested: *reweighting* (pi_post = g(p_pre) for one fixed map g of the pretrained
+model's full next-token distribution), *elicitation* (pi_post = a fixed-capacity readout of the
+frozen pretrained residual stream), and *composition* (neither). Each class is fitted on training
+sequences and scored on held-out ones, **within each position** (a position-only policy is the
+baseline, never a fit's success):
+
+- :func:`reweighting_fit`: k-nearest neighbours in the Hellinger embedding sqrt(p_pre), per position,
+  k chosen on an inner split. Nonparametric, so it represents every map a reader would call
+  reweighting, sharp ones included (argmax, sums over token groups then argmax, capped logits,
+  products): the earlier ridge family could not, and called planted argmax maps "composition";
+- :func:`readout_fit`: a linear readout from the frozen features (all residual layers) to the
+  policy, per position: softmax regression to its probabilities (the "one stated small family");
+- :func:`unexplained_values`: per held-out sequence, the total variation left by a fit over the
+  total variation left by the position-only policy (linearised so its mean is the ratio and a paired
+  bootstrap covers it). 0: the class explains the policy; 1: nothing beyond position.
+
+Total variation is bounded, so one sharp policy's near-boundary errors cannot dominate the way
+they do under KL (``kl_values`` is reported beside it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayexp.ridge import ridge_fit
+from rayexp.stats import ratio_values
+
+#: floor of fitted probabilities (KL and log-targets of one-hot policies stay finite)
+FLOOR = 1e-4
+
+
+def tv(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Total variation distance along the last axis."""
+    return 0.5 * np.abs(np.asarray(p, dtype=np.float64) - np.asarray(q, dtype=np.float64)).sum(-1)
+
+
+def kl_values(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) along the last axis, q floored at :data:`FLOOR` and renormalised."""
+    q = np.maximum(np.asarray(q, dtype=np.float64), FLOOR)
+    q = q / q.sum(-1, keepdims=True)
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0).sum(-1)
+
+
+def position_policy(pi: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """(n_test, L, A) the mean training policy at each position: what position alone explains."""
+    mean = np.asarray(pi, dtype=np.float64)[train].mean(0)  # (L, A)
+    return np.broadcast_to(mean, (len(test), *mean.shape)).copy()
+
+
+def _knn_predict(X_tr: np.ndarray, Y_tr: np.ndarray, X_te: np.ndarray, k: int) -> np.ndarray:
+    from sklearn.neighbors import KNeighborsRegressor  # sklearn's import is slow; only fits need it
+
+    k = max(1, min(k, len(X_tr)))
+    return KNeighborsRegressor(n_neighbors=k).fit(X_tr, Y_tr).predict(X_te)
+
+
+def _choose_k(X: np.ndarray, Y: np.ndarray, ks: tuple[int, ...], rng: np.random.Generator) -> int:
+    """The k whose inner held-out total variation is least (a fifth of the training rows held out)."""
+    if len(X) < 10:
+        return 1
+    idx = rng.permutation(len(X))
+    cut = max(1, len(X) // 5)
+    va, tr = idx[:cut], idx[cut:]
+    errs = [float(tv(Y[va], _knn_predict(X[tr], Y[tr], X[va], k)).mean()) for k in ks]
+    return ks[int(np.argmin(errs))]
+
+
+def reweighting_fit(
+    p_pre: np.ndarray,
+    pi: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    ks: tuple[int, ...] = (1, 4, 16),
+    seed: int = 0,
+) -> np.ndarray:
+    """(n_test, L, A) the held-out prediction of ``pi`` (N, L, A) from ``p_pre`` (N, L, V) by one map
+    per position (k-NN in sqrt(p_pre), k chosen on an inner split of the training sequences)."""
+    rng = np.random.default_rng(seed)
+    X = np.sqrt(np.clip(np.asarray(p_pre, dtype=np.float64), 0.0, None))  # Hellinger embedding
+    Y = np.asarray(pi, dtype=np.float64)
+    out = np.empty((len(test), *Y.shape[1:]))
+    for t in range(Y.shape[1]):
+        k = _choose_k(X[train, t], Y[train, t], ks, rng)
+        out[:, t] = _knn_predict(X[train, t], Y[train, t], X[test, t], k)
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _softmax_regression(X: np.ndarray, Y: np.ndarray, alpha: float, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W (D, A), b (A,)) minimising the cross-entropy of softmax(X W + b) to soft labels ``Y`` plus
+    ``alpha * |W|^2`` (X standardised by the caller): a linear readout to a *policy*, started from the
+    ridge fit to the clipped log-probabilities and refined by L-BFGS."""
+    from scipy.optimize import minimize  # scipy's import is slow; only fits need it
+
+    n, d = X.shape
+    a = Y.shape[1]
+    logp = np.log(np.maximum(Y, FLOOR))
+    init = ridge_fit(X, logp - logp.mean(-1, keepdims=True), 1e-3)
+    theta0 = np.concatenate([init.coef.ravel(), init.intercept.ravel()])
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W, b = theta[: d * a].reshape(d, a), theta[d * a :]
+        q = _softmax(X @ W + b)  # (n, A)
+        ce = -(Y * np.log(np.maximum(q, 1e-300))).sum() / n + alpha * (W**2).sum()
+        g = (q - Y) / n  # (n, A) gradient wrt the logits
+        return float(ce), np.concatenate([(X.T @ g + 2 * alpha * W).ravel(), g.sum(0)])
+
+    theta = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": iters}).x
+    return theta[: d * a].reshape(d, a), theta[d * a :]
+
+
+def readout_fit(
+    feats: np.ndarray,
+    pi: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    alpha: float = 1e-4,
+    iters: int = 200,
+) -> np.ndarray:
+    """(n_test, L, A) the held-out prediction of ``pi`` (N, L, A) by a linear readout of ``feats``
+    (N, L, D): softmax regression to the policy, one readout per position (features standardised on
+    the training sequences; ``alpha`` the L2 penalty of the standardised weights)."""
+    X, Y = np.asarray(feats, dtype=np.float64), np.asarray(pi, dtype=np.float64)
+    out = np.empty((len(test), *Y.shape[1:]))
+    for t in range(Y.shape[1]):
+        mu, sd = X[train, t].mean(0), X[train, t].std(0) + 1e-8
+        W, b = _softmax_regression((X[train, t] - mu) / sd, Y[train, t], alpha, iters)
+        out[:, t] = _softmax(((X[test, t] - mu) / sd) @ W + b)
+    return out
+
+
+def unexplained_values(pi_test: np.ndarray, fit: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """(n_test,) per held-out sequence: sum_t TV(pi, fit) over sum_t TV(pi, baseline), linearised
+    (:func:`rayexp.stats.ratio_values`) so that the mean is the ratio of the sums."""
+    return ratio_values(tv(pi_test, fit).sum(-1), tv(pi_test, baseline).sum(-1))
+
+
+def class_values(
+    pi: np.ndarray,
+    p_pre: np.ndarray,
+    feats: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    alpha: float = 1e-4,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Both classes fitted to policy ``pi`` (N, L, A): per held-out sequence, the share each leaves
+    unexplained (``u_reweighting``, ``u_elicitation``) and that probability mass itself (total variation
+    per step, ``tv_reweighting``, ``tv_elicitation``), and each fit's held-out prediction
+    (``fit_{class}``, (n_test, L, A), with ``fit_position`` the position-only baseline)."""
+    base = position_policy(pi, train, test)
+    fits = {
+        "reweighting": reweighting_fit(p_pre, pi, train, test, seed=seed),
+        "elicitation": readout_fit(feats, pi, train, test, alpha),
+    }
+    out = {f"u_{cls}": unexplained_values(pi[test], fit, base) for cls, fit in fits.items()}
+    out |= {f"tv_{cls}": tv(pi[test], fit).mean(-1) for cls, fit in fits.items()}  # (n_test,) per step
+    return out | {f"fit_{cls}": fit for cls, fit in fits.items()} | {"fit_position": base}
