@@ -176,7 +176,7 @@ CASES = (
 
 def signals(s: Sample, pi: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Per-sequence values the verdict reads: unexplained shares (held out) and the per-phase margin."""
-    fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test, seed=seed)
+    fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test)  # p_pre exact: the finest resolution
     greedy = ceilings.greedy_reward(pi, s.P).mean(1)
     den = s.ceil["optimum"] - s.ceil["per_phase"]
     margin = (

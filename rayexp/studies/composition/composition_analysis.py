@@ -86,6 +86,7 @@ class Setup:
     reward: Reward
     tokens: np.ndarray  # (N, L)
     P: np.ndarray  # (N, L, A) exact P(target = action k)
+    p_next: np.ndarray  # (N, L, V) exact next-token distribution
     single: list[np.ndarray]  # per factor, its observer's P (N, L, A)
     cells: list[np.ndarray] | None  # tokens of (a, b'), (a', b), (a', b'); None without a fixed layout
     train: np.ndarray
@@ -113,7 +114,7 @@ def make_setup(hmm: HMM, reward: Reward, length: int, n_seq: int, seed: int) -> 
         except ValueError:
             cells = None
     train, test = split_sequences(n_seq, 0.5, rng)
-    return Setup(hmm, reward, tokens, P, single, cells, train, test)
+    return Setup(hmm, reward, tokens, P, hmm.next_token_probs(beliefs), single, cells, train, test)
 
 
 def ceiling_values(s: Setup, lookup_k: list[int]) -> dict[str, np.ndarray]:
@@ -216,10 +217,11 @@ class Scorer:
         logits, feats = pre(s.tokens, True)
         self.p_pre = _probs(logits)  # (N, L, V) the pre-RL model's full distribution
         self.h_pre = feats["concat"]  # (N, L, D') its frozen residual stream, all layers
+        self.resolution = classes.resolution_of(self.p_pre, s.p_next)
         self.p_pre_cells = [_probs(pre(c, False)[0]) for c in s.cells] if s.cells is not None else None
 
     def ceiling_metrics(self) -> dict[str, float]:
-        return {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()}
+        return {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()} | {"classes/resolution": self.resolution}
 
     def score(self, name: str, forward: Forward, readouts: bool = False) -> tuple[dict[str, float], dict]:
         """Metrics of one model (named ``name`` in them) and its per-sequence values."""
@@ -267,7 +269,7 @@ class Scorer:
         pi = _probs(v["f"])  # (N, L, A)
         v["margin_phase_greedy"] = margin_values(v["greedy"], self.ceil, self.ceil.get("single_per_phase"))
         m[f"margin_phase_greedy/{name}"] = _mean(v["margin_phase_greedy"])
-        fitted = classes.class_values(pi, self.p_pre, self.h_pre, s.train, s.test, self.params.alpha, self.params.seed)
+        fitted = classes.class_values(pi, self.p_pre, self.h_pre, s.train, s.test, resolution=self.resolution)
         for cls in ("reweighting", "elicitation", "position"):
             fit = fitted[f"fit_{cls}"]
             if cls != "position":
