@@ -1,6 +1,6 @@
 """Composition vs reweighting, one trial: every signal before RL, after RL and over PPO checkpoints.
 
-The maths lives in :mod:`rayexp.composition`; this adapter samples ``n_seq`` fresh sequences of the
+The maths lives in :mod:`rayexp.studies.composition`; this adapter samples ``n_seq`` fresh sequences of the
 RL stream (seeded), runs each model once per 2x2 cell, and hands arrays to the pure functions. The
 policy at step t is the softmax of the logits at position t restricted to the env's action tokens:
 with ``episode_len == context`` the observation at step t is the prefix x_0..x_t, so one causal pass
@@ -10,6 +10,10 @@ Models: ``pre`` (pretrained), ``post`` (after PPO), ``perturbed`` (pre moved at 
 RL moved it: the null of docs/design.md §6 rule 6) and, for readouts, ``random_init``. Metrics (all averaged
 over steps and sequences):
 
+- ``classes/{reweighting,elicitation}/{unexplained,unexplained_tv,kl,fit_reward}/{model}``: the policy
+  classes of :mod:`.classes` fitted within position, held out (the verdict's inputs), with
+  ``classes/resolution`` and ``margin_phase_greedy/{model}`` (against the best per-phase single factor);
+- ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
 - ``reward/{pre,post,perturbed}/{expected,greedy}``; ``ceiling/{optimum,single_factor{i},lookup_k{k},
   uniform}`` (lookups scored on the held-out half of the sequences);
 - ``margin/{pre,post,perturbed}`` (of the expected reward) and ``margin_greedy/...`` (of the greedy
@@ -31,14 +35,7 @@ stored checkpoint for the curve (`benchmarks/bench_verdict.py` measures the shar
 Supported rewards: ``next_token``, ``joint_target`` (:mod:`rayexp.exact.targets`); others raise.
 A shuffled-reward trial (env config ``shuffle_reward``) is scored against the reward it shuffled.
 
-What to expect on interleave(mess3(0.05, 0.85) x 2), context 10, joint_target m = 3: optimum 0.498,
-single factor 1/3 (exactly), lookup k=1 0.333 (the last token shows one factor), k=2 and k=3 0.489,
-uniform 1/3. Stand-ins for the controls (a pretrained 4-layer d64 model, then gradient ascent on
-the exact expected reward, PPO's expected update; 3 seeds each; see :mod:`rayexp.studies.composition.verdict`):
-joint target: composed/post 0.82-0.83, interaction/post 0.91-0.93, reweighting_r2/post 0.07-0.08,
-margin_greedy/post 1.00; next token: composed 0.0009, interaction 0.0004, reweighting_r2 0.95;
-shuffled reward: composed 0.006-0.03, reweighting_r2 0.84-0.86, margin_greedy 0.01; the perturbed
-null: composed 0.0003, reweighting_r2 0.99.
+What to expect: README, "Composition or reweighting" (the controls' numbers and the battery's).
 """
 
 from __future__ import annotations
