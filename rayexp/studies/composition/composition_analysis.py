@@ -215,6 +215,7 @@ class Scorer:
         self.p_pre = _probs(logits)  # (N, L, V) the pre-RL model's full distribution
         self.h_pre = feats["concat"]  # (N, L, D') its frozen residual stream, all layers
         self.resolution = classes.resolution_of(self.p_pre, s.p_next)
+        self.h_random: np.ndarray | None = None  # random-init features: is an elicited answer generic?
         self.p_pre_cells = [_probs(pre(c, False)[0]) for c in s.cells] if s.cells is not None else None
 
     def ceiling_metrics(self) -> dict[str, float]:
@@ -275,6 +276,10 @@ class Scorer:
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))
             m[f"classes/{cls}/fit_reward/{name}"] = _mean(ceilings.greedy_reward(fit, s.P[s.test]).mean(1))
+        if name == "post" and self.h_random is not None:  # the same readout of random-init features
+            fit = classes.readout_fit(self.h_random, pi, s.train, s.test)
+            u = classes.unexplained_values(pi[s.test], fit, fitted["fit_position"])
+            m["classes/elicitation_random_init/unexplained/post"] = _mean(u)
         return m
 
     def readouts(self, label: str, feats: dict[str, np.ndarray]) -> dict[str, float]:
@@ -322,6 +327,7 @@ def composition(artifacts, params: CompositionParams) -> AnalysisResult:
         "random_init": model_forward(artifacts.random_init()),  # the readouts' control only
     }
     scorer = Scorer(s, forwards["pre"], params)
+    scorer.h_random = forwards["random_init"](s.tokens, True)[1]["concat"]
     metrics = scorer.ceiling_metrics()
     vals = {}
     for name in ("pre", "post", "perturbed"):

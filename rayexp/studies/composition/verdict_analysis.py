@@ -40,6 +40,7 @@ SIGNALS = {
     "unexplained_elicitation_ci_high": "classes/elicitation/unexplained/post/ci_high",
     "margin_phase_greedy_ci_low": "margin_phase_greedy/post/ci_low",
     "margin_phase_greedy_ci_high": "margin_phase_greedy/post/ci_high",
+    "unexplained_readout_random_init": "classes/elicitation_random_init/unexplained/post",
     "fit_reward_reweighting": "classes/reweighting/fit_reward/post",
     "fit_reward_elicitation": "classes/elicitation/fit_reward/post",
     "kl_reweighting": "classes/reweighting/kl/post",
