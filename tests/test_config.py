@@ -175,3 +175,25 @@ def test_unparseable_files(tmp_path, text, words):
 def test_missing_file(tmp_path):
     with pytest.raises(SweepError, match="cannot read"):
         load_sweep(tmp_path / "nope.yaml")
+
+
+def test_driver_resolves_each_trial_once_and_draws_sampled_axes_from_the_sweep_seed(tmp_path):
+    from rayexp.config import load_points
+    from rayexp.resolved import ResolvedTrial
+
+    data = copy.deepcopy(TINY)
+    data["axes"] = {"grid": {"seed": [0, 1]}, "sample": {"ppo.lr": {"loguniform": [1e-4, 1e-2]}}, "num_samples": 3}
+    data["tasks"][0]["ppo"] = {"num_epochs": 2}
+    path = write(tmp_path, data)
+    sweep, points = load_points(path)
+    _, again = load_points(path)
+    assert len(points) == 6 and [p.axes for p in points] == [p.axes for p in again]  # reproducible draws
+    lrs = [p.axes["ppo.lr"] for p in points]
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 6
+    for p in points:
+        t = p.trial
+        assert t.ppo.lr == p.axes["ppo.lr"] and t.ppo.seed == t.seed == p.axes["seed"]  # unset seed follows
+        assert t.ppo.num_epochs == 2 and t.model.d_vocab == 3 and t.env["action_tokens"] == [0, 1, 2]
+        # what a worker receives: the dump, validated back to the same frozen object
+        assert ResolvedTrial.model_validate(t.model_dump()) == t
+    assert points[0].trial.config.task.ppo.model_dump() == {"num_epochs": 2}  # the task's overrides as written
