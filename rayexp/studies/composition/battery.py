@@ -174,7 +174,7 @@ CASES = (
 )
 
 
-def signals(s: Sample, pi: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def signals(s: Sample, pi: np.ndarray) -> dict[str, np.ndarray]:
     """Per-sequence values the verdict reads: unexplained shares (held out) and the per-phase margin."""
     fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test)  # p_pre exact: the finest resolution
     greedy = ceilings.greedy_reward(pi, s.P).mean(1)
@@ -206,8 +206,8 @@ def run_case(case: Case, stream: str, seeds: int, n_seq: int, th: Thresholds | N
     for seed in range(seeds):
         s = sample(stream, n_seq, seed)
         g = np.random.default_rng(10_007)  # the fixed map: the same for every seed
-        v = signals(s, case.policy(s, g), seed)
-        null = signals(s, sharpen(s, 1.0), seed)  # the pretrained policy itself
+        v = signals(s, case.policy(s, g))
+        null = signals(s, sharpen(s, 1.0))  # the pretrained policy itself
         for k in ("u_rw", "u_el", "margin", "tv_rw", "tv_el"):
             per[k].append(float(np.nanmean(v[k])) if np.isfinite(v[k]).any() else float("nan"))
         for k, null_k in (("u_rw", "n_rw"), ("u_el", "n_el"), ("tv_rw", "ntv_rw"), ("tv_el", "ntv_el")):
