@@ -327,13 +327,14 @@ def composition(artifacts, params: CompositionParams) -> AnalysisResult:
         "random_init": model_forward(artifacts.random_init()),  # the readouts' control only
     }
     scorer = Scorer(s, forwards["pre"], params)
-    scorer.h_random = forwards["random_init"](s.tokens, True)[1]["concat"]
+    random_feats = forwards["random_init"](s.tokens, True)[1]  # one pass: the readouts' and the class's control
+    scorer.h_random = random_feats["concat"]
     metrics = scorer.ceiling_metrics()
     vals = {}
     for name in ("pre", "post", "perturbed"):
         m, vals[name] = scorer.score(name, forwards[name], readouts=name != "perturbed")
         metrics |= m
-    metrics |= scorer.readouts("random_init", forwards["random_init"](s.tokens, True)[1])
+    metrics |= scorer.readouts("random_init", random_feats)
     metrics |= paired_deltas(vals["pre"], vals["post"], params.seed)
     support_m = support.support_metrics(_probs(vals["pre"]["f"]), _probs(vals["post"]["f"]), s.P)
     metrics |= {f"support/{k}": v for k, v in support_m.items()}
