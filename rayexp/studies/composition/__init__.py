@@ -20,7 +20,13 @@ analyses ``composition`` (:mod:`.composition_analysis`), ``representation``
 :mod:`.report` prints the verdict table.
 """
 
-from rayexp.studies.composition import composition_analysis, representation_analysis, verdict_analysis  # noqa: F401
+from rayexp.studies.composition import (  # noqa: F401
+    composition_analysis,
+    geometry_analysis,
+    geometry_summary,
+    representation_analysis,
+    verdict_analysis,
+)
 from rayexp.studies.composition.report import after_sweep, report_section
 from rayexp.study import Study
 

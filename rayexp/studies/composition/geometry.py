@@ -1,0 +1,99 @@
+"""Belief geometry through RL, on plain arrays: the joint-only part of a joint belief, linear erasure
+of a belief subspace, random subspaces of the same dimension, simplex coordinates.
+
+The adapter (:mod:`.geometry_analysis`) feeds these with a model's activations and exact beliefs.
+What each answers (docs/design.md §4.6):
+
+- :func:`product_part`: the part of the joint belief (outer product of the factors' beliefs) that no
+  affine map of the two factor beliefs gives. Features that hold each factor's belief linearly, in
+  any subspaces (the factored representation of Shai et al. 2026), predict none of it linearly; a
+  probe that does predict it reads a *joint-only* direction, something beyond the two factor probes.
+- :func:`erasure_basis` and :func:`erase`: the subspace to remove so that no affine probe can read a
+  target from the features any more (on the distribution the basis was fitted on). It is the span
+  of the cross-covariance ``Cov(x, z)``: after ``x' = x - (x - mu) Q Q^T`` with Q an orthonormal
+  basis of that span, ``Cov(x', z) = (I - Q Q^T) Cov(x, z) = 0``, so the least-squares probe from x'
+  to z is a constant. It is linear guardedness (Ravfogel et al. 2022; Belrose et al. 2023, LEACE,
+  which also minimises the distortion; an orthogonal projection is enough to erase, and keeps the
+  ablation one familiar operation: mean-replace a subspace). Dimension: rank of Cov(x, z), at most
+  K - 1 for beliefs over K states (they sum to one).
+- :func:`random_basis`: a uniformly random subspace of the same dimension, the ablation's control.
+- :func:`simplex_xy`: 2-D coordinates of points of the 2-simplex (three-state beliefs), for the
+  belief-simplex figure (true vs predicted, as in the Mess3 fractal figure).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(-1, a.shape[-1])
+
+
+def product_part(factor_beliefs: list[np.ndarray], joint: np.ndarray) -> np.ndarray:
+    """The joint belief (..., K) minus its least-squares affine prediction from the factor beliefs
+    side by side (..., sum S_i), fitted on all the rows given: the product terms no sum of per-factor
+    contributions gives. Exact beliefs in, so it is a property of the stream, not of a model."""
+    X = np.concatenate([_rows(b) for b in factor_beliefs], axis=-1)
+    X = np.concatenate([X, np.ones((len(X), 1))], axis=-1)  # (n, sum S_i + 1)
+    Y = _rows(joint)  # (n, K)
+    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    return (Y - X @ coef).reshape(np.shape(joint))
+
+
+def cross_covariance(X: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """(D, K) covariance between features ``X`` (..., D) and targets ``Z`` (..., K), rows paired."""
+    X, Z = _rows(X), _rows(Z)
+    if len(X) != len(Z):
+        raise ValueError(f"cross_covariance needs paired rows; got {len(X)} and {len(Z)}")
+    return (X - X.mean(0)).T @ (Z - Z.mean(0)) / max(len(X) - 1, 1)
+
+
+def erasure_basis(X: np.ndarray, Z: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """(D, r) orthonormal basis of the span of ``Cov(X, Z)``: the subspace whose removal leaves no
+    affine probe from X to Z (see the module docstring); r its numerical rank (singular values above
+    ``rtol`` times the largest)."""
+    C = cross_covariance(X, Z)
+    U, s, _ = np.linalg.svd(C, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return U[:, :0]
+    return U[:, : int((s > rtol * s[0]).sum())]
+
+
+def erase(X: np.ndarray, Q: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """``X - (X - mu) Q Q^T``: each row's component in span(Q) replaced by the mean's (mean ablation)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X - ((X - mu) @ Q) @ Q.T
+
+
+def random_basis(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(d, k) orthonormal basis of a uniformly random k-dimensional subspace of R^d."""
+    if not 0 <= k <= d:
+        raise ValueError(f"a {k}-dimensional subspace of R^{d} does not exist")
+    q, r = np.linalg.qr(rng.standard_normal((d, k)))
+    return q * np.sign(np.diag(r))[None, :] if k else q
+
+
+def held_out_r2(y: np.ndarray, pred: np.ndarray) -> float:
+    """1 - SSE / SST of predictions ``pred`` of ``y`` (..., K), SST around y's own mean per column."""
+    y, pred = _rows(y), _rows(pred)
+    sst = ((y - y.mean(0)) ** 2).sum()
+    return float(1.0 - ((y - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
+
+
+def simplex_xy(b: np.ndarray) -> np.ndarray:
+    """(..., 2) coordinates of three-state beliefs (..., 3) in an equilateral triangle with corners
+    (0, 0), (1, 0), (1/2, sqrt(3)/2) for states 0, 1, 2 (predictions off the simplex land outside it)."""
+    b = np.asarray(b, dtype=np.float64)
+    if b.shape[-1] != 3:
+        raise ValueError(f"simplex_xy draws three-state beliefs; got {b.shape[-1]} states")
+    return np.stack([b[..., 1] + 0.5 * b[..., 2], (np.sqrt(3) / 2) * b[..., 2]], axis=-1)
+
+
+def removed_share(full: float, ablated: float, floor: float, min_gain: float = 0.01) -> float:
+    """Share of what a policy earns above ``floor`` (e.g. uniform guessing) that an ablation removes:
+    ``(full - ablated) / (full - floor)``; NaN when the policy earns less than ``min_gain`` above the
+    floor (a share of nothing is noise: the shuffled null earns about the floor)."""
+    gain = full - floor
+    return float((full - ablated) / gain) if gain > min_gain else float("nan")

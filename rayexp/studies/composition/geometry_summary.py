@@ -1,0 +1,160 @@
+"""Across seeds: belief geometry over RL and the ablation table, per task of each process pair.
+
+Reads each trial's ``geometry`` analysis metrics (:mod:`.geometry_analysis`) and gives, per
+(process, task), the mean and Student-t 95 % interval over seeds of
+
+- the geometry curve over PPO checkpoints at one layer (``layer``; ``last``: the last block's
+  output): each factor's probe skill, the joint-only R^2, the joint dimension, the factors' overlap;
+- every ablation (pre and post RL, every layer, each condition): the share of the reward removed and
+  the interaction eta left.
+
+Run it grouped by process, as the verdict is: ``rayexp analyze EXP --analysis geometry_summary
+--group-by process``. Tables ``geometry_curve`` and ``geometry_ablation``; figures
+``geometry_curve`` (one line per task, the band its interval) and ``geometry_ablation`` (reward
+removed by erasing each factor's subspace vs random subspaces of the same dimension, post-RL).
+Metrics ``{task}/{pre,post}/{layer}/...`` and ``{task}/ablation/post/{layer}/{cond}/removed``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.specs import process_label
+from rayexp.stats import t_ci
+
+CURVE_KEYS = ("skill/factor0", "skill/factor1", "r2/joint_only", "skill/joint_only", "dim95", "overlap", "overlap_random")
+ABLATION_KEYS = ("removed", "drop", "expected", "greedy", "interaction")
+_CURVE = re.compile(r"^curve/it(\d+)/([a-z0-9_]+)/(.+)$")
+_ABL = re.compile(r"^ablation/(pre|post)/([a-z0-9_]+)/([a-z0-9_]+)/([a-z]+)$")
+
+
+class GeometrySummaryParams(Params):
+    analysis: str = Field("geometry", description="name of the per-trial analysis whose metrics are read")
+    layer: str = Field("last", description="layer of the curves: embed, block{i}, final, or last (the last block)")
+    ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
+
+
+def _metrics(artifacts, name: str) -> dict[str, float]:
+    prefix = f"analysis/{name}/"
+    found = {k[len(prefix) :]: v for k, v in artifacts.metrics().items() if k.startswith(prefix)}
+    return found or (artifacts.analysis_metrics(name) or {})
+
+
+def last_block(keys) -> str:
+    blocks = sorted({int(m.group(2)[5:]) for k in keys if (m := _CURVE.match(k)) and m.group(2).startswith("block")})
+    return f"block{blocks[-1]}" if blocks else "final"
+
+
+def summarise(per_seed: list[dict[str, float]], layer: str, ci: float) -> tuple[dict[str, list], dict[str, list]]:
+    """(curve rows, ablation rows) of one task from its seeds' metrics."""
+    curve: dict[tuple[int, str], list[float]] = {}
+    abl: dict[tuple[str, str, str, str], list[float]] = {}
+    for m in per_seed:
+        for k, v in m.items():
+            if (c := _CURVE.match(k)) and c.group(2) == layer and c.group(3) in CURVE_KEYS:
+                curve.setdefault((int(c.group(1)), c.group(3)), []).append(v)
+            elif (a := _ABL.match(k)) and a.group(4) in ABLATION_KEYS:
+                abl.setdefault(a.groups(), []).append(v)
+    crow: dict[str, list] = {"iteration": [], "quantity": [], "mean": [], "ci_low": [], "ci_high": [], "n_seeds": []}
+    for (it, q), vals in sorted(curve.items()):
+        mean, lo, hi = t_ci(vals, ci)
+        for col, val in zip(crow, (it, q, mean, lo, hi, int(np.isfinite(vals).sum()))):
+            crow[col].append(val)
+    arow: dict[str, list] = {k: [] for k in ("model", "layer", "condition", "quantity", "mean", "ci_low", "ci_high")}
+    for (model, lay, cond, q), vals in sorted(abl.items()):
+        mean, lo, hi = t_ci(vals, ci)
+        for col, val in zip(arow, (model, lay, cond, q, mean, lo, hi)):
+            arow[col].append(val)
+    return crow, arow
+
+
+@analysis("geometry_summary", params=GeometrySummaryParams, scope="sweep")
+def geometry_summary(group, params: GeometrySummaryParams) -> AnalysisResult:
+    """Belief geometry over RL and the ablation table per task, with intervals over seeds."""
+    by_task: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for a in group:
+        m = _metrics(a, params.analysis)
+        if m:
+            by_task.setdefault((process_label(a.config["process"]), a.config["task"]["name"]), []).append(m)
+    if not by_task:
+        raise ValueError(f"geometry_summary: no trial in this group has {params.analysis!r} metrics")
+    layer = params.layer if params.layer != "last" else last_block(next(iter(by_task.values()))[0])
+    curves, ablations, metrics = {}, {}, {}
+    ctab: dict[str, list] = {}
+    atab: dict[str, list] = {}
+    for (process, task), seeds in sorted(by_task.items()):
+        crow, arow = summarise(seeds, layer, params.ci)
+        curves[task], ablations[task] = crow, arow
+        for tab, rows, extra in ((ctab, crow, {"layer": layer}), (atab, arow, {})):
+            n = len(rows["mean"])
+            cols = {"process": [process] * n, "task": [task] * n, **{k: [v] * n for k, v in extra.items()}, **rows}
+            for col, val in cols.items():
+                tab.setdefault(col, []).extend(val)
+        for it, q, mean in zip(crow["iteration"], crow["quantity"], crow["mean"]):
+            if it == max(crow["iteration"]):
+                metrics[f"{task}/post/{layer}/{q}"] = mean
+            if it == 0:
+                metrics[f"{task}/pre/{layer}/{q}"] = mean
+        for model, lay, cond, q, mean in zip(arow["model"], arow["layer"], arow["condition"], arow["quantity"], arow["mean"]):
+            if model == "post" and q == "removed":
+                metrics[f"{task}/ablation/post/{lay}/{cond}/removed"] = mean
+    figures = {"geometry_curve": curve_figure(curves, layer), "geometry_ablation": ablation_figure(ablations, layer)}
+    return AnalysisResult(
+        metrics=metrics,
+        tables={"geometry_curve": pa.table(ctab), "geometry_ablation": pa.table(atab)},
+        figures=figures,
+    )
+
+
+def curve_figure(curves: dict[str, dict[str, list]], layer: str):
+    from rayexp.figures import plt  # matplotlib, Agg backend set once there
+
+    shown = ("skill/factor0", "skill/factor1", "r2/joint_only", "dim95", "overlap")
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2))
+    for ax, q in zip(axes, shown):
+        for task, rows in curves.items():
+            sel = [i for i, name in enumerate(rows["quantity"]) if name == q]
+            x = np.array([rows["iteration"][i] for i in sel])
+            mean, lo, hi = (np.array([rows[c][i] for i in sel], dtype=float) for c in ("mean", "ci_low", "ci_high"))
+            (line,) = ax.plot(x, mean, "o-", label=task, ms=3)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+            if q == "overlap":
+                sel_r = [i for i, name in enumerate(rows["quantity"]) if name == "overlap_random"]
+                ax.plot(x, [rows["mean"][i] for i in sel_r], ":", color="k", lw=0.8)
+        ax.set(xlabel="PPO iteration", title=f"{q} ({layer})")
+        ax.axhline(0, color="k", lw=0.4)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
+    from rayexp.figures import plt
+
+    conds = ("factor0", "factor1", "both", "random0", "random1", "random_both")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    width = 0.8 / max(len(ablations), 1)
+    for ax, model in zip(axes, ("pre", "post")):
+        for j, (task, rows) in enumerate(ablations.items()):
+            idx = {
+                (rows["condition"][i]): i
+                for i in range(len(rows["model"]))
+                if rows["model"][i] == model and rows["layer"][i] == layer and rows["quantity"][i] == "removed"
+            }
+            mean = np.array([rows["mean"][idx[c]] if c in idx else np.nan for c in conds], dtype=float)
+            lo = np.array([rows["ci_low"][idx[c]] if c in idx else np.nan for c in conds], dtype=float)
+            hi = np.array([rows["ci_high"][idx[c]] if c in idx else np.nan for c in conds], dtype=float)
+            x = np.arange(len(conds)) + (j - (len(ablations) - 1) / 2) * width
+            err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
+            ax.bar(x, mean, width, yerr=err, label=task, capsize=2)
+        ax.set_xticks(np.arange(len(conds)), conds, rotation=30, fontsize=8)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(title=f"{model}-RL: share of reward removed ({layer})", ylabel="removed share")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
