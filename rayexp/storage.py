@@ -3,15 +3,40 @@
 One small wrapper so the pretrain cache, the sweep state and the trial artifacts read and write
 the same way everywhere; readers that need a real file (``torch.load``) get a local path, which
 for remote storage is a download into a scratch directory.
+
+Checksums: ``put(..., checksum=True)`` stores a sidecar ``{name}.sha256`` (SHA-256 of the bytes, in
+coreutils' ``sha256sum`` format, the same sidecar ``models/checkpoint.py`` writes next to every
+checkpoint) and :meth:`Storage.verify` checks a stored file against it. The pretrain cache and the
+policy checkpoints use them, so a file that changed after it was written is found, never used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class CorruptFile(ValueError):
+    """A stored file whose bytes are not those its checksum recorded (or that lacks a checksum)."""
+
+
+def sha256_local(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digest_of_sidecar(text: str) -> str:
+    words = text.split()
+    return words[0] if words else ""  # an empty sidecar (cut short) matches nothing
 
 
 def filesystem(storage_path: str):
@@ -62,19 +87,64 @@ class Storage:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=True))
         return sum(int(i.size or 0) for i in infos if i.type == pafs.FileType.File)
 
-    def put(self, local: str | Path, rel: str) -> None:
-        """Copy a local file to ``rel`` (written to a temporary name first where the store allows it)."""
+    def put(self, local: str | Path, rel: str, checksum: bool = False) -> None:
+        """Copy a local file to ``rel`` (written to a temporary name first where the store allows it).
+
+        ``checksum``: also store ``rel.sha256``. A sidecar already next to the local file (every
+        checkpoint has one) is checked first, so bytes that changed between writing and storing
+        are refused (CorruptFile) rather than given a checksum that vouches for them.
+        """
         self.fs.create_dir(self.path(rel).rsplit("/", 1)[0], recursive=True)
+        if checksum:
+            digest = sha256_local(local)
+            side = Path(str(local) + CHECKSUM_SUFFIX)
+            if side.exists() and _digest_of_sidecar(side.read_text()) != digest:
+                raise CorruptFile(f"{local}: its bytes no longer match the checksum written with it")
+            # the sidecar before the file: a reader never finds a checked file without its sidecar
+            self._write(f"{rel}{CHECKSUM_SUFFIX}", f"{digest}  {rel.rsplit('/', 1)[-1]}\n".encode())
+        with open(local, "rb") as src:
+            self._write(rel, src)
+
+    def _write(self, rel: str, data) -> None:
         tmp = self.path(rel) + ".tmp" if self.local is not None else self.path(rel)
-        with open(local, "rb") as src, self.fs.open_output_stream(tmp) as out:
-            shutil.copyfileobj(src, out)
+        with self.fs.open_output_stream(tmp) as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out)
         if tmp != self.path(rel):
             self.fs.move(tmp, self.path(rel))  # a reader never sees a half-written file
 
-    def put_tree(self, local_dir: str | Path, rel: str) -> None:
+    def put_tree(self, local_dir: str | Path, rel: str, checksum: bool = False) -> None:
+        """Every file under ``local_dir`` to ``rel/...``; with ``checksum``, local sidecars are
+        checked and stored sidecars written for every file (see :meth:`put`)."""
         for f in sorted(Path(local_dir).rglob("*")):
-            if f.is_file():
-                self.put(f, f"{rel}/{f.relative_to(local_dir).as_posix()}")
+            if f.is_file() and not (checksum and f.name.endswith(CHECKSUM_SUFFIX)):
+                self.put(f, f"{rel}/{f.relative_to(local_dir).as_posix()}", checksum=checksum)
+
+    def sha256(self, rel: str) -> str:
+        """SHA-256 of a stored file's bytes (streamed: nothing is downloaded to disk)."""
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def verify(self, rel: str) -> str | None:
+        """None when ``rel`` matches its stored sidecar, else what is wrong, in one line naming it."""
+        if not self.exists(rel):
+            return f"{self.path(rel)}: missing"
+        if not self.exists(rel + CHECKSUM_SUFFIX):
+            return f"{self.path(rel)}: no checksum recorded (written before checksums, or cut short)"
+        with self.fs.open_input_stream(self.path(rel + CHECKSUM_SUFFIX)) as f:
+            want = _digest_of_sidecar(f.read().decode(errors="replace"))
+        got = self.sha256(rel)
+        if got != want:
+            return (
+                f"{self.path(rel)}: sha256 {got[:12]} does not match the {want[:12] or 'empty'} recorded when it "
+                "was written (its bytes changed or were cut short)"
+            )
+        return None
 
     def write_json(self, rel: str, obj: Any) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -89,7 +159,8 @@ class Storage:
             return json.loads(f.read().decode())
 
     def local_file(self, rel: str) -> Path:
-        """A local path holding ``rel``: the file itself on local storage, else a downloaded copy."""
+        """A local path holding ``rel``: the file itself on local storage, else a downloaded copy
+        (with its checksum sidecar beside it, when it has one, so a reader can verify the copy)."""
         if self.local is not None:
             return Path(self.path(rel))
         if self._scratch is None:
@@ -97,8 +168,10 @@ class Storage:
         dest = self._scratch / rel
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with self.fs.open_input_stream(self.path(rel)) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out)
+            names = [rel] + ([rel + CHECKSUM_SUFFIX] if self.exists(rel + CHECKSUM_SUFFIX) else [])
+            for name in reversed(names):  # the sidecar first: `dest` existing means both are here
+                with self.fs.open_input_stream(self.path(name)) as src, open(self._scratch / name, "wb") as out:
+                    shutil.copyfileobj(src, out)
         return dest
 
     def delete(self, rel: str) -> None:
@@ -109,3 +182,5 @@ class Storage:
             self.fs.delete_dir(self.path(rel))
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path(rel))
+            if self.exists(rel + CHECKSUM_SUFFIX):
+                self.fs.delete_file(self.path(rel + CHECKSUM_SUFFIX))
