@@ -22,6 +22,11 @@ sizes)::
 ``trial_key`` is the trial's MLflow ``rayexp.trial_key`` tag, so a run and its files find each
 other. Everything that reads a trial (its own later stages, analyses, ``rayexp analyze``,
 ``rayexp report``) goes through :class:`TrialArtifacts`, which loads each piece lazily.
+
+Every ``.pt`` above and every file of a cache entry has a ``{name}.sha256`` sidecar, checked on every
+read (rayexp/storage.py, models/checkpoint.py): a changed or truncated checkpoint fails with one line
+naming it and is never loaded; a damaged cache entry is also moved aside, so the next trial that
+needs it pretrains it again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import math
 from typing import Any
 
 from rayexp.cache import CACHE_DIR as CACHE
+from rayexp.cache import PretrainCache
 from rayexp.settings import PPOSettings, TrialConfig
 from rayexp.specs import build_process
 from rayexp.storage import Storage
@@ -87,7 +93,7 @@ class TrialArtifacts:
         self.store.write_json(self._p("trial.json"), meta)
 
     def put_policy(self, local_path, iteration: int) -> None:
-        self.store.put(local_path, self._p(f"ppo/{policy_name(iteration)}"))
+        self.store.put(local_path, self._p(f"ppo/{policy_name(iteration)}"), checksum=True)
 
     def put_probe_table(self, table, phase: str) -> None:
         import tempfile
@@ -165,11 +171,19 @@ class TrialArtifacts:
         return build_process(self.env_config["process"])
 
     def _load(self, rel: str):
-        from models.checkpoint import load_checkpoint
+        from models.checkpoint import CorruptCheckpoint, load_checkpoint  # torch
 
         if not self.store.exists(rel):
             raise FileNotFoundError(f"{self.store.path(rel)}: not stored (retention setting, or the stage has not run)")
-        return load_checkpoint(self.store.local_file(rel))[0]
+        try:
+            return load_checkpoint(self.store.local_file(rel))[0]
+        except CorruptCheckpoint as err:
+            if rel.startswith(f"{CACHE}/"):
+                # this trial cannot pretrain again mid-stage, but no later trial may reuse the entry
+                PretrainCache(self.store.uri).repair(rel.split("/")[1])
+            # one line naming the stored file (a remote store's local copy is a scratch path)
+            local = str(self.store.local_file(rel))
+            raise CorruptCheckpoint(str(err).replace(local, self.store.path(rel))) from None
 
     @property
     def start_key(self) -> str | None:
