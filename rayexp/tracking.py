@@ -8,13 +8,20 @@ its run instead of creating a second one.
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db`` with artifacts
 in ``<cwd>/mlartifacts``. One SQLite file shared by many processes on one machine works
 (MLflow sets a busy timeout); clusters should use a tracking server.
+
+What researchers read first in the UI is the run list and a run's overview, so a trial's name starts
+with what tells it apart (:func:`trial_run_name`), and an across-trial result that judges trials (the
+verdict) is copied onto them as tags and a description, and onto the parent run as a markdown table
+(:func:`annotate_from_table`), instead of living only in metrics and figures folders deep.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -24,7 +31,20 @@ from typing import Any
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_KEY_TAG = "rayexp.trial_key"
 SWEEP_TAG = "rayexp.sweep"
+#: a run's description: the UI shows it on the run's overview (markdown) and in the run list
+DESCRIPTION_TAG = "mlflow.note.content"
 _RETRIES = 5
+
+
+def trial_run_name(task: str, seed: Any, process: str) -> str:
+    """``{task} s{seed} {process}``, e.g. ``positive_control s3 interleave(mess3,mess3)``.
+
+    MLflow's run list shows about the first 20 characters of a name. Within one sweep the process is
+    mostly shared and the task and seed are what differ, so they come first (a name led by the
+    process read ``interleave(mess…`` for every trial). Names need not be unique: the run is found
+    again by its ``rayexp.trial_key`` tag, and its start time is a column of its own.
+    """
+    return f"{task} s{seed} {process}"
 
 
 def tracking_uri() -> str:
@@ -173,6 +193,13 @@ class Run:
     def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
 
+    def describe(self, text: str, section: str | None = None) -> None:
+        """Set the run's description (markdown); with ``section``, only that block of it (:func:`with_section`)."""
+        if section is not None:
+            current = _retry(self.client.get_run, self.run_id).data.tags.get(DESCRIPTION_TAG, "")
+            text = with_section(current, section, text)
+        self.set_tags({DESCRIPTION_TAG: text})
+
     def finish(self, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, self.run_id, status)
 
@@ -219,3 +246,103 @@ def _is_number(v: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# results on the runs they judge: tags, descriptions, the parent's table
+
+
+def with_section(description: str, section: str, block: str) -> str:
+    """``description`` with its ``section`` block replaced by ``block`` (appended when absent).
+
+    A block is a paragraph led by ``**{section}`` (``**verdict: composition** (...)`` on a trial,
+    ``**verdict**`` and a table on the parent) and runs to the next such bold lead or the end, so
+    the run list's one-line preview of a trial's description is the verdict itself. What else the
+    description holds stays (the parent's starts with the sweep file's own description), and
+    writing the same section again replaces it rather than adding one.
+    """
+    if not block.startswith(f"**{section}"):
+        raise ValueError(f"a {section!r} block starts with '**{section}'")
+    block = block.strip() + "\n"
+    lead = rf"^\*\*{re.escape(section)}(?:\*\*|:)"
+    pattern = re.compile(rf"{lead}.*?(?=^\*\*[^\s*]|\Z)", re.DOTALL | re.MULTILINE)
+    if pattern.search(description):
+        return pattern.sub(lambda _: block + "\n", description, count=1).rstrip() + "\n"
+    return f"{description.rstrip()}\n\n{block}" if description.strip() else block
+
+
+def _fmt(value: Any) -> str:
+    """A table cell or tag value: numbers to 3 significant digits, the rest as text on one line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return " ".join(str(value).split())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A markdown table of ``rows`` restricted to ``columns`` (cells as :func:`_fmt`, pipes escaped)."""
+
+    def cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def trial_runs_of(uri: str, parent_run_id: str) -> dict[str, str]:
+    """{trial_key: run_id} of the trial runs nested under a sweep's parent run."""
+    c = client(uri)
+    exp_id = _retry(c.get_run, parent_run_id).info.experiment_id
+    found, token = {}, None
+    while True:
+        page = _retry(
+            c.search_runs,
+            [exp_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        found.update({r.data.tags[TRIAL_KEY_TAG]: r.info.run_id for r in page if TRIAL_KEY_TAG in r.data.tags})
+        token = page.token
+        if not token:
+            return found
+
+
+def annotate_from_table(
+    uri: str,
+    parent_run_id: str,
+    section: str,
+    rows: list[dict[str, Any]],
+    trials: dict[str, dict[str, Any]],
+    columns: list[str],
+) -> int:
+    """Put an across-trial result where the run list and the overview show it; returns the trial runs set.
+
+    ``rows``: the result's table (e.g. ``table.to_pylist()`` of the verdict table, one row per process
+    and task); ``trials``: for each trial key, its values in the columns that identify a row (e.g.
+    ``{"process": ..., "task": ...}``); ``columns``: what to show, the label first (e.g. ``verdict``,
+    then the numbers that decide it). Each trial run under the parent whose row is found gets the tag
+    ``rayexp.{section}`` (the label), ``rayexp.{section}.{column}`` for the others, and a
+    ``### {section}`` block in its description; the parent's description gets a block with the table.
+    Setting tags and a block again replaces them, so running the analysis twice changes nothing.
+    """
+    by_key = trial_runs_of(uri, parent_run_id)
+    done = 0
+    for key, ident in trials.items():
+        row = next((r for r in rows if all(_fmt(r.get(k)) == _fmt(v) for k, v in ident.items())), None)
+        if row is None or key not in by_key:
+            continue
+        label, rest = columns[0], columns[1:]
+        run = Run(uri, by_key[key])
+        run.set_tags(
+            {f"rayexp.{section}": _fmt(row.get(label))} | {f"rayexp.{section}.{c}": _fmt(row.get(c)) for c in rest}
+        )
+        summary = ", ".join(f"{c} {_fmt(row.get(c))}" for c in rest)
+        run.describe(f"**{section}: {_fmt(row.get(label))}**" + (f" ({summary})" if summary else ""), section)
+        done += 1
+    idents = list(dict.fromkeys(k for ident in trials.values() for k in ident))
+    table = markdown_table(rows, idents + [c for c in columns if c not in idents])
+    Run(uri, parent_run_id).describe(f"**{section}**\n\n{table}", section)
+    return done

@@ -1,5 +1,6 @@
 """What a finished sweep leaves behind, read through rayexp.artifacts; analyses as resumable
-stages; across-trial analyses on the parent run (embedded Ray on 127.0.0.1, tiny models)."""
+stages; across-trial analyses on the parent run (embedded Ray on 127.0.0.1, tiny models); what the
+MLflow run list shows of a trial (its name, the verdict's tags and description)."""
 
 import os
 import threading
@@ -100,3 +101,49 @@ def test_trial_killed_in_its_second_analysis_resumes_there(workdir):
             assert len(c.get_metric_history(run.info.run_id, key)) == 1 or key.startswith("ppo/"), key
     assert "analysis/policy_kl/policy_kl" in run.data.metrics
     assert "analysis:policy_kl done (6/6)" in out  # one progress line per stage, by name
+
+
+def test_trial_run_names_tell_trials_apart_in_their_first_20_characters():
+    names = [
+        tracking.trial_run_name(task, seed, "interleave(mess3(0.05,0.85),mess3(0.05,0.85))")
+        for task in ("negative_control", "positive_control", "shuffled_null")
+        for seed in range(5)
+    ]
+    assert names[8] == "positive_control s3 interleave(mess3(0.05,0.85),mess3(0.05,0.85))"
+    assert len({n[:20] for n in names}) == len(names)
+
+
+def test_a_verdict_table_lands_on_the_trial_runs_and_the_parent_description(workdir):
+    """The hook an across-trial analysis's driver calls (tracking.annotate_from_table): tags and a
+    description on each trial it judges, the table on the parent; running it twice changes nothing."""
+    uri = tracking.tracking_uri()
+    exp = tracking.experiment_id(uri, "annotate")
+    parent = tracking.start_parent_run(uri, exp, "sw", {}, {tracking.DESCRIPTION_TAG: "The sweep's own words."})
+    trials = {}
+    for task, seed in [("positive_control", 0), ("positive_control", 1), ("shuffled_null", 0)]:
+        key = f"{task}-{seed}"
+        tracking.TrialRun(uri, exp, parent, key, tracking.trial_run_name(task, seed, "mess3"), {}, {})
+        trials[key] = {"process": "mess3", "task": task}
+    trials["not-judged"] = {"process": "rrxor", "task": "positive_control"}  # no row: left alone
+    rows = [
+        {"process": "mess3", "task": "positive_control", "verdict": "composition", "score": 0.1234, "n_seeds": 2,
+         "reason": "margin | CI above 0.5", "other": 7.0},
+        {"process": "mess3", "task": "shuffled_null", "verdict": "inconclusive", "score": float("nan"), "n_seeds": 1,
+         "reason": "1 seed(s) < 2"},
+    ]  # fmt: skip
+    columns = ["verdict", "score", "n_seeds", "reason"]
+    for _ in range(2):
+        assert tracking.annotate_from_table(uri, parent, "verdict", rows, trials, columns) == 3
+    c = tracking.client(uri)
+    runs = {r.data.tags[tracking.TRIAL_KEY_TAG]: r for r in trial_runs(uri, "annotate")}
+    tags = runs["positive_control-1"].data.tags
+    assert tags["rayexp.verdict"] == "composition" and tags["rayexp.verdict.score"] == "0.123"
+    assert tags["rayexp.verdict.n_seeds"] == "2" and "rayexp.verdict.other" not in tags
+    assert tags[tracking.DESCRIPTION_TAG] == (
+        "**verdict: composition** (score 0.123, n_seeds 2, reason margin | CI above 0.5)\n"
+    )
+    assert runs["shuffled_null-0"].data.tags["rayexp.verdict.score"] == "nan"
+    assert runs["positive_control-0"].info.run_name == "positive_control s0 mess3"
+    text = c.get_run(parent).data.tags[tracking.DESCRIPTION_TAG]
+    assert text.startswith("The sweep's own words.\n\n**verdict**\n\n| process | task | verdict | score |")
+    assert text.count("**verdict**") == 1 and "margin \\| CI above 0.5" in text and "| mess3 | shuffled_null |" in text
