@@ -291,11 +291,11 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def trial_runs_of(uri: str, parent_run_id: str) -> dict[str, str]:
-    """{trial_key: run_id} of the trial runs nested under a sweep's parent run."""
+def trial_runs_of(uri: str, parent_run_id: str) -> list:
+    """The trial runs (mlflow.entities.Run) nested under a sweep's parent run."""
     c = client(uri)
     exp_id = _retry(c.get_run, parent_run_id).info.experiment_id
-    found, token = {}, None
+    found, token = [], None
     while True:
         page = _retry(
             c.search_runs,
@@ -304,7 +304,7 @@ def trial_runs_of(uri: str, parent_run_id: str) -> dict[str, str]:
             max_results=1000,
             page_token=token,
         )
-        found.update({r.data.tags[TRIAL_KEY_TAG]: r.info.run_id for r in page if TRIAL_KEY_TAG in r.data.tags})
+        found += list(page)
         token = page.token
         if not token:
             return found
@@ -315,34 +315,34 @@ def annotate_from_table(
     parent_run_id: str,
     section: str,
     rows: list[dict[str, Any]],
-    trials: dict[str, dict[str, Any]],
     columns: list[str],
+    match: tuple[str, ...] = ("process", "task"),
 ) -> int:
     """Put an across-trial result where the run list and the overview show it; returns the trial runs set.
 
-    ``rows``: the result's table (e.g. ``table.to_pylist()`` of the verdict table, one row per process
-    and task); ``trials``: for each trial key, its values in the columns that identify a row (e.g.
-    ``{"process": ..., "task": ...}``); ``columns``: what to show, the label first (e.g. ``verdict``,
-    then the numbers that decide it). Each trial run under the parent whose row is found gets the tag
-    ``rayexp.{section}`` (the label), ``rayexp.{section}.{column}`` for the others, and a
-    ``### {section}`` block in its description; the parent's description gets a block with the table.
-    Setting tags and a block again replaces them, so running the analysis twice changes nothing.
+    ``rows``: the result's table (e.g. the verdict table's ``to_pylist()``, one row per process and
+    task); ``columns``: what to show, the label first (e.g. ``verdict``, then the numbers that decide
+    it); ``match``: the columns that pick a trial's row, compared with the trial run's ``rayexp.{column}``
+    tags (``rayexp.process``, ``rayexp.task`` and ``rayexp.seed`` are on every trial run). Each trial
+    run under the parent whose row is found gets the tag ``rayexp.{section}`` (the label),
+    ``rayexp.{section}.{column}`` for the others, and a ``**{section}: ...**`` block in its description;
+    the parent's description gets a block with the table. Writing them again replaces them, so
+    running the analysis twice changes nothing.
     """
-    by_key = trial_runs_of(uri, parent_run_id)
     done = 0
-    for key, ident in trials.items():
-        row = next((r for r in rows if all(_fmt(r.get(k)) == _fmt(v) for k, v in ident.items())), None)
-        if row is None or key not in by_key:
+    for run in trial_runs_of(uri, parent_run_id):
+        tags = run.data.tags
+        row = next((r for r in rows if all(_fmt(r.get(k)) == tags.get(f"rayexp.{k}") for k in match)), None)
+        if row is None:
             continue
         label, rest = columns[0], columns[1:]
-        run = Run(uri, by_key[key])
-        run.set_tags(
+        target = Run(uri, run.info.run_id)
+        target.set_tags(
             {f"rayexp.{section}": _fmt(row.get(label))} | {f"rayexp.{section}.{c}": _fmt(row.get(c)) for c in rest}
         )
         summary = ", ".join(f"{c} {_fmt(row.get(c))}" for c in rest)
-        run.describe(f"**{section}: {_fmt(row.get(label))}**" + (f" ({summary})" if summary else ""), section)
+        target.describe(f"**{section}: {_fmt(row.get(label))}**" + (f" ({summary})" if summary else ""), section)
         done += 1
-    idents = list(dict.fromkeys(k for ident in trials.values() for k in ident))
-    table = markdown_table(rows, idents + [c for c in columns if c not in idents])
+    table = markdown_table(rows, list(match) + [c for c in columns if c not in match])
     Run(uri, parent_run_id).describe(f"**{section}**\n\n{table}", section)
     return done

@@ -115,16 +115,16 @@ def test_trial_run_names_tell_trials_apart_in_their_first_20_characters():
 
 def test_a_verdict_table_lands_on_the_trial_runs_and_the_parent_description(workdir):
     """The hook an across-trial analysis's driver calls (tracking.annotate_from_table): tags and a
-    description on each trial it judges, the table on the parent; running it twice changes nothing."""
+    description on each trial it judges (matched by the trial runs' process and task tags), the table
+    on the parent; running it twice changes nothing."""
     uri = tracking.tracking_uri()
     exp = tracking.experiment_id(uri, "annotate")
     parent = tracking.start_parent_run(uri, exp, "sw", {}, {tracking.DESCRIPTION_TAG: "The sweep's own words."})
-    trials = {}
-    for task, seed in [("positive_control", 0), ("positive_control", 1), ("shuffled_null", 0)]:
-        key = f"{task}-{seed}"
-        tracking.TrialRun(uri, exp, parent, key, tracking.trial_run_name(task, seed, "mess3"), {}, {})
-        trials[key] = {"process": "mess3", "task": task}
-    trials["not-judged"] = {"process": "rrxor", "task": "positive_control"}  # no row: left alone
+    for task, seed, process in [("positive_control", 0, "mess3"), ("positive_control", 1, "mess3"),
+                                ("shuffled_null", 0, "mess3"), ("positive_control", 0, "rrxor")]:  # fmt: skip
+        tags = {"rayexp.task": task, "rayexp.process": process, "rayexp.seed": str(seed)}  # as trial.py sets them
+        name = tracking.trial_run_name(task, seed, process)
+        tracking.TrialRun(uri, exp, parent, f"{process}-{task}-{seed}", name, {}, tags)
     rows = [
         {"process": "mess3", "task": "positive_control", "verdict": "composition", "score": 0.1234, "n_seeds": 2,
          "reason": "margin | CI above 0.5", "other": 7.0},
@@ -133,17 +133,18 @@ def test_a_verdict_table_lands_on_the_trial_runs_and_the_parent_description(work
     ]  # fmt: skip
     columns = ["verdict", "score", "n_seeds", "reason"]
     for _ in range(2):
-        assert tracking.annotate_from_table(uri, parent, "verdict", rows, trials, columns) == 3
+        assert tracking.annotate_from_table(uri, parent, "verdict", rows, columns) == 3  # rrxor: no row
     c = tracking.client(uri)
     runs = {r.data.tags[tracking.TRIAL_KEY_TAG]: r for r in trial_runs(uri, "annotate")}
-    tags = runs["positive_control-1"].data.tags
+    tags = runs["mess3-positive_control-1"].data.tags
     assert tags["rayexp.verdict"] == "composition" and tags["rayexp.verdict.score"] == "0.123"
     assert tags["rayexp.verdict.n_seeds"] == "2" and "rayexp.verdict.other" not in tags
     assert tags[tracking.DESCRIPTION_TAG] == (
         "**verdict: composition** (score 0.123, n_seeds 2, reason margin | CI above 0.5)\n"
     )
-    assert runs["shuffled_null-0"].data.tags["rayexp.verdict.score"] == "nan"
-    assert runs["positive_control-0"].info.run_name == "positive_control s0 mess3"
+    assert runs["mess3-shuffled_null-0"].data.tags["rayexp.verdict.score"] == "nan"
+    assert "rayexp.verdict" not in runs["rrxor-positive_control-0"].data.tags
+    assert runs["mess3-positive_control-0"].info.run_name == "positive_control s0 mess3"
     text = c.get_run(parent).data.tags[tracking.DESCRIPTION_TAG]
     assert text.startswith("The sweep's own words.\n\n**verdict**\n\n| process | task | verdict | score |")
     assert text.count("**verdict**") == 1 and "margin \\| CI above 0.5" in text and "| mess3 | shuffled_null |" in text
