@@ -11,9 +11,9 @@ a training step (:func:`train_memory_bytes`) bounds the combinations that each m
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 # Documented maxima of the size fields (see the module docstring for why they exist).
 MAX_N_CTX = 4096  # the CPU attention kernel keeps a (B, H, T, T) pattern; HMM beliefs need short contexts
@@ -25,6 +25,13 @@ MAX_D_MLP = 16384  # 4 x MAX_D_MODEL
 MAX_D_VOCAB = 65536  # GPT-2's tokenizer fits; the processes here emit tens of tokens
 MAX_BATCH = 65536  # sequences per update (pretraining) or rows per SGD step (PPO minibatch)
 MAX_STEPS = 10_000_000  # 2000 steps train the flagship model; a few extra zeros are a typo
+# RLlib seeds numpy's global generator (seeds < 2**32) with a seed plus offsets; 2**31 leaves room.
+MAX_SEED = 2**31 - 1
+
+#: Strict and finite: ``true`` is not the integer 1, "2" is not a number, and inf / nan are no value
+#: a training run can use (they pass every ``ge=`` bound and train nothing).
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_Beta = Annotated[float, Field(ge=0, lt=1)]
 
 BYTES_PER_FLOAT = 4  # float32 weights, grads, optimizer state and activations (CUDA autocast halves the last)
 
@@ -32,7 +39,7 @@ BYTES_PER_FLOAT = 4  # float32 weights, grads, optimizer state and activations (
 class TransformerConfig(BaseModel):
     """Architecture of :class:`models.transformer.Transformer`. Defaults are the Mess3 model of Shai et al. (2024)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
     n_layers: int = Field(4, ge=1, le=MAX_N_LAYERS, description=f"number of transformer blocks (<= {MAX_N_LAYERS})")
     d_model: int = Field(64, ge=1, le=MAX_D_MODEL, description=f"width of the residual stream (<= {MAX_D_MODEL})")
@@ -57,7 +64,7 @@ class TransformerConfig(BaseModel):
 class PretrainConfig(BaseModel):
     """Training settings of :func:`models.pretrain.pretrain`; every field is validated and unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**STRICT)
 
     steps: int = Field(2000, ge=0, le=MAX_STEPS, description=f"optimizer updates (<= {MAX_STEPS:_})")
     batch_size: int = Field(
@@ -72,7 +79,10 @@ class PretrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW (fused kernel) or SGD")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (ignored by AdamW)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    # Strict(False): a YAML or JSON list is a tuple here (each beta stays strict and finite)
+    betas: Annotated[tuple[_Beta, _Beta], Strict(False)] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1)"
+    )
     schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to min_lr_frac * lr, or constant"
     )
@@ -80,9 +90,9 @@ class PretrainConfig(BaseModel):
     min_lr_frac: float = Field(0.1, ge=0, le=1, description="final lr of the cosine schedule, as a fraction of lr")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this; None = off")
     weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) or L2 (SGD) weight decay")
-    seed: int = Field(0, description="seeds the initialisation and the data stream")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"seeds the initialisation and the data stream (<= {MAX_SEED})")
     eval_every: int = Field(100, ge=1, description="report metrics (history, callback, progress) every N updates")
-    checkpoint_steps: list[int] = Field(
+    checkpoint_steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(
         default_factory=list, description="save a checkpoint after these updates (0 = at init); needs out_dir"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
@@ -107,6 +117,15 @@ class PretrainConfig(BaseModel):
         if self.optimizer == "adamw":
             return 2
         return 1 if self.momentum > 0 else 0
+
+
+def hook_names(cfg: TransformerConfig) -> list[str]:
+    """Hook names of ``Transformer(cfg)``, in forward order (``models.transformer.hook_names_for``
+    gives the same list; here so a driver checks ``probe.hooks`` without torch)."""
+    names = ["hook_embed"]
+    for i in range(cfg.n_layers):
+        names += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_mid", f"blocks.{i}.hook_resid_post"]
+    return names + ["ln_final.hook_normalized"]
 
 
 def param_count(cfg: TransformerConfig) -> int:

@@ -36,6 +36,8 @@ def first_error(err: ValidationError) -> tuple[str, str]:
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif e["type"] == "value_error":  # a validator's own message, which names what it got
+        msg = msg.removeprefix("Value error, ")
     elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
         msg = f"{msg} (got {e['input']!r})"
     path = ""

@@ -6,7 +6,8 @@ trains. Unknown keys are an error in every section. What needs more than one sec
 lengths against ``model.n_ctx``, process vocabularies, estimated memory, analysis parameters) is
 checked in :mod:`rayexp.config`, which also resolves the trials.
 
-Sizes have documented maxima (``le=`` bounds, see :mod:`models.config` for why).
+Sizes have documented maxima (``le=`` bounds, see :mod:`models.config` for why). Every section is
+strict and finite (``models.config.STRICT``): ``true`` is no integer, inf and nan no number.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     create_model,
     field_serializer,
     field_validator,
@@ -25,17 +27,31 @@ from pydantic import (
     model_validator,
 )
 
-from models.config import MAX_BATCH, MAX_D_MLP, MAX_D_VOCAB, MAX_N_CTX, MAX_STEPS, PretrainConfig, TransformerConfig
+from models.config import (
+    MAX_BATCH,
+    MAX_D_MLP,
+    MAX_D_VOCAB,
+    MAX_N_CTX,
+    MAX_SEED,
+    MAX_STEPS,
+    STRICT,
+    PretrainConfig,
+    TransformerConfig,
+)
 
 MAX_TRAIN_BATCH = 1_000_000  # env steps per PPO iteration; RLlib holds the whole batch in memory
 MAX_ENVS_PER_RUNNER = 4096  # one batched forward steps them all; more only adds latency
 MAX_ENV_RUNNERS = 1024
 MAX_PROBE_SEQ = 200_000  # the ridge fit holds n_seq x seq_len rows per hook; scores settle far earlier
 MAX_EPISODE_LEN = 1_000_000
+MAX_EPOCHS = 10_000
+MAX_TRIALS = 10_000  # trials of one sweep; validation checks each, and Tune keeps each one's state
+#: CPUs of one RLlib env runner (rayexp.ppo); the trial reserves them beside its own (rayexp.sweep)
+CPUS_PER_ENV_RUNNER = 1.0
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**STRICT)
 
 
 class PPOSettings(_Strict):
@@ -55,8 +71,8 @@ class PPOSettings(_Strict):
     kl_to_pretrained: float = Field(
         0.0, ge=0, description="fixed coefficient of KL(policy || frozen pretrained policy) added to the loss"
     )
-    grad_clip: float | None = Field(1.0, description="global gradient-norm clip (None: off)")
-    num_epochs: int = Field(4, ge=1, description="passes over each train batch")
+    grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (None: off)")
+    num_epochs: int = Field(4, ge=1, le=MAX_EPOCHS, description=f"passes over each train batch (<= {MAX_EPOCHS})")
     minibatch_size: int = Field(
         500, ge=1, le=MAX_BATCH, description=f"rows per SGD step (<= train_batch_size, <= {MAX_BATCH})"
     )
@@ -75,15 +91,19 @@ class PPOSettings(_Strict):
     )
     iterations: int = Field(10, ge=1, le=MAX_STEPS, description="training iterations")
     checkpoint_every: int = Field(
-        1, ge=0, description="save the PPO state every N iterations so a killed trial resumes there (0: never)"
+        1,
+        ge=0,
+        le=MAX_STEPS,
+        description="save the PPO state every N iterations; a killed trial resumes there (0: never)",
     )
     save_every: int = Field(
         5,
         ge=0,
+        le=MAX_STEPS,
         description="store a policy checkpoint (pretraining checkpoint format) every N PPO iterations, "
         "plus the final one; 0 = final only",
     )
-    seed: int = Field(0, description="seed of RLlib, envs and torch; in a sweep, unset = the trial's seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of RLlib, envs and torch; unset = the trial's seed")
     value_hidden: int = Field(
         64, ge=0, le=MAX_D_MLP, description="hidden width of the value MLP (0: linear value head)"
     )
@@ -216,7 +236,7 @@ class StartFrom(_Strict):
     reward: str = Field(description="M_A's reward (envs.rewards.REWARDS), e.g. next_token.")
     reward_params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of that reward.")
     iterations: int = Field(gt=0, le=100_000, description="PPO iterations that train M_A.")
-    seed: int = Field(default=0, ge=0, description="M_A's PPO seed (not the trial's: the trials share M_A).")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="M_A's PPO seed (not the trial's: trials share M_A).")
 
 
 class TaskConfig(_Strict):
@@ -259,7 +279,7 @@ class TaskConfig(_Strict):
         default=None, gt=0, le=MAX_EPISODE_LEN, description="Steps per episode; null = context."
     )
     action_tokens: list[int] | None = Field(
-        default=None, description="Token ids the policy may emit; null = the RL stream's whole vocabulary."
+        default=None, description="Distinct token ids the policy may emit; null = the RL stream's whole vocabulary."
     )
     ppo: PPOOverrides = Field(
         default_factory=PPOOverrides,
@@ -270,6 +290,15 @@ class TaskConfig(_Strict):
         description="Post-train from M_A (the pretrained model after PPO on start_from.reward in this env) instead "
         "of the pretrained model; 'before' then means M_A for every stage and analysis.",
     )
+
+    @field_validator("action_tokens")
+    @classmethod
+    def _distinct(cls, tokens: list[int] | None) -> list[int] | None:
+        # a repeated token is two policy outputs with one meaning: PPO's ratio and KL collapse
+        repeated = sorted({t for t in tokens or [] if tokens.count(t) > 1})
+        if repeated:
+            raise ValueError(f"token(s) {repeated} listed more than once; each action is one distinct token")
+        return tokens
 
 
 class BaseTrial(_Strict):
@@ -298,7 +327,7 @@ class BaseTrial(_Strict):
     artifacts: ArtifactSettings = Field(
         default_factory=ArtifactSettings, description="What the trial stores for later analyses."
     )
-    seed: int = Field(default=0, ge=0, description="Seed of every stochastic step (pretrain, probes, PPO).")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of every stochastic step (pretrain, probes, PPO)")
 
     @field_serializer("model", "pretrain", "ppo", mode="wrap")
     def _as_written(self, section: BaseModel, handler: Any) -> dict[str, Any]:
@@ -317,9 +346,12 @@ class TrialConfig(BaseTrial):
 class Distribution(_Strict):
     """A sampled axis: exactly one of the keys."""
 
-    uniform: tuple[float, float] | None = Field(default=None, description="[low, high], uniform.")
-    loguniform: tuple[float, float] | None = Field(default=None, description="[low, high], log-uniform, low > 0.")
-    randint: tuple[int, int] | None = Field(default=None, description="[low, high), integers.")
+    # Strict(False): the YAML list [low, high] is the pair (each end stays strict and finite)
+    uniform: Annotated[tuple[float, float], Strict(False)] | None = Field(default=None, description="[low, high].")
+    loguniform: Annotated[tuple[float, float], Strict(False)] | None = Field(
+        default=None, description="[low, high], log-uniform, low > 0."
+    )
+    randint: Annotated[tuple[int, int], Strict(False)] | None = Field(default=None, description="[low, high), ints.")
     choice: list[Any] | None = Field(default=None, min_length=1, description="Values drawn uniformly.")
 
     @model_validator(mode="after")
@@ -359,7 +391,9 @@ class Axes(_Strict):
 
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination is run.")
     sample: dict[str, Distribution] = Field(default_factory=dict, description="Drawn num_samples times.")
-    num_samples: int = Field(default=1, ge=1, description="Repeats of the grid (each with fresh samples).")
+    num_samples: int = Field(
+        default=1, ge=1, le=MAX_TRIALS, description="Repeats of the grid (each with fresh samples)."
+    )
 
     @field_validator("grid")
     @classmethod
@@ -374,10 +408,17 @@ class Resources(_Strict):
     """Resources of one trial (one Tune trial = one Ray actor holding them)."""
 
     cpu: float = Field(default=1.0, gt=0, description="CPUs per trial.")
-    gpu: float = Field(default=0.0, ge=0, description="GPUs per trial; fractions share a device.")
-    custom: dict[str, float] = Field(
+    gpu: float = Field(default=0.0, ge=0, description="GPUs per trial; fractions (< 1) share a device.")
+    custom: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="Custom Ray resources per trial, e.g. {node_a: 0.01} to pin trials."
     )
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_past_one(cls, gpu: float) -> float:
+        if gpu > 1 and not gpu.is_integer():  # Ray refuses it, but only once the trial is scheduled
+            raise ValueError(f"more than 1 GPU must be a whole number, got {gpu}")
+        return gpu
 
 
 class SweepConfig(_Strict):
@@ -392,7 +433,9 @@ class SweepConfig(_Strict):
     )
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
     max_concurrent: int | None = Field(default=None, ge=1, description="Cap on trials running at once.")
-    max_failures: int = Field(default=2, ge=0, description="Retries of a failed trial, from its last checkpoint.")
+    max_failures: int = Field(
+        default=2, ge=0, le=100, description="Retries of a failed trial, from its last checkpoint."
+    )
     base: BaseTrial = Field(description="The base trial config.")
     tasks: list[TaskConfig] = Field(min_length=1, description="RL tasks; each is an implicit grid axis.")
     axes: Axes = Field(default_factory=Axes, description="Grid and sampled axes over the base trial.")
