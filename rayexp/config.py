@@ -8,7 +8,10 @@ across-trial analyses. Each section's fields are declared once, in :mod:`rayexp.
 problem back to where the file wrote it. Nothing here imports torch or RLlib.
 
 `load_sweep(path)` raises `SweepError` whose message is ONE line:
-``FILE: FIELD.PATH: what is wrong``.
+``FILE: FIELD.PATH: what is wrong``. A file is read only if it is UTF-8, at most
+:data:`MAX_FILE_BYTES`, nested at most :data:`MAX_DEPTH` deep, expands (anchors and aliases counted
+each time they are used) to at most :data:`MAX_NODES` values and repeats no key; a sweep has at
+most :data:`~rayexp.settings.MAX_TRIALS` trials, counted before any is built.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +32,19 @@ from pydantic import ValidationError
 from rayexp.checks import (  # noqa: F401  (MEMORY_ENV, check_memory: importable from here as before)
     MEMORY_ENV,
     check_analyses,
+    check_finite,
     check_lr,
     check_memory,
+    check_placement,
+    check_storage,
     check_trial,
     memory_budget_gb,
+    trial_bundles,
 )
 from rayexp.registry import get as get_analysis
 from rayexp.resolved import FieldError, ResolvedTrial, first_error, ppo_settings, resolve, task_process  # noqa: F401
 from rayexp.settings import (  # noqa: F401  (the schema names, importable from here as before)
+    MAX_TRIALS,
     AnalysisRef,
     Axes,
     BaseTrial,
@@ -50,6 +60,11 @@ from rayexp.specs import build_process, process_label  # noqa: F401  (importable
 
 #: episodes stored when an analysis needs rollouts and the sweep file asks for fewer
 MIN_ROLLOUTS = 256
+# The shipped sweeps are a few kB; these caps stop a runaway or hostile file before it costs
+# memory, a RecursionError (deep nesting) or an exponential expansion (a "billion laughs" of aliases).
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
 
 
 class SweepError(ValueError):
@@ -91,6 +106,17 @@ def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep.axes.grid[k] for k in keys))]
 
 
+def _check_count(sweep: SweepConfig, file: str, repeats: list[int], what: str) -> None:
+    """Refuse more than MAX_TRIALS rows from the axes' sizes alone, before a single row is built."""
+    sizes = [len(v) for v in sweep.axes.grid.values()] + [r for r in repeats if r != 1] + [len(sweep.tasks)]
+    if math.prod(sizes) > MAX_TRIALS:
+        raise SweepError(
+            file,
+            "axes",
+            f"{' x '.join(map(str, sizes))} = {math.prod(sizes):_} {what} exceed the cap of {MAX_TRIALS:_}",
+        )
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {"a.b.c": leaf}; lists become JSON so MLflow params stay one value each."""
     out: dict[str, Any] = {}
@@ -117,7 +143,8 @@ def _where(path: str, overrides: dict[str, Any], sweep: SweepConfig, task_index:
     for dotted, value in overrides.items():
         if path == dotted or path.startswith((dotted + ".", dotted + "[")):
             if dotted in sweep.axes.grid:
-                i = next(i for i, v in enumerate(sweep.axes.grid[dotted]) if v == value)
+                # the override is the axis's own object: identity also finds a nan, which equals nothing
+                i = next(i for i, v in enumerate(sweep.axes.grid[dotted]) if v is value or v == value)
                 return f"axes.grid.{dotted}[{i}]{path[len(dotted) :]}"
             return f"axes.sample.{dotted}{path[len(dotted) :]}"
     return f"base.{path}"
@@ -198,7 +225,10 @@ def _resolve_points(sweep: SweepConfig, file: str, overrides_list: list[dict[str
 
 def validate_sweep(sweep: SweepConfig, file: str) -> list[TrialConfig]:
     """Resolve and check every grid point x task, sampled axes at their endpoints."""
+    _check_count(sweep, file, [sweep.axes.num_samples], "trials (grid axes x samples x tasks)")
     sampled = [[(k, v) for v in dist.endpoints()] for k, dist in sweep.axes.sample.items()]
+    ends = [len(values) for values in sampled]
+    _check_count(sweep, file, ends, "rows to validate (grid axes x sampled axes' end points and choices x tasks)")
     overrides = [{**point, **dict(combo)} for point in grid_points(sweep) for combo in itertools.product(*sampled)]
     return [p.trial.config for p in _resolve_points(sweep, file, overrides)]
 
@@ -206,6 +236,7 @@ def validate_sweep(sweep: SweepConfig, file: str) -> list[TrialConfig]:
 def sweep_points(sweep: SweepConfig, file: str) -> list[Point]:
     """The sweep's trials as they will run: each grid point ``axes.num_samples`` times, sampled axes
     drawn here (a generator seeded by ``base.seed``, so a sweep file names its trials exactly)."""
+    _check_count(sweep, file, [sweep.axes.num_samples], "trials (grid axes x samples x tasks)")
     rng = np.random.default_rng(sweep.base.seed)
     overrides = [
         {**point, **{k: dist.draw(rng) for k, dist in sweep.axes.sample.items()}}
@@ -215,9 +246,83 @@ def sweep_points(sweep: SweepConfig, file: str) -> list[Point]:
     return _resolve_points(sweep, file, overrides)
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading the file
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Refused(Exception):
+    def __init__(self, line: int, message: str):
+        self.line, self.message = line, message
+
+
+class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """Safe loading that refuses a repeated key (YAML keeps the last one silently) and reads
+    ``1e-3`` as the number YAML 1.2 says it is, not as a string."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden, by design
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _Refused(line, f"duplicate key {key!r} at line {line} (first at line {seen[key]})")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the constructor below says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _check_shape(text: str) -> None:
+    """Depth and expanded size from the parser's events, which need no recursion and share nothing:
+    an alias counts its anchor's whole subtree each time it is used, so a "billion laughs" is
+    refused after reading it once, not after expanding it."""
+    sizes: dict[str, int] = {}
+    open_: list[list[Any]] = []  # [anchor, values so far] of each open collection
+    total = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(open_) >= MAX_DEPTH:
+                raise _Refused(line, f"nested more than {MAX_DEPTH} levels deep")
+            open_.append([event.anchor, 1])
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, n = open_.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, n = None, sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, n = event.anchor, 1
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = n
+        if open_:
+            open_[-1][1] += n
+        else:
+            total += n
+        if (open_[-1][1] if open_ else total) > MAX_NODES:
+            raise _Refused(
+                line,
+                f"the document expands to more than {MAX_NODES:_} values, each alias counted as the whole "
+                "anchor it repeats; write the values out instead",
+            )
+
+
 def parse_sweep(text: str, file: str) -> SweepConfig:
     try:
-        raw = yaml.safe_load(text)
+        _check_shape(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except _Refused as err:
+        raise SweepError(file, f"line {err.line}", err.message) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "yaml"
@@ -242,15 +347,27 @@ def parse_sweep(text: str, file: str) -> SweepConfig:
 
 def _read(path: str | Path) -> SweepConfig:
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # never more: the file may be huge, or endless
     except OSError as err:
         raise SweepError(str(path), "", f"cannot read: {err.strerror or err}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SweepError(str(path), "", f"larger than {MAX_FILE_BYTES:_} bytes; a sweep file is a few kB of YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = f"byte {err.start} ({raw[err.start : err.start + 1]!r})"
+        raise SweepError(str(path), "", f"not UTF-8 text at {where}; save the file as UTF-8") from None
     return parse_sweep(text, str(path))
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, list[TrialConfig]]:
     """Read, parse and fully validate a sweep file. Raises SweepError (one line)."""
     sweep = _read(path)
+    try:
+        check_storage(sweep.storage_path)
+    except FieldError as err:
+        raise SweepError(str(path), err.path, err.message) from None
     return sweep, validate_sweep(sweep, str(path))
 
 
@@ -261,15 +378,26 @@ def load_points(path: str | Path) -> tuple[SweepConfig, list[Point]]:
     return sweep, sweep_points(sweep, str(path))
 
 
-def check_cluster(sweep: SweepConfig, file: str, cluster: dict[str, float], nodes: list[dict[str, float]]) -> None:
-    """Checks that need a connected cluster (run after ray.init, before any trial starts)."""
-    res = sweep.resources
-    if res.gpu > 0 and cluster.get("GPU", 0) <= 0:
-        raise SweepError(file, "resources.gpu", f"{res.gpu} GPU per trial requested but the cluster has no GPU")
-    fits = [n for n in nodes if n.get("CPU", 0) >= res.cpu and n.get("GPU", 0) >= res.gpu]
-    if not fits:
-        most = max((n.get("CPU", 0) for n in nodes), default=0)
-        raise SweepError(file, "resources.cpu", f"{res.cpu} CPUs per trial but the largest node has {most}")
-    for name, amount in res.custom.items():
-        if cluster.get(name, 0) < amount:
-            raise SweepError(file, f"resources.custom.{name}", f"resource {name!r} is not on the cluster")
+def env_runners(sweep: SweepConfig, points: list[Point]) -> tuple[int, str]:
+    """The most remote env runners any trial starts (every trial reserves that many: rayexp.sweep),
+    and where the sweep file sets that number."""
+    if not points:
+        return 0, "base.ppo.num_env_runners"
+    point = max(points, key=lambda p: p.trial.ppo.num_env_runners)
+    task = point.trial.config.task
+    path = "task.ppo.num_env_runners" if "num_env_runners" in task.ppo.model_fields_set else "ppo.num_env_runners"
+    index = [t.name for t in sweep.tasks].index(task.name)
+    return point.trial.ppo.num_env_runners, _where(path, point.axes, sweep, index)
+
+
+def check_cluster(
+    sweep: SweepConfig, file: str, nodes: list[dict[str, float]], points: list[Point] | None = None
+) -> None:
+    """Checks that need a connected cluster (run after ray.init, before any trial starts): every
+    resource a trial holds (its own, and its env runners' CPUs) placeable on the alive ``nodes``
+    (each node's total resources, as ``ray.nodes()`` lists them)."""
+    runners, where = env_runners(sweep, points or [])
+    try:
+        check_placement(trial_bundles(sweep.resources, runners), nodes, where)
+    except FieldError as err:
+        raise SweepError(file, err.path, err.message) from None

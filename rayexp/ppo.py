@@ -44,7 +44,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from envs.gym_env import EnvConfig, action_tokens, make_env
 from models.checkpoint import load_checkpoint
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
-from rayexp.settings import PPOSettings  # declared there, torch-free, for the sweep validator
+from rayexp.settings import CPUS_PER_ENV_RUNNER, PPOSettings  # declared there, torch-free, for the sweep validator
 
 ENV_NAME = "rayexp-sequence-v0"
 logger = logging.getLogger(__name__)
@@ -95,10 +95,11 @@ def build_ppo_config(settings: PPOSettings, env_config: dict, checkpoint_path: s
         .env_runners(
             num_env_runners=settings.num_env_runners,
             num_envs_per_env_runner=settings.num_envs_per_env_runner,
-            num_cpus_per_env_runner=1,
+            num_cpus_per_env_runner=CPUS_PER_ENV_RUNNER,  # what the trial reserves per runner (rayexp.sweep)
             # RLlib then calls the creator with num_envs: one numpy-vectorised env, not N copies.
             gym_env_vectorize_mode="vector_entry_point",
         )
+        # the learner is local: it trains in the trial's own process, on the trial's own resources
         .learners(num_learners=0, learner_class=TransformerPPOLearner)
         .rl_module(rl_module_spec=module_spec(settings, env_config, checkpoint_path))
         .training(

@@ -23,7 +23,16 @@ from typing import Any
 
 from rayexp import tracking
 from rayexp.analyze import run_analysis
-from rayexp.config import Point, SweepConfig, SweepError, check_cluster, flatten, load_points
+from rayexp.config import (
+    Point,
+    SweepConfig,
+    SweepError,
+    check_cluster,
+    env_runners,
+    flatten,
+    load_points,
+    trial_bundles,
+)
 from rayexp.ray_local import connect
 from rayexp.registry import STUDIES, SUMMARY_COLUMNS
 from rayexp.resolved import ResolvedTrial
@@ -82,12 +91,9 @@ def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
 def _resources(sweep: SweepConfig, points: list[Point]):
     from ray import tune  # Ray is imported only once the sweep file is valid
 
-    res = sweep.resources
-    head = {"CPU": res.cpu, "GPU": res.gpu, **res.custom}
-    runners = max(p.trial.ppo.num_env_runners for p in points)
     # RLlib env runners are extra actors; reserving them with the trial avoids a deadlock when
-    # every CPU is held by a trial waiting for its own runners.
-    return tune.PlacementGroupFactory([head] + [{"CPU": 1.0}] * runners)
+    # every CPU is held by a trial waiting for its own runners. check_cluster checks these bundles.
+    return tune.PlacementGroupFactory(trial_bundles(sweep.resources, env_runners(sweep, points)[0]))
 
 
 def trial_dirname(trial) -> str:
@@ -191,7 +197,7 @@ def run_sweep(
     connect(address, num_cpus)
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        check_cluster(sweep, path, ray.cluster_resources(), nodes)
+        check_cluster(sweep, path, nodes, points)
 
         uri = tracking.tracking_uri()
         exp_id = tracking.experiment_id(uri, sweep.experiment_name)

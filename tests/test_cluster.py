@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from test_sweep import tiny_sweep, trial_runs, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,3 +346,59 @@ def test_ray_job_submit_with_token_auth(cluster, tmp_path):
     # the job's driver (`rayexp run` under the job supervisor, in a session of its own) was watched
     assert watch.count(root=cluster["helper"], state="ESTAB", cmd="rayexp") > 0
     assert_loopback_only(watch)
+
+
+def _quickstart(tmp_path: Path, **edits) -> Path:
+    sweep = yaml.safe_load((ROOT / "sweeps/quickstart.yaml").read_text())
+    sweep["storage_path"] = str(tmp_path / "results")
+    for section, values in edits.items():
+        (sweep["base"] if section == "ppo" else sweep)[section].update(values)
+    path = tmp_path / "placement.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edits,error",
+    [
+        (  # each node has 1 CPU: the trial takes one node, its two runners find one CPU on the other
+            {"ppo": {"num_env_runners": 2}},
+            (
+                "base.ppo.num_env_runners: a trial holds 1 CPU + 2 env runners x 1 CPU = 3 CPUs, but the cluster "
+                "(2 CPUs on 2 node(s)) can place 1 env runners beside the trial's own CPUs"
+            ),
+        ),
+        ({"resources": {"custom": {"node_a": 1}}}, "resources.custom.node_a: 1 node_a per trial requested but "),
+        ({"resources": {"custom": {"head_node": 1, "worker_node": 1}}}, "resources: no node has 1 CPU, 1 head_node, 1"),
+    ],
+    ids=["env_runners", "custom_missing", "custom_split"],
+)
+def test_what_no_node_can_place_is_refused_before_any_trial(cluster, tmp_path, edits, error):
+    """Not a wait for resources that never come: exit 2, one line, no MLflow run, no results."""
+    path = _quickstart(tmp_path, **edits)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "rayexp", "run", str(path), "--address", cluster["address"]]
+    proc, _ = run_client(cmd, cluster["watch"], timeout=120, env={**cluster["env"], "MLFLOW_TRACKING_URI": uri})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: {error}"), errors
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
+def test_env_runners_past_the_local_machine_are_refused_before_any_trial(tmp_path, capsys, monkeypatch):
+    """The embedded Ray has this machine's CPUs; 1024 env runners need 1025 (1 for the trial)."""
+    import ray
+
+    from rayexp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = _quickstart(tmp_path, ppo={"num_env_runners": 1024})
+    assert main(["validate", str(path)]) == 0  # fine on paper: the cluster is not known yet
+    t0 = time.time()
+    assert main(["run", str(path)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "base.ppo.num_env_runners: a trial holds 1 CPU + 1024 env runners" in errors[0]
+    assert time.time() - t0 < 120 and not ray.is_initialized()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()

@@ -1,20 +1,24 @@
 """Sweep files: parsing, resolution of trials, and one-line errors for bad input."""
 
 import copy
+import re
 
 import pytest
 import yaml
 
+from rayexp.checks import check_placement
 from rayexp.config import (
     SweepError,
     check_cluster,
     flatten,
     grid_points,
+    load_points,
     load_sweep,
     parse_sweep,
     process_label,
     resolve_trial,
 )
+from rayexp.resolved import FieldError
 
 TINY = {
     "name": "tiny",
@@ -86,14 +90,47 @@ def test_sampled_axis_checked_at_its_bounds(tmp_path):
 def test_cluster_checks():
     sweep = parse_sweep(yaml.safe_dump({**TINY, "resources": {"cpu": 1, "gpu": 0.5}}), "f.yaml")
     with pytest.raises(SweepError, match=r"^f.yaml: resources.gpu: .*no GPU"):
-        check_cluster(sweep, "f.yaml", {"CPU": 2.0}, [{"CPU": 2.0}])
-    check_cluster(sweep, "f.yaml", {"CPU": 2.0, "GPU": 1.0}, [{"CPU": 2.0, "GPU": 1.0}])
+        check_cluster(sweep, "f.yaml", [{"CPU": 2.0}])
+    check_cluster(sweep, "f.yaml", [{"CPU": 2.0, "GPU": 1.0}])
     sweep = parse_sweep(yaml.safe_dump({**TINY, "resources": {"cpu": 4}}), "f.yaml")
-    with pytest.raises(SweepError, match="resources.cpu"):
-        check_cluster(sweep, "f.yaml", {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}])
+    with pytest.raises(SweepError, match="resources.cpu: 4 CPU per trial but the largest node has 2"):
+        check_cluster(sweep, "f.yaml", [{"CPU": 2.0}, {"CPU": 2.0}])
     sweep = parse_sweep(yaml.safe_dump({**TINY, "resources": {"custom": {"node_b": 0.1}}}), "f.yaml")
-    with pytest.raises(SweepError, match=r"resources.custom.node_b"):
-        check_cluster(sweep, "f.yaml", {"CPU": 2.0}, [{"CPU": 2.0}])
+    with pytest.raises(SweepError, match=r"resources.custom.node_b: .*no node_b"):
+        check_cluster(sweep, "f.yaml", [{"CPU": 2.0}])
+    sweep = parse_sweep(yaml.safe_dump({**TINY, "resources": {"cpu": 2, "gpu": 1}}), "f.yaml")
+    with pytest.raises(SweepError, match=r"^f.yaml: resources: no node has 2 CPU, 1 GPU at once"):
+        check_cluster(sweep, "f.yaml", [{"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}])
+
+
+def _points(tmp_path, data):
+    return load_points(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    "edit,runners,nodes,path",
+    [
+        ("base.ppo.num_env_runners", 64, [{"CPU": 2.0}], "base.ppo.num_env_runners"),
+        ("tasks.0.ppo", {"num_env_runners": 2}, [{"CPU": 2.0}], "tasks[0].ppo.num_env_runners"),
+        ("axes", {"grid": {"ppo.num_env_runners": [0, 3]}}, [{"CPU": 1.5}, {"CPU": 2.0}], None),
+    ],
+    ids=["base", "task", "axis"],
+)
+def test_the_cluster_check_counts_every_env_runner(tmp_path, edit, runners, nodes, path):
+    """A trial holds its own CPUs and one per env runner (the learner is local: in its own bundle)."""
+    sweep, points = _points(tmp_path, _set(copy.deepcopy(TINY), edit, runners))
+    path = path or "axes.grid.ppo.num_env_runners[1]"
+    with pytest.raises(SweepError, match=rf": {re.escape(path)}: a trial holds 1 CPU \+ \d+ env runners x 1 CPU"):
+        check_cluster(sweep, "f.yaml", nodes, points)
+    check_cluster(sweep, "f.yaml", [{"CPU": 1.0 + max(p.trial.ppo.num_env_runners for p in points)}], points)
+
+
+def test_env_runners_may_spread_over_nodes_but_the_trial_bundle_may_not():
+    bundles = [{"CPU": 2.0, "GPU": 1.0}] + [{"CPU": 1.0}] * 3
+    check_placement(bundles, [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 3.0}], "r")  # runners on the other node
+    with pytest.raises(FieldError):  # the GPU node has no CPU left for the trial's runners, the other 2
+        check_placement(bundles, [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.5}], "r")
+    check_placement([{"CPU": 0.5}] + [{"CPU": 1.0}] * 2, [{"CPU": 2.5}], "r")  # 0.5 + 2 fit in 2.5
 
 
 def _set(data, dotted, value):
@@ -185,7 +222,7 @@ def test_driver_resolves_each_trial_once_and_draws_sampled_axes_from_the_sweep_s
     data["axes"] = {"grid": {"seed": [0, 1]}, "sample": {"ppo.lr": {"loguniform": [1e-4, 1e-2]}}, "num_samples": 3}
     data["tasks"][0]["ppo"] = {"num_epochs": 2}
     path = write(tmp_path, data)
-    sweep, points = load_points(path)
+    _sweep, points = load_points(path)
     _, again = load_points(path)
     assert len(points) == 6 and [p.axes for p in points] == [p.axes for p in again]  # reproducible draws
     lrs = [p.axes["ppo.lr"] for p in points]
