@@ -1,7 +1,8 @@
 """Command line: ``rayexp run | validate | report | analyze`` (``python -m rayexp`` is the same).
 
 Exit codes: 0 success, 1 a trial failed, 2 bad input (one line on stderr naming the file, the
-field path and what is wrong; nothing launched).
+field path and what is wrong; nothing launched), 130 interrupted (Ctrl-C; the summary says what
+finished and how to resume).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import sys
 from rayexp.analyze import run_analysis
 from rayexp.config import SweepError, load_sweep
 from rayexp.report import report
-from rayexp.sweep import print_summary, run_sweep
+from rayexp.sweep import RESUME, print_summary, run_sweep
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -33,6 +35,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     outcome = run_sweep(args.sweep, resume=args.resume, address=args.address, verbose=args.verbose)
     print_summary(outcome)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
     return 1 if outcome.errors else 0
 
 
@@ -142,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted; continue with: rayexp run SWEEP --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's run
+        resume = f"; continue with: {RESUME.format(file=args.sweep)}" if args.command == "run" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ cluster; otherwise it starts an embedded Ray bound to 127.0.0.1. Cluster-depende
 GPU request on a cluster without GPUs, custom resources that no node has) run right after
 connecting and before any trial is scheduled.
 
+Interrupting: Ctrl-C (SIGINT) lets Tune save the experiment and stop; the summary then lists which
+trials finished and which did not, the parent run is closed as KILLED, no across-trial analysis
+runs on the unfinished trials, and ``rayexp run SWEEP --resume`` continues (exit code 130). Any
+other failure after the parent run started closes it as FAILED, never leaving it RUNNING.
+
 Resuming: the Tune experiment lives at ``{storage_path}/{sweep name}``; ``resume=True`` restores
 it with `tune.Tuner.restore`, so finished trials are kept and unfinished ones continue from their
 last stage checkpoint. The sweep's MLflow parent run id is stored beside it
@@ -13,10 +18,13 @@ last stage checkpoint. The sweep's MLflow parent run id is stored beside it
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +51,7 @@ from rayexp.tables import format_table
 from rayexp.trial import run_trial
 
 MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+RESUME = "rayexp run {file} --resume"
 
 
 @dataclass
@@ -52,6 +61,8 @@ class SweepOutcome:
     parent_run_id: str
     tracking_uri: str
     wall_s: float = float("nan")  # Tune's fit, without Ray start-up
+    interrupted: bool = False  # Ctrl-C: some trials neither finished nor failed
+    sweep_file: str = "SWEEP"
 
 
 def storage_uri(storage_path: str) -> str:
@@ -153,6 +164,14 @@ def _progress_callback():
     return Progress()
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune ends an interrupted run with "Resume ... with: Tuner.restore(...)"; rayexp resumes with
+    ``rayexp run SWEEP --resume``, which the summary prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
 def _axis_value(value: Any) -> Any:
     """A process spec as its short label (mixture(mess3,rrxor)), anything else as it is."""
     return process_label(value) if isinstance(value, dict) and "name" in value else value
@@ -164,16 +183,45 @@ def _row(result) -> dict[str, Any]:
     config = point["trial"]["config"]
     task = (config.get("task") or {}).get("name", "?")
     axes = point["axes"]
+    # the directory (trial_dirname) names a trial that never reported a result, too
+    name = Path(result.path).name if result.path else ""
+    trial_id = name.removeprefix("trial_") if name.startswith("trial_") else metrics.get("trial_id", "?")
     row: dict[str, Any] = {
-        "trial": metrics.get("trial_id", "?"),
+        "trial": trial_id,
         "task": task,
         "seed": config.get("seed"),
         **{k: _axis_value(v) for k, v in axes.items() if k != "seed"},
-        "status": "ERROR" if result.error else "OK",
+        # Tune marks a trial's last result done when it returned; an interrupted one's is not
+        "status": "ERROR" if result.error else "OK" if metrics.get("done") else "UNFINISHED",
     }
     for key, label in SUMMARY_COLUMNS:
         row[label] = metrics.get(key.format(task=task))
     return row
+
+
+def _point_key(task: str, axes: dict[str, Any]) -> str:
+    return json.dumps([task, axes], sort_keys=True, default=str)
+
+
+def _not_started(points: list[Point], grid) -> list[dict[str, Any]]:
+    """Rows of the trials Tune never created: an interrupted sweep with max_concurrent set has
+    generated only the trials it started."""
+    created = Counter(
+        _point_key(r.config["point"]["trial"]["config"]["task"]["name"], r.config["point"]["axes"])
+        for r in grid
+        if r.config
+    )
+    rows = []
+    for p in points:
+        key = _point_key(p.trial.config.task.name, p.axes)
+        if created[key]:
+            created[key] -= 1
+            continue
+        axes = {k: _axis_value(v) for k, v in p.axes.items() if k != "seed"}
+        rows.append(
+            {"trial": "-", "task": p.trial.config.task.name, "seed": p.trial.seed, **axes, "status": "NOT STARTED"}
+        )
+    return rows
 
 
 def run_sweep(
@@ -195,6 +243,7 @@ def run_sweep(
     from ray import tune
 
     connect(address, num_cpus)
+    parent, closed = None, False
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         check_cluster(sweep, path, nodes, points)
@@ -266,15 +315,32 @@ def run_sweep(
                 ),
             )
         t0 = time.time()
-        grid = tuner.fit()
-        rows = [_row(r) for r in grid]
+        hint = _NoTuneRestoreHint()
+        logging.getLogger("ray.tune.tune").addFilter(hint)
+        try:
+            grid = tuner.fit()
+        finally:
+            logging.getLogger("ray.tune.tune").removeFilter(hint)
+        rows = [_row(r) for r in grid] + _not_started(points, grid)
         errors = sum(1 for r in grid if r.error)
+        outcome = SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, sweep_file=str(path))
+        if any(r["status"] in ("UNFINISHED", "NOT STARTED") for r in rows):  # Tune stops early only if interrupted
+            tracking.finish_run(uri, parent, "KILLED")
+            closed = True
+            outcome.interrupted, outcome.wall_s = True, time.time() - t0
+            return outcome
         tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)  # includes scheduling
         tracking.client(uri).log_metric(parent, "sweep/failed_trials", errors)
-        errors += _sweep_analyses(sweep, parent)
-        tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
-        wall = time.time() - t0
-        return SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, wall_s=wall)
+        outcome.errors += _sweep_analyses(sweep, parent)
+        tracking.finish_run(uri, parent, "FAILED" if outcome.errors else "FINISHED")
+        closed = True
+        outcome.wall_s = time.time() - t0
+        return outcome
+    except BaseException as err:
+        if parent is not None and not closed:
+            with contextlib.suppress(Exception):  # the error that got here is the one to report
+                tracking.finish_run(uri, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         ray.shutdown()
 
@@ -293,11 +359,20 @@ def _sweep_analyses(sweep: SweepConfig, parent: str) -> int:
 
 def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:
     print("\n" + format_table(outcome.rows), file=file)
-    print(
-        f"\n{len(outcome.rows) - outcome.errors}/{len(outcome.rows)} trials finished; "
-        f"MLflow parent run {outcome.parent_run_id}.",
-        file=file,
-    )
+    done = [r for r in outcome.rows if r["status"] == "OK"]
+    if outcome.interrupted:
+        rest = [r for r in outcome.rows if r["status"] != "OK"]
+        label = ", ".join
+        print(
+            f"\nInterrupted: {len(done)}/{len(outcome.rows)} trials finished"
+            f"{': ' + label(_label(r) for r in done) if done else ''}; not finished: "
+            f"{label(_label(r) for r in rest)}. No across-trial analysis ran; MLflow parent run "
+            f"{outcome.parent_run_id} is marked KILLED.",
+            file=file,
+        )
+        print(f"Continue with: {RESUME.format(file=outcome.sweep_file)}", file=file)
+        return
+    print(f"\n{len(done)}/{len(outcome.rows)} trials finished; MLflow parent run {outcome.parent_run_id}.", file=file)
     inp = ReportInput(outcome.tracking_uri, outcome.parent_run_id, [], file=file)
     for study in STUDIES.values():
         if study.after_sweep is not None:
@@ -306,3 +381,9 @@ def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:
     if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).parent == Path.cwd():
         uri = "sqlite:///mlflow.db"
     print(f"Open the MLflow UI: {MLFLOW_UI.format(uri=uri)}  (then http://127.0.0.1:5000)", file=file)
+
+
+def _label(row: dict[str, Any]) -> str:
+    status = "" if row["status"] in ("OK", "UNFINISHED") else f" ({row['status'].lower()})"
+    trial = f"{row['trial']} " if row["trial"] != "-" else ""
+    return f"{trial}{row['task']} seed={row['seed']}{status}"

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -107,3 +108,57 @@ def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_any_trial(tmp_p
     assert err == [f"error: {file}: resources.gpu: 0.5 GPU per trial requested but the cluster has no GPU"]
     assert not ray.is_initialized()
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "rayexp_results").exists()
+
+
+def test_a_sweep_interrupted_with_ctrl_c_says_what_finished_and_how_to_resume(workdir):
+    """SIGINT mid-sweep: Tune saves and stops; no trial is called finished, no verdict runs, the
+    parent run is KILLED (not RUNNING), the one resume command is printed and the exit code is 130."""
+    from test_sweep import cli, kill_group, tiny_sweep, write_sweep
+
+    from rayexp import tracking
+
+    sweep = tiny_sweep("sigint", ppo_iterations=500, sweep_analyses=[{"name": "seed_spread"}])
+    path = write_sweep(workdir, sweep)
+    proc = cli("run", str(path), cwd=workdir)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if " done (" in line:  # a trial is past a stage: mid-sweep
+                os.kill(proc.pid, signal.SIGINT)  # the driver, as Ctrl-C reaches it
+                break
+        out = "".join(lines) + proc.communicate(timeout=180)[0]
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130, out
+    assert "Interrupted: 0/2 trials finished; not finished: " in out and "negative_control seed=0" in out, out
+    assert out.rstrip().endswith(f"Continue with: rayexp run {path} --resume"), out
+    assert "Tuner.restore" not in out and "seed_spread" not in out.split("Interrupted:")[1], out
+    c = tracking.client(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("sigint")
+    parents = c.search_runs([exp.experiment_id], filter_string="tags.`rayexp.kind` = 'sweep'")
+    assert [r.info.status for r in parents] == ["KILLED"]
+
+
+def test_a_failure_after_the_parent_run_started_closes_it_as_failed(workdir, monkeypatch):
+    """Not left RUNNING: here the sweep state cannot be written once the parent run exists."""
+    import ray
+
+    from rayexp import sweep as driver
+    from rayexp import tracking
+
+    monkeypatch.setattr(driver, "connect", lambda *args, **kwargs: None)  # no Ray needed to get this far
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(driver, "_write_state", disk_full)
+    file = workdir / "q.yaml"
+    file.write_text((ROOT / "sweeps/quickstart.yaml").read_text())
+    with pytest.raises(OSError, match="No space left"):
+        driver.run_sweep(str(file))
+    c = tracking.client(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("quickstart")
+    assert [r.info.status for r in c.search_runs([exp.experiment_id])] == ["FAILED"]
