@@ -325,7 +325,7 @@ def run_sweep(
         errors = sum(1 for r in grid if r.error)
         outcome = SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, sweep_file=str(path))
         if any(r["status"] in ("UNFINISHED", "NOT STARTED") for r in rows):  # Tune stops early only if interrupted
-            tracking.finish_run(uri, parent, "KILLED")
+            _close(uri, exp_id, parent, "KILLED")
             closed = True
             outcome.interrupted, outcome.wall_s = True, time.time() - t0
             return outcome
@@ -339,10 +339,20 @@ def run_sweep(
     except BaseException as err:
         if parent is not None and not closed:
             with contextlib.suppress(Exception):  # the error that got here is the one to report
-                tracking.finish_run(uri, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+                _close(uri, exp_id, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         ray.shutdown()
+
+
+def _close(uri: str, exp_id: str, parent: str, status: str) -> None:
+    """Close the parent run and the trial runs that Tune stopped mid-way (their workers are gone, so
+    nothing else will); a resumed trial sets its run RUNNING again."""
+    c = tracking.client(uri)
+    running = f"tags.`{tracking.PARENT_TAG}` = '{parent}' and attributes.status = 'RUNNING'"
+    for run in c.search_runs([exp_id], filter_string=running):
+        tracking.finish_run(uri, run.info.run_id, "KILLED")
+    tracking.finish_run(uri, parent, status)
 
 
 def _sweep_analyses(sweep: SweepConfig, parent: str) -> int:
