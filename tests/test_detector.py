@@ -84,6 +84,38 @@ def test_verdict_rule_against_the_null():
     assert v.code == INCONCLUSIVE
 
 
+def test_a_readout_counts_as_elicitation_only_against_random_init_features():
+    """docs/design.md §6 rule 2 applied to the readout: a policy that the pretrained features explain
+    is elicitation only if random-init features explain it less well (paired by seed)."""
+    null_rw, null_el = _seeds(0.2, seed=10), _seeds(0.15, seed=11)
+    u_rw, u_el, margin = _seeds(0.5), _seeds(0.16, seed=1), _seeds(0.9, seed=2)
+    # random init leaves 0.3 unexplained where the pretrained features leave 0.16: from pretraining
+    v = decide(u_rw, u_el, margin, null_rw, null_el, u_el_random=_seeds(0.3, seed=5))
+    assert v.code == ELICITATION and v.spec.lo > 0.05
+    # random init explains it as well: not from pretraining; a map of p_pre does not; both factors pay
+    v = decide(u_rw, u_el, margin, null_rw, null_el, u_el_random=_seeds(0.15, seed=5))
+    assert v.code == COMPOSITION and "not from pretraining" in v.reason and v.spec.hi < 0.05
+    # ... and without the per-phase margin it stays inconclusive
+    v = decide(u_rw, u_el, _seeds(0.05, seed=2), null_rw, null_el, u_el_random=_seeds(0.15, seed=5))
+    assert v.code == INCONCLUSIVE and "margin" in v.reason
+    # the control between the thresholds: neither elicitation nor refuted
+    v = decide(u_rw, u_el, margin, null_rw, null_el, u_el_random=u_el + np.array([0.0, 0.1, 0.02, 0.09, 0.05]))
+    assert v.code == INCONCLUSIVE and "random-init" in v.reason
+    # a reweighting stays one whatever the readouts do
+    v = decide(_seeds(0.03), u_el, margin, null_rw, null_el, u_el_random=_seeds(0.1, seed=5))
+    assert v.code == REWEIGHTING
+    # one seed: the control's interval over held-out contexts
+    ctx = {
+        "u_rw": Interval(0.5, 0.45, 0.55),
+        "u_el": Interval(0.16, 0.14, 0.18),
+        "margin": Interval(0.9, 0.85, 0.95),
+        "spec": Interval(-0.05, -0.08, -0.02),
+    }
+    assert decide([0.5], [0.16], [0.9], [0.2], [0.15], context=ctx).code == COMPOSITION
+    ctx["spec"] = Interval(0.2, 0.15, 0.25)
+    assert decide([0.5], [0.16], [0.9], [0.2], [0.15], context=ctx).code == ELICITATION
+
+
 def test_verdict_without_a_null_uses_absolute_thresholds_and_says_so():
     v = decide(_seeds(0.05), _seeds(0.1, seed=1), _seeds(0.0, seed=2))
     assert v.code == REWEIGHTING and v.reference == "absolute" and "no null" in v.reason

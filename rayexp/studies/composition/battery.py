@@ -9,7 +9,9 @@ with alpha (Spearman printed at the end).
 The "pretrained model" is exact: p_pre is the stream's exact next-token distribution (a perfectly
 pretrained model) and its features are the factors' beliefs side by side, the *factored*
 representation transformers learn for such processes (Shai et al. 2026), so a linear readout can add
-the factors' contributions but not multiply them. A reference null (the pretrained policy itself,
+the factors' contributions but not multiply them. The readout's control (docs/design.md §6 rule 2) is
+real: the residual stream of a random-init transformer of the PPO runs' shape (4 layers, d_model 64,
+all layers side by side) on the same sequences. A reference null (the pretrained policy itself,
 p_pre on the action tokens) is scored on the same seeds and paired with every case, as a PPO trial is
 paired with its shuffled-reward null. Planted cases (fixed maps are drawn once, not per seed):
 
@@ -25,6 +27,7 @@ paired with its shuffled-reward null. Planted cases (fixed maps are drawn once, 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ class Sample:
     tokens: np.ndarray  # (N, L)
     p_pre: np.ndarray  # (N, L, V) exact next-token distribution
     feats: np.ndarray  # (N, L, sum S_i) the factors' beliefs side by side
+    feats_random: np.ndarray  # (N, L, 64) a random-init transformer's residual stream, all layers, top 64 PCs
     P: np.ndarray  # (N, L, A) exact P(joint target = action k)
     act: np.ndarray  # (A,) action tokens
     groups: np.ndarray | None  # (V, A) one-hot: joint token -> its target group (product streams)
@@ -67,6 +71,7 @@ class Sample:
     test: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
 
+@functools.lru_cache(maxsize=64)  # every case of a stream reads the same seeds' samples; nothing mutates them
 def sample(stream: str, n_seq: int, seed: int) -> Sample:
     hmm = build_process(STREAMS[stream])
     reward = make_reward("joint_target", hmm)
@@ -85,6 +90,7 @@ def sample(stream: str, n_seq: int, seed: int) -> Sample:
         tokens,
         hmm.next_token_probs(beliefs),
         np.concatenate(fb, -1),
+        random_features(tokens, hmm.vocab_size),
         P,
         reward.action_tokens,
         groups,
@@ -92,6 +98,24 @@ def sample(stream: str, n_seq: int, seed: int) -> Sample:
         train,
         test,
     )
+
+
+def random_features(tokens: np.ndarray, vocab: int, seed: int = 0, k: int = 64) -> np.ndarray:
+    """(N, L, k) residual stream, all layers side by side, of a random-init transformer shaped as in
+    sweeps/composition_cpu.yaml (what features any network of that shape has before training), on its
+    top ``k`` principal components: a readout of 320 features costs ~5x the time of 64 in the battery's
+    hundreds of fits, and the first 64 components hold nearly all of their variance."""
+    from models.transformer import Transformer, TransformerConfig
+    from rayexp.probes import collect_activations, residual_layers
+
+    cfg = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=CONTEXT, d_vocab=vocab)
+    model = Transformer(cfg, seed=seed).eval()
+    layers = residual_layers(model.hook_names)
+    acts = collect_activations(model, tokens, layers)
+    X = np.concatenate([acts[h] for h in layers], -1).astype(np.float64)  # (N, L, 320)
+    flat = X.reshape(-1, X.shape[-1]) - X.reshape(-1, X.shape[-1]).mean(0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    return (flat @ vt[:k].T).reshape(X.shape[:-1] + (k,))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -174,9 +198,14 @@ CASES = (
 )
 
 
-def signals(s: Sample, pi: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sequence values the verdict reads: unexplained shares (held out) and the per-phase margin."""
+def signals(s: Sample, pi: np.ndarray, control: bool = True) -> dict[str, np.ndarray]:
+    """Per-sequence values the verdict reads: unexplained shares (held out), the per-phase margin and
+    (``control``) what the readout of random-init features leaves unexplained."""
     fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test)  # p_pre exact: the finest resolution
+    u_random = np.full(len(s.test), np.nan)
+    if control:
+        rand = classes.readout_fit(s.feats_random, pi, s.train, s.test)
+        u_random = classes.unexplained_values(pi[s.test], rand, fitted["fit_position"])
     greedy = ceilings.greedy_reward(pi, s.P).mean(1)
     den = s.ceil["optimum"] - s.ceil["per_phase"]
     margin = (
@@ -190,6 +219,7 @@ def signals(s: Sample, pi: np.ndarray) -> dict[str, np.ndarray]:
         "margin": margin,
         "tv_rw": fitted["tv_reweighting"],
         "tv_el": fitted["tv_elicitation"],
+        "u_rand": u_random,
     }
 
 
@@ -200,25 +230,26 @@ def _interval(x: np.ndarray, seed: int) -> Interval:
 def run_case(case: Case, stream: str, seeds: int, n_seq: int, th: Thresholds | None = None) -> dict:
     """The case's verdict over ``seeds`` evaluation seeds, and how many one-seed verdicts were right."""
     per: dict[str, list[float]] = {
-        k: [] for k in ("u_rw", "u_el", "margin", "n_rw", "n_el", "tv_rw", "tv_el", "ntv_rw", "ntv_el")
+        k: [] for k in ("u_rw", "u_el", "margin", "n_rw", "n_el", "tv_rw", "tv_el", "ntv_rw", "ntv_el", "u_rand")
     }
     one_seed_right = 0
     for seed in range(seeds):
         s = sample(stream, n_seq, seed)
         g = np.random.default_rng(10_007)  # the fixed map: the same for every seed
         v = signals(s, case.policy(s, g))
-        null = signals(s, sharpen(s, 1.0))  # the pretrained policy itself
-        for k in ("u_rw", "u_el", "margin", "tv_rw", "tv_el"):
+        null = signals(s, sharpen(s, 1.0), control=False)  # the pretrained policy itself
+        for k in ("u_rw", "u_el", "margin", "tv_rw", "tv_el", "u_rand"):
             per[k].append(float(np.nanmean(v[k])) if np.isfinite(v[k]).any() else float("nan"))
         for k, null_k in (("u_rw", "n_rw"), ("u_el", "n_el"), ("tv_rw", "ntv_rw"), ("tv_el", "ntv_el")):
             per[null_k].append(float(np.nanmean(null[k])))
         ctx = {k: _interval(v[k], seed) for k in ("u_rw", "u_el", "margin")}
+        ctx["spec"] = _interval(v["u_rand"] - v["u_el"], seed)
         one = decide(
             [per["u_rw"][-1]], [per["u_el"][-1]], [per["margin"][-1]], [per["n_rw"][-1]], [per["n_el"][-1]], th, ctx
         )
         one_seed_right += one.label in case.expect
     tv = (per["tv_rw"], per["tv_el"], per["ntv_rw"], per["ntv_el"])
-    v = decide(per["u_rw"], per["u_el"], per["margin"], per["n_rw"], per["n_el"], th, tv=tv)
+    v = decide(per["u_rw"], per["u_el"], per["margin"], per["n_rw"], per["n_el"], th, tv=tv, u_el_random=per["u_rand"])
     return {
         "stream": stream,
         "planted": case.name,
@@ -228,6 +259,7 @@ def run_case(case: Case, stream: str, seeds: int, n_seq: int, th: Thresholds | N
         "one-seed right": f"{one_seed_right}/{seeds}" if case.expect else "-",
         "u map": f"{v.u_rw.mean:.3f}",
         "u readout": f"{v.u_el.mean:.3f}",
+        "random-init excess": f"{v.spec.mean:.3f}",
         "margin": f"{v.margin.mean:.2f}",
         "score": v.score.mean,
         "right": v.label in case.expect if case.expect else None,

@@ -13,6 +13,9 @@ over steps and sequences):
 - ``classes/{reweighting,elicitation}/{unexplained,unexplained_tv,kl,fit_reward}/{model}``: the policy
   classes of :mod:`.classes` fitted within position, held out (the verdict's inputs), with
   ``classes/resolution`` and ``margin_phase_greedy/{model}`` (against the best per-phase single factor);
+  ``classes/elicitation_random_init/unexplained/post``, the same readout from random-init features, and
+  ``classes/elicitation_excess/post`` (with ``/ci_low``, ``/ci_high``), the random-init readout's
+  unexplained share minus the pretrained one's, paired over held-out sequences;
 - ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
 - ``reward/{pre,post,perturbed}/{expected,greedy}``; ``ceiling/{optimum,single_factor{i},lookup_k{k},
   uniform}`` (lookups scored on the held-out half of the sequences);
@@ -280,6 +283,11 @@ class Scorer:
             fit = classes.readout_fit(self.h_random, pi, s.train, s.test)
             u = classes.unexplained_values(pi[s.test], fit, fitted["fit_position"])
             m["classes/elicitation_random_init/unexplained/post"] = _mean(u)
+            # how much better the pretrained features explain it, paired over held-out sequences
+            # (docs/design.md §6 rule 2); a one-seed verdict leans on this interval
+            mean, lo, hi = paired_bootstrap_ci(v["u_elicitation"], u, seed=self.params.seed)  # u_random - u_el
+            m |= {"classes/elicitation_excess/post": mean}
+            m |= {"classes/elicitation_excess/post/ci_low": lo, "classes/elicitation_excess/post/ci_high": hi}
         return m
 
     def readouts(self, label: str, feats: dict[str, np.ndarray]) -> dict[str, float]:

@@ -17,6 +17,7 @@ VERDICT_COLUMNS = (
     "n_seeds",
     "u_rw",
     "u_el",
+    "spec",
     "margin",
     "score",
     "score_ci_low",
@@ -52,6 +53,7 @@ def print_verdicts(rows: list[dict], file=sys.stdout) -> None:
 VERDICT_SIGNALS = {
     "unexplained by a map of p_pre": "analysis/composition/classes/reweighting/unexplained/post",
     "unexplained by a readout": "analysis/composition/classes/elicitation/unexplained/post",
+    "the same, random-init features": "analysis/composition/classes/elicitation_random_init/unexplained/post",
     "per-phase greedy margin": "analysis/composition/margin_phase_greedy/post",
     "pass@1024 of pre": "analysis/composition/support/pass_at_1024/pre",
     "pre prob. of post's choice": "analysis/composition/support/pre_prob_of_post_choice",

@@ -11,16 +11,24 @@ Inputs, one value per seed (per trial) of one task on one process pair, from the
 - ``margin``: where the post-RL policy's *greedy* reward sits between the best per-phase
   single-factor policy (0) and the Bayes optimum (1) (``margin_phase_greedy/post``);
 - the same pair's shuffled-reward null (same seeds), ``u_rw_null`` and ``u_el_null``: what PPO's own
-  drift leaves unexplained. ``d = u - u_null`` is paired by seed.
+  drift leaves unexplained. ``d = u - u_null`` is paired by seed;
+- ``u_el_random``: what the same readout leaves unexplained from a *random-init* network's features
+  (``classes/elicitation_random_init/unexplained/post``). ``spec = u_el_random - u_el``, paired by seed,
+  is how much better the pretrained features explain the policy than features any network has.
 
 Rule (``tol`` 0.05, ``u_max`` 0.5, ``margin_min`` 0.5; intervals are Student-t over seeds, 95 %)::
 
     explained(class)    = CI_high(d) < tol  and  CI_high(u) < u_max
     unexplained(class)  = CI_low(d) > tol
+    from_pretraining    = CI_low(spec) > tol        generic = CI_high(spec) < tol
     reweighting    if explained(reweighting)
-    elicitation    elif explained(elicitation)
-    composition    elif unexplained(both)  and  CI_low(margin) > margin_min
+    elicitation    elif explained(elicitation) and from_pretraining
+    composition    elif unexplained(reweighting) and (unexplained(elicitation) or generic)
+                        and CI_low(margin) > margin_min
     inconclusive   otherwise (the reason says which test failed)
+
+Without ``u_el_random`` the readout is taken as from pretraining and never as generic (the rule
+before the control, kept for callers that lack it).
 
 score = mean over seeds of min over the classes of the probability mass per step (total variation)
 the class leaves unexplained beyond the null: it grows in proportion to a policy's composed part.
@@ -39,7 +47,11 @@ most of a pooled R^2. "Explained" is relative to the pair's own null, because PP
 share unexplained that no class should be charged with (and ``u_max`` keeps a drift-heavy null from
 excusing anything). Composition must also earn its reward by both factors at one step: the margin
 is against the best per-phase single-factor policy, so an interleave policy that only takes turns is
-not composition. The thresholds are parameters, checked on the known-answer battery
+not composition. The readout is held to the project's probe rule (docs/design.md §6 rule 2: a
+probe is evidence only against the same probe of a random-init network): elicitation claims the
+answer was in the *pretrained* features, so a readout that random-init features match, which on
+Mess3(0.05, 0.85) pairs reads the last tokens any network carries, shows nothing about pretraining
+and does not explain the policy away. The thresholds are parameters, checked on the known-answer battery
 (:mod:`.battery`, ``python -m rayexp.studies.composition.battery``) and on the PPO controls (README).
 """
 
@@ -83,6 +95,7 @@ class Verdict:
     d_el: Interval
     margin: Interval
     reference: str  # "null" | "absolute"
+    spec: Interval = Interval()  # u_el_random - u_el: how much better pretrained features explain than random-init
 
     @property
     def label(self) -> str:
@@ -112,13 +125,15 @@ def decide(
     th: Thresholds | None = None,
     context: dict[str, Interval] | None = None,
     tv: tuple | None = None,
+    u_el_random=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
     intervals over held-out contexts for ``u_rw``, ``u_el`` and ``margin``, used below ``min_seeds``.
     ``tv``: (tv_rw, tv_el, tv_rw_null, tv_el_null) per seed, the unexplained probability mass per step;
     with it the score is in those units (it grows in proportion to a policy's composed part), else in
-    shares."""
+    shares. ``u_el_random`` (n,): the readout of random-init features, per seed (below ``min_seeds``,
+    ``context["spec"]`` is its paired interval over held-out contexts)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -155,6 +170,14 @@ def decide(
     ref = "null" if have_null else "absolute"
     if not have_null and n < th.min_seeds:
         d_rw, d_el = i_rw, i_el
+    spec = Interval()
+    if n < th.min_seeds:
+        spec = context.get("spec", Interval())
+    elif u_el_random is not None and np.isfinite(_arr(u_el_random)).any():
+        spec = Interval(*t_ci(_arr(u_el_random) - u_el, th.ci))
+    has_control = bool(np.isfinite(spec.lo))
+    from_pretraining = (not has_control) or spec.lo > th.tol
+    generic = has_control and spec.hi < th.tol
 
     def explained(d: Interval, u: Interval) -> bool:
         if have_null:
@@ -165,16 +188,26 @@ def decide(
         return d.lo > th.tol if have_null else u.lo > th.u_abs
 
     def out(code: int, why: str) -> Verdict:
-        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref)
+        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     if explained(d_rw, i_rw):
         return out(REWEIGHTING, f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})")
-    if explained(d_el, i_el):
-        return out(ELICITATION, f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})")
-    if unexplained(d_rw, i_rw) and unexplained(d_el, i_el):
+    readout = f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})"
+    if explained(d_el, i_el) and from_pretraining:
+        control = f"; random-init features leave {spec} more" if has_control else ""
+        return out(ELICITATION, readout + control)
+    el_gone = unexplained(d_el, i_el) or generic
+    if unexplained(d_rw, i_rw) and el_gone:
+        why_el = (
+            f"random-init features explain it as well (excess {spec}): not from pretraining"
+            if generic and not unexplained(d_el, i_el)
+            else f"{d_el} beyond the null for a readout"
+        )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
-            return out(COMPOSITION, f"neither class explains it ({against}: {d_rw}, {d_el}); margin {i_m}")
+            return out(COMPOSITION, f"a map of p_pre leaves {d_rw} beyond the null; {why_el}; margin {i_m}")
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
-        return out(INCONCLUSIVE, f"neither class explains it, but the per-phase margin is {why}")
+        return out(INCONCLUSIVE, f"neither class explains it ({why_el}), but the per-phase margin is {why}")
+    if explained(d_el, i_el):
+        return out(INCONCLUSIVE, readout + f", but pretrained features beat random-init ones by {spec}: between")
     return out(INCONCLUSIVE, f"unexplained by p_pre map {d_rw}, by readout {d_el} ({against}): between the thresholds")

@@ -12,8 +12,9 @@ seed as the reference. Run it grouped by process, so each group holds a pair's t
 Metrics per group and task: ``{task}/verdict_code`` (-1 reweighting, 0 inconclusive, +1 composition,
 +2 elicitation), ``{task}/score`` with ``/ci_low`` and ``/ci_high`` (what neither class explains beyond
 the null), ``{task}/n_seeds``. Table ``verdict``: one row per task (process, task, n_seeds, score and
-CI, verdict, reason, each class's unexplained share and the margin with their intervals, and the mean
-over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
+CI, verdict, reason, each class's unexplained share and the margin with their intervals, ``spec`` (how
+much more a random-init network's features leave unexplained than the pretrained ones: the readout's
+control) with its interval, and the mean over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
 seeds as points.
 """
 
@@ -41,6 +42,8 @@ SIGNALS = {
     "margin_phase_greedy_ci_low": "margin_phase_greedy/post/ci_low",
     "margin_phase_greedy_ci_high": "margin_phase_greedy/post/ci_high",
     "unexplained_readout_random_init": "classes/elicitation_random_init/unexplained/post",
+    "readout_excess_ci_low": "classes/elicitation_excess/post/ci_low",
+    "readout_excess_ci_high": "classes/elicitation_excess/post/ci_high",
     "fit_reward_reweighting": "classes/reweighting/fit_reward/post",
     "fit_reward_elicitation": "classes/elicitation/fit_reward/post",
     "kl_reweighting": "classes/reweighting/kl/post",
@@ -95,11 +98,15 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
     def iv(col: str) -> Interval:
         return Interval(t[col], t[f"{col}_ci_low"], t[f"{col}_ci_high"])
 
-    return {
+    out = {
         "u_rw": iv("unexplained_reweighting"),
         "u_el": iv("unexplained_elicitation"),
         "margin": iv("margin_phase_greedy"),
     }
+    excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
+    if np.isfinite(t["readout_excess_ci_low"]):
+        out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
+    return out
 
 
 def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str) -> list[float] | None:
@@ -142,6 +149,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             th,
             context=_context(by_seed[seeds[0]]) if len(seeds) == 1 else None,
             tv=tv,
+            u_el_random=col["unexplained_readout_random_init"],
         )
         out.append((process, task, v, col))
     return out
@@ -166,7 +174,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             "reference": v.reference,
             **{
                 f"{k}{s}": getattr(getattr(v, k), a)
-                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin")
+                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec")
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
