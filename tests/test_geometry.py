@@ -221,3 +221,18 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
     assert {"geometry_curve", "geometry_ablation"} == set(summary.figures)
     with pytest.raises(ValueError, match="no trial"):
         geometry_summary([_Trial()], GeometrySummaryParams())
+
+
+def test_geometry_report_compacts_the_summary_tables():
+    from rayexp.studies.composition.geometry_report import compact
+
+    trials = [_Trial("positive_control", seed) for seed in (0, 1)]
+    for t in trials:
+        t._stored = geometry(t, GeometryParams(n_seq=30, n_random=1, lookup_k=[2], checkpoints=False)).metrics
+    summary = geometry_summary(trials, GeometrySummaryParams())
+    tables = {k: summary.tables[f"geometry_{k}"].to_pylist() for k in ("curve", "ablation")}
+    (row,) = compact(tables)
+    assert row["task"] == "positive_control" and row["layer"] == "block1"
+    assert {"r2/joint_only pre", "r2/joint_only post", "dim95 post", "removed both", "removed random_both"} <= set(row)
+    pre = np.mean([t._stored["pre/block1/r2/joint_only"] for t in trials])
+    assert row["r2/joint_only pre"].startswith(f"{pre:.2f}")

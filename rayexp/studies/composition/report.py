@@ -88,6 +88,9 @@ def verdict_figure(runs: list, path: Path) -> Path:
 
 
 def report_section(inp: ReportInput) -> None:
+    from rayexp.studies.composition.geometry_report import report_geometry
+
+    report_geometry(inp.uri, inp.parent, inp.out, inp.file)
     verdicts = verdict_rows(inp.uri, inp.parent)
     if not verdicts:
         return

@@ -1,0 +1,63 @@
+"""The geometry summary in `rayexp report`: what ``geometry_summary`` logged on a sweep's parent run
+(tables ``sweep/geometry_summary/{group}__geometry_{curve,ablation}.parquet`` and its figures),
+written as CSVs and PNGs and printed as one compact table per (process, task)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rayexp import tracking
+from rayexp.tables import format_table, write_csv
+
+
+def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str, list[dict]]:
+    """{"curve": rows, "ablation": rows} from the parent run (empty lists when the analysis never ran);
+    with ``out``, the summary's figures are copied there."""
+    import shutil
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    c = tracking.client(uri)
+    tables: dict[str, list[dict]] = {"curve": [], "ablation": []}
+    names = [a.path for a in c.list_artifacts(parent, "sweep/geometry_summary")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(names):
+            for kind in tables:
+                if name.endswith(f"__geometry_{kind}.parquet"):
+                    tables[kind] += pq.read_table(c.download_artifacts(parent, name, tmp)).to_pylist()
+        if out is not None and any(tables.values()):
+            for a in c.list_artifacts(parent, "figures/sweep/geometry_summary"):
+                if a.path.endswith(".png"):
+                    shutil.copy(c.download_artifacts(parent, a.path, tmp), out / Path(a.path).name)
+    return tables
+
+
+def compact(tables: dict[str, list[dict]]) -> list[dict]:
+    """Per (process, task): the curve's quantities pre -> post and the post-RL ablations at the curve's layer."""
+    out: dict[tuple[str, str], dict] = {}
+    curve = tables["curve"]
+    for r in curve:
+        row = out.setdefault((r["process"], r["task"]), {"process": r["process"], "task": r["task"], "layer": r["layer"]})
+        last = max(x["iteration"] for x in curve if (x["process"], x["task"]) == (r["process"], r["task"]))
+        if r["iteration"] in (0, last) and r["quantity"] in ("r2/joint_only", "dim95", "overlap"):
+            key = f"{r['quantity']} {'pre' if r['iteration'] == 0 else 'post'}"
+            row[key] = f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+    for r in tables["ablation"]:
+        row = out.get((r["process"], r["task"]))
+        if row and r["model"] == "post" and r["layer"] == row["layer"] and r["quantity"] == "removed":
+            if r["condition"] in ("factor0", "factor1", "both", "random_both"):
+                row[f"removed {r['condition']}"] = f"{r['mean']:.2f}"
+    return list(out.values())
+
+
+def report_geometry(uri: str, parent: str, out: Path | None, file=sys.stdout) -> None:
+    tables = geometry_tables(uri, parent, out)
+    if not any(tables.values()):
+        return
+    print("\nbelief geometry (README, 'Belief geometry through RL'):\n" + format_table(compact(tables)), file=file)
+    if out is not None:
+        for kind, rows in tables.items():
+            write_csv(rows, out / f"geometry_{kind}.csv")
+            print(f"table: {out / f'geometry_{kind}.csv'}", file=file)
