@@ -136,8 +136,9 @@ def test_a_sweep_interrupted_with_ctrl_c_says_what_finished_and_how_to_resume(wo
     assert "Tuner.restore" not in out and "seed_spread" not in out.split("Interrupted:")[1], out
     c = tracking.client(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = c.get_experiment_by_name("sigint")
-    runs = c.search_runs([exp.experiment_id])  # the parent and the trial runs that had started
-    assert runs and {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+    runs = sorted((r.data.tags["rayexp.kind"], r.info.status) for r in c.search_runs([exp.experiment_id]))
+    # a stopped worker may close its own run FAILED first; either way none is left RUNNING
+    assert runs[0] == ("sweep", "KILLED") and len(runs) > 1 and ("trial", "RUNNING") not in runs, runs
 
 
 def test_a_failure_after_the_parent_run_started_closes_it_as_failed(workdir, monkeypatch):
