@@ -37,6 +37,7 @@ import numpy as np
 from envs import build_process
 from envs.rewards import make_reward
 from rayexp.exact import ceilings, targets
+from rayexp.probes import collect_activations, residual_layers
 from rayexp.ridge import split_sequences
 from rayexp.stats import bootstrap_ci
 from rayexp.studies.composition import classes
@@ -105,8 +106,7 @@ def random_features(tokens: np.ndarray, vocab: int, seed: int = 0, k: int = 64) 
     sweeps/composition_cpu.yaml (what features any network of that shape has before training), on its
     top ``k`` principal components: a readout of 320 features costs ~5x the time of 64 in the battery's
     hundreds of fits, and the first 64 components hold nearly all of their variance."""
-    from models.transformer import Transformer, TransformerConfig
-    from rayexp.probes import collect_activations, residual_layers
+    from models.transformer import Transformer, TransformerConfig  # torch: only when the battery runs
 
     cfg = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=CONTEXT, d_vocab=vocab)
     model = Transformer(cfg, seed=seed).eval()

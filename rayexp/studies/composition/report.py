@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rayexp import tracking
 from rayexp.study import ReportInput
+from rayexp.studies.composition.geometry_report import report_geometry
 from rayexp.tables import format_table, write_csv
 
 VERDICT_COLUMNS = (
@@ -88,8 +89,6 @@ def verdict_figure(runs: list, path: Path) -> Path:
 
 
 def report_section(inp: ReportInput) -> None:
-    from rayexp.studies.composition.geometry_report import report_geometry
-
     report_geometry(inp.uri, inp.parent, inp.out, inp.file)
     verdicts = verdict_rows(inp.uri, inp.parent)
     if not verdicts:
