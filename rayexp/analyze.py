@@ -143,6 +143,11 @@ def _log(uri, run_id, name, params, group_by, results, groups, file) -> dict[str
                 path = Path(tmp) / f"{g}__{fname}.png"
                 path.write_bytes(png)
                 out.log_artifact(path, f"figures/sweep/{name}")
+    for study in analyses.STUDIES.values():  # e.g. the verdict, onto the trial runs it judges
+        if name in study.run_annotations:
+            table, columns = study.run_annotations[name]
+            rows = [row for r in results.values() if table in r["tables"] for row in r["tables"][table].to_pylist()]
+            tracking.annotate_from_table(uri, run_id, name, rows, list(columns))
     print(
         f"analysis {name!r}: {len(groups)} groups ({', '.join(f'{g}: {len(m)} trials' for g, m in groups.items())}); "
         f"{len(fresh)} new metrics on parent run {run_id} ({len(new) - len(fresh)} already there)",

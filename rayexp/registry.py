@@ -33,9 +33,9 @@ STUDIES: dict[str, Study] = _discover()
 #: logs, with each study's columns in between; ``{task}`` is the task's name
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("pretrain/loss_gap", "pretrain gap"),
-    ("ppo/{task}/reward_per_step", "reward/step"),
+    ("ppo/reward_per_step", "reward/step"),
     *(column for study in STUDIES.values() for column in study.summary_columns),
-    ("ppo/{task}/approx_kl", "approx_kl"),
+    ("ppo/approx_kl", "approx_kl"),
     ("analysis/weight_diff/rel_frobenius", "|dW|/|W|"),
 )
 

@@ -97,7 +97,7 @@ def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
     c = tracking.client(uri)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for run, row in zip(runs, rows):
-        hist = c.get_metric_history(run.info.run_id, f"ppo/{row['task']}/reward_per_step")
+        hist = c.get_metric_history(run.info.run_id, "ppo/reward_per_step")
         if hist:
             hist = sorted(hist, key=lambda h: h.step)
             ax.plot([h.step for h in hist], [h.value for h in hist], marker=".", label=row["run"])

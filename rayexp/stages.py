@@ -199,7 +199,9 @@ def ppo(ctx: TrialContext) -> None:
 
     settings = ctx.ppo_settings
     report = ctx.report
-    prefix = f"ppo/{ctx.trial.task.name}"
+    # one name per quantity, not per task (the task is the run's tag and param): MLflow's chart and
+    # compare views overlay runs only under one metric name (until issue 23: ppo/{task}/...)
+    prefix = "ppo"
     last = report.run.last_step(f"{prefix}/env_steps") if report.run is not None else None
     logged = [-1 if last is None else last]
 

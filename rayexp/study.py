@@ -38,3 +38,8 @@ class Study:
     report: Callable[[ReportInput], None] | None = None
     #: what ``rayexp run`` prints after the trial table (e.g. the verdicts)
     after_sweep: Callable[[ReportInput], None] | None = None
+    #: across-trial results shown where researchers look, ``{analysis: (table, columns)}``: each
+    #: row of that table (one per process and task) goes onto the trial runs it judges as tags and a
+    #: description, ``columns`` the label first, and the whole table into the parent run's
+    #: description (``rayexp analyze`` calls tracking.annotate_from_table after logging the result)
+    run_annotations: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)

@@ -184,10 +184,15 @@ class Run:
             pq.write_table(table, path)
             _retry(self.client.log_artifact, self.run_id, str(path), artifact_dir)
 
-    def log_figure(self, name: str, figure, artifact_dir: str = "figures") -> None:
+    def log_figure(self, name: str, figure, artifact_dir: str = "") -> None:
+        """A PNG at ``{artifact_dir}/{name}.png``, by default at the run's artifact root: MLflow's
+        compare view lists only the files at the root of each run (its folders are skipped), so a
+        trial's figures in a folder made it say "No common artifacts" for any set of trials."""
         import matplotlib.pyplot as plt
 
-        _retry(self.client.log_figure, self.run_id, figure, f"{artifact_dir}/{name}.png")
+        _retry(
+            self.client.log_figure, self.run_id, figure, f"{artifact_dir}/{name}.png" if artifact_dir else f"{name}.png"
+        )
         plt.close(figure)
 
     def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:

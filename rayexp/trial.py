@@ -49,7 +49,7 @@ def _open_run(trial: TrialConfig, meta: dict[str, Any], key: str):
         meta["experiment_id"],
         meta["parent_run_id"],
         key,
-        run_name=f"{process_label(trial.process)}__{trial.task.name}__{trial.seed}__{time.strftime('%H%M%S')}",
+        run_name=tracking.trial_run_name(trial.task.name, trial.seed, process_label(trial.process)),
         params=flatten(trial.model_dump()),
         tags={
             "rayexp.task": trial.task.name,

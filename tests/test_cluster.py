@@ -340,7 +340,7 @@ def test_ray_job_submit_with_token_auth(cluster, tmp_path):
     assert "1/1 trials finished" in proc.stdout
     runs = trial_runs(uri, "job")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert "ppo/next/reward_per_step" in runs[0].data.metrics
+    assert "ppo/reward_per_step" in runs[0].data.metrics
     port = cluster["dashboard"].rsplit(":", 1)[1]
     assert any(r == client and k[3].endswith(f":{port}") for k, (r, c) in watch.seen.items())
     # the job's driver (`rayexp run` under the job supervisor, in a session of its own) was watched

@@ -110,8 +110,8 @@ def test_welfare_trial_logs_concept_vectors_and_steering(workdir):
     assert -1 <= m["reward/post"] <= 1 and 0 <= m["punish/post"] <= 1
     c = tracking.client(tracking.tracking_uri())
     (run,) = trial_runs(tracking.tracking_uri(), "welfare_toy")
-    arts = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
-    assert {"figures/concept_layers.png", "figures/steering.png", "figures/concept_curve.png"} <= arts, arts
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)}  # figures at the root (compare view)
+    assert {"concept_layers.png", "steering.png", "concept_curve.png"} <= arts, arts
     tables = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert any("steering" in p for p in tables) or any(
         "steering" in a.path for d in tables for a in c.list_artifacts(run.info.run_id, d)
@@ -145,4 +145,4 @@ def test_rare_trial_logs_trigger_rate_reward_and_b_probes(workdir):
     assert m["delta/reward"] == m["post/reward"] - m["pre/reward"]
     c = tracking.client(tracking.tracking_uri())
     (run,) = trial_runs(tracking.tracking_uri(), "rare_toy")
-    assert "figures/rare_curve.png" in {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
+    assert "rare_curve.png" in {a.path for a in c.list_artifacts(run.info.run_id)}

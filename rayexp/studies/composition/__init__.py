@@ -42,4 +42,12 @@ STUDY = Study(
     ),
     report=report_section,
     after_sweep=after_sweep,
+    # the verdict on each trial run (tags rayexp.verdict, rayexp.verdict.score, ...) and the sweep's
+    # verdict table on the parent: the label, then the numbers the rule decides by, and its reason
+    run_annotations={
+        "verdict": (
+            "verdict",
+            ("verdict", "score", "score_ci_low", "score_ci_high", "u_rw", "u_el", "margin", "n_seeds", "reason"),
+        )
+    },
 )
