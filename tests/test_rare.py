@@ -41,3 +41,151 @@ def test_rare_positions_and_trigger_rate_by_hand():
     assert got["at"] == [(0, 5), (1, 4)]
     action_tokens = np.array([0, 1, 2, 3, 4, 5, 6])
     assert trigger_rate(np.array([[3, 0], [3, 3]]), action_tokens, 3) == 0.75
+
+
+# --- the capability: B predicted at the trigger, against its exact ceiling and chance --------------
+
+
+def test_b_prediction_and_normalised_score_by_hand():
+    from rayexp.studies.rare.capability import b_prediction, normalised
+
+    # vocabulary: A 0-2, trigger 3, B 4-6; actions claim tokens 0..6
+    acts, b = np.arange(7), np.array([4, 5, 6])
+    p = np.zeros((2, 7))
+    p[0, 4:] = [0.6, 0.3, 0.1]  # B's state known well
+    p[1, 4:] = [1 / 3, 1 / 3, 1 / 3]  # B's prior: nothing to know
+    bayes = np.zeros((2, 7))
+    bayes[0, 4], bayes[1, 5] = 1.0, 1.0
+    guess = np.zeros((2, 7))
+    guess[:, 4:] = 1 / 3
+    wrong = np.zeros((2, 7))
+    wrong[:, 0] = 1.0  # predicts an A token: B never says it
+    half = 0.5 * bayes + 0.5 * guess
+    got = b_prediction(bayes, p, acts, b)
+    np.testing.assert_allclose(got["ceiling"], [0.6, 1 / 3])
+    np.testing.assert_allclose(got["chance"], [1 / 3, 1 / 3])
+    np.testing.assert_allclose(got["accuracy"], [0.6, 1 / 3])
+    # ceiling - chance = (0.6 - 1/3) / 2 per position on average
+    assert normalised(got["accuracy"], got["ceiling"], got["chance"]) == pytest.approx(1.0)
+    g = b_prediction(guess, p, acts, b)
+    assert normalised(g["accuracy"], g["ceiling"], g["chance"]) == pytest.approx(0.0, abs=1e-12)
+    w = b_prediction(wrong, p, acts, b)
+    assert w["accuracy"].tolist() == [0.0, 0.0]
+    assert normalised(w["accuracy"], w["ceiling"], w["chance"]) == pytest.approx(-(2 / 3) / (0.6 - 1 / 3))
+    h = b_prediction(half, p, acts, b)  # the expected hit rate is linear in the policy
+    assert normalised(h["accuracy"], h["ceiling"], h["chance"]) == pytest.approx(0.5)
+    assert normalised(h["greedy"], h["ceiling"], h["chance"]) == pytest.approx(1.0)  # its argmax is Bayes'
+    # no position where B's state is knowable: nothing to be skilled at
+    assert np.isnan(normalised([1 / 3], [1 / 3], [1 / 3]))
+    assert np.isnan(normalised([], [], []))
+    with pytest.raises(ValueError, match="align"):
+        b_prediction(bayes[:, :3], p, acts, b)
+
+
+def test_bayes_policy_scores_one_and_a_blind_one_zero_on_the_real_gated_stream():
+    from rayexp.studies.rare.capability import b_prediction, normalised
+
+    hmm = build_process(
+        {"name": "gated", "a": {"name": "rare_token", "base": MESS3, "eps": 0.2}, "b": MESS3, "trigger": 3}
+    )
+    tokens, _, beliefs = hmm.sample_with_beliefs(400, 10, np.random.default_rng(0))
+    s, t = rare_positions(tokens, 3, np.array([4, 5, 6]))["at"]
+    nxt = hmm.next_token_probs(beliefs[s, t])  # (n, 7)
+    np.testing.assert_allclose(nxt[:, 4:].sum(1), 1.0, atol=1e-12)  # after a trigger, B always speaks
+    acts = np.arange(7)
+    bayes = np.eye(7)[np.argmax(nxt, axis=1)]
+    blind = np.tile(np.r_[np.zeros(4), np.ones(3) / 3], (len(s), 1))  # knows B speaks, not B's state
+    got, ref = b_prediction(bayes, nxt, acts, [4, 5, 6]), b_prediction(blind, nxt, acts, [4, 5, 6])
+    assert 0.6 < got["ceiling"].mean() < 0.75  # what the README's ~0.69 ceiling is
+    assert normalised(got["accuracy"], got["ceiling"], got["chance"]) == pytest.approx(1.0)
+    assert normalised(ref["accuracy"], ref["ceiling"], ref["chance"]) == pytest.approx(0.0, abs=1e-12)
+
+
+# --- the across-seed summary: Student-t, paired changes, Welch between exposures ------------------
+
+
+def test_welch_interval_matches_scipy_and_a_hand_case():
+    from scipy import stats
+
+    from rayexp.studies.rare.summary import welch_ci
+
+    a, b = [0.10, 0.12, 0.09, 0.15, 0.11], [0.30, 0.41, 0.35, 0.28, 0.50]
+    d, lo, hi = welch_ci(a, b)
+    ref = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    assert d == pytest.approx(np.mean(b) - np.mean(a))
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+    assert welch_ci([1.0, 1.0], [2.0, 2.0]) == (1.0, 1.0, 1.0)  # no spread: a point
+    assert np.isnan(welch_ci([1.0], [2.0, 3.0])[1])  # one value has no variance to estimate
+
+
+def _groups():
+    def g(skill_pre, skill_post, probe_pre):
+        return {
+            "pre/capability": skill_pre,
+            "post/capability": skill_post,
+            "delta/capability": [b - a for a, b in zip(skill_pre, skill_post)],
+            "pre/trigger_rate": [0.0] * len(skill_pre),
+            "post/trigger_rate": [0.3, 0.4, 0.5],
+            "delta/trigger_rate": [0.3, 0.4, 0.5],
+            "pre/skill_B/at": probe_pre,
+            "pre/r2_B/at": [0.5, 0.5, 0.5],
+            "r2_B_random_init/at": [0.91, 0.91, 0.91],
+            "b_ceiling": [0.69] * 3,
+            "b_chance": [1 / 3] * 3,
+        }
+
+    return {
+        "process.a.eps=0.0": g([-0.5, -0.4, -0.6], [0.2, 0.3, 0.1], [-4.0, -5.0, -6.0]),
+        "process.a.eps=0.001": g([0.2, 0.3, 0.4], [0.6, 0.7, 0.8], [-2.0, -2.5, -3.0]),
+    }
+
+
+def test_capability_seeking_and_exposure_rows_use_t_intervals():
+    from scipy import stats
+
+    from rayexp.studies.rare import summary
+
+    groups = _groups()
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)  # sd 0.1 over 3 seeds
+    cap = summary.capability_rows(groups)
+    assert cap[0]["group"] == "process.a.eps=0.0" and cap[0]["seeds"] == 3
+    assert cap[0]["post"] == f"+0.200 [{0.2 - half:+.3f}, {0.2 + half:+.3f}]"
+    assert cap[0]["post - pre (paired)"] == "+0.700 [+0.700, +0.700]"  # the same change in every seed
+    assert cap[1]["ceiling / chance"] == "0.690 / 0.333"
+    seek = summary.seeking_rows(groups)
+    assert seek[0]["trigger rate post"] == f"+0.400 [{0.4 - half:+.3f}, {0.4 + half:+.3f}]"
+    assert "B skill at trigger pre" not in seek[0]  # seeking is never the definition of "found"
+    exp = summary.exposure_rows(groups)
+    assert "minus process.a.eps=0.0" not in exp[0]
+    d, lo, hi = summary.welch_ci([-0.5, -0.4, -0.6], [0.2, 0.3, 0.4])
+    assert exp[1]["minus process.a.eps=0.0"] == f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" and d == pytest.approx(0.8)
+    assert exp[1]["R2 pre / random init"] == "0.50 / 0.91"
+
+
+def test_probe_reading_says_plainly_when_the_probe_cannot_show_exposure():
+    from rayexp.studies.rare import summary
+
+    groups = _groups()
+    assert summary.probe_reading(groups).startswith("probe: cannot show an exposure effect")
+    groups["process.a.eps=0.001"]["pre/skill_B/at"] = [0.2, 0.3, 0.25]  # beats random init: readable
+    assert "cannot" not in summary.probe_reading(groups)
+    for g in groups.values():  # a low random-init R2 leaves room: read skill per group
+        g["r2_B_random_init/at"] = [0.4] * 3
+        g["pre/skill_B/at"] = [-0.1, -0.2, -0.3]
+    assert "cannot" not in summary.probe_reading(groups)
+    assert summary.probe_reading({}) == "probe: no probe metrics to read."
+
+
+def test_report_groups_seeds_by_exposure_in_numeric_order():
+    from types import SimpleNamespace
+
+    from rayexp.studies.rare.report import seed_values
+
+    def run(eps, seed, cap):
+        metrics = {"analysis/rare/post/capability": cap, "other/metric": 1.0}
+        return SimpleNamespace(data=SimpleNamespace(metrics=metrics, params={"process.a.eps": eps, "seed": seed}))
+
+    runs = [run("0.0105", "0", 0.9), run("0.001", "0", 0.5), run("0.0", "0", 0.1), run("0.0", "1", 0.3)]
+    got = seed_values(runs + [SimpleNamespace(data=SimpleNamespace(metrics={}, params={}))])
+    assert list(got) == ["process.a.eps=0.0", "process.a.eps=0.001", "process.a.eps=0.0105"]  # not string order
+    assert got["process.a.eps=0.0"] == {"post/capability": [0.1, 0.3]}

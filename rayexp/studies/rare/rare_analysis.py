@@ -17,8 +17,17 @@ up before RL (the exposure axis of ``sweeps/rare.yaml``). For the model PPO star
   ``r2_B_random_init/...`` the random-init model's (a negative skill means pretraining left B's
   belief *less* linearly readable than a random network's token-and-position features do).
 
-Metrics ``{pre,post}/{trigger_rate,reward,skill_B/...,r2_B/...}`` and ``delta/{...}`` (post - pre); table and
-figure ``rare_curve`` over iterations.
+- ``capability``: whether the model *has* the rare capability, apart from whether it seeks it: on
+  the evaluation stream's trigger positions once B has spoken (the probe's ``at`` positions, where
+  B's state is knowable), the policy's exact B-prediction accuracy against its exact Bayes ceiling
+  and chance, ``(accuracy - chance) / (ceiling - chance)`` (:mod:`.capability`): 0 = a guess among
+  B's tokens, 1 = the ceiling. ``capability_greedy`` the same for the policy's argmax, ``b_accuracy``
+  the raw expected hit rate; ``b_ceiling`` and ``b_chance`` (model-free) their references.
+  "RL found the rare capability" is read from ``capability``, never from the trigger rate.
+
+Metrics ``{pre,post,max}/{trigger_rate,reward,capability,capability_greedy,b_accuracy,skill_B/...,
+r2_B/...}`` and ``delta/{...}`` (post - pre, paired within the trial); table and figure
+``rare_curve`` over iterations.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ import pyarrow as pa
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.policy import action_probs
 from rayexp.probes import residual_layers, split_sequences
 from rayexp.rollouts import collect
 from rayexp.specs import build_process
 from rayexp.studies.composition.representation import probe_errors
+from rayexp.studies.rare.capability import b_prediction, normalised
 from rayexp.studies.rare.positions import rare_positions, trigger_rate
 
 
@@ -98,15 +109,30 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
 
     totals = {k: sst(k) for k in pos}
     control = errors(features(artifacts.random_init()))
-    rows: dict[str, list] = {"iteration": [], "trigger_rate": [], "reward": []}
-    rows |= {f"skill_B/{k}": [] for k in pos} | {f"r2_B/{k}": [] for k in pos}
     action_tokens = np.asarray(env["action_tokens"])
+    s_at, t_at = pos["at"]
+    next_at = hmm.next_token_probs(beliefs[s_at, t_at])  # (n_at, V) exact: B's token is next
+
+    def capability(model) -> dict[str, float]:
+        pi = action_probs(model, tokens, action_tokens)[s_at, t_at]  # (n_at, A)
+        b = b_prediction(pi, next_at, action_tokens, b_tokens)
+        return {
+            "capability": normalised(b["accuracy"], b["ceiling"], b["chance"]),
+            "capability_greedy": normalised(b["greedy"], b["ceiling"], b["chance"]),
+            "b_accuracy": float(np.mean(b["accuracy"])) if len(b["accuracy"]) else float("nan"),
+        }
+
+    rows: dict[str, list] = {"iteration": [], "trigger_rate": [], "reward": []}
+    rows |= {k: [] for k in ("capability", "capability_greedy", "b_accuracy")}
+    rows |= {f"skill_B/{k}": [] for k in pos} | {f"r2_B/{k}": [] for k in pos}
     for it in [0, *artifacts.ppo_iterations()]:
         model = artifacts.policy(it)
         data = collect(model, env, params.n_episodes, seed=params.seed)
         rows["iteration"].append(it)
         rows["trigger_rate"].append(trigger_rate(data["actions"], action_tokens, trigger))
         rows["reward"].append(float(data["rewards"].mean()))
+        for k, v in capability(model).items():
+            rows[k].append(v)
         err = errors(features(model))
         for k in pos:
             c = np.sum(control[k])
@@ -114,6 +140,8 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
             rows[f"r2_B/{k}"].append(float(1 - np.sum(err[k]) / totals[k]))
     metrics: dict[str, float] = {f"positions/{k}": float(len(v[0])) for k, v in pos.items()}
     metrics |= {f"r2_B_random_init/{k}": float(1 - np.sum(control[k]) / totals[k]) for k in pos}
+    refs = b_prediction(np.zeros((len(s_at), len(action_tokens))), next_at, action_tokens, b_tokens)
+    metrics |= {f"b_{k}": float(np.mean(refs[k])) if len(s_at) else float("nan") for k in ("ceiling", "chance")}
     for key, col in rows.items():
         if key == "iteration":
             continue
@@ -130,6 +158,7 @@ def _figure(rows):
     it = rows["iteration"]
     axes[0].plot(it, rows["trigger_rate"], "o-", label="trigger rate")
     axes[0].plot(it, rows["reward"], "s-", label="reward / step")
+    axes[0].plot(it, rows["capability"], "^-", label="B skill at trigger (0 chance, 1 ceiling)")
     axes[0].set_xlabel("PPO iteration")
     axes[0].legend(fontsize=7)
     for k in ("seen", "before", "at"):

@@ -1,12 +1,17 @@
 """The rare-capability study in `rayexp report`: trigger rate, reward and B's belief R² per group of
 trials that differ in more than their seed (``rare.csv``) and the curves over PPO checkpoints
-(``rare_curves.png``)."""
+(``rare_curves.png``); then, with Student-t intervals over seeds (:mod:`.summary`), whether RL found
+the capability (B skill at the trigger against ceiling and chance, ``rare_capability.csv``), trigger
+seeking as its own table (``rare_seeking.csv``), and the exposure effect before RL read from
+behaviour and from probe skill against random init (``rare_exposure.csv``), with one sentence on
+whether the probe can show it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rayexp import tracking
+from rayexp.studies.rare import summary
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, mean_range, write_csv
 
@@ -20,6 +25,33 @@ def _groups(runs: list) -> dict[str, list]:
     out: dict[str, list] = {}
     for r in runs:
         out.setdefault(", ".join(f"{k}={r.data.params.get(k)}" for k in varying) or "all", []).append(r)
+    return out
+
+
+def _order(label: str) -> tuple:
+    """Group labels ordered by their values, numerically where they are numbers (eps 0 < 0.001 < 0.0105)."""
+    out = []
+    for part in label.split(", "):
+        value = part.split("=", 1)[-1]
+        try:
+            out.append((0, float(value), ""))
+        except ValueError:
+            out.append((1, 0.0, value))
+    return tuple(out)
+
+
+def seed_values(runs: list) -> summary.Groups:
+    """{group: {metric (without the analysis prefix): values over the group's seeds}}, groups in order."""
+    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
+    groups = _groups(runs)
+    out: summary.Groups = {}
+    for label in sorted(groups, key=_order):
+        vals: dict[str, list[float]] = {}
+        for r in groups[label]:
+            for k, v in r.data.metrics.items():
+                if k.startswith(RARE):
+                    vals.setdefault(k[len(RARE) :], []).append(v)
+        out[label] = vals
     return out
 
 
@@ -100,3 +132,30 @@ def report_section(inp: ReportInput) -> None:
     if inp.out is not None:
         write_csv(rows, inp.out / "rare.csv")
         print(f"figure: {rare_figure(inp.runs, curves, inp.out / 'rare_curves.png')}", file=inp.file)
+    groups = seed_values(inp.runs)
+    tables = {
+        "rare_capability": (
+            (
+                "did RL find the rare capability? B skill at the trigger, (hit rate - chance) / (ceiling - chance): "
+                "0 = a guess among B's tokens, 1 = the exact Bayes ceiling; mean [95 % Student-t CI] over seeds"
+            ),
+            summary.capability_rows(groups),
+        ),
+        "rare_seeking": (
+            "trigger seeking (a separate question: not the definition of 'found')",
+            summary.seeking_rows(groups),
+        ),
+        "rare_exposure": (
+            (
+                "exposure effect before RL: behaviour against the ceiling, and probe skill against random init "
+                "(1 - MSE / MSE_random-init); differences from the lowest exposure: Welch t"
+            ),
+            summary.exposure_rows(groups),
+        ),
+    }
+    for name, (title, table) in tables.items():
+        print(f"\n{title}:", file=inp.file)
+        print(format_table(table), file=inp.file)
+        if inp.out is not None:
+            write_csv(table, inp.out / f"{name}.csv")
+    print(summary.probe_reading(groups), file=inp.file)
