@@ -81,3 +81,105 @@ def test_steering_adds_exactly_alpha_v_at_the_named_hook_only():
     torch.testing.assert_close(same, plain_logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown hook"):
         model.run_with_hooks(tokens, {"blocks.9.hook_resid_pre": add_vector(v, 1.0)})
+
+
+# --- steering controls on the activation manifold, and the across-seed readings (issue 22) --------
+
+
+def test_on_manifold_controls_stay_in_the_activations_span_and_carry_no_label():
+    rng = np.random.default_rng(4)
+    d, n = 12, 600
+    basis = np.linalg.qr(rng.standard_normal((d, 3)))[0]  # activations live in a 3-D subspace
+    u = basis[:, 0]
+    labels = rng.integers(0, 3, n)
+    sign = np.select([labels == cv.REWARDED, labels == cv.PUNISHED], [0.0, -2.0], 0.0)
+    acts = (rng.standard_normal((n, 3)) * [1.0, 3.0, 2.0]) @ basis.T + sign[:, None] * u
+    _, v_p = cv.concept_vectors(acts, labels)
+    assert cv.cosine(v_p, -u) > 0.95  # the planted punishment direction
+    shuffled = cv.norm_matched(cv.shuffled_vectors(acts, labels, 20, rng), np.linalg.norm(v_p))
+    groups = cv.norm_matched(cv.group_differences(acts, 50, 20, rng), np.linalg.norm(v_p))
+    off = np.stack([cv.random_like(v_p, rng) for _ in range(20)])
+    outside = np.eye(d) - basis @ basis.T  # projector onto what the activations never use
+    for controls in (shuffled, groups):
+        np.testing.assert_allclose(np.linalg.norm(controls, axis=1), np.linalg.norm(v_p))
+        np.testing.assert_allclose(controls @ outside, 0.0, atol=1e-9)  # on the manifold, exactly
+        assert np.mean(np.abs(controls @ u)) / np.linalg.norm(v_p) < 0.5  # but not along the label's direction
+    assert np.min(np.linalg.norm(off @ outside, axis=1) / np.linalg.norm(v_p)) > 0.3  # isotropic: mostly off it
+    # a shuffle is a permutation of the labels: the same draw, by hand
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    np.testing.assert_allclose(
+        cv.shuffled_vectors(acts, labels, 1, r1)[0], cv.concept_vectors(acts, r2.permutation(labels))[1]
+    )
+
+
+def test_group_differences_by_hand_and_norm_matching():
+    acts = np.array([[0.0], [1.0], [2.0], [3.0]])
+    got = cv.group_differences(acts, 2, 200, np.random.default_rng(0))
+    # two disjoint halves of {0, 1, 2, 3}: mean differences are 0, +-1 or +-2, and all of them occur
+    assert set(np.round(got[:, 0], 12)) == {-2.0, -1.0, 0.0, 1.0, 2.0}
+    with pytest.raises(ValueError, match="group_size"):
+        cv.group_differences(acts, 3, 1, np.random.default_rng(0))
+    m = cv.norm_matched(np.array([[3.0, 4.0], [0.0, 0.0]]), 10.0)
+    np.testing.assert_allclose(m, [[6.0, 8.0], [0.0, 0.0]])  # a zero row stays zero
+
+
+def test_effect_against_control_ratio_and_difference():
+    from scipy import stats
+
+    from rayexp.studies.welfare.summary import effect_vs_control
+
+    got = effect_vs_control([0.2, 0.4, 0.3], [0.02, 0.04, 0.03])
+    assert got["ratio"] == pytest.approx((10.0, 10.0, 10.0))  # the same ratio in every seed
+    diffs = np.array([0.18, 0.36, 0.27])
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert got["diff"] == pytest.approx((0.27, 0.27 - half, 0.27 + half))
+    # a 10x and a 0.1x seed: the geometric mean is 1x (an arithmetic mean of ratios would say 5x)
+    assert effect_vs_control([1.0, 0.1], [0.1, 1.0])["ratio"][0] == pytest.approx(1.0)
+    # a zero control leaves that seed out of the ratio, not of the difference
+    z = effect_vs_control([0.2, 0.4, 0.3], [0.02, 0.0, 0.03])
+    assert z["ratio"][0] == pytest.approx(10.0) and z["diff"][0] == pytest.approx(np.mean([0.18, 0.4, 0.27]))
+    with pytest.raises(ValueError, match="one value per seed"):
+        effect_vs_control([0.1], [0.1, 0.2])
+
+
+def test_cos_reading_says_antiparallel_only_below_the_band():
+    from rayexp.studies.welfare.summary import cos_reading
+
+    lo, hi = [-0.6] * 5, [0.97] * 5
+    inside = cos_reading([0.52, 0.66, 0.55, 0.60, 0.57], lo, hi)  # README's pre-RL +0.58, band [-0.6, +0.97]
+    assert inside["reading"].startswith("not antiparallel (inside") and inside["seeds"] == {
+        "below": 0,
+        "inside": 5,
+        "above": 0,
+    }
+    assert inside["band"] == pytest.approx((-0.6, 0.97))
+    below = cos_reading([-0.9, -0.85, -0.95, -0.92, -0.88], lo, hi)
+    assert below["reading"].startswith("antiparallel") and below["seeds"]["below"] == 5
+    above = cos_reading([0.99, 0.995, 0.98, 0.99, 0.985], [0.1] * 5, [0.9] * 5)
+    assert above["reading"] == "not antiparallel; same-signed beyond the shuffled-label band"
+    straddle = cos_reading([-0.9, -0.2, -0.7, 0.1, -0.5], lo, hi)  # reaches below the band: no claim either way
+    assert straddle["reading"].startswith("undecided")
+
+
+def test_welfare_report_reads_controls_and_cosines_per_seed():
+    from types import SimpleNamespace
+
+    from rayexp.studies.welfare.report import control_rows, cos_rows
+
+    pre = "analysis/concept_vectors/"
+    h = "blocks.1.hook_resid_post"
+
+    def run(effect, ctrl, cos):
+        m = {f"{pre}steer/post/v_P/effect": effect, f"{pre}steer/post/v_P/control/shuffled": ctrl}
+        m |= {f"{pre}cos/{model}/{h}": cos for model in ("pre", "post")}
+        m |= {f"{pre}null/{model}/{h}/q025": -0.6 for model in ("pre", "post")}
+        m |= {f"{pre}null/{model}/{h}/q975": 0.97 for model in ("pre", "post")}
+        return SimpleNamespace(data=SimpleNamespace(metrics=m))
+
+    runs = [run(0.2, 0.1, 0.5), run(0.4, 0.2, 0.6), SimpleNamespace(data=SimpleNamespace(metrics={}))]
+    (row,) = control_rows(runs)  # only the control these runs hold
+    assert row["vector"] == "v_P" and row["control"] == "shuffled" and row["seeds"] == 2
+    assert row["ratio (geometric mean)"].startswith("2.0 [2.0, 2.0]")
+    rows = cos_rows(runs)
+    assert [r["model"] for r in rows] == ["pre", "post"] and rows[0]["seeds below/inside/above"] == "0/2/0"
+    assert rows[0]["reading"].startswith("not antiparallel")

@@ -20,7 +20,18 @@ Metrics (``{model}``: ``random_init``, ``pre`` (the model PPO started from), ``p
   the pre and post models: exact probability of a punished action and reward rate at every
   decision point, averaged (table ``steering``, figure ``steering``);
   ``steer/{model}/{vec}/{punish,reward}_slope``: least-squares slope over the alphas, and
-  ``steer/{model}/{vec}/dpunish_max``: the change at the largest alpha.
+  ``steer/{model}/{vec}/dpunish_max``: the change at the largest alpha;
+- the post-RL steering effect against controls on the activation manifold as well as off it
+  (issue 22): ``effect`` = |change of P(punished)| at the largest alpha, for v in {v_P, v_R}, next to
+  the same for controls *of v's norm*: ``random`` and ``orthogonal`` (off the manifold), ``shuffled``
+  (v_P with the outcome labels shuffled: the cosine null's own vectors) and ``group`` (differences
+  of means between random groups of activations at the steering hook, any position), each the mean
+  of ``n_random`` draws. ``steer/post/{v}/effect``, ``steer/post/{v}/control/{kind}``,
+  ``steer/post/{v}/vs_{kind}/{ratio,diff}`` (table ``steering_controls``); the report takes them
+  over seeds (geometric-mean ratio and paired difference, Student-t).
+
+``null/{model}/{hook}/p_above``: the share of shuffles at or above the observed cosine (small: more
+same-signed than the null), the other side of ``p_below``.
 """
 
 from __future__ import annotations
@@ -45,7 +56,12 @@ class ConceptParams(Params):
         min_length=2,
         description="steering strengths, in units of the vector (alpha = 1 adds the whole mean difference)",
     )
-    n_random: int = Field(5, ge=1, le=100, description="norm-matched random steering vectors")
+    n_random: int = Field(
+        5, ge=1, le=100, description="draws of each norm-matched control (random, shuffled-label, random-group)"
+    )
+    group_size: int | None = Field(
+        None, ge=1, description="rows per random group of the group-difference control; default: per-outcome count"
+    )
     checkpoints: bool = Field(True, description="also the curve over stored PPO checkpoints")
     seed: int = Field(0, ge=0, description="seeds the sequences, the balancing and the shuffles")
 
@@ -83,6 +99,14 @@ class _Data:
             _, cache = model.run_with_cache(torch.as_tensor(self.tokens, dtype=torch.long), names=hooks)
         return {h: cache[h][self.out_idx].double().numpy() for h in hooks}
 
+    def all_acts(self, model, hook: str) -> np.ndarray:
+        """(N * L, d) activations at ``hook`` at every position of every context."""
+        import torch
+
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.as_tensor(self.tokens, dtype=torch.long), names=[hook])
+        return cache[hook].reshape(-1, cache[hook].shape[-1]).double().numpy()
+
     def rates(self, model, hooks=None) -> tuple[float, float]:
         """Exact (reward rate, punishment probability) over decisions, with optional steering hooks."""
         forward = (lambda x: model.run_with_hooks(x, hooks)) if hooks else None
@@ -109,9 +133,11 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
         raise ValueError(f"steer_hook {steer_hook!r} is not a hook; valid: {models['post'].hook_names}")
     metrics: dict[str, float] = {}
     vecs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    steer_acts: dict[str, np.ndarray] = {}  # outcome-token activations at the steering hook, per model
     layer_rows: dict[str, list] = {"model": [], "hook": [], "cos": [], "null_q025": [], "null_q975": [], "p_below": []}
     for name, model in models.items():
         acts = data.acts(model, hooks)
+        steer_acts[name] = acts[steer_hook]
         vecs[name] = {}
         for h in hooks:
             v_r, v_p = cv.concept_vectors(acts[h], data.labels)
@@ -120,6 +146,7 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
             null = cv.shuffled_cosines(acts[h], data.labels, params.n_perm, seed=params.seed)
             q025, q975 = np.quantile(null, [0.025, 0.975])
             p_below = float((1 + np.sum(null <= c)) / (1 + len(null)))
+            metrics[f"null/{name}/{h}/p_above"] = float((1 + np.sum(null >= c)) / (1 + len(null)))
             metrics |= {
                 f"cos/{name}/{h}": c,
                 f"null/{name}/{h}/mean": float(null.mean()),
@@ -152,7 +179,7 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
         for vec_name, v in candidates.items():
             vt = torch.as_tensor(v, dtype=torch.float32)
             rp = [data.rates(models[name], {steer_hook: add_vector(vt, a)}) for a in params.alphas]
-            curves[vec_name] = {"reward": [r for r, _ in rp], "punish": [p for _, p in rp]}
+            curves[vec_name] = {"reward": [r for r, _ in rp], "punish": [p for _, p in rp], "vector": v}
             for a, (r, p) in zip(params.alphas, rp):
                 for k, val in zip(steer_rows, (name, vec_name, a, r, p)):
                     steer_rows[k].append(val)
@@ -170,16 +197,92 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
         metrics[f"steer/{name}/random/punish_slope_absmax"] = max(
             abs(cv.slope(params.alphas, curves[f"random{i}"]["punish"])) for i in range(params.n_random)
         )
+        if name == "post":
+            post_curves = curves
     metrics["steer/hook_index"] = float(models["post"].hook_names.index(steer_hook))
     metrics["steer/v_P_norm_post"] = float(np.linalg.norm(vecs["post"][steer_hook][1]))
+    metrics["steer/v_R_norm_post"] = float(np.linalg.norm(vecs["post"][steer_hook][0]))
+    control_metrics, control_rows = _control_effects(
+        data, models["post"], steer_hook, vecs["post"][steer_hook], steer_acts["post"], post_curves, punish_post, params
+    )
+    metrics |= control_metrics
 
-    tables = {"concept_layers": pa.table(layer_rows), "steering": pa.table(steer_rows)}
+    tables = {
+        "concept_layers": pa.table(layer_rows),
+        "steering": pa.table(steer_rows),
+        "steering_controls": pa.table(control_rows),
+    }
     figures = {"concept_layers": _layer_figure(layer_rows), "steering": _steer_figure(steer_rows, steer_hook)}
     if params.checkpoints and artifacts.ppo_iterations():
         curve = _curve(artifacts, data, hooks, vecs["post"])
         tables["concept_curve"] = pa.table(curve)
         figures["concept_curve"] = _curve_figure(curve, steer_hook)
     return AnalysisResult(metrics=metrics, tables=tables, figures=figures)
+
+
+def _control_effects(data: _Data, model, hook: str, v_rp, acts_out, curves, p0: float, params) -> tuple[dict, dict]:
+    """The post-RL steering effect of v_P and v_R against norm-matched controls, off and on the manifold.
+
+    Effect = |P(punished) steered at the largest alpha - unsteered|. A control matched to v's norm at
+    alpha is a v_P-norm control at alpha * |v| / |v_P|, so the random and orthogonal draws of the
+    dose-response (v_P's norm) are reused for v_P and rescaled by alpha for v_R; the on-manifold draws
+    are new (their own seed, so the other controls' draws are unchanged)."""
+    import torch
+
+    from models.transformer import add_vector
+
+    v_r, v_p = v_rp
+    norm_p = float(np.linalg.norm(v_p))
+    a_max = float(max(params.alphas))
+    rng = np.random.default_rng(params.seed + 2)
+    k = params.group_size or int(np.sum(data.labels == cv.NEUTRAL))
+    all_acts = data.all_acts(model, hook)
+    on = {
+        "shuffled": cv.norm_matched(cv.shuffled_vectors(acts_out, data.labels, params.n_random, rng), norm_p),
+        "group": cv.norm_matched(
+            cv.group_differences(all_acts, min(k, len(all_acts) // 2), params.n_random, rng), norm_p
+        ),
+    }
+    i_max = int(np.argmax(params.alphas))
+    rows: dict[str, list] = {"target": [], "control": [], "draw": [], "alpha": [], "punish": [], "effect": []}
+    metrics: dict[str, float] = {}
+
+    def steered(v: np.ndarray, alpha: float) -> float:
+        vt = torch.as_tensor(v, dtype=torch.float32)
+        return data.rates(model, {hook: add_vector(vt, alpha)})[1]
+
+    for target, v in (("v_P", v_p), ("v_R", v_r)):
+        alpha = a_max * float(np.linalg.norm(v)) / norm_p if norm_p > 0 else float("nan")
+        effect = abs(curves[target]["punish"][i_max] - p0)
+        metrics[f"steer/post/{target}/effect"] = effect
+        kinds = {"random": [f"random{i}" for i in range(params.n_random)], "orthogonal": ["orthogonal"]}
+        for kind, draws in kinds.items():
+            # v_P's own dose-response already holds these draws at v_P's norm; v_R's needs one more dose
+            punish = [
+                curves[d]["punish"][i_max] if target == "v_P" else steered(curves[d]["vector"], alpha) for d in draws
+            ]
+            _record(rows, target, kind, punish, alpha, p0)
+            metrics |= _versus(target, kind, effect, np.mean(np.abs(np.asarray(punish) - p0)))
+        for kind, draws in on.items():
+            punish = [steered(c, alpha) for c in draws]
+            _record(rows, target, kind, punish, alpha, p0)
+            metrics |= _versus(target, kind, effect, np.mean(np.abs(np.asarray(punish) - p0)))
+    return metrics, rows
+
+
+def _record(rows: dict, target: str, kind: str, punish: list[float], alpha: float, p0: float) -> None:
+    for i, p in enumerate(punish):
+        for key, val in zip(rows, (target, kind, i, alpha, p, abs(p - p0))):
+            rows[key].append(val)
+
+
+def _versus(target: str, kind: str, effect: float, control: float) -> dict[str, float]:
+    pre = f"steer/post/{target}"
+    return {
+        f"{pre}/control/{kind}": float(control),
+        f"{pre}/vs_{kind}/ratio": float(effect / control) if control > 0 else float("nan"),
+        f"{pre}/vs_{kind}/diff": float(effect - control),
+    }
 
 
 def _curve(artifacts, data: _Data, hooks: list[str], final: dict) -> dict[str, list]:

@@ -6,8 +6,13 @@ say how each context's trajectory ended: :data:`REWARDED`, :data:`PUNISHED` or :
 - v_R = mean(rewarded) - mean(neutral), v_P = mean(punished) - mean(neutral) (:func:`concept_vectors`);
 - the null of their cosine: the same with labels shuffled (:func:`shuffled_cosines`): what two
   difference-of-means vectors sharing the neutral mean give when the labels carry nothing;
-- steering controls: a random vector of the same norm (:func:`random_like`) and one of the same norm
-  orthogonal to v (:func:`orthogonal_like`).
+- steering controls off the activation manifold: a random vector of the same norm
+  (:func:`random_like`) and one of the same norm orthogonal to v (:func:`orthogonal_like`);
+- steering controls *on* it (:func:`norm_matched` brings them to v's norm): v_P with the outcome
+  labels shuffled (:func:`shuffled_vectors`: the null's own vectors) and differences of means between
+  random groups of activations (:func:`group_differences`). Activations are low-rank, so an
+  isotropic vector mostly points where the network never writes; beating it may only mean "on the
+  manifold beats off it". These controls are directions the network does use, without the label.
 """
 
 from __future__ import annotations
@@ -55,6 +60,33 @@ def shuffled_cosines(acts: np.ndarray, labels: np.ndarray, n_perm: int, seed: in
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     return np.array([cosine(*concept_vectors(acts, rng.permutation(labels))) for _ in range(n_perm)])
+
+
+def shuffled_vectors(acts: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, d) v_P (punished minus neutral mean) under ``n`` random permutations of the labels: what a
+    difference of means on these very activations gives when the labels carry nothing."""
+    labels = np.asarray(labels)
+    return np.stack([concept_vectors(acts, rng.permutation(labels))[1] for _ in range(n)])
+
+
+def group_differences(acts: np.ndarray, group_size: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, d) mean of one random group of ``group_size`` activation rows minus the mean of another,
+    disjoint one (rows drawn without replacement): directions of the activations' own variation."""
+    acts = np.asarray(acts, dtype=np.float64)
+    if not 1 <= group_size <= len(acts) // 2:
+        raise ValueError(f"group_size must be in [1, {len(acts) // 2}] for {len(acts)} rows; got {group_size}")
+    out = np.empty((n, acts.shape[1]))
+    for i in range(n):
+        idx = rng.choice(len(acts), 2 * group_size, replace=False)
+        out[i] = acts[idx[:group_size]].mean(0) - acts[idx[group_size:]].mean(0)
+    return out
+
+
+def norm_matched(vectors: np.ndarray, norm: float) -> np.ndarray:
+    """Each row rescaled to ``norm`` (a zero row stays zero): a control must push as hard as v does."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    lengths = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors * (norm / np.where(lengths > 0, lengths, np.inf))
 
 
 def random_like(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:

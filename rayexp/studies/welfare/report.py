@@ -1,11 +1,16 @@
 """The welfare study in `rayexp report`: cos(v_R, v_P) per hook for the random-init, pre-RL and
 post-RL models with the shuffled-label null band, mean and range over seeds (``concept_layers.csv`` /
-``.png``), and the steering slopes (``steering.csv``)."""
+``.png``), and the steering slopes (``steering.csv``); then, with Student-t intervals over seeds
+(:mod:`.summary`), the reading of cos(v_R, v_P) against each seed's shuffled-label band
+(``cos_vs_null.csv``) and the post-RL steering effect against controls of the same norm off and on
+the activation manifold, as ratio and difference (``steering_controls.csv``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rayexp.stats import t_ci
+from rayexp.studies.welfare import summary
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, mean_range, write_csv
 
@@ -44,6 +49,65 @@ def welfare_rows(runs: list) -> tuple[list[dict], list[dict]]:
                 }
             )
     return layers, steering
+
+
+CONTROLS = ("random", "orthogonal", "shuffled", "group")  # off the manifold, then on it
+
+
+def _paired(runs: list, *keys: str) -> list[list[float]]:
+    """Per key, its values over the runs that hold every key (so values stay paired by seed)."""
+    held = [r for r in runs if all(CV + k in r.data.metrics for k in keys)]
+    return [[r.data.metrics[CV + k] for r in held] for k in keys]
+
+
+def control_rows(runs: list) -> list[dict]:
+    """Post-RL steering effect |change of P(punished)| at the largest alpha for v_P and v_R against each
+    control of the same norm: geometric-mean ratio and paired difference over seeds, Student-t."""
+    rows = []
+    for target in ("v_P", "v_R"):
+        for kind in CONTROLS:
+            effect, control = _paired(runs, f"steer/post/{target}/effect", f"steer/post/{target}/control/{kind}")
+            if not effect:
+                continue
+            got = summary.effect_vs_control(effect, control)
+            rows.append(
+                {
+                    "vector": target,
+                    "control": kind,
+                    "seeds": len(effect),
+                    "effect": summary.cell(t_ci(effect)),
+                    "control effect": summary.cell(t_ci(control)),
+                    "ratio (geometric mean)": summary.cell(got["ratio"], ".1f"),
+                    "difference": summary.cell(got["diff"]),
+                }
+            )
+    return rows
+
+
+def cos_rows(runs: list, models: tuple[str, ...] = ("pre", "post")) -> list[dict]:
+    """cos(v_R, v_P) per hook and model against each seed's shuffled-label band, with the reading
+    the numbers allow ("not antiparallel" unless the interval leaves the band)."""
+    runs = [r for r in runs if any(k.startswith(CV) for k in r.data.metrics)]
+    keys = set().union(*(r.data.metrics for r in runs)) if runs else set()
+    hooks = sorted({k[len(CV + "cos/post/") :] for k in keys if k.startswith(CV + "cos/post/")}, key=_hook_order)
+    rows = []
+    for model in models:
+        for h in hooks:
+            cos, lo, hi = _paired(runs, f"cos/{model}/{h}", f"null/{model}/{h}/q025", f"null/{model}/{h}/q975")
+            if not cos:
+                continue
+            got = summary.cos_reading(cos, lo, hi)
+            rows.append(
+                {
+                    "model": model,
+                    "hook": h,
+                    "cos(v_R, v_P)": summary.cell(got["cos"]),
+                    "shuffled-label band (mean)": f"[{got['band'][0]:+.2f}, {got['band'][1]:+.2f}]",
+                    "seeds below/inside/above": "/".join(str(got["seeds"][k]) for k in ("below", "inside", "above")),
+                    "reading": got["reading"],
+                }
+            )
+    return rows
 
 
 def _hook_order(h: str) -> tuple[int, int]:
@@ -92,3 +156,24 @@ def report_section(inp: ReportInput) -> None:
         write_csv(layers, inp.out / "concept_layers.csv")
         write_csv(steering, inp.out / "steering.csv")
         print(f"figure: {concept_figure(inp.runs, inp.out / 'concept_layers.png')}", file=inp.file)
+    tables = {
+        "cos_vs_null": (
+            "cos(v_R, v_P) against each seed's shuffled-label band, mean [95 % Student-t CI] over seeds",
+            cos_rows(inp.runs),
+        ),
+        "steering_controls": (
+            (
+                "steering after RL: |change of P(punished)| at the largest alpha, against controls of the same "
+                "norm (random, orthogonal: off the activation manifold; shuffled-label v_P, random-group mean "
+                "differences: on it); ratio = geometric mean over seeds, difference paired; 95 % Student-t CIs"
+            ),
+            control_rows(inp.runs),
+        ),
+    }
+    for name, (title, rows) in tables.items():
+        if not rows:
+            continue
+        print(f"\n{title}:", file=inp.file)
+        print(format_table(rows), file=inp.file)
+        if inp.out is not None:
+            write_csv(rows, inp.out / f"{name}.csv")
