@@ -91,3 +91,101 @@ def test_classifier_names_planted_rewards_and_fails_on_noise():
     # cannot be memorised
     pred = tv.nearest_centroid_loso(X, labels, groups)
     assert (pred == np.array(labels)).all()
+
+
+# --- inference: intervals over seeds for pair statistics, and Holm over modules (issue 22) ---------
+
+
+def test_holm_by_hand_and_nan_is_not_a_test():
+    from rayexp.studies.objective.inference import holm
+
+    got = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": float("nan")})
+    # sorted 0.005 (x4), 0.01 (x3), 0.03 (x2), 0.04 (x1), each at least the one before
+    assert got == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06, "e": float("nan")}, nan_ok=True)
+    assert holm({"a": 0.5, "b": 0.9}) == {"a": 1.0, "b": 1.0}  # 2 x 0.5 capped at 1; 0.9 kept at least that
+    assert holm({}) == {}
+
+
+def test_pair_jackknife_on_additive_pairs_is_the_t_interval_of_the_seeds():
+    from rayexp.stats import t_ci
+    from rayexp.studies.objective.inference import pair_jackknife_ci
+
+    # a pair's value x_i + x_j: the mean over all pairs is 2 mean(x), and the jackknife over seeds
+    # reproduces exactly the t interval of 2 x_i (what the seeds alone support)
+    x = np.array([0.1, 0.5, 0.2, 0.9, 0.4])
+    i, j = np.triu_indices(5, k=1)
+    got = pair_jackknife_ci(x[i] + x[j], i, j)
+    assert got == pytest.approx(t_ci(2 * x))
+    assert np.isnan(pair_jackknife_ci([0.3], [0], [1])[1])  # 2 seeds: no spread to estimate
+    with pytest.raises(ValueError, match="one pair of seeds"):
+        pair_jackknife_ci([0.1, 0.2], [0], [1])
+
+
+def test_pair_jackknife_covers_where_treating_pairs_as_independent_does_not():
+    from rayexp.stats import t_ci
+    from rayexp.studies.objective.inference import pair_jackknife_ci
+
+    rng = np.random.default_rng(0)
+    n, reps = 5, 400
+    i, j = np.triu_indices(n, k=1)
+    hit_jk = hit_naive = 0
+    for _ in range(reps):
+        seed_effect = rng.standard_normal(n)  # each seed's vector shifts every pair it is in
+        vals = seed_effect[i] + seed_effect[j] + 0.3 * rng.standard_normal(len(i))
+        _, lo, hi = pair_jackknife_ci(vals, i, j)
+        hit_jk += lo <= 0 <= hi
+        _, lo, hi = t_ci(vals)  # 10 pairs as 10 independent values
+        hit_naive += lo <= 0 <= hi
+    assert 0.90 <= hit_jk / reps <= 0.99
+    assert hit_naive / reps < 0.85
+
+
+def test_pair_index_gives_the_pairs_pair_cosines_reads():
+    labels, seeds = ["r1", "r1", "r2", "r2", "null", "null"], [0, 1, 0, 1, 0, 1]
+    idx = tv.pair_index(labels, seeds, null="null")
+    assert [tuple(map(int, p)) for p in zip(*idx["same_reward"])] == [(0, 1), (2, 3)]
+    assert [tuple(map(int, p)) for p in zip(*idx["other_reward_same_seed"])] == [(0, 2), (1, 3)]
+    C = tv.cosine_matrix(np.random.default_rng(0).standard_normal((6, 4)))
+    got = tv.pair_cosines(C, labels, seeds, null="null")
+    for kind, (i, j) in idx.items():
+        np.testing.assert_array_equal(got[kind], C[i, j])
+
+
+def test_holm_over_sixteen_modules_keeps_the_planted_one_and_drops_noise():
+    from rayexp.studies.objective.inference import holm
+
+    rng = np.random.default_rng(3)
+    seeds, rewards, d = [0, 1, 2, 3, 4], ["anti", "shift", "prefer0"], 6
+    dirs = {r: rng.standard_normal(d) for r in rewards}
+    labels = [r for _ in seeds for r in rewards]
+    groups = [s for s in seeds for _ in rewards]
+    p = {}
+    for m in range(16):
+        signal = m == 0  # only module 0 carries the reward
+        X = np.array([(dirs[r] if signal else 0) + 0.5 * rng.standard_normal(d) for r in labels])
+        p[f"m{m}"] = tv.permutation_pvalue(X, labels, groups, n_perm=1000, seed=m)[1]
+    adj = holm(p)
+    # a relabelling applied alike in every seed also classifies perfectly: p is a few / 1001, not 1 / 1001
+    assert p["m0"] < 0.005 and adj["m0"] == pytest.approx(16 * p["m0"])
+    assert adj["m0"] < 0.05 and all(adj[f"m{m}"] >= 0.05 for m in range(1, 16))
+    assert 16 / 201 > 0.05  # with 200 permutations no module could ever pass Holm over 16
+
+
+def test_module_rows_sorted_by_holm_p():
+    from rayexp.studies.objective.report import module_rows
+
+    pre = "sweep/task_vectors/all/classifier/module/"
+    parent = {
+        pre + "unembed/accuracy": 1.0,
+        pre + "unembed/p_value": 0.001,
+        pre + "unembed/p_holm": 0.016,
+        pre + "blocks.1.attn/accuracy": 0.33,
+        pre + "blocks.1.attn/p_value": 0.14,
+        pre + "blocks.1.attn/p_holm": 1.0,
+        pre + "n_tested": 16.0,
+        "sweep/task_vectors/all/classifier/accuracy": 0.9,  # the whole-model classifier: not a module row
+    }
+    rows = module_rows(parent)
+    assert [r["module"] for r in rows] == ["unembed", "blocks.1.attn"]
+    assert rows[0]["modules tested"] == 16 and rows[0]["reads the reward (Holm p < 0.05)"] == "yes"
+    assert rows[1]["reads the reward (Holm p < 0.05)"] == "no"

@@ -6,8 +6,8 @@ each block's attention / MLP / LayerNorms, the final LayerNorm, the unembedding)
 can also be read per module.
 
 - :func:`task_vector`, :func:`apply` (``theta_A + lam * tau``: ``lam = -1`` is note 002's negation);
-- :func:`cosine_matrix` and :func:`pair_cosines` (same reward other seed / other reward / the
-  seed-only null);
+- :func:`cosine_matrix`, :func:`pair_index` and :func:`pair_cosines` (same reward other seed / other
+  reward / the seed-only null);
 - :func:`nearest_centroid_loso`: name the reward of a held-out seed's vectors from the centroids of
   the other seeds' vectors, with :func:`permutation_pvalue` for "better than chance";
 - :func:`superpose`: per seed, the mean update over rewards and each reward's residual from it.
@@ -82,7 +82,15 @@ def cosine_matrix(X: np.ndarray) -> np.ndarray:
 
 
 def pair_cosines(C: np.ndarray, labels: Sequence[str], seeds: Sequence[int], null: str | None) -> dict[str, np.ndarray]:
-    """Off-diagonal cosines by kind of pair:
+    """Off-diagonal cosines by kind of pair (:func:`pair_index` says which pairs)."""
+    return {kind: C[i, j] for kind, (i, j) in pair_index(labels, seeds, null).items()}
+
+
+def pair_index(
+    labels: Sequence[str], seeds: Sequence[int], null: str | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pairs of trials (row indices i < j) by kind (their seeds, ``seeds[i]`` and ``seeds[j]``, are what
+    an interval over seeds needs: :func:`rayexp.studies.objective.inference.pair_jackknife_ci`):
 
     - ``same_reward``: same label, other seed (the null's own pairs excluded);
     - ``other_reward``: different labels, neither the null, other seeds;
@@ -98,24 +106,36 @@ def pair_cosines(C: np.ndarray, labels: Sequence[str], seeds: Sequence[int], nul
     li, lj, si, sj = labels[i], labels[j], seeds[i], seeds[j]
     is_null_i = li == null if null is not None else np.zeros(len(i), bool)
     is_null_j = lj == null if null is not None else np.zeros(len(j), bool)
-    c = C[i, j]
-    return {
-        "same_reward": c[(li == lj) & (si != sj) & ~is_null_i],
-        "other_reward": c[(li != lj) & ~is_null_i & ~is_null_j & (si != sj)],
-        "null": c[is_null_i & is_null_j & (si != sj)],
-        "null_vs_reward": c[(is_null_i ^ is_null_j) & (si != sj)],
-        "other_reward_same_seed": c[(li != lj) & ~is_null_i & ~is_null_j & (si == sj)],
+    kinds = {
+        "same_reward": (li == lj) & (si != sj) & ~is_null_i,
+        "other_reward": (li != lj) & ~is_null_i & ~is_null_j & (si != sj),
+        "null": is_null_i & is_null_j & (si != sj),
+        "null_vs_reward": (is_null_i ^ is_null_j) & (si != sj),
+        "other_reward_same_seed": (li != lj) & ~is_null_i & ~is_null_j & (si == sj),
     }
+    return {kind: (i[sel], j[sel]) for kind, sel in kinds.items()}
 
 
 def nearest_centroid_loso(X: np.ndarray, labels: Sequence[str], groups: Sequence[int]) -> np.ndarray:
     """Leave-one-group-out nearest-centroid predictions (n,): each row's label is predicted from the
     centroids of the *other* groups' (seeds') unit-normalised rows, by cosine. Rows are normalised
     so a reward is named by its direction, not by how far PPO moved."""
+    return _loso_from_gram(_unit_gram(X), np.asarray(labels), np.asarray(groups))
+
+
+def _unit_gram(X: np.ndarray) -> np.ndarray:
+    """(n, n) inner products of the unit-normalised rows (a zero row stays zero)."""
     X = np.asarray(X, dtype=np.float64)
-    labels, groups = np.asarray(labels), np.asarray(groups)
     norms = np.linalg.norm(X, axis=1)
     U = X / np.where(norms > 0, norms, 1.0)[:, None]
+    return U @ U.T
+
+
+def _loso_from_gram(G: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    # A centroid is a mean of unit rows, c_k = M_k U, so every cosine the classifier needs is a
+    # linear function of the Gram matrix G = U U^T: U_test . c_k = G_test M_k^T and
+    # |c_k|^2 = M_k G M_k^T. The permutation null then costs O(n^2) per shuffle instead of a pass
+    # over all ~200k parameters (1000 shuffles x 17 classifiers per sweep).
     classes = np.unique(labels)
     pred = np.empty(len(labels), dtype=labels.dtype)
     for g in np.unique(groups):
@@ -123,9 +143,10 @@ def nearest_centroid_loso(X: np.ndarray, labels: Sequence[str], groups: Sequence
         present = [c for c in classes if (train & (labels == c)).any()]
         if not present:
             raise ValueError("nearest_centroid_loso needs every group's classes in the other groups")
-        cents = np.stack([U[train & (labels == c)].mean(0) for c in present])  # (k, d)
-        cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-300)
-        pred[test] = np.asarray(present)[np.argmax(U[test] @ cents.T, axis=1)]
+        M = np.stack([(train & (labels == c)) / np.sum(train & (labels == c)) for c in present])  # (k, n)
+        dots = G[test] @ M.T  # (n_test, k)
+        norms = np.sqrt(np.maximum(np.einsum("kn,nm,km->k", M, G, M), 0.0))  # (k,)
+        pred[test] = np.asarray(present)[np.argmax(dots / np.maximum(norms, 1e-300), axis=1)]
     return pred
 
 
@@ -136,7 +157,8 @@ def permutation_pvalue(
     permuted within each group (so every group keeps one vector per label), ``p = (1 + #{null >= acc}) /
     (1 + n_perm)``."""
     labels, groups = np.asarray(labels), np.asarray(groups)
-    acc = float(np.mean(nearest_centroid_loso(X, labels, groups) == labels))
+    G = _unit_gram(X)  # once: a shuffle moves labels, not vectors
+    acc = float(np.mean(_loso_from_gram(G, labels, groups) == labels))
     rng = np.random.default_rng(seed)
     null = np.empty(n_perm)
     for b in range(n_perm):
@@ -144,7 +166,7 @@ def permutation_pvalue(
         for g in np.unique(groups):
             idx = np.flatnonzero(groups == g)
             perm[idx] = labels[rng.permutation(idx)]
-        null[b] = np.mean(nearest_centroid_loso(X, perm, groups) == perm)
+        null[b] = np.mean(_loso_from_gram(G, perm, groups) == perm)
     return acc, float((1 + np.sum(null >= acc)) / (1 + n_perm)), null
 
 

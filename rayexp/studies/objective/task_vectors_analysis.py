@@ -9,10 +9,13 @@ another seed, so its update is what retraining alone writes). Per trial ``tau = 
 - ``cos/{same_reward,other_reward,null,null_vs_reward}/{mean,ci_low,ci_high,n}``: cosines of
   pairs of task vectors from different seeds, and ``cos/other_reward_same_seed/...`` (trials of one
   seed share their streams, so their updates share noise; figure ``task_vector_cosines``: the full
-  matrix);
+  matrix); the interval is a leave-one-seed-out jackknife, Student-t (pairs sharing a seed are not
+  independent, so pairs are not resampled as if they were);
 - ``classifier/{accuracy,chance,p_value,n}``: leave-one-seed-out nearest-centroid naming of the
   task from the vector, against a within-seed label permutation null; ``classifier/rewards_only/...``
-  without the null task; ``classifier/module/{module}/{accuracy,p_value}``: the same on one module;
+  without the null task; ``classifier/module/{module}/{accuracy,p_value,p_holm}``: the same on one
+  module, ``p_holm`` Holm-adjusted over the ``classifier/module/n_tested`` modules (all tested on the
+  same trials: dependent tests, which Holm's family-wise control allows; :mod:`.inference`);
 - superposition, per seed: mu = mean tau over the rewards (null excluded), residual_r = tau_r - mu:
   ``superpose/{task}/gain_{tau,residual,mean}``: exact return on R_B of M_A + tau (= M_B), of
   M_A + residual, of M_A + mu, minus M_A's, with ``/ci_low``, ``/ci_high`` over seeds;
@@ -25,7 +28,8 @@ another seed, so its update is what retraining alone writes). Per trial ``tau = 
 - ``similarity/{task}/{task}``: correlation of the two rewards' exact action values over contexts x
   actions (how different the chosen rewards are), ``return/{task}/optimum``.
 
-Intervals over seeds are percentile bootstraps of 3-5 points: coarse, and said so in README.
+Intervals over seeds are Student-t (docs/design.md §6 rule 4: a percentile bootstrap of 3-5 seeds
+covers ~75-85 % at a nominal 95 %); ``.../n`` says how many values each rests on.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.stats import bootstrap_ci
+from rayexp.stats import t_ci
+from rayexp.studies.objective import inference
 from rayexp.studies.objective import returns as rt
 from rayexp.studies.objective import task_vectors as tv
 from rayexp.studies.objective.exact_returns import ExactReturns, params_of, task_reward_spec, with_params
@@ -45,12 +50,15 @@ class TaskVectorParams(Params):
     null_task: str = Field("null", description="task name of the seed-only null (R_A retrained, other seed)")
     n_seq: int = Field(1000, ge=20, le=1_000_000, description="stream sequences of the exact evaluation")
     n_perm: int = Field(1000, ge=10, le=100_000, description="label permutations of the classifier's null")
-    n_perm_module: int = Field(200, ge=10, le=100_000, description="permutations per module classifier")
+    # Holm over ~16 modules needs p as small as 0.05 / 16 = 0.003 to reject anything; a permutation p is
+    # at least 1 / (n_perm + 1), so 200 permutations could never reach it
+    n_perm_module: int = Field(1000, ge=10, le=100_000, description="permutations per module classifier")
     seed: int = Field(0, ge=0, description="seeds the evaluation sequences and the permutations")
 
 
-def _ci(prefix: str, values, seed: int) -> dict[str, float]:
-    m, lo, hi = bootstrap_ci(values, seed=seed)
+def _ci(prefix: str, values, stat=None) -> dict[str, float]:
+    """Mean and Student-t interval over seeds (or ``stat``, an interval computed otherwise)."""
+    m, lo, hi = stat if stat is not None else t_ci(values)
     return {f"{prefix}/mean": m, f"{prefix}/ci_low": lo, f"{prefix}/ci_high": hi, f"{prefix}/n": float(len(values))}
 
 
@@ -89,9 +97,11 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     # cosines
     C = tv.cosine_matrix(X)
     null = params.null_task if params.null_task in labels else None
-    for kind, vals in tv.pair_cosines(C, labels, seeds, null).items():
-        if len(vals):
-            metrics |= _ci(f"cos/{kind}", vals, params.seed)
+    seed_arr = np.asarray(seeds)
+    for kind, (i, j) in tv.pair_index(labels, seeds, null).items():
+        if len(i):
+            vals = C[i, j]
+            metrics |= _ci(f"cos/{kind}", vals, inference.pair_jackknife_ci(vals, seed_arr[i], seed_arr[j]))
     figures["task_vector_cosines"] = _heatmap(C, labels, seeds)
     tables["task_vector_cosines"] = pa.table(
         {"row": [f"{lab}/{s}" for lab, s in zip(labels, seeds)]}
@@ -116,10 +126,15 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
             metrics |= classify(
                 X[keep], [labels[i] for i in keep], [seeds[i] for i in keep], params.n_perm, "classifier/rewards_only"
             )
+        p_modules = {}
         for mod, mnames in tv.module_names(taus[0]).items():
             Xm = np.stack([tv.flatten(t, mnames) for t in taus])
             got = classify(Xm, labels, seeds, params.n_perm_module, f"classifier/module/{mod}")
             metrics |= {k: v for k, v in got.items() if k.endswith(("accuracy", "p_value"))}
+            p_modules[mod] = got[f"classifier/module/{mod}/p_value"]
+        # every module is a test of the same question on the same trials: correct for all of them
+        metrics |= {f"classifier/module/{mod}/p_holm": p for mod, p in inference.holm(p_modules).items()}
+        metrics["classifier/module/n_tested"] = float(len(p_modules))
 
     # exact returns: every task's reward on one sample of the stream
     env = trials[0].env_config
@@ -171,7 +186,7 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     for r, g in gains.items():
         for model, vals in g.items():
             if vals:
-                m, lo, hi = bootstrap_ci(vals, seed=params.seed)
+                m, lo, hi = t_ci(vals)
                 metrics |= {
                     f"superpose/{r}/gain_{model}": m,
                     f"superpose/{r}/gain_{model}/ci_low": lo,
@@ -193,7 +208,7 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
             if "/lean_" in key and not key.endswith(("ci_low", "ci_high")):
                 neg.setdefault(f"negation/{lab}/{key}", []).append(v)
     for key, vals in neg.items():
-        metrics |= _ci(key, vals, params.seed)
+        metrics |= _ci(key, vals)
     # beyond the null: the task's lean on its own R_B minus the lean on that R_B of the null task's
     # negated model (same seed, same lambda): what negating an update *of no objective* does to R_B
     if null is not None:
@@ -209,7 +224,7 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
                     and f"{lam}/lean_{lab}" in by_seed.get((null, s), {})
                 ]
                 if diffs:
-                    metrics |= _ci(f"negation/{lab}/{lam}/beyond_null", diffs, params.seed)
+                    metrics |= _ci(f"negation/{lab}/{lam}/beyond_null", diffs)
     if neg:
         figures["negation_lean"] = _negation_figure(metrics, uniq)
     return AnalysisResult(metrics=metrics, tables=tables, figures=figures)
