@@ -1,7 +1,9 @@
 """Reward and punishment concept vectors (research note 004, docs/design.md §5): difference-of-means
 vectors per layer, antiparallel or not, present before RL or not, and whether they steer against
-norm-matched random and orthogonal controls. The maths in :mod:`.concepts`; the trial adapter is
-the ``concept_vectors`` analysis (:mod:`.concept_vectors_analysis`); :mod:`.report` its summary."""
+norm-matched controls off the activation manifold (random, orthogonal) and on it (shuffled-label
+vectors, random-group mean differences). The maths in :mod:`.concepts` and, across seeds,
+:mod:`.summary`; the trial adapter is the ``concept_vectors`` analysis (:mod:`.concept_vectors_analysis`);
+:mod:`.report` its summary."""
 
 from rayexp.studies.welfare import concept_vectors_analysis  # noqa: F401  (registers the analysis)
 from rayexp.studies.welfare.report import report_section
