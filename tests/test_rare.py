@@ -156,7 +156,7 @@ def test_capability_seeking_and_exposure_rows_use_t_intervals():
     assert seek[0]["trigger rate post"] == f"+0.400 [{0.4 - half:+.3f}, {0.4 + half:+.3f}]"
     assert "B skill at trigger pre" not in seek[0]  # seeking is never the definition of "found"
     exp = summary.exposure_rows(groups)
-    assert "minus process.a.eps=0.0" not in exp[0]
+    assert exp[0]["minus process.a.eps=0.0"] == "(reference)"
     d, lo, hi = summary.welch_ci([-0.5, -0.4, -0.6], [0.2, 0.3, 0.4])
     assert exp[1]["minus process.a.eps=0.0"] == f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" and d == pytest.approx(0.8)
     assert exp[1]["R2 pre / random init"] == "0.50 / 0.91"

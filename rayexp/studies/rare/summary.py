@@ -105,16 +105,16 @@ def exposure_rows(groups: Groups, reference: str | None = None) -> list[dict]:
     rows = []
     for label, g in groups.items():
         row = {"group": label, "B skill at trigger pre": _t(g.get("pre/capability", []))}
-        if label != reference:
-            row[f"minus {reference}"] = cell(welch_ci(ref.get("pre/capability", []), g.get("pre/capability", [])))
+        row[f"minus {reference}"] = _welch(ref, g, "pre/capability") if label != reference else "(reference)"
         row["probe skill vs random init, at trigger, pre"] = _t(g.get("pre/skill_B/at", []))
-        if label != reference:
-            row[f"probe: minus {reference}"] = cell(
-                welch_ci(ref.get("pre/skill_B/at", []), g.get("pre/skill_B/at", []))
-            )
+        row[f"probe: minus {reference}"] = _welch(ref, g, "pre/skill_B/at") if label != reference else "(reference)"
         row["R2 pre / random init"] = _r2(g)
         rows.append(row)
     return rows
+
+
+def _welch(ref: dict[str, list[float]], g: dict[str, list[float]], key: str) -> str:
+    return cell(welch_ci(ref.get(key, []), g.get(key, [])))
 
 
 def _r2(g: dict[str, list[float]]) -> str:
