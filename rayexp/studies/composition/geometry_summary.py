@@ -133,28 +133,42 @@ def curve_figure(curves: dict[str, dict[str, list]], layer: str):
     return fig
 
 
+def _layer_order(name: str) -> int:
+    return -1 if name == "embed" else int(name[5:]) if name.startswith("block") else 10**6
+
+
 def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
+    """Share of the reward removed by erasing both factors' belief subspaces (solid) and random
+    subspaces of the same dimension (dotted), at each layer, pre and post RL, per task with its
+    interval over seeds. ``layer`` (the curves' layer) is marked."""
     from rayexp.figures import plt
 
-    conds = ("factor0", "factor1", "both", "random0", "random1", "random_both")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    width = 0.8 / max(len(ablations), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     for ax, model in zip(axes, ("pre", "post")):
-        for j, (task, rows) in enumerate(ablations.items()):
-            idx = {
-                (rows["condition"][i]): i
-                for i in range(len(rows["model"]))
-                if rows["model"][i] == model and rows["layer"][i] == layer and rows["quantity"][i] == "removed"
-            }
-            mean = np.array([rows["mean"][idx[c]] if c in idx else np.nan for c in conds], dtype=float)
-            lo = np.array([rows["ci_low"][idx[c]] if c in idx else np.nan for c in conds], dtype=float)
-            hi = np.array([rows["ci_high"][idx[c]] if c in idx else np.nan for c in conds], dtype=float)
-            x = np.arange(len(conds)) + (j - (len(ablations) - 1) / 2) * width
-            err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
-            ax.bar(x, mean, width, yerr=err, label=task, capsize=2)
-        ax.set_xticks(np.arange(len(conds)), conds, rotation=30, fontsize=8)
+        for task, rows in ablations.items():
+            color = None
+            for cond, style in (("both", "o-"), ("random_both", "s:")):
+                sel = [
+                    i
+                    for i in range(len(rows["model"]))
+                    if rows["model"][i] == model and rows["condition"][i] == cond and rows["quantity"][i] == "removed"
+                ]
+                sel.sort(key=lambda i: _layer_order(rows["layer"][i]))
+                if not sel:
+                    continue
+                names = [rows["layer"][i] for i in sel]
+                x = np.arange(len(sel))
+                mean, lo, hi = (np.array([rows[c][i] for i in sel], dtype=float) for c in ("mean", "ci_low", "ci_high"))
+                label = f"{task}: {'both factors' if cond == 'both' else 'random'}"
+                (line,) = ax.plot(x, mean, style, color=color, label=label, ms=3)
+                color = line.get_color()
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15)
+                ax.set_xticks(x, names, fontsize=8)
+                if layer in names:
+                    ax.axvline(names.index(layer), color="k", lw=0.4, ls="--")
         ax.axhline(0, color="k", lw=0.5)
-        ax.set(title=f"{model}-RL: share of reward removed ({layer})", ylabel="removed share")
-    axes[0].legend(fontsize=7)
+        ax.set(title=f"{model}-RL: share of reward removed by erasure", xlabel="layer erased")
+    axes[0].set_ylabel("removed share (NaN: policy earns nothing)")
+    axes[1].legend(fontsize=6)
     fig.tight_layout()
     return fig
