@@ -56,12 +56,52 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rayexp")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from envs.processes import COMPOSITIONS, PROCESSES, signature_of
+    from envs.rewards import REWARDS
+    from rayexp import registry
+
+    print("processes:")
+    for name in sorted(PROCESSES):
+        print(f"  {signature_of(name)}")
+    for name, (required, optional) in sorted(COMPOSITIONS.items()):
+        print(f"  {name}({', '.join([*required, *(f'{o}=...' for o in optional)])})")
+    print("rewards:")
+    for name, cls in sorted(REWARDS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"  {name}: {doc[0] if doc else ''}")
+    print("analyses (per trial: analyses: in a sweep file; across trials: sweep_analyses: or rayexp analyze):")
+    for name, a in sorted(registry.ANALYSES.items()):
+        print(f"  {name} [{a.scope}]: {a.description}")
+    print("studies:")
+    for name, study in sorted(registry.STUDIES.items()):
+        print(f"  {name}: {study.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayexp",
         description="Ray Tune sweeps: pretrain -> probe -> PPO -> probe -> analyses, tracked in MLflow.",
     )
+    parser.add_argument("--version", action="version", version=f"rayexp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lst = sub.add_parser(
+        "list",
+        help="list processes, rewards, analyses and studies",
+        description="What a sweep file can name: processes (with their parameters), rewards, analyses, studies.",
+    )
+    lst.set_defaults(func=_cmd_list)
 
     run = sub.add_parser(
         "run",

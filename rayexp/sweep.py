@@ -122,13 +122,22 @@ def param_space(points: list[Point], meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _progress_callback():
-    """One line per trial event and finished stage: Tune's own tables list every metric."""
+def eta(elapsed_s: float, done: int, total: int) -> str:
+    """``k/N trials`` and a naive ETA (the mean wall time per finished trial so far, times what is left)."""
+    if done <= 0 or done >= total:
+        return f"{done}/{total} trials"
+    left = elapsed_s / done * (total - done)
+    return f"{done}/{total} trials, ETA {int(left // 60)}m{int(left % 60):02d}s"
+
+
+def _progress_callback(total: int):
+    """One line per trial event and finished stage, with the sweep's k/N and ETA on each finished trial:
+    Tune's own tables list every metric."""
     from ray import tune  # see _resources
 
     class Progress(tune.Callback):
         def __init__(self):
-            self.t0, self.stage, self.names = time.time(), {}, {}
+            self.t0, self.stage, self.names, self.done = time.time(), {}, {}, 0
 
         def _stage_names(self, trial) -> list[str]:
             if trial.trial_id not in self.names:
@@ -159,7 +168,9 @@ def _progress_callback():
             self._say(trial, "FAILED; no retries left")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._say(trial, "finished")
+            # a resumed sweep counts the trials it restored already finished
+            self.done = max(self.done + 1, sum(t.status == "TERMINATED" for t in trials))
+            self._say(trial, f"finished ({eta(time.time() - self.t0, self.done, total)})")
 
     return Progress()
 
@@ -291,6 +302,9 @@ def run_sweep(
             # Tune's own reporter prints its experiment banner and tables even at verbose 0; its
             # legacy reporter at verbose 0 prints nothing, leaving rayexp's one line per stage
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            # num_to_keep forces an experiment snapshot per checkpoint, and Tune warns about it every few
+            # seconds (52 times in a quickstart); 0 silences only that warning
+            os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         exp_path = f"{storage.rstrip('/')}/{sweep.name}"
         space = param_space(points, meta)
         if resume and tune.Tuner.can_restore(exp_path):
@@ -311,7 +325,7 @@ def run_sweep(
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=verbose,
-                    callbacks=[_progress_callback()] if progress else [],
+                    callbacks=[_progress_callback(len(points))] if progress else [],
                 ),
             )
         t0 = time.time()

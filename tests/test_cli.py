@@ -163,3 +163,22 @@ def test_a_failure_after_the_parent_run_started_closes_it_as_failed(workdir, mon
     c = tracking.client(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = c.get_experiment_by_name("quickstart")
     assert [r.info.status for r in c.search_runs([exp.experiment_id])] == ["FAILED"]
+
+
+def test_version_and_list(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("rayexp ")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mess3(x: float = 0.15, a: float = 0.6)", "interleave(factors)", "joint_target:", "verdict [sweep]",
+                 "geometry [trial]", "composition:"):  # fmt: skip
+        assert name in out, name
+
+
+def test_progress_eta():
+    from rayexp.sweep import eta
+
+    assert eta(0.0, 0, 10) == "0/10 trials"
+    assert eta(100.0, 2, 10) == "2/10 trials, ETA 6m40s"  # 50 s a trial, 8 left
+    assert eta(500.0, 10, 10) == "10/10 trials"
