@@ -12,12 +12,17 @@ features), never from a model, so each has a unit test on a constructed case wit
 - :mod:`.readout`: reward reachable by a linear readout of frozen features;
 - :mod:`.update`: update sparsity by depth and the equal-norm random perturbation (the null);
 - :mod:`.representation`: factor and joint belief probes, dimensionality, subspace overlap, CKA;
-- :mod:`.verdict`: composition / reweighting / inconclusive over seeds, and why.
+- :mod:`.classes` / :mod:`.support`: the policy classes (map of p_pre, readout of frozen features) and
+  the LLM literature's support proxies, exact;
+- :mod:`.geometry`: the joint-only part of the joint belief, linear erasure of a belief subspace;
+- :mod:`.verdict`: reweighting / elicitation / composition / inconclusive over seeds, and why;
+  :mod:`.battery` checks it on planted policies.
 
 Exact targets and ceilings are shared with other studies (:mod:`rayexp.exact`). The adapters are the
 analyses ``composition`` (:mod:`.composition_analysis`), ``representation``
-(:mod:`.representation_analysis`) and, across seeds, ``verdict`` (:mod:`.verdict_analysis`);
-:mod:`.report` prints the verdict table.
+(:mod:`.representation_analysis`), ``geometry`` (:mod:`.geometry_analysis`) and, across seeds,
+``verdict`` (:mod:`.verdict_analysis`) and ``geometry_summary`` (:mod:`.geometry_summary`);
+:mod:`.report` prints the verdict table (and :mod:`.geometry_report` the geometry summary).
 """
 
 from rayexp.studies.composition import (  # noqa: F401
@@ -47,7 +52,7 @@ STUDY = Study(
     run_annotations={
         "verdict": (
             "verdict",
-            ("verdict", "score", "score_ci_low", "score_ci_high", "u_rw", "u_el", "margin", "n_seeds", "reason"),
+            ("verdict", "score", "score_ci_low", "score_ci_high", "u_rw", "u_el", "spec", "margin", "n_seeds", "reason"),
         )
     },
 )
