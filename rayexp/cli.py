@@ -1,4 +1,4 @@
-"""Command line: ``rayexp run | validate | report | analyze`` (``python -m rayexp`` is the same).
+"""Command line: ``rayexp run | validate | report | analyze | list`` (``python -m rayexp`` is the same).
 
 Exit codes: 0 success, 1 a trial failed, 2 bad input (one line on stderr naming the file, the
 field path and what is wrong; nothing launched), 130 interrupted (Ctrl-C; the summary says what
@@ -11,6 +11,9 @@ import argparse
 import json
 import sys
 
+from envs.processes import COMPOSITIONS, PROCESSES, signature_of
+from envs.rewards import REWARDS
+from rayexp import registry
 from rayexp.analyze import run_analysis
 from rayexp.config import SweepError, load_sweep
 from rayexp.report import report
@@ -66,10 +69,6 @@ def _version() -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from envs.processes import COMPOSITIONS, PROCESSES, signature_of
-    from envs.rewards import REWARDS
-    from rayexp import registry
-
     print("processes:")
     for name in sorted(PROCESSES):
         print(f"  {signature_of(name)}")
