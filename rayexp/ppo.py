@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from ray import tune
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -86,8 +87,16 @@ def module_spec(settings: PPOSettings, env_config: dict, checkpoint_path: str | 
     return RLModuleSpec(module_class=TransformerPolicyModule, model_config=model_config)
 
 
-def build_ppo_config(settings: PPOSettings, env_config: dict, checkpoint_path: str | Path) -> PPOConfig:
-    """RLlib PPOConfig for post-training the checkpoint's transformer on ``SequenceEnv(env_config)``."""
+def build_ppo_config(
+    settings: PPOSettings, env_config: dict, checkpoint_path: str | Path, gpu: float = 0.0
+) -> PPOConfig:
+    """RLlib PPOConfig for post-training the checkpoint's transformer on ``SequenceEnv(env_config)``.
+
+    ``gpu``: the GPU share of the learner (``TrialContext.learner_gpus``; 0 = CPU). The learner is
+    local, so RLlib requests nothing from Ray for it: the share is the trial's own, granted with its
+    placement group, and RLlib only reads ``> 0`` as "train on this process's GPU". Env runners stay
+    on the CPU (``num_gpus_per_env_runner=0``): acting on one window at a time is launch-bound.
+    """
     config = (
         PPOConfig()
         .environment(register_env(), env_config=dict(env_config))
@@ -98,9 +107,10 @@ def build_ppo_config(settings: PPOSettings, env_config: dict, checkpoint_path: s
             num_cpus_per_env_runner=CPUS_PER_ENV_RUNNER,  # what the trial reserves per runner (rayexp.sweep)
             # RLlib then calls the creator with num_envs: one numpy-vectorised env, not N copies.
             gym_env_vectorize_mode="vector_entry_point",
+            num_gpus_per_env_runner=0,
         )
         # the learner is local: it trains in the trial's own process, on the trial's own resources
-        .learners(num_learners=0, learner_class=TransformerPPOLearner)
+        .learners(num_learners=0, num_gpus_per_learner=gpu, learner_class=TransformerPPOLearner)
         .rl_module(rl_module_spec=module_spec(settings, env_config, checkpoint_path))
         .training(
             lr=settings.lr,
@@ -210,6 +220,41 @@ def _metrics(result: dict, prev_steps: int, dt: float) -> tuple[dict[str, float]
     return m, steps
 
 
+def learner_device(algo) -> str:
+    """The device the Learner's module sits on, e.g. ``"cpu"`` or ``"cuda:0"``."""
+    results = algo.learner_group.foreach_learner(
+        lambda learner: str(next(learner.module[DEFAULT_MODULE_ID].parameters()).device)
+    )
+    first = next(iter(results))
+    return first.get() if hasattr(first, "get") else first  # a CallResult; some Ray versions give the value
+
+
+def check_learner_device(algo, gpu: float) -> str:
+    """The Learner's device, or RuntimeError when it is not the one asked for. RLlib places a local
+    learner on ``ray.get_gpu_ids()``'s device and falls back to the CPU without a word when the process
+    holds none (read in Ray 2.60's rllib/utils/framework.py; a share per learner silently ignored is also
+    reported as ray-project/ray#50053): a GPU trial must not quietly train on the CPU, nor a CPU trial
+    touch a GPU."""
+    got = learner_device(algo)
+    want = "cuda" if gpu > 0 else "cpu"
+    if got.split(":")[0] != want:
+        why = "; a share per learner ignored, as in ray-project/ray#50053?" if want == "cuda" else ""
+        raise RuntimeError(
+            f"RLlib put the PPO learner on {got}, not {want} (num_gpus_per_learner={gpu:g}, "
+            f"ray.get_gpu_ids()={_gpu_ids()}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}{why})"
+        )
+    return got
+
+
+def _gpu_ids() -> list:
+    if not ray.is_initialized():  # ray.get_gpu_ids() would start a Ray just to say so
+        return []
+    try:
+        return list(ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001  (only for the message above)
+        return []
+
+
 def learner_module(algo, settings: PPOSettings, env_config: dict, checkpoint_path) -> TransformerPolicyModule:
     """The Learner's (authoritative) module weights, loaded into a fresh local module."""
     env = _make_env(env_config)
@@ -265,6 +310,7 @@ def train_ppo(
     state_dir: str | Path | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     on_policy: Callable[[int, Path], None] | None = None,
+    gpu: float = 0.0,
 ) -> PPOResult:
     """Post-train the checkpoint with PPO for ``settings.iterations``; export to ``out_path``.
 
@@ -283,6 +329,9 @@ def train_ppo(
     ``on_policy(n, path)`` receives, every ``settings.save_every`` iterations, the policy after
     ``n`` iterations as a ``models.checkpoint`` file (the Learner's weights; the file is removed
     after the call); the final policy is ``out_path``.
+
+    ``gpu``: the learner's GPU share (see :func:`build_ppo_config`); the learner's device is checked
+    once the algorithm is built (:func:`check_learner_device`).
     """
     torch.manual_seed(settings.seed)
     if _numba_runs_openmp():
@@ -294,9 +343,10 @@ def train_ppo(
     progress = _progress(state)
     start = progress["iteration"] + 1 if progress else 0
     build_settings = settings if not start else settings.model_copy(update={"seed": settings.seed + 7919 * start})
-    algo = build_ppo_config(build_settings, env_config, checkpoint_path).build_algo()
+    algo = build_ppo_config(build_settings, env_config, checkpoint_path, gpu=gpu).build_algo()
     history: list[dict[str, float]] = []
     try:
+        check_learner_device(algo, gpu)
         steps = 0
         if progress:
             algo.restore_from_path(str(state / progress["algo"]))  # the sampled-steps count comes back too
