@@ -102,7 +102,10 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, extra: dict | N
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[Transformer, dict]:
-    """``(model in eval mode, extra)`` from a file written by :func:`save_checkpoint`.
+    """``(model in eval mode on the device ``map_location``, extra)`` from a file written by :func:`save_checkpoint`.
+
+    The file is read to the CPU and the built model moved once: reading straight to a GPU would only
+    copy every tensor back into the CPU-built model and out again. ``extra``'s tensors stay on the CPU.
 
     Verified against its sidecar first (:class:`CorruptCheckpoint`, one line naming the file). A
     checkpoint without a sidecar (written before checksums) loads unverified: there is nothing to
@@ -112,7 +115,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[Transf
     """
     verify_checkpoint(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise  # not about the bytes: said well enough already
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # a cut zip: EINVAL or zip errors

@@ -27,6 +27,11 @@ Every ``.pt`` above and every file of a cache entry has a ``{name}.sha256`` side
 read (rayexp/storage.py, models/checkpoint.py): a changed or truncated checkpoint fails with one line
 naming it and is never loaded; a damaged cache entry is also moved aside, so the next trial that
 needs it pretrains it again.
+
+Models load to the object's ``device`` (``"cpu"`` unless the trial loop says otherwise: a GPU trial's
+probes and analyses run where it trains; :meth:`TrialArtifacts.on` gives the same trial on another
+device). The device is a fact of the process that reads, so it does not travel when the object is
+pickled to another worker.
 """
 
 from __future__ import annotations
@@ -61,16 +66,25 @@ def policy_name(iteration: int) -> str:
 class TrialArtifacts:
     """One trial's stored artifacts (lazily loaded, cached per object)."""
 
-    def __init__(self, storage_path: str, sweep: str, key: str):
+    def __init__(self, storage_path: str, sweep: str, key: str, device: str = "cpu"):
         self.store = Storage(storage_path)
         self.sweep, self.key = sweep, key
         self.rel = f"{sweep}/{TRIALS}/{key}"
+        self.device = device  # where models load (rayexp.context.trial_device decides it for a trial)
+        self._on: dict[str, TrialArtifacts] = {device: self}
 
     def __repr__(self) -> str:
-        return f"TrialArtifacts({self.store.uri!r}, {self.sweep!r}, {self.key!r})"
+        return f"TrialArtifacts({self.store.uri!r}, {self.sweep!r}, {self.key!r}, device={self.device!r})"
 
-    def __reduce__(self):  # ships to Ray workers as its address, not its loaded models
+    def __reduce__(self):  # ships to Ray workers as its address, not its loaded models nor this device
         return (TrialArtifacts, (self.store.uri, self.sweep, self.key))
+
+    def on(self, device: str) -> TrialArtifacts:
+        """The same trial with models loaded to ``device`` (one object per device, each caching its own)."""
+        if device not in self._on:
+            self._on[device] = TrialArtifacts(self.store.uri, self.sweep, self.key, device)
+            self._on[device]._on = self._on
+        return self._on[device]
 
     def _p(self, rel: str) -> str:
         return f"{self.rel}/{rel}"
@@ -176,7 +190,7 @@ class TrialArtifacts:
         if not self.store.exists(rel):
             raise FileNotFoundError(f"{self.store.path(rel)}: not stored (retention setting, or the stage has not run)")
         try:
-            return load_checkpoint(self.store.local_file(rel))[0]
+            return load_checkpoint(self.store.local_file(rel), map_location=self.device)[0]
         except CorruptCheckpoint as err:
             if rel.startswith(f"{CACHE}/"):
                 # this trial cannot pretrain again mid-stage, but no later trial may reuse the entry
@@ -205,7 +219,8 @@ class TrialArtifacts:
         from models.transformer import Transformer
 
         seed = self.meta["facts"].get("pretrain_seed", self.config.get("seed", 0))
-        return Transformer(self.model_pretrained().cfg, seed=seed).eval()
+        # initialised on the CPU (its seeded generator), then moved: the same weights on every device
+        return Transformer(self.model_pretrained().cfg, seed=seed).to(self.device).eval()
 
     def pretrain_steps(self) -> list[int]:
         names = self.store.listdir(f"{CACHE}/{self.pretrain_key}/checkpoints")
