@@ -147,9 +147,18 @@ def has_bf16_matmul_units(device: torch.device) -> bool:
 
 
 def resolve_device(cfg: PretrainConfig) -> torch.device:
-    """The device ``pretrain`` trains on: ``cfg.device``, with ``auto`` = cuda when available, else cpu."""
+    """The device ``pretrain`` trains on: ``cfg.device``, with ``auto`` = cuda when available, else cpu.
+
+    A trial never passes ``auto``: rayexp.context.trial_device decides from the trial's GPU share too,
+    so that a trial without one never asks torch about CUDA. ``auto`` is for direct calls (reproduce,
+    benchmarks, notebooks). ``cpu`` touches nothing of torch.cuda.
+    """
+    if cfg.device == "cpu":
+        return torch.device("cpu")
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():  # else torch fails later, deep in the first .to(), naming no setting
+        raise RuntimeError("pretrain.device is cuda but torch sees no CUDA device (torch.cuda.is_available() is False)")
     return torch.device(cfg.device)
 
 

@@ -2,9 +2,10 @@
 
 :class:`TrialContext` is handed to every stage (:mod:`rayexp.stages`) by the trial loop
 (:mod:`rayexp.trial`). It holds the :class:`~rayexp.resolved.ResolvedTrial` the driver derived and
-adds only what a worker knows: the pretrain cache key (the precision ``auto`` resolves to here) and
-M_A's key. :class:`Reporter` sends metrics to MLflow by step and the summary's to Tune;
-:class:`StageState` persists which stages are done in the trial's Tune checkpoint.
+adds only what a worker knows: the device (:func:`trial_device`, the one place that decides it), the
+pretrain cache key (the precision ``auto`` resolves to here) and M_A's key. :class:`Reporter` sends
+metrics to MLflow by step and the summary's to Tune; :class:`StageState` persists which stages are
+done in the trial's Tune checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +28,46 @@ from rayexp.settings import PPOSettings, TrialConfig
 from rayexp.specs import build_process
 
 _SUMMARY_KEYS = frozenset(k for k, _ in SUMMARY_COLUMNS)
+
+
+class DeviceError(ValueError):
+    """A trial's device setting that its resources cannot honour (one line, names both fields)."""
+
+
+def _torch_sees_cuda() -> bool:
+    import torch  # heavy; only reached for a trial that holds a GPU share
+
+    return torch.cuda.is_available()
+
+
+def trial_device(setting: str, gpu: float, cuda_available: Callable[[], bool] | None = None) -> str:
+    """``"cpu"`` or ``"cuda"``: where every torch stage of a trial runs (docs/design.md §2, §8).
+
+    ``setting`` is ``pretrain.device`` (``auto | cpu | cuda``), ``gpu`` the share of a GPU the trial
+    holds (``resources.gpu``, as Ray granted it). ``gpu == 0`` never asks torch about CUDA, not even
+    ``torch.cuda.is_available()``: a CPU trial on a GPU node must not create a CUDA context (~500 MB of
+    the GPU other trials share) or wait on a busy driver. ``auto`` takes the GPU when the trial holds a
+    share and this worker's torch sees CUDA; ``cuda`` without both is a DeviceError rather than a
+    silent CPU run that the sweep pays GPU time for. ``cuda_available`` stands in for the check (tests).
+    """
+    if setting not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"pretrain.device must be auto, cpu or cuda, got {setting!r}")
+    if setting == "cpu" or (gpu <= 0 and setting == "auto"):
+        return "cpu"
+    if gpu <= 0:
+        raise DeviceError(
+            "pretrain.device is cuda but the trial holds no GPU (resources.gpu: 0): give it a share "
+            "(e.g. resources.gpu: 0.25) or set pretrain.device: auto"
+        )
+    if (cuda_available or _torch_sees_cuda)():
+        return "cuda"
+    if setting == "cuda":
+        raise DeviceError(
+            f"pretrain.device is cuda and the trial holds {gpu:g} GPU, but torch in this worker sees no CUDA "
+            "device (torch.cuda.is_available() is False: a CPU-only torch build, no driver, or an empty "
+            "CUDA_VISIBLE_DEVICES)"
+        )
+    return "cpu"  # auto: the share is unusable here; rayexp.trial warns
 
 
 def for_tune(key: str) -> bool:
@@ -95,6 +137,15 @@ class TrialContext:
     artifacts: TrialArtifacts
     workdir: Path
     snapshot: Any = None  # () -> None: hand Tune the current state directory
+    device: str = "cpu"  # trial_device(...), decided once by rayexp.trial; artifacts load models there
+    gpu: float = 0.0  # the GPU share the trial holds
+
+    @property
+    def learner_gpus(self) -> float:
+        """The GPU share of RLlib's PPO learner, which is local (it trains in the trial's own process, on
+        the trial's share): 0 on CPU. Capped at 1: one local learner uses one device, and a trial that
+        holds more whole GPUs gains nothing for PPO without several learners (not wired)."""
+        return min(self.gpu, 1.0) if self.device == "cuda" else 0.0
 
     @property
     def trial(self) -> TrialConfig:
@@ -116,9 +167,11 @@ class TrialContext:
     def model_cfg(self) -> TransformerConfig:
         return self.resolved.model
 
-    @property
+    @cached_property
     def pre_cfg(self) -> PretrainConfig:
-        return self.resolved.pretrain
+        # the device decided for the trial, never `auto`: pretraining's own `auto` would ask torch about
+        # CUDA even in a gpu-0 trial. The device is not in the cache key (pretrain_determining).
+        return self.resolved.pretrain.model_copy(update={"device": self.device})
 
     @property
     def env_config(self) -> dict[str, Any]:

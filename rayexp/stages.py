@@ -6,6 +6,12 @@ what it produces there. :func:`stages_for` lists a trial's stages in order: the 
 then one stage per analysis in the sweep file, so each analysis is resumable on its own.
 Implementations import torch and RLlib inside the functions (models.*, rayexp.ppo, rayexp.rollouts,
 rayexp.figures): the driver imports this module to name a trial's stages and never needs them.
+
+Every torch stage runs on the trial's device (``ctx.device``, decided once by rayexp.context.trial_device):
+pretraining, PPO's learner (its share of the trial's GPU; env runners stay on the CPU), probes (models
+load there through ``ctx.artifacts``), and the analyses in :data:`DEVICE_READY`. The others, and the
+rollouts, read CPU copies until their code moves its inputs to the model's device (rayexp.policy makes
+CPU tensors; a CUDA model would fail on them, not compute something else).
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from rayexp.context import TrialContext
 from rayexp.resolved import ResolvedTrial
 from rayexp.rollouts import collect
 from rayexp.specs import build_process
+
+#: Trial analyses whose every forward pass feeds the model on its own device
+#: (``next(model.parameters()).device``) and reads results back with ``.cpu()``: read from the code,
+#: not yet run on a GPU. composition (update.random_perturbation adds CPU noise to the weights),
+#: policy_kl and negation (rayexp.policy), concept_vectors, rare and llc (CPU tensors) are not yet.
+DEVICE_READY = frozenset({"weight_diff", "representation", "geometry"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ def pretrain(ctx: TrialContext) -> None:
                 "rayexp.pretrain_key": ctx.pretrain_key,
                 "rayexp.pretrain_cache": "hit" if hit else "miss",
                 "rayexp.pretrain_precision": ctx.pretrain_determining["precision"],  # auto, resolved
+                "rayexp.pretrain_device": ctx.pre_cfg.device,  # decided for the trial (a hit trained elsewhere)
             }
         )
     report.latest["pretrain/cache_hit"] = float(hit)
@@ -109,6 +122,7 @@ def start_from(ctx: TrialContext) -> None:
             ctx.cached_model_path(ctx.pretrain_key),
             out / "model.pt",
             callback,
+            gpu=ctx.learner_gpus,
         )
         (out / "history.json").write_text(json.dumps(result.history))
         meta = {"pretrain_key": ctx.pretrain_key, "env": ctx.start_env_config, "ppo": ctx.start_settings.model_dump()}
@@ -226,6 +240,7 @@ def ppo(ctx: TrialContext) -> None:
         state_dir=state_dir,
         on_checkpoint=lambda iteration: ctx.snapshot(),
         on_policy=lambda n, path: ctx.artifacts.put_policy(path, n),
+        gpu=ctx.learner_gpus,
     )
     ctx.artifacts.put_policy(out, settings.iterations)
     if report.run is not None:
@@ -245,7 +260,8 @@ def rollouts(ctx: TrialContext) -> None:
 
     import numpy as np
 
-    data = collect(ctx.artifacts.model_after(), ctx.env_config, ctx.n_rollouts, seed=ctx.trial.seed + 1)
+    # rayexp.rollouts acts through rayexp.policy, which builds CPU tensors: a CPU copy of the policy
+    data = collect(ctx.artifacts.on("cpu").model_after(), ctx.env_config, ctx.n_rollouts, seed=ctx.trial.seed + 1)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez_compressed(Path(tmp) / "rollouts.npz", **data)
         ctx.artifacts.put_rollouts(Path(tmp) / "rollouts.npz")
@@ -256,7 +272,8 @@ def analysis_stage(name: str, params: dict[str, Any]) -> Stage:
     spec = registry.get(name, "trial")
 
     def run(ctx: TrialContext) -> None:
-        result = spec.fn(ctx.artifacts, registry.validate_params(name, params))
+        artifacts = ctx.artifacts if name in DEVICE_READY else ctx.artifacts.on("cpu")
+        result = spec.fn(artifacts, registry.validate_params(name, params))
         metrics = {f"analysis/{name}/{k}": v for k, v in result.metrics.items()}
         ctx.report.metrics(metrics, step=0, once=True)
         run_ = ctx.report.run

@@ -8,7 +8,9 @@ stored under the sweep's storage path and read back through ``ctx.artifacts``
 (:class:`rayexp.artifacts.TrialArtifacts`).
 
 The driver hands each trial its :class:`~rayexp.resolved.ResolvedTrial` (``config["trial"]``, a
-dump), so a worker re-derives and re-checks nothing. Debug path without Tune:
+dump), so a worker re-derives and re-checks nothing. What only the worker knows, its device, is
+decided once here (:func:`rayexp.context.trial_device`, from the GPU share Ray granted it and
+``pretrain.device``) and every torch stage asks the context for it. Debug path without Tune:
 ``python -m rayexp.trial sweeps/quickstart.yaml [task]`` runs the first grid point of a sweep in
 this process (tune.report becomes a print).
 """
@@ -29,7 +31,7 @@ from typing import Any
 from rayexp import tracking
 from rayexp.artifacts import TrialArtifacts
 from rayexp.config import flatten, load_points
-from rayexp.context import Reporter, StageState, TrialContext
+from rayexp.context import Reporter, StageState, TrialContext, trial_device
 from rayexp.ray_local import start_local_ray
 from rayexp.resolved import ResolvedTrial
 from rayexp.settings import TrialConfig
@@ -39,6 +41,20 @@ from rayexp.stages import stages_for
 #: Fault injection for the fault-tolerance tests: ``RAYEXP_KILL_AT=STAGE@MARKER`` SIGKILLs the
 #: worker once when STAGE starts (the MARKER file records that it happened).
 KILL_AT = "RAYEXP_KILL_AT"
+logger = logging.getLogger(__name__)
+
+
+def gpu_share(meta: dict[str, Any], use_tune: bool) -> float:
+    """The GPU share this trial holds: ``meta["gpu"]`` when the caller says (the debug path, tests),
+    else what Ray granted this Tune worker (its placement group's first bundle: ``resources.gpu``).
+    Ray's grant is the fact, not the sweep file: it is what ``CUDA_VISIBLE_DEVICES`` was set from."""
+    if "gpu" in meta:
+        return float(meta["gpu"])
+    if not use_tune:
+        return 0.0
+    import ray  # a Tune worker has Ray loaded already
+
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
 def _open_run(trial: TrialConfig, meta: dict[str, Any], key: str):
@@ -80,6 +96,11 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     resolved = ResolvedTrial.model_validate(config["point"]["trial"])
     trial = resolved.config
     use_tune = meta.get("use_tune", True)
+    # before the MLflow run opens: a device the trial cannot have is a config error (DeviceError)
+    gpu = gpu_share(meta, use_tune)
+    device = trial_device(resolved.pretrain.device, gpu)
+    if gpu > 0 and device == "cpu":
+        logger.warning("trial holds %g GPU but runs on the CPU (pretrain.device %s)", gpu, resolved.pretrain.device)
     key = tracking.trial_key(meta.get("parent_run_id", "local"), trial.model_dump())
     run = _open_run(trial, meta, key)
     report = Reporter(run, use_tune)
@@ -87,7 +108,15 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
         import ray  # a Tune worker has Ray loaded already; the debug path starts one
 
         node = ray.get_runtime_context().get_node_id() if use_tune else "local"
-        run.set_tags({"rayexp.worker_pid": os.getpid(), "rayexp.node_id": node, "rayexp.host": socket.gethostname()})
+        run.set_tags(
+            {
+                "rayexp.worker_pid": os.getpid(),
+                "rayexp.node_id": node,
+                "rayexp.host": socket.gethostname(),
+                "rayexp.device": device,  # a tag, not a metric: where it ran is no result of the trial
+                "rayexp.gpu": gpu,
+            }
+        )
 
     workdir = Path(tempfile.mkdtemp(prefix="rayexp-trial-"))
     state_dir = workdir / "state"
@@ -103,8 +132,8 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
     if run is not None and state.data["done"]:
         run.set_tags({"rayexp.resumed_after": state.data["done"][-1]})
 
-    artifacts = TrialArtifacts(meta["storage_path"], meta.get("sweep", "debug"), key)
-    ctx = TrialContext(resolved, meta, report, state, artifacts, workdir)
+    artifacts = TrialArtifacts(meta["storage_path"], meta.get("sweep", "debug"), key, device=device)
+    ctx = TrialContext(resolved, meta, report, state, artifacts, workdir, device=device, gpu=gpu)
     stages = stages_for(resolved)
 
     def snapshot() -> None:
@@ -160,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     storage = tempfile.mkdtemp(prefix="rayexp-debug-")
     config = {
         "point": {"trial": point.trial.model_dump(), "axes": point.axes},
-        "meta": {"use_tune": False, "storage_path": storage, "sweep": sweep.name},
+        # no Tune worker to ask: the sweep file's share stands for what Ray would grant
+        "meta": {"use_tune": False, "storage_path": storage, "sweep": sweep.name, "gpu": sweep.resources.gpu},
     }
     import ray  # the debug path's own Ray, for RLlib inside the PPO stage
 
