@@ -235,6 +235,13 @@ def _not_started(points: list[Point], grid) -> list[dict[str, Any]]:
     return rows
 
 
+def summary_rows(points: list[Point], grid) -> list[dict[str, Any]]:
+    """One row per trial of the sweep: those Tune ran (from their results), then those it never started.
+    Tune's grid also holds trials it created but never ran (PENDING when Ctrl-C came), with no config:
+    they are counted once, as not started."""
+    return [_row(r) for r in grid if r.config] + _not_started(points, grid)
+
+
 def run_sweep(
     path: str,
     resume: bool = False,
@@ -335,7 +342,7 @@ def run_sweep(
             grid = tuner.fit()
         finally:
             logging.getLogger("ray.tune.tune").removeFilter(hint)
-        rows = [_row(r) for r in grid] + _not_started(points, grid)
+        rows = summary_rows(points, grid)
         errors = sum(1 for r in grid if r.error)
         outcome = SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, sweep_file=str(path))
         if any(r["status"] in ("UNFINISHED", "NOT STARTED") for r in rows):  # Tune stops early only if interrupted

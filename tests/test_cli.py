@@ -182,3 +182,26 @@ def test_progress_eta():
     assert eta(0.0, 0, 10) == "0/10 trials"
     assert eta(100.0, 2, 10) == "2/10 trials, ETA 6m40s"  # 50 s a trial, 8 left
     assert eta(500.0, 10, 10) == "10/10 trials"
+
+
+def test_interrupted_summary_counts_each_trial_once():
+    """Tune's grid holds trials it created but never ran (PENDING at Ctrl-C, no config): once each, as
+    not started (a 30-trial sweep once read "2/56 trials finished")."""
+    from types import SimpleNamespace as NS
+
+    from rayexp.sweep import summary_rows
+
+    def point(task, seed):
+        return NS(trial=NS(config=NS(task=NS(name=task)), seed=seed), axes={"seed": seed})
+
+    points = [point(t, s) for s in (0, 1, 2) for t in ("neg", "pos")]
+    ran = [
+        NS(config={"point": {"trial": {"config": {"task": {"name": t}, "seed": 0}}, "axes": {"seed": 0}}},
+           metrics={"done": t == "neg"}, error=None, path=f"/x/trial_{t}")
+        for t in ("neg", "pos")
+    ]  # fmt: skip
+    pending = [NS(config={}, metrics={}, error=None, path=None) for _ in range(4)]
+    rows = summary_rows(points, ran + pending)
+    assert len(rows) == 6
+    assert [r["status"] for r in rows] == ["OK", "UNFINISHED"] + ["NOT STARTED"] * 4
+    assert {(r["task"], r["seed"]) for r in rows} == {(t, s) for s in (0, 1, 2) for t in ("neg", "pos")}
