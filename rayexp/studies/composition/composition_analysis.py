@@ -13,9 +13,8 @@ over steps and sequences):
 - ``classes/{reweighting,elicitation}/{unexplained,unexplained_tv,kl,fit_reward}/{model}``: the policy
   classes of :mod:`.classes` fitted within position, held out (the verdict's inputs), with
   ``classes/resolution`` and ``margin_phase_greedy/{model}`` (against the best per-phase single factor);
-  ``classes/elicitation_random_init/unexplained/post``, the same readout from random-init features, and
-  ``classes/elicitation_excess/post`` (with ``/ci_low``, ``/ci_high``), the random-init readout's
-  unexplained share minus the pretrained one's, paired over held-out sequences;
+  ``classes/elicitation_random_init/unexplained/post`` (the readout of random-init features) and
+  ``classes/elicitation_excess/post`` (its share minus the pretrained one's, paired; with CIs);
 - ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
 - ``reward/{pre,post,perturbed}/{expected,greedy}``; ``ceiling/{optimum,single_factor{i},lookup_k{k},
   uniform}`` (lookups scored on the held-out half of the sequences);
@@ -31,14 +30,10 @@ over steps and sequences):
 - ``delta/{margin,margin_greedy,interaction,composed,expected}`` (post - pre, paired over sequences, ratios
   linearised per sequence) with ``/ci_low``, ``/ci_high``.
 
-Table ``composition_curve`` (iteration, expected_reward, greedy_reward, margin, margin_greedy,
-interaction, composed, reweighting_r2) over the stored PPO checkpoints (iteration 0 = pre), figure
-``composition_curve``. Cost: 4 forward passes of ``n_seq`` x ``context`` tokens per model, and per
-stored checkpoint for the curve (`benchmarks/bench_verdict.py` measures the share of a trial).
-Supported rewards: ``next_token``, ``joint_target`` (:mod:`rayexp.exact.targets`); others raise.
-A shuffled-reward trial (env config ``shuffle_reward``) is scored against the reward it shuffled.
-
-What to expect: README, "Composition or reweighting" (the controls' numbers and the battery's).
+Table and figure ``composition_curve``: the signals of :data:`CURVE` over the stored PPO checkpoints
+(iteration 0 = pre). Cost: 4 forward passes of ``n_seq`` x ``context`` tokens per model and stored
+checkpoint (`benchmarks/bench_verdict.py`). Rewards: ``next_token``, ``joint_target``; others raise. A
+shuffled-reward trial is scored against the reward it shuffled. Expected numbers: README.
 """
 
 from __future__ import annotations
@@ -283,11 +278,10 @@ class Scorer:
             fit = classes.readout_fit(self.h_random, pi, s.train, s.test)
             u = classes.unexplained_values(pi[s.test], fit, fitted["fit_position"])
             m["classes/elicitation_random_init/unexplained/post"] = _mean(u)
-            # how much better the pretrained features explain it, paired over held-out sequences
-            # (docs/design.md §6 rule 2); a one-seed verdict leans on this interval
-            mean, lo, hi = paired_bootstrap_ci(v["u_elicitation"], u, seed=self.params.seed)  # u_random - u_el
-            m |= {"classes/elicitation_excess/post": mean}
-            m |= {"classes/elicitation_excess/post/ci_low": lo, "classes/elicitation_excess/post/ci_high": hi}
+            # u_random - u_el paired over held-out sequences (design §6 rule 2): a one-seed verdict's interval
+            mean, lo, hi = paired_bootstrap_ci(v["u_elicitation"], u, seed=self.params.seed)
+            key = "classes/elicitation_excess/post"
+            m |= {key: mean, f"{key}/ci_low": lo, f"{key}/ci_high": hi}
         return m
 
     def readouts(self, label: str, feats: dict[str, np.ndarray]) -> dict[str, float]:
