@@ -8,7 +8,7 @@ How to run it on the device machine (no network, no Ray/MLflow/gymnasium/pydanti
 
     bash ../shared/tools/gpu/make_bundle.sh           # here, from the repository root: builds .dev/
     run(command="set -o pipefail; GPUKIT_TIMEOUT=420 bash .dev/on_device.sh python3 benchmarks/bench_gpu.py "
-                "--out $OUT 2>&1 | tail -c 60000", carry=[".dev"], timeout_s=480)
+                "--out $OUT 2>&1 | tee $OUT/bench_gpu_log.txt | tail -n 150", carry=[".dev"], timeout_s=480)
 
 and here, without a GPU::
 
@@ -342,7 +342,7 @@ def section_quickstart(args, dev: str, clock: Clock, tmp: Path) -> dict:
     spec["axes"] = {"grid": {"seed": [0, 1]}}
     (path := tmp / "bench_gpu_quickstart.yaml").write_text(yaml.safe_dump(spec))
     db, verb = tmp / "mlflow.db", "validate" if args.dry_run else "run"  # the CPU smoke only checks the file
-    paths = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    paths = os.pathsep.join([*filter(None, [os.environ.get("PYTHONPATH")]), str(ROOT)])  # the kit's site first
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PYTHONPATH": paths}
     t0, cmd = time.time(), [sys.executable, "-m", "rayexp", verb, str(path)]
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
