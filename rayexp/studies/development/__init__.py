@@ -4,13 +4,16 @@
 Each module is maths on a model and a fixed loss, never on a trial's files, so each has a unit test
 on a constructed case with a known answer (tests/test_llc.py):
 
-- :mod:`.llc`: the LLC by SGLD (devinterp), its diagnostics, a calibration rule over a grid of step
-  size and localization, and a rule that locates transitions in a curve over training;
-- :mod:`.losses`: the losses the LLC is taken of: next-token cross-entropy on fixed sequences of the
-  pretraining process, and, for RL checkpoints, losses built from a fixed rollout buffer.
+- :mod:`.sgld`: SGLD chains (RMSprop-preconditioned, adapted in the burn-in and then frozen);
+- :mod:`.convergence`: split R-hat across chains, and the threshold above which an estimate is unsettled;
+- :mod:`.llc`: the estimate, its diagnostics, the study's one SGLD setting, and the transition rule;
+- :mod:`.rlct`: learning coefficients known in closed form (Aoyagi's deep linear networks,
+  normal-crossing potentials), the tests' known answers;
+- :mod:`.losses`: the loss the LLC is taken of: the self-KL on the pretraining stream, the same
+  for every trial and checkpoint.
 
-The adapter is the ``llc`` analysis (:mod:`.llc_analysis`). Nothing here imports torch or devinterp
-at module level.
+The adapter is the ``llc`` analysis (:mod:`.llc_analysis`, figure in :mod:`.llc_figure`). Nothing
+here imports torch at module level.
 """
 
 from rayexp.studies.development import llc_analysis  # noqa: F401  (registers the analysis)

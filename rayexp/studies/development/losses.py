@@ -1,28 +1,36 @@
-"""The losses whose LLC is taken: fixed data, so every checkpoint of a run is measured on the same loss.
+"""The loss whose LLC is taken: one loss for every checkpoint of every trial, set by the weights alone.
 
-Pretraining checkpoints: next-token cross-entropy (the pretraining loss) on ``n_seq`` sequences of the
-pretraining process, sampled once (seeded) and split into fixed batches.
+**self-KL on the pretraining stream.** ``n_seq`` sequences of the trial's pretraining process,
+sampled once from the analysis seed, are the data; at a checkpoint w* the loss of weights w is
 
-RL checkpoints: the LLC needs a loss with data; RL has environment interaction instead. The choice
-here is a fixed rollout buffer (the trial's stored episodes of the final policy) and
-:func:`action_nll`, the policy's negative log-likelihood of the actions taken in it: one dataset
-for every RL checkpoint (iteration 0 = the pretrained model), so the LLC curve over RL iterations
-is read off one loss landscape, as the pretraining curve is; and the final policy is near a
-stationary point of it, since the expected gradient of log pi(a|s) under a ~ pi is zero. PPO's own
-loss would add value error, but the value head is not part of the stored checkpoints (they hold the
-transformer only), so it is unavailable. The alternative, :func:`self_distill_kl`, is the KL from a
-checkpoint's own (frozen) action distribution on the same windows: every checkpoint sits exactly at
-its minimum (KL 0), at the price of a different loss per checkpoint.
+    L(w) = mean over sequences and positions of KL( p_w*(. | x_<t) || p_w(. | x_<t) ),
 
-The policy reads the logits at the last real position of a right-padded window, restricted to the
-env's action tokens (rayexp.policy). torch is imported inside functions.
+the KL from the checkpoint's own full next-token distribution (all vocabulary, every position).
+
+Why this one (issue 22; the loss of the previous version depended on the task):
+
+- It depends on the weights and on the pretraining process only, never on the task: the reward,
+  the action tokens and the rollouts do not enter. The two controls of one seed share their
+  pretraining process and seed, so the same weights get the same loss, and the same estimate, in
+  either trial; curves of different tasks are read off the same kind of landscape.
+- Every checkpoint sits exactly at its minimum (L(w*) = 0), as the LLC's local posterior assumes.
+  The next-token cross-entropy would not do for PPO checkpoints: RL moves the weights away from its
+  minimum, so SGLD walks downhill and the "LLC" comes out negative (it did, for the old
+  action-likelihood loss), measuring a distance to somewhere else.
+- Where the model fits the stream (a well-pretrained checkpoint) it is the cross-entropy's own
+  excess: CE(w) - CE(w*) = KL(truth || p_w) - KL(truth || p_w*) ~ KL(p_w* || p_w) when p_w* ~ truth,
+  the realisable case in which the learning coefficient is defined. So the pretraining curve's late
+  checkpoints read as the usual LLC, and iteration 0 of RL equals the final pretraining checkpoint.
+- The whole next-token distribution, not only the action tokens, so a policy's change anywhere in
+  the network's output counts, and the RL task's action set cannot change the number.
+
+:func:`next_token_loss` (the pretraining loss) stays for training the stand-in models of the tests.
+torch is imported inside functions.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from rayexp.policy import action_logits
 
 
 def _split(n: int, batch_size: int) -> list[slice]:
@@ -32,13 +40,18 @@ def _split(n: int, batch_size: int) -> list[slice]:
     return [slice(i, i + batch_size) for i in range(0, n - batch_size + 1, batch_size)]
 
 
-def next_token_batches(process, n_seq: int, n_ctx: int, batch_size: int, seed: int) -> list:
-    """Fixed batches (B, n_ctx + 1) of sequences of ``process``, seeded; the model reads the first n_ctx."""
+def stream_batches(process, n_seq: int, length: int, batch_size: int, seed: int) -> list:
+    """Fixed batches (B, length) of token sequences of ``process``, sampled once from ``seed``."""
     import torch
 
-    tokens, _ = process.sample(n_seq, n_ctx + 1, np.random.default_rng(seed))  # (N, n_ctx + 1)
+    tokens, _ = process.sample(n_seq, length, np.random.default_rng(seed))  # (N, length)
     t = torch.as_tensor(np.ascontiguousarray(tokens, dtype=np.int64))
     return [t[s] for s in _split(len(t), batch_size)]
+
+
+def next_token_batches(process, n_seq: int, n_ctx: int, batch_size: int, seed: int) -> list:
+    """Fixed batches (B, n_ctx + 1) for :func:`next_token_loss`: the model reads the first n_ctx."""
+    return stream_batches(process, n_seq, n_ctx + 1, batch_size, seed)
 
 
 def next_token_loss(model, batch):
@@ -49,51 +62,22 @@ def next_token_loss(model, batch):
     return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
 
 
-def rollout_windows(rollouts: dict, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every step of stored episodes as one row: windows (M, K) with pad -> 0, the last real
-    position (M,), and the action index taken (M,). Rows without a real token are dropped."""
-    obs = np.asarray(rollouts["obs"])  # (N, L, K)
-    actions = np.asarray(rollouts["actions"])  # (N, L)
-    obs, actions = obs.reshape(-1, obs.shape[-1]), actions.reshape(-1)  # (M, K), (M,)
-    n = (obs != pad).sum(axis=1)  # (M,) real lengths
-    keep = n > 0
-    return np.where(obs == pad, 0, obs)[keep], (n - 1)[keep], actions[keep].astype(np.int64)
-
-
-def action_batches(rollouts: dict, pad: int, action_tokens, batch_size: int) -> list[tuple]:
-    """Fixed batches (windows (B, K), last (B,), action (B,), action tokens (A,)) of a rollout buffer."""
-    import torch
-
-    x, last, a = rollout_windows(rollouts, pad)
-    x, last, a = (torch.as_tensor(v, dtype=torch.long) for v in (x, last, a))
-    tok = torch.as_tensor(np.asarray(action_tokens), dtype=torch.long)
-    return [(x[s], last[s], a[s], tok) for s in _split(len(x), batch_size)]
-
-
-def action_nll(model, batch):
-    """Mean negative log-likelihood of the taken actions under ``model``'s policy."""
-    import torch.nn.functional as F
-
-    x, last, a, tok = batch
-    return F.cross_entropy(action_logits(model, x, last, tok), a)
-
-
-def distill_batches(reference, batches: list[tuple]) -> list[tuple]:
-    """``action_batches`` with the reference policy's log-probabilities appended (the distillation targets)."""
+def self_kl_batches(reference, token_batches: list) -> list[tuple]:
+    """``(tokens (B, T), log p_ref (B, T, V))`` per batch: the reference's own next-token
+    log-probabilities at every position, computed once (float64 softmax, stored as float32)."""
     import torch
 
     out = []
     with torch.no_grad():
-        for x, last, a, tok in batches:
-            logp = torch.log_softmax(action_logits(reference, x, last, tok).double(), -1).float()  # (B, A)
-            out.append((x, last, a, tok, logp))
+        for x in token_batches:
+            out.append((x, torch.log_softmax(reference(x).double(), -1).float()))
     return out
 
 
-def self_distill_kl(model, batch):
-    """Mean KL(reference policy || ``model``'s policy) over the batch's windows; 0 at the reference."""
+def self_kl(model, batch):
+    """Mean over sequences and positions of KL(p_ref || p_model); 0 at the reference's weights."""
     import torch
 
-    x, last, _, tok, ref_logp = batch
-    logp = torch.log_softmax(action_logits(model, x, last, tok), -1)  # (B, A)
+    x, ref_logp = batch
+    logp = torch.log_softmax(model(x), -1)  # (B, T, V)
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
