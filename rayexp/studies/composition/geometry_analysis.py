@@ -85,10 +85,15 @@ def belief_targets(hmm, tokens: np.ndarray) -> dict[str, np.ndarray]:
     return {"factor0": fbs[0], "factor1": fbs[1], "joint": joint, "joint_only": geo.product_part(fbs, joint)}
 
 
-def layer_geometry(x: np.ndarray, x_rand: np.ndarray, y: dict, train, test, alpha: float) -> dict[str, float]:
-    """Probe R^2 and skill per target, dimension and factor overlap from one layer's features (N, L, D)."""
+def layer_geometry(
+    x: np.ndarray, x_rand: np.ndarray, y: dict, train, test, alpha: float, preds: dict | None = None
+) -> dict[str, float]:
+    """Probe R^2 and skill per target, dimension and factor overlap from one layer's features (N, L, D);
+    ``preds``, if given, receives each target's held-out predictions (the simplex figure draws them)."""
     ytr, yte = {t: v[train] for t, v in y.items()}, {t: v[test] for t, v in y.items()}
     fits = fit_probes(x[train], ytr, x[test], yte, alpha)
+    if preds is not None:
+        preds.update({t: f.pred for t, f in fits.items()})
     ctrl = fit_probes(x_rand[train], ytr, x_rand[test], yte, alpha)
     out: dict[str, float] = {}
     for t in TARGETS:
@@ -197,21 +202,16 @@ def geometry(artifacts, params: GeometryParams) -> AnalysisResult:
         acts = collect_activations(model, s.tokens, hooks)
         label = "pre" if i == 0 else ("post" if i == len(models) - 1 else None)
         for h in hooks:
-            g = layer_geometry(acts[h], x_rand[h], y, s.train, s.test, params.alpha)
+            kept = {} if label and h == FINAL else None
+            g = layer_geometry(acts[h], x_rand[h], y, s.train, s.test, params.alpha, kept)
             for k, v in g.items():
                 metrics[f"curve/it{it}/{layer_name(h)}/{k}"] = v
                 if label:
                     metrics[f"{label}/{layer_name(h)}/{k}"] = v
+            if kept is not None:  # ridge is separable over targets: these are the factor probes' own predictions
+                preds[label] = {f: kept[f] for f in ("factor0", "factor1")}
         if label:
             kept_acts[label] = (model, acts)
-            fits = fit_probes(
-                acts[FINAL][s.train],
-                {f: y[f][s.train] for f in ("factor0", "factor1")},
-                acts[FINAL][s.test],
-                {f: y[f][s.test] for f in ("factor0", "factor1")},
-                params.alpha,
-            )
-            preds[label] = {f: fits[f].pred for f in fits}
     if params.ablate:
         floor = float(np.nanmean(ceil["uniform"]))
         for j, label in enumerate(("pre", "post")):
