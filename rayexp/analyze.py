@@ -8,6 +8,11 @@ driver logs each group's result to the parent run: metrics ``sweep/{analysis}/{g
 tables ``sweep/{analysis}/{group}__{table}.parquet`` and figures as PNG. Metrics the parent run
 already holds are not logged again and artifacts overwrite their own paths, so running the same
 analysis twice adds nothing new.
+
+``--pool OTHER`` adds another sweep's finished trials (a replication on new seeds, say) to the
+groups. Pooled trials must differ only in their seed: the same (process, task) with another
+setting, or a seed both sweeps ran, is refused. The result is logged on the first sweep's parent
+run under ``sweep/{analysis}_pooled_{OTHER}/...`` so it never mixes with the sweep's own.
 """
 
 from __future__ import annotations
@@ -74,6 +79,39 @@ def _run_group(name: str, params: dict[str, Any], trials: list) -> dict[str, Any
     return {"metrics": {k: float(v) for k, v in result.metrics.items()}, "tables": result.tables, "figures": pngs}
 
 
+def _without_seed(config: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def check_poolable(trials: list) -> None:
+    """Refuse a pool of trials that are not one experiment on more seeds (one line, exit 2)."""
+    settings: dict[tuple, str] = {}
+    seen: set[tuple] = set()
+    for t in trials:
+        cell = (process_label(t.config["process"]), t.config["task"]["name"])
+        key = _without_seed(t.config)
+        if settings.setdefault(cell, key) != key:
+            raise SweepError(
+                "--pool", f"{cell[0]} {cell[1]}", "the pooled sweeps ran it with different settings (not only seeds)"
+            )
+        seed = (*cell, t.config.get("seed"))
+        if seed in seen:
+            raise SweepError("--pool", f"{cell[0]} {cell[1]} seed {seed[2]}", "both pooled sweeps ran this seed")
+        seen.add(seed)
+
+
+def sweep_trials(uri: str, experiment: str, parent: str | None = None) -> tuple[Any, list]:
+    """(parent run, finished trials) of a sweep."""
+    run = parent_run(uri, experiment, parent)
+    tags = run.data.tags
+    if "rayexp.storage" not in tags:
+        raise SweepError(uri, "experiment", f"sweep run {run.info.run_id} does not say where its trials are stored")
+    trials = find_trials(tags["rayexp.storage"], tags[tracking.SWEEP_TAG])
+    if not trials:
+        raise SweepError(tags["rayexp.storage"], tags[tracking.SWEEP_TAG], "no finished trials stored for this sweep")
+    return run, trials
+
+
 def parent_run(uri: str, experiment: str, parent: str | None = None):
     """The sweep's parent run (the latest of the experiment unless ``parent`` names one)."""
 
@@ -88,8 +126,10 @@ def run_analysis(
     parent: str | None = None,
     address: str | None = None,
     file=sys.stdout,
+    pool: list[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Run across-trial analysis ``name`` over a sweep's finished trials; returns {group: metrics}."""
+    """Run across-trial analysis ``name`` over a sweep's finished trials (and those of the sweeps in
+    ``pool``, latest run of each); returns {group: metrics}."""
 
     params = dict(params or {})
     group_by = list(group_by if group_by is not None else ["task"])
@@ -100,13 +140,13 @@ def run_analysis(
             "--params" if name in analyses.ANALYSES else "--analysis", name, str(err).splitlines()[0]
         ) from None
     uri = tracking.tracking_uri()
-    run = parent_run(uri, experiment, parent)
-    tags = run.data.tags
-    if "rayexp.storage" not in tags:
-        raise SweepError(uri, "experiment", f"sweep run {run.info.run_id} does not say where its trials are stored")
-    trials = find_trials(tags["rayexp.storage"], tags[tracking.SWEEP_TAG])
-    if not trials:
-        raise SweepError(tags["rayexp.storage"], tags[tracking.SWEEP_TAG], "no finished trials stored for this sweep")
+    run, trials = sweep_trials(uri, experiment, parent)
+    log_name = name
+    if pool:
+        for other in pool:
+            trials = trials + sweep_trials(uri, other)[1]
+        check_poolable(trials)
+        log_name = group_label((f"{name}_pooled_{'_'.join(pool)}",))
     groups = group_trials(trials, group_by)
 
     import ray
@@ -121,10 +161,10 @@ def run_analysis(
     finally:
         if started:
             ray.shutdown()
-    return _log(uri, run.info.run_id, name, params, group_by, results, groups, file)
+    return _log(uri, run.info.run_id, log_name, params, group_by, results, groups, file, annotate=not pool)
 
 
-def _log(uri, run_id, name, params, group_by, results, groups, file) -> dict[str, dict[str, float]]:
+def _log(uri, run_id, name, params, group_by, results, groups, file, annotate=True) -> dict[str, dict[str, float]]:
     import tempfile
     from pathlib import Path
 
@@ -144,7 +184,7 @@ def _log(uri, run_id, name, params, group_by, results, groups, file) -> dict[str
                 path.write_bytes(png)
                 out.log_artifact(path, f"figures/sweep/{name}")
     for study in analyses.STUDIES.values():  # e.g. the verdict, onto the trial runs it judges
-        if name in study.run_annotations:
+        if annotate and name in study.run_annotations:
             table, columns = study.run_annotations[name]
             rows = [row for r in results.values() if table in r["tables"] for row in r["tables"][table].to_pylist()]
             tracking.annotate_from_table(uri, run_id, name, rows, list(columns))

@@ -55,7 +55,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if not isinstance(params, dict):
         raise SweepError("--params", "", "must be a JSON object")
     group_by = [g for g in args.group_by.split(",") if g] if args.group_by is not None else None
-    run_analysis(args.experiment, args.analysis, params, group_by, parent=args.parent, address=args.address)
+    run_analysis(
+        args.experiment, args.analysis, params, group_by, parent=args.parent, address=args.address, pool=args.pool
+    )
     return 0
 
 
@@ -173,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated trial config fields (task, process, seed, model.d_model, ...); default: task",
     )
     ana.add_argument("--parent", default=None, help="parent run id of the sweep (default: latest)")
+    ana.add_argument(
+        "--pool",
+        action="append",
+        default=None,
+        metavar="OTHER",
+        help="add the trials of another sweep that differs only in its seeds (repeatable); logged as "
+        "ANALYSIS_pooled_OTHER on EXPERIMENT's parent run",
+    )
     ana.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or embedded Ray)")
     ana.set_defaults(func=_cmd_analyze)
     return parser

@@ -64,7 +64,7 @@ def t_ci(values, ci: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): Student-t interval of the mean over ``values`` (n,), non-finite dropped.
 
     The interval a verdict over a handful of seeds leans on: with 5 seeds a percentile bootstrap
-    covers ~83-85 % at a nominal 95 % (tests/test_stats.py simulates both), the t interval its
+    covers ~83-85 % at a nominal 95 % (tests/test_detector.py simulates both), the t interval its
     nominal rate for normal data. One value gives NaN bounds (no spread to estimate)."""
     from scipy import stats  # scipy's import is slow; only verdicts need it
 

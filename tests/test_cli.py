@@ -205,3 +205,22 @@ def test_interrupted_summary_counts_each_trial_once():
     assert len(rows) == 6
     assert [r["status"] for r in rows] == ["OK", "UNFINISHED"] + ["NOT STARTED"] * 4
     assert {(r["task"], r["seed"]) for r in rows} == {(t, s) for s in (0, 1, 2) for t in ("neg", "pos")}
+
+
+def test_pooling_sweeps_accepts_new_seeds_and_refuses_anything_else():
+    """`rayexp analyze A --pool B`: B must be A on other seeds, or the pooled verdict means nothing."""
+    from types import SimpleNamespace
+
+    from rayexp.analyze import check_poolable
+    from rayexp.config import SweepError
+
+    def trial(seed, lr=1e-3, task="positive_control"):
+        cfg = {"process": {"name": "z1r"}, "task": {"name": task}, "ppo": {"lr": lr}, "seed": seed}
+        return SimpleNamespace(config=cfg)
+
+    check_poolable([trial(s) for s in range(5)] + [trial(s) for s in range(5, 10)])
+    with pytest.raises(SweepError, match="different settings"):
+        check_poolable([trial(0), trial(5, lr=2e-3)])
+    with pytest.raises(SweepError, match="both pooled sweeps ran this seed"):
+        check_poolable([trial(0), trial(1), trial(1)])
+    check_poolable([trial(0), trial(0, task="negative_control", lr=5e-4)])  # tasks may differ from each other

@@ -198,10 +198,13 @@ def test_verdict_analysis_pairs_each_task_with_its_null_by_seed():
     by_task = dict(zip(row["task"], row["reference"]))
     assert by_task["pos"] == "null" and by_task["null"] == "absolute"  # the null is never its own reference
     assert result.metrics["pos/verdict_code"] == 1 and result.metrics["pos/n_seeds"] == 5
-    assert result.metrics["pos/score"] == pytest.approx(
+    # the score is absolute (here in shares: the trials log no probability mass); the excess is paired
+    assert result.metrics["pos/score"] == pytest.approx(np.mean([0.7, 0.72, 0.69, 0.75, 0.7]))
+    assert result.metrics["pos/score_excess"] == pytest.approx(
         np.mean(np.array([0.7, 0.72, 0.69, 0.75, 0.7]) - [0.15, 0.2, 0.14, 0.18, 0.16])
     )
-    assert {"n_seeds", "score", "score_ci_low", "score_ci_high", *SIGNALS} <= set(row)
+    assert np.isnan(result.metrics["null/score_excess"])  # the null has no null of its own
+    assert {"n_seeds", "score", "score_ci_low", "score_ci_high", "excess", *SIGNALS} <= set(row)
     assert "verdict" in result.figures
     # one seed: intervals over held-out contexts (here none were stored, so no verdict)
     one = verdict(trials([0.8], [0.7], [1.0], "pos"), VerdictParams())

@@ -116,6 +116,35 @@ def test_a_readout_counts_as_elicitation_only_against_random_init_features():
     assert decide([0.5], [0.16], [0.9], [0.2], [0.15], context=ctx).code == ELICITATION
 
 
+def test_the_score_is_absolute_mass_and_its_excess_is_paired_with_the_null():
+    """The score is in the same units for every task (the null included), so the positive control's
+    interval can be set against the null's; ``excess`` is its paired difference from the null's."""
+    tv_rw, tv_el = _seeds(0.30, seed=20), _seeds(0.15, seed=21)
+    null_rw, null_el = _seeds(0.20, seed=22), _seeds(0.08, seed=23)
+    tv = (tv_rw, tv_el, null_rw, null_el)
+    v = decide(
+        _seeds(0.8), _seeds(0.7, seed=1), _seeds(0.9, seed=2), _seeds(0.2, seed=10), _seeds(0.15, seed=11), tv=tv
+    )
+    own, null = np.minimum(tv_rw, tv_el), np.minimum(null_rw, null_el)
+    assert (v.score.mean, v.score.lo, v.score.hi) == pytest.approx(t_ci(own))
+    assert (v.excess.mean, v.excess.lo, v.excess.hi) == pytest.approx(t_ci(own - null))
+    # the null task, judged without a reference, gets a score in the same units and no excess
+    w = decide(_seeds(0.2, seed=10), _seeds(0.15, seed=11), _seeds(0.0, seed=2), tv=(null_rw, null_el, None, None))
+    assert w.score.mean == pytest.approx(null.mean()) and np.isnan(w.excess.mean)
+    assert w.score.hi < v.score.lo  # the separation README's table reads
+    # one seed: the trial's intervals over held-out contexts, the null at its point value
+    ctx = {
+        "u_rw": Interval(0.8, 0.75, 0.85),
+        "u_el": Interval(0.7, 0.65, 0.75),
+        "margin": Interval(0.9, 0.85, 0.95),
+        "tv_rw": Interval(0.3, 0.28, 0.32),
+        "tv_el": Interval(0.15, 0.13, 0.17),
+    }
+    one = decide([0.8], [0.7], [0.9], [0.2], [0.15], context=ctx, tv=([0.3], [0.15], [0.2], [0.08]))
+    assert (one.score.mean, one.score.lo, one.score.hi) == pytest.approx((0.15, 0.13, 0.17))
+    assert one.excess.mean == pytest.approx(0.15 - 0.08)
+
+
 def test_verdict_without_a_null_uses_absolute_thresholds_and_says_so():
     v = decide(_seeds(0.05), _seeds(0.1, seed=1), _seeds(0.0, seed=2))
     assert v.code == REWEIGHTING and v.reference == "absolute" and "no null" in v.reason

@@ -73,7 +73,7 @@ def test_simplex_corners_and_removed_share():
 
 
 def test_layer_geometry_tells_factored_from_joint_features():
-    hmm, _, s, y = _setup()
+    _hmm, _, s, y = _setup()
     rng = np.random.default_rng(2)
     d = 32
     E = np.linalg.qr(rng.standard_normal((d, d)))[0]
@@ -99,7 +99,7 @@ class Planted(torch.nn.Module):
     a known 3-d subspace of R^16 and whose policy decodes them back (by the same known maps) and acts on
     the Bayes joint target (a + b) mod 3. Erasing either subspace must leave it nothing to earn."""
 
-    hook_names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "ln_final.hook_normalized"]
+    hook_names = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "ln_final.hook_normalized")
 
     def __init__(self, hmm, d=16, seed=0, reads=(0, 1)):
         super().__init__()
@@ -138,7 +138,11 @@ def test_ablating_the_read_subspaces_removes_the_reward_and_random_ones_do_not()
     # the planted policy is the Bayes joint-target policy: its greedy reward is the optimum exactly
     logits = model(torch.as_tensor(s.tokens)).numpy()
     P_model = np.exp(logits[..., :3] / 30)
-    assert np.allclose(P_model / P_model.sum(-1, keepdims=True), targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens), atol=1e-6)
+    assert np.allclose(
+        P_model / P_model.sum(-1, keepdims=True),
+        targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens),
+        atol=1e-6,
+    )
     acts = {h: model.run_with_cache(torch.as_tensor(s.tokens))[1][h].numpy() for h in model.hook_names}
     out = ablations(model, {"blocks.0.hook_resid_post": acts["blocks.0.hook_resid_post"]}, y, s, 1 / 3, 4, seed=0)
     assert out["none/expected"] > 0.45 and out["none/interaction"] > 0.5
@@ -161,7 +165,14 @@ class _Trial:
         from models.transformer import Transformer, TransformerConfig
 
         cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=6)
-        self.env_config = {"process": INTERLEAVE, "context": 8, "episode_len": 8, "reward": "joint_target", "reward_params": {"m": 3}, "action_tokens": None}
+        self.env_config = {
+            "process": INTERLEAVE,
+            "context": 8,
+            "episode_len": 8,
+            "reward": "joint_target",
+            "reward_params": {"m": 3},
+            "action_tokens": None,
+        }
         self.config = {"process": INTERLEAVE, "task": {"name": task}, "seed": seed}
         self._m = {i: Transformer(cfg, seed=seed + 10 * i).eval() for i in range(3)}
         self._stored = {}
@@ -203,7 +214,9 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
         assert np.isfinite(m[key]), key
     assert m["dims/factored"] == 4 and m["dims/joint"] == 8
     # an untrained model earns nothing above uniform guessing: no share of it to remove
-    assert (m["ablation/pre/none/expected"] - m["ceiling/uniform"] < 0.01) == np.isnan(m["ablation/pre/block1/factor0/removed"])
+    assert (m["ablation/pre/none/expected"] - m["ceiling/uniform"] < 0.01) == np.isnan(
+        m["ablation/pre/block1/factor0/removed"]
+    )
     assert m["curve/it0/final/r2/factor0"] == m["pre/final/r2/factor0"]  # iteration 0 is the pretrained model
     assert m["curve/it5/final/r2/factor0"] == m["post/final/r2/factor0"]
     assert {"geometry_curve", "belief_simplex"} <= set(res.figures)
@@ -211,9 +224,11 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
     curve = summary.tables["geometry_curve"].to_pydict()
     assert set(curve["task"]) == {"positive_control", "negative_control"} and set(curve["iteration"]) == {0, 5}
     assert set(curve["layer"]) == {"block1"}
-    row = [i for i, (t, it, q) in enumerate(zip(curve["task"], curve["iteration"], curve["quantity"]))
-           if t == "positive_control" and it == 5 and q == "r2/joint_only"][0]  # fmt: skip
-    seeds = [t._stored["curve/it5/block1/r2/joint_only"] for t in trials if t.config["task"]["name"] == "positive_control"]
+    row = next(i for i, (t, it, q) in enumerate(zip(curve["task"], curve["iteration"], curve["quantity"]))
+           if t == "positive_control" and it == 5 and q == "r2/joint_only")  # fmt: skip
+    seeds = [
+        t._stored["curve/it5/block1/r2/joint_only"] for t in trials if t.config["task"]["name"] == "positive_control"
+    ]
     assert curve["mean"][row] == pytest.approx(np.mean(seeds)) and curve["ci_low"][row] < curve["mean"][row]
     abl = summary.tables["geometry_ablation"].to_pydict()
     assert {"model", "layer", "condition", "quantity", "mean", "ci_low", "ci_high"} <= set(abl)

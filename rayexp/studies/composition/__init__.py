@@ -52,7 +52,18 @@ STUDY = Study(
     run_annotations={
         "verdict": (
             "verdict",
-            ("verdict", "score", "score_ci_low", "score_ci_high", "u_rw", "u_el", "spec", "margin", "n_seeds", "reason"),
+            (
+                "verdict",
+                "score",
+                "score_ci_low",
+                "score_ci_high",
+                "u_rw",
+                "u_el",
+                "spec",
+                "margin",
+                "n_seeds",
+                "reason",
+            ),
         )
     },
 )

@@ -251,6 +251,8 @@ class Scorer:
                 ("margin_phase_greedy", v["margin_phase_greedy"]),
                 ("classes/reweighting/unexplained", v["u_reweighting"]),
                 ("classes/elicitation/unexplained", v["u_elicitation"]),
+                ("classes/reweighting/unexplained_tv", v["tv_reweighting"]),
+                ("classes/elicitation/unexplained_tv", v["tv_elicitation"]),
             ):
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
@@ -269,7 +271,7 @@ class Scorer:
         for cls in ("reweighting", "elicitation", "position"):
             fit = fitted[f"fit_{cls}"]
             if cls != "position":
-                v[f"u_{cls}"] = fitted[f"u_{cls}"]
+                v[f"u_{cls}"], v[f"tv_{cls}"] = fitted[f"u_{cls}"], fitted[f"tv_{cls}"]
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))

@@ -235,7 +235,11 @@ def simplex_figure(true: dict[str, np.ndarray], preds: dict[str, dict[str, np.nd
         b = true[f].reshape(-1, 3)
         pick = np.random.default_rng(0).permutation(len(b))[:max_points]
         colour = np.clip(b[pick], 0, 1)
-        panels = (("exact", b), ("pre-RL probe", preds["pre"][f].reshape(-1, 3)), ("post-RL probe", preds["post"][f].reshape(-1, 3)))
+        panels = (
+            ("exact", b),
+            ("pre-RL probe", preds["pre"][f].reshape(-1, 3)),
+            ("post-RL probe", preds["post"][f].reshape(-1, 3)),
+        )
         for c, (title, pts) in enumerate(panels):
             ax = axes[r, c]
             xy = geo.simplex_xy(pts[pick])

@@ -39,16 +39,18 @@ def compact(tables: dict[str, list[dict]]) -> list[dict]:
     out: dict[tuple[str, str], dict] = {}
     curve = tables["curve"]
     for r in curve:
-        row = out.setdefault((r["process"], r["task"]), {"process": r["process"], "task": r["task"], "layer": r["layer"]})
+        row = out.setdefault(
+            (r["process"], r["task"]), {"process": r["process"], "task": r["task"], "layer": r["layer"]}
+        )
         last = max(x["iteration"] for x in curve if (x["process"], x["task"]) == (r["process"], r["task"]))
         if r["iteration"] in (0, last) and r["quantity"] in ("r2/joint_only", "dim95", "overlap"):
             key = f"{r['quantity']} {'pre' if r['iteration'] == 0 else 'post'}"
             row[key] = f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
     for r in tables["ablation"]:
         row = out.get((r["process"], r["task"]))
-        if row and r["model"] == "post" and r["layer"] == row["layer"] and r["quantity"] == "removed":
-            if r["condition"] in ("factor0", "factor1", "both", "random_both"):
-                row[f"removed {r['condition']}"] = f"{r['mean']:.2f}"
+        at_row = row and r["model"] == "post" and r["layer"] == row["layer"] and r["quantity"] == "removed"
+        if at_row and r["condition"] in ("factor0", "factor1", "both", "random_both"):
+            row[f"removed {r['condition']}"] = f"{r['mean']:.2f}"
     return list(out.values())
 
 

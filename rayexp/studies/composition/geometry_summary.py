@@ -27,7 +27,15 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.specs import process_label
 from rayexp.stats import t_ci
 
-CURVE_KEYS = ("skill/factor0", "skill/factor1", "r2/joint_only", "skill/joint_only", "dim95", "overlap", "overlap_random")
+CURVE_KEYS = (
+    "skill/factor0",
+    "skill/factor1",
+    "r2/joint_only",
+    "skill/joint_only",
+    "dim95",
+    "overlap",
+    "overlap_random",
+)
 ABLATION_KEYS = ("removed", "drop", "expected", "greedy", "interaction")
 _CURVE = re.compile(r"^curve/it(\d+)/([a-z0-9_]+)/(.+)$")
 _ABL = re.compile(r"^ablation/(pre|post)/([a-z0-9_]+)/([a-z0-9_]+)/([a-z]+)$")
@@ -100,7 +108,9 @@ def geometry_summary(group, params: GeometrySummaryParams) -> AnalysisResult:
                 metrics[f"{task}/post/{layer}/{q}"] = mean
             if it == 0:
                 metrics[f"{task}/pre/{layer}/{q}"] = mean
-        for model, lay, cond, q, mean in zip(arow["model"], arow["layer"], arow["condition"], arow["quantity"], arow["mean"]):
+        for model, lay, cond, q, mean in zip(
+            arow["model"], arow["layer"], arow["condition"], arow["quantity"], arow["mean"]
+        ):
             if model == "post" and q == "removed":
                 metrics[f"{task}/ablation/post/{lay}/{cond}/removed"] = mean
     figures = {"geometry_curve": curve_figure(curves, layer), "geometry_ablation": ablation_figure(ablations, layer)}

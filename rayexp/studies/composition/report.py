@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from rayexp import tracking
-from rayexp.study import ReportInput
 from rayexp.studies.composition.geometry_report import report_geometry
+from rayexp.study import ReportInput
 from rayexp.tables import format_table, write_csv
 
 VERDICT_COLUMNS = (
@@ -23,19 +23,21 @@ VERDICT_COLUMNS = (
     "score",
     "score_ci_low",
     "score_ci_high",
+    "excess",
     "verdict",
 )
 
 
-def verdict_rows(uri: str, parent: str) -> list[dict]:
+def verdict_rows(uri: str, parent: str, logged_as: str = "verdict") -> list[dict]:
     """The verdict table of a sweep: one row per (process, task) group that the across-trial
-    ``verdict`` analysis logged on the parent run (empty when it never ran)."""
+    ``verdict`` analysis logged on the parent run (empty when it never ran). ``logged_as``:
+    ``verdict_pooled_OTHER`` for the table pooled with another sweep's seeds (``--pool``)."""
     import tempfile
 
     import pyarrow.parquet as pq
 
     c = tracking.client(uri)
-    names = [a.path for a in c.list_artifacts(parent, "sweep/verdict") if a.path.endswith("__verdict.parquet")]
+    names = [a.path for a in c.list_artifacts(parent, f"sweep/{logged_as}") if a.path.endswith("__verdict.parquet")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in sorted(names):
@@ -44,10 +46,18 @@ def verdict_rows(uri: str, parent: str) -> list[dict]:
     return [{k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first} for r in rows]
 
 
-def print_verdicts(rows: list[dict], file=sys.stdout) -> None:
+def pooled_tables(uri: str, parent: str) -> list[str]:
+    """The names the verdict was logged under pooled with other sweeps (``rayexp analyze --pool``)."""
+    c = tracking.client(uri)
+    return sorted(
+        a.path.split("/")[-1] for a in c.list_artifacts(parent, "sweep") if a.is_dir and "/verdict_pooled_" in a.path
+    )
+
+
+def print_verdicts(rows: list[dict], file=sys.stdout, title: str = "verdict") -> None:
     if rows:
         brief = [{k: r[k] for k in (*VERDICT_COLUMNS, "reason") if k in r} for r in rows]
-        print("\nverdict (rule: README, 'Reading a verdict'):\n" + format_table(brief), file=file)
+        print(f"\n{title} (rule: README, 'Reading a verdict'):\n" + format_table(brief), file=file)
 
 
 #: the verdict's signals as trial metrics, drawn per task with seeds as points
@@ -91,13 +101,18 @@ def verdict_figure(runs: list, path: Path) -> Path:
 def report_section(inp: ReportInput) -> None:
     report_geometry(inp.uri, inp.parent, inp.out, inp.file)
     verdicts = verdict_rows(inp.uri, inp.parent)
-    if not verdicts:
-        return
-    print_verdicts(verdicts, inp.file)
-    if inp.out is not None:
-        write_csv(verdicts, inp.out / "verdict.csv")
-        print(f"table: {inp.out / 'verdict.csv'}", file=inp.file)
-        print(f"figure: {verdict_figure(inp.runs, inp.out / 'verdict_signals.png')}", file=inp.file)
+    if verdicts:
+        print_verdicts(verdicts, inp.file)
+        if inp.out is not None:
+            write_csv(verdicts, inp.out / "verdict.csv")
+            print(f"table: {inp.out / 'verdict.csv'}", file=inp.file)
+            print(f"figure: {verdict_figure(inp.runs, inp.out / 'verdict_signals.png')}", file=inp.file)
+    for name in pooled_tables(inp.uri, inp.parent):
+        rows = verdict_rows(inp.uri, inp.parent, name)
+        print_verdicts(rows, inp.file, title=f"{name} (this sweep's trials with another sweep's seeds)")
+        if inp.out is not None and rows:
+            write_csv(rows, inp.out / f"{name}.csv")
+            print(f"table: {inp.out / f'{name}.csv'}", file=inp.file)
 
 
 def after_sweep(inp: ReportInput) -> None:

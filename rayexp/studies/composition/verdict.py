@@ -31,7 +31,10 @@ Without ``u_el_random`` the readout is taken as from pretraining and never as ge
 before the control, kept for callers that lack it).
 
 score = mean over seeds of min over the classes of the probability mass per step (total variation)
-the class leaves unexplained beyond the null: it grows in proportion to a policy's composed part.
+the class leaves unexplained: it grows in proportion to a policy's composed part, and it is in the
+same units for every task, the null included, so the positive control's interval can be set against
+the negative control's and the null's. ``excess`` = score - the null's score, paired by seed: what
+neither class explains beyond PPO's own drift.
 
 Without a null for the pair (or for the null task itself) the reference is absolute: explained is
 ``CI_high(u) < u_abs`` and unexplained ``CI_low(u) > u_abs`` (``u_abs`` 0.25), and the reason says so.
@@ -96,6 +99,7 @@ class Verdict:
     margin: Interval
     reference: str  # "null" | "absolute"
     spec: Interval = Interval()  # u_el_random - u_el: how much better pretrained features explain than random-init
+    excess: Interval = Interval()  # score - the null's score, paired by seed (no null: NaN)
 
     @property
     def label(self) -> str:
@@ -116,6 +120,13 @@ def _arr(x) -> np.ndarray:
     return np.atleast_1d(np.asarray(x, dtype=np.float64))
 
 
+def _null_score(u_rw_null, u_el_null, tv) -> float:
+    """The null's score at its point value (the mean over its seeds), in the units of ``tv`` if given."""
+    if tv is not None and tv[2] is not None:
+        return float(np.nanmean(np.minimum(_arr(tv[2]), _arr(tv[3]))))
+    return float(np.nanmean(np.minimum(_arr(u_rw_null), _arr(u_el_null))))
+
+
 def decide(
     u_rw,
     u_el,
@@ -132,13 +143,15 @@ def decide(
     intervals over held-out contexts for ``u_rw``, ``u_el`` and ``margin``, used below ``min_seeds``.
     ``tv``: (tv_rw, tv_el, tv_rw_null, tv_el_null) per seed, the unexplained probability mass per step;
     with it the score is in those units (it grows in proportion to a policy's composed part), else in
-    shares. ``u_el_random`` (n,): the readout of random-init features, per seed (below ``min_seeds``,
+    shares; below ``min_seeds`` ``context["tv_rw"]``/``context["tv_el"]`` are its intervals over
+    held-out contexts. ``u_el_random`` (n,): the readout of random-init features, per seed (below ``min_seeds``,
     ``context["spec"]`` is its paired interval over held-out contexts)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
     n = int((np.isfinite(u_rw) & np.isfinite(u_el)).sum())
     prefix = ""
+    excess = Interval()
     if n == 0:
         empty = Interval()
         return Verdict(INCONCLUSIVE, "no seed has both fits", 0, empty, empty, empty, empty, empty, empty, "-")
@@ -152,7 +165,11 @@ def decide(
         nel = float(np.nanmean(_arr(u_el_null))) if have_null else 0.0
         d_rw = Interval(i_rw.mean - nrw, i_rw.lo - nrw, i_rw.hi - nrw)
         d_el = Interval(i_el.mean - nel, i_el.lo - nel, i_el.hi - nel)
-        score = Interval(min(d_rw.mean, d_el.mean), min(d_rw.lo, d_el.lo), min(d_rw.hi, d_el.hi))
+        s_rw, s_el = (context["tv_rw"], context["tv_el"]) if "tv_rw" in context else (i_rw, i_el)
+        score = Interval(min(s_rw.mean, s_el.mean), min(s_rw.lo, s_el.lo), min(s_rw.hi, s_el.hi))
+        if have_null:
+            null = _null_score(u_rw_null, u_el_null, tv if "tv_rw" in context else None)
+            excess = Interval(score.mean - null, score.lo - null, score.hi - null)
         prefix = "1 seed: intervals over held-out contexts, not seeds; "
     else:
         i_rw, i_el, i_m = Interval(*t_ci(u_rw, th.ci)), Interval(*t_ci(u_el, th.ci)), Interval(*t_ci(margin, th.ci))
@@ -161,12 +178,16 @@ def decide(
         else:
             drw, del_ = u_rw, u_el
         d_rw, d_el = Interval(*t_ci(drw, th.ci)), Interval(*t_ci(del_, th.ci))
-        score = Interval(*t_ci(np.minimum(drw, del_), th.ci))
-        if tv is not None and np.isfinite(_arr(tv[0])).any():
-            t_rw, t_el = _arr(tv[0]), _arr(tv[1])
-            if have_null and tv[2] is not None:
-                t_rw, t_el = t_rw - _arr(tv[2]), t_el - _arr(tv[3])
-            score = Interval(*t_ci(np.minimum(t_rw, t_el), th.ci))
+        # the score in probability mass where the trials give it, else in shares; absolute either way
+        mass = tv is not None and np.isfinite(_arr(tv[0])).any()
+        own = np.minimum(_arr(tv[0]), _arr(tv[1])) if mass else np.minimum(u_rw, u_el)
+        score = Interval(*t_ci(own, th.ci))
+        if have_null:
+            if mass and tv[2] is not None:
+                null = np.minimum(_arr(tv[2]), _arr(tv[3]))
+            else:
+                null = np.minimum(_arr(u_rw_null), _arr(u_el_null))
+            excess = Interval(*t_ci(own - null, th.ci))
     ref = "null" if have_null else "absolute"
     if not have_null and n < th.min_seeds:
         d_rw, d_el = i_rw, i_el
@@ -188,7 +209,7 @@ def decide(
         return d.lo > th.tol if have_null else u.lo > th.u_abs
 
     def out(code: int, why: str) -> Verdict:
-        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec)
+        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     if explained(d_rw, i_rw):

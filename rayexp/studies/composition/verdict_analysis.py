@@ -10,8 +10,9 @@ seed as the reference. Run it grouped by process, so each group holds a pair's t
 (grouped by task too, a group has no null, and the rule falls back to absolute thresholds, saying so).
 
 Metrics per group and task: ``{task}/verdict_code`` (-1 reweighting, 0 inconclusive, +1 composition,
-+2 elicitation), ``{task}/score`` with ``/ci_low`` and ``/ci_high`` (what neither class explains beyond
-the null), ``{task}/n_seeds``. Table ``verdict``: one row per task (process, task, n_seeds, score and
++2 elicitation), ``{task}/score`` with ``/ci_low`` and ``/ci_high`` (the probability mass per step neither class
+explains, in the same units for every task), ``{task}/score_excess`` with its CI (the score minus the
+null's, paired by seed; NaN without a null), ``{task}/n_seeds``. Table ``verdict``: one row per task (process, task, n_seeds, score and
 CI, verdict, reason, each class's unexplained share and the margin with their intervals, ``spec`` (how
 much more a random-init network's features leave unexplained than the pretrained ones: the readout's
 control) with its interval, and the mean over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
@@ -39,6 +40,10 @@ SIGNALS = {
     "unexplained_reweighting_ci_high": "classes/reweighting/unexplained/post/ci_high",
     "unexplained_elicitation_ci_low": "classes/elicitation/unexplained/post/ci_low",
     "unexplained_elicitation_ci_high": "classes/elicitation/unexplained/post/ci_high",
+    "unexplained_tv_reweighting_ci_low": "classes/reweighting/unexplained_tv/post/ci_low",
+    "unexplained_tv_reweighting_ci_high": "classes/reweighting/unexplained_tv/post/ci_high",
+    "unexplained_tv_elicitation_ci_low": "classes/elicitation/unexplained_tv/post/ci_low",
+    "unexplained_tv_elicitation_ci_high": "classes/elicitation/unexplained_tv/post/ci_high",
     "margin_phase_greedy_ci_low": "margin_phase_greedy/post/ci_low",
     "margin_phase_greedy_ci_high": "margin_phase_greedy/post/ci_high",
     "unexplained_readout_random_init": "classes/elicitation_random_init/unexplained/post",
@@ -103,6 +108,8 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
         "u_el": iv("unexplained_elicitation"),
         "margin": iv("margin_phase_greedy"),
     }
+    if np.isfinite(t["unexplained_tv_reweighting_ci_low"]):  # trials logged before these CIs lack them
+        out["tv_rw"], out["tv_el"] = iv("unexplained_tv_reweighting"), iv("unexplained_tv_elicitation")
     excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
     if np.isfinite(t["readout_excess_ci_low"]):
         out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
@@ -169,6 +176,9 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             "score": v.score.mean,
             "score_ci_low": v.score.lo,
             "score_ci_high": v.score.hi,
+            "excess": v.excess.mean,
+            "excess_ci_low": v.excess.lo,
+            "excess_ci_high": v.excess.hi,
             "verdict": v.label,
             "reason": v.reason,
             "reference": v.reference,
@@ -187,6 +197,9 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             f"{prefix}/score": v.score.mean,
             f"{prefix}/score/ci_low": v.score.lo,
             f"{prefix}/score/ci_high": v.score.hi,
+            f"{prefix}/score_excess": v.excess.mean,
+            f"{prefix}/score_excess/ci_low": v.excess.lo,
+            f"{prefix}/score_excess/ci_high": v.excess.hi,
             f"{prefix}/n_seeds": float(v.n_seeds),
         }
     return AnalysisResult(metrics=metrics, tables={"verdict": pa.table(rows)}, figures={"verdict": _figure(results)})
