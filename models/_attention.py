@@ -22,7 +22,9 @@ from torch.autograd.function import once_differentiable
 from envs._kernels import launch
 
 
-@njit(fastmath=True, cache=True)
+# error_model="numpy": a row whose scores are all -inf (weights an SGLD chain drove to inf) gives
+# NaN like torch's softmax, which the caller can flag, instead of a ZeroDivisionError mid-sweep.
+@njit(fastmath=True, cache=True, error_model="numpy")
 def _forward_one(qkv, z, p, scale, b):
     # Sequence b: qkv (B, T, 3, H, E) -> z (B, T, H, E); p (B, H, T, T) keeps the pattern for backward.
     _, T, _, H, E = qkv.shape
@@ -55,7 +57,7 @@ def _forward_one(qkv, z, p, scale, b):
                 p[b, h, t, s] = 0.0
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, cache=True, error_model="numpy")
 def _backward_one(qkv, p, dz, dqkv, scale, b):
     # dS = scale * P * (dP - rowsum(P * dP)) with dP = dZ V^T; then dQ = dS K, dK = dS^T Q, dV = P^T dZ,
     # each output row summed locally and stored once (scattered += into dqkv was ~2x slower).
@@ -100,25 +102,25 @@ def _backward_one(qkv, p, dz, dqkv, scale, b):
 
 # One thread per sequence. A parallel launch costs ~0.1 ms (waking numba's workqueue threads), more
 # than the whole kernel for the small batches of PPO acting and learning, so those run serially.
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
 def _forward_par(qkv, z, p, scale):
     for b in prange(qkv.shape[0]):
         _forward_one(qkv, z, p, scale, b)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, cache=True, error_model="numpy")
 def _forward_ser(qkv, z, p, scale):
     for b in range(qkv.shape[0]):
         _forward_one(qkv, z, p, scale, b)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
 def _backward_par(qkv, p, dz, dqkv, scale):
     for b in prange(qkv.shape[0]):
         _backward_one(qkv, p, dz, dqkv, scale, b)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, cache=True, error_model="numpy")
 def _backward_ser(qkv, p, dz, dqkv, scale):
     for b in range(qkv.shape[0]):
         _backward_one(qkv, p, dz, dqkv, scale, b)

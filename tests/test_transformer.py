@@ -154,3 +154,16 @@ def test_cpu_attention_picks_serial_kernels_for_one_thread_or_small_batches(monk
     ) + ["_forward_ser", "_backward_ser"]
     for z, g in outputs[1:]:
         assert torch.equal(z, outputs[0][0]) and torch.equal(g, outputs[0][1])
+
+
+def test_cpu_attention_on_infinite_weights_gives_nan_not_an_exception():
+    """An SGLD chain that diverges drives weights to inf; attention must then give a non-finite output,
+    which the LLC diagnostics flag as diverged, not raise ZeroDivisionError inside the kernel."""
+    from models._attention import causal_attention
+
+    B, T, H, E = 2, 4, 1, 2
+    qkv = torch.ones(B, T, 3 * H * E)
+    qkv[:, :, :E] = float("inf")  # q = +inf, k = -inf: every score is -inf, the softmax sums to 0
+    qkv[:, :, E : 2 * E] = float("-inf")
+    out = causal_attention(qkv, H, E)
+    assert out.shape == (B, T, H * E) and torch.isnan(out).all()
