@@ -27,6 +27,7 @@ checksums were exactly such entries; the price is one pretraining per old entry.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -55,11 +56,31 @@ def pretrain_key(process: dict[str, Any], model: dict[str, Any], pretrain: dict[
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+#: seconds between two ``waiting()`` calls while a trial waits on another's pretraining
+WAIT_BEAT_S = 30.0
+
+
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def _locked(lock_path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """The key's exclusive lock; ``waiting()`` is called every WAIT_BEAT_S seconds while another holds it
+    (the trial's heartbeat for the driver's stall watchdog, rayexp.monitor)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
+        if waiting is None:
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        else:
+            beat = time.monotonic() + WAIT_BEAT_S
+            while True:
+                try:
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
+                if time.monotonic() >= beat:
+                    waiting()
+                    beat = time.monotonic() + WAIT_BEAT_S
+                time.sleep(0.2)
         try:
             yield
         finally:
@@ -149,17 +170,20 @@ class PretrainCache:
                 shutil.copyfileobj(src, out)
         return dest
 
-    def get_or_create(self, key: str, build: Callable[[Path], None], scratch: Path) -> tuple[Path, bool]:
+    def get_or_create(
+        self, key: str, build: Callable[[Path], None], scratch: Path, waiting: Callable[[], None] | None = None
+    ) -> tuple[Path, bool]:
         """Local directory of the entry, and whether it was a hit.
 
         `build(out_dir)` must write FILES into out_dir; it runs at most once per key at a time.
+        `waiting()` is called every WAIT_BEAT_S seconds while another process builds the entry.
         """
         entry = f"{self.root}/{key}"
         # checked outside the lock first so the common case (an intact hit) never waits on it; a
         # damaged entry is reported and moved aside only under the lock, by one trial
         if self._exists(f"{entry}/DONE") and self.problem(key) is None:
             return self._fetch(key, scratch / key), True
-        with _locked(self._lock_path(key)):
+        with _locked(self._lock_path(key), waiting):
             if self._exists(f"{entry}/DONE"):
                 found = self.problem(key)
                 if found is None:

@@ -1,8 +1,10 @@
 """Command line: ``rayexp run | validate | report | analyze | list`` (``python -m rayexp`` is the same).
 
-Exit codes: 0 success, 1 a trial failed, 2 bad input (one line on stderr naming the file, the
-field path and what is wrong; nothing launched), 130 interrupted (Ctrl-C; the summary says what
-finished and how to resume).
+Exit codes: 0 success, 1 a trial failed (or stopped reporting: ``--stall-timeout``), 2 bad input (one
+line on stderr naming the file, the field path and what is wrong; nothing launched; also trials that
+no node can place, found once connected or after ``--pending-timeout``), 130 interrupted (Ctrl-C; the
+summary says what finished and how to resume). ``rayexp run`` sends what else reaches stderr to a log
+file whose path it prints first (rayexp.console).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from envs.rewards import REWARDS
 from rayexp import registry
 from rayexp.analyze import run_analysis
 from rayexp.config import SweepError, load_sweep
+from rayexp.console import OneLineError, StderrLog
 from rayexp.report import report
-from rayexp.sweep import RESUME, print_summary, run_sweep
+from rayexp.sweep import PENDING_TIMEOUT_S, RESUME, STALL_TIMEOUT_S, print_summary, run_sweep
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
@@ -36,11 +39,39 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    outcome = run_sweep(args.sweep, resume=args.resume, address=args.address, verbose=args.verbose)
-    print_summary(outcome)
+    log = StderrLog()
+    try:
+        outcome = run_sweep(
+            args.sweep,
+            resume=args.resume,
+            address=args.address,
+            verbose=args.verbose,
+            log=log,
+            pending_timeout=args.pending_timeout,
+            stall_timeout=args.stall_timeout,
+        )
+        print_summary(outcome)
+    except (SweepError, OneLineError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # the traceback goes to the log, one line to the terminal
+        if log.path is None:
+            raise
+        raise log.one_line(err) from None
+    finally:
+        log.stop()
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 1 if outcome.errors else 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0: off), got {text!r}")
+    return value
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -131,6 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(0, 1, 2),
         help="Ray Tune's own status tables (0: rayexp's progress lines only)",
     )
+    run.add_argument(
+        "--pending-timeout",
+        type=_seconds,
+        default=PENDING_TIMEOUT_S,
+        metavar="S",
+        help=f"fail (exit 2, naming the resource) when trials wait S seconds with none running: what they ask "
+        f"for cannot be placed (default {PENDING_TIMEOUT_S:g}; raise it on an autoscaling cluster; 0: wait forever)",
+    )
+    run.add_argument(
+        "--stall-timeout",
+        type=_seconds,
+        default=STALL_TIMEOUT_S,
+        metavar="S",
+        help=f"fail (exit 1) when a running trial reports nothing for S seconds: no pretraining eval, PPO "
+        f"iteration or finished stage (default {STALL_TIMEOUT_S:g}; 0: never)",
+    )
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser(
@@ -195,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OneLineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's run
         resume = f"; continue with: {RESUME.format(file=args.sweep)}" if args.command == "run" else ""
         print(f"interrupted{resume}", file=sys.stderr)

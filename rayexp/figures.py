@@ -120,6 +120,18 @@ def belief_simplex(
 # ---------------------------------------------------------------------------------------------
 # Probe skill by layer
 
+#: what a skill below 0 means (docs/design.md §6 rule 2), under every figure that shows skill
+SKILL_CAPTION = (
+    "skill = 1 - MSE / MSE(same probe on a random-init network): 1 is exact, 0 is no better than the "
+    "random-init probe, below 0 is worse than it"
+)
+
+
+def _caption(fig, text: str, title: str = "") -> None:
+    """``text`` as a line under the panels (and room for a suptitle)."""
+    fig.tight_layout(rect=(0, 0.07, 1, 0.94 if title else 1))
+    fig.text(0.5, 0.015, text, ha="center", va="bottom", fontsize=7, wrap=True)
+
 
 def _layer_rows(table: pa.Table, target: str):
     rows = [r for r in table.to_pylist() if r["target"] == target]
@@ -172,11 +184,39 @@ def skill_by_layer(before: pa.Table, after: pa.Table | None = None, targets: lis
         ax.set_xlabel("layer (0 = embedding)   ■ final norm   ★ all layers")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    ax_s.axhline(0, color="0.5", lw=0.8)
+    ax_s.axhline(0, color="0.3", lw=0.9)
     ax_s.legend(fontsize=8)
     ax_r.legend(fontsize=7)
     if title:
         fig.suptitle(title)
+    _caption(fig, SKILL_CAPTION, title)
+    return fig
+
+
+def skill_pre_post(labels: list[str], pre, post, ylabel: str):
+    """Probe skill before and after RL per trial, as bars, with the 0 line and what below it means."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels)), 3.9))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, pre, 0.4, label="before RL")
+    ax.bar(x + 0.2, post, 0.4, label="after RL")
+    ax.axhline(0, color="0.3", lw=0.9)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    _caption(fig, SKILL_CAPTION)
+    return fig
+
+
+def reward_curves(series: list[tuple[str, list, list]], xlabel: str = "PPO iteration", ylabel: str = "reward per step"):
+    """One curve per ``(label, x, y)``; the legend sits below the axes, where it hides no curve."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6 + 0.18 * math.ceil(len(series) / 2)), layout="constrained")
+    for label, x, y in series:
+        ax.plot(x, y, marker=".", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     return fig
 
 

@@ -109,8 +109,14 @@ def build_ppo_config(
             gym_env_vectorize_mode="vector_entry_point",
             num_gpus_per_env_runner=0,
         )
-        # the learner is local: it trains in the trial's own process, on the trial's own resources
-        .learners(num_learners=0, num_gpus_per_learner=gpu, learner_class=TransformerPPOLearner)
+        # the learner is local: it trains in the trial's own process, on the trial's own resources.
+        # learner_config_dict is set here: .training(learner_config_dict=) is deprecated in Ray 2.60 (same dict)
+        .learners(
+            num_learners=0,
+            num_gpus_per_learner=gpu,
+            learner_class=TransformerPPOLearner,
+            learner_config_dict={"kl_to_pretrained": settings.kl_to_pretrained},
+        )
         .rl_module(rl_module_spec=module_spec(settings, env_config, checkpoint_path))
         .training(
             lr=settings.lr,
@@ -128,7 +134,6 @@ def build_ppo_config(
             minibatch_size=settings.minibatch_size,
             train_batch_size_per_learner=settings.train_batch_size,
             shuffle_batch_per_epoch=settings.shuffle_batch_per_epoch,
-            learner_config_dict={"kl_to_pretrained": settings.kl_to_pretrained},
         )
         # Episode metrics average over about one iteration's episodes, so each history entry
         # describes the policy that sampled it (the first one: the pretrained policy).

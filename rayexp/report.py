@@ -72,9 +72,8 @@ def trial_rows(uri: str, experiment: str, parent: str | None = None) -> tuple[st
 def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
     import numpy as np
 
-    from rayexp.figures import plt  # the Agg backend, set once there
+    from rayexp import figures  # matplotlib
 
-    written = []
     labels = [f"{r['task']}\nseed {r['seed']}" for r in rows]
 
     def skill(run, phase: str) -> float:
@@ -82,32 +81,18 @@ def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
 
     pre = np.array([skill(run, "pre") for run in runs], dtype=float)
     post = np.array([skill(run, "post") for run in runs], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, pre, 0.4, label="before RL")
-    ax.bar(x + 0.2, post, 0.4, label="after RL")
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel("joint-belief probe skill\n(all layers, pretraining process)")
-    ax.legend()
-    fig.tight_layout()
-    written.append(out / "probe_skill_pre_post.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    ylabel = "joint-belief probe skill\n(all layers, pretraining process)"
+    written = [
+        figures.save_png(figures.skill_pre_post(labels, pre, post, ylabel), out / "probe_skill_pre_post.png", 120)
+    ]
 
     c = tracking.client(uri)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    series = []
     for run, row in zip(runs, rows):
-        hist = c.get_metric_history(run.info.run_id, "ppo/reward_per_step")
+        hist = sorted(c.get_metric_history(run.info.run_id, "ppo/reward_per_step"), key=lambda h: h.step)
         if hist:
-            hist = sorted(hist, key=lambda h: h.step)
-            ax.plot([h.step for h in hist], [h.value for h in hist], marker=".", label=row["run"])
-    ax.set_xlabel("PPO iteration")
-    ax.set_ylabel("reward per step")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    written.append(out / "ppo_reward.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+            series.append((row["run"], [h.step for h in hist], [h.value for h in hist]))
+    written.append(figures.save_png(figures.reward_curves(series), out / "ppo_reward.png", 120))
     return written
 
 

@@ -28,3 +28,9 @@ def process_label(spec: dict[str, Any]) -> str:
     if name == "gated":
         return f"gated({process_label(spec.get('a', {}))},{process_label(spec.get('b', {}))})"
     return str(name)
+
+
+def axis_label(value: Any) -> Any:
+    """A sweep axis value as the console and summary show it: a process spec as its short label
+    (mixture(mess3,rrxor)), anything else as it is."""
+    return process_label(value) if isinstance(value, dict) and "name" in value else value

@@ -3,7 +3,9 @@
 Ray: with ``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets) the driver joins that
 cluster; otherwise it starts an embedded Ray bound to 127.0.0.1. Cluster-dependent checks (a
 GPU request on a cluster without GPUs, custom resources that no node has) run right after
-connecting and before any trial is scheduled.
+connecting and before any trial is scheduled; while Tune runs, a watchdog (rayexp.monitor) fails the
+sweep in one line when trials stay unplaceable (``--pending-timeout``, exit 2) or a running trial stops
+reporting (``--stall-timeout``, exit 1), closing the parent run FAILED.
 
 Interrupting: Ctrl-C (SIGINT) lets Tune save the experiment and stop; the summary then lists which
 trials finished and which did not, the parent run is closed as KILLED, no across-trial analysis
@@ -13,7 +15,8 @@ other failure after the parent run started closes it as FAILED, never leaving it
 Resuming: the Tune experiment lives at ``{storage_path}/{sweep name}``; ``resume=True`` restores
 it with `tune.Tuner.restore`, so finished trials are kept and unfinished ones continue from their
 last stage checkpoint. The sweep's MLflow parent run id is stored beside it
-(``rayexp_sweep.json``) so resumed trials find their runs again.
+(``rayexp_sweep.json``) so resumed trials find their runs again, with the number of driver runs:
+``sweep/wall_s`` and ``sweep/failed_trials`` are logged at step k by the k-th resume (0: the first run).
 """
 
 from __future__ import annotations
@@ -41,17 +44,21 @@ from rayexp.config import (
     load_points,
     trial_bundles,
 )
+from rayexp.console import StderrLog
 from rayexp.ray_local import connect
 from rayexp.registry import STUDIES, SUMMARY_COLUMNS
-from rayexp.resolved import ResolvedTrial
-from rayexp.specs import process_label
-from rayexp.stages import stages_for
+from rayexp.specs import axis_label
 from rayexp.study import ReportInput
 from rayexp.tables import format_table
 from rayexp.trial import run_trial
 
 MLFLOW_UI = "mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 RESUME = "rayexp run {file} --resume"
+#: the watchdog's defaults (rayexp.monitor.Watchdog; `rayexp run --pending-timeout/--stall-timeout`):
+#: trials pending with none running this long cannot be placed; a running trial silent this long is
+#: stuck (the longest quiet stretch of a healthy trial is one analysis stage or one PPO iteration)
+PENDING_TIMEOUT_S = 120.0
+STALL_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -122,72 +129,6 @@ def param_space(points: list[Point], meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def eta(elapsed_s: float, done: int, total: int) -> str:
-    """``k/N trials`` and a naive ETA (the mean wall time per finished trial so far, times what is left)."""
-    if done <= 0 or done >= total:
-        return f"{done}/{total} trials"
-    left = elapsed_s / done * (total - done)
-    return f"{done}/{total} trials, ETA {int(left // 60)}m{int(left % 60):02d}s"
-
-
-def _progress_callback(total: int):
-    """One line per trial event and finished stage, with the sweep's k/N and ETA on each finished trial:
-    Tune's own tables list every metric."""
-    from ray import tune  # see _resources
-
-    class Progress(tune.Callback):
-        def __init__(self):
-            self.t0, self.stage, self.names, self.done = time.time(), {}, {}, 0
-
-        def _stage_names(self, trial) -> list[str]:
-            if trial.trial_id not in self.names:
-                resolved = ResolvedTrial.model_validate(trial.config["point"]["trial"])
-                self.names[trial.trial_id] = [s.name for s in stages_for(resolved)]
-            return self.names[trial.trial_id]
-
-        def _say(self, trial, what: str) -> None:
-            point = trial.config["point"]
-            axes = " ".join(f"{k}={_axis_value(v)}" for k, v in point["axes"].items())
-            label = f"{point['trial']['config']['task']['name']} {axes}".rstrip()
-            print(f"[{time.time() - self.t0:7.1f}s] {trial.trial_id} {label}: {what}", flush=True)
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._say(trial, "started")
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            stage = int(result.get("stage", 0))
-            if stage and stage != self.stage.get(trial.trial_id):
-                self.stage[trial.trial_id] = stage
-                names = self._stage_names(trial)
-                self._say(trial, f"{names[stage - 1]} done ({stage}/{len(names)})")
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            self._say(trial, "FAILED; retrying from its last stage checkpoint")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._say(trial, "FAILED; no retries left")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            # a resumed sweep counts the trials it restored already finished
-            self.done = max(self.done + 1, sum(t.status == "TERMINATED" for t in trials))
-            self._say(trial, f"finished ({eta(time.time() - self.t0, self.done, total)})")
-
-    return Progress()
-
-
-class _NoTuneRestoreHint(logging.Filter):
-    """Tune ends an interrupted run with "Resume ... with: Tuner.restore(...)"; rayexp resumes with
-    ``rayexp run SWEEP --resume``, which the summary prints."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore" not in record.getMessage()
-
-
-def _axis_value(value: Any) -> Any:
-    """A process spec as its short label (mixture(mess3,rrxor)), anything else as it is."""
-    return process_label(value) if isinstance(value, dict) and "name" in value else value
-
-
 def _row(result) -> dict[str, Any]:
     point = (result.config or {}).get("point") or {"trial": {"config": {}}, "axes": {}}
     metrics = result.metrics or {}
@@ -201,7 +142,7 @@ def _row(result) -> dict[str, Any]:
         "trial": trial_id,
         "task": task,
         "seed": config.get("seed"),
-        **{k: _axis_value(v) for k, v in axes.items() if k != "seed"},
+        **{k: axis_label(v) for k, v in axes.items() if k != "seed"},
         # Tune marks a trial's last result done when it returned; an interrupted one's is not
         "status": "ERROR" if result.error else "OK" if metrics.get("done") else "UNFINISHED",
     }
@@ -228,7 +169,7 @@ def _not_started(points: list[Point], grid) -> list[dict[str, Any]]:
         if created[key]:
             created[key] -= 1
             continue
-        axes = {k: _axis_value(v) for k, v in p.axes.items() if k != "seed"}
+        axes = {k: axis_label(v) for k, v in p.axes.items() if k != "seed"}
         rows.append(
             {"trial": "-", "task": p.trial.config.task.name, "seed": p.trial.seed, **axes, "status": "NOT STARTED"}
         )
@@ -249,16 +190,26 @@ def run_sweep(
     verbose: int = 0,
     progress: bool = True,
     num_cpus: int | None = None,
+    log: StderrLog | None = None,
+    pending_timeout: float = PENDING_TIMEOUT_S,
+    stall_timeout: float = STALL_TIMEOUT_S,
 ) -> SweepOutcome:
-    """Validate, connect, check the cluster, run (or resume) the sweep; raises SweepError on bad input."""
+    """Validate, connect, check the cluster, run (or resume) the sweep; raises SweepError on bad input
+    (also when trials wait ``pending_timeout`` s with none running) and OneLineError when a running trial
+    reports nothing for ``stall_timeout`` s (rayexp.monitor). With ``log``, stderr goes to a log file from
+    here on (rayexp.console; the caller stops it)."""
     sweep, points = load_points(path)
     storage = storage_uri(sweep.storage_path)
     state = _read_state(storage, sweep.name) if resume else None
     if resume and state is None:
         raise SweepError(path, "", f"nothing to resume: no sweep state at {storage}/{sweep.name}")
+    if log is not None:
+        print(f"logs: {log.start(sweep.name)}", flush=True)
 
     import ray  # see _resources
     from ray import tune
+
+    from rayexp import monitor  # Tune callbacks: Ray
 
     connect(address, num_cpus)
     parent, closed = None, False
@@ -282,12 +233,15 @@ def run_sweep(
                     "mlflow.note.content": sweep.description,
                 },
             )
-            state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri}
+            state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri, "runs": 1}
             _write_state(storage, sweep.name, state)
         else:
             parent = state["parent_run_id"]
             exp_id = state.get("experiment_id", exp_id)
             tracking.client(uri).update_run(parent, status="RUNNING")
+            state["runs"] = state.get("runs", 1) + 1  # this driver run's number, counted before Tune starts
+            _write_state(storage, sweep.name, state)
+        run_index = state["runs"] - 1  # 0: the first `rayexp run`, k: its k-th --resume
         meta = {
             "parent_run_id": parent,
             "experiment_id": exp_id,
@@ -312,6 +266,10 @@ def run_sweep(
             # num_to_keep forces an experiment snapshot per checkpoint, and Tune warns about it every few
             # seconds (52 times in a quickstart); 0 silences only that warning
             os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        watchdog = monitor.Watchdog(str(path), pending_timeout, stall_timeout, env_runners(sweep, points)[1])
+        callbacks = [monitor.Progress(len(points), log.path if log else None).register()] if progress else []
+        callbacks.append(watchdog.register())
+        stop = monitor.Stop(watchdog).register()  # a restored experiment's pickles resolve to these (monitor.live)
         exp_path = f"{storage.rstrip('/')}/{sweep.name}"
         space = param_space(points, meta)
         if resume and tune.Tuner.can_restore(exp_path):
@@ -332,16 +290,19 @@ def run_sweep(
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=verbose,
-                    callbacks=[_progress_callback(len(points))] if progress else [],
+                    callbacks=callbacks,
+                    stop=stop,
                 ),
             )
         t0 = time.time()
-        hint = _NoTuneRestoreHint()
+        hint = monitor.NoTuneRestoreHint()
         logging.getLogger("ray.tune.tune").addFilter(hint)
         try:
             grid = tuner.fit()
         finally:
             logging.getLogger("ray.tune.tune").removeFilter(hint)
+        if watchdog.failure is not None:
+            raise watchdog.failure  # the parent run is closed FAILED below
         rows = summary_rows(points, grid)
         errors = sum(1 for r in grid if r.error)
         outcome = SweepOutcome(rows=rows, errors=errors, parent_run_id=parent, tracking_uri=uri, sweep_file=str(path))
@@ -350,8 +311,10 @@ def run_sweep(
             closed = True
             outcome.interrupted, outcome.wall_s = True, time.time() - t0
             return outcome
-        tracking.client(uri).log_metric(parent, "sweep/wall_s", time.time() - t0)  # includes scheduling
-        tracking.client(uri).log_metric(parent, "sweep/failed_trials", errors)
+        # one point per driver run, at its number: a --resume adds a step, never a second value at one
+        c = tracking.client(uri)
+        c.log_metric(parent, "sweep/wall_s", time.time() - t0, step=run_index)  # includes scheduling
+        c.log_metric(parent, "sweep/failed_trials", errors, step=run_index)
         outcome.errors += _sweep_analyses(sweep, parent)
         tracking.finish_run(uri, parent, "FAILED" if outcome.errors else "FINISHED")
         closed = True

@@ -41,6 +41,9 @@ from rayexp.stages import stages_for
 #: Fault injection for the fault-tolerance tests: ``RAYEXP_KILL_AT=STAGE@MARKER`` SIGKILLs the
 #: worker once when STAGE starts (the MARKER file records that it happened).
 KILL_AT = "RAYEXP_KILL_AT"
+#: ``RAYEXP_HANG_AT=STAGE`` makes the worker hang, reporting nothing, when STAGE starts (the stall
+#: watchdog's test: rayexp.monitor)
+HANG_AT = "RAYEXP_HANG_AT"
 logger = logging.getLogger(__name__)
 
 
@@ -82,6 +85,8 @@ def _maybe_kill(stage: str) -> None:
     if name == stage and marker and not Path(marker).exists():
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
+    while os.environ.get(HANG_AT) == stage:
+        time.sleep(1)
 
 
 def run_trial(config: dict[str, Any]) -> dict[str, float]:

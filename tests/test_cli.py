@@ -177,7 +177,7 @@ def test_version_and_list(capsys):
 
 
 def test_progress_eta():
-    from rayexp.sweep import eta
+    from rayexp.monitor import eta
 
     assert eta(0.0, 0, 10) == "0/10 trials"
     assert eta(100.0, 2, 10) == "2/10 trials, ETA 6m40s"  # 50 s a trial, 8 left

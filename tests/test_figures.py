@@ -93,3 +93,66 @@ def test_weight_diff_heatmap_png(tmp_path):
     image = fig.axes[0].images[0].get_array()
     assert image.shape == (2, 3) and image[1, 2] == pytest.approx(1.2)
     _png_ok(figures.save_png(fig, tmp_path / "heat.png"))
+
+
+def _zero_line(ax, y: float = 0.0, ls: str | None = None) -> bool:
+    """A horizontal line across the axes at ``y`` (what axhline draws)."""
+    return any(
+        list(line.get_ydata()) == [y, y]
+        and list(line.get_xdata()) == [0, 1]
+        and (ls is None or line.get_linestyle() == ls)
+        for line in ax.get_lines()
+    )
+
+
+def test_reward_legend_sits_outside_the_curves(tmp_path):
+    """The report's reward figure: with six trials the legend once covered the positive control's curve."""
+    series = [(f"task{i} s0 interleave(mess3,mess3)", list(range(40)), list(np.linspace(0.3, 0.3 + 0.05 * i, 40)))
+              for i in range(6)]  # fmt: skip
+    fig = figures.reward_curves(series)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    (legend,) = fig.legends
+    assert not ax.get_legend() and len(legend.get_texts()) == 6
+    assert legend.get_window_extent().y1 <= ax.get_window_extent().y0  # wholly below the axes
+    _png_ok(figures.save_png(fig, tmp_path / "reward.png"))
+
+
+def test_probe_skill_figures_draw_0_and_say_what_below_it_means(tmp_path):
+    for fig in (
+        figures.skill_by_layer(_table(0), _table(1), title="before vs after"),
+        figures.skill_pre_post(["neg\nseed 0", "pos\nseed 0"], [0.5, 0.4], [-0.9, -2.45], "skill"),
+    ):
+        assert _zero_line(fig.axes[0])
+        assert any("below 0 is worse than it" in t.get_text() and "random-init" in t.get_text() for t in fig.texts)
+        _png_ok(figures.save_png(fig, tmp_path / "skill.png"))
+
+
+def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from rayexp.studies.composition.report import VERDICT_SIGNALS, verdict_figure
+    from rayexp.studies.composition.verdict import Thresholds
+
+    runs = [
+        NS(data=NS(tags={"rayexp.process": "interleave(mess3,mess3)", "rayexp.task": task, "rayexp.seed": str(seed)},
+                   metrics={key: 0.1 * seed for key in VERDICT_SIGNALS.values()}))
+        for task in ("negative_control", "positive_control") for seed in range(3)
+    ]  # fmt: skip
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)
+    _png_ok(verdict_figure(runs, tmp_path / "verdict.png"))
+    (fig,) = drawn
+    th = Thresholds()
+    want = {
+        "unexplained by a map of p_pre": f"u_max {th.u_max:g}",
+        "unexplained by a readout": f"u_max {th.u_max:g}",
+        "per-phase greedy margin": f"margin_min {th.margin_min:g}",
+    }
+    for ax in fig.axes:
+        title = ax.get_title()
+        labels = [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+        assert labels == ([want[title]] if title in want else []), title
+        if title in want:
+            assert _zero_line(ax, th.margin_min if "margin" in title else th.u_max, "--")
+    assert any("tol" in t.get_text() for t in fig.texts)

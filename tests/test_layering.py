@@ -70,6 +70,7 @@ RAYEXP_LAYERS = [
         "rayexp.storage",
         "rayexp.tracking",
         "rayexp.ray_local",
+        "rayexp.console",
     },
     {"rayexp.settings", "rayexp.cache"},  # the sweep file's schema
     {"rayexp.artifacts", "rayexp.probes", "rayexp.rollouts", "rayexp.analysis", "rayexp.study"},
@@ -78,7 +79,7 @@ RAYEXP_LAYERS = [
     {"rayexp.registry"},
     {"rayexp.checks", "rayexp.config"},  # reading and checking sweep files (analysis params via the registry)
     {"rayexp.context", "rayexp.stages", "rayexp.trial"},
-    {"rayexp.analyze", "rayexp.report", "rayexp.reproduce"},
+    {"rayexp.analyze", "rayexp.report", "rayexp.reproduce", "rayexp.monitor"},
     {"rayexp.sweep"},
     {"rayexp.cli", "rayexp.__main__", "rayexp"},
 ]

@@ -80,9 +80,15 @@ def test_settings_forbid_unknown_keys_and_default_to_gamma_0():
         PPOSettings(gamma=1.5)
 
 
-def test_build_ppo_config_wires_module_env_and_learner(brief_checkpoint):
+def test_build_ppo_config_wires_module_env_and_learner(brief_checkpoint, monkeypatch):
+    from ray.rllib.algorithms import algorithm_config
+
+    deprecated = []
+    monkeypatch.setattr(algorithm_config, "deprecation_warning", lambda **kw: deprecated.append(kw["old"]))
     settings = PPOSettings(lr=1e-3, kl_to_pretrained=0.1, **FAST)
     config = build_ppo_config(settings, ENV, brief_checkpoint)
+    # the current API: .learners(learner_config_dict=...), not .training(learner_config_dict=...)
+    assert config.learner_config_dict == {"kl_to_pretrained": 0.1} and not deprecated, deprecated
     assert config.env == ENV_NAME and config.env_config == ENV
     assert config.gamma == 0.0 and config.lr == 1e-3 and config.minibatch_size == 300
     assert config.learner_class is TransformerPPOLearner

@@ -71,14 +71,22 @@ VERDICT_SIGNALS = {
 }
 
 
-def verdict_figure(runs: list, path: Path) -> Path:
-    """Each verdict signal per (process, task), controls side by side, every seed a point."""
+def verdict_figure(runs: list, path: Path, u_max: float = 0.5, margin_min: float = 0.5) -> Path:
+    """Each verdict signal per (process, task), controls side by side, every seed a point, with the rule's
+    thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes
+    and ``margin_min`` on the margin (verdict.Thresholds' defaults; the rule applies them to the intervals
+    over seeds). ``tol`` is on the paired excess over the null, which no per-trial panel shows."""
     import numpy as np
 
     from rayexp.figures import plt  # the Agg backend, set once there
 
     groups = sorted({(r.data.tags.get("rayexp.process", "?"), r.data.tags.get("rayexp.task", "?")) for r in runs})
-    fig, axes = plt.subplots(1, len(VERDICT_SIGNALS), figsize=(3.2 * len(VERDICT_SIGNALS), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(VERDICT_SIGNALS), figsize=(3.2 * len(VERDICT_SIGNALS), 4.0), squeeze=False)
+    thresholds = {
+        VERDICT_SIGNALS["unexplained by a map of p_pre"]: (u_max, "u_max"),
+        VERDICT_SIGNALS["unexplained by a readout"]: (u_max, "u_max"),
+        VERDICT_SIGNALS["per-phase greedy margin"]: (margin_min, "margin_min"),
+    }
     for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
         for i, g in enumerate(groups):
             vals = [
@@ -92,7 +100,21 @@ def verdict_figure(runs: list, path: Path) -> Path:
         ax.set_xticks(range(len(groups)), [f"{t}\n{p[:18]}" for p, t in groups], rotation=45, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.axhline(0, color="k", lw=0.4)
-    fig.tight_layout()
+        if key in thresholds:
+            value, name = thresholds[key]
+            ax.axhline(value, color="tab:red", ls="--", lw=1, label=f"{name} {value:g}")
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.text(
+        0.5,
+        0.01,
+        f"dashed: the rule's thresholds. explained needs the CI high over seeds of the unexplained share below "
+        f"u_max {u_max:g} (and the paired excess over the null below tol); composition needs the margin's CI low "
+        f"above margin_min {margin_min:g}",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
