@@ -31,7 +31,8 @@ needs it pretrains it again.
 Models load to the object's ``device`` (``"cpu"`` unless the trial loop says otherwise: a GPU trial's
 probes and analyses run where it trains; :meth:`TrialArtifacts.on` gives the same trial on another
 device). The device is a fact of the process that reads, so it does not travel when the object is
-pickled to another worker.
+pickled to another worker; nor does ``learner_gpus``, the GPU share an analysis that trains
+(negation's PPO) may give its learner.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class TrialArtifacts:
         self.sweep, self.key = sweep, key
         self.rel = f"{sweep}/{TRIALS}/{key}"
         self.device = device  # where models load (rayexp.context.trial_device decides it for a trial)
+        # the GPU share a PPO learner started by an analysis may take (negation's retraining): the trial's
+        # learner share (TrialContext.learner_gpus), set by the TrialContext that holds it; 0 = the CPU
+        self.learner_gpus = 0.0
         self._on: dict[str, TrialArtifacts] = {device: self}
 
     def __repr__(self) -> str:

@@ -140,6 +140,10 @@ class TrialContext:
     device: str = "cpu"  # trial_device(...), decided once by rayexp.trial; artifacts load models there
     gpu: float = 0.0  # the GPU share the trial holds
 
+    def __post_init__(self) -> None:
+        # an analysis that trains (negation's PPO) gives its learner the trial's learner share
+        self.artifacts.learner_gpus = self.learner_gpus
+
     @property
     def learner_gpus(self) -> float:
         """The GPU share of RLlib's PPO learner, which is local (it trains in the trial's own process, on

@@ -8,10 +8,11 @@ Implementations import torch and RLlib inside the functions (models.*, rayexp.pp
 rayexp.figures): the driver imports this module to name a trial's stages and never needs them.
 
 Every torch stage runs on the trial's device (``ctx.device``, decided once by rayexp.context.trial_device):
-pretraining, PPO's learner (its share of the trial's GPU; env runners stay on the CPU), probes (models
-load there through ``ctx.artifacts``), and the analyses in :data:`DEVICE_READY`. The others, and the
-rollouts, read CPU copies until their code moves its inputs to the model's device (rayexp.policy makes
-CPU tensors; a CUDA model would fail on them, not compute something else).
+pretraining, PPO's learner (its share of the trial's GPU; env runners stay on the CPU), probes, the
+rollouts and the analyses in :data:`DEVICE_READY` (models load there through ``ctx.artifacts``; their
+code builds its inputs on the model's device and brings results to the CPU only as numpy). An analysis
+not in it reads CPU copies (``ctx.artifacts.on("cpu")``): a CUDA model would fail on CPU tensors, not
+compute something else.
 """
 
 from __future__ import annotations
@@ -30,11 +31,37 @@ from rayexp.resolved import ResolvedTrial
 from rayexp.rollouts import collect
 from rayexp.specs import build_process
 
-#: Trial analyses whose every forward pass feeds the model on its own device
-#: (``next(model.parameters()).device``) and reads results back with ``.cpu()``: read from the code,
-#: not yet run on a GPU. composition (update.random_perturbation adds CPU noise to the weights),
-#: policy_kl and negation (rayexp.policy), concept_vectors, rare and llc (CPU tensors) are not yet.
-DEVICE_READY = frozenset({"weight_diff", "representation", "geometry"})
+#: Trial analyses whose every forward pass and torch fit runs on the model's own device
+#: (``rayexp.policy.model_device``) and reads results back with ``.cpu()``: every trial analysis the
+#: registry holds (tests/test_device.py runs each on a stand-in device and checks no op mixes devices).
+#: Random draws stay on the CPU's generators and move (random_perturbation's direction, SGLD's noise),
+#: so they are the same numbers on every device. Not yet run on a GPU: benchmarks/bench_gpu.py's
+#: ``analyses`` section compares them across devices.
+DEVICE_READY = frozenset(
+    {
+        "weight_diff",
+        "representation",
+        "geometry",
+        "composition",
+        "policy_kl",
+        "concept_vectors",
+        "rare",
+        "negation",
+        "llc",
+    }
+)
+
+
+#: Where a long stage is, reported to Tune (not MLflow: they are no result) while the stage runs, for the
+#: driver's progress lines (rayexp.monitor); removed when the stage ends.
+PRETRAIN_STEP = "pretrain/step"
+PPO_ITERATION = "ppo/iteration"
+
+
+def heartbeat(ctx: TrialContext) -> Callable[[], None]:
+    """A report to Tune with nothing new: progress for the driver's watchdog while the trial waits on
+    the pretrain cache's lock for another trial's pretraining (rayexp.cache)."""
+    return lambda: ctx.report.metrics({}, step=0)
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,7 @@ def pretrain(ctx: TrialContext) -> None:
     def build(out: Path) -> None:
         def callback(metrics: dict, step: int) -> None:
             live.append(metrics)
+            report.latest[PRETRAIN_STEP] = step  # to Tune only: the driver's progress line (rayexp.monitor)
             report.metrics({f"pretrain/{k}": v for k, v in metrics.items() if k != "step"}, step)
 
         result = train(
@@ -78,7 +106,8 @@ def pretrain(ctx: TrialContext) -> None:
         meta = {"key": ctx.pretrain_key, "process": ctx.trial.process, "model": ctx.model_cfg.model_dump()}
         (out / "meta.json").write_text(json.dumps(meta | {"pretrain": ctx.pretrain_determining}))
 
-    _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.pretrain_key, build, ctx.workdir)
+    _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.pretrain_key, build, ctx.workdir, heartbeat(ctx))
+    report.latest.pop(PRETRAIN_STEP, None)
     if not live:
         # a cached pretraining's curve is replayed so every trial's run holds it
         for row in ctx.artifacts.store.read_json(f"pretrain_cache/{ctx.pretrain_key}/history.json"):
@@ -114,6 +143,7 @@ def start_from(ctx: TrialContext) -> None:
     def build(out: Path) -> None:
         def callback(metrics: dict, step: int) -> None:
             live.append(metrics)
+            report.latest[PPO_ITERATION] = step
             log(metrics, step)
 
         result = train_ppo(
@@ -128,7 +158,8 @@ def start_from(ctx: TrialContext) -> None:
         meta = {"pretrain_key": ctx.pretrain_key, "env": ctx.start_env_config, "ppo": ctx.start_settings.model_dump()}
         (out / "meta.json").write_text(json.dumps(meta))
 
-    _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.start_key, build, ctx.workdir)
+    _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.start_key, build, ctx.workdir, heartbeat(ctx))
+    report.latest.pop(PPO_ITERATION, None)
     if not live:
         for row in ctx.artifacts.store.read_json(f"pretrain_cache/{ctx.start_key}/history.json"):
             log(row, int(row["iteration"]))
@@ -222,6 +253,7 @@ def ppo(ctx: TrialContext) -> None:
     def callback(metrics: dict, step: int) -> None:
         if step <= logged[0]:
             return  # logged by an earlier attempt of this trial
+        report.latest[PPO_ITERATION] = step
         report.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if k != "iteration"}, step)
         logged[0] = step
 
@@ -242,6 +274,7 @@ def ppo(ctx: TrialContext) -> None:
         on_policy=lambda n, path: ctx.artifacts.put_policy(path, n),
         gpu=ctx.learner_gpus,
     )
+    report.latest.pop(PPO_ITERATION, None)
     ctx.artifacts.put_policy(out, settings.iterations)
     if report.run is not None:
         report.run.log_artifact(out, "weights")
@@ -260,8 +293,8 @@ def rollouts(ctx: TrialContext) -> None:
 
     import numpy as np
 
-    # rayexp.rollouts acts through rayexp.policy, which builds CPU tensors: a CPU copy of the policy
-    data = collect(ctx.artifacts.on("cpu").model_after(), ctx.env_config, ctx.n_rollouts, seed=ctx.trial.seed + 1)
+    # the policy acts on the trial's device (rayexp.policy); the envs and the sampling of actions stay on the CPU
+    data = collect(ctx.artifacts.model_after(), ctx.env_config, ctx.n_rollouts, seed=ctx.trial.seed + 1)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez_compressed(Path(tmp) / "rollouts.npz", **data)
         ctx.artifacts.put_rollouts(Path(tmp) / "rollouts.npz")

@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 from test_sweep import tiny_sweep, write_sweep
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.transformer import Transformer, TransformerConfig
@@ -193,7 +196,7 @@ def test_models_load_to_the_artifacts_device(make_ctx, tmp_path):
     assert where(model) == {"meta"} and all(t.device.type == "cpu" for t in extra.values() if torch.is_tensor(t))
 
 
-def test_probes_and_ready_analyses_run_on_the_trials_device_others_on_cpu(make_ctx, monkeypatch):
+def test_probes_rollouts_and_ready_analyses_run_on_the_trials_device_others_on_cpu(make_ctx, monkeypatch):
     ctx = make_ctx(artifacts_device="meta")
     stored_trial(ctx)
     seen = {}
@@ -210,12 +213,241 @@ def test_probes_and_ready_analyses_run_on_the_trials_device_others_on_cpu(make_c
         seen.setdefault("analyses", []).append(artifacts.device)
         return SimpleNamespace(metrics={}, tables={}, figures={})
 
+    def fake_collect(model, env_config, n, seed=0):
+        seen["rollouts"] = next(model.parameters()).device.type
+        return {"rewards": np.zeros((1, 1))}
+
+    monkeypatch.setattr(stages, "collect", fake_collect)
+    stages.rollouts(ctx)
+    assert seen["rollouts"] == "meta"
+
     monkeypatch.setattr(stages.registry, "get", lambda name, scope: SimpleNamespace(fn=analysis, needs=()))
     monkeypatch.setattr(stages.registry, "validate_params", lambda name, params: params)
-    for name in ("weight_diff", "policy_kl"):
+    for name in ("weight_diff", "policy_kl", "llc", "an_analysis_not_ready"):
         stages.analysis_stage(name, {}).run(ctx)
-    assert seen["analyses"] == ["meta", "cpu"]  # policy_kl acts through rayexp.policy: CPU tensors
-    assert "weight_diff" in stages.DEVICE_READY and "composition" not in stages.DEVICE_READY
+    assert seen["analyses"] == ["meta", "meta", "meta", "cpu"]  # one not in DEVICE_READY reads CPU copies
+
+
+def test_every_trial_analysis_is_device_ready():
+    from rayexp.analysis import ANALYSES
+
+    trial = {name for name, a in ANALYSES.items() if a.scope == "trial"}
+    assert stages.DEVICE_READY <= trial  # no stale names
+    # a new trial analysis runs on CPU copies until its code is device-aware and run by STAND_INS below
+    assert trial - stages.DEVICE_READY == set(), "device-aware? add it to stages.DEVICE_READY and STAND_INS"
+    assert {case[0] for case in STAND_INS} == set(stages.DEVICE_READY)
+
+
+# ---------------------------------------------------------------------------------------------
+# every device-ready analysis, run on a stand-in GPU: torch's meta device, checked as CUDA would be
+
+
+ATEN = torch.ops.aten
+#: ops that may take tensors of two devices, as on CUDA: copies between devices, and indexing with CPU indices
+CROSS_DEVICE = {ATEN._to_copy.default, ATEN.copy_.default, ATEN.index.Tensor, ATEN.index_put_.default}
+
+
+class StandInGPU(TorchDispatchMode):
+    """``meta`` stands in for a GPU. An op that mixes it with CPU tensors (other than 0-dim scalars and the
+    ops of CROSS_DEVICE) raises, as CUDA would; a copy back to the CPU gets seeded pseudo-random values of
+    its shape and dtype, and ``.item()`` a number, so an analysis runs on to its end: its numbers mean
+    nothing, where it computed them is what is checked. ``forwards``: the device of every model pass (its
+    embedding lookup: ``forward``, ``run_with_cache`` and ``run_with_hooks`` alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gen, self.forwards = torch.Generator().manual_seed(0), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors if t.device.type != "cpu" or t.dim() > 0}
+        if len(devices) > 1 and func not in CROSS_DEVICE:
+            raise RuntimeError(f"{func} mixes devices {sorted(devices)}")
+        if func is ATEN.embedding.default:
+            self.forwards.append(args[0].device.type)
+        src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if src is not None and src.device.type == "meta":
+            if func is ATEN._to_copy.default and torch.device(kwargs.get("device", "meta")).type == "cpu":
+                dtype = kwargs.get("dtype") or src.dtype
+                if dtype.is_floating_point:
+                    return torch.rand(src.shape, generator=self.gen, dtype=torch.float64).to(dtype)
+                return torch.zeros(src.shape, dtype=dtype)
+            if func is ATEN._local_scalar_dense.default:
+                return float(torch.rand(1, generator=self.gen)) if src.dtype.is_floating_point else 0
+        return func(*args, **kwargs)
+
+
+def test_the_stand_in_catches_what_cuda_would():
+    model = Transformer(TINY).to("meta")
+    with StandInGPU() as gpu, pytest.raises(RuntimeError, match="embedding.*mixes devices"):
+        model(torch.zeros(2, 6, dtype=torch.long))  # CPU tokens into a GPU model
+    with StandInGPU() as gpu, torch.no_grad():
+        out = model(torch.zeros(2, 6, dtype=torch.long, device="meta")).cpu()
+        assert out.shape == (2, 6, 5) and out.device.type == "cpu" and float(out.sum()) > 0
+    assert gpu.forwards == ["meta"]
+
+
+def study_trial(storage: Path, sweep_file: str, key: str, point: int = 0, steps=(), iterations=(1,)):
+    """A stored trial of a study's sweep file (its resolved config and env) with tiny models: M_A when the
+    task starts from one, pretraining checkpoints at ``steps``, and policies."""
+    _, points = load_points(str(ROOT / "sweeps" / sweep_file))
+    r = points[point].trial
+    cfg = r.model.model_copy(update={"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 16})
+    arts = TrialArtifacts(str(storage), key, "k")
+    start = "start-k" if r.start is not None else None
+    arts.write_meta(r.config.model_dump(), "pk", r.env, {"pretrain_seed": 0}, start_key=start, ppo=r.ppo.model_dump())
+
+    def put(seed: int, rel: str) -> None:
+        arts.store.put(save_checkpoint(storage / "m.pt", Transformer(cfg, seed=seed)), rel, checksum=True)
+
+    put(0, "pretrain_cache/pk/model.pt")
+    if start:
+        put(1, f"pretrain_cache/{start}/model.pt")
+    for step in steps:
+        put(10 + step, f"pretrain_cache/pk/checkpoints/step_{step:07d}.pt")
+    for it in iterations:
+        arts.put_policy(save_checkpoint(storage / "m.pt", Transformer(cfg, seed=100 + it)), it)
+
+
+#: (analysis, sweep file, trial, small params, pretraining checkpoints): every analysis of DEVICE_READY
+STAND_INS = [
+    ("weight_diff", "quickstart.yaml", 1, {}, ()),
+    ("representation", "quickstart.yaml", 1, {"n_seq": 40}, ()),
+    ("geometry", "geometry.yaml", 1, {"n_seq": 40, "lookup_k": [1], "n_random": 1}, ()),
+    ("composition", "quickstart.yaml", 1, {"n_seq": 40, "lookup_k": [1]}, ()),
+    ("policy_kl", "quickstart.yaml", 1, {"n_seq": 20}, ()),
+    ("concept_vectors", "welfare.yaml", 0, {"n_seq": 60, "n_perm": 10, "n_random": 1}, ()),
+    ("rare", "rare.yaml", 2, {"n_episodes": 10, "n_seq": 60}, ()),
+    ("negation", "objective.yaml", 1, {"lambdas": [1], "iterations": 1, "n_seq": 20}, ()),
+    (
+        "llc",
+        "development.yaml",
+        0,
+        {"num_burnin": 2, "num_draws": 8, "n_seq": 16, "batch_size": 16, "reward_episodes": 4},
+        (0,),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize(("name", "sweep", "point", "params", "steps"), STAND_INS, ids=[c[0] for c in STAND_INS])
+def test_each_ready_analysis_runs_on_its_trials_device(
+    tmp_path, monkeypatch, name, sweep, point, params, steps, device
+):
+    """On the stand-in GPU every model forward runs there and no op mixes devices; on the CPU (a gpu-0
+    trial) nothing calls into torch.cuda. negation's retraining gets the trial's learner share and its
+    model loads back to the device."""
+    import matplotlib.pyplot as plt
+
+    import models.checkpoint
+    from rayexp import registry
+
+    study_trial(tmp_path / "s", sweep, "t", point, steps)
+    arts = TrialArtifacts(str(tmp_path / "s"), "t", "k", device=device)
+    arts.learner_gpus = 0.25 if device == "meta" else 0.0
+    retrained = {}
+
+    def fake_ppo(settings, env, start, out, callback=None, gpu=0.0, **kw):
+        retrained["gpu"] = gpu
+        save_checkpoint(out, load_checkpoint(start)[0])
+
+    def spy_load(path, map_location="cpu"):
+        if str(path).endswith("_retrained.pt"):
+            retrained["to"] = str(map_location)
+        return load_checkpoint(path, map_location)
+
+    monkeypatch.setattr("rayexp.ppo.train_ppo", fake_ppo)
+    monkeypatch.setattr(models.checkpoint, "load_checkpoint", spy_load)
+    raise_on_cuda(monkeypatch)
+    fn = registry.get(name, "trial").fn
+    if device == "meta":
+        with StandInGPU() as gpu:
+            fn(arts, registry.validate_params(name, params))
+        assert set(gpu.forwards) == (set() if name == "weight_diff" else {"meta"})  # weight_diff reads weights only
+    else:
+        fn(arts, registry.validate_params(name, params))
+    plt.close("all")
+    assert not torch.cuda.is_initialized()
+    if name == "negation":
+        assert retrained == {"gpu": arts.learner_gpus, "to": device}
+
+
+def test_a_trials_learner_share_reaches_its_artifacts(make_ctx):
+    assert make_ctx("cuda", 0.25).artifacts.learner_gpus == 0.25
+    assert make_ctx("cpu", 0.25).artifacts.learner_gpus == 0.0
+    assert make_ctx("cpu").artifacts.on("meta").learner_gpus == 0.0  # another device's copy trains on the CPU
+
+
+# ---------------------------------------------------------------------------------------------
+# on the CPU, the device-aware code computes exactly what the CPU-only code did
+
+
+def old_action_probs(model, tokens, action_tokens, log=False, forward=None):  # rayexp.policy before issue 24
+    with torch.no_grad():
+        x = torch.as_tensor(tokens, dtype=torch.long)
+        logits = (forward or model)(x)[..., torch.as_tensor(np.asarray(action_tokens))].double()
+        return (torch.log_softmax(logits, -1) if log else torch.softmax(logits, -1)).numpy()
+
+
+def old_window_probs(model, obs, pad, action_tokens):
+    n = (obs != pad).sum(axis=1)
+    x = torch.as_tensor(np.where(obs == pad, 0, obs), dtype=torch.long)
+    with torch.no_grad():
+        logits = model(x)[torch.arange(len(n)), torch.as_tensor(n - 1)][:, torch.as_tensor(np.asarray(action_tokens))]
+        return torch.softmax(logits.double(), -1).numpy()
+
+
+def old_random_perturbation(model, norm, seed=0):
+    import copy
+
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(int(seed))
+    params = list(out.parameters())
+    noise = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    scale = float(norm) / max(float(torch.sqrt(sum((n**2).sum() for n in noise))), 1e-300)
+    with torch.no_grad():
+        for p, n in zip(params, noise):
+            p.add_((n * scale).to(p.dtype))
+    return out
+
+
+def test_cpu_results_are_bit_identical_to_the_cpu_only_code():
+    from rayexp.policy import action_probs, window_probs
+    from rayexp.studies.composition.update import random_perturbation
+
+    model = Transformer(TINY, seed=3).eval()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 5, (16, 6))
+    for args in (([0, 1, 2], False, None), ([1, 4], True, None), ([0, 2], False, lambda x: 2 * model(x))):
+        assert action_probs(model, tokens, *args).tobytes() == old_action_probs(model, tokens, *args).tobytes()
+    obs = np.where(np.arange(6) < rng.integers(1, 7, (16, 1)), tokens, 5)  # right-padded with 5
+    assert window_probs(model, obs, 5, [0, 1, 2]).tobytes() == old_window_probs(model, obs, 5, [0, 1, 2]).tobytes()
+    new, old = random_perturbation(model, 0.7, seed=5).state_dict(), old_random_perturbation(model, 0.7, 5).state_dict()
+    assert all(torch.equal(new[k], old[k]) for k in old)
+
+
+def test_sgld_noise_is_drawn_on_the_cpu_whatever_the_device(monkeypatch):
+    """A chain's noise comes from a CPU generator and is moved: the numbers the CPU-only sampler drew, on
+    every device."""
+    from rayexp.studies.development import losses, sgld
+
+    draws, randn = [], torch.randn
+
+    def spy(*size, generator=None, **kw):
+        draws.append((generator.device.type, kw.get("device")))
+        return randn(*size, generator=generator, **kw)
+
+    settings = sgld.SGLDSettings(lr=1e-5, localization=1.0, nbeta=10.0, num_chains=2, num_burnin=2, num_draws=3)
+    tokens = torch.zeros(4, 6, dtype=torch.long)
+    for device in ("cpu", "meta"):
+        model = Transformer(TINY).to(device)
+        with StandInGPU():
+            batches = losses.self_kl_batches(model, [tokens.to(device)])
+            monkeypatch.setattr(torch, "randn", spy)
+            sgld.sample(model, losses.self_kl, batches, settings)
+            monkeypatch.setattr(torch, "randn", randn)
+    assert len(draws) == 2 * 2 * 5 and set(draws) == {("cpu", None)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +522,18 @@ def test_bench_gpu_dry_run_goes_through_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "bench_gpu.json").read_text())
     assert results["failed"] == [] and results["dry_run"]
-    for section in ("pretrain", "agreement", "quickstart", "ppo", "packing"):
+    for section in ("pretrain", "agreement", "analyses", "quickstart", "ppo", "packing"):
         assert "error" not in results[section] and "skipped" not in results[section], section
     assert results["agreement"]["agree"] and results["quickstart"]["rc"] == 0
+    analyses = results["analyses"]["rows"]  # every device-ready analysis beyond the quickstart's, compared
+    assert [r["analysis"] for r in analyses] == [
+        "composition",
+        "policy_kl",
+        "concept_vectors",
+        "rare",
+        "negation",
+        "llc",
+    ]
+    assert results["analyses"]["agree"] and all(r["metrics"] > 0 and r["max_abs_diff"] == 0 for r in analyses)
     assert {r["device"] for r in results["ppo"]["rows"]} == {"cpu"}
     assert (tmp_path / "quickstart_log.txt").read_text().count("ok: sweep") == 1

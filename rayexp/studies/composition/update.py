@@ -65,7 +65,9 @@ def param_arrays(model) -> dict[str, np.ndarray]:
 
 def random_perturbation(model, norm: float, seed: int = 0):
     """A deep copy of ``model`` with every parameter moved along one isotropic Gaussian direction of
-    total Frobenius norm ``norm`` (seeded; the original is untouched)."""
+    total Frobenius norm ``norm`` (seeded; the original is untouched). The copy stays on ``model``'s
+    device; the direction is drawn and scaled on the CPU (float64) and moved there, so it is the same
+    direction on every device."""
     import copy
 
     import torch
@@ -77,5 +79,5 @@ def random_perturbation(model, norm: float, seed: int = 0):
     scale = float(norm) / max(float(torch.sqrt(sum((n**2).sum() for n in noise))), 1e-300)
     with torch.no_grad():
         for p, n in zip(params, noise):
-            p.add_((n * scale).to(p.dtype))
+            p.add_((n * scale).to(p.dtype).to(p.device))
     return out

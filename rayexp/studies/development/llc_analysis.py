@@ -27,6 +27,10 @@ rhat, settled, diverged, below_init, healthy, loss), ``llc_rl`` (iteration, ...,
 
 Cost: num_chains * (num_burnin + num_draws) SGLD steps per distinct checkpoint, one forward and
 backward pass of a batch each.
+
+Devices: every checkpoint is estimated where it loads (``artifacts.device``): the loss data are moved
+there once per device, the chains run there (their noise drawn on the CPU, the same on every device:
+rayexp.studies.development.sgld), and only losses come back.
 """
 
 from __future__ import annotations
@@ -114,17 +118,25 @@ class Estimator:
         self.params, self.settings = params, params.sgld()
         # n_ctx + 1 tokens: the self-KL reads the first n_ctx, the next-token loss all of them
         self.sequences = losses.stream_batches(process, params.n_seq, n_ctx + 1, params.batch_size, params.seed)
+        self._on_device: dict[str, list] = {"cpu": self.sequences}  # the same batches, moved once per device
         self.ceiling = math.log(process.vocab_size)  # a KL beyond the uniform guess's: the chain left the model
         self.seconds: list[float] = []
         self.chains: list[dict] = []
         self._done: dict[str, LLCResult] = {}
+
+    def batches(self, model) -> list:
+        """The loss data on ``model``'s device."""
+        device = next(model.parameters()).device
+        if str(device) not in self._on_device:
+            self._on_device[str(device)] = [b.to(device) for b in self.sequences]
+        return self._on_device[str(device)]
 
     def loss(self, model) -> float:
         """Next-token cross-entropy on the evaluation sequences (the pretraining curve)."""
         import torch
 
         with torch.no_grad():
-            return float(np.mean([float(losses.next_token_loss(model, b)) for b in self.sequences]))
+            return float(np.mean([float(losses.next_token_loss(model, b)) for b in self.batches(model)]))
 
     def estimate(self, model, phase: str, checkpoint: int) -> dict:
         import torch
@@ -132,7 +144,7 @@ class Estimator:
         key = weights_key(model)
         if key not in self._done:
             t0 = time.perf_counter()
-            batches = losses.self_kl_batches(model, [b[:, :-1] for b in self.sequences])
+            batches = losses.self_kl_batches(model, [b[:, :-1] for b in self.batches(model)])
             with torch.enable_grad():  # SGLD needs gradients whatever the caller's mode
                 self._done[key] = estimate_llc(model, losses.self_kl, batches, self.settings)
             self.seconds.append(time.perf_counter() - t0)

@@ -26,6 +26,11 @@ callback-driven and several times slower on the small models of the known answer
 burn-in, batch order and seeds are what the estimate and its convergence statistic are defined on,
 so they are owned and tested here. torch is imported inside functions, so the analysis registry
 stays torch-free.
+
+Devices: the chains run where the model's parameters are (its state, drift and preconditioner stay
+there); the noise is drawn from a CPU generator and moved to them, so a chain's noise is a function of
+its seed alone: the same numbers on every device (and on the CPU the numbers this sampler always
+drew), and a GPU estimate differs from a CPU one by the gradients' float rounding, not by Monte Carlo.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ def sample(model, loss_fn: LossFn, batches: Sequence, settings: SGLDSettings) ->
     sizes = [p.numel() for p in params]
     try:
         for c, seed in enumerate(_chain_seeds(s)):
-            gen = torch.Generator(device=start[0].device).manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: the same noise everywhere
             state = _State([torch.zeros_like(p) for p in params], None)
             for step in range(total):
                 with torch.enable_grad():
@@ -154,7 +159,7 @@ def _step(params, grads, start, state: _State, step: int, s: SGLDSettings, gen, 
 
     drift = torch._foreach_mul(grads, s.nbeta)  # nbeta * grad + gamma * (w - w*)
     torch._foreach_add_(drift, torch._foreach_mul(torch._foreach_sub(params, start), s.localization))
-    flat = torch.randn(sum(sizes), generator=gen, device=params[0].device, dtype=params[0].dtype)
+    flat = torch.randn(sum(sizes), generator=gen, dtype=params[0].dtype).to(params[0].device)  # a CPU gen's draw
     noise = [n.view_as(p) for n, p in zip(flat.split(sizes), params, strict=True)]
     if s.preconditioner == "rmsprop":
         g = _preconditioner(state, grads, step, s)

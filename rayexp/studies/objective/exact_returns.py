@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from envs.rewards import make_reward
-from rayexp.policy import action_probs
+from rayexp.policy import action_probs, model_device
 from rayexp.specs import build_process
 from rayexp.studies.objective import returns
 
@@ -66,11 +66,12 @@ def params_of(model) -> dict[str, np.ndarray]:
 
 
 def with_params(model, params: dict[str, np.ndarray]):
-    """A copy of ``model`` holding ``params``."""
+    """A copy of ``model`` holding ``params``, on ``model``'s device."""
     import torch
 
     out = copy.deepcopy(model)
-    out.load_state_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in params.items()})
+    device = model_device(model)
+    out.load_state_dict({k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in params.items()})
     return out.eval()
 
 

@@ -21,6 +21,10 @@ Metrics (``lam{lambda}`` as ``%g``):
 
 The across-seed answer (CIs over seeds, per reward) is in the ``task_vectors`` sweep analysis.
 Cost: one PPO run of ``iterations`` per lambda (RLlib build ~3 s plus the iterations).
+
+Devices: every model is scored where the trial's models load (``artifacts.device``); the retraining's
+learner takes the trial's learner share (``artifacts.learner_gpus``, 0 on the CPU), as the trial's own
+PPO does, and the retrained model loads back to that device.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pydantic import Field, field_validator
 
 from envs.rewards import REWARDS
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.policy import model_device
 from rayexp.stats import paired_bootstrap_ci
 from rayexp.studies.objective import task_vectors as tv
 from rayexp.studies.objective.exact_returns import (
@@ -96,6 +101,8 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
     )
     env_a = env | spec_a
     lambdas = sorted(set(params.lambdas) | {0.0})
+    device = model_device(m_a)
+    gpu = float(getattr(artifacts, "learner_gpus", 0.0))  # the trial's learner share (its TrialContext sets it)
 
     metrics: dict[str, float] = {}
     for name, model in (("M_A", m_a), ("M_B", m_b)):
@@ -107,8 +114,8 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
             negated = with_params(m_a, tv.apply(theta_a, tau, -lam))
             start = save_checkpoint(Path(tmp) / f"{lam_name(lam)}.pt", negated)
             out = Path(tmp) / f"{lam_name(lam)}_retrained.pt"
-            train_ppo(settings, env_a, str(start), str(out))
-            retrained = load_checkpoint(out)[0]
+            train_ppo(settings, env_a, str(start), str(out), gpu=gpu)
+            retrained = load_checkpoint(out, map_location=device)[0]
             for stage, model in (("raw", negated), ("retrained", retrained)):
                 r = ev.returns(model)
                 metrics |= {f"{lam_name(lam)}/{stage}/{k}": float(v.mean()) for k, v in r.items()}

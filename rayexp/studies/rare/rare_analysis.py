@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.policy import action_probs
+from rayexp.policy import action_probs, model_device
 from rayexp.probes import residual_layers, split_sequences
 from rayexp.rollouts import collect
 from rayexp.specs import build_process
@@ -86,9 +86,10 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
         import torch
 
         names = residual_layers(model.hook_names)
-        with torch.no_grad():
-            _, cache = model.run_with_cache(torch.as_tensor(tokens, dtype=torch.long), names=names)
-        return torch.cat([cache[n] for n in names], -1).double().numpy()  # (N, L, D')
+        with torch.no_grad():  # on the model's device; the features come back to the CPU for the ridge probes
+            x = torch.as_tensor(tokens, dtype=torch.long, device=model_device(model))
+            _, cache = model.run_with_cache(x, names=names)
+        return torch.cat([cache[n] for n in names], -1).cpu().double().numpy()  # (N, L, D')
 
     def errors(feats: np.ndarray) -> dict[str, np.ndarray]:
         out = {}

@@ -42,7 +42,7 @@ from pydantic import Field
 
 from envs.outcome import OutcomeTokens, outcome_probs
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.policy import action_probs
+from rayexp.policy import action_probs, model_device
 from rayexp.probes import residual_layers
 from rayexp.studies.welfare import concepts as cv
 
@@ -93,19 +93,22 @@ class _Data:
         self.action_tokens = lay.action_tokens
 
     def acts(self, model, hooks: list[str]) -> dict[str, np.ndarray]:
+        """{hook: (n_out, d) float64 activations at the outcome tokens}; the forward pass on the model's device."""
         import torch
 
         with torch.no_grad():
-            _, cache = model.run_with_cache(torch.as_tensor(self.tokens, dtype=torch.long), names=hooks)
-        return {h: cache[h][self.out_idx].double().numpy() for h in hooks}
+            x = torch.as_tensor(self.tokens, dtype=torch.long, device=model_device(model))
+            _, cache = model.run_with_cache(x, names=hooks)
+        return {h: cache[h][self.out_idx].cpu().double().numpy() for h in hooks}
 
     def all_acts(self, model, hook: str) -> np.ndarray:
         """(N * L, d) activations at ``hook`` at every position of every context."""
         import torch
 
         with torch.no_grad():
-            _, cache = model.run_with_cache(torch.as_tensor(self.tokens, dtype=torch.long), names=[hook])
-        return cache[hook].reshape(-1, cache[hook].shape[-1]).double().numpy()
+            x = torch.as_tensor(self.tokens, dtype=torch.long, device=model_device(model))
+            _, cache = model.run_with_cache(x, names=[hook])
+        return cache[hook].reshape(-1, cache[hook].shape[-1]).cpu().double().numpy()
 
     def rates(self, model, hooks=None) -> tuple[float, float]:
         """Exact (reward rate, punishment probability) over decisions, with optional steering hooks."""
@@ -177,7 +180,7 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
         candidates |= {f"random{i}": cv.random_like(v_p, rng) for i in range(params.n_random)}
         curves: dict[str, dict[str, list[float]]] = {}
         for vec_name, v in candidates.items():
-            vt = torch.as_tensor(v, dtype=torch.float32)
+            vt = torch.as_tensor(v, dtype=torch.float32, device=model_device(models[name]))  # steering, on its device
             rp = [data.rates(models[name], {steer_hook: add_vector(vt, a)}) for a in params.alphas]
             curves[vec_name] = {"reward": [r for r, _ in rp], "punish": [p for _, p in rp], "vector": v}
             for a, (r, p) in zip(params.alphas, rp):
@@ -248,7 +251,7 @@ def _control_effects(data: _Data, model, hook: str, v_rp, acts_out, curves, p0: 
     metrics: dict[str, float] = {}
 
     def steered(v: np.ndarray, alpha: float) -> float:
-        vt = torch.as_tensor(v, dtype=torch.float32)
+        vt = torch.as_tensor(v, dtype=torch.float32, device=model_device(model))
         return data.rates(model, {hook: add_vector(vt, alpha)})[1]
 
     for target, v in (("v_P", v_p), ("v_R", v_r)):
