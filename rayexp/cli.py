@@ -20,6 +20,8 @@ from rayexp.analyze import run_analysis
 from rayexp.config import SweepError, load_sweep
 from rayexp.console import OneLineError, StderrLog
 from rayexp.report import report
+from rayexp.studies.development import tms as tms_study
+from rayexp.studies.development.tms_config import is_tms_file
 from rayexp.sweep import PENDING_TIMEOUT_S, RESUME, STALL_TIMEOUT_S, print_summary, run_sweep
 
 EXIT_BAD_INPUT = 2
@@ -27,6 +29,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    if is_tms_file(args.sweep):  # `study: tms`: the TMS study's own schema and driver
+        return tms_study.main([args.sweep, "--validate"])
     sweep, trials = load_sweep(args.sweep)
     res = sweep.resources
     print(
@@ -39,6 +43,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if is_tms_file(args.sweep):
+        if args.resume:
+            print(f"error: {args.sweep}: --resume is not supported for TMS sweeps (rerun them)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return tms_study.main([args.sweep, *(["--address", args.address] if args.address else [])])
     log = StderrLog()
     try:
         outcome = run_sweep(
