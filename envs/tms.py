@@ -112,6 +112,12 @@ def _check_actions(actions: np.ndarray, n: int, F: int) -> np.ndarray:
     return a
 
 
+def _spaces(n_features: int) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """(observation, action) of one env: x in [0, 1]^F, a reconstruction in R^F."""
+    obs = gym.spaces.Box(0.0, 1.0, shape=(n_features,), dtype=np.float32)
+    return obs, gym.spaces.Box(-np.inf, np.inf, shape=(n_features,), dtype=np.float32)
+
+
 class TMSEnv(gym.Env):
     """One episode = one step: observe x, act a in R^F, get -||a - x||^2, terminate."""
 
@@ -120,8 +126,7 @@ class TMSEnv(gym.Env):
     def __init__(self, config: dict | None = None):
         self.config = TMSDataConfig.from_dict(config)
         F = self.config.n_features
-        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(F,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-np.inf, np.inf, shape=(F,), dtype=np.float32)
+        self.observation_space, self.action_space = _spaces(F)
         self._x = np.zeros(F, dtype=np.float32)
         self._seeded = False
 
@@ -155,8 +160,7 @@ class TMSVectorEnv(VectorEnv):
         self.config = TMSDataConfig.from_dict(config)
         self.num_envs = int(num_envs)
         F = self.config.n_features
-        self.single_observation_space = gym.spaces.Box(0.0, 1.0, shape=(F,), dtype=np.float32)
-        self.single_action_space = gym.spaces.Box(-np.inf, np.inf, shape=(F,), dtype=np.float32)
+        self.single_observation_space, self.single_action_space = _spaces(F)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._x = np.zeros((self.num_envs, F), dtype=np.float32)

@@ -85,18 +85,7 @@ class LLCParams(Params):
     seed: int = Field(0, ge=0, description="seed of the sequences, the SGLD chains and the reward episodes")
 
     def sgld(self) -> SGLDSettings:
-        return SGLDSettings(
-            lr=self.lr,
-            localization=self.localization,
-            nbeta=self.nbeta,
-            num_chains=self.num_chains,
-            num_burnin=self.num_burnin,
-            num_draws=self.num_draws,
-            preconditioner=self.preconditioner,
-            rms_alpha=self.rms_alpha,
-            rms_delta=self.rms_delta,
-            seed=self.seed,
-        )
+        return SGLDSettings.from_params(self)
 
 
 def weights_key(model) -> str:

@@ -64,6 +64,12 @@ class SGLDSettings:
     def replace(self, **changes) -> SGLDSettings:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_params(cls, params, **overrides) -> SGLDSettings:
+        """The setting a study's params section states (any object with these fields), ``overrides`` on top."""
+        fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(cls)}
+        return cls(**(fields | overrides))
+
 
 def batch_order(settings: SGLDSettings, n_batches: int) -> np.ndarray:
     """(D,) the batch each draw is taken on: step i uses batch i mod n_batches, draws follow the burn-in.

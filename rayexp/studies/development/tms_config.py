@@ -87,18 +87,7 @@ class LLC(_Section):
     seed: int = Field(0, strict=True, ge=0, description="seed of the LLC's data set and chains (every trial)")
 
     def settings(self) -> SGLDSettings:
-        return SGLDSettings(
-            lr=self.lr,
-            localization=self.localization,
-            nbeta=self.nbeta if self.nbeta is not None else default_nbeta(self.n),
-            num_chains=self.num_chains,
-            num_burnin=self.num_burnin,
-            num_draws=self.num_draws,
-            preconditioner=self.preconditioner,
-            rms_alpha=self.rms_alpha,
-            rms_delta=self.rms_delta,
-            seed=self.seed,
-        )
+        return SGLDSettings.from_params(self, nbeta=self.nbeta if self.nbeta is not None else default_nbeta(self.n))
 
 
 class Resources(_Section):
