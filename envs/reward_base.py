@@ -34,6 +34,9 @@ class Reward:
             raise ValueError(f"reward {self.name!r}: unknown params {unknown}; valid params (defaults): {valid}")
         self.hmm = hmm
         self.params = {k: params.get(k, d) for k, (d, _) in self.PARAMS.items()}
+        for key, (default, _) in self.PARAMS.items():
+            if isinstance(default, float):  # a reward amount
+                self.params[key] = check_number(self.params[key], f"reward {self.name!r}: {key}")
         self.lookahead = 1
         self._setup()
         tokens = self.default_action_tokens() if action_tokens is None else action_tokens
@@ -59,6 +62,25 @@ class Reward:
 
     def rewards(self, actions: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return (actions == targets).astype(np.float64)
+
+
+#: the largest reward magnitude a parameter may set: PPO's value loss squares returns in float32
+#: (max ~3e38), and no task here needs rewards past order 1
+MAX_REWARD = 1e6
+
+
+def is_int(value) -> bool:
+    """An integer and not a bool: YAML's ``true`` would otherwise pass as index 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_number(value, what: str) -> float:
+    """``value`` as a float: a real number (``true`` is none), finite, at most MAX_REWARD in size."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what} must be a number; got {value!r}")  # noqa: TRY004  (bad input, one message)
+    if not abs(float(value)) <= MAX_REWARD:
+        raise ValueError(f"{what} must be finite and at most {MAX_REWARD:g} in size; got {value!r}")
+    return float(value)
 
 
 def check_tokens(tokens, vocab_size: int, what: str, allow_empty: bool = False) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from envs.outcome import OutcomeTokens
-from envs.reward_base import Reward
+from envs.reward_base import Reward, check_number
 
 
 class Payoff(Reward):
@@ -66,10 +66,10 @@ class Payoff(Reward):
             )
         if m.shape[1] != V:
             raise ValueError(f"reward 'payoff': matrix must have V={V} columns (one per token); got shape {m.shape}")
+        for k, row in enumerate(raw):  # np.array reads true as 1
+            for v, entry in enumerate(row):
+                check_number(entry, f"reward 'payoff': matrix[{k}][{v}]")
         m = m.astype(np.float64)
-        if not np.isfinite(m).all():
-            k, v = np.argwhere(~np.isfinite(m))[0]
-            raise ValueError(f"reward 'payoff': matrix entries must be finite; matrix[{k}][{v}] is {m[k, v]}")
         m.setflags(write=False)
         self._matrix = m
         self.lookahead = 1
@@ -138,10 +138,6 @@ class OutcomeReward(Reward):
         if self.hmm.family != "outcome":
             raise ValueError(f"reward 'outcome' needs an outcome process (name: outcome); got {self.hmm.name!r}")
         self._tokens = OutcomeTokens.of(self.hmm)
-        for k in ("rewarded", "punished", "neutral"):
-            v = self.params[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
-                raise ValueError(f"reward 'outcome': {k} must be a finite number; got {v!r}")
         self._values = np.array([self.params[k] for k in ("rewarded", "punished", "neutral")], dtype=np.float64)
 
     def default_action_tokens(self):

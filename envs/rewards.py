@@ -24,7 +24,7 @@ import numpy as np
 from envs.layout import max_wait
 from envs.process import HMM
 from envs.processes import noisy_and_states
-from envs.reward_base import Reward, check_tokens
+from envs.reward_base import Reward, check_tokens, is_int
 from envs.reward_tables import OutcomeReward, Payoff
 
 
@@ -66,7 +66,7 @@ class RareNextToken(Reward):
                 f"(interleave, mixture, gated); got {self.hmm.name!r}"
             )
         f = self.params["factor"]
-        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or not 0 <= f < layout.n_factors:
+        if not is_int(f) or not 0 <= f < layout.n_factors:
             raise ValueError(f"reward 'rare_next_token': factor must be an index < {layout.n_factors}; got {f!r}")
         self._rare = layout.token_owner == f  # (V,)
         self._values = np.array([float(self.params["common"]), float(self.params["rare"])])
@@ -141,14 +141,14 @@ class JointTarget(Reward):
                 f"{hmm.name!r} has {len(hmm.factors)}"
             )
         pair, n = self.params["factors"], len(hmm.factors)
-        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(f, (int, np.integer)) for f in pair)
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(is_int(f) for f in pair)
         fa, fb = pair if ok else (-1, -1)
         if not (0 <= fa < n and 0 <= fb < n and fa != fb):
             raise ValueError(f"reward 'joint_target': factors must be two distinct indices < {n}; got {pair!r}")
         self._fa, self._fb = int(fa), int(fb)
         m = self.params["m"]
         m = hmm.factors[fa].vocab_size if m is None else m
-        if not isinstance(m, (int, np.integer)) or m < 2:
+        if not is_int(m) or m < 2:
             raise ValueError(f"reward 'joint_target': m must be an int >= 2; got {m!r}")
         self._m = int(m)
         waits = [max_wait(hmm, f) for f in (fa, fb)]
@@ -230,7 +230,7 @@ class Implies(Reward):
                 f"reward 'implies' needs noisy_and or a composition with a noisy_and factor; got {hmm.name!r}"
             )
         gate = self.params["gate"]
-        if gate is not None and gate not in gates:
+        if gate is not None and (not is_int(gate) or gate not in gates):
             raise ValueError(
                 f"reward 'implies': gate must be the index of a noisy_and factor, one of {gates}; got {gate!r}"
             )

@@ -27,10 +27,15 @@ MAX_BATCH = 65536  # sequences per update (pretraining) or rows per SGD step (PP
 MAX_STEPS = 10_000_000  # 2000 steps train the flagship model; a few extra zeros are a typo
 # RLlib seeds numpy's global generator (seeds < 2**32) with a seed plus offsets; 2**31 leaves room.
 MAX_SEED = 2**31 - 1
+# Adam moves every weight by about lr per step: past 1 the weights of these models (scale ~0.1) are
+# gone in one step, so a larger value is a typo (1.5 for 1.5e-3), caught here rather than as nan.
+MAX_LR = 1.0
 
 #: Strict and finite: ``true`` is not the integer 1, "2" is not a number, and inf / nan are no value
 #: a training run can use (they pass every ``ge=`` bound and train nothing).
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+#: names that become parts of run, metric and directory names
+NAME_PATTERN = r"^[A-Za-z0-9_\-]+$"
 _Beta = Annotated[float, Field(ge=0, lt=1)]
 
 BYTES_PER_FLOAT = 4  # float32 weights, grads, optimizer state and activations (CUDA autocast halves the last)
@@ -76,7 +81,7 @@ class PretrainConfig(BaseModel):
         le=MAX_N_CTX,
         description=f"input positions per sequence (<= n_ctx <= {MAX_N_CTX}); None = the model's n_ctx",
     )
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    lr: float = Field(1e-3, gt=0, le=MAX_LR, description=f"peak learning rate (<= {MAX_LR:g})")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW (fused kernel) or SGD")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (ignored by AdamW)")
     # Strict(False): a YAML or JSON list is a tuple here (each beta stays strict and finite)
@@ -86,17 +91,21 @@ class PretrainConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to min_lr_frac * lr, or constant"
     )
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to lr over this many updates")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up from 0 to lr over this many updates")
     min_lr_frac: float = Field(0.1, ge=0, le=1, description="final lr of the cosine schedule, as a fraction of lr")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this; None = off")
     weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) or L2 (SGD) weight decay")
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"seeds the initialisation and the data stream (<= {MAX_SEED})")
-    eval_every: int = Field(100, ge=1, description="report metrics (history, callback, progress) every N updates")
+    eval_every: int = Field(
+        100, ge=1, le=MAX_STEPS, description="report metrics (history, callback, progress) every N updates"
+    )
     checkpoint_steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(
         default_factory=list, description="save a checkpoint after these updates (0 = at init); needs out_dir"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
-    num_threads: int | None = Field(2, ge=1, description="CPU cores to train on; None = torch's current setting")
+    num_threads: int | None = Field(
+        2, ge=1, le=4096, description="CPU cores to train on; None = torch's current setting"
+    )
     compile: bool = Field(False, description="torch.compile forward + backward (measured slower on CPU for this model)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from models.config import STRICT
+
 #: What an analysis may ask for; each maps to one accessor of ``rayexp.artifacts.TrialArtifacts``.
 NEEDS = (
     "model_before",  # the pretrained model
@@ -45,9 +47,15 @@ SCOPES = ("trial", "sweep")
 
 
 class Params(BaseModel):
-    """Base of every analysis's parameters: unknown keys are an error."""
+    """Base of every analysis's parameters, as strict as the sweep file's sections (``STRICT``):
+    unknown keys are an error, ``true`` is no integer, inf and nan no number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**STRICT)
+
+    def rewards(self) -> dict[str, dict[str, Any]]:
+        """Rewards the analysis scores besides the task's, ``{name: {reward, reward_params}}``: the
+        trial check builds each on the task's stream, so a bad one fails validation, not the analysis."""
+        return {}
 
 
 @dataclass

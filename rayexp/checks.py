@@ -237,21 +237,10 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
         raise FieldError(
             "task.reward", f"env 'outcome' pays by the outcome tokens: use reward 'outcome', not {task.reward!r}"
         )
-    check_finite(task.reward_params, "task.reward_params")
-    try:
-        make_reward(task.reward, task_hmm, task.reward_params, task.action_tokens)
-    except (ValueError, TypeError, KeyError) as err:
-        raise FieldError("task.reward_params", str(err)) from None
+    this = _reward_at(task.reward, task.reward_params, task_hmm, task.action_tokens, "task")
     if task.start_from is not None:
         start = task.start_from
-        check_finite(start.reward_params, "task.start_from.reward_params")
-        if start.reward not in REWARDS:
-            raise FieldError("task.start_from.reward", f"unknown reward {start.reward!r}; valid: {sorted(REWARDS)}")
-        try:
-            first = make_reward(start.reward, task_hmm, start.reward_params, task.action_tokens)
-        except (ValueError, TypeError, KeyError) as err:
-            raise FieldError("task.start_from.reward_params", str(err)) from None
-        this = make_reward(task.reward, task_hmm, task.reward_params, task.action_tokens)
+        first = _reward_at(start.reward, start.reward_params, task_hmm, task.action_tokens, "task.start_from")
         if first.action_tokens.tolist() != this.action_tokens.tolist():
             raise FieldError(
                 "task.start_from.reward",
@@ -260,7 +249,23 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
             )
 
     check_analyses(trial.analyses, "trial", "analyses")
+    for i, ref in enumerate(trial.analyses):
+        for where, spec in validate_params(ref.name, ref.params).rewards().items():
+            _reward_at(
+                spec["reward"], spec["reward_params"], task_hmm, task.action_tokens, f"analyses[{i}].params.{where}"
+            )
     return {"vocab": vocab, "d_vocab": model.d_vocab, "n_ctx": n_ctx, "context": context}
+
+
+def _reward_at(name: str, params: dict, hmm: Any, action_tokens: list[int] | None, path: str) -> Any:
+    """The reward ``name`` built on the RL stream, or a FieldError at ``path.reward(_params)``."""
+    if name not in REWARDS:
+        raise FieldError(f"{path}.reward", f"unknown reward {name!r}; valid: {sorted(REWARDS)}")
+    check_finite(params, f"{path}.reward_params")
+    try:
+        return make_reward(name, hmm, params, action_tokens)
+    except (ValueError, TypeError, KeyError) as err:
+        raise FieldError(f"{path}.reward_params", str(err)) from None
 
 
 def check_lr(section: Any, path: str) -> None:

@@ -11,7 +11,7 @@ problem back to where the file wrote it. Nothing here imports torch or RLlib.
 ``FILE: FIELD.PATH: what is wrong``. A file is read only if it is UTF-8, at most
 :data:`MAX_FILE_BYTES`, nested at most :data:`MAX_DEPTH` deep, expands (anchors and aliases counted
 each time they are used) to at most :data:`MAX_NODES` values and repeats no key; a sweep has at
-most :data:`~rayexp.settings.MAX_TRIALS` trials, counted before any is built.
+most :data:`~rayexp.axes.MAX_TRIALS` trials, counted before any is built.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from rayexp.checks import (  # noqa: F401  (MEMORY_ENV, check_memory: importable from here as before)
-    MEMORY_ENV,
+from rayexp.axes import MAX_TRIALS
+from rayexp.checks import (
     check_analyses,
-    check_finite,
     check_lr,
     check_memory,
     check_placement,
@@ -42,21 +41,11 @@ from rayexp.checks import (  # noqa: F401  (MEMORY_ENV, check_memory: importable
     trial_bundles,
 )
 from rayexp.registry import get as get_analysis
-from rayexp.resolved import FieldError, ResolvedTrial, first_error, ppo_settings, resolve, task_process  # noqa: F401
-from rayexp.settings import (  # noqa: F401  (the schema names, importable from here as before)
-    MAX_TRIALS,
-    AnalysisRef,
-    Axes,
-    BaseTrial,
-    Distribution,
-    PPOSettings,
-    ProbeSettings,
-    Resources,
+from rayexp.resolved import FieldError, ResolvedTrial, first_error, resolve
+from rayexp.settings import (
     SweepConfig,
-    TaskConfig,
     TrialConfig,
 )
-from rayexp.specs import build_process, process_label  # noqa: F401  (importable from here as before)
 
 #: episodes stored when an analysis needs rollouts and the sweep file asks for fewer
 MIN_ROLLOUTS = 256
@@ -215,6 +204,9 @@ def _resolve_points(sweep: SweepConfig, file: str, overrides_list: list[dict[str
                 resolved = resolve(trial, facts, sweep.resources.cpu, _rollouts(trial))
             except FieldError as err:
                 raise SweepError(file, _where(err.path, overrides, sweep, t), err.message) from None
+            except ValidationError as err:  # a section rebuilt with the trial's values (its CPUs as threads)
+                path, msg = first_error(err)
+                raise SweepError(file, _where(path, overrides, sweep, t), msg) from None
             points.append(Point(dict(overrides), resolved))
     try:
         _check_sweep_analyses(sweep, [p.trial.config for p in points])
@@ -223,8 +215,26 @@ def _resolve_points(sweep: SweepConfig, file: str, overrides_list: list[dict[str
     return points
 
 
+def _check_base(sweep: SweepConfig, file: str) -> None:
+    """The base is a trial too, with each task: a value that every axis point replaces (a process
+    under a process grid) is still read, so a nan or typo there is refused rather than left to
+    mislead whoever edits it. Only needed when axes replace something; otherwise the rows are these."""
+    if not (sweep.axes.grid or sweep.axes.sample):
+        return
+    base = sweep.base.model_dump()
+    for t, task in enumerate(sweep.tasks):
+        try:
+            check_trial(resolve_trial(base, task.model_dump(), {}))
+        except ValidationError as err:
+            path, msg = first_error(err)
+            raise SweepError(file, _where(path, {}, sweep, t), msg) from None
+        except FieldError as err:
+            raise SweepError(file, _where(err.path, {}, sweep, t), err.message) from None
+
+
 def validate_sweep(sweep: SweepConfig, file: str) -> list[TrialConfig]:
     """Resolve and check every grid point x task, sampled axes at their endpoints."""
+    _check_base(sweep, file)
     _check_count(sweep, file, [sweep.axes.num_samples], "trials (grid axes x samples x tasks)")
     sampled = [[(k, v) for v in dist.endpoints()] for k, dist in sweep.axes.sample.items()]
     ends = [len(values) for values in sampled]
@@ -236,6 +246,7 @@ def validate_sweep(sweep: SweepConfig, file: str) -> list[TrialConfig]:
 def sweep_points(sweep: SweepConfig, file: str) -> list[Point]:
     """The sweep's trials as they will run: each grid point ``axes.num_samples`` times, sampled axes
     drawn here (a generator seeded by ``base.seed``, so a sweep file names its trials exactly)."""
+    _check_base(sweep, file)
     _check_count(sweep, file, [sweep.axes.num_samples], "trials (grid axes x samples x tasks)")
     rng = np.random.default_rng(sweep.base.seed)
     overrides = [

@@ -12,14 +12,12 @@ strict and finite (``models.config.STRICT``): ``true`` is no integer, inf and na
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    Strict,
     create_model,
     field_serializer,
     field_validator,
@@ -31,13 +29,16 @@ from models.config import (
     MAX_BATCH,
     MAX_D_MLP,
     MAX_D_VOCAB,
+    MAX_LR,
     MAX_N_CTX,
     MAX_SEED,
     MAX_STEPS,
+    NAME_PATTERN,
     STRICT,
     PretrainConfig,
     TransformerConfig,
 )
+from rayexp.axes import Axes
 
 MAX_TRAIN_BATCH = 1_000_000  # env steps per PPO iteration; RLlib holds the whole batch in memory
 MAX_ENVS_PER_RUNNER = 4096  # one batched forward steps them all; more only adds latency
@@ -45,7 +46,6 @@ MAX_ENV_RUNNERS = 1024
 MAX_PROBE_SEQ = 200_000  # the ridge fit holds n_seq x seq_len rows per hook; scores settle far earlier
 MAX_EPISODE_LEN = 1_000_000
 MAX_EPOCHS = 10_000
-MAX_TRIALS = 10_000  # trials of one sweep; validation checks each, and Tune keeps each one's state
 #: CPUs of one RLlib env runner (rayexp.ppo); the trial reserves them beside its own (rayexp.sweep)
 CPUS_PER_ENV_RUNNER = 1.0
 
@@ -57,7 +57,9 @@ class _Strict(BaseModel):
 class PPOSettings(_Strict):
     """PPO hyperparameters and resources (rayexp.ppo.train_ppo). Unknown keys are an error."""
 
-    lr: float = Field(3e-4, ge=0, description="Adam learning rate (0 leaves every weight untouched)")
+    lr: float = Field(
+        3e-4, ge=0, le=MAX_LR, description=f"Adam learning rate (<= {MAX_LR:g}; 0 leaves every weight untouched)"
+    )
     gamma: float = Field(0.0, ge=0, le=1, description="discount; 0 because actions do not change the stream")
     lambda_: float = Field(1.0, ge=0, le=1, description="GAE lambda (irrelevant when gamma is 0)")
     clip_param: float = Field(0.2, gt=0, description="PPO ratio clip")
@@ -227,6 +229,14 @@ class SweepAnalysisRef(AnalysisRef):
         "model.d_model, seed; [] = all trials in one group.",
     )
 
+    @field_validator("group_by")
+    @classmethod
+    def _distinct(cls, keys: list[str]) -> list[str]:
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} listed more than once")
+        return keys
+
 
 class StartFrom(_Strict):
     """Start a task's PPO from M_A: the pretrained model first post-trained with PPO on another
@@ -243,7 +253,7 @@ class TaskConfig(_Strict):
     """One RL post-training task: an environment over a process stream and a reward."""
 
     name: str = Field(
-        pattern=r"^[A-Za-z0-9_\-]+$",
+        pattern=NAME_PATTERN,
         description="Short name; appears in run names and metric names (ppo/{name}/...).",
     )
     env: str = Field(
@@ -343,72 +353,11 @@ class TrialConfig(BaseTrial):
     task: TaskConfig = Field(description="The RL task of this trial.")
 
 
-class Distribution(_Strict):
-    """A sampled axis: exactly one of the keys."""
-
-    # Strict(False): the YAML list [low, high] is the pair (each end stays strict and finite)
-    uniform: Annotated[tuple[float, float], Strict(False)] | None = Field(default=None, description="[low, high].")
-    loguniform: Annotated[tuple[float, float], Strict(False)] | None = Field(
-        default=None, description="[low, high], log-uniform, low > 0."
-    )
-    randint: Annotated[tuple[int, int], Strict(False)] | None = Field(default=None, description="[low, high), ints.")
-    choice: list[Any] | None = Field(default=None, min_length=1, description="Values drawn uniformly.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Distribution:
-        set_keys = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
-        if len(set_keys) != 1:
-            raise ValueError("give exactly one of uniform, loguniform, randint, choice")
-        lo_hi = getattr(self, set_keys[0])
-        if set_keys[0] != "choice" and not lo_hi[0] < lo_hi[1]:
-            raise ValueError(f"{set_keys[0]} needs low < high, got {list(lo_hi)}")
-        if self.loguniform is not None and self.loguniform[0] <= 0:
-            raise ValueError("loguniform needs low > 0")
-        return self
-
-    def endpoints(self) -> list[Any]:
-        """Values that bound what the distribution can produce, for validation."""
-        if self.choice is not None:
-            return list(self.choice)
-        if self.randint is not None:
-            return [self.randint[0], self.randint[1] - 1]
-        return list(self.uniform or self.loguniform)  # type: ignore[arg-type]
-
-    def draw(self, rng) -> Any:
-        """One value, from a numpy Generator (the driver draws every trial's, seeded by the sweep)."""
-        if self.uniform is not None:
-            return float(rng.uniform(*self.uniform))
-        if self.loguniform is not None:
-            lo, hi = self.loguniform
-            return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-        if self.randint is not None:
-            return int(rng.integers(*self.randint))
-        return self.choice[int(rng.integers(len(self.choice)))]
-
-
-class Axes(_Strict):
-    """What varies between trials. Keys are dotted paths into the base trial, e.g. model.d_model."""
-
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination is run.")
-    sample: dict[str, Distribution] = Field(default_factory=dict, description="Drawn num_samples times.")
-    num_samples: int = Field(
-        default=1, ge=1, le=MAX_TRIALS, description="Repeats of the grid (each with fresh samples)."
-    )
-
-    @field_validator("grid")
-    @classmethod
-    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in grid.items():
-            if not values:
-                raise ValueError(f"axis {key!r} has no values")
-        return grid
-
-
 class Resources(_Strict):
     """Resources of one trial (one Tune trial = one Ray actor holding them)."""
 
-    cpu: float = Field(default=1.0, gt=0, description="CPUs per trial.")
-    gpu: float = Field(default=0.0, ge=0, description="GPUs per trial; fractions (< 1) share a device.")
+    cpu: float = Field(default=1.0, gt=0, le=4096, description="CPUs per trial (<= 4096).")
+    gpu: float = Field(default=0.0, ge=0, le=64, description="GPUs per trial (<= 64); fractions (< 1) share a device.")
     custom: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="Custom Ray resources per trial, e.g. {node_a: 0.01} to pin trials."
     )
@@ -424,11 +373,12 @@ class Resources(_Strict):
 class SweepConfig(_Strict):
     """A whole sweep file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="Sweep name; Tune experiment dir under storage_path.")
+    name: str = Field(pattern=NAME_PATTERN, description="Sweep name; Tune experiment dir under storage_path.")
     description: str = Field(default="", description="What the sweep asks; logged on the parent MLflow run.")
     experiment: str | None = Field(default=None, description="MLflow experiment name; null = the sweep name.")
     storage_path: str = Field(
         default="rayexp_results",
+        min_length=1,
         description="Results, checkpoints and the pretrain cache: a local dir, an NFS mount or s3://bucket/prefix.",
     )
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")

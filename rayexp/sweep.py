@@ -34,19 +34,19 @@ from typing import Any
 
 from rayexp import tracking
 from rayexp.analyze import run_analysis
+from rayexp.checks import trial_bundles
 from rayexp.config import (
     Point,
-    SweepConfig,
     SweepError,
     check_cluster,
     env_runners,
     flatten,
     load_points,
-    trial_bundles,
 )
 from rayexp.console import StderrLog
 from rayexp.ray_local import connect
 from rayexp.registry import STUDIES, SUMMARY_COLUMNS
+from rayexp.settings import SweepConfig
 from rayexp.specs import axis_label
 from rayexp.study import ReportInput
 from rayexp.tables import format_table

@@ -15,10 +15,10 @@ from rayexp.config import (
     load_points,
     load_sweep,
     parse_sweep,
-    process_label,
     resolve_trial,
 )
 from rayexp.resolved import FieldError
+from rayexp.specs import process_label
 
 TINY = {
     "name": "tiny",

@@ -72,7 +72,7 @@ RAYEXP_LAYERS = [
         "rayexp.ray_local",
         "rayexp.console",
     },
-    {"rayexp.settings", "rayexp.cache"},  # the sweep file's schema
+    {"rayexp.axes", "rayexp.settings", "rayexp.cache"},  # the sweep file's schema
     {"rayexp.artifacts", "rayexp.probes", "rayexp.rollouts", "rayexp.analysis", "rayexp.study"},
     {"rayexp.resolved", "rayexp.ppo"},  # one resolved trial; PPO
     {"rayexp.analyses", "rayexp.studies"},  # prefixes: every module under these packages

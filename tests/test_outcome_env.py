@@ -264,7 +264,7 @@ TWO_STATES = from_matrices([[[0.9, 0.1], [0.1, 0.9]]], name="two")
         (lambda: OutcomeEnv(dict(ENV, reward="next_token")), "reward must be 'outcome'; got 'next_token'"),
         (lambda: OutcomeEnv(dict(ENV, shuffle_reward=True)), "shuffle_reward needs a stream the agent cannot steer"),
         (lambda: OutcomeEnv(dict(ENV, env="sequence")), "OutcomeEnv runs env 'outcome'"),
-        (lambda: OutcomeEnv(dict(ENV, reward_params={"punished": "a lot"})), "punished must be a finite number"),
+        (lambda: OutcomeEnv(dict(ENV, reward_params={"punished": "a lot"})), "punished must be a number"),
         (lambda: OutcomeEnv(dict(ENV, reward_params={"bonus": 1})), "unknown params"),
         (lambda: build_process({"name": "outcome", "base": TWO_STATES}), "base process needs at least 3 states"),
         (lambda: OutcomeEnv(dict(ENV, process={"name": "outcome", "base": TWO_STATES})), "at least 3 states"),

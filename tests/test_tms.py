@@ -273,7 +273,10 @@ def test_shipped_sweep_validates_and_states_the_tested_setting():
         ({"seeds": [True]}, "seeds.0: Input should be a valid integer"),
         ({"arms": ["rl"]}, "arms.0: Input should be 'supervised' or 'ppo'"),
         ({"data": {"mode": "dense"}}, "data.mode: Input should be 'one_hot' or 'independent'"),
-        ({"llc": {"lr": float("nan")}}, "llc.lr: Input should be greater than 0"),
+        ({"llc": {"lr": float("nan")}}, "llc.lr: Input should be a finite number"),
+        ({"ppo": {"vf_loss_coeff": float("inf")}}, "ppo.vf_loss_coeff: Input should be a finite number"),
+        ({"model": {"init_scale": True}}, "model.init_scale: Input should be a valid number"),
+        ({"llc": {"lr": 3.0}}, "llc.lr: Input should be less than or equal to 1"),
         ({"study": "development"}, "study: Input should be 'tms'"),
     ],
 )

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from test_config import _set
 
 from models.config import (
@@ -28,8 +29,10 @@ from models.config import (
     param_count,
     train_memory_bytes,
 )
+from rayexp.checks import MEMORY_ENV
 from rayexp.cli import main
-from rayexp.config import MEMORY_ENV, load_sweep, resolve_trial
+from rayexp.config import load_sweep, resolve_trial
+from rayexp.registry import validate_params
 from rayexp.settings import (
     MAX_ENV_RUNNERS,
     MAX_ENVS_PER_RUNNER,
@@ -252,8 +255,8 @@ SEMANTIC = [
     (
         "base.analyses",
         [{"name": "negation", "params": {"score_also": {"x": {"reward": "nope"}}}}],
-        "base.analyses[0].params.score_also",
-        "score_also.x",
+        "base.analyses[0].params.score_also.x.reward",
+        "unknown reward 'nope'",
     ),
     ("tasks.0.env", "outcome", "tasks[0].env", "needs an outcome RL stream"),
     ("tasks.0.reward", "outcome", "tasks[0].env", "runs in env 'outcome'"),
@@ -385,6 +388,16 @@ BAD_VALUES = [
     ("axes", {"num_samples": 5000}, "axes", "15_000 trials"),
     ("axes", {"num_samples": 10**6}, "axes.num_samples", "less than or equal to 10000"),
     ("max_failures", 10**9, "max_failures", "less than or equal to 100"),
+    # found by walking every leaf of the shipped sweeps (tests/test_malformed.py)
+    ("axes", {"grid": {"seed": [0, 1, 0]}}, "axes.grid", "lists 0 twice (at 0 and 2)"),
+    ("sweep_analyses.0.group_by", ["process", "process"], "sweep_analyses[0].group_by", "listed more than once"),
+    ("storage_path", "", "storage_path", "at least 1 character"),
+    ("base.ppo.lr", 5.0, "base.ppo.lr", "less than or equal to 1"),
+    ("base.pretrain.lr", 1e30, "base.pretrain.lr", "less than or equal to 1"),
+    ("base.pretrain.warmup_steps", 10**30, "base.pretrain.warmup_steps", "less than or equal to 10000000"),
+    ("resources.cpu", 1e30, "resources.cpu", "less than or equal to 4096"),
+    ("tasks.1.reward_params", {"factors": [0, True]}, "tasks[1].reward_params", "factors"),
+    ("base.analyses.2.params.n_seq", True, "base.analyses[2].params.n_seq", "valid integer"),
 ]
 
 
@@ -394,9 +407,28 @@ def test_a_malformed_quickstart_is_refused_in_one_line(tmp_path, capsys, monkeyp
     assert error.startswith(f"{path}: ") and words in error, error
 
 
+def test_a_base_value_that_an_axis_replaces_is_still_checked(tmp_path, capsys, monkeypatch):
+    data = _set(quickstart(tmp_path), "base.process.factors.0.x", NAN)
+    data["axes"] = {"grid": {"process": [{"name": "mess3", "x": 0.05, "a": 0.85}]}}
+    error = refused(tmp_path, capsys, monkeypatch, data)
+    assert error.startswith("base.process.factors[0].x: ") and "finite number" in error, error
+
+
+def test_score_also_takes_reward_specs_only():
+    with pytest.raises(ValidationError) as err:
+        validate_params("negation", {"score_also": {"x": {"reward": ["payoff"]}}})
+    assert "score_also.x.reward" in str(err.value)
+    with pytest.raises(ValidationError):
+        validate_params("negation", {"score_also": {"bad name": {"reward": "payoff"}}})
+    with pytest.raises(ValidationError):
+        validate_params("negation", {"lambdas": [0.5, 1e30]})
+
+
 def test_a_huge_grid_is_refused_before_its_trials_are_built(tmp_path, capsys, monkeypatch):
     data = quickstart(tmp_path)
-    data["axes"] = {"grid": {"seed": list(range(500)), "model.d_model": [64] * 500, "pretrain.steps": [800] * 3}}
+    data["axes"] = {
+        "grid": {"seed": list(range(500)), "model.d_model": list(range(1, 501)), "pretrain.steps": [1, 2, 3]}
+    }
     t0 = time.perf_counter()
     error = refused(tmp_path, capsys, monkeypatch, data)
     assert error.startswith("axes: 500 x 3 x 500 x 3 = 2_250_000 trials") and time.perf_counter() - t0 < 10

@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.rollouts import collect
 from rayexp.studies.development import losses
@@ -64,25 +65,34 @@ S = STUDY_SGLD
 
 
 class LLCParams(Params):
-    lr: float = Field(S.lr, gt=0, description="SGLD step size eps (the study's one setting)")
-    localization: float = Field(S.localization, ge=0, description="gamma: the pull back to the checkpoint")
-    nbeta: float = Field(S.nbeta, gt=0, description="inverse temperature n*beta (fixed, not derived per trial)")
+    lr: float = Field(S.lr, gt=0, le=1, description="SGLD step size eps (the study's one setting)")
+    localization: float = Field(S.localization, ge=0, le=1e6, description="gamma: the pull back to the checkpoint")
+    nbeta: float = Field(S.nbeta, gt=0, le=1e9, description="inverse temperature n*beta (fixed, not derived per trial)")
     preconditioner: Literal["rmsprop", "identity"] = Field(
         S.preconditioner, description="RMSprop: adapted during the burn-in, frozen for the draws"
     )
     rms_alpha: float = Field(S.rms_alpha, gt=0, lt=1, description="decay of the preconditioner's mean of grad^2")
-    rms_delta: float = Field(S.rms_delta, gt=0, description="added to sqrt(V): the preconditioner is at most 1/delta")
+    rms_delta: float = Field(
+        S.rms_delta, gt=0, le=1, description="added to sqrt(V): the preconditioner is at most 1/delta"
+    )
     num_chains: int = Field(S.num_chains, ge=4, le=64, description="SGLD chains per estimate (R-hat needs several)")
     num_burnin: int = Field(S.num_burnin, ge=1, le=100_000, description="SGLD steps before the first draw")
     num_draws: int = Field(S.num_draws, ge=8, le=100_000, description="draws per chain (one SGLD step each)")
-    rhat_max: float = Field(RHAT_MAX, gt=1, description="an estimate whose chains' R-hat exceeds this is unsettled")
+    rhat_max: float = Field(
+        RHAT_MAX, gt=1, le=10, description="an estimate whose chains' R-hat exceeds this is unsettled"
+    )
     batch_size: int = Field(32, ge=1, le=65536, description="sequences per SGLD step")
     n_seq: int = Field(1024, ge=1, le=1_000_000, description="pretraining-stream sequences in the loss's data")
     reward_episodes: int = Field(64, ge=0, le=100_000, description="fresh episodes per RL checkpoint for its reward")
     transition_k: float = Field(
-        3.0, gt=0, description="a transition: a slope (in log-step for pretraining) > k robust SDs from the median"
+        3.0,
+        gt=0,
+        le=100,
+        description="a transition: a slope (in log-step for pretraining) > k robust SDs from the median",
     )
-    seed: int = Field(0, ge=0, description="seed of the sequences, the SGLD chains and the reward episodes")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of the sequences, the SGLD chains and the reward episodes"
+    )
 
     def sgld(self) -> SGLDSettings:
         return SGLDSettings.from_params(self)

@@ -7,7 +7,6 @@ read a sweep file through this module alone. ``sweeps/tms.yaml`` states every va
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.config import MAX_SEED, STRICT
 from rayexp.studies.development.llc import SGLDSettings, default_nbeta
 from rayexp.studies.development.tms_llc import LLC_BATCH, N_LLC, TMS_SGLD
 
@@ -22,7 +22,7 @@ MAX_BYTES = 1 << 20
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
 
 PosInt = Annotated[int, Field(strict=True, ge=1)]
@@ -72,19 +72,21 @@ class PPO(_Section):
 
 
 class LLC(_Section):
-    lr: float = Field(TMS_SGLD.lr, gt=0, description="SGLD step size eps")
-    localization: float = Field(TMS_SGLD.localization, ge=0, description="gamma")
+    lr: float = Field(TMS_SGLD.lr, gt=0, le=1, description="SGLD step size eps")
+    localization: float = Field(TMS_SGLD.localization, ge=0, le=1e6, description="gamma")
     n: int = Field(N_LLC, strict=True, ge=2, le=10_000_000, description="inputs in the LLC's fixed data set")
-    nbeta: float | None = Field(None, gt=0, description="n * beta; default n / ln n")
+    nbeta: float | None = Field(None, gt=0, le=1e9, description="n * beta; default n / ln n")
     batch_size: int = Field(LLC_BATCH, strict=True, ge=1, le=1_000_000)
     preconditioner: Literal["rmsprop", "identity"] = TMS_SGLD.preconditioner
     rms_alpha: float = Field(TMS_SGLD.rms_alpha, gt=0, lt=1)
-    rms_delta: float = Field(TMS_SGLD.rms_delta, gt=0)
+    rms_delta: float = Field(TMS_SGLD.rms_delta, gt=0, le=1)
     num_chains: int = Field(TMS_SGLD.num_chains, strict=True, ge=4, le=64)
     num_burnin: int = Field(TMS_SGLD.num_burnin, strict=True, ge=1, le=100_000)
     num_draws: int = Field(TMS_SGLD.num_draws, strict=True, ge=8, le=100_000)
-    transition_k: float = Field(3.0, gt=0, description="a transition: a slope > k robust SDs from the median")
-    seed: int = Field(0, strict=True, ge=0, description="seed of the LLC's data set and chains (every trial)")
+    transition_k: float = Field(3.0, gt=0, le=100, description="a transition: a slope > k robust SDs from the median")
+    seed: int = Field(
+        0, strict=True, ge=0, le=MAX_SEED, description="seed of the LLC's data set and chains (every trial)"
+    )
 
     def settings(self) -> SGLDSettings:
         return SGLDSettings.from_params(self, nbeta=self.nbeta if self.nbeta is not None else default_nbeta(self.n))
@@ -101,7 +103,7 @@ class TMSSweep(_Section):
     experiment: str = Field("tms", min_length=1, max_length=256, description="MLflow experiment")
     storage_path: str = Field("rayexp_results", min_length=1)
     figures_dir: str | None = Field(None, description="also write the figure here (e.g. docs/results)")
-    seeds: list[Annotated[int, Field(strict=True, ge=0)]] = Field(min_length=1, max_length=1000)
+    seeds: list[Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=1000)
     arms: list[Literal["supervised", "ppo"]] = Field(["supervised", "ppo"], min_length=1)
     max_concurrent: int = Field(0, strict=True, ge=0, description="trials at once (0: as many as fit)")
     data: Data = Data()
@@ -175,9 +177,6 @@ def validate(data: dict[str, Any], where: str = "sweep") -> TMSSweep:
             msg = "unknown key"
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise SweepFileError(f"{where}: {_where(first['loc'])}: {msg}{more}") from None
-    bad = [k for k, v in flatten(spec.model_dump()).items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        raise SweepFileError(f"{where}: {bad[0]}: must be finite")
     return spec
 
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from envs.rewards import REWARDS
+from models.config import NAME_PATTERN, STRICT
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import model_device
 from rayexp.stats import paired_bootstrap_ci
@@ -50,8 +50,17 @@ from rayexp.studies.objective.exact_returns import (
 )
 
 
+class ScoredReward(BaseModel):
+    """One more reward to score every model on; built on the task's stream by ``rayexp validate``."""
+
+    model_config = ConfigDict(**STRICT)
+
+    reward: str = Field(description="a reward of envs.rewards.REWARDS")
+    reward_params: dict[str, Any] = Field(default_factory=dict, description="its keyword parameters")
+
+
 class NegationParams(Params):
-    lambdas: list[float] = Field(
+    lambdas: list[Annotated[float, Field(ge=-100, le=100)]] = Field(
         default_factory=lambda: [0.0, 0.5, 1.0, 2.0],
         min_length=1,
         description="negation strengths; 0 (the control: M_A retrained) is added when missing",
@@ -59,24 +68,14 @@ class NegationParams(Params):
     iterations: int = Field(5, ge=1, le=1000, description="PPO iterations of the brief retraining on R_A")
     n_seq: int = Field(1000, ge=20, le=1_000_000, description="stream sequences of the exact evaluation")
     seed: int = Field(0, ge=0, description="seeds the evaluation sequences (the same for every trial: paired)")
-    score_also: dict[str, dict[str, Any]] = Field(
+    score_also: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ScoredReward] = Field(
         default_factory=dict,
         description="more rewards to score every model on, {name: {reward, reward_params}}: the other tasks' "
         "rewards, so the null task's negation gives each R_B's baseline (what negating any update does)",
     )
 
-    @field_validator("score_also")
-    @classmethod
-    def _known_rewards(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-
-        for name, spec in value.items():
-            extra = sorted(set(spec) - {"reward", "reward_params"})
-            if extra or spec.get("reward") not in REWARDS:
-                raise ValueError(
-                    f"score_also.{name}: needs {{reward, reward_params}} with reward one of {sorted(REWARDS)}; "
-                    f"got {spec!r}"
-                )
-        return value
+    def rewards(self) -> dict[str, dict[str, Any]]:
+        return {f"score_also.{name}": spec.model_dump() for name, spec in self.score_also.items()}
 
 
 def lam_name(lam: float) -> str:
@@ -91,7 +90,7 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
 
     env = artifacts.env_config
     spec_a = start_reward_spec(artifacts.config)
-    extra = {name: {"reward_params": {}} | spec for name, spec in params.score_also.items()}
+    extra = {name: spec.model_dump() for name, spec in params.score_also.items()}
     ev = ExactReturns(env, {"B": task_reward_spec(env), "A": spec_a} | extra, params.n_seq, params.seed)
     m_a, m_b = artifacts.model_before(), artifacts.model_after()
     theta_a = params_of(m_a)
