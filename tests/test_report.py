@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from rayexp import tracking
 from rayexp.report import report
+from rayexp.tables import format_table
 
 
 def test_report_writes_the_verdict_table(workdir):
@@ -130,3 +131,24 @@ def test_rare_summary_groups_by_what_varies_besides_the_seed():
     assert rows[0]["seeds"] == 2 and rows[0]["trigger rate post"] == "+0.300 [+0.200, +0.400]"
     assert rows[0]["trigger rate at iterations 0/10"] == "0.00/0.20"
     assert rows[1]["reward post"] == "+0.250 [+0.250, +0.250]"
+
+
+def test_a_wide_table_fits_120_columns_and_keeps_every_value():
+    reason = "1 seed: intervals over held-out contexts, not seeds; a map of p_pre leaves 0.08 [0.07, 0.08] unexplained"
+    rows = [
+        {"process": "interleave(mess3,mess3)", "task": task, **{f"metric_{i:02d}": 0.123456 * i for i in range(14)}}
+        | {"reason": f"{task}: {reason}"}
+        for task in ("negative_control", "positive_control")
+    ]
+    text = format_table(rows)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 120, text
+    headers = [line for line in lines if line.startswith("process")]
+    assert len(headers) >= 2  # split into blocks, each repeating the first two columns
+    assert all("task" in h for h in headers)
+    for i in range(14):
+        assert f"metric_{i:02d}" in text and f"{0.123456 * i:.4g}" in text
+    assert "[1]" in text and "[2]" in text
+    notes = " ".join(line.strip() for line in lines if line.startswith(("[", "    ")))
+    assert f"[2] reason: positive_control: {reason}" in notes
+    assert format_table(rows[:1], width=10**6).count("\n") == 4  # header, rule, row, blank, note
