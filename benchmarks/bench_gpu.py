@@ -42,82 +42,23 @@ import traceback
 from pathlib import Path
 from statistics import mean, median
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # importable from any working directory, as on the device
-
-PROCESS = {"name": "interleave", "factors": [{"name": "mess3", "x": 0.05, "a": 0.85}] * 2}  # the quickstart's
-SIZES = {  # the model-size axis: the quickstart's model, then where a GPU should start to pay
-    "d64 L4 ctx10": {"n_layers": 4, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256, "n_ctx": 10},
-    "d256 L8 ctx10": {"n_layers": 8, "d_model": 256, "n_heads": 8, "d_head": 32, "d_mlp": 1024, "n_ctx": 10},
-    "d256 L8 ctx64": {"n_layers": 8, "d_model": 256, "n_heads": 8, "d_head": 32, "d_mlp": 1024, "n_ctx": 64},
-}
-TOY = {"toy L1 d16": {"n_layers": 1, "d_model": 16, "n_heads": 1, "d_head": 8, "d_mlp": 16, "n_ctx": 6}}
-PEAKS_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
-PPO_GRID = {"train_batch_size": 4000, "minibatch_size": 1000, "num_epochs": 4, "lr": 5e-4}  # composition.yaml
-PPO_TRIAL = {"train_batch_size": 1000, "minibatch_size": 250, "num_epochs": 4, "lr": 1e-3}  # quickstart.yaml
-PPO_TOY = {"train_batch_size": 100, "minibatch_size": 100, "num_epochs": 1, "num_envs_per_env_runner": 4}
-NOMINAL_S = {"pretrain": 35, "agreement": 10, "analyses": 30, "quickstart": 150, "ppo": 45, "packing": 80}  # = budget
-
-
-class Clock:
-    """The run's deadline, and the seconds owed to the sections still to come (``later``)."""
-
-    def __init__(self, budget_s: float):
-        self.end, self.later = time.time() + budget_s, 0.0
-
-    def left(self) -> float:
-        return self.end - time.time()
-
-    def mine(self) -> float:
-        return self.left() - self.later
-
-
-class _Enough(Exception):
-    """Raised from pretrain's callback once a measurement has had its seconds."""
-
-
-def model_cfg(size: dict):
-    from models.transformer import TransformerConfig
-
-    return TransformerConfig(d_vocab=6, **size)
-
-
-def flops_per_token(cfg) -> float:
-    from models.transformer import Transformer
-
-    attention = cfg.n_layers * cfg.n_ctx * cfg.n_heads * cfg.d_head
-    return 6.0 * Transformer(cfg).num_params(matmul_only=True) + 6.0 * attention
-
-
-def pretrain_config(**kw):
-    from models.pretrain import PretrainConfig
-
-    return PretrainConfig(**{"progress": False, "optimal_loss_samples": 200, **kw})  # a cheap Monte-Carlo optimum
-
-
-def pretrain_rate(cfg, batch: int, device: str, precision: str, threads: int | None, seconds: float, every=0) -> float:
-    """Median tokens/s of ``models.pretrain``'s reporting windows (the first, warm-up, dropped) for ``seconds``
-    (at least 3 windows of ``every`` steps; 0: about half a second each)."""
-    from envs import build_process
-    from models.pretrain import pretrain
-
-    # steps/s, rough: 20 TFLOP/s on a GPU, 50 GFLOP/s on 2 cores, and small models launch-bound (~3 / ~10 ms a step)
-    flops, launch = (2e13, 300) if device == "cuda" else (5e10, 100)
-    guess = min(launch, flops / flops_per_token(cfg) / (batch * cfg.n_ctx))
-    every = every or int(min(100, max(1, guess * 0.5)))  # ~0.5 s windows, each ending in one sync
-    rates, t0 = [], time.perf_counter()
-
-    def callback(metrics: dict, step: int) -> None:
-        rates.append(metrics["tokens_per_s"])
-        if time.perf_counter() - t0 > seconds and len(rates) >= 3:
-            raise _Enough
-
-    pcfg = pretrain_config(steps=10**6, batch_size=batch, eval_every=every, device=device, precision=precision)
-    try:
-        pretrain(build_process(PROCESS), cfg, pcfg.model_copy(update={"num_threads": threads}), callback=callback)
-    except _Enough:
-        pass
-    return median(rates[1:] or rates)
+from gpu_agreement import section_agreement, section_analyses
+from gpu_common import (
+    NOMINAL_S,
+    PEAKS_TFLOPS,
+    PPO_GRID,
+    PPO_TOY,
+    PPO_TRIAL,
+    PROCESS,
+    ROOT,
+    SIZES,
+    TOY,
+    Clock,
+    flops_per_token,
+    model_cfg,
+    pretrain_config,
+    pretrain_rate,
+)
 
 
 def bf16_peak(args, dev: str) -> tuple[float | None, str, float]:
@@ -161,186 +102,6 @@ def section_pretrain(args, dev: str, clock: Clock, tmp: Path) -> dict:
         print(f"  {'':14s} peak, {tf / measured:.3f} of the measured; a trial's batch 256 on the GPU {gpu_trial:,.0f}")
         print(f"  {'':14s} tok/s, a CPU trial (2 cores, b{cpu_batch}) {cpu:,.0f} tok/s: GPU x{gpu_trial / cpu:.2f}")
     return {"device": name, "peak_assumed_tflops": assumed, "peak_measured_tflops": measured, "rows": rows}
-
-
-def section_agreement(args, dev: str, clock: Clock, tmp: Path) -> dict:
-    """Same seed, fp32, on the CPU and on the GPU: the pretraining loss and the probe skill must agree to float
-    tolerance (the science must not depend on the device)."""
-    from envs import build_process
-    from models.pretrain import pretrain
-    from models.transformer import Transformer
-    from rayexp.probes import probe_model, summarize
-
-    cfg, out, hmm = model_cfg(TOY["toy L1 d16"] if args.dry_run else SIZES["d64 L4 ctx10"]), {}, build_process(PROCESS)
-    for d in ("cpu", dev):
-        steps = 20 if args.dry_run else 60
-        pcfg = pretrain_config(steps=steps, batch_size=128, eval_every=20, device=d, precision="fp32", warmup_steps=10)
-        res = pretrain(hmm, cfg, pcfg)
-        rand = Transformer(cfg, seed=pcfg.seed).to(d).eval()
-        table = probe_model(res.model, rand, hmm, n_seq=100 if args.dry_run else 400, seed=0).table
-        skill = summarize(table)[f"{res.model.hook_names[-1]}/skill"]
-        weights = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
-        out[d] = {"loss": res.history[-1]["loss"], "skill": skill, "weights": weights}
-    a, b = out["cpu"], out[dev]
-    dw = max(float((a["weights"][k] - b["weights"][k]).abs().max()) for k in a["weights"])
-    row = {"loss_cpu": a["loss"], "loss_gpu": b["loss"], "rel_loss_diff": abs(a["loss"] - b["loss"]) / a["loss"]}
-    row.update(skill_cpu=a["skill"], skill_gpu=b["skill"], skill_diff=abs(a["skill"] - b["skill"]), max_weight_diff=dw)
-    row["agree"] = row["rel_loss_diff"] < 1e-3 and row["skill_diff"] < 0.01
-    print(
-        f"  fp32, seed 0, {steps} steps: loss {a['loss']:.5f} (cpu) vs {b['loss']:.5f} ({dev}); last-hook probe skill"
-    )
-    print(f"  {a['skill']:.4f} vs {b['skill']:.4f}; max |dw| {dw:.1e}: {'agree' if row['agree'] else 'DIFFER'}")
-    return row
-
-
-#: the analyses section's trials, one per analysis, run on the CPU and on the device: (analysis, the sweep file
-#: and trial index its config comes from, params, params in a dry run, pretraining checkpoints, PPO checkpoints)
-DEVICE_ANALYSES = (
-    (
-        "composition",
-        "quickstart.yaml",
-        1,
-        {"n_seq": 400, "lookup_k": [1, 2]},
-        {"n_seq": 40, "lookup_k": [1]},
-        (),
-        (1, 2),
-    ),
-    ("policy_kl", "quickstart.yaml", 1, {"n_seq": 400}, {"n_seq": 20}, (), (1,)),
-    ("concept_vectors", "welfare.yaml", 0, {"n_seq": 300, "n_perm": 30}, {"n_seq": 60, "n_perm": 10}, (), (1, 2)),
-    ("rare", "rare.yaml", 2, {"n_episodes": 40, "n_seq": 300}, {"n_episodes": 10, "n_seq": 60}, (), (1, 2)),
-    ("negation", "objective.yaml", 1, {"lambdas": [1], "n_seq": 300}, {"lambdas": [1], "n_seq": 20}, (), (1,)),
-    (
-        "llc",
-        "development.yaml",
-        0,
-        {"num_burnin": 20, "num_draws": 40, "n_seq": 64, "batch_size": 32, "reward_episodes": 8},
-        {"num_burnin": 2, "num_draws": 8, "n_seq": 16, "batch_size": 16, "reward_episodes": 4},
-        (0,),
-        (1,),
-    ),
-)
-
-
-def stored_study_trial(storage: Path, sweep_file: str, point: int, dry: bool, steps=(), iterations=(1,)):
-    """A trial of a study's sweep file in storage, as its pipeline leaves it: its resolved config and env, and
-    models of its size (toy in a dry run) with distinct random weights: pretrained, M_A when the task starts
-    from one, pretraining checkpoints at ``steps`` and policies. Returns (storage path, sweep name, key)."""
-    from models.checkpoint import save_checkpoint
-    from models.transformer import Transformer
-    from rayexp.artifacts import TrialArtifacts
-    from rayexp.config import load_points
-
-    _, points = load_points(str(ROOT / "sweeps" / sweep_file))
-    r = points[point].trial
-    cfg = r.model.model_copy(update={k: v for k, v in TOY["toy L1 d16"].items() if k != "n_ctx"}) if dry else r.model
-    name = sweep_file.removesuffix(".yaml")
-    arts = TrialArtifacts(str(storage), name, "k")
-    start = "start-k" if r.start is not None else None
-    arts.write_meta(r.config.model_dump(), "pk", r.env, {"pretrain_seed": 0}, start_key=start, ppo=r.ppo.model_dump())
-
-    def put(seed: int, rel: str | None = None) -> Path:
-        path = save_checkpoint(storage / f"{name}.pt", Transformer(cfg, seed=seed))
-        if rel is not None:
-            arts.store.put(path, rel, checksum=True)
-        return path
-
-    put(0, "pretrain_cache/pk/model.pt")
-    if start:
-        put(1, f"pretrain_cache/{start}/model.pt")
-    for step in steps:
-        put(10 + step, f"pretrain_cache/pk/checkpoints/step_{step:07d}.pt")
-    for it in iterations:
-        arts.put_policy(put(100 + it), it)
-    return str(storage), name, "k"
-
-
-def compare_metrics(a: dict, b: dict, rtol: float = 1e-3, atol: float = 1e-5) -> dict:
-    """How two runs' metrics differ: the count beyond ``atol + rtol * |a|`` and the worst few (NaN = NaN;
-    wall times such as llc's ``seconds_per_estimate`` are no result and are left out)."""
-    import math
-
-    keys = sorted(k for k in set(a) & set(b) if "seconds" not in k)
-    beyond, worst_abs = [], 0.0
-    for k in keys:
-        x, y = float(a[k]), float(b[k])
-        if math.isnan(x) and math.isnan(y):
-            continue
-        d = abs(x - y)
-        worst_abs = max(worst_abs, d) if math.isfinite(d) else math.inf
-        if not d <= atol + rtol * abs(x):
-            beyond.append((d / (abs(x) + atol) if math.isfinite(d) else math.inf, k, x, y))
-    beyond.sort(reverse=True)
-    return {
-        "metrics": len(keys),
-        "only_one": len(set(a) ^ set(b)),
-        "beyond_tol": len(beyond),
-        "max_abs_diff": worst_abs,
-        "worst": [{"metric": k, "cpu": x, "device": y} for _, k, x, y in beyond[:3]],
-        "agree": not beyond and not set(a) ^ set(b),
-    }
-
-
-def section_analyses(args, dev: str, clock: Clock, tmp: Path) -> dict:
-    """Every analysis made device-ready (rayexp.stages.DEVICE_READY) beyond the quickstart's, on one stored
-    trial each, its models loaded to the CPU and then to the GPU through the trial's own TrialArtifacts: the
-    metrics must agree to float tolerance (the same data, random draws on CPU generators: a perturbation's
-    direction, SGLD's noise; episodes sample actions on the CPU from the policy's probabilities, so a
-    near-tie can flip one), and the seconds of each. negation's retraining is a copy here (the ppo section
-    measures the learner on the GPU): what runs is its scoring of M_A, M_B and the negated models."""
-    import contextlib
-    from unittest import mock
-
-    from rayexp import registry
-    from rayexp.artifacts import TrialArtifacts
-    from rayexp.figures import plt
-
-    def copy_retrain(settings, env, start, out, callback=None, gpu=0.0, **kw):
-        from models.checkpoint import load_checkpoint, save_checkpoint
-
-        save_checkpoint(out, load_checkpoint(start)[0])
-
-    try:
-        import rayexp.ppo  # RLlib; negation imports its train_ppo
-
-        stub = mock.patch.object(rayexp.ppo, "train_ppo", copy_retrain)
-    except ImportError:
-        stub = None
-    rows = []
-    for name, sweep, point, params, dry_params, steps, iterations in DEVICE_ANALYSES:
-        if clock.mine() < 5:
-            print(f"  {name:16s} skipped: out of budget")
-            rows.append({"analysis": name, "skipped": "budget"})
-            continue
-        if name == "negation" and stub is None:
-            print(f"  {name:16s} skipped: no RLlib here")
-            rows.append({"analysis": name, "skipped": "no RLlib"})
-            continue
-        where = stored_study_trial(tmp / "analyses", sweep, point, args.dry_run, steps, iterations)
-        spec, p = registry.get(name, "trial"), registry.validate_params(name, dry_params if args.dry_run else params)
-        metrics, seconds = {}, {}
-        for run, d in (("cpu", "cpu"), ("device", dev)):  # in a dry run the "device" is the CPU again
-            with stub if name == "negation" else contextlib.nullcontext():
-                t0 = time.perf_counter()
-                metrics[run] = {k: float(v) for k, v in spec.fn(TrialArtifacts(*where, device=d), p).metrics.items()}
-                if d == "cuda":
-                    import torch
-
-                    torch.cuda.synchronize()
-                seconds[run] = time.perf_counter() - t0
-            plt.close("all")
-        row = {"analysis": name, "cpu_s": seconds["cpu"], "device_s": seconds["device"]} | compare_metrics(
-            metrics["cpu"], metrics["device"]
-        )
-        rows.append(row)
-        worst = row["worst"][0] if row["worst"] else None
-        said = f"; worst {worst['metric']} {worst['cpu']:.6g} vs {worst['device']:.6g}" if worst else ""
-        print(
-            f"  {name:16s} cpu {seconds['cpu']:5.1f} s, {dev} {seconds['device']:5.1f} s: {row['metrics']} metrics, "
-            f"{row['beyond_tol']} beyond 1e-3 (max |d| {row['max_abs_diff']:.1e}){said}: "
-            f"{'agree' if row['agree'] else 'DIFFER'}"
-        )
-    ran = [r for r in rows if "skipped" not in r]
-    return {"rows": rows, "agree": bool(ran) and all(r["agree"] for r in ran)}
 
 
 def _ray(args) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
+from envs.env_config import ENV_KINDS
 from envs.processes import COMPOSITIONS, PROCESSES, signature_of
 from envs.rewards import REWARDS
 from rayexp import registry
@@ -20,6 +22,7 @@ from rayexp.analyze import run_analysis
 from rayexp.config import SweepError, load_sweep
 from rayexp.console import OneLineError, StderrLog
 from rayexp.report import report
+from rayexp.settings import TaskConfig
 from rayexp.studies.development import tms as tms_study
 from rayexp.studies.development.tms_config import is_tms_file
 from rayexp.sweep import PENDING_TIMEOUT_S, RESUME, STALL_TIMEOUT_S, print_summary, run_sweep
@@ -110,22 +113,43 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _say(head: str, text: str = "", indent: int = 6) -> None:
+    """One entry of ``rayexp list``, wrapped to 120 columns."""
+    print(textwrap.fill(f"{head}{text}", 120, initial_indent="  ", subsequent_indent=" " * indent))
+
+
+def _sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return para.split(". ")[0].rstrip(".") + "."
+
+
+def _params(model) -> str:
+    fields = model.model_fields.items()
+    return ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}" for k, f in fields)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    print("processes:")
+    print("processes (process: {name: ..., params}):")
     for name in sorted(PROCESSES):
-        print(f"  {signature_of(name)}")
+        _say(signature_of(name))
     for name, (required, optional) in sorted(COMPOSITIONS.items()):
-        print(f"  {name}({', '.join([*required, *(f'{o}=...' for o in optional)])})")
-    print("rewards:")
+        _say(f"{name}({', '.join([*required, *(f'{o}=...' for o in optional)])})")
+    print("rewards (tasks: reward, reward_params):")
     for name, cls in sorted(REWARDS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"  {name}: {doc[0] if doc else ''}")
+        params = ", ".join(f"{k}={d!r}" for k, (d, _) in cls.PARAMS.items())
+        _say(f"{name}({params}): ", _sentence(cls.__doc__))
+    print("envs (tasks: env):")
+    for name in ENV_KINDS:
+        _say(name)
+    _say("", TaskConfig.model_fields["env"].description or "", indent=2)
     print("analyses (per trial: analyses: in a sweep file; across trials: sweep_analyses: or rayexp analyze):")
     for name, a in sorted(registry.ANALYSES.items()):
-        print(f"  {name} [{a.scope}]: {a.description}")
+        _say(f"{name} [{a.scope}]: ", a.description)
+        _say("    params: ", _params(a.params), indent=8)
     print("studies:")
     for name, study in sorted(registry.STUDIES.items()):
-        print(f"  {name}: {study.description}")
+        _say(f"{name}: ", study.description)
     return 0
 
 
@@ -139,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser(
         "list",
-        help="list processes, rewards, analyses and studies",
-        description="What a sweep file can name: processes (with their parameters), rewards, analyses, studies.",
+        help="list processes, rewards, envs, analyses and studies, with their parameters",
+        description="What a sweep file can name, with parameters and defaults: processes, rewards, envs, analyses, studies.",
     )
     lst.set_defaults(func=_cmd_list)
 

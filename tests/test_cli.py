@@ -171,9 +171,11 @@ def test_version_and_list(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("rayexp ")
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("mess3(x: float = 0.15, a: float = 0.6)", "interleave(factors)", "joint_target:", "verdict [sweep]",
-                 "geometry [trial]", "composition:"):  # fmt: skip
+    for name in ("mess3(x: float = 0.15, a: float = 0.6)", "interleave(factors)", "joint_target(factors=(0, 1), m=None):",
+                 "verdict [sweep]", "geometry [trial]", "composition:", "  active_gated\n",
+                 "params: lambdas=[0.0, 0.5, 1.0, 2.0], iterations=5"):  # fmt: skip
         assert name in out, name
+    assert max(map(len, out.splitlines())) <= 120
 
 
 def test_progress_eta():
