@@ -8,10 +8,9 @@ across-trial analyses. Each section's fields are declared once, in :mod:`rayexp.
 problem back to where the file wrote it. Nothing here imports torch or RLlib.
 
 `load_sweep(path)` raises `SweepError` whose message is ONE line:
-``FILE: FIELD.PATH: what is wrong``. A file is read only if it is UTF-8, at most
-:data:`MAX_FILE_BYTES`, nested at most :data:`MAX_DEPTH` deep, expands (anchors and aliases counted
-each time they are used) to at most :data:`MAX_NODES` values and repeats no key; a sweep has at
-most :data:`~rayexp.axes.MAX_TRIALS` trials, counted before any is built.
+``FILE: FIELD.PATH: what is wrong``. The file is read through :mod:`rayexp.safe_yaml` (UTF-8, size,
+depth, alias expansion and repeated keys capped); a sweep has at most
+:data:`~rayexp.axes.MAX_TRIALS` trials, counted before any is built.
 """
 
 from __future__ import annotations
@@ -20,15 +19,14 @@ import copy
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
+from rayexp import safe_yaml
 from rayexp.axes import MAX_TRIALS
 from rayexp.checks import (
     check_analyses,
@@ -49,11 +47,6 @@ from rayexp.settings import (
 
 #: episodes stored when an analysis needs rollouts and the sweep file asks for fewer
 MIN_ROLLOUTS = 256
-# The shipped sweeps are a few kB; these caps stop a runaway or hostile file before it costs
-# memory, a RecursionError (deep nesting) or an exponential expansion (a "billion laughs" of aliases).
-MAX_FILE_BYTES = 1 << 20
-MAX_DEPTH = 64
-MAX_NODES = 100_000
 
 
 class SweepError(ValueError):
@@ -257,87 +250,11 @@ def sweep_points(sweep: SweepConfig, file: str) -> list[Point]:
     return _resolve_points(sweep, file, overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading the file
-
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Refused(Exception):
-    def __init__(self, line: int, message: str):
-        self.line, self.message = line, message
-
-
-class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
-    """Safe loading that refuses a repeated key (YAML keeps the last one silently) and reads
-    ``1e-3`` as the number YAML 1.2 says it is, not as a string."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden, by design
-                continue
-            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    raise _Refused(line, f"duplicate key {key!r} at line {line} (first at line {seen[key]})")
-                seen[key] = line
-            except TypeError:  # an unhashable key: the constructor below says so
-                break
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def _check_shape(text: str) -> None:
-    """Depth and expanded size from the parser's events, which need no recursion and share nothing:
-    an alias counts its anchor's whole subtree each time it is used, so a "billion laughs" is
-    refused after reading it once, not after expanding it."""
-    sizes: dict[str, int] = {}
-    open_: list[list[Any]] = []  # [anchor, values so far] of each open collection
-    total = 0
-    for event in yaml.parse(text, Loader=_SafeLoader):
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.CollectionStartEvent):
-            if len(open_) >= MAX_DEPTH:
-                raise _Refused(line, f"nested more than {MAX_DEPTH} levels deep")
-            open_.append([event.anchor, 1])
-            continue
-        if isinstance(event, yaml.CollectionEndEvent):
-            anchor, n = open_.pop()
-        elif isinstance(event, yaml.AliasEvent):
-            anchor, n = None, sizes.get(event.anchor, 1)
-        elif isinstance(event, yaml.ScalarEvent):
-            anchor, n = event.anchor, 1
-        else:
-            continue
-        if anchor:
-            sizes[anchor] = n
-        if open_:
-            open_[-1][1] += n
-        else:
-            total += n
-        if (open_[-1][1] if open_ else total) > MAX_NODES:
-            raise _Refused(
-                line,
-                f"the document expands to more than {MAX_NODES:_} values, each alias counted as the whole "
-                "anchor it repeats; write the values out instead",
-            )
-
-
 def parse_sweep(text: str, file: str) -> SweepConfig:
     try:
-        _check_shape(text)
-        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except _Refused as err:
-        raise SweepError(file, f"line {err.line}", err.message) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "yaml"
-        raise SweepError(file, where, f"not valid YAML: {getattr(err, 'problem', err)}") from None
+        raw = safe_yaml.loads(text)
+    except safe_yaml.YamlRefused as err:
+        raise SweepError(file, err.where, err.message) from None
     if not isinstance(raw, dict):
         raise SweepError(file, "", f"a sweep file is a YAML mapping, got {type(raw).__name__}")
     base = raw.get("base") if isinstance(raw.get("base"), dict) else {}
@@ -358,17 +275,9 @@ def parse_sweep(text: str, file: str) -> SweepConfig:
 
 def _read(path: str | Path) -> SweepConfig:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)  # never more: the file may be huge, or endless
-    except OSError as err:
-        raise SweepError(str(path), "", f"cannot read: {err.strerror or err}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SweepError(str(path), "", f"larger than {MAX_FILE_BYTES:_} bytes; a sweep file is a few kB of YAML")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        where = f"byte {err.start} ({raw[err.start : err.start + 1]!r})"
-        raise SweepError(str(path), "", f"not UTF-8 text at {where}; save the file as UTF-8") from None
+        text = safe_yaml.read_text(path)
+    except safe_yaml.YamlRefused as err:
+        raise SweepError(str(path), err.where, err.message) from None
     return parse_sweep(text, str(path))
 
 

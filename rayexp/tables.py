@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-
 #: a terminal's width: wider tables are split into column blocks, each repeating the first columns
 WIDTH = 120
 #: a cell longer than this (a verdict's reason) is printed under the table as a numbered note

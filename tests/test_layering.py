@@ -71,6 +71,7 @@ RAYEXP_LAYERS = [
         "rayexp.tracking",
         "rayexp.ray_local",
         "rayexp.console",
+        "rayexp.safe_yaml",
     },
     {"rayexp.axes", "rayexp.settings", "rayexp.cache"},  # the sweep file's schema
     {"rayexp.artifacts", "rayexp.probes", "rayexp.rollouts", "rayexp.analysis", "rayexp.study"},

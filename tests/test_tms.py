@@ -321,7 +321,15 @@ def test_rayexp_cli_hands_tms_files_to_the_study(tmp_path, capsys):
     deep = tmp_path / "deep.yaml"
     deep.write_text("study: tms\nname: t\nseeds: [0]\ndata: " + "[" * 5000 + "]" * 5000 + "\n")
     assert rayexp_main(["validate", str(deep)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {deep}: nested too deep"
+    assert capsys.readouterr().err.strip() == f"error: {deep}: line 4: nested more than 64 levels deep"
+    bomb = tmp_path / "bomb.yaml"  # a billion laughs in a field the schema reads
+    rows = ["[lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+        f"[{', '.join([f'*l{k - 1}'] * 9)}]" for k in range(1, 9)
+    ]
+    aliases = ", ".join(f"l{k}: &l{k} {row}" for k, row in enumerate(rows))
+    bomb.write_text(f"study: tms\nname: t\nseeds: [0]\ndescription: {{{aliases}}}\n")
+    assert rayexp_main(["validate", str(bomb)]) == 2
+    assert "expands to more than 100_000 values" in capsys.readouterr().err
     assert rayexp_main(["validate", str(shipped)]) == 0
     assert f"{shipped}: ok: TMS sweep 'tms', 10 trials" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"

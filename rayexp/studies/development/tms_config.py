@@ -11,14 +11,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.config import MAX_SEED, STRICT
+from rayexp import safe_yaml
 from rayexp.studies.development.llc import SGLDSettings, default_nbeta
 from rayexp.studies.development.tms_llc import LLC_BATCH, N_LLC, TMS_SGLD
-
-MAX_BYTES = 1 << 20
 
 
 class _Section(BaseModel):
@@ -133,21 +131,9 @@ def load(path: str | Path) -> TMSSweep:
     """Read and validate a TMS sweep file; :class:`SweepFileError` with one line on any bad input."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise SweepFileError(f"{path}: cannot read: {err.strerror or err}") from None
-    if len(raw) > MAX_BYTES:
-        raise SweepFileError(f"{path}: over {MAX_BYTES} bytes")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SweepFileError(f"{path}: not UTF-8") from None
-    except RecursionError:
-        raise SweepFileError(f"{path}: nested too deep") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise SweepFileError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+        data = safe_yaml.loads(safe_yaml.read_text(path))
+    except safe_yaml.YamlRefused as err:  # the same guard as every sweep file: size, UTF-8, depth, aliases
+        raise SweepFileError(f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise SweepFileError(f"{path}: a sweep file is a mapping of sections, got {type(data).__name__}")
     return validate(data, str(path))
@@ -162,7 +148,7 @@ def is_tms_file(path: str | Path) -> bool:
     anything that is not a TMS file, unreadable ones included, goes to it unparsed."""
     try:
         raw = Path(path).read_bytes()
-        return len(raw) <= MAX_BYTES and _STUDY_LINE.search(raw.decode("utf-8")) is not None
+        return len(raw) <= safe_yaml.MAX_FILE_BYTES and _STUDY_LINE.search(raw.decode("utf-8")) is not None
     except (OSError, UnicodeDecodeError):
         return False
 
