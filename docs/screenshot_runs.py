@@ -43,6 +43,8 @@ def _serve(store: str, port: int) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
     )
     for _ in range(120):
+        if server.poll() is not None:  # it could not bind: something else holds the port
+            sys.exit(f"mlflow ui exited (is 127.0.0.1:{port} taken? try --port)")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
             return server

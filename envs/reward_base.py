@@ -78,7 +78,7 @@ def check_number(value, what: str) -> float:
     """``value`` as a float: a real number (``true`` is none), finite, at most MAX_REWARD in size."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{what} must be a number; got {value!r}")  # noqa: TRY004  (bad input, one message)
-    if not abs(float(value)) <= MAX_REWARD:
+    if not abs(value) <= MAX_REWARD:  # before float(): a 400-digit int overflows it
         raise ValueError(f"{what} must be finite and at most {MAX_REWARD:g} in size; got {value!r}")
     return float(value)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 # Documented maxima of the size fields (see the module docstring for why they exist).
 MAX_N_CTX = 4096  # the CPU attention kernel keeps a (B, H, T, T) pattern; HMM beliefs need short contexts
@@ -29,7 +29,9 @@ MAX_STEPS = 10_000_000  # 2000 steps train the flagship model; a few extra zeros
 MAX_SEED = 2**31 - 1
 # Adam moves every weight by about lr per step: past 1 the weights of these models (scale ~0.1) are
 # gone in one step, so a larger value is a typo (1.5 for 1.5e-3), caught here rather than as nan.
+# Plain SGD's step scales with the gradient, so it may go higher; past 1000 it is a typo too.
 MAX_LR = 1.0
+MAX_SGD_LR = 1000.0
 
 #: Strict and finite: ``true`` is not the integer 1, "2" is not a number, and inf / nan are no value
 #: a training run can use (they pass every ``ge=`` bound and train nothing).
@@ -81,7 +83,9 @@ class PretrainConfig(BaseModel):
         le=MAX_N_CTX,
         description=f"input positions per sequence (<= n_ctx <= {MAX_N_CTX}); None = the model's n_ctx",
     )
-    lr: float = Field(1e-3, gt=0, le=MAX_LR, description=f"peak learning rate (<= {MAX_LR:g})")
+    lr: float = Field(
+        1e-3, gt=0, le=MAX_SGD_LR, description=f"peak learning rate (<= {MAX_LR:g} with adamw, {MAX_SGD_LR:g} with sgd)"
+    )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW (fused kernel) or SGD")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (ignored by AdamW)")
     # Strict(False): a YAML or JSON list is a tuple here (each beta stays strict and finite)
@@ -119,6 +123,14 @@ class PretrainConfig(BaseModel):
     optimal_loss_samples: int = Field(
         20000, ge=100, description="Monte-Carlo sequences for the optimal loss when the process has no exact one"
     )
+
+    @model_validator(mode="after")
+    def _adam_lr(self) -> PretrainConfig:
+        if self.optimizer == "adamw" and self.lr > MAX_LR:
+            raise ValueError(
+                f"lr {self.lr:g} exceeds {MAX_LR:g} with adamw, which moves every weight by about lr a step"
+            )
+        return self
 
     @property
     def optimizer_states(self) -> int:

@@ -2,8 +2,8 @@
 distributions), split from :mod:`rayexp.settings`, which holds the trial's own sections.
 
 A grid point is one trial per task, so a value listed twice would run the same trial twice under
-one name (and count twice in every across-seed statistic): repeats are an error. Repeats of the whole
-grid are ``num_samples``.
+one name (and count twice in every across-seed statistic): repeats are an error; repeats with new
+seeds are a seed axis.
 """
 
 from __future__ import annotations
@@ -83,11 +83,14 @@ class Axes(_Strict):
                 raise ValueError(f"axis {key!r} has no values")
             seen: dict[str, int] = {}
             for i, value in enumerate(values):
-                text = json.dumps(value, sort_keys=True, default=str)
+                try:
+                    text = json.dumps(value, sort_keys=True, default=str)
+                except TypeError:  # keys of mixed types cannot be sorted; the schema refuses them later
+                    text = repr(value)
                 if text in seen:
                     raise ValueError(
                         f"axis {key!r} lists {value!r} twice (at {seen[text]} and {i}): each value is a trial; "
-                        "repeat the grid with num_samples"
+                        "for repeats, add a seed axis"
                     )
                 seen[text] = i
         return grid

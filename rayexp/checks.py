@@ -117,6 +117,8 @@ def check_finite(value: Any, path: str) -> None:
     where no schema field holds them to finite numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         raise FieldError(path, f"must be a finite number (got {value})")
+    if isinstance(value, int) and abs(value) > 2**53:  # past float64's integers; 2**1024 overflows it
+        raise FieldError(path, f"must be at most 2**53 in size (got an integer of {len(str(abs(value)))} digits)")
     if isinstance(value, dict):
         for key, item in value.items():
             check_finite(item, f"{path}.{key}")
@@ -140,6 +142,11 @@ def check_storage(storage_path: str) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".rayexp-probe-", dir=existing))
     except OSError as err:
         raise FieldError("storage_path", f"cannot create directories in {existing}: {err.strerror or err}") from None
+
+
+def check_process(spec: dict[str, Any], path: str) -> None:
+    """A process spec on its own: finite, within the state caps, and buildable (FieldError at ``path``)."""
+    _build_at(spec, path)
 
 
 def _build_at(spec: dict[str, Any], path: str):
@@ -249,11 +256,10 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
             )
 
     check_analyses(trial.analyses, "trial", "analyses")
+    actions = this.action_tokens.tolist()  # the env's action set, which the analysis scores them on
     for i, ref in enumerate(trial.analyses):
         for where, spec in validate_params(ref.name, ref.params).rewards().items():
-            _reward_at(
-                spec["reward"], spec["reward_params"], task_hmm, task.action_tokens, f"analyses[{i}].params.{where}"
-            )
+            _reward_at(spec["reward"], spec["reward_params"], task_hmm, actions, f"analyses[{i}].params.{where}")
     return {"vocab": vocab, "d_vocab": model.d_vocab, "n_ctx": n_ctx, "context": context}
 
 
@@ -278,7 +284,7 @@ def check_lr(section: Any, path: str) -> None:
             and (key in _LR_KEYS or key.endswith("_lr"))
             and isinstance(value, (int, float))
             and not isinstance(value, bool)
-            and not (value >= 0 and math.isfinite(value))
+            and not (value >= 0 and (isinstance(value, int) or math.isfinite(value)))  # a huge int overflows isfinite
         ):
             raise FieldError(f"{path}.{key}", f"learning rate must be >= 0 (got {value!r})")
 

@@ -31,16 +31,17 @@ def _render(cols: list[str], table: list[list[str]]) -> list[str]:
 
 
 def format_table(rows: list[dict[str, Any]], width: int = WIDTH, keep: int = 2) -> str:
-    """Rows as a plain-text table no wider than ``width``: long text cells become numbered notes under
-    it, and columns that do not fit go to further blocks, each repeating the first ``keep`` columns."""
-    if not rows:
-        return "(no trials)"
+    """Rows as a plain-text table no wider than ``width`` (unless one column and the first ``keep`` are
+    wider on their own): long text cells become numbered notes under it, and columns that do not fit
+    go to further blocks, each repeating the first ``keep`` columns."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
+    if not cols:
+        return "(no trials)"
     table = [[_cell(r.get(c)) for c in cols] for r in rows]
     notes: list[str] = []
     for i, c in enumerate(cols):
-        if max(len(t[i]) for t in table) > LONG:
-            for t in table:
+        for t in table:
+            if len(t[i]) > LONG:
                 notes.append(textwrap.fill(f"[{len(notes) + 1}] {c}: {t[i]}", width, subsequent_indent="    "))
                 t[i] = f"[{len(notes)}]"
     widths = [max(len(c), *(len(t[i]) for t in table)) + 2 for i, c in enumerate(cols)]

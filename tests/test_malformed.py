@@ -22,7 +22,7 @@ from rayexp.config import load_sweep
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # quickstart: every mutation; the others hold the free-form sections (process specs, reward and
 # analysis params) that no schema field types, where a bad value is easiest to miss
-SWEEPS = ["quickstart", "objective", "rare", "welfare", "development"]
+SWEEPS = ["quickstart", "objective", "rare", "welfare", "development", "geometry"]
 NAN, INF = float("nan"), float("inf")
 
 
@@ -51,7 +51,7 @@ def _wrong(value) -> list:
     if isinstance(value, bool):
         return ["maybe", 2, [value], {"a": 1}]
     if isinstance(value, (int, float)):
-        return [NAN, INF, -INF, "abc", {"a": 1}]
+        return [NAN, INF, -INF, "abc", {"a": 1}, {1: 2, "a": 1}]
     if isinstance(value, str):
         return [{"a": 1}, [value]]
     if isinstance(value, dict):
@@ -66,7 +66,7 @@ def _unusual(value) -> list:
     if isinstance(value, bool):
         return [None]
     if isinstance(value, (int, float)):
-        return [0, -1, 10**30, True, None, [value]]
+        return [0, -1, 10**30, 10**400, True, None, [value]]
     if isinstance(value, str):
         return ["", "no_such_name", 123, None, True]
     if isinstance(value, list):

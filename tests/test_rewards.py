@@ -228,6 +228,7 @@ def test_reward_punish_and_rare_next_token_values():
         ),
         ("payoff", mess3(), {"matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1e30]]}, None, "at most 1e\\+06 in size"),
         ("rare_next_token", mess3(), {"rare": True}, None, "rare must be a number"),
+        ("rare_next_token", mess3(), {"rare": 10**400}, None, "rare must be finite and at most 1e\\+06"),
         ("payoff", mess3(), {"matrix": EYE3, "offset": 2}, None, "offset must be 1 .* or 0"),
         ("payoff", mess3(), {"matrix": EYE3, "offset": True}, None, "offset must be 1"),
         ("payoff", mess3(), {"matrix": EYE3, "offset": "1"}, None, "offset must be 1"),

@@ -393,7 +393,8 @@ BAD_VALUES = [
     ("sweep_analyses.0.group_by", ["process", "process"], "sweep_analyses[0].group_by", "listed more than once"),
     ("storage_path", "", "storage_path", "at least 1 character"),
     ("base.ppo.lr", 5.0, "base.ppo.lr", "less than or equal to 1"),
-    ("base.pretrain.lr", 1e30, "base.pretrain.lr", "less than or equal to 1"),
+    ("base.pretrain.lr", 1e30, "base.pretrain.lr", "less than or equal to 1000"),
+    ("base.pretrain.lr", 1.5, "base.pretrain", "lr 1.5 exceeds 1 with adamw"),
     ("base.pretrain.warmup_steps", 10**30, "base.pretrain.warmup_steps", "less than or equal to 10000000"),
     ("resources.cpu", 1e30, "resources.cpu", "less than or equal to 4096"),
     ("tasks.1.reward_params", {"factors": [0, True]}, "tasks[1].reward_params", "factors"),
@@ -412,6 +413,31 @@ def test_a_base_value_that_an_axis_replaces_is_still_checked(tmp_path, capsys, m
     data["axes"] = {"grid": {"process": [{"name": "mess3", "x": 0.05, "a": 0.85}]}}
     error = refused(tmp_path, capsys, monkeypatch, data)
     assert error.startswith("base.process.factors[0].x: ") and "finite number" in error, error
+
+
+def test_a_placeholder_base_process_under_a_process_grid_is_fine(tmp_path):
+    data = quickstart(tmp_path)
+    data["axes"] = {"grid": {"process": [data["base"]["process"]]}}
+    data["base"]["process"] = {"name": "mess3"}  # no joint target on a leaf; every trial replaces it
+    file = tmp_path / "ok.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert len(load_sweep(file)[1]) == 3
+
+
+def test_score_also_is_built_on_the_env_action_set(tmp_path, capsys, monkeypatch):
+    """The task's joint target acts on A's 3 tokens of the 6: an extra payoff has one row per action."""
+    data = quickstart(tmp_path)
+    rows = [[int(k == v) for v in range(6)] for k in range(3)]
+    negation = {"name": "negation", "params": {"score_also": {"pay": {"reward": "payoff", "reward_params": {}}}}}
+    data["base"]["analyses"], data["sweep_analyses"] = [negation], []
+    data["tasks"] = [{"name": "b", "reward": "joint_target", "start_from": {"reward": "joint_target", "iterations": 1}}]
+    negation["params"]["score_also"]["pay"]["reward_params"]["matrix"] = rows
+    file = tmp_path / "ok.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert len(load_sweep(file)[1]) == 1
+    negation["params"]["score_also"]["pay"]["reward_params"]["matrix"] = rows + rows
+    error = refused(tmp_path, capsys, monkeypatch, data)
+    assert error.startswith("base.analyses[0].params.score_also.pay.reward_params: ") and "shape (3, 6)" in error
 
 
 def test_score_also_takes_reward_specs_only():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import action_probs
 from rayexp.stats import bootstrap_ci
@@ -22,7 +23,7 @@ from rayexp.stats import bootstrap_ci
 
 class PolicyKLParams(Params):
     n_seq: int = Field(1000, ge=10, le=1_000_000, description="fresh sequences per stream")
-    seed: int = Field(0, ge=0, description="seed of the sampled sequences and the bootstrap")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the sampled sequences and the bootstrap")
 
 
 def forward_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:

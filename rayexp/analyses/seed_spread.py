@@ -14,6 +14,7 @@ import math
 import pyarrow as pa
 from pydantic import Field
 
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.stats import bootstrap_ci
 
@@ -26,7 +27,7 @@ class SeedSpreadParams(Params):
     )
     n_boot: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples")
     ci: float = Field(0.95, gt=0, lt=1, description="interval coverage")
-    seed: int = Field(0, ge=0, description="seed of the resampling")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the resampling")
 
 
 def summarise(values: dict[str, list[float]], params: SeedSpreadParams) -> dict[str, float]:

@@ -47,6 +47,7 @@ from pydantic import Field
 
 from envs.process import HMM
 from envs.rewards import Reward, make_reward
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
 from rayexp.probes import residual_layers, split_sequences
@@ -62,6 +63,7 @@ class CompositionParams(Params):
     seed: int = Field(
         0,
         ge=0,
+        le=MAX_SEED,
         description="seeds the sequences, 2x2 partners and split (the same for every trial: paired across "
         "seeds) and, with the trial's seed, the perturbation's direction",
     )

@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import Field
 
 from envs.rewards import make_reward
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.probes import collect_activations, residual_layers
 from rayexp.ridge import fit_probes
@@ -57,7 +58,9 @@ CONDITIONS = ("factor0", "factor1", "both", "random0", "random1", "random_both")
 
 class GeometryParams(Params):
     n_seq: int = Field(1000, ge=20, le=1_000_000, description="fresh sequences of the RL stream")
-    seed: int = Field(0, ge=0, description="seeds the sequences, the split, the 2x2 partners and the random subspaces")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seeds the sequences, the split, the 2x2 partners and the random subspaces"
+    )
     alpha: float = Field(1e-3, gt=0, description="ridge penalty of the probes (relative to the features' scale)")
     n_random: int = Field(2, ge=1, le=50, description="random subspaces per control condition")
     lookup_k: list[Annotated[int, Field(ge=1, le=8)]] = Field(

@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.probes import collect_activations, hook_position, residual_layers, split_sequences
 from rayexp.stats import paired_bootstrap_ci
@@ -54,7 +55,7 @@ MODELS = ("pre", "post", "random_init")
 
 class RepresentationParams(Params):
     n_seq: int = Field(2000, ge=20, le=1_000_000, description="fresh sequences of the RL stream")
-    seed: int = Field(0, ge=0, description="seeds the sequences, the train/test split and the bootstrap")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the sequences, the train/test split and the bootstrap")
     alpha: float = Field(1e-3, gt=0, description="ridge penalty of the probes (relative to the features' scale)")
     test_frac: float = Field(0.5, gt=0, lt=1, description="share of sequences held out to score the probes")
 

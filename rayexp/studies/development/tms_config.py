@@ -147,9 +147,8 @@ def is_tms_file(path: str | Path) -> bool:
     parse: the project's loader guards hostile YAML (alias bombs, deep nesting) before parsing, and
     anything that is not a TMS file, unreadable ones included, goes to it unparsed."""
     try:
-        raw = Path(path).read_bytes()
-        return len(raw) <= safe_yaml.MAX_FILE_BYTES and _STUDY_LINE.search(raw.decode("utf-8")) is not None
-    except (OSError, UnicodeDecodeError):
+        return _STUDY_LINE.search(safe_yaml.read_text(path)) is not None
+    except safe_yaml.YamlRefused:
         return False
 
 

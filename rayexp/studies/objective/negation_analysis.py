@@ -36,7 +36,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.config import NAME_PATTERN, STRICT
+from models.config import MAX_SEED, NAME_PATTERN, STRICT
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import model_device
 from rayexp.stats import paired_bootstrap_ci
@@ -67,7 +67,9 @@ class NegationParams(Params):
     )
     iterations: int = Field(5, ge=1, le=1000, description="PPO iterations of the brief retraining on R_A")
     n_seq: int = Field(1000, ge=20, le=1_000_000, description="stream sequences of the exact evaluation")
-    seed: int = Field(0, ge=0, description="seeds the evaluation sequences (the same for every trial: paired)")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seeds the evaluation sequences (the same for every trial: paired)"
+    )
     score_also: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ScoredReward] = Field(
         default_factory=dict,
         description="more rewards to score every model on, {name: {reward, reward_params}}: the other tasks' "

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.stats import t_ci
 from rayexp.studies.objective import inference
@@ -53,7 +54,7 @@ class TaskVectorParams(Params):
     # Holm over ~16 modules needs p as small as 0.05 / 16 = 0.003 to reject anything; a permutation p is
     # at least 1 / (n_perm + 1), so 200 permutations could never reach it
     n_perm_module: int = Field(1000, ge=10, le=100_000, description="permutations per module classifier")
-    seed: int = Field(0, ge=0, description="seeds the evaluation sequences and the permutations")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the evaluation sequences and the permutations")
 
 
 def _ci(prefix: str, values, stat=None) -> dict[str, float]:

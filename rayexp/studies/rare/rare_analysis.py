@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import action_probs, model_device
 from rayexp.probes import residual_layers, split_sequences
@@ -51,7 +52,7 @@ class RareParams(Params):
     n_seq: int = Field(1000, ge=50, le=1_000_000, description="evaluation-stream sequences for the probes")
     eval_eps: float = Field(0.2, gt=0, le=0.5, description="trigger probability per A step in the evaluation stream")
     alpha: float = Field(1e-3, gt=0, description="ridge penalty of the probes (relative to the features' scale)")
-    seed: int = Field(0, ge=0, description="seeds the episodes, the evaluation stream and its split")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the episodes, the evaluation stream and its split")
 
 
 def _eval_stream(env_process: dict, eps: float) -> dict:

@@ -41,6 +41,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from envs.outcome import OutcomeTokens, outcome_probs
+from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import action_probs, model_device
 from rayexp.probes import residual_layers
@@ -63,7 +64,7 @@ class ConceptParams(Params):
         None, ge=1, description="rows per random group of the group-difference control; default: per-outcome count"
     )
     checkpoints: bool = Field(True, description="also the curve over stored PPO checkpoints")
-    seed: int = Field(0, ge=0, description="seeds the sequences, the balancing and the shuffles")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the sequences, the balancing and the shuffles")
 
 
 def _hooks(model) -> list[str]:
