@@ -177,7 +177,7 @@ class ProbeSettings(_Strict):
         default=None, gt=0, le=MAX_N_CTX, description="Probe sequence length; null = model n_ctx. Must be <= n_ctx."
     )
     test_frac: float = Field(default=0.2, gt=0, lt=1, description="Share of sequences held out for scoring.")
-    alpha: float = Field(default=1e-6, ge=0, description="Ridge penalty.")
+    alpha: float = Field(default=1e-6, ge=0, le=1e6, description="Ridge penalty (<= 1e6: past it every probe is 0).")
     hooks: list[str] | None = Field(default=None, description="Hook names to probe; null = all residual hooks.")
     figures: bool = Field(default=True, description="Log belief-simplex and skill-by-layer figures.")
 
