@@ -148,7 +148,9 @@ def test_the_score_is_absolute_mass_and_its_excess_is_paired_with_the_null():
 def test_verdict_without_a_null_uses_absolute_thresholds_and_says_so():
     v = decide(_seeds(0.05), _seeds(0.1, seed=1), _seeds(0.0, seed=2))
     assert v.code == REWEIGHTING and v.reference == "absolute" and "no null" in v.reason
-    assert decide(_seeds(0.8), _seeds(0.7, seed=1), _seeds(0.9, seed=2)).code == COMPOSITION
+    composed = decide(_seeds(0.8), _seeds(0.7, seed=1), _seeds(0.9, seed=2))
+    assert composed.code == COMPOSITION and "beyond the null" not in composed.reason  # there is none to be beyond
+    assert composed.reason.count("unexplained (absolute, no null for this pair)") == 2, composed.reason
 
 
 def test_one_seed_verdict_uses_the_context_intervals():

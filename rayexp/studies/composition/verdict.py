@@ -212,6 +212,8 @@ def decide(
         return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
+    # what is left, said against the null where there is one (else as an absolute share, saying so)
+    beyond = "beyond the null" if have_null else "unexplained (absolute, no null for this pair)"
     if explained(d_rw, i_rw):
         return out(REWEIGHTING, f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})")
     readout = f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})"
@@ -223,10 +225,10 @@ def decide(
         why_el = (
             f"random-init features explain it as well (excess {spec}): not from pretraining"
             if generic and not unexplained(d_el, i_el)
-            else f"{d_el} beyond the null for a readout"
+            else (f"{d_el} beyond the null for a readout" if have_null else f"a readout leaves {d_el} {beyond}")
         )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
-            return out(COMPOSITION, f"a map of p_pre leaves {d_rw} beyond the null; {why_el}; margin {i_m}")
+            return out(COMPOSITION, f"a map of p_pre leaves {d_rw} {beyond}; {why_el}; margin {i_m}")
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
         return out(INCONCLUSIVE, f"neither class explains it ({why_el}), but the per-phase margin is {why}")
     if explained(d_el, i_el):
