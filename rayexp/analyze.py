@@ -118,6 +118,21 @@ def parent_run(uri: str, experiment: str, parent: str | None = None):
     return tracking.client(uri).get_run(parent or latest_sweep_run(uri, experiment))
 
 
+def sweep_file_entry(run, name: str) -> dict[str, Any] | None:
+    """The sweep file's own ``sweep_analyses`` entry for ``name`` (its params and group_by), from the
+    parent run's params; None when the file did not list it."""
+    try:
+        entries = json.loads(run.data.params.get("sweep_analyses", "[]"))
+    except ValueError:
+        return None
+    return next((e for e in entries if isinstance(e, dict) and e.get("name") == name), None)
+
+
+def _missing(params, group_by, declared: dict) -> str:
+    said = [] if group_by is not None else [f"group_by {declared.get('group_by', ['task'])}"]
+    return ", ".join(said + ([] if params is not None else [f"params {declared.get('params', {})}"]))
+
+
 def run_analysis(
     experiment: str,
     name: str,
@@ -131,16 +146,21 @@ def run_analysis(
     """Run across-trial analysis ``name`` over a sweep's finished trials (and those of the sweeps in
     ``pool``, latest run of each); returns {group: metrics}."""
 
-    params = dict(params or {})
-    group_by = list(group_by if group_by is not None else ["task"])
+    try:
+        analyses.get(name, scope="sweep")
+    except ValueError as err:  # names the valid ones
+        raise SweepError("--analysis", name, str(err)) from None
+    uri = tracking.tracking_uri()
+    run, trials = sweep_trials(uri, experiment, parent)
+    declared = sweep_file_entry(run, name)
+    if declared is not None and (params is None or group_by is None):
+        print(f"analysis {name!r}: as the sweep file declares it, {_missing(params, group_by, declared)}", file=file)
+    params = dict(params if params is not None else (declared or {}).get("params", {}))
+    group_by = list(group_by if group_by is not None else (declared or {}).get("group_by", ["task"]))
     try:
         analyses.validate_params(name, params, scope="sweep")
     except ValueError as err:  # pydantic's ValidationError is a ValueError too
-        raise SweepError(
-            "--params" if name in analyses.ANALYSES else "--analysis", name, str(err).splitlines()[0]
-        ) from None
-    uri = tracking.tracking_uri()
-    run, trials = sweep_trials(uri, experiment, parent)
+        raise SweepError("--params", name, str(err).splitlines()[0]) from None
     log_name = name
     if pool:
         for other in pool:

@@ -92,10 +92,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     try:
-        params = json.loads(args.params) if args.params else {}
+        params = json.loads(args.params) if args.params is not None else None
     except json.JSONDecodeError as err:
         raise SweepError("--params", "", f"not valid JSON: {err.msg}") from None
-    if not isinstance(params, dict):
+    if params is not None and not isinstance(params, dict):
         raise SweepError("--params", "", "must be a JSON object")
     group_by = [g for g in args.group_by.split(",") if g] if args.group_by is not None else None
     run_analysis(
@@ -248,11 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ana.add_argument("experiment", help="MLflow experiment name of the sweep")
     ana.add_argument("--analysis", required=True, help="across-trial analysis name, e.g. seed_spread")
-    ana.add_argument("--params", default=None, help='analysis parameters as JSON, e.g. \'{"metrics": ["..."]}\'')
+    ana.add_argument(
+        "--params",
+        default=None,
+        help='analysis parameters as JSON, e.g. \'{"metrics": ["..."]}\'; default: the sweep file\'s for this analysis',
+    )
     ana.add_argument(
         "--group-by",
         default=None,
-        help="comma-separated trial config fields (task, process, seed, model.d_model, ...); default: task",
+        help="comma-separated trial config fields (task, process, seed, model.d_model, ...); default: the sweep "
+        "file's group_by for this analysis, else task",
     )
     ana.add_argument("--parent", default=None, help="parent run id of the sweep (default: latest)")
     ana.add_argument(

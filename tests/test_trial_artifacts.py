@@ -68,6 +68,7 @@ def test_sweep_stores_checkpoints_and_analyze_logs_once(workdir):
     assert key in c.get_run(parent).data.metrics
     for _ in range(2):
         run_analysis("stored", "seed_spread", {"metrics": ["analysis/policy_kl/policy_kl"]}, ["task"])
+    run_analysis("stored", "seed_spread")  # no params, no group_by: the sweep file's own, so nothing new either
     assert len(c.get_metric_history(parent, key)) == 1
     names = {m for m in c.get_run(parent).data.metrics if m.startswith("sweep/seed_spread/")}
     assert all(len(c.get_metric_history(parent, m)) == 1 for m in names) and len(names) == 8
