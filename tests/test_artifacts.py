@@ -126,3 +126,18 @@ def test_forward_kl_known_values():
     assert forward_kl(p, q) == pytest.approx(np.log(2))
     assert forward_kl(p, p) == 0.0
     assert forward_kl(q, p) == np.inf  # q puts mass where p has none
+
+
+def test_analyze_reads_the_sweep_files_own_entry():
+    from types import SimpleNamespace
+
+    from rayexp.analyze import sweep_file_entry
+
+    declared = [{"name": "verdict", "params": {}, "group_by": ["process"]}]
+    run = SimpleNamespace(data=SimpleNamespace(params={"sweep_analyses": json.dumps(declared)}))
+    assert sweep_file_entry(run, "verdict") == declared[0]
+    assert sweep_file_entry(run, "seed_spread") is None
+    assert (
+        sweep_file_entry(SimpleNamespace(data=SimpleNamespace(params={"sweep_analyses": "[oops"})), "verdict") is None
+    )
+    assert sweep_file_entry(SimpleNamespace(data=SimpleNamespace(params={})), "verdict") is None

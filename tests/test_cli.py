@@ -226,3 +226,11 @@ def test_pooling_sweeps_accepts_new_seeds_and_refuses_anything_else():
     with pytest.raises(SweepError, match="both pooled sweeps ran this seed"):
         check_poolable([trial(0), trial(1), trial(1)])
     check_poolable([trial(0), trial(0, task="negative_control", lr=5e-4)])  # tasks may differ from each other
+
+
+def test_analyze_refuses_an_unknown_analysis_before_reading_mlflow(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "nothing_here", "--analysis", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown sweep-level analysis 'nope'" in err[0], err
+    assert not (tmp_path / "mlflow.db").exists()
