@@ -208,9 +208,11 @@ def _log(uri, run_id, name, params, group_by, results, groups, file, annotate=Tr
             table, columns = study.run_annotations[name]
             rows = [row for r in results.values() if table in r["tables"] for row in r["tables"][table].to_pylist()]
             tracking.annotate_from_table(uri, run_id, name, rows, list(columns))
-    print(
-        f"analysis {name!r}: {len(groups)} groups ({', '.join(f'{g}: {len(m)} trials' for g, m in groups.items())}); "
-        f"{len(fresh)} new metrics on parent run {run_id} ({len(new) - len(fresh)} already there)",
-        file=file,
-    )
+
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    members = ", ".join(f"{g}: {n(len(m), 'trial')}" for g, m in groups.items())
+    print(f"analysis {name!r}: {n(len(groups), 'group')} ({members})", file=file)
+    print(f"  {n(len(fresh), 'new metric')} on parent run {run_id} ({len(new) - len(fresh)} already there)", file=file)
     return {g: r["metrics"] for g, r in results.items()}
