@@ -69,7 +69,7 @@ class RareNextToken(Reward):
         if not is_int(f) or not 0 <= f < layout.n_factors:
             raise ValueError(f"reward 'rare_next_token': factor must be an index < {layout.n_factors}; got {f!r}")
         self._rare = layout.token_owner == f  # (V,)
-        self._values = np.array([float(self.params["common"]), float(self.params["rare"])])
+        self._values = np.array([self.params["common"], self.params["rare"]])  # floats: Reward checked them
 
     def targets(self, tokens, states):
         return tokens[:, 1:].astype(np.int64)

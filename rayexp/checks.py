@@ -85,7 +85,7 @@ def _check_memory(model: TransformerConfig, batch: int, seq_len: int, states: in
 
 def _size(spec: Any) -> tuple[int, int]:
     """(states, tokens) of a process spec, without building any composition's matrices; a part that
-    is not a well-formed spec raises, and :func:`_build_at` then names what is wrong with it."""
+    is not a well-formed spec raises, and :func:`check_process` then names what is wrong with it."""
     name = spec["name"]
     if name in _COMBINE:
         parts = [spec["a"], spec["b"]] if name == "gated" else spec.get("factors") or spec["components"]
@@ -144,13 +144,9 @@ def check_storage(storage_path: str) -> None:
         raise FieldError("storage_path", f"cannot create directories in {existing}: {err.strerror or err}") from None
 
 
-def check_process(spec: dict[str, Any], path: str) -> None:
-    """A process spec on its own: finite, within the state caps, and buildable (FieldError at ``path``)."""
-    _build_at(spec, path)
-
-
-def _build_at(spec: dict[str, Any], path: str):
-    """Build a process spec; its error's own "process.components[0]: ..." prefix joins the path."""
+def check_process(spec: dict[str, Any], path: str):
+    """Build a process spec, checked first (finite, within the state caps); a FieldError at ``path``,
+    its error's own "process.components[0]: ..." prefix joined to the path."""
     check_finite(spec, path)
     _check_size(spec, path)
     try:
@@ -189,7 +185,7 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
 
     Returns facts the runner needs (vocab sizes, context), so callers do not rebuild processes.
     """
-    hmm = _build_at(trial.process, "process")
+    hmm = check_process(trial.process, "process")
     vocab = hmm.vocab_size
     if trial.model.d_vocab is not None and trial.model.d_vocab < vocab:
         raise FieldError("model.d_vocab", f"{trial.model.d_vocab} is smaller than the process vocabulary {vocab}")
@@ -210,7 +206,9 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
     check_lr(task.ppo.model_dump(), "task.ppo")
     ppo_settings(trial)  # the task's overrides, checked merged into the base section
     stream = task_process(trial)
-    task_hmm = hmm if stream is trial.process else _build_at(stream, "task.process" if task.process else "task.stream")
+    task_hmm = (
+        hmm if stream is trial.process else check_process(stream, "task.process" if task.process else "task.stream")
+    )
     if task_hmm.vocab_size > model.d_vocab:
         raise FieldError(
             "task.process", f"vocabulary {task_hmm.vocab_size} exceeds the model's d_vocab {model.d_vocab}"
