@@ -43,6 +43,12 @@ _Beta = Annotated[float, Field(ge=0, lt=1)]
 BYTES_PER_FLOAT = 4  # float32 weights, grads, optimizer state and activations (CUDA autocast halves the last)
 
 
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys, coercion, inf and nan are errors (:data:`STRICT`)."""
+
+    model_config = STRICT
+
+
 class TransformerConfig(BaseModel):
     """Architecture of :class:`models.transformer.Transformer`. Defaults are the Mess3 model of Shai et al. (2024)."""
 
@@ -116,7 +122,7 @@ class PretrainConfig(BaseModel):
         description=(
             "bf16: matrix products in bf16 (autocast), with weights, optimizer state, LayerNorm, attention softmax "
             "and the loss in fp32; fp32: everything fp32; auto = bf16 where the device has bf16 matrix units "
-            "(CUDA compute capability >= 8, x86 AMX-BF16), else fp32. The resolved value is logged and keyed"
+            "(CUDA compute capability >= 8, x86 AMX-BF16 or AVX-512 BF16), else fp32. The resolved value is logged and keyed"
         ),
     )
     progress: bool | None = Field(None, description="tqdm bar; None = only on a TTY and for >= 500 steps")

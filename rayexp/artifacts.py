@@ -43,7 +43,8 @@ from typing import Any
 
 from rayexp.cache import CACHE_DIR as CACHE
 from rayexp.cache import PretrainCache
-from rayexp.settings import PPOSettings, TrialConfig
+from rayexp.ppo_settings import PPOSettings
+from rayexp.settings import TrialConfig
 from rayexp.specs import build_process
 from rayexp.storage import Storage
 

@@ -12,18 +12,14 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
-from models.config import STRICT
+from models.config import StrictModel
 
 MAX_TRIALS = 10_000  # trials of one sweep; validation checks each, and Tune keeps each one's state
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(**STRICT)
-
-
-class Distribution(_Strict):
+class Distribution(StrictModel):
     """A sampled axis: exactly one of the keys."""
 
     # Strict(False): the YAML list [low, high] is the pair (each end stays strict and finite)
@@ -66,7 +62,7 @@ class Distribution(_Strict):
         return self.choice[int(rng.integers(len(self.choice)))]
 
 
-class Axes(_Strict):
+class Axes(StrictModel):
     """What varies between trials. Keys are dotted paths into the base trial, e.g. model.d_model."""
 
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Every combination is run.")

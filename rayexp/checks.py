@@ -23,9 +23,10 @@ from envs.env_config import ENV_KINDS
 from envs.layout import GatedLayout
 from envs.rewards import REWARDS, make_reward
 from models.config import TransformerConfig, hook_names, param_count, train_memory_bytes
+from rayexp.ppo_settings import CPUS_PER_ENV_RUNNER
 from rayexp.registry import validate_params
 from rayexp.resolved import FieldError, first_error, ppo_settings, task_process
-from rayexp.settings import CPUS_PER_ENV_RUNNER, AnalysisRef, Resources, TrialConfig
+from rayexp.settings import AnalysisRef, Resources, TrialConfig
 from rayexp.specs import build_process, process_label
 
 _LR_KEYS = ("lr", "learning_rate")

@@ -22,9 +22,10 @@ from typing import Any
 from models.config import PretrainConfig, TransformerConfig
 from rayexp.artifacts import TrialArtifacts
 from rayexp.cache import pretrain_key
+from rayexp.ppo_settings import PPOSettings
 from rayexp.registry import SUMMARY_COLUMNS
 from rayexp.resolved import ResolvedTrial
-from rayexp.settings import PPOSettings, TrialConfig
+from rayexp.settings import TrialConfig
 from rayexp.specs import build_process
 
 _SUMMARY_KEYS = frozenset(k for k, _ in SUMMARY_COLUMNS)

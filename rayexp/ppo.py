@@ -45,7 +45,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from envs.gym_env import EnvConfig, action_tokens, make_env
 from models.checkpoint import load_checkpoint
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
-from rayexp.settings import CPUS_PER_ENV_RUNNER, PPOSettings  # declared there, torch-free, for the sweep validator
+from rayexp.ppo_settings import CPUS_PER_ENV_RUNNER, PPOSettings  # declared there, torch-free, for the sweep validator
 
 ENV_NAME = "rayexp-sequence-v0"
 logger = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from envs.gym_env import action_tokens
 from models.config import PretrainConfig, TransformerConfig
 from rayexp.artifacts import log_spaced_steps
-from rayexp.settings import PPOSettings, TrialConfig
+from rayexp.ppo_settings import PPOSettings
+from rayexp.settings import TrialConfig
 from rayexp.specs import process_label
 
 

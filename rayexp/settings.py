@@ -7,7 +7,7 @@ lengths against ``model.n_ctx``, process vocabularies, estimated memory, analysi
 checked in :mod:`rayexp.config`, which also resolves the trials.
 
 Sizes have documented maxima (``le=`` bounds, see :mod:`models.config` for why). Every section is
-strict and finite (``models.config.STRICT``): ``true`` is no integer, inf and nan no number.
+strict and finite (``models.config.StrictModel``): ``true`` is no integer, inf and nan no number.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     create_model,
     field_serializer,
@@ -25,103 +24,15 @@ from pydantic import (
     model_validator,
 )
 
-from models.config import (
-    MAX_BATCH,
-    MAX_D_MLP,
-    MAX_D_VOCAB,
-    MAX_LR,
-    MAX_N_CTX,
-    MAX_SEED,
-    MAX_STEPS,
-    NAME_PATTERN,
-    STRICT,
-    PretrainConfig,
-    TransformerConfig,
-)
+from models.config import MAX_D_VOCAB, MAX_N_CTX, MAX_SEED, NAME_PATTERN, PretrainConfig, StrictModel, TransformerConfig
 from rayexp.axes import Axes
+from rayexp.ppo_settings import PPOSettings
 
-MAX_TRAIN_BATCH = 1_000_000  # env steps per PPO iteration; RLlib holds the whole batch in memory
-MAX_ENVS_PER_RUNNER = 4096  # one batched forward steps them all; more only adds latency
-MAX_ENV_RUNNERS = 1024
 MAX_PROBE_SEQ = 200_000  # the ridge fit holds n_seq x seq_len rows per hook; scores settle far earlier
 MAX_EPISODE_LEN = 1_000_000
-MAX_EPOCHS = 10_000
-#: CPUs of one RLlib env runner (rayexp.ppo); the trial reserves them beside its own (rayexp.sweep)
-CPUS_PER_ENV_RUNNER = 1.0
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(**STRICT)
-
-
-class PPOSettings(_Strict):
-    """PPO hyperparameters and resources (rayexp.ppo.train_ppo). Unknown keys are an error."""
-
-    lr: float = Field(
-        3e-4, ge=0, le=MAX_LR, description=f"Adam learning rate (<= {MAX_LR:g}; 0 leaves every weight untouched)"
-    )
-    gamma: float = Field(0.0, ge=0, le=1, description="discount; 0 because actions do not change the stream")
-    lambda_: float = Field(1.0, ge=0, le=1, description="GAE lambda (irrelevant when gamma is 0)")
-    clip_param: float = Field(0.2, gt=0, description="PPO ratio clip")
-    vf_clip_param: float = Field(10.0, gt=0, description="clip of the squared value error")
-    vf_loss_coeff: float = Field(1.0, ge=0, description="weight of the value loss")
-    entropy_coeff: float = Field(0.0, ge=0, description="entropy bonus")
-    kl_coeff: float = Field(
-        0.0, ge=0, description="RLlib's adaptive KL penalty to the *previous* policy (0 disables it)"
-    )
-    kl_target: float = Field(0.01, gt=0, description="target of the adaptive KL to the previous policy")
-    kl_to_pretrained: float = Field(
-        0.0, ge=0, description="fixed coefficient of KL(policy || frozen pretrained policy) added to the loss"
-    )
-    grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (None: off)")
-    num_epochs: int = Field(4, ge=1, le=MAX_EPOCHS, description=f"passes over each train batch (<= {MAX_EPOCHS})")
-    minibatch_size: int = Field(
-        500, ge=1, le=MAX_BATCH, description=f"rows per SGD step (<= train_batch_size, <= {MAX_BATCH})"
-    )
-    train_batch_size: int = Field(
-        2000, ge=1, le=MAX_TRAIN_BATCH, description=f"env steps per training iteration (<= {MAX_TRAIN_BATCH:_})"
-    )
-    shuffle_batch_per_epoch: bool = Field(False, description="shuffle rows per epoch (breaks prefix sharing)")
-    num_env_runners: int = Field(
-        0, ge=0, le=MAX_ENV_RUNNERS, description=f"remote env runners (0: sample in the driver; <= {MAX_ENV_RUNNERS})"
-    )
-    num_envs_per_env_runner: int = Field(
-        16,
-        ge=1,
-        le=MAX_ENVS_PER_RUNNER,
-        description=f"envs stepped together, one batched forward per step (<= {MAX_ENVS_PER_RUNNER})",
-    )
-    iterations: int = Field(10, ge=1, le=MAX_STEPS, description="training iterations")
-    checkpoint_every: int = Field(
-        1,
-        ge=0,
-        le=MAX_STEPS,
-        description="save the PPO state every N iterations; a killed trial resumes there (0: never)",
-    )
-    save_every: int = Field(
-        5,
-        ge=0,
-        le=MAX_STEPS,
-        description="store a policy checkpoint (pretraining checkpoint format) every N PPO iterations, "
-        "plus the final one; 0 = final only",
-    )
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of RLlib, envs and torch; unset = the trial's seed")
-    value_hidden: int = Field(
-        64, ge=0, le=MAX_D_MLP, description="hidden width of the value MLP (0: linear value head)"
-    )
-    value_grad_to_trunk: bool = Field(
-        False, description="let the value loss update the transformer (off: weight changes are the policy's)"
-    )
-
-    @model_validator(mode="after")
-    def _minibatch_fits(self) -> PPOSettings:
-        # RLlib refuses this too, but only once the trial has pretrained
-        if self.minibatch_size > self.train_batch_size:
-            raise ValueError(f"minibatch_size {self.minibatch_size} exceeds train_batch_size {self.train_batch_size}")
-        return self
-
-
-class _Overrides(_Strict):
+class _Overrides(StrictModel):
     """Dumps only the fields that were set, so a trial's dump, its MLflow params and its key read as
     the sweep file wrote it, and "unset" survives a dump and reload."""
 
@@ -164,7 +75,7 @@ class ModelSection(TransformerConfig):
         return TransformerConfig(**{**self.model_dump(), "d_vocab": self.d_vocab or vocab})
 
 
-class ProbeSettings(_Strict):
+class ProbeSettings(StrictModel):
     """Belief probes run before and after RL (rayexp.probes.probe_model)."""
 
     n_seq: int = Field(
@@ -182,7 +93,7 @@ class ProbeSettings(_Strict):
     figures: bool = Field(default=True, description="Log belief-simplex and skill-by-layer figures.")
 
 
-class ArtifactSettings(_Strict):
+class ArtifactSettings(StrictModel):
     """What a trial stores under storage_path for later analyses (rayexp.artifacts)."""
 
     pretrain_checkpoints: int = Field(
@@ -206,7 +117,7 @@ class ArtifactSettings(_Strict):
     )
 
 
-class AnalysisRef(_Strict):
+class AnalysisRef(StrictModel):
     """One analysis to run and its parameters; a bare name ``weight_diff`` means ``{name: weight_diff}``."""
 
     name: str = Field(description="Name of a registered analysis (rayexp.registry).")
@@ -238,7 +149,7 @@ class SweepAnalysisRef(AnalysisRef):
         return keys
 
 
-class StartFrom(_Strict):
+class StartFrom(StrictModel):
     """Start a task's PPO from M_A: the pretrained model first post-trained with PPO on another
     reward in the same env, with its own fixed seed, so every trial naming the same M_A shares it
     (trained once, cached next to the pretrained model)."""
@@ -249,7 +160,7 @@ class StartFrom(_Strict):
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="M_A's PPO seed (not the trial's: trials share M_A).")
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     """One RL post-training task: an environment over a process stream and a reward."""
 
     name: str = Field(
@@ -311,7 +222,7 @@ class TaskConfig(_Strict):
         return tokens
 
 
-class BaseTrial(_Strict):
+class BaseTrial(StrictModel):
     """Everything one trial needs except its task."""
 
     process: dict[str, Any] = Field(
@@ -353,7 +264,7 @@ class TrialConfig(BaseTrial):
     task: TaskConfig = Field(description="The RL task of this trial.")
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """Resources of one trial (one Tune trial = one Ray actor holding them)."""
 
     cpu: float = Field(default=1.0, gt=0, le=4096, description="CPUs per trial (<= 4096).")
@@ -370,7 +281,7 @@ class Resources(_Strict):
         return gpu
 
 
-class SweepConfig(_Strict):
+class SweepConfig(StrictModel):
     """A whole sweep file."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Sweep name; Tune experiment dir under storage_path.")

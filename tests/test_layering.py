@@ -73,7 +73,7 @@ RAYEXP_LAYERS = [
         "rayexp.console",
         "rayexp.safe_yaml",
     },
-    {"rayexp.axes", "rayexp.settings", "rayexp.cache"},  # the sweep file's schema
+    {"rayexp.axes", "rayexp.ppo_settings", "rayexp.settings", "rayexp.cache"},  # the sweep file's schema
     {"rayexp.artifacts", "rayexp.probes", "rayexp.rollouts", "rayexp.analysis", "rayexp.study"},
     {"rayexp.resolved", "rayexp.ppo"},  # one resolved trial; PPO
     {"rayexp.analyses", "rayexp.studies"},  # prefixes: every module under these packages

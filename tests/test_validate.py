@@ -32,17 +32,9 @@ from models.config import (
 from rayexp.checks import MEMORY_ENV
 from rayexp.cli import main
 from rayexp.config import load_sweep, resolve_trial
+from rayexp.ppo_settings import MAX_ENV_RUNNERS, MAX_ENVS_PER_RUNNER, MAX_TRAIN_BATCH
 from rayexp.registry import validate_params
-from rayexp.settings import (
-    MAX_ENV_RUNNERS,
-    MAX_ENVS_PER_RUNNER,
-    MAX_EPISODE_LEN,
-    MAX_PROBE_SEQ,
-    MAX_TRAIN_BATCH,
-    AnalysisRef,
-    BaseTrial,
-    SweepAnalysisRef,
-)
+from rayexp.settings import MAX_EPISODE_LEN, MAX_PROBE_SEQ, AnalysisRef, BaseTrial, SweepAnalysisRef
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
