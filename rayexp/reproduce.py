@@ -19,7 +19,10 @@ What to expect (criteria of issue 3; the summary reports the real numbers either
 - ``mess3-*``: skill >= 0.8 in the final residual stream, and a simplex figure showing the fractal.
 - ``rrxor``: held-out R^2 from the concatenation of layers above R^2 from the final layer alone.
 - ``mixture`` (Mess3(0.15, 0.6) and RRXOR on disjoint tokens): each component's beliefs recovered
-  on its own sequences; its checkpoint is the one RL post-trains.
+  on its own sequences.
+
+``--precision fp32`` gives README's fp32 rows on a CPU with bf16 units, where ``auto`` trains in bf16;
+``summary.json`` records the precision the run resolved.
 
 ``--steps`` / ``--n-seq`` shrink a run for smoke tests.
 """
@@ -96,13 +99,20 @@ def _headline(row: dict) -> dict:
 
 
 def run(
-    name: str, out: Path, steps: int | None = None, n_seq: int | None = None, seed: int = 0, command: str | None = None
+    name: str,
+    out: Path,
+    steps: int | None = None,
+    n_seq: int | None = None,
+    seed: int = 0,
+    command: str | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Pretrain, probe, draw and summarise one experiment into ``out``; returns the summary dict."""
     exp = EXPERIMENTS[name]
     out.mkdir(parents=True, exist_ok=True)
     hmm = build_process(exp.spec)
-    update = {"seed": seed, "checkpoint_steps": [0], **({"steps": steps} if steps is not None else {})}
+    update = {"seed": seed, "checkpoint_steps": [0], "precision": precision}
+    update |= {"steps": steps} if steps is not None else {}
     pre_cfg = exp.pretrain.model_copy(update=update)
     t0 = time.perf_counter()
     result = pretrain(hmm, exp.model, pre_cfg, out_dir=out / "checkpoints", process_spec=exp.spec)
@@ -201,9 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the pretraining steps (smoke tests)")
     parser.add_argument("--n-seq", type=int, default=None, help="override the number of probe sequences")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, data and probe split")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="pretraining precision; auto = bf16 where the CPU or GPU has bf16 matrix units (README's fp32 rows: fp32)",
+    )
     args = parser.parse_args(argv)
     command = "python -m rayexp.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
-    _print(run(args.experiment, args.out, steps=args.steps, n_seq=args.n_seq, seed=args.seed, command=command))
+    summary = run(
+        args.experiment,
+        args.out,
+        steps=args.steps,
+        n_seq=args.n_seq,
+        seed=args.seed,
+        command=command,
+        precision=args.precision,
+    )
+    _print(summary)
     return 0
 
 

@@ -150,8 +150,10 @@ def test_probe_model_on_a_real_transformer():
 def test_reproduce_entry_point_smoke(tmp_path, capsys):
     from rayexp import reproduce
 
-    assert reproduce.main(["mess3-0.05", "--out", str(tmp_path), "--steps", "3", "--n-seq", "200"]) == 0
+    argv = ["mess3-0.05", "--out", str(tmp_path), "--steps", "3", "--n-seq", "200", "--precision", "fp32"]
+    assert reproduce.main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pretrain"]["precision"] == "fp32"  # README's fp32 rows, even on a CPU with bf16 units
     table = pq.read_table(tmp_path / "probes.parquet")
     assert table.schema.equals(probes.SCHEMA)
     final = next(r for r in table.to_pylist() if r["hook"] == "blocks.3.hook_resid_post")
