@@ -8,6 +8,8 @@ a single `ray.init(_node_ip_address="127.0.0.1")` opened ~24 connections over th
 """
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +31,44 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return tmp_path
+
+
+@dataclass(frozen=True)
+class GoldenRun:
+    """One golden sweep (tests/goldens/behaviour/NAME.yaml) run through the real CLI: its working
+    directory (storage under ``results/``), MLflow store, experiment and every metric it logged."""
+
+    dir: Path
+    uri: str
+    experiment: str
+    metrics: dict
+
+    def parent_run_id(self) -> str:
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(self.uri)
+        exp = c.get_experiment_by_name(self.experiment)
+        (run,) = c.search_runs([exp.experiment_id], filter_string="tags.`rayexp.kind` = 'sweep'")
+        return run.info.run_id
+
+
+@pytest.fixture(scope="session")
+def golden_sweep(tmp_path_factory):
+    """``golden_sweep(name)``: that golden sweep, run at most once per session. The behaviour test
+    compares its metrics with the golden JSON; the study tests check the same run's artifacts and
+    MLflow records, so each tiny sweep is paid for once (they were the same configs run twice)."""
+    import yaml
+    from behaviour import GOLDENS, run
+
+    done: dict[str, GoldenRun] = {}
+
+    def get(name: str) -> GoldenRun:
+        if name not in done:
+            sweep = GOLDENS / f"{name}.yaml"
+            work = tmp_path_factory.mktemp(f"golden-{name}")
+            metrics = run(sweep, work)
+            experiment = yaml.safe_load(sweep.read_text())["experiment"]
+            done[name] = GoldenRun(work, f"sqlite:///{work}/mlflow.db", experiment, metrics)
+        return done[name]
+
+    return get
