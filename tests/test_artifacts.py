@@ -1,6 +1,7 @@
 """The storage layer, the trial artifact object, and the small maths the analyses share."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -116,8 +117,16 @@ def test_bootstrap_intervals():
 
 
 def test_seed_spread_summary():
+    # Student-t by default: mean 2, sd 1, n 3 -> 2 +- t_{0.975, 2} / sqrt(3) = 2 +- 2.4841 (the
+    # percentile bootstrap of 3 values could never reach past the range [1, 3])
     out = summarise({"m": [1.0, 2.0, 3.0]}, SeedSpreadParams(metrics=["m"]))
-    assert out["m/mean"] == 2.0 and out["m/n"] == 3.0 and 1.0 <= out["m/ci_low"] < 2.0 < out["m/ci_high"] <= 3.0
+    assert out["m/mean"] == 2.0 and out["m/n"] == 3.0
+    assert out["m/ci_low"] == pytest.approx(2 - 4.302653 / 3**0.5, abs=1e-6)
+    assert out["m/ci_high"] == pytest.approx(2 + 4.302653 / 3**0.5, abs=1e-6)
+    boot = summarise({"m": [1.0, 2.0, 3.0]}, SeedSpreadParams(metrics=["m"], interval="bootstrap"))
+    assert 1.0 <= boot["m/ci_low"] < 2.0 < boot["m/ci_high"] <= 3.0
+    one = summarise({"m": [5.0]}, SeedSpreadParams(metrics=["m"]))
+    assert one["m/mean"] == 5.0 and math.isnan(one["m/ci_low"]) and math.isnan(one["m/ci_high"])
 
 
 def test_forward_kl_known_values():
