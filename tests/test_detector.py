@@ -84,6 +84,27 @@ def test_verdict_rule_against_the_null():
     assert v.code == INCONCLUSIVE
 
 
+def test_composition_must_earn_its_reward_beyond_the_map_of_p_pre():
+    """A sharp map with near-ties (the battery's argmax of group sums on product(Mess3, Z1R)) leaves
+    policy mass that no fit at the model's resolution reads, yet the fitted map earns the same reward:
+    unexplained mass without a reward of its own is not composition."""
+    null_rw, null_el = _seeds(0.2, seed=10), _seeds(0.15, seed=11)
+    u_rw, u_el, margin = _seeds(0.8), _seeds(0.7, seed=1), _seeds(0.9, seed=2)
+    v = decide(u_rw, u_el, margin, null_rw, null_el, shortfall=_seeds(0.85, seed=3))
+    assert v.code == COMPOSITION and "reward beyond the map of p_pre" in v.reason and v.shortfall.lo > 0.25
+    v = decide(u_rw, u_el, margin, null_rw, null_el, shortfall=_seeds(0.02, seed=3))
+    assert v.code == INCONCLUSIVE and "earns its reward" in v.reason and v.shortfall.hi < 0.25
+    # trials that logged no shortfall: the test is skipped, and the reason says so
+    v = decide(u_rw, u_el, margin, null_rw, null_el)
+    assert v.code == COMPOSITION and "not tested" in v.reason
+    # one seed: its interval over held-out contexts
+    ctx = {"u_rw": Interval(0.8, 0.75, 0.85), "u_el": Interval(0.7, 0.65, 0.75), "margin": Interval(0.9, 0.85, 0.95)}
+    ctx["shortfall"] = Interval(0.1, 0.05, 0.15)
+    assert decide([0.8], [0.7], [0.9], [0.2], [0.15], context=ctx).code == INCONCLUSIVE
+    ctx["shortfall"] = Interval(0.8, 0.7, 0.9)
+    assert decide([0.8], [0.7], [0.9], [0.2], [0.15], context=ctx).code == COMPOSITION
+
+
 def test_a_readout_counts_as_elicitation_only_against_random_init_features():
     """docs/design.md §6 rule 2 applied to the readout: a policy that the pretrained features explain
     is elicitation only if random-init features explain it less well (paired by seed)."""
@@ -205,12 +226,40 @@ def test_support_discovered_and_lost():
 # ------------------------------------------------------------------------------------ the battery
 
 
+def test_the_batterys_drift_null_sits_where_the_ppo_nulls_do():
+    # README's PPO nulls leave 0.55-0.77 of the policy unexplained by a map of p_pre; `--null drift`
+    # must judge "explained" at that operating point, not at the pretrained policy's ~0
+    s = battery.sample("interleave(mess3,mess3)", 300, 0)
+    drift = battery.signals(s, battery.NULLS["drift"](s), control=False)
+    pretrained = battery.signals(s, battery.NULLS["pretrained"](s), control=False)
+    assert 0.5 < np.nanmean(drift["u_rw"]) < 0.8
+    assert np.nanmean(pretrained["u_rw"]) < 0.05
+
+
+def test_a_sharp_reweighting_with_near_ties_is_not_composition():
+    # the planted argmax of group sums on product(Mess3(0.05, 0.85), Z1R) is the Bayes policy and a
+    # reweighting; a map fitted at the model's resolution misses its near-ties, and before the reward
+    # shortfall test the rule called it composition
+    case = next(c for c in battery.CASES if c.name == "argmax of group sums")
+    r = battery.run_case(case, "product(mess3,z1r)", seeds=5, n_seq=600)
+    assert r["verdict"] in ("reweighting", "inconclusive") and float(r["shortfall"]) < 0.25, r
+
+
 @pytest.mark.slow
 def test_known_answer_battery_on_two_streams():
     streams = ("interleave(mess3,mess3)", "product(mess3,mess3)")
     rows = battery.run(seeds=10, n_seq=600, streams=streams)
     wrong = [(r["stream"], r["planted"], r["verdict"]) for r in rows if r["right"] is False]
-    assert not wrong
-    assert all(r["one_seed_right"] >= 9 for r in rows if r["right"] is not None)
+    # the known misses are inconclusive; nothing else is wrong, and no planted case is a confident error
+    assert {(s, p) for s, p, _ in wrong} <= battery.KNOWN_MISSES, wrong
+    assert all(v == "inconclusive" for _, _, v in wrong), wrong
+    assert not [
+        r for r in rows if r["verdict"] == "composition" and r["expected"] != "composition" and r["right"] is not None
+    ]
+    assert all(
+        r["one_seed_right"] >= 9
+        for r in rows
+        if r["right"] is not None and (r["stream"], r["planted"]) not in battery.KNOWN_MISSES
+    )
     assert battery.graded_spearman(rows, "interleave(mess3,mess3)") >= 0.9
     assert {r["planted"] for r in rows} >= {"argmax of group sums", "Bayes joint target", "readout of features"}

@@ -148,11 +148,13 @@ def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
         "unexplained by a map of p_pre": f"u_max {th.u_max:g}",
         "unexplained by a readout": f"u_max {th.u_max:g}",
         "per-phase greedy margin": f"margin_min {th.margin_min:g}",
+        "reward shortfall of the map of p_pre": f"shortfall_min {th.shortfall_min:g}",
     }
     for ax in fig.axes:
         title = ax.get_title()
         labels = [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
         assert labels == ([want[title]] if title in want else []), title
         if title in want:
-            assert _zero_line(ax, th.margin_min if "margin" in title else th.u_max, "--")
+            value = th.margin_min if "margin" in title else th.shortfall_min if "shortfall" in title else th.u_max
+            assert _zero_line(ax, value, "--")
     assert any("tol" in t.get_text() for t in fig.texts)

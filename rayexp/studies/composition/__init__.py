@@ -61,6 +61,7 @@ STUDY = Study(
                 "u_el",
                 "spec",
                 "margin",
+                "shortfall",
                 "n_seeds",
                 "reason",
             ),

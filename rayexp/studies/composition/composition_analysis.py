@@ -13,6 +13,8 @@ over steps and sequences):
 - ``classes/{reweighting,elicitation}/{unexplained,unexplained_tv,kl,fit_reward}/{model}``: the policy
   classes of :mod:`.classes` fitted within position, held out (the verdict's inputs), with
   ``classes/resolution`` and ``margin_phase_greedy/{model}`` (against the best per-phase single factor);
+  ``classes/reweighting/shortfall/{model}``: the policy's greedy reward minus the fitted map of p_pre's,
+  over (optimum - best per-phase single factor), on the held-out sequences (the verdict's reward test);
   ``classes/elicitation_random_init/unexplained/post`` (the readout of random-init features) and
   ``classes/elicitation_excess/post`` (its share minus the pretrained one's, paired; with CIs);
 - ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
@@ -161,6 +163,16 @@ def margin_values(reward: np.ndarray, ceil: dict, single: np.ndarray | None) -> 
     return ratio_values(reward - single, ceil["optimum"] - single)
 
 
+def shortfall_values(greedy: np.ndarray, fit_reward: np.ndarray, ceil: dict, test: np.ndarray) -> np.ndarray:
+    """Per held-out sequence (n_test,), linearised: (policy's greedy reward - the fitted map of p_pre's)
+    over (optimum - best per-phase single factor), the share of that gap no map of p_pre earns; NaN
+    without a per-phase single factor below the optimum (as the margin)."""
+    single = ceil.get("single_per_phase")
+    if single is None or ceil["optimum"].mean() - single.mean() < ceilings.MARGIN_EPS:
+        return np.full(len(test), np.nan)
+    return ratio_values(greedy - fit_reward, ceil["optimum"][test] - single[test])
+
+
 def interaction_values(v: dict) -> np.ndarray:
     if "ia_num" not in v:
         return np.full(len(v["expected"]), np.nan)
@@ -256,6 +268,7 @@ class Scorer:
                 ("classes/elicitation/unexplained", v["u_elicitation"]),
                 ("classes/reweighting/unexplained_tv", v["tv_reweighting"]),
                 ("classes/elicitation/unexplained_tv", v["tv_elicitation"]),
+                ("classes/reweighting/shortfall", v["shortfall"]),
             ):
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
@@ -278,7 +291,11 @@ class Scorer:
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))
-            m[f"classes/{cls}/fit_reward/{name}"] = _mean(ceilings.greedy_reward(fit, s.P[s.test]).mean(1))
+            fit_reward = ceilings.greedy_reward(fit, s.P[s.test]).mean(1)  # (n_test,)
+            m[f"classes/{cls}/fit_reward/{name}"] = _mean(fit_reward)
+            if cls == "reweighting":  # the margin the policy earns beyond the fitted map's own choices
+                v["shortfall"] = shortfall_values(v["greedy"][s.test], fit_reward, self.ceil, s.test)
+                m[f"classes/reweighting/shortfall/{name}"] = _mean(v["shortfall"])
         if name == "post" and self.h_random is not None:  # the same readout of random-init features
             fit = classes.readout_fit(self.h_random, pi, s.train, s.test)
             u = classes.unexplained_values(pi[s.test], fit, fitted["fit_position"])

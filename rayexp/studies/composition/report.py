@@ -20,6 +20,7 @@ VERDICT_COLUMNS = (
     "u_el",
     "spec",
     "margin",
+    "shortfall",
     "score",
     "score_ci_low",
     "score_ci_high",
@@ -66,12 +67,15 @@ VERDICT_SIGNALS = {
     "unexplained by a readout": "analysis/composition/classes/elicitation/unexplained/post",
     "the same, random-init features": "analysis/composition/classes/elicitation_random_init/unexplained/post",
     "per-phase greedy margin": "analysis/composition/margin_phase_greedy/post",
+    "reward shortfall of the map of p_pre": "analysis/composition/classes/reweighting/shortfall/post",
     "pass@1024 of pre": "analysis/composition/support/pass_at_1024/pre",
     "pre prob. of post's choice": "analysis/composition/support/pre_prob_of_post_choice",
 }
 
 
-def verdict_figure(runs: list, path: Path, u_max: float = 0.5, margin_min: float = 0.5) -> Path:
+def verdict_figure(
+    runs: list, path: Path, u_max: float = 0.5, margin_min: float = 0.5, shortfall_min: float = 0.25
+) -> Path:
     """Each verdict signal per (process, task), controls side by side, every seed a point, with the rule's
     thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes
     and ``margin_min`` on the margin (verdict.Thresholds' defaults; the rule applies them to the intervals
@@ -86,6 +90,7 @@ def verdict_figure(runs: list, path: Path, u_max: float = 0.5, margin_min: float
         VERDICT_SIGNALS["unexplained by a map of p_pre"]: (u_max, "u_max"),
         VERDICT_SIGNALS["unexplained by a readout"]: (u_max, "u_max"),
         VERDICT_SIGNALS["per-phase greedy margin"]: (margin_min, "margin_min"),
+        VERDICT_SIGNALS["reward shortfall of the map of p_pre"]: (shortfall_min, "shortfall_min"),
     }
     for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
         for i, g in enumerate(groups):
@@ -110,7 +115,7 @@ def verdict_figure(runs: list, path: Path, u_max: float = 0.5, margin_min: float
         0.01,
         f"dashed: the rule's thresholds. explained needs the CI high over seeds of the unexplained share below "
         f"u_max {u_max:g} (and the paired excess over the null below tol); composition needs the margin's CI low "
-        f"above margin_min {margin_min:g}",
+        f"above margin_min {margin_min:g} and the shortfall's above shortfall_min {shortfall_min:g}",
         ha="center",
         va="bottom",
         fontsize=7,

@@ -14,9 +14,14 @@ Inputs, one value per seed (per trial) of one task on one process pair, from the
   drift leaves unexplained. ``d = u - u_null`` is paired by seed;
 - ``u_el_random``: what the same readout leaves unexplained from a *random-init* network's features
   (``classes/elicitation_random_init/unexplained/post``). ``spec = u_el_random - u_el``, paired by seed,
-  is how much better the pretrained features explain the policy than features any network has.
+  is how much better the pretrained features explain the policy than features any network has;
+- ``shortfall``: the share of the gap between the best per-phase single factor and the optimum that
+  the post-RL policy's greedy reward has *beyond* the greedy reward of the fitted map of p_pre itself
+  (``classes/reweighting/shortfall/post``), on the held-out sequences: how much of its reward no map of
+  the pretrained outputs earns.
 
-Rule (``tol`` 0.05, ``u_max`` 0.5, ``margin_min`` 0.5; intervals are Student-t over seeds, 95 %)::
+Rule (``tol`` 0.05, ``u_max`` 0.5, ``margin_min`` 0.5, ``shortfall_min`` 0.25; intervals are Student-t
+over seeds, 95 %)::
 
     explained(class)    = CI_high(d) < tol  and  CI_high(u) < u_max
     unexplained(class)  = CI_low(d) > tol
@@ -24,8 +29,10 @@ Rule (``tol`` 0.05, ``u_max`` 0.5, ``margin_min`` 0.5; intervals are Student-t o
     reweighting    if explained(reweighting)
     elicitation    elif explained(elicitation) and from_pretraining
     composition    elif unexplained(reweighting) and (unexplained(elicitation) or generic)
-                        and CI_low(margin) > margin_min
+                        and CI_low(margin) > margin_min and CI_low(shortfall) > shortfall_min
     inconclusive   otherwise (the reason says which test failed)
+
+Without ``shortfall`` (trials that logged none) that test is skipped, and the reason says so.
 
 Without ``u_el_random`` the readout is taken as from pretraining and never as generic (the rule
 before the control, kept for callers that lack it).
@@ -50,7 +57,11 @@ most of a pooled R^2. "Explained" is relative to the pair's own null, because PP
 share unexplained that no class should be charged with (and ``u_max`` keeps a drift-heavy null from
 excusing anything). Composition must also earn its reward by both factors at one step: the margin
 is against the best per-phase single-factor policy, so an interleave policy that only takes turns is
-not composition. The readout is held to the project's probe rule (docs/design.md §6 rule 2: a
+not composition. And it must earn that reward *beyond any map of p_pre*: a sharp map (an argmax of
+group sums on a product stream with many near-ties, where a fit at the model's resolution misses the
+choice but loses almost no reward) leaves policy mass unexplained without any reward to show for it;
+the known-answer battery found such a planted reweighting called composition before the shortfall
+test. The readout is held to the project's probe rule (docs/design.md §6 rule 2: a
 probe is evidence only against the same probe of a random-init network): elicitation claims the
 answer was in the *pretrained* features, so a readout that random-init features match, which on
 Mess3(0.05, 0.85) pairs reads the last tokens any network carries, shows nothing about pretraining
@@ -100,6 +111,7 @@ class Verdict:
     reference: str  # "null" | "absolute"
     spec: Interval = Interval()  # u_el_random - u_el: how much better pretrained features explain than random-init
     excess: Interval = Interval()  # score - the null's score, paired by seed (no null: NaN)
+    shortfall: Interval = Interval()  # the policy's reward margin beyond the fitted map of p_pre's
 
     @property
     def label(self) -> str:
@@ -112,6 +124,7 @@ class Thresholds:
     u_max: float = 0.5
     u_abs: float = 0.25
     margin_min: float = 0.5
+    shortfall_min: float = 0.25
     min_seeds: int = 2
     ci: float = 0.95
 
@@ -137,6 +150,7 @@ def decide(
     context: dict[str, Interval] | None = None,
     tv: tuple | None = None,
     u_el_random=None,
+    shortfall=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -145,7 +159,8 @@ def decide(
     with it the score is in those units (it grows in proportion to a policy's composed part), else in
     shares; below ``min_seeds`` ``context["tv_rw"]``/``context["tv_el"]`` are its intervals over
     held-out contexts. ``u_el_random`` (n,): the readout of random-init features, per seed (below ``min_seeds``,
-    ``context["spec"]`` is its paired interval over held-out contexts)."""
+    ``context["spec"]`` is its paired interval over held-out contexts). ``shortfall`` (n,): the reward
+    margin no map of p_pre earns, per seed (below ``min_seeds``, ``context["shortfall"]``)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -196,6 +211,11 @@ def decide(
         spec = context.get("spec", Interval())
     elif u_el_random is not None and np.isfinite(_arr(u_el_random)).any():
         spec = Interval(*t_ci(_arr(u_el_random) - u_el, th.ci))
+    short = Interval()
+    if n < th.min_seeds:
+        short = context.get("shortfall", Interval())
+    elif shortfall is not None and np.isfinite(_arr(shortfall)).sum() >= 2:
+        short = Interval(*t_ci(_arr(shortfall), th.ci))
     has_control = bool(np.isfinite(spec.lo))
     from_pretraining = (not has_control) or spec.lo > th.tol
     generic = has_control and spec.hi < th.tol
@@ -209,7 +229,7 @@ def decide(
         return d.lo > th.tol if have_null else u.lo > th.u_abs
 
     def out(code: int, why: str) -> Verdict:
-        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess)
+        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     # what is left, said against the null where there is one (else as an absolute share, saying so)
@@ -228,7 +248,17 @@ def decide(
             else (f"{d_el} beyond the null for a readout" if have_null else f"a readout leaves {d_el} {beyond}")
         )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
-            return out(COMPOSITION, f"a map of p_pre leaves {d_rw} {beyond}; {why_el}; margin {i_m}")
+            if not np.isfinite(short.lo):
+                why_short = "; no reward shortfall logged, not tested"
+            elif short.lo > th.shortfall_min:
+                why_short = f"; reward beyond the map of p_pre {short}"
+            else:
+                return out(
+                    INCONCLUSIVE,
+                    f"neither class explains it ({why_el}), but the fitted map of p_pre earns its reward "
+                    f"(shortfall {short}, needs > {th.shortfall_min:g}): the unexplained mass earns nothing",
+                )
+            return out(COMPOSITION, f"a map of p_pre leaves {d_rw} {beyond}; {why_el}; margin {i_m}{why_short}")
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
         return out(INCONCLUSIVE, f"neither class explains it ({why_el}), but the per-phase margin is {why}")
     if explained(d_el, i_el):

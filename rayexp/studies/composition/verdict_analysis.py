@@ -13,7 +13,8 @@ Metrics per group and task: ``{task}/verdict_code`` (-1 reweighting, 0 inconclus
 +2 elicitation), ``{task}/score`` with ``/ci_low`` and ``/ci_high`` (the probability mass per step neither class
 explains, in the same units for every task), ``{task}/score_excess`` with its CI (the score minus the
 null's, paired by seed; NaN without a null), ``{task}/n_seeds``. Table ``verdict``: one row per task (process, task, n_seeds, score and
-CI, verdict, reason, each class's unexplained share and the margin with their intervals, ``spec`` (how
+CI, verdict, reason, each class's unexplained share, the margin and the reward ``shortfall`` of the map
+of p_pre with their intervals, ``spec`` (how
 much more a random-init network's features leave unexplained than the pretrained ones: the readout's
 control) with its interval, and the mean over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
 seeds as points.
@@ -50,6 +51,9 @@ SIGNALS = {
     "readout_excess_ci_low": "classes/elicitation_excess/post/ci_low",
     "readout_excess_ci_high": "classes/elicitation_excess/post/ci_high",
     "fit_reward_reweighting": "classes/reweighting/fit_reward/post",
+    "reward_shortfall": "classes/reweighting/shortfall/post",
+    "reward_shortfall_ci_low": "classes/reweighting/shortfall/post/ci_low",
+    "reward_shortfall_ci_high": "classes/reweighting/shortfall/post/ci_high",
     "fit_reward_elicitation": "classes/elicitation/fit_reward/post",
     "kl_reweighting": "classes/reweighting/kl/post",
     "kl_elicitation": "classes/elicitation/kl/post",
@@ -78,6 +82,9 @@ class VerdictParams(Params):
     u_max: float = Field(0.5, gt=0, le=1, description="explained also needs the unexplained share's CI high below it")
     u_abs: float = Field(0.25, gt=0, lt=1, description="without a null: explained below, unexplained above it")
     margin_min: float = Field(0.5, ge=-1, le=1, description="composition needs the per-phase margin's CI low above it")
+    shortfall_min: float = Field(
+        0.25, ge=-1, le=1, description="composition needs the reward shortfall of the map of p_pre's CI low above it"
+    )
     min_seeds: int = Field(2, ge=1, description="fewer seeds: intervals over one trial's held-out contexts")
     ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
 
@@ -88,7 +95,12 @@ def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, fl
     found = {k[len(prefix) :]: v for k, v in artifacts.metrics().items() if k.startswith(prefix)}
     if not found:
         found = artifacts.analysis_metrics(analysis_name) or {}
-    return {col: float(found.get(key, float("nan"))) for col, key in SIGNALS.items()}
+    out = {col: float(found.get(key, float("nan"))) for col, key in SIGNALS.items()}
+    if not np.isfinite(out["reward_shortfall"]):  # trials logged before the metric: the same from its parts
+        gap = out["ceiling_optimum"] - out["ceiling_single_per_phase"]
+        if gap > 1e-6:  # (the post reward is over every sequence there, the fit's over the held-out half)
+            out["reward_shortfall"] = (out["reward_post_greedy"] - out["fit_reward_reweighting"]) / gap
+    return out
 
 
 def _seed(artifacts) -> int:
@@ -110,6 +122,8 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
     }
     if np.isfinite(t["unexplained_tv_reweighting_ci_low"]):  # trials logged before these CIs lack them
         out["tv_rw"], out["tv_el"] = iv("unexplained_tv_reweighting"), iv("unexplained_tv_elicitation")
+    if np.isfinite(t["reward_shortfall_ci_low"]):
+        out["shortfall"] = iv("reward_shortfall")
     excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
     if np.isfinite(t["readout_excess_ci_low"]):
         out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
@@ -123,7 +137,9 @@ def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str
 
 def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[str, np.ndarray]]]:
     """(process, task, Verdict, per-seed signal columns) for each (process, task) of ``group``."""
-    th = Thresholds(params.tol, params.u_max, params.u_abs, params.margin_min, params.min_seeds, params.ci)
+    th = Thresholds(
+        params.tol, params.u_max, params.u_abs, params.margin_min, params.shortfall_min, params.min_seeds, params.ci
+    )
     cells: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     nulls: dict[str, dict[int, dict[str, float]]] = {}
     null_cells: set[tuple[str, str]] = set()
@@ -157,6 +173,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             context=_context(by_seed[seeds[0]]) if len(seeds) == 1 else None,
             tv=tv,
             u_el_random=col["unexplained_readout_random_init"],
+            shortfall=col["reward_shortfall"],
         )
         out.append((process, task, v, col))
     return out
@@ -184,7 +201,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             "reference": v.reference,
             **{
                 f"{k}{s}": getattr(getattr(v, k), a)
-                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec")
+                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec", "shortfall")
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
