@@ -372,8 +372,8 @@ def print_summary(outcome: SweepOutcome, file=sys.stdout) -> None:
         if study.after_sweep is not None:
             study.after_sweep(inp)
     uri = outcome.tracking_uri
-    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).parent == Path.cwd():
-        uri = "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and (db := Path(uri[len("sqlite:///") :])).parent == Path.cwd():
+        uri = f"sqlite:///{db.name}"  # relative: the command as typed in this directory
     print(f"Open the MLflow UI: {MLFLOW_UI.format(uri=uri)}  (then http://127.0.0.1:5000)", file=file)
 
 
