@@ -147,8 +147,11 @@ def test_probe_model_on_a_real_transformer():
     assert summary[f"{probes.CONCAT}/skill"] == concat["skill"]
 
 
-def test_reproduce_entry_point_smoke(tmp_path, capsys):
+def test_reproduce_entry_point_smoke(tmp_path, capsys, monkeypatch):
+    from models import pretrain as pretrain_module
     from rayexp import reproduce
+
+    monkeypatch.setattr(pretrain_module, "has_bf16_matmul_units", lambda device: True)  # auto would be bf16
 
     argv = ["mess3-0.05", "--out", str(tmp_path), "--steps", "3", "--n-seq", "200", "--precision", "fp32"]
     assert reproduce.main(argv) == 0

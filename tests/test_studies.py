@@ -5,7 +5,6 @@ and MLflow. Each runs the study's golden sweep (tests/goldens/behaviour/), the s
 metric tests/test_behaviour.py compares with its golden values, so the sweep is paid for once."""
 
 import numpy as np
-import pytest
 import torch
 from test_sweep import trial_runs
 
@@ -17,7 +16,6 @@ def _same(a, b) -> bool:
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.slow
 def test_objective_trials_share_one_m_a_and_log_task_vectors(golden_sweep):
     from rayexp.artifacts import find_trials
     from rayexp.storage import Storage
@@ -60,7 +58,6 @@ def test_objective_trials_share_one_m_a_and_log_task_vectors(golden_sweep):
     assert any("all__superposition" in p for p in tables), tables
 
 
-@pytest.mark.slow
 def test_welfare_trial_logs_concept_vectors_and_steering(golden_sweep):
     from rayexp.artifacts import find_trials
 
@@ -85,7 +82,6 @@ def test_welfare_trial_logs_concept_vectors_and_steering(golden_sweep):
     )
 
 
-@pytest.mark.slow
 def test_rare_trial_logs_trigger_rate_reward_and_b_probes(golden_sweep):
     from rayexp.artifacts import find_trials
 

@@ -43,13 +43,13 @@ from envs.rewards import make_reward
 from rayexp.exact import ceilings, targets
 from rayexp.probes import collect_activations, residual_layers
 from rayexp.ridge import split_sequences
-from rayexp.stats import bootstrap_ci
+from rayexp.stats import bootstrap_ci, ratio_values
 from rayexp.studies.composition import classes
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 from rayexp.tables import format_table
 
-# the factors of the PPO runs' pairs (sweeps/composition_cpu.yaml), products included, so the battery
-# checks the rule on the streams its real verdicts are read on
+# the factors of the PPO runs' pairs (sweeps/composition_cpu.yaml), on every stream, products included,
+# so the battery checks the rule on the factors its real verdicts are read on
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 STREAMS = {
     "interleave(mess3,mess3)": {"name": "interleave", "factors": [MESS3, MESS3]},
@@ -262,8 +262,10 @@ def signals(s: Sample, pi: np.ndarray, control: bool = True) -> dict[str, np.nda
     )
     # the margin the policy earns beyond the fitted map of p_pre's own greedy choices (held out)
     fit_reward = ceilings.greedy_reward(fitted["fit_reweighting"], s.P[s.test]).mean(1)
-    shortfall = (
-        (greedy[s.test] - fit_reward) / den.mean() if den.mean() > ceilings.MARGIN_EPS else np.full(len(s.test), np.nan)
+    shortfall = (  # as the composition analysis computes it (shortfall_values)
+        ratio_values(greedy[s.test] - fit_reward, den[s.test])
+        if den.mean() > ceilings.MARGIN_EPS
+        else np.full(len(s.test), np.nan)
     )
     return {
         "u_rw": fitted["u_reweighting"],

@@ -165,8 +165,9 @@ def margin_values(reward: np.ndarray, ceil: dict, single: np.ndarray | None) -> 
 
 def shortfall_values(greedy: np.ndarray, fit_reward: np.ndarray, ceil: dict, test: np.ndarray) -> np.ndarray:
     """Per held-out sequence (n_test,), linearised: (policy's greedy reward - the fitted map of p_pre's)
-    over (optimum - best per-phase single factor), the share of that gap no map of p_pre earns; NaN
-    without a per-phase single factor below the optimum (as the margin)."""
+    over (optimum - best per-phase single factor), the share of that gap no map of p_pre earns (above 1
+    where the map earns less than the per-phase single factor); NaN without a per-phase single factor
+    below the optimum (as the margin)."""
     single = ceil.get("single_per_phase")
     if single is None or ceil["optimum"].mean() - single.mean() < ceilings.MARGIN_EPS:
         return np.full(len(test), np.nan)

@@ -77,8 +77,9 @@ def verdict_figure(
     runs: list, path: Path, u_max: float = 0.5, margin_min: float = 0.5, shortfall_min: float = 0.25
 ) -> Path:
     """Each verdict signal per (process, task), controls side by side, every seed a point, with the rule's
-    thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes
-    and ``margin_min`` on the margin (verdict.Thresholds' defaults; the rule applies them to the intervals
+    thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes,
+    ``margin_min`` on the margin and ``shortfall_min`` on the reward shortfall of the map of p_pre (a
+    trial logged before that metric has no point there) (verdict.Thresholds' defaults; the rule applies them to the intervals
     over seeds). ``tol`` is on the paired excess over the null, which no per-trial panel shows."""
     import numpy as np
 

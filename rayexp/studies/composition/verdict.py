@@ -15,10 +15,10 @@ Inputs, one value per seed (per trial) of one task on one process pair, from the
 - ``u_el_random``: what the same readout leaves unexplained from a *random-init* network's features
   (``classes/elicitation_random_init/unexplained/post``). ``spec = u_el_random - u_el``, paired by seed,
   is how much better the pretrained features explain the policy than features any network has;
-- ``shortfall``: the share of the gap between the best per-phase single factor and the optimum that
-  the post-RL policy's greedy reward has *beyond* the greedy reward of the fitted map of p_pre itself
+- ``shortfall``: the post-RL policy's greedy reward minus the greedy reward of the fitted map of p_pre
+  itself, over the gap between the best per-phase single factor and the optimum
   (``classes/reweighting/shortfall/post``), on the held-out sequences: how much of its reward no map of
-  the pretrained outputs earns.
+  the pretrained outputs earns (above 1 where the map earns less than the per-phase single factor).
 
 Rule (``tol`` 0.05, ``u_max`` 0.5, ``margin_min`` 0.5, ``shortfall_min`` 0.25; intervals are Student-t
 over seeds, 95 %)::
@@ -214,8 +214,8 @@ def decide(
     short = Interval()
     if n < th.min_seeds:
         short = context.get("shortfall", Interval())
-    elif shortfall is not None and np.isfinite(_arr(shortfall)).sum() >= 2:
-        short = Interval(*t_ci(_arr(shortfall), th.ci))
+    elif shortfall is not None and np.isfinite(_arr(shortfall)).any():
+        short = Interval(*t_ci(_arr(shortfall), th.ci))  # one finite seed: its value, no bounds
     has_control = bool(np.isfinite(spec.lo))
     from_pretraining = (not has_control) or spec.lo > th.tol
     generic = has_control and spec.hi < th.tol
@@ -248,15 +248,26 @@ def decide(
             else (f"{d_el} beyond the null for a readout" if have_null else f"a readout leaves {d_el} {beyond}")
         )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
-            if not np.isfinite(short.lo):
+            bounded = np.isfinite(short.lo)
+            # without bounds (one value: a trial logged before the metric's interval) the point value decides
+            low, high = (short.lo, short.hi) if bounded else (short.mean, short.mean)
+            if not np.isfinite(low):
                 why_short = "; no reward shortfall logged, not tested"
-            elif short.lo > th.shortfall_min:
-                why_short = f"; reward beyond the map of p_pre {short}"
-            else:
+            elif low > th.shortfall_min:
+                why_short = (
+                    f"; reward beyond the map of p_pre {short if bounded else f'{short.mean:.2f} (no interval)'}"
+                )
+            elif high < th.shortfall_min:
                 return out(
                     INCONCLUSIVE,
                     f"neither class explains it ({why_el}), but the fitted map of p_pre earns its reward "
                     f"(shortfall {short}, needs > {th.shortfall_min:g}): the unexplained mass earns nothing",
+                )
+            else:
+                return out(
+                    INCONCLUSIVE,
+                    f"neither class explains it ({why_el}), but its reward beyond the fitted map of p_pre is not "
+                    f"shown above {th.shortfall_min:g} (shortfall {short})",
                 )
             return out(COMPOSITION, f"a map of p_pre leaves {d_rw} {beyond}; {why_el}; margin {i_m}{why_short}")
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)

@@ -96,9 +96,9 @@ def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, fl
     if not found:
         found = artifacts.analysis_metrics(analysis_name) or {}
     out = {col: float(found.get(key, float("nan"))) for col, key in SIGNALS.items()}
-    if not np.isfinite(out["reward_shortfall"]):  # trials logged before the metric: the same from its parts
+    if not np.isfinite(out["reward_shortfall"]):  # trials logged before the metric: nearly the same from its parts
         gap = out["ceiling_optimum"] - out["ceiling_single_per_phase"]
-        if gap > 1e-6:  # (the post reward is over every sequence there, the fit's over the held-out half)
+        if gap > 1e-6:  # (a ratio of means; the post reward over every sequence, the fit's over the held-out half)
             out["reward_shortfall"] = (out["reward_post_greedy"] - out["fit_reward_reweighting"]) / gap
     return out
 
@@ -124,6 +124,8 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
         out["tv_rw"], out["tv_el"] = iv("unexplained_tv_reweighting"), iv("unexplained_tv_elicitation")
     if np.isfinite(t["reward_shortfall_ci_low"]):
         out["shortfall"] = iv("reward_shortfall")
+    elif np.isfinite(t["reward_shortfall"]):  # derived from its parts (older trial): a point value, no bounds
+        out["shortfall"] = Interval(t["reward_shortfall"])
     excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
     if np.isfinite(t["readout_excess_ci_low"]):
         out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
@@ -138,7 +140,13 @@ def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str
 def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[str, np.ndarray]]]:
     """(process, task, Verdict, per-seed signal columns) for each (process, task) of ``group``."""
     th = Thresholds(
-        params.tol, params.u_max, params.u_abs, params.margin_min, params.shortfall_min, params.min_seeds, params.ci
+        tol=params.tol,
+        u_max=params.u_max,
+        u_abs=params.u_abs,
+        margin_min=params.margin_min,
+        shortfall_min=params.shortfall_min,
+        min_seeds=params.min_seeds,
+        ci=params.ci,
     )
     cells: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     nulls: dict[str, dict[int, dict[str, float]]] = {}
@@ -225,7 +233,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
 def _figure(results):
     from rayexp.figures import plt  # matplotlib, Agg backend set once there
 
-    shown = ("unexplained_reweighting", "unexplained_elicitation", "margin_phase_greedy")
+    shown = ("unexplained_reweighting", "unexplained_elicitation", "margin_phase_greedy", "reward_shortfall")
     fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.6), squeeze=False)
     for ax, name in zip(axes[0], shown):
         for i, (_, task, _v, col) in enumerate(results):
