@@ -78,3 +78,14 @@ def golden_sweep(tmp_path_factory):
         return done[name]
 
     return get
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny models: more threads only add overhead on a shared machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ the RLCT (:mod:`.rlct` has the known answers the tests hold it to).
 
 **One setting for the study (:data:`STUDY_SGLD`).** The estimate depends on eps, gamma, nbeta and
 the preconditioner, so values compare only under the same ones. They are fixed once for the whole
-study (sweeps/development.yaml states them; tests/test_llc.py checks they are these), never chosen
+study (sweeps/development.yaml states them; tests/test_llc_analysis.py checks they are these), never chosen
 per trial or per checkpoint: a per-trial calibration made the same weights read 6 in one trial and
 73 in the other (issue 22). They were chosen on the known answers (deep linear networks by Aoyagi's
 formula, normal-crossing potentials), which they reproduce within 15 % (tests/test_llc.py), and
