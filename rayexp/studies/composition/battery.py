@@ -43,7 +43,7 @@ from envs.rewards import make_reward
 from rayexp.exact import ceilings, targets
 from rayexp.probes import collect_activations, residual_layers
 from rayexp.ridge import split_sequences
-from rayexp.stats import bootstrap_ci, ratio_values
+from rayexp.stats import bootstrap_ci
 from rayexp.studies.composition import classes
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 from rayexp.tables import format_table
@@ -262,11 +262,7 @@ def signals(s: Sample, pi: np.ndarray, control: bool = True) -> dict[str, np.nda
     )
     # the margin the policy earns beyond the fitted map of p_pre's own greedy choices (held out)
     fit_reward = ceilings.greedy_reward(fitted["fit_reweighting"], s.P[s.test]).mean(1)
-    shortfall = (  # as the composition analysis computes it (shortfall_values)
-        ratio_values(greedy[s.test] - fit_reward, den[s.test])
-        if den.mean() > ceilings.MARGIN_EPS
-        else np.full(len(s.test), np.nan)
-    )
+    shortfall = classes.reward_shortfall(greedy[s.test], fit_reward, s.ceil["optimum"], s.ceil["per_phase"], s.test)
     return {
         "u_rw": fitted["u_reweighting"],
         "u_el": fitted["u_elicitation"],

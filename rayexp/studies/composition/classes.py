@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.ridge import ridge_fit
 from rayexp.stats import ratio_values
 
@@ -168,3 +169,16 @@ def class_values(
     out = {f"u_{cls}": unexplained_values(pi[test], fit, base) for cls, fit in fits.items()}
     out |= {f"tv_{cls}": tv(pi[test], fit).mean(-1) for cls, fit in fits.items()}  # (n_test,) per step
     return out | {f"fit_{cls}": fit for cls, fit in fits.items()} | {"fit_position": base}
+
+
+def reward_shortfall(
+    greedy: np.ndarray, fit_reward: np.ndarray, optimum: np.ndarray, single: np.ndarray | None, test: np.ndarray
+) -> np.ndarray:
+    """Per held-out sequence (n_test,), linearised: (the policy's greedy reward ``greedy`` - the fitted
+    map of p_pre's ``fit_reward``, both (n_test,)) over (``optimum`` - ``single``, the best per-phase
+    single factor, both (N,) over every sequence, taken at ``test``): the share of that gap no map of
+    p_pre earns (above 1 where the map earns less than the single factor). NaN without a single factor
+    below the optimum (as the margin). The composition analysis and the battery both score it so."""
+    if single is None or optimum.mean() - single.mean() < MARGIN_EPS:
+        return np.full(len(test), np.nan)
+    return ratio_values(greedy - fit_reward, optimum[test] - single[test])

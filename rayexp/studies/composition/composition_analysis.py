@@ -163,17 +163,6 @@ def margin_values(reward: np.ndarray, ceil: dict, single: np.ndarray | None) -> 
     return ratio_values(reward - single, ceil["optimum"] - single)
 
 
-def shortfall_values(greedy: np.ndarray, fit_reward: np.ndarray, ceil: dict, test: np.ndarray) -> np.ndarray:
-    """Per held-out sequence (n_test,), linearised: (policy's greedy reward - the fitted map of p_pre's)
-    over (optimum - best per-phase single factor), the share of that gap no map of p_pre earns (above 1
-    where the map earns less than the per-phase single factor); NaN without a per-phase single factor
-    below the optimum (as the margin)."""
-    single = ceil.get("single_per_phase")
-    if single is None or ceil["optimum"].mean() - single.mean() < ceilings.MARGIN_EPS:
-        return np.full(len(test), np.nan)
-    return ratio_values(greedy - fit_reward, ceil["optimum"][test] - single[test])
-
-
 def interaction_values(v: dict) -> np.ndarray:
     if "ia_num" not in v:
         return np.full(len(v["expected"]), np.nan)
@@ -295,7 +284,10 @@ class Scorer:
             fit_reward = ceilings.greedy_reward(fit, s.P[s.test]).mean(1)  # (n_test,)
             m[f"classes/{cls}/fit_reward/{name}"] = _mean(fit_reward)
             if cls == "reweighting":  # the margin the policy earns beyond the fitted map's own choices
-                v["shortfall"] = shortfall_values(v["greedy"][s.test], fit_reward, self.ceil, s.test)
+                single = self.ceil.get("single_per_phase")
+                v["shortfall"] = classes.reward_shortfall(
+                    v["greedy"][s.test], fit_reward, self.ceil["optimum"], single, s.test
+                )
                 m[f"classes/reweighting/shortfall/{name}"] = _mean(v["shortfall"])
         if name == "post" and self.h_random is not None:  # the same readout of random-init features
             fit = classes.readout_fit(self.h_random, pi, s.train, s.test)

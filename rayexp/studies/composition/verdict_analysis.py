@@ -27,6 +27,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import process_label
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 
@@ -98,7 +99,9 @@ def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, fl
     out = {col: float(found.get(key, float("nan"))) for col, key in SIGNALS.items()}
     if not np.isfinite(out["reward_shortfall"]):  # trials logged before the metric: nearly the same from its parts
         gap = out["ceiling_optimum"] - out["ceiling_single_per_phase"]
-        if gap > 1e-6:  # (a ratio of means; the post reward over every sequence, the fit's over the held-out half)
+        if (
+            gap >= MARGIN_EPS
+        ):  # (a ratio of means; the post reward over every sequence, the fit's over the held-out half)
             out["reward_shortfall"] = (out["reward_post_greedy"] - out["fit_reward_reweighting"]) / gap
     return out
 
