@@ -184,3 +184,19 @@ def test_the_sweep_file_states_the_tested_setting():
     sweep = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
     (entry,) = [a for a in sweep["base"]["analyses"] if isinstance(a, dict) and a.get("name") == "llc"]
     assert validate_params("llc", entry.get("params", {})).sgld() == STUDY_SGLD
+
+
+def test_rl_only_arm_skips_pretraining_and_gets_the_same_estimates():
+    """``pretraining: false`` (sweeps/development_null.yaml): no pretraining estimates, and the RL
+    checkpoints' estimates are those of the full analysis (iteration 0 = the shared pretrained model)."""
+    trial = FakeTrial("positive", _pretrained(), 2, steps=(0, 40), iterations=(1, 2))
+    full, rl_only = _run(trial), _run(trial, pretraining=False)
+    assert "llc_pretrain" not in rl_only.tables and "llc_pretrain" in full.tables
+    assert not any(k.startswith("pretrain/") for k in rl_only.metrics)
+    assert rl_only.tables["llc_rl"].to_pydict()["llc_mean"] == full.tables["llc_rl"].to_pydict()["llc_mean"]
+    m = rl_only.metrics
+    assert m["rl/start"] == full.metrics["rl/start"] == full.tables["llc_rl"].to_pydict()["llc_mean"][0]
+    assert m["rl/estimates"] == 2 and 0 <= m["rl/healthy"] <= 2
+    if m["rl/start_healthy"] and m["rl/healthy"]:
+        assert m["rl/growth"] == pytest.approx(m["rl/last"] / m["rl/start"])
+    assert set(rl_only.figures) == {"llc_over_training"}

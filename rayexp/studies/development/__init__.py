@@ -12,11 +12,19 @@ on a constructed case with a known answer (tests/test_llc.py):
 - :mod:`.losses`: the loss the LLC is taken of: the self-KL on the pretraining stream, the same
   for every trial and checkpoint.
 
+:mod:`.growth` is how far RL moved the LLC and the paired comparison with the shuffled-reward null;
+:mod:`.report` its section of ``rayexp report``.
+
 The adapter is the ``llc`` analysis (:mod:`.llc_analysis`, figure in :mod:`.llc_figure`). Nothing
 here imports torch at module level.
 """
 
 from rayexp.studies.development import llc_analysis  # noqa: F401  (registers the analysis)
+from rayexp.studies.development.report import report_section
 from rayexp.study import Study
 
-STUDY = Study(name="development", description="the LLC over pretraining and PPO checkpoints, transitions located")
+STUDY = Study(
+    name="development",
+    description="the LLC over pretraining and PPO checkpoints, transitions located, growth against the null",
+    report=report_section,
+)

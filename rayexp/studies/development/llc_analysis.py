@@ -17,9 +17,12 @@ are located on healthy estimates only. R-hat works on ranks, so it shrugs off a 
 ceiling is what catches them (on the quickstart's negative control after 40 PPO iterations, 6 of
 4000 draws went past log 6 nats and would have added ~8 % to the estimate).
 Identical weights (RL iteration 0 is the pretrained model) are estimated once and reused.
+``pretraining: false`` skips the pretraining checkpoints (no ``pretrain/*`` metrics, no ``llc_pretrain``
+table): an arm added to a study whose other arms of the same seeds estimated them (sweeps/development_null.yaml).
 
 Logged: metrics ``{pretrain,rl}/final`` (and ``_std``, ``_rhat``, ``_settled``, ``_healthy``),
-``{phase}/unsettled``, ``{phase}/unhealthy``,
+``{phase}/unsettled``, ``{phase}/unhealthy``, ``rl/{start,start_healthy,last,last_iteration,growth,
+healthy,estimates,reward_start,reward_final}`` (:func:`.growth.rl_growth`: how far RL moved the LLC),
 ``{phase}/transitions_{llc,loss|reward}``, ``sgld/{lr,localization,nbeta,rms_delta,num_chains,
 num_burnin,num_draws}``, ``seconds_per_estimate``; tables ``llc_pretrain`` (step, llc_mean, llc_std,
 rhat, settled, diverged, below_init, healthy, loss), ``llc_rl`` (iteration, ..., reward), ``llc_chains``
@@ -49,6 +52,7 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.rollouts import collect
 from rayexp.studies.development import losses
 from rayexp.studies.development.convergence import RHAT_MAX
+from rayexp.studies.development.growth import rl_growth
 from rayexp.studies.development.llc import (
     STUDY_SGLD,
     LLCResult,
@@ -92,6 +96,11 @@ class LLCParams(Params):
     )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="seed of the sequences, the SGLD chains and the reward episodes"
+    )
+    pretraining: bool = Field(
+        True,
+        description="estimate the pretraining checkpoints too; false: PPO's only (iteration 0 is the pretrained "
+        "model), for an arm added to a sweep whose other arms of the same seeds estimated them already",
     )
 
     def sgld(self) -> SGLDSettings:
@@ -200,7 +209,7 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
     first = artifacts.pretrain_checkpoint(steps[0])
     est = Estimator(artifacts.process(), first.cfg.n_ctx, params)
     pretrain = []
-    for step in steps:
+    for step in steps if params.pretraining else []:
         model = first if step == steps[0] else artifacts.pretrain_checkpoint(step)
         pretrain.append({**est.estimate(model, "pretrain", step), "loss": est.loss(model)})
     rl = []
@@ -209,8 +218,11 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
         reward = _reward(model, artifacts.env_config, params.reward_episodes, params.seed)  # same seeds each time
         rl.append({**est.estimate(model, "rl", it), "reward": reward})
 
-    metrics = {**_phase_metrics("pretrain", pretrain), **_phase_metrics("rl", rl)}
-    marks = phase_transitions({"pretrain": pretrain, "rl": rl}, params.transition_k)
+    metrics = {**(_phase_metrics("pretrain", pretrain) if pretrain else {}), **_phase_metrics("rl", rl)}
+    rl_cols = {k: [r[k] for r in rl] for k in ("checkpoint", "llc_mean", "healthy", "reward")}
+    rl_cols["iteration"] = rl_cols.pop("checkpoint")
+    metrics.update({f"rl/{k}": v for k, v in rl_growth(rl_cols).items()})
+    marks = phase_transitions({"pretrain": pretrain, "rl": rl} if pretrain else {"rl": rl}, params.transition_k)
     found = [
         {"phase": phase, "curve": curve, "checkpoint": at}
         for phase, curves in marks.items()
@@ -223,7 +235,7 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
         metrics[f"sgld/{k}"] = float(getattr(est.settings, k))
     metrics["seconds_per_estimate"] = float(np.mean(est.seconds))
     tables = {
-        "llc_pretrain": _table(pretrain, "step"),
+        **({"llc_pretrain": _table(pretrain, "step")} if pretrain else {}),
         "llc_rl": _table(rl, "iteration"),
         "llc_chains": pa.concat_tables([pa.table(c) for c in est.chains]),
         "llc_transitions": pa.Table.from_pylist(found, schema=TRANSITIONS),

@@ -21,8 +21,12 @@ def llc_figure(pretrain: list[dict], rl: list[dict], marks: dict[str, dict[str, 
         (1, rl, "reward", "reward per step", "PPO iteration", "rl"),
     )
     for col, rows, key, label, xlabel, phase in panels:
-        x = np.array([r["checkpoint"] for r in rows], dtype=float)
         top, bottom = axs[0, col], axs[1, col]
+        if not rows:  # pretraining: false (the other arms of these seeds hold it)
+            for ax in (top, bottom):
+                ax.text(0.5, 0.5, "not estimated here", ha="center", va="center", transform=ax.transAxes)
+            continue
+        x = np.array([r["checkpoint"] for r in rows], dtype=float)
         top.plot(x, [r[key] for r in rows], "o-", color="C0", ms=4)
         top.set_ylabel(label)
         mean = np.array([r["llc_mean"] for r in rows], dtype=float)
@@ -41,9 +45,9 @@ def llc_figure(pretrain: list[dict], rl: list[dict], marks: dict[str, dict[str, 
             bottom.set_xscale("symlog", linthresh=1)
             bottom.set_xlim(0, 1.5 * max(x.max(), 1))
         for ax in (top, bottom):
-            for s in marks[phase].get("llc", []):
+            for s in marks.get(phase, {}).get("llc", []):
                 ax.axvline(s, color="C3", ls="--", lw=1)
-            for s in marks[phase].get(key, []):
+            for s in marks.get(phase, {}).get(key, []):
                 ax.axvline(s, color="0.5", ls=":", lw=1)
         bottom.legend(fontsize=8, loc="best")
     axs[0, 0].set_title("pretraining")

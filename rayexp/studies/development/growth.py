@@ -1,0 +1,68 @@
+"""How far RL moved the LLC, and whether a task moved it further than its shuffled-reward null.
+
+Pure maths on the rows of the ``llc`` analysis's ``llc_rl`` table (iteration, llc_mean, healthy,
+reward); :mod:`.report` feeds it a sweep's trials. DESIGN rule 6: a rise of the LLC under PPO is
+credited to what the reward asks for only against the same PPO on a reward that asks nothing (the
+shuffled null), seed by seed, since the arms of a seed start from the same pretrained weights.
+
+- :func:`rl_growth`: one trial. ``start`` is the LLC at iteration 0 (the pretrained model, the
+  same number in every arm of a seed); ``last`` the last *healthy* estimate after it (unsettled or
+  diverged ones are not values, :mod:`.llc`), at ``last_iteration``; ``growth = last / start``.
+  NaN when the start is not healthy or no later estimate is.
+- :func:`paired_growth`: over seeds, log(growth_task) - log(growth_null) paired by seed, its
+  Student-t interval, reported as a ratio (exp): ``above`` when the whole interval is above 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rayexp.stats import t_ci
+
+
+def rl_growth(rows: dict[str, list]) -> dict[str, float]:
+    """``rows``: the ``llc_rl`` table as columns. The trial's start, last healthy LLC and growth."""
+    it = [int(i) for i in rows["iteration"]]
+    llc = [float(v) for v in rows["llc_mean"]]
+    ok = [bool(h) for h in rows["healthy"]]
+    reward = [float(v) for v in rows.get("reward", [math.nan] * len(it))]
+    order = sorted(range(len(it)), key=it.__getitem__)
+    if not order or it[order[0]] != 0:
+        raise ValueError(f"llc_rl has no iteration 0 (the pretrained model): iterations {sorted(it)}")
+    first = order[0]
+    later = [i for i in order[1:] if ok[i] and np.isfinite(llc[i])]
+    start, start_ok = llc[first], ok[first]
+    last = llc[later[-1]] if later else math.nan
+    return {
+        "start": start,
+        "start_healthy": float(start_ok),
+        "last": last,
+        "last_iteration": float(it[later[-1]]) if later else math.nan,
+        "growth": last / start if start_ok and later and start > 0 else math.nan,
+        "healthy": float(sum(ok[i] for i in order[1:])),
+        "estimates": float(len(order) - 1),
+        "reward_start": reward[first],
+        "reward_final": reward[order[-1]],
+    }
+
+
+def paired_growth(task: dict[int, float], null: dict[int, float], ci: float = 0.95) -> dict[str, float]:
+    """``task``, ``null``: growth by seed. The growth ratio task / null over the seeds both have
+    (finite), as exp of the mean log ratio with its Student-t interval; ``above`` = 1.0 when the
+    interval's low end is above 1 (the task moved the LLC further than PPO on a reward that asks
+    nothing), 0.0 when it is not, NaN with fewer than two seeds."""
+    seeds = sorted(s for s in task.keys() & null.keys() if np.isfinite(task[s]) and np.isfinite(null[s]))
+    logs = [math.log(task[s] / null[s]) for s in seeds if task[s] > 0 and null[s] > 0]
+    if len(logs) < 2:
+        m = math.exp(logs[0]) if logs else math.nan
+        return {"ratio": m, "low": math.nan, "high": math.nan, "seeds": float(len(logs)), "above": math.nan}
+    m, lo, hi = t_ci(logs, ci)
+    return {
+        "ratio": math.exp(m),
+        "low": math.exp(lo),
+        "high": math.exp(hi),
+        "seeds": float(len(logs)),
+        "above": float(lo > 0),
+    }

@@ -1,0 +1,165 @@
+"""The development study in `rayexp report`: how far PPO moved each trial's LLC (``development_llc.csv``),
+per task over seeds and against the shuffled-reward null, paired by seed (``development_growth.csv``),
+and the LLC over PPO iterations of every trial, coloured by task (``development_llc_rl.png``).
+
+Reads each trial's ``llc_rl`` table, so trials logged before the ``rl/growth`` metrics existed are
+reported the same way. The arms of a seed start from the same pretrained weights, so their
+iteration-0 LLCs must be one number; the section says whether they are (if not, the arms did not
+share a pretrained model, or the estimator changed between them, and the comparison is void).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from rayexp import tracking
+from rayexp.studies.development.growth import paired_growth, rl_growth
+from rayexp.study import ReportInput
+from rayexp.tables import format_table, write_csv
+
+LLC = "analysis/llc/"
+
+
+def llc_tables(runs: list) -> dict[str, dict[str, list]]:
+    """Each trial's ``llc_rl`` table (columns) by run id, for the runs whose ``llc`` analysis ran."""
+    import pyarrow.parquet as pq
+
+    runs = [r for r in runs if LLC + "seconds_per_estimate" in r.data.metrics]
+    if not runs:
+        return {}
+    c = tracking.client(tracking.tracking_uri())
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            path = c.download_artifacts(r.info.run_id, "tables/llc_rl.parquet", tmp)
+            out[r.info.run_id] = pq.read_table(path).to_pydict()
+    return out
+
+
+def _arm(run) -> tuple[str, str, bool]:
+    tags, params = run.data.tags, run.data.params
+    null = params.get("task.shuffle_reward") == "True"
+    return tags.get("rayexp.process", "?"), tags.get("rayexp.task", "?"), null
+
+
+def _f(v: float, fmt: str = ".1f") -> str:
+    return "-" if not math.isfinite(v) else format(v, fmt)
+
+
+def trial_rows(runs: list, tables: dict[str, dict[str, list]]) -> list[dict]:
+    """One row per trial: its arm, seed and :func:`.growth.rl_growth`."""
+    rows = []
+    for r in runs:
+        if r.info.run_id not in tables:
+            continue
+        process, task, null = _arm(r)
+        g = rl_growth(tables[r.info.run_id])
+        rows.append({"process": process, "task": task, "null": null, "seed": int(r.data.params.get("seed", -1)), **g})
+    return sorted(rows, key=lambda x: (x["process"], x["null"], x["task"], x["seed"]))
+
+
+def growth_rows(trials: list[dict]) -> list[dict]:
+    """Per (process, task): growth over seeds, and against the process's shuffled-reward null."""
+    out = []
+    for process in dict.fromkeys(t["process"] for t in trials):
+        arms: dict[tuple[str, bool], dict[int, float]] = {}
+        for t in (t for t in trials if t["process"] == process):
+            arms.setdefault((t["task"], t["null"]), {})[t["seed"]] = t["growth"]
+        nulls = [by_seed for (_, null), by_seed in arms.items() if null]
+        for (task, null), by_seed in arms.items():
+            vals = [v for v in by_seed.values() if math.isfinite(v)]
+            row = {
+                "process": process,
+                "task": task + (" (null)" if null else ""),
+                "seeds": len(by_seed),
+                "growth": f"{sum(vals) / len(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]" if vals else "-",
+                "vs null (ratio [95% CI])": "-",
+                "moved beyond the null": "-",
+            }
+            if not null and len(nulls) == 1:
+                p = paired_growth(by_seed, nulls[0])
+                if math.isfinite(p["low"]):
+                    row["vs null (ratio [95% CI])"] = f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+                    row["moved beyond the null"] = "yes" if p["above"] == 1.0 else "no"
+                elif math.isfinite(p["ratio"]):
+                    row["vs null (ratio [95% CI])"] = f"{p['ratio']:.2f} [one seed]"
+            out.append(row)
+    return out
+
+
+def shared_start(trials: list[dict]) -> bool:
+    """Do the arms of every (process, seed) have one iteration-0 LLC (one pretrained model, one estimator)?"""
+    starts: dict[tuple[str, int], set[float]] = {}
+    for t in trials:
+        starts.setdefault((t["process"], t["seed"]), set()).add(t["start"])
+    return all(len(s) == 1 for s in starts.values())
+
+
+def llc_rl_figure(runs: list, tables: dict[str, dict[str, list]], path: Path) -> Path:
+    """LLC over PPO iterations, each trial a line through its healthy estimates, coloured by task."""
+    from rayexp.figures import plt  # the Agg backend, set once there
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours: dict[str, str] = {}
+    labelled: set[str] = set()
+    for r in runs:
+        t = tables.get(r.info.run_id)
+        if t is None:
+            continue
+        _, task, _ = _arm(r)
+        colour = colours.setdefault(task, f"C{len(colours)}")
+        pts = sorted((i, v) for i, v, h in zip(t["iteration"], t["llc_mean"], t["healthy"]) if h)
+        label = None if task in labelled else task
+        labelled.add(task)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, ms=3, alpha=0.8, label=label)
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel("LLC (healthy estimates)")
+    ax.set_title("LLC over PPO, one line per trial", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report_section(inp: ReportInput) -> None:
+    tables = llc_tables(inp.runs)
+    trials = trial_rows(inp.runs, tables)
+    if not trials:
+        return
+    shown = [
+        {
+            "process": t["process"],
+            "task": t["task"],
+            "seed": t["seed"],
+            "LLC it 0": _f(t["start"]),
+            "last healthy LLC (it)": f"{_f(t['last'])} ({_f(t['last_iteration'], '.0f')})",
+            "growth": _f(t["growth"], ".2f"),
+            "healthy after 0": f"{t['healthy']:.0f}/{t['estimates']:.0f}",
+            "reward it 0 -> last": f"{_f(t['reward_start'], '.3f')} -> {_f(t['reward_final'], '.3f')}",
+        }
+        for t in trials
+    ]
+    print("\ndevelopment: the LLC under PPO per trial (README, 'Development over training'):", file=inp.file)
+    print(format_table(shown), file=inp.file)
+    growth = growth_rows(trials)
+    print(
+        "\nLLC growth (last healthy / iteration 0), mean [min, max] over seeds; against the shuffled-reward "
+        "null paired by seed (geometric mean ratio, Student-t on the log):",
+        file=inp.file,
+    )
+    print(format_table(growth), file=inp.file)
+    same = shared_start(trials)
+    print(
+        "iteration-0 LLC "
+        + (
+            "is one number across the arms of each seed." if same else "DIFFERS between arms of a seed: not comparable."
+        ),
+        file=inp.file,
+    )
+    if inp.out is not None:
+        write_csv(trials, inp.out / "development_llc.csv")
+        write_csv(growth, inp.out / "development_growth.csv")
+        print(f"figure: {llc_rl_figure(inp.runs, tables, inp.out / 'development_llc_rl.png')}", file=inp.file)

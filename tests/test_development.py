@@ -1,0 +1,103 @@
+"""The development study's growth maths (how far PPO moved the LLC, against the shuffled null, paired by
+seed), its report section on stand-in runs, and the null-arm sweep file kept equal to the study's."""
+
+import math
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayexp.studies.development import report
+from rayexp.studies.development.growth import paired_growth, rl_growth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(llc, healthy, reward=None, iterations=None):
+    n = len(llc)
+    return {
+        "iteration": iterations or [5 * i for i in range(n)],
+        "llc_mean": llc,
+        "healthy": healthy,
+        "reward": reward or [0.1 * i for i in range(n)],
+    }
+
+
+def test_growth_is_the_last_healthy_estimate_over_the_start():
+    g = rl_growth(_rows([100.0, 150.0, 300.0, 900.0], [True, True, True, False]))
+    assert g["start"] == 100.0 and g["last"] == 300.0 and g["last_iteration"] == 10.0
+    assert g["growth"] == pytest.approx(3.0)
+    assert g["healthy"] == 2 and g["estimates"] == 3
+    assert g["reward_start"] == 0.0 and g["reward_final"] == pytest.approx(0.3)
+    # rows in any order: the start is iteration 0, not the first row
+    shuffled = rl_growth(_rows([300.0, 100.0, 150.0], [True, True, True], iterations=[10, 0, 5]))
+    assert shuffled["start"] == 100.0 and shuffled["last"] == 300.0 and shuffled["last_iteration"] == 10
+
+
+def test_growth_is_nan_without_a_healthy_start_or_a_healthy_later_estimate():
+    assert math.isnan(rl_growth(_rows([100.0, 150.0], [False, True]))["growth"])
+    g = rl_growth(_rows([100.0, 150.0, 170.0], [True, False, False]))
+    assert math.isnan(g["growth"]) and math.isnan(g["last"]) and g["healthy"] == 0
+    with pytest.raises(ValueError, match="iteration 0"):
+        rl_growth(_rows([100.0, 150.0], [True, True], iterations=[5, 10]))
+
+
+def test_paired_growth_against_the_null():
+    task = {0: 3.3, 1: 3.7, 2: 3.65}
+    null = {0: 1.1, 1: 1.2, 2: 1.05}
+    p = paired_growth(task, null)
+    logs = [math.log(task[s] / null[s]) for s in task]
+    assert p["ratio"] == pytest.approx(math.exp(sum(logs) / 3))
+    assert 1 < p["low"] < p["ratio"] < p["high"] and p["above"] == 1.0 and p["seeds"] == 3
+    # the same growth as the null, up to noise: not above
+    same = paired_growth({0: 1.2, 1: 1.0, 2: 1.1}, {0: 1.1, 1: 1.15, 2: 1.05})
+    assert same["low"] < 1 < same["high"] and same["above"] == 0.0
+    # only seeds both arms have, with finite growth; one seed gives no interval
+    one = paired_growth({0: 2.0, 1: math.nan, 3: 5.0}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert one["ratio"] == pytest.approx(2.0) and math.isnan(one["low"]) and math.isnan(one["above"])
+
+
+def _run(task, seed, null=False):
+    return types.SimpleNamespace(
+        info=types.SimpleNamespace(run_id=f"{task}{seed}"),
+        data=types.SimpleNamespace(
+            tags={"rayexp.process": "p", "rayexp.task": task},
+            params={"seed": str(seed), "task.shuffle_reward": str(null)},
+            metrics={"analysis/llc/seconds_per_estimate": 1.0},
+        ),
+    )
+
+
+def test_report_rows_pair_each_task_with_the_null_by_seed(tmp_path):
+    starts = {0: 140.0, 1: 142.0, 2: 141.0}
+    ends = {"positive": (470, 525, 512), "negative": (190, 193, 174), "shuffled_null": (150, 170, 160)}
+    runs, tables = [], {}
+    for task, finals in ends.items():
+        for seed, end in enumerate(finals):
+            run = _run(task, seed, null=task == "shuffled_null")
+            runs.append(run)
+            tables[run.info.run_id] = _rows([starts[seed], end], [True, True])
+    trials = report.trial_rows(runs, tables)
+    assert [t["task"] for t in trials][-3:] == ["shuffled_null"] * 3  # the null last
+    assert report.shared_start(trials)
+    rows = {r["task"]: r for r in report.growth_rows(trials)}
+    assert rows["positive"]["moved beyond the null"] == "yes"
+    assert rows["negative"]["moved beyond the null"] in ("yes", "no")
+    assert rows["shuffled_null (null)"]["vs null (ratio [95% CI])"] == "-"
+    # a seed whose arms start from different numbers: not one pretrained model, said so
+    tables["positive1"] = _rows([150.0, 525.0], [True, True])
+    assert not report.shared_start(report.trial_rows(runs, tables))
+    assert report.llc_rl_figure(runs, tables, tmp_path / "f.png").stat().st_size > 0
+
+
+def test_the_null_arm_sweep_is_the_study_but_for_its_tasks_and_pretraining():
+    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
+    null = yaml.safe_load((ROOT / "sweeps" / "development_null.yaml").read_text())
+    assert null["experiment"] == full["experiment"]
+    assert null["tasks"] == [t for t in full["tasks"] if t.get("shuffle_reward")]
+    llc = [a for a in null["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc"][0]
+    assert llc["params"].pop("pretraining") is False
+    for key in ("name", "description", "tasks"):
+        null.pop(key), full.pop(key)
+    assert null == full
