@@ -12,6 +12,7 @@ from rayexp.studies.composition.verdict import (
     INCONCLUSIVE,
     REWEIGHTING,
     Interval,
+    Thresholds,
     decide,
 )
 
@@ -79,6 +80,11 @@ def test_verdict_rule_against_the_null():
     # a drift-heavy null excuses nothing past u_max
     v = decide(_seeds(0.6), _seeds(0.6, seed=1), _seeds(0.0, seed=2), _seeds(0.62, seed=3), _seeds(0.62, seed=4))
     assert v.code == INCONCLUSIVE
+    # a quarter-composed policy (the battery's graded mixture at the PPO nulls' drift) leaves ~0.4: below
+    # its null, but too much for a map to be said to explain it; a PPO negative control's ~0.2 is explained
+    heavy_rw, heavy_el = _seeds(0.6, seed=3), _seeds(0.6, seed=4)
+    assert decide(_seeds(0.42), _seeds(0.42, seed=1), _seeds(0.4, seed=2), heavy_rw, heavy_el).code == INCONCLUSIVE
+    assert decide(_seeds(0.2), _seeds(0.3, seed=1), _seeds(0.0, seed=2), heavy_rw, heavy_el).code == REWEIGHTING
     # seeds that disagree: neither explained nor unexplained
     v = decide([0.1, 0.8, 0.2, 0.7, 0.4], [0.1, 0.8, 0.2, 0.7, 0.4], [0.9] * 5, null_rw, null_el)
     assert v.code == INCONCLUSIVE
@@ -280,6 +286,16 @@ def test_a_sharp_reweighting_with_near_ties_is_not_composition():
     case = next(c for c in battery.CASES if c.name == "argmax of group sums")
     r = battery.run_case(case, "product(mess3,z1r)", seeds=5, n_seq=600)
     assert r["verdict"] in ("reweighting", "inconclusive") and float(r["shortfall"]) < 0.25, r
+
+
+def test_a_quarter_composed_policy_is_not_a_reweighting_at_the_ppo_nulls_drift():
+    # against a null that leaves 0.6 of its deviation unexplained by a map of p_pre (the PPO nulls'
+    # 0.55-0.77), a policy composed a quarter of the time leaves less than its null; with u_max 0.5
+    # the rule called it reweighting
+    case = next(c for c in battery.CASES if c.name == "graded alpha=0.25")
+    r = battery.run_case(case, "interleave(mess3,mess3)", seeds=5, n_seq=600, null="drift")
+    assert float(r["null u map"]) > 0.5 and float(r["u map"]) > Thresholds().u_max, r
+    assert r["verdict"] in case.expect and r["verdict"] != "reweighting", r
 
 
 @pytest.mark.slow

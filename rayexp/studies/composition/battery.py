@@ -24,7 +24,8 @@ nulls' on interleaves (0.60 of a policy's deviation unexplained by a map of p_pr
 - elicitation: a fixed linear readout of the features, softmaxed (on a product of Mess3 factors it
   is also a map of p_pre, whose factor marginals fix the beliefs: reweighting, the smaller class);
 - composition: the Bayes joint-target policy on interleaved streams; a graded mixture that acts as
-  that policy with probability alpha and as sharpened p_pre otherwise (pi = alpha pi_c + (1-alpha) pi_r);
+  that policy with probability alpha and as sharpened p_pre otherwise (pi = alpha pi_c + (1-alpha) pi_r),
+  right as composition or inconclusive for 0 < alpha < 1 (never a map of p_pre, never a readout);
 - drift: sharpened p_pre plus a reward-irrelevant random function of position and the last two tokens.
 """
 
@@ -218,7 +219,8 @@ CASES = (
         Case(
             f"graded alpha={a:g}",
             _graded(a),
-            ("reweighting",) if a == 0 else ("composition",) if a == 1 else (),
+            # a mixture with any composed part is no map of p_pre and no readout: composed, or unsure
+            ("reweighting",) if a == 0 else ("composition",) if a == 1 else ("composition", "inconclusive"),
             INTERLEAVE,
         )
         for a in ALPHAS

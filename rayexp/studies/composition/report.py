@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rayexp import tracking
 from rayexp.studies.composition.geometry_report import report_geometry
+from rayexp.studies.composition.verdict import Thresholds
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, write_csv
 
@@ -74,7 +75,11 @@ VERDICT_SIGNALS = {
 
 
 def verdict_figure(
-    runs: list, path: Path, u_max: float = 0.5, margin_min: float = 0.5, shortfall_min: float = 0.25
+    runs: list,
+    path: Path,
+    u_max: float = Thresholds.u_max,
+    margin_min: float = Thresholds.margin_min,
+    shortfall_min: float = Thresholds.shortfall_min,
 ) -> Path:
     """Each verdict signal per (process, task), controls side by side, every seed a point, with the rule's
     thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes,

@@ -79,12 +79,23 @@ SIGNALS = {
 
 class VerdictParams(Params):
     analysis: str = Field("composition", description="name of the per-trial analysis whose metrics are read")
-    tol: float = Field(0.05, ge=0, lt=1, description="explained: the paired excess over the null's CI high below it")
-    u_max: float = Field(0.5, gt=0, le=1, description="explained also needs the unexplained share's CI high below it")
-    u_abs: float = Field(0.25, gt=0, lt=1, description="without a null: explained below, unexplained above it")
-    margin_min: float = Field(0.5, ge=-1, le=1, description="composition needs the per-phase margin's CI low above it")
+    tol: float = Field(
+        Thresholds.tol, ge=0, lt=1, description="explained: the paired excess over the null's CI high below it"
+    )
+    u_max: float = Field(
+        Thresholds.u_max, gt=0, le=1, description="explained also needs the unexplained share's CI high below it"
+    )
+    u_abs: float = Field(
+        Thresholds.u_abs, gt=0, lt=1, description="without a null: explained below, unexplained above it"
+    )
+    margin_min: float = Field(
+        Thresholds.margin_min, ge=-1, le=1, description="composition needs the per-phase margin's CI low above it"
+    )
     shortfall_min: float = Field(
-        0.25, ge=-1, le=1, description="composition needs the reward shortfall of the map of p_pre's CI low above it"
+        Thresholds.shortfall_min,
+        ge=-1,
+        le=1,
+        description="composition needs the reward shortfall of the map of p_pre's CI low above it",
     )
     min_seeds: int = Field(2, ge=1, description="fewer seeds: intervals over one trial's held-out contexts")
     ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
