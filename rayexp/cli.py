@@ -234,7 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("experiment", help="MLflow experiment name (the sweep's `experiment`, default its name)")
     rep.add_argument("--out", default=None, help="directory for report.csv and figures (default: report_EXPERIMENT)")
-    rep.add_argument("--parent", default=None, help="parent run id of the sweep to report (default: latest)")
+    rep.add_argument(
+        "--parent",
+        action="append",
+        default=None,
+        help="parent run id of the sweep to report (default: latest); repeat it to report the trials of several "
+        "sweeps together, e.g. an arm run later (sweeps/development_null.yaml); sections that read a sweep "
+        "run's own results (verdicts, objective) read the first",
+    )
     rep.set_defaults(func=_cmd_report)
 
     ana = sub.add_parser(

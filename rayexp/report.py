@@ -96,13 +96,22 @@ def _figures(uri: str, rows: list[dict], runs: list, out: Path) -> list[Path]:
     return written
 
 
-def report(experiment: str, out_dir: str | None = None, parent: str | None = None, file=sys.stdout) -> int:
+def report(experiment: str, out_dir: str | None = None, parent: str | list[str] | None = None, file=sys.stdout) -> int:
+    """``parent``: one sweep run id, several (their trials reported together; the first is the sweep
+    whose own results study sections read), or None for the latest sweep."""
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per table otherwise
     uri = tracking.tracking_uri()
-    parent, rows, runs = trial_rows(uri, experiment, parent)
-    print(f"experiment {experiment!r}, sweep run {parent}, {len(rows)} trials ({uri})", file=file)
+    parents = [parent] if parent is None or isinstance(parent, str) else list(dict.fromkeys(parent))
+    rows, runs = [], []
+    for i, one in enumerate(parents):
+        found, more_rows, more_runs = trial_rows(uri, experiment, one)
+        parents[i] = found
+        rows, runs = rows + more_rows, runs + more_runs
+    parent = parents[0]
+    sweeps = f"sweep run {parent}" if len(parents) == 1 else f"sweep runs {', '.join(parents)}"
+    print(f"experiment {experiment!r}, {sweeps}, {len(rows)} trials ({uri})", file=file)
     print(format_table(rows), file=file)
     out = Path(out_dir or f"report_{experiment}")
     out.mkdir(parents=True, exist_ok=True)

@@ -152,3 +152,41 @@ def test_a_wide_table_fits_120_columns_and_keeps_every_value():
     notes = " ".join(line.strip() for line in lines if line.startswith(("[", "    ")))
     assert f"[2] reason: positive_control: {reason}" in notes
     assert format_table(rows[:1], width=10**6).count("\n") == 4  # header, rule, row, blank, note
+
+
+def test_report_of_two_sweeps_pairs_an_arm_run_later_with_the_first(workdir):
+    """`rayexp report EXP --parent A --parent B`: the controls of one sweep and a null arm run later
+    (sweeps/development_null.yaml) reported together, the development section pairing them by seed."""
+    uri = tracking.tracking_uri()
+    exp = tracking.experiment_id(uri, "dev")
+    arms = {"controls": {"positive_control": (470.0, 525.0, 512.0)}, "null": {"shuffled_null": (256.0, 269.0, 347.0)}}
+    parents = {}
+    for sweep, tasks in arms.items():
+        parents[sweep] = tracking.start_parent_run(uri, exp, sweep, {}, {})
+        for task, ends in tasks.items():
+            for seed, end in enumerate(ends):
+                run = tracking.TrialRun(
+                    uri,
+                    exp,
+                    parents[sweep],
+                    f"{task}{seed}",
+                    f"p__{task}__{seed}",
+                    {"seed": seed, "task.shuffle_reward": task == "shuffled_null"},
+                    {"rayexp.task": task, "rayexp.process": "interleave(mess3,mess3)", "rayexp.seed": str(seed)},
+                )
+                run.log_metrics({"analysis/llc/seconds_per_estimate": 1.0}, step=0)
+                rows = {"iteration": [0, 40], "llc_mean": [140.0 + seed, end], "healthy": [True, True]}
+                run.log_table("llc_rl", pa.table({**rows, "reward": [0.3, 0.4]}))
+                run.finish()
+    one = io.StringIO()
+    assert report("dev", out_dir=str(workdir / "one"), parent=parents["null"], file=one) == 0
+    assert "3 trials" in one.getvalue() and "moved beyond the null" in one.getvalue()
+    both = io.StringIO()
+    assert report("dev", out_dir=str(workdir / "both"), parent=[parents["controls"], parents["null"]], file=both) == 0
+    out = both.getvalue()
+    assert f"sweep runs {parents['controls']}, {parents['null']}, 6 trials" in out
+    assert "is one number across the arms of each seed" in out
+    with open(workdir / "both" / "development_growth.csv") as f:
+        growth = {r["task"]: r for r in csv.DictReader(f)}
+    assert growth["positive_control"]["moved beyond the null"] == "yes"
+    assert (workdir / "both" / "development_llc_rl.png").stat().st_size > 0
