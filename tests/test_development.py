@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rayexp.studies.development import report
-from rayexp.studies.development.growth import paired_growth, rl_growth
+from rayexp.studies.development.growth import matched_ratio, paired_growth, rl_growth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,18 +43,31 @@ def test_growth_is_nan_without_a_healthy_start_or_a_healthy_later_estimate():
         rl_growth(_rows([100.0, 150.0], [True, True], iterations=[5, 10]))
 
 
+def test_a_task_is_compared_with_its_null_at_the_same_iteration():
+    # the task's late estimates diverge (a sharpened policy): compared at 10, the last both are healthy
+    task = _rows([100.0, 150.0, 200.0, 900.0], [True, True, True, False], iterations=[0, 5, 10, 15])
+    null = _rows([100.0, 120.0, 125.0, 300.0], [True, True, True, True], iterations=[0, 5, 10, 15])
+    m = matched_ratio(task, null)
+    assert m["iteration"] == 10 and m["ratio"] == pytest.approx((200 / 100) / (125 / 100))
+    # each against its own start
+    m = matched_ratio(_rows([50.0, 100.0], [True, True]), _rows([100.0, 150.0], [True, True]))
+    assert m["ratio"] == pytest.approx(2.0 / 1.5) and m["iteration"] == 5
+    # no healthy iteration in common, or an unhealthy start: no ratio
+    assert math.isnan(matched_ratio(_rows([1.0, 2.0], [True, False]), _rows([1.0, 2.0], [True, True]))["ratio"])
+    assert math.isnan(matched_ratio(_rows([1.0, 2.0], [False, True]), _rows([1.0, 2.0], [True, True]))["ratio"])
+
+
 def test_paired_growth_against_the_null():
-    task = {0: 3.3, 1: 3.7, 2: 3.65}
-    null = {0: 1.1, 1: 1.2, 2: 1.05}
-    p = paired_growth(task, null)
-    logs = [math.log(task[s] / null[s]) for s in task]
+    ratios = {0: 3.3 / 1.1, 1: 3.7 / 1.2, 2: 3.65 / 1.05}
+    p = paired_growth(ratios)
+    logs = [math.log(r) for r in ratios.values()]
     assert p["ratio"] == pytest.approx(math.exp(sum(logs) / 3))
     assert 1 < p["low"] < p["ratio"] < p["high"] and p["above"] == 1.0 and p["seeds"] == 3
     # the same growth as the null, up to noise: not above
-    same = paired_growth({0: 1.2, 1: 1.0, 2: 1.1}, {0: 1.1, 1: 1.15, 2: 1.05})
+    same = paired_growth({0: 1.2 / 1.1, 1: 1.0 / 1.15, 2: 1.1 / 1.05})
     assert same["low"] < 1 < same["high"] and same["above"] == 0.0
-    # only seeds both arms have, with finite growth; one seed gives no interval
-    one = paired_growth({0: 2.0, 1: math.nan, 3: 5.0}, {0: 1.0, 1: 1.0, 2: 1.0})
+    # non-finite ratios are left out; one seed gives no interval
+    one = paired_growth({0: 2.0, 1: math.nan})
     assert one["ratio"] == pytest.approx(2.0) and math.isnan(one["low"]) and math.isnan(one["above"])
 
 
@@ -81,10 +94,10 @@ def test_report_rows_pair_each_task_with_the_null_by_seed(tmp_path):
     trials = report.trial_rows(runs, tables)
     assert [t["task"] for t in trials][-3:] == ["shuffled_null"] * 3  # the null last
     assert report.shared_start(trials)
-    rows = {r["task"]: r for r in report.growth_rows(trials)}
-    assert rows["positive"]["moved beyond the null"] == "yes"
-    assert rows["negative"]["moved beyond the null"] in ("yes", "no")
-    assert rows["shuffled_null (null)"]["vs null (ratio [95% CI])"] == "-"
+    rows = {r["task"]: r for r in report.growth_rows(trials, tables)}
+    assert rows["positive"]["moved beyond the null"] == "yes" and rows["positive"]["iterations compared"] == "5/5/5"
+    assert rows["negative"]["moved beyond the null"] == "no"  # 1.23-1.36 against the null's 1.07-1.20: CI spans 1
+    assert rows["shuffled_null (null)"]["vs null at the same iteration (ratio [95% CI])"] == "-"
     # a seed whose arms start from different numbers: not one pretrained model, said so
     tables["positive1"] = _rows([150.0, 525.0], [True, True])
     assert not report.shared_start(report.trial_rows(runs, tables))

@@ -9,8 +9,12 @@ shuffled null), seed by seed, since the arms of a seed start from the same pretr
   same number in every arm of a seed); ``last`` the last *healthy* estimate after it (unsettled or
   diverged ones are not values, :mod:`.llc`), at ``last_iteration``; ``growth = last / start``.
   NaN when the start is not healthy or no later estimate is.
-- :func:`paired_growth`: over seeds, log(growth_task) - log(growth_null) paired by seed, its
-  Student-t interval, reported as a ratio (exp): ``above`` when the whole interval is above 1.
+- :func:`matched_ratio`: one seed's task against its null *at the same iteration*, the last at which
+  both estimates are healthy: (LLC_task / start_task) / (LLC_null / start_null). Comparing each arm's
+  own last healthy estimate would set a task whose late estimates diverge (a sharpened policy) at
+  iteration 10 against the null at 40.
+- :func:`paired_growth`: over seeds, the mean log of those ratios with its Student-t interval,
+  reported as a ratio (exp): ``above`` when the whole interval is above 1.
 """
 
 from __future__ import annotations
@@ -48,13 +52,31 @@ def rl_growth(rows: dict[str, list]) -> dict[str, float]:
     }
 
 
-def paired_growth(task: dict[int, float], null: dict[int, float], ci: float = 0.95) -> dict[str, float]:
-    """``task``, ``null``: growth by seed. The growth ratio task / null over the seeds both have
-    (finite), as exp of the mean log ratio with its Student-t interval; ``above`` = 1.0 when the
-    interval's low end is above 1 (the task moved the LLC further than PPO on a reward that asks
-    nothing), 0.0 when it is not, NaN with fewer than two seeds."""
-    seeds = sorted(s for s in task.keys() & null.keys() if np.isfinite(task[s]) and np.isfinite(null[s]))
-    logs = [math.log(task[s] / null[s]) for s in seeds if task[s] > 0 and null[s] > 0]
+def matched_ratio(task: dict[str, list], null: dict[str, list]) -> dict[str, float]:
+    """``task``, ``null``: the ``llc_rl`` tables (columns) of one seed's task and null trials. Their growth
+    ratio at the last iteration after 0 at which both are healthy (NaN, iteration NaN, if none, or if
+    either start is not healthy)."""
+
+    def healthy(rows) -> dict[int, float]:
+        return {
+            int(i): float(v)
+            for i, v, h in zip(rows["iteration"], rows["llc_mean"], rows["healthy"])
+            if h and np.isfinite(v)
+        }
+
+    t, n = healthy(task), healthy(null)
+    both = sorted(i for i in t.keys() & n.keys() if i > 0)
+    if 0 not in t or 0 not in n or not both or t[0] <= 0 or n[0] <= 0:
+        return {"ratio": math.nan, "iteration": math.nan}
+    it = both[-1]
+    return {"ratio": (t[it] / t[0]) / (n[it] / n[0]), "iteration": float(it)}
+
+
+def paired_growth(ratios: dict[int, float], ci: float = 0.95) -> dict[str, float]:
+    """``ratios``: :func:`matched_ratio` by seed. Their geometric mean with the Student-t interval of the
+    mean log ratio; ``above`` = 1.0 when the interval's low end is above 1 (the task moved the LLC
+    further than PPO on a reward that asks nothing), 0.0 when it is not, NaN with fewer than two seeds."""
+    logs = [math.log(r) for r in ratios.values() if np.isfinite(r) and r > 0]
     if len(logs) < 2:
         m = math.exp(logs[0]) if logs else math.nan
         return {"ratio": m, "low": math.nan, "high": math.nan, "seeds": float(len(logs)), "above": math.nan}

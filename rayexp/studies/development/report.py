@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from rayexp import tracking
-from rayexp.studies.development.growth import paired_growth, rl_growth
+from rayexp.studies.development.growth import matched_ratio, paired_growth, rl_growth
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, write_csv
 
@@ -56,35 +56,47 @@ def trial_rows(runs: list, tables: dict[str, dict[str, list]]) -> list[dict]:
             continue
         process, task, null = _arm(r)
         g = rl_growth(tables[r.info.run_id])
-        rows.append({"process": process, "task": task, "null": null, "seed": int(r.data.params.get("seed", -1)), **g})
+        seed = int(r.data.params.get("seed", -1))
+        rows.append({"process": process, "task": task, "null": null, "seed": seed, **g, "run": r.info.run_id})
     return sorted(rows, key=lambda x: (x["process"], x["null"], x["task"], x["seed"]))
 
 
-def growth_rows(trials: list[dict]) -> list[dict]:
-    """Per (process, task): growth over seeds, and against the process's shuffled-reward null."""
+def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[dict]:
+    """Per (process, task): growth over seeds, and against the process's shuffled-reward null, seed by
+    seed at the last iteration both are healthy (:func:`.growth.matched_ratio`)."""
     out = []
     for process in dict.fromkeys(t["process"] for t in trials):
-        arms: dict[tuple[str, bool], dict[int, float]] = {}
+        arms: dict[tuple[str, bool], dict[int, dict]] = {}
         for t in (t for t in trials if t["process"] == process):
-            arms.setdefault((t["task"], t["null"]), {})[t["seed"]] = t["growth"]
+            arms.setdefault((t["task"], t["null"]), {})[t["seed"]] = t
         nulls = [by_seed for (_, null), by_seed in arms.items() if null]
         for (task, null), by_seed in arms.items():
-            vals = [v for v in by_seed.values() if math.isfinite(v)]
+            vals = [t["growth"] for t in by_seed.values() if math.isfinite(t["growth"])]
             row = {
                 "process": process,
                 "task": task + (" (null)" if null else ""),
                 "seeds": len(by_seed),
                 "growth": f"{sum(vals) / len(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]" if vals else "-",
-                "vs null (ratio [95% CI])": "-",
+                "vs null at the same iteration (ratio [95% CI])": "-",
+                "iterations compared": "-",
                 "moved beyond the null": "-",
             }
             if not null and len(nulls) == 1:
-                p = paired_growth(by_seed, nulls[0])
+                matched = {
+                    seed: matched_ratio(tables[t["run"]], tables[nulls[0][seed]["run"]])
+                    for seed, t in by_seed.items()
+                    if seed in nulls[0]
+                }
+                p = paired_growth({seed: m["ratio"] for seed, m in matched.items()})
+                its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
+                row["iterations compared"] = "/".join(its) or "-"
                 if math.isfinite(p["low"]):
-                    row["vs null (ratio [95% CI])"] = f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+                    row["vs null at the same iteration (ratio [95% CI])"] = (
+                        f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+                    )
                     row["moved beyond the null"] = "yes" if p["above"] == 1.0 else "no"
                 elif math.isfinite(p["ratio"]):
-                    row["vs null (ratio [95% CI])"] = f"{p['ratio']:.2f} [one seed]"
+                    row["vs null at the same iteration (ratio [95% CI])"] = f"{p['ratio']:.2f} [one seed]"
             out.append(row)
     return out
 
@@ -144,10 +156,11 @@ def report_section(inp: ReportInput) -> None:
     ]
     print("\ndevelopment: the LLC under PPO per trial (README, 'Development over training'):", file=inp.file)
     print(format_table(shown), file=inp.file)
-    growth = growth_rows(trials)
+    growth = growth_rows(trials, tables)
     print(
         "\nLLC growth (last healthy / iteration 0), mean [min, max] over seeds; against the shuffled-reward "
-        "null paired by seed (geometric mean ratio, Student-t on the log):",
+        "null paired by seed, each seed at the last iteration both are healthy (geometric mean of the growth "
+        "ratios, Student-t on the log):",
         file=inp.file,
     )
     print(format_table(growth), file=inp.file)
@@ -160,6 +173,6 @@ def report_section(inp: ReportInput) -> None:
         file=inp.file,
     )
     if inp.out is not None:
-        write_csv(trials, inp.out / "development_llc.csv")
+        write_csv([{k: v for k, v in t.items() if k != "run"} for t in trials], inp.out / "development_llc.csv")
         write_csv(growth, inp.out / "development_growth.csv")
         print(f"figure: {llc_rl_figure(inp.runs, tables, inp.out / 'development_llc_rl.png')}", file=inp.file)
