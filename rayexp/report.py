@@ -103,7 +103,7 @@ def report(experiment: str, out_dir: str | None = None, parent: str | list[str] 
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per table otherwise
     uri = tracking.tracking_uri()
-    parents = [parent] if parent is None or isinstance(parent, str) else list(dict.fromkeys(parent))
+    parents = [parent] if parent is None or isinstance(parent, str) else list(dict.fromkeys(parent)) or [None]
     rows, runs = [], []
     for i, one in enumerate(parents):
         found, more_rows, more_runs = trial_rows(uri, experiment, one)

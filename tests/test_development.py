@@ -93,15 +93,39 @@ def test_report_rows_pair_each_task_with_the_null_by_seed(tmp_path):
             tables[run.info.run_id] = _rows([starts[seed], end], [True, True])
     trials = report.trial_rows(runs, tables)
     assert [t["task"] for t in trials][-3:] == ["shuffled_null"] * 3  # the null last
-    assert report.shared_start(trials)
+    assert "is one number" in report.start_check(trials) and not report.repeated(trials)
     rows = {r["task"]: r for r in report.growth_rows(trials, tables)}
     assert rows["positive"]["moved beyond the null"] == "yes" and rows["positive"]["iterations compared"] == "5/5/5"
     assert rows["negative"]["moved beyond the null"] == "no"  # 1.23-1.36 against the null's 1.07-1.20: CI spans 1
     assert rows["shuffled_null (null)"]["vs null at the same iteration (ratio [95% CI])"] == "-"
+    assert rows["positive"]["pairs"] == "3"
     # a seed whose arms start from different numbers: not one pretrained model, said so
     tables["positive1"] = _rows([150.0, 525.0], [True, True])
-    assert not report.shared_start(report.trial_rows(runs, tables))
+    assert "DIFFERS" in report.start_check(report.trial_rows(runs, tables))
+    tables["positive1"] = _rows([142.0 * (1 + 1e-9), 525.0], [True, True])  # float noise is one number
+    assert "is one number" in report.start_check(report.trial_rows(runs, tables))
+    tables["positive1"] = _rows([math.nan, 525.0], [False, True])
+    assert "missing" in report.start_check(report.trial_rows(runs, tables))
+    # one arm per seed: nothing to check, and no null to pair with
+    alone = [r for r in runs if r.data.tags["rayexp.task"] == "positive"]
+    assert report.start_check(report.trial_rows(alone, tables)) is None
+    no_null = report.growth_rows(report.trial_rows(alone, tables), tables)
+    assert no_null[0]["moved beyond the null"] == "no null"
     assert report.llc_rl_figure(runs, tables, tmp_path / "f.png").stat().st_size > 0
+
+
+def test_an_arm_in_two_sweeps_is_named_and_counted_once():
+    tables = {}
+    runs = []
+    for i, (task, end) in enumerate((("positive", 470.0), ("positive", 300.0), ("shuffled_null", 250.0))):
+        run = _run(task, 0, null=task == "shuffled_null")
+        run.info.run_id = f"r{i}"
+        runs.append(run)
+        tables[run.info.run_id] = _rows([140.0, end], [True, True])
+    trials = report.trial_rows(runs, tables)
+    assert report.repeated(trials) == ["positive seed 0 (p) x2"]
+    (pos, _) = report.growth_rows(trials, tables)
+    assert pos["seeds"] == 1 and pos["growth"].startswith(f"{470 / 140:.2f}")  # the first sweep's
 
 
 def test_the_null_arm_sweep_is_the_study_but_for_its_tasks_and_pretraining():
@@ -109,7 +133,7 @@ def test_the_null_arm_sweep_is_the_study_but_for_its_tasks_and_pretraining():
     null = yaml.safe_load((ROOT / "sweeps" / "development_null.yaml").read_text())
     assert null["experiment"] == full["experiment"]
     assert null["tasks"] == [t for t in full["tasks"] if t.get("shuffle_reward")]
-    llc = [a for a in null["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc"][0]
+    llc = next(a for a in null["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
     assert llc["params"].pop("pretraining") is False
     for key in ("name", "description", "tasks"):
         null.pop(key), full.pop(key)

@@ -195,8 +195,8 @@ def test_rl_only_arm_skips_pretraining_and_gets_the_same_estimates():
     assert not any(k.startswith("pretrain/") for k in rl_only.metrics)
     assert rl_only.tables["llc_rl"].to_pydict()["llc_mean"] == full.tables["llc_rl"].to_pydict()["llc_mean"]
     m = rl_only.metrics
-    assert m["rl/start"] == full.metrics["rl/start"] == full.tables["llc_rl"].to_pydict()["llc_mean"][0]
-    assert m["rl/estimates"] == 2 and 0 <= m["rl/healthy"] <= 2
-    if m["rl/start_healthy"] and m["rl/healthy"]:
-        assert m["rl/growth"] == pytest.approx(m["rl/last"] / m["rl/start"])
+    rl_keys = {k for k in full.metrics if k.startswith("rl/")}
+    assert rl_keys == {k for k in m if k.startswith("rl/")} >= {"rl/start", "rl/last", "rl/growth", "rl/healthy"}
+    assert all(m[k] == full.metrics[k] or (np.isnan(m[k]) and np.isnan(full.metrics[k])) for k in rl_keys)
+    assert m["rl/start"] == full.tables["llc_rl"].to_pydict()["llc_mean"][0] and m["rl/estimates"] == 2
     assert set(rl_only.figures) == {"llc_over_training"}

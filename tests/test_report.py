@@ -180,7 +180,8 @@ def test_report_of_two_sweeps_pairs_an_arm_run_later_with_the_first(workdir):
                 run.finish()
     one = io.StringIO()
     assert report("dev", out_dir=str(workdir / "one"), parent=parents["null"], file=one) == 0
-    assert "3 trials" in one.getvalue() and "moved beyond the null" in one.getvalue()
+    assert "3 trials" in one.getvalue() and "shuffled_null (null)" in one.getvalue()
+    assert "iteration-0 LLC" not in one.getvalue()  # one arm per seed: nothing to check
     both = io.StringIO()
     assert report("dev", out_dir=str(workdir / "both"), parent=[parents["controls"], parents["null"]], file=both) == 0
     out = both.getvalue()
@@ -188,5 +189,5 @@ def test_report_of_two_sweeps_pairs_an_arm_run_later_with_the_first(workdir):
     assert "is one number across the arms of each seed" in out
     with open(workdir / "both" / "development_growth.csv") as f:
         growth = {r["task"]: r for r in csv.DictReader(f)}
-    assert growth["positive_control"]["moved beyond the null"] == "yes"
+    assert growth["positive_control"]["moved beyond the null"] == "yes" and growth["positive_control"]["pairs"] == "3"
     assert (workdir / "both" / "development_llc_rl.png").stat().st_size > 0

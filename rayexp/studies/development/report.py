@@ -68,7 +68,7 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
     for process in dict.fromkeys(t["process"] for t in trials):
         arms: dict[tuple[str, bool], dict[int, dict]] = {}
         for t in (t for t in trials if t["process"] == process):
-            arms.setdefault((t["task"], t["null"]), {})[t["seed"]] = t
+            arms.setdefault((t["task"], t["null"]), {}).setdefault(t["seed"], t)  # repeated: the first sweep's
         nulls = [by_seed for (_, null), by_seed in arms.items() if null]
         for (task, null), by_seed in arms.items():
             vals = [t["growth"] for t in by_seed.values() if math.isfinite(t["growth"])]
@@ -78,8 +78,9 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
                 "seeds": len(by_seed),
                 "growth": f"{sum(vals) / len(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]" if vals else "-",
                 "vs null at the same iteration (ratio [95% CI])": "-",
+                "pairs": "-",
                 "iterations compared": "-",
-                "moved beyond the null": "-",
+                "moved beyond the null": "-" if null else "no null" if not nulls else "several nulls",
             }
             if not null and len(nulls) == 1:
                 matched = {
@@ -90,6 +91,8 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
                 p = paired_growth({seed: m["ratio"] for seed, m in matched.items()})
                 its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
                 row["iterations compared"] = "/".join(its) or "-"
+                row["pairs"] = f"{p['seeds']:.0f}"
+                row["moved beyond the null"] = "-"
                 if math.isfinite(p["low"]):
                     row["vs null at the same iteration (ratio [95% CI])"] = (
                         f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
@@ -101,31 +104,57 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
     return out
 
 
-def shared_start(trials: list[dict]) -> bool:
-    """Do the arms of every (process, seed) have one iteration-0 LLC (one pretrained model, one estimator)?"""
-    starts: dict[tuple[str, int], set[float]] = {}
+def repeated(trials: list[dict]) -> list[str]:
+    """(process, task, seed) met more than once (sweeps holding the same arm): the report keeps the first."""
+    seen: dict[tuple, int] = {}
     for t in trials:
-        starts.setdefault((t["process"], t["seed"]), set()).add(t["start"])
-    return all(len(s) == 1 for s in starts.values())
+        key = (t["process"], t["task"], t["seed"])
+        seen[key] = seen.get(key, 0) + 1
+    return [f"{task} seed {seed} ({process}) x{n}" for (process, task, seed), n in seen.items() if n > 1]
+
+
+def start_check(trials: list[dict], rtol: float = 1e-6) -> str | None:
+    """Whether the arms of each (process, seed) start from one iteration-0 LLC (one pretrained model, one
+    estimator): a sentence, or None when no seed has two arms to compare. ``rtol``: a relative difference
+    below it is float noise (another device or library build), not another model."""
+    starts: dict[tuple[str, int], list[float]] = {}
+    for t in trials:
+        starts.setdefault((t["process"], t["seed"]), []).append(t["start"])
+    shared = [v for v in starts.values() if len(v) > 1]
+    if not shared:
+        return None
+    if any(not math.isfinite(x) for v in shared for x in v):
+        return "iteration-0 LLC missing (NaN) in some arm: the arms cannot be checked to share a pretrained model."
+    worst = max((max(v) - min(v)) / max(abs(x) for x in v) for v in shared)
+    if worst <= rtol:
+        return f"iteration-0 LLC is one number across the arms of each seed (largest relative difference {worst:.1e})."
+    return (
+        f"iteration-0 LLC DIFFERS between arms of a seed (relative {worst:.1e}): they did not share a pretrained "
+        "model or an estimator, and the comparison is void."
+    )
 
 
 def llc_rl_figure(runs: list, tables: dict[str, dict[str, list]], path: Path) -> Path:
-    """LLC over PPO iterations, each trial a line through its healthy estimates, coloured by task."""
+    """LLC over PPO iterations, each trial a line through its healthy estimates (broken where one is
+    not), coloured by task (and process, if several)."""
     from rayexp.figures import plt  # the Agg backend, set once there
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colours: dict[str, str] = {}
     labelled: set[str] = set()
+    processes = {_arm(r)[0] for r in runs if r.info.run_id in tables}
     for r in runs:
         t = tables.get(r.info.run_id)
         if t is None:
             continue
-        _, task, _ = _arm(r)
-        colour = colours.setdefault(task, f"C{len(colours)}")
-        pts = sorted((i, v) for i, v, h in zip(t["iteration"], t["llc_mean"], t["healthy"]) if h)
-        label = None if task in labelled else task
-        labelled.add(task)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, ms=3, alpha=0.8, label=label)
+        process, task, _ = _arm(r)
+        name = task if len(processes) == 1 else f"{task}, {process}"
+        colour = colours.setdefault(name, f"C{len(colours) % 10}")
+        pts = sorted(zip(t["iteration"], t["llc_mean"], t["healthy"]))
+        y = [v if h else math.nan for _, v, h in pts]  # unhealthy: a gap in the line, not a value
+        label = None if name in labelled else name
+        labelled.add(name)
+        ax.plot([i for i, _, _ in pts], y, "o-", color=colour, ms=3, alpha=0.8, label=label)
     ax.set_xlabel("PPO iteration")
     ax.set_ylabel("LLC (healthy estimates)")
     ax.set_title("LLC over PPO, one line per trial", fontsize=9)
@@ -164,14 +193,9 @@ def report_section(inp: ReportInput) -> None:
         file=inp.file,
     )
     print(format_table(growth), file=inp.file)
-    same = shared_start(trials)
-    print(
-        "iteration-0 LLC "
-        + (
-            "is one number across the arms of each seed." if same else "DIFFERS between arms of a seed: not comparable."
-        ),
-        file=inp.file,
-    )
+    for line in (start_check(trials), *(f"repeated, the first sweep's kept: {r}" for r in repeated(trials))):
+        if line:
+            print(line, file=inp.file)
     if inp.out is not None:
         write_csv([{k: v for k, v in t.items() if k != "run"} for t in trials], inp.out / "development_llc.csv")
         write_csv(growth, inp.out / "development_growth.csv")
