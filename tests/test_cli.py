@@ -234,3 +234,12 @@ def test_analyze_refuses_an_unknown_analysis_before_reading_mlflow(tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown sweep-level analysis 'nope'" in err[0], err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_report_parent_can_be_given_once_several_times_or_not_at_all():
+    from rayexp.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["report", "dev"]).parent is None
+    assert parse(["report", "dev", "--parent", "a"]).parent == ["a"]
+    assert parse(["report", "dev", "--parent", "a", "--parent", "b"]).parent == ["a", "b"]
