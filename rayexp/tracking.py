@@ -315,6 +315,21 @@ def trial_runs_of(uri: str, parent_run_id: str) -> list:
             return found
 
 
+def run_tables(runs: list, name: str, uri: str | None = None) -> dict[str, dict[str, list]]:
+    """Each run's stored table ``tables/{name}.parquet`` as columns, by run id (the runs must hold it)."""
+    import pyarrow.parquet as pq
+
+    if not runs:
+        return {}
+    c = client(uri or tracking_uri())
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            path = _retry(c.download_artifacts, r.info.run_id, f"tables/{name}.parquet", tmp)
+            out[r.info.run_id] = pq.read_table(path).to_pydict()
+    return out
+
+
 def annotate_from_table(
     uri: str,
     parent_run_id: str,

@@ -11,7 +11,6 @@ share a pretrained model, or the estimator changed between them, and the compari
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 from rayexp import tracking
@@ -24,18 +23,7 @@ LLC = "analysis/llc/"
 
 def llc_tables(runs: list) -> dict[str, dict[str, list]]:
     """Each trial's ``llc_rl`` table (columns) by run id, for the runs whose ``llc`` analysis ran."""
-    import pyarrow.parquet as pq
-
-    runs = [r for r in runs if LLC + "seconds_per_estimate" in r.data.metrics]
-    if not runs:
-        return {}
-    c = tracking.client(tracking.tracking_uri())
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in runs:
-            path = c.download_artifacts(r.info.run_id, "tables/llc_rl.parquet", tmp)
-            out[r.info.run_id] = pq.read_table(path).to_pydict()
-    return out
+    return tracking.run_tables([r for r in runs if LLC + "seconds_per_estimate" in r.data.metrics], "llc_rl")
 
 
 def _arm(run) -> tuple[str, str, bool]:
@@ -137,7 +125,7 @@ def start_check(trials: list[dict], rtol: float = 1e-6) -> str | None:
 def llc_rl_figure(runs: list, tables: dict[str, dict[str, list]], path: Path) -> Path:
     """LLC over PPO iterations, each trial a line through its healthy estimates (broken where one is
     not), coloured by task (and process, if several)."""
-    from rayexp.figures import plt  # the Agg backend, set once there
+    from rayexp.figures import plt, save_png  # matplotlib, the Agg backend set once there
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colours: dict[str, str] = {}
@@ -159,10 +147,7 @@ def llc_rl_figure(runs: list, tables: dict[str, dict[str, list]], path: Path) ->
     ax.set_ylabel("LLC (healthy estimates)")
     ax.set_title("LLC over PPO, one line per trial", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, 120)
 
 
 def report_section(inp: ReportInput) -> None:

@@ -57,20 +57,7 @@ def seed_values(runs: list) -> summary.Groups:
 
 def rare_curves(runs: list) -> dict[str, dict[str, list]]:
     """Each rare-capability trial's ``rare_curve`` table (iteration, trigger_rate, reward, ...) by run id."""
-    import tempfile
-
-    import pyarrow.parquet as pq
-
-    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
-    if not runs:
-        return {}
-    c = tracking.client(tracking.tracking_uri())
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in runs:
-            path = c.download_artifacts(r.info.run_id, "tables/rare_curve.parquet", tmp)
-            out[r.info.run_id] = pq.read_table(path).to_pydict()
-    return out
+    return tracking.run_tables([r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)], "rare_curve")
 
 
 def rare_rows(runs: list, curves: dict[str, dict[str, list]] | None = None) -> list[dict]:
