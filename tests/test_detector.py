@@ -298,6 +298,35 @@ def test_a_quarter_composed_policy_is_not_a_reweighting_at_the_ppo_nulls_drift()
     assert r["verdict"] in case.expect and r["verdict"] != "reweighting", r
 
 
+def test_an_imperfect_model_errs_by_the_stated_amount_and_is_fitted_at_twice_it():
+    from rayexp.studies.composition import battery_streams
+
+    exact = battery_streams.sample("interleave(mess3,mess3)", 200, 0)
+    s = battery_streams.sample("interleave(mess3,mess3)", 200, 0, 0.03)
+    assert np.abs(s.p_pre - exact.p_pre).sum(-1).mean() == pytest.approx(0.03)
+    assert np.allclose(s.p_pre.sum(-1), 1) and s.resolution == pytest.approx(0.06) and exact.resolution == 0.005
+    assert np.array_equal(s.tokens, exact.tokens) and np.array_equal(s.P, exact.P)  # only the model errs
+    # the error reads both factors: their beliefs explain much of what p_exact leaves of it
+    err = (s.p_pre - exact.p_pre).reshape(-1, s.p_pre.shape[-1])
+
+    def r2(x):
+        x = np.c_[x.reshape(len(err), -1), np.ones(len(err))]
+        resid = err - x @ np.linalg.lstsq(x, err, rcond=None)[0]
+        return 1 - (resid**2).sum() / ((err - err.mean(0)) ** 2).sum()
+
+    assert r2(np.concatenate([exact.p_pre, s.feats], -1)) > r2(exact.p_pre) + 0.15  # 0.89 against 0.68
+
+
+def test_a_leaky_model_neither_explains_composition_away_nor_loses_a_reweighting():
+    # a pretrained model whose error (0.03, as real ones on interleaves) carries both factors' beliefs:
+    # a map reading that leak could call the Bayes joint target a reweighting; fitted at twice the
+    # error, it does not, and sharpening the model's own output stays a reweighting
+    for name, want in (("Bayes joint target", "composition"), ("sharpen beta=10", "reweighting")):
+        case = next(c for c in battery.CASES if c.name == name)
+        r = battery.run_case(case, "interleave(mess3,mess3)", seeds=5, n_seq=600, model_error=0.03)
+        assert r["verdict"] == want, r
+
+
 @pytest.mark.slow
 def test_known_answer_battery_on_two_streams():
     streams = ("interleave(mess3,mess3)", "product(mess3,mess3)")

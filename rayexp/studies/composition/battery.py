@@ -1,7 +1,8 @@
 """The detector's known-answer battery: planted policies whose verdict is known by construction,
 scored by the same fits (:mod:`.classes`) and rule (:mod:`.verdict`) as a trial, no training.
 
-How to run: ``python -m rayexp.studies.composition.battery [--seeds 10] [--n-seq 1000] [--null drift]`` prints one row
+How to run: ``python -m rayexp.studies.composition.battery [--seeds 10] [--n-seq 1000] [--null drift]
+[--model-error E]`` prints one row
 per (stream, planted policy): the verdict over the evaluation seeds, how many single-seed verdicts
 were right, and the signals. What to expect: every row ``ok`` but the two :data:`KNOWN_MISSES`
 (inconclusive, not wrong verdicts), no planted non-composition called composition, and the graded
@@ -9,7 +10,9 @@ mixture's score rising with alpha (Spearman printed at the end); the exit code i
 confident wrong verdict.
 
 The "pretrained model" is exact: p_pre is the stream's exact next-token distribution (a perfectly
-pretrained model) and its features are the factors' beliefs side by side, the *factored*
+pretrained model), or with ``--model-error E`` one that errs by E (mean L1) in a way that carries every
+factor's belief (:func:`.battery_streams.imperfect`), its maps fitted at twice that as a real model's
+are; its features are the factors' beliefs side by side, the *factored*
 representation transformers learn for such processes (Shai et al. 2026), so a linear readout can add
 the factors' contributions but not multiply them. The readout's control (docs/design.md §6 rule 2) is
 real: the residual stream of a random-init transformer of the PPO runs' shape (4 layers, d_model 64,
@@ -32,102 +35,20 @@ nulls' on interleaves (0.60 of a policy's deviation unexplained by a map of p_pr
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from envs import build_process
-from envs.rewards import make_reward
-from rayexp.exact import ceilings, targets
-from rayexp.probes import collect_activations, residual_layers
-from rayexp.ridge import split_sequences
+from rayexp.exact import ceilings
 from rayexp.stats import bootstrap_ci
 from rayexp.studies.composition import classes
+from rayexp.studies.composition.battery_streams import CONTEXT, STREAMS, Sample, sample, softmax
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 from rayexp.tables import format_table
 
-# the factors of the PPO runs' pairs (sweeps/composition_cpu.yaml), on every stream, products included,
-# so the battery checks the rule on the factors its real verdicts are read on
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
-STREAMS = {
-    "interleave(mess3,mess3)": {"name": "interleave", "factors": [MESS3, MESS3]},
-    "interleave(mess3,z1r)": {"name": "interleave", "factors": [MESS3, {"name": "z1r"}]},
-    "product(mess3,mess3)": {"name": "product", "factors": [MESS3, MESS3]},
-    "product(mess3,z1r)": {"name": "product", "factors": [MESS3, {"name": "z1r"}]},
-}
-CONTEXT = 10
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-@dataclass
-class Sample:
-    """One evaluation seed's sequences of a stream, with everything exact about them."""
-
-    tokens: np.ndarray  # (N, L)
-    p_pre: np.ndarray  # (N, L, V) exact next-token distribution
-    feats: np.ndarray  # (N, L, sum S_i) the factors' beliefs side by side
-    feats_random: np.ndarray  # (N, L, 64) a random-init transformer's residual stream, all layers, top 64 PCs
-    P: np.ndarray  # (N, L, A) exact P(joint target = action k)
-    act: np.ndarray  # (A,) action tokens
-    groups: np.ndarray | None  # (V, A) one-hot: joint token -> its target group (product streams)
-    ceil: dict[str, np.ndarray] = field(default_factory=dict)
-    train: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
-    test: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
-
-
-@functools.lru_cache(maxsize=64)  # every case of a stream reads the same seeds' samples; nothing mutates them
-def sample(stream: str, n_seq: int, seed: int) -> Sample:
-    hmm = build_process(STREAMS[stream])
-    reward = make_reward("joint_target", hmm)
-    rng = np.random.default_rng(seed)
-    tokens, _, beliefs = hmm.sample_with_beliefs(n_seq, CONTEXT, rng)
-    fb = hmm.factor_beliefs(beliefs)
-    P = targets.target_probs(hmm, reward, beliefs, tokens)
-    groups = None
-    if STREAMS[stream]["name"] == "product":
-        local = hmm.layout.split_tokens(np.arange(hmm.vocab_size)[None, :])  # per factor (1, V)
-        groups = np.eye(len(reward.action_tokens))[(local[0][0] + local[1][0]) % len(reward.action_tokens)]
-    single = [targets.single_factor_probs(hmm, reward, beliefs, i) for i in range(len(hmm.factors))]
-    ceil = {"optimum": ceilings.optimum(P).mean(1), "per_phase": ceilings.per_phase_single(single, P).mean(1)}
-    train, test = split_sequences(n_seq, 0.5, rng)
-    return Sample(
-        tokens,
-        hmm.next_token_probs(beliefs),
-        np.concatenate(fb, -1),
-        random_features(tokens, hmm.vocab_size),
-        P,
-        reward.action_tokens,
-        groups,
-        ceil,
-        train,
-        test,
-    )
-
-
-def random_features(tokens: np.ndarray, vocab: int, seed: int = 0, k: int = 64) -> np.ndarray:
-    """(N, L, k) residual stream, all layers side by side, of a random-init transformer shaped as in
-    sweeps/composition_cpu.yaml (what features any network of that shape has before training), on its
-    top ``k`` principal components: a readout of 320 features costs ~5x the time of 64 in the battery's
-    hundreds of fits, and the first 64 components hold nearly all of their variance."""
-    from models.transformer import Transformer, TransformerConfig  # torch: only when the battery runs
-
-    cfg = TransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=CONTEXT, d_vocab=vocab)
-    model = Transformer(cfg, seed=seed).eval()
-    layers = residual_layers(model.hook_names)
-    acts = collect_activations(model, tokens, layers)
-    X = np.concatenate([acts[h] for h in layers], -1).astype(np.float64)  # (N, L, 320)
-    flat = X.reshape(-1, X.shape[-1]) - X.reshape(-1, X.shape[-1]).mean(0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    return (flat @ vt[:k].T).reshape(X.shape[:-1] + (k,))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the graded mixtures' composed shares
 
 #: scores this close to the maximum are a tie, broken toward the lowest index
 TIE = 1e-9
@@ -144,7 +65,7 @@ def _onehot(scores: np.ndarray) -> np.ndarray:
 
 
 def sharpen(s: Sample, beta: float) -> np.ndarray:
-    return _softmax(beta * np.log(s.p_pre[..., s.act] + 1e-12))
+    return softmax(beta * np.log(s.p_pre[..., s.act] + 1e-12))
 
 
 #: a planted policy: (sample, a fixed generator for its fixed map) -> pi (N, L, A)
@@ -153,12 +74,12 @@ Policy = Callable[[Sample, np.random.Generator], np.ndarray]
 
 def _nonlinear(s: Sample, g: np.random.Generator) -> np.ndarray:
     M = g.normal(size=(s.p_pre.shape[-1], len(s.act)))  # (V, A)
-    return _softmax(3.0 * np.sin(6.0 * s.p_pre @ M))
+    return softmax(3.0 * np.sin(6.0 * s.p_pre @ M))
 
 
 def _readout(s: Sample, g: np.random.Generator) -> np.ndarray:
     W = g.normal(size=(s.feats.shape[-1], len(s.act)))  # (D, A)
-    return _softmax(4.0 * s.feats @ W)
+    return softmax(4.0 * s.feats @ W)
 
 
 def _drift(s: Sample, g: np.random.Generator, scale: float = 2.0) -> np.ndarray:
@@ -166,7 +87,7 @@ def _drift(s: Sample, g: np.random.Generator, scale: float = 2.0) -> np.ndarray:
     table = g.normal(size=(CONTEXT, V + 1, V, len(s.act)))  # (position, previous token or none, token, action)
     prev = np.concatenate([np.full((len(s.tokens), 1), V), s.tokens[:, :-1]], 1)  # (N, L)
     pos = np.broadcast_to(np.arange(CONTEXT), s.tokens.shape)
-    return _softmax(10.0 * np.log(s.p_pre[..., s.act] + 1e-12) + scale * table[pos, prev, s.tokens])
+    return softmax(10.0 * np.log(s.p_pre[..., s.act] + 1e-12) + scale * table[pos, prev, s.tokens])
 
 
 DRIFT_NULL_SCALE = 8.0
@@ -250,7 +171,7 @@ KNOWN_MISSES = {
 def signals(s: Sample, pi: np.ndarray, control: bool = True) -> dict[str, np.ndarray]:
     """Per-sequence values the verdict reads: unexplained shares (held out), the per-phase margin and
     (``control``) what the readout of random-init features leaves unexplained."""
-    fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test)  # p_pre exact: the finest resolution
+    fitted = classes.class_values(pi, s.p_pre, s.feats, s.train, s.test, resolution=s.resolution)
     u_random = np.full(len(s.test), np.nan)
     if control:
         rand = classes.readout_fit(s.feats_random, pi, s.train, s.test)
@@ -281,10 +202,16 @@ def _interval(x: np.ndarray, seed: int) -> Interval:
 
 
 def run_case(
-    case: Case, stream: str, seeds: int, n_seq: int, th: Thresholds | None = None, null: str = "pretrained"
+    case: Case,
+    stream: str,
+    seeds: int,
+    n_seq: int,
+    th: Thresholds | None = None,
+    null: str = "pretrained",
+    model_error: float = 0.0,
 ) -> dict:
     """The case's verdict over ``seeds`` evaluation seeds against the reference ``null`` (:data:`NULLS`),
-    and how many one-seed verdicts were right."""
+    and how many one-seed verdicts were right; ``model_error``: the pretrained model's (:func:`sample`)."""
     expect = case.expect_drift_null if null == "drift" and case.expect_drift_null is not None else case.expect
     per: dict[str, list[float]] = {
         k: []
@@ -292,7 +219,7 @@ def run_case(
     }
     one_seed_right = 0
     for seed in range(seeds):
-        s = sample(stream, n_seq, seed)
+        s = sample(stream, n_seq, seed, model_error)
         g = np.random.default_rng(10_007)  # the fixed map: the same for every seed
         v = signals(s, case.policy(s, g))
         ref = signals(s, NULLS[null](s), control=False)
@@ -338,13 +265,18 @@ def run_case(
 
 
 def run(
-    seeds: int = 10, n_seq: int = 1000, streams=None, th: Thresholds | None = None, null: str = "pretrained"
+    seeds: int = 10,
+    n_seq: int = 1000,
+    streams=None,
+    th: Thresholds | None = None,
+    null: str = "pretrained",
+    model_error: float = 0.0,
 ) -> list[dict]:
     rows = []
     for case in CASES:
         for stream in case.streams:
             if streams is None or stream in streams:
-                rows.append(run_case(case, stream, seeds, n_seq, th, null))
+                rows.append(run_case(case, stream, seeds, n_seq, th, null, model_error))
     return rows
 
 
@@ -370,8 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         default="pretrained",
         help="the reference null: the pretrained policy (default) or a drift as heavy as the PPO nulls'",
     )
+    parser.add_argument(
+        "--model-error",
+        type=float,
+        default=0.0,
+        help="mean L1 error of the pretrained model, whose error leaks every factor's belief; maps of it are "
+        "fitted at twice that, as for a real model (default 0: exact; real ones: 0.008-0.035 on interleaves, "
+        "~0.06 on products)",
+    )
     args = parser.parse_args(argv)
-    rows = run(args.seeds, args.n_seq, null=args.null)
+    if not 0 <= args.model_error < 0.5:
+        parser.error(f"--model-error must be in [0, 0.5), got {args.model_error}")
+    rows = run(args.seeds, args.n_seq, null=args.null, model_error=args.model_error)
     shown = [
         {k: v for k, v in r.items() if k not in ("right", "one_seed_right", "score")} | {"score": f"{r['score']:.3f}"}
         for r in rows
