@@ -22,6 +22,8 @@ seeds as points.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
@@ -97,8 +99,10 @@ class VerdictParams(Params):
         le=1,
         description="composition needs the reward shortfall of the map of p_pre's CI low above it",
     )
-    min_seeds: int = Field(2, ge=1, description="fewer seeds: intervals over one trial's held-out contexts")
-    ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
+    min_seeds: int = Field(
+        Thresholds.min_seeds, ge=1, description="fewer seeds: intervals over one trial's held-out contexts"
+    )
+    ci: float = Field(Thresholds.ci, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
 
 
 def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, float]:
@@ -153,15 +157,7 @@ def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str
 
 def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[str, np.ndarray]]]:
     """(process, task, Verdict, per-seed signal columns) for each (process, task) of ``group``."""
-    th = Thresholds(
-        tol=params.tol,
-        u_max=params.u_max,
-        u_abs=params.u_abs,
-        margin_min=params.margin_min,
-        shortfall_min=params.shortfall_min,
-        min_seeds=params.min_seeds,
-        ci=params.ci,
-    )
+    th = Thresholds(**params.model_dump(include=set(dataclasses.asdict(Thresholds()))))
     cells: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     nulls: dict[str, dict[int, dict[str, float]]] = {}
     null_cells: set[tuple[str, str]] = set()
