@@ -321,6 +321,7 @@ def run_tables(runs: list, name: str, uri: str | None = None) -> dict[str, dict[
 
     if not runs:
         return {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per table otherwise
     c = client(uri or tracking_uri())
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

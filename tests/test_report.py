@@ -191,3 +191,11 @@ def test_report_of_two_sweeps_pairs_an_arm_run_later_with_the_first(workdir):
         growth = {r["task"]: r for r in csv.DictReader(f)}
     assert growth["positive_control"]["moved beyond the null"] == "yes" and growth["positive_control"]["pairs"] == "3"
     assert (workdir / "both" / "development_llc_rl.png").stat().st_size > 0
+    # and what `rayexp run` prints after each sweep: its own arms, here the null alone
+    from rayexp.studies.development.report import after_sweep
+    from rayexp.study import ReportInput
+
+    after = io.StringIO()
+    after_sweep(ReportInput(uri, parents["controls"], [], file=after))
+    assert "LLC growth" in after.getvalue() and "positive_control" in after.getvalue()
+    assert "shuffled_null" not in after.getvalue() and "no null" in after.getvalue()

@@ -20,11 +20,12 @@ here imports torch at module level.
 """
 
 from rayexp.studies.development import llc_analysis  # noqa: F401  (registers the analysis)
-from rayexp.studies.development.report import report_section
+from rayexp.studies.development.report import after_sweep, report_section
 from rayexp.study import Study
 
 STUDY = Study(
     name="development",
     description="the LLC over pretraining and PPO checkpoints, transitions located, growth against the null",
     report=report_section,
+    after_sweep=after_sweep,
 )

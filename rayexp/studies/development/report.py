@@ -21,9 +21,9 @@ from rayexp.tables import format_table, write_csv
 LLC = "analysis/llc/"
 
 
-def llc_tables(runs: list) -> dict[str, dict[str, list]]:
+def llc_tables(runs: list, uri: str | None = None) -> dict[str, dict[str, list]]:
     """Each trial's ``llc_rl`` table (columns) by run id, for the runs whose ``llc`` analysis ran."""
-    return tracking.run_tables([r for r in runs if LLC + "seconds_per_estimate" in r.data.metrics], "llc_rl")
+    return tracking.run_tables([r for r in runs if LLC + "seconds_per_estimate" in r.data.metrics], "llc_rl", uri)
 
 
 def _arm(run) -> tuple[str, str, bool]:
@@ -170,18 +170,32 @@ def report_section(inp: ReportInput) -> None:
     ]
     print("\ndevelopment: the LLC under PPO per trial (README, 'Development over training'):", file=inp.file)
     print(format_table(shown), file=inp.file)
+    growth = print_growth(trials, tables, inp.file)
+    if inp.out is not None:
+        write_csv([{k: v for k, v in t.items() if k != "run"} for t in trials], inp.out / "development_llc.csv")
+        write_csv(growth, inp.out / "development_growth.csv")
+        print(f"figure: {llc_rl_figure(inp.runs, tables, inp.out / 'development_llc_rl.png')}", file=inp.file)
+
+
+def print_growth(trials: list[dict], tables: dict[str, dict[str, list]], file) -> list[dict]:
+    """The growth table against the null, and the checks on the arms' shared start; its rows."""
     growth = growth_rows(trials, tables)
     print(
         "\nLLC growth (last healthy / iteration 0), mean [min, max] over seeds; against the shuffled-reward "
         "null paired by seed, each seed at the last iteration both are healthy (geometric mean of the growth "
         "ratios, Student-t on the log):",
-        file=inp.file,
+        file=file,
     )
-    print(format_table(growth), file=inp.file)
+    print(format_table(growth), file=file)
     for line in (start_check(trials), *(f"repeated, the first sweep's kept: {r}" for r in repeated(trials))):
         if line:
-            print(line, file=inp.file)
-    if inp.out is not None:
-        write_csv([{k: v for k, v in t.items() if k != "run"} for t in trials], inp.out / "development_llc.csv")
-        write_csv(growth, inp.out / "development_growth.csv")
-        print(f"figure: {llc_rl_figure(inp.runs, tables, inp.out / 'development_llc_rl.png')}", file=inp.file)
+            print(line, file=file)
+    return growth
+
+
+def after_sweep(inp: ReportInput) -> None:
+    """What ``rayexp run`` prints after a sweep whose trials ran ``llc``: the growth against the null."""
+    runs = [r for r in tracking.trial_runs_of(inp.uri, inp.parent) if LLC + "seconds_per_estimate" in r.data.metrics]
+    if runs:
+        tables = llc_tables(runs, inp.uri)
+        print_growth(trial_rows(runs, tables), tables, inp.file)
