@@ -219,9 +219,8 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
         rl.append({**est.estimate(model, "rl", it), "reward": reward})
 
     metrics = {**(_phase_metrics("pretrain", pretrain) if pretrain else {}), **_phase_metrics("rl", rl)}
-    rl_cols = {k: [r[k] for r in rl] for k in ("checkpoint", "llc_mean", "healthy", "reward")}
-    rl_cols["iteration"] = rl_cols.pop("checkpoint")
-    metrics.update({f"rl/{k}": v for k, v in rl_growth(rl_cols).items()})
+    rl_table = _table(rl, "iteration")  # the table the report reads, so metric and report share one input
+    metrics.update({f"rl/{k}": v for k, v in rl_growth(rl_table.to_pydict()).items()})
     marks = phase_transitions({"pretrain": pretrain, "rl": rl} if pretrain else {"rl": rl}, params.transition_k)
     found = [
         {"phase": phase, "curve": curve, "checkpoint": at}
@@ -236,7 +235,7 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
     metrics["seconds_per_estimate"] = float(np.mean(est.seconds))
     tables = {
         **({"llc_pretrain": _table(pretrain, "step")} if pretrain else {}),
-        "llc_rl": _table(rl, "iteration"),
+        "llc_rl": rl_table,
         "llc_chains": pa.concat_tables([pa.table(c) for c in est.chains]),
         "llc_transitions": pa.Table.from_pylist(found, schema=TRANSITIONS),
     }

@@ -195,7 +195,6 @@ def print_growth(trials: list[dict], tables: dict[str, dict[str, list]], file) -
 
 def after_sweep(inp: ReportInput) -> None:
     """What ``rayexp run`` prints after a sweep whose trials ran ``llc``: the growth against the null."""
-    runs = [r for r in tracking.trial_runs_of(inp.uri, inp.parent) if LLC + "seconds_per_estimate" in r.data.metrics]
-    if runs:
-        tables = llc_tables(runs, inp.uri)
+    runs = tracking.trial_runs_of(inp.uri, inp.parent)
+    if tables := llc_tables(runs, inp.uri):  # only the runs whose llc ran
         print_growth(trial_rows(runs, tables), tables, inp.file)
