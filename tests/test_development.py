@@ -138,3 +138,15 @@ def test_the_null_arm_sweep_is_the_study_but_for_its_tasks_and_pretraining():
     for key in ("name", "description", "tasks"):
         null.pop(key), full.pop(key)
     assert null == full
+
+
+def test_the_new_seeds_sweep_is_the_study_but_for_its_seeds_and_pretraining():
+    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
+    more = yaml.safe_load((ROOT / "sweeps" / "development_seeds.yaml").read_text())
+    assert more["axes"].pop("grid") == {"seed": [3, 4]}
+    assert not set(full["axes"].pop("grid")["seed"]) & {3, 4}  # independent seeds
+    llc = next(a for a in more["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
+    assert llc["params"].pop("pretraining") is False
+    for key in ("name", "description"):
+        more.pop(key), full.pop(key)
+    assert more == full
