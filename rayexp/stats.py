@@ -1,6 +1,7 @@
 """Uncertainty over seeds and held-out samples: Student-t intervals over seeds (:func:`t_ci`),
-percentile bootstrap over held-out sequences, plain and paired, and the per-unit values of ratio
-statistics (:func:`ratio_values`) so that a paired bootstrap covers them.
+percentile bootstrap over held-out sequences, plain and paired, the per-unit values of ratio
+statistics (:func:`ratio_values`) so that a paired bootstrap covers them, and the exact sign-flip
+test of paired differences over seeds (:func:`sign_flip_p`), which needs no normality.
 
 Pure numpy; every analysis that reports an interval uses these, so the resampling scheme and
 its seed are the same everywhere (docs/design.md §6 rule 4: a change is a paired difference with a paired
@@ -77,3 +78,17 @@ def t_ci(values, ci: float = 0.95) -> tuple[float, float, float]:
         return mean, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + ci / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
     return mean, mean - half, mean + half
+
+
+def sign_flip_p(values) -> float:
+    """Two-sided p-value of mean(values) = 0 by the exact sign-flip (paired permutation) test over all
+    2^n sign patterns, non-finite dropped; NaN with no values. Distribution-free, so it is what the
+    t interval's normality is checked against; its floor is 2 / 2^n (0.25 with 3 seeds, 0.0625 with 5)."""
+    from scipy import stats  # scipy's import is slow; only summaries need it
+
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan")
+    res = stats.permutation_test((x,), np.mean, permutation_type="samples", n_resamples=np.inf)
+    return float(res.pvalue)

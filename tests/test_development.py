@@ -63,12 +63,14 @@ def test_paired_growth_against_the_null():
     logs = [math.log(r) for r in ratios.values()]
     assert p["ratio"] == pytest.approx(math.exp(sum(logs) / 3))
     assert 1 < p["low"] < p["ratio"] < p["high"] and p["above"] == 1.0 and p["seeds"] == 3
+    assert p["p"] == pytest.approx(0.25)  # every log above 0: the sign-flip floor with 3 seeds
     # the same growth as the null, up to noise: not above
     same = paired_growth({0: 1.2 / 1.1, 1: 1.0 / 1.15, 2: 1.1 / 1.05})
-    assert same["low"] < 1 < same["high"] and same["above"] == 0.0
+    assert same["low"] < 1 < same["high"] and same["above"] == 0.0 and same["p"] > 0.5
     # non-finite ratios are left out; one seed gives no interval
     one = paired_growth({0: 2.0, 1: math.nan})
     assert one["ratio"] == pytest.approx(2.0) and math.isnan(one["low"]) and math.isnan(one["above"])
+    assert math.isnan(one["p"])
 
 
 def _run(task, seed, null=False):

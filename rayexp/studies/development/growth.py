@@ -14,7 +14,8 @@ shuffled null), seed by seed, since the arms of a seed start from the same pretr
   own last healthy estimate would set a task whose late estimates diverge (a sharpened policy) at
   iteration 10 against the null at 40.
 - :func:`paired_growth`: over seeds, the mean log of those ratios with its Student-t interval,
-  reported as a ratio (exp): ``above`` when the whole interval is above 1.
+  reported as a ratio (exp): ``above`` when the whole interval is above 1; ``p``, the exact sign-flip
+  test of the same logs, which does not lean on their normality (its floor is 2 / 2^seeds).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import math
 
 import numpy as np
 
-from rayexp.stats import t_ci
+from rayexp.stats import sign_flip_p, t_ci
 
 
 def rl_growth(rows: dict[str, list]) -> dict[str, float]:
@@ -75,11 +76,13 @@ def matched_ratio(task: dict[str, list], null: dict[str, list]) -> dict[str, flo
 def paired_growth(ratios: dict[int, float], ci: float = 0.95) -> dict[str, float]:
     """``ratios``: :func:`matched_ratio` by seed. Their geometric mean with the Student-t interval of the
     mean log ratio; ``above`` = 1.0 when the interval's low end is above 1 (the task moved the LLC
-    further than PPO on a reward that asks nothing), 0.0 when it is not, NaN with fewer than two seeds."""
+    further than PPO on a reward that asks nothing), 0.0 when it is not, NaN with fewer than two seeds;
+    ``p``: the exact two-sided sign-flip p-value of the mean log ratio."""
     logs = [math.log(r) for r in ratios.values() if np.isfinite(r) and r > 0]
     if len(logs) < 2:
         m = math.exp(logs[0]) if logs else math.nan
-        return {"ratio": m, "low": math.nan, "high": math.nan, "seeds": float(len(logs)), "above": math.nan}
+        nan = math.nan
+        return {"ratio": m, "low": nan, "high": nan, "seeds": float(len(logs)), "above": nan, "p": nan}
     m, lo, hi = t_ci(logs, ci)
     return {
         "ratio": math.exp(m),
@@ -87,4 +90,5 @@ def paired_growth(ratios: dict[int, float], ci: float = 0.95) -> dict[str, float
         "high": math.exp(hi),
         "seeds": float(len(logs)),
         "above": float(lo > 0),
+        "p": sign_flip_p(logs),
     }

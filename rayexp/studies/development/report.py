@@ -67,6 +67,7 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
                 "growth": f"{sum(vals) / len(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]" if vals else "-",
                 "vs null at the same iteration (ratio [95% CI])": "-",
                 "pairs": "-",
+                "sign-flip p": "-",
                 "iterations compared": "-",
                 "moved beyond the null": "-" if null else "no null" if not nulls else "several nulls",
             }
@@ -80,6 +81,7 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
                 its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
                 row["iterations compared"] = "/".join(its) or "-"
                 row["pairs"] = f"{p['seeds']:.0f}"
+                row["sign-flip p"] = _f(p["p"], ".3f")
                 row["moved beyond the null"] = "-"
                 if math.isfinite(p["low"]):
                     row["vs null at the same iteration (ratio [95% CI])"] = (
@@ -183,7 +185,8 @@ def print_growth(trials: list[dict], tables: dict[str, dict[str, list]], file) -
     print(
         "\nLLC growth (last healthy / iteration 0), mean [min, max] over seeds; against the shuffled-reward "
         "null paired by seed, each seed at the last iteration both are healthy (geometric mean of the growth "
-        "ratios, Student-t on the log):",
+        "ratios, Student-t on the log; sign-flip p: the exact two-sided test of the same logs, no normality "
+        "assumed, floor 2/2^pairs):",
         file=file,
     )
     print(format_table(growth), file=file)
