@@ -327,6 +327,32 @@ def test_a_leaky_model_neither_explains_composition_away_nor_loses_a_reweighting
         assert r["verdict"] == want, r
 
 
+def test_a_replicate_draw_is_new_everywhere_and_draw_0_is_the_battery_itself():
+    from rayexp.studies.composition import battery_streams
+
+    stream = "interleave(mess3,mess3)"
+    base, again = battery_streams.sample(stream, 100, 0, 0.03), battery_streams.sample(stream, 100, 0, 0.03, 0)
+    new = battery_streams.sample(stream, 100, 0, 0.03, 1)
+    assert np.array_equal(base.p_pre, again.p_pre) and base.draw == 0 and new.draw == 1
+    assert not np.array_equal(new.tokens, base.tokens) and not np.allclose(new.feats_random[:1], base.feats_random[:1])
+    # the same process and model error, a new leak map: the error is as stated
+    exact = battery_streams.sample(stream, 100, 0, 0.0, 1)
+    assert np.array_equal(exact.tokens, new.tokens)
+    assert np.abs(new.p_pre - exact.p_pre).sum(-1).mean() == pytest.approx(0.03)
+    assert not np.allclose(
+        battery.NULLS["drift"](new), battery.NULLS["drift"](battery_streams.sample(stream, 100, 0, 0.03, 2))
+    )
+
+
+def test_the_rule_holds_on_a_replicate_draw_at_the_ppo_nulls_drift():
+    # thresholds were set on draw 0; on new sequences, maps, leak and null the composed policy stays
+    # composition and the sharpened one reweighting
+    for name, want in (("Bayes joint target", "composition"), ("sharpen beta=10", "reweighting")):
+        case = next(c for c in battery.CASES if c.name == name)
+        r = battery.run_case(case, "interleave(mess3,z1r)", seeds=4, n_seq=600, null="drift", model_error=0.03, draw=1)
+        assert r["verdict"] == want, r
+
+
 @pytest.mark.slow
 def test_known_answer_battery_on_two_streams():
     streams = ("interleave(mess3,mess3)", "product(mess3,mess3)")

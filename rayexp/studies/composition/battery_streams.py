@@ -44,15 +44,19 @@ class Sample:
     train: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     test: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     resolution: float = classes.MIN_RESOLUTION  # what a map of p_pre is fitted at: twice the model's error
+    draw: int = 0  # which draw of the battery's fixed random choices (:func:`sample`)
 
 
 @functools.lru_cache(maxsize=64)  # every case of a stream reads the same seeds' samples; nothing mutates them
-def sample(stream: str, n_seq: int, seed: int, model_error: float = 0.0) -> Sample:
+def sample(stream: str, n_seq: int, seed: int, model_error: float = 0.0, draw: int = 0) -> Sample:
     """One seed's sequences; ``model_error`` > 0: the pretrained model is :func:`imperfect` by that mean L1
-    error, and maps of it are fitted at its resolution, as the composition analysis fits a real model's."""
+    error, and maps of it are fitted at its resolution, as the composition analysis fits a real model's.
+    ``draw`` > 0: a replicate whose every fixed random choice is new (the sequences, the leak's map, the
+    random-init network; :mod:`.battery` draws its planted maps and drift null from it too), to check
+    the rule on cases nobody looked at when its thresholds were set."""
     hmm = build_process(STREAMS[stream])
     reward = make_reward("joint_target", hmm)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if draw == 0 else (draw, seed))
     tokens, _, beliefs = hmm.sample_with_beliefs(n_seq, CONTEXT, rng)
     fb = hmm.factor_beliefs(beliefs)
     P = targets.target_probs(hmm, reward, beliefs, tokens)
@@ -64,12 +68,12 @@ def sample(stream: str, n_seq: int, seed: int, model_error: float = 0.0) -> Samp
     ceil = {"optimum": ceilings.optimum(P).mean(1), "per_phase": ceilings.per_phase_single(single, P).mean(1)}
     train, test = split_sequences(n_seq, 0.5, rng)
     exact, feats = hmm.next_token_probs(beliefs), np.concatenate(fb, -1)
-    p_pre = imperfect(exact, feats, model_error)
+    p_pre = imperfect(exact, feats, model_error, LEAK_SEED + draw)
     return Sample(
         tokens,
         p_pre,
         feats,
-        random_features(tokens, hmm.vocab_size),
+        random_features(tokens, hmm.vocab_size, seed=draw),
         P,
         reward.action_tokens,
         groups,
@@ -77,6 +81,7 @@ def sample(stream: str, n_seq: int, seed: int, model_error: float = 0.0) -> Samp
         train,
         test,
         classes.resolution_of(p_pre, exact),
+        draw,
     )
 
 
