@@ -317,3 +317,17 @@ def test_hook_names_match_the_transformer():
 
     cfg = TransformerConfig(n_layers=3)
     assert hook_names(cfg) == hook_names_for(cfg)
+
+
+@pytest.mark.parametrize("replicate", ["composition_z1r", "composition_replicate"])
+def test_a_replication_sweep_is_composition_cpu_on_new_seeds(replicate):
+    # a replication is a test of the rule only if nothing but the seeds (and which pairs) changed
+    full = yaml.safe_load((ROOT / "sweeps" / "composition_cpu.yaml").read_text())
+    rep = yaml.safe_load((ROOT / "sweeps" / f"{replicate}.yaml").read_text())
+    f_grid, r_grid = full["axes"].pop("grid"), rep["axes"].pop("grid")
+    assert not set(f_grid["seed"]) & set(r_grid["seed"]) and len(r_grid["seed"]) == 5
+    assert all(p in f_grid["process"] for p in r_grid["process"])
+    assert rep.pop("experiment") == replicate
+    for key in ("name", "description", "experiment"):
+        full.pop(key, None), rep.pop(key, None)
+    assert rep == full
