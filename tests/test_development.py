@@ -98,9 +98,16 @@ def test_report_rows_pair_each_task_with_the_null_by_seed(tmp_path):
     assert "is one number" in report.start_check(trials) and not report.repeated(trials)
     rows = {r["task"]: r for r in report.growth_rows(trials, tables)}
     assert rows["positive"]["moved beyond the null"] == "yes" and rows["positive"]["iterations compared"] == "5/5/5"
-    assert rows["negative"]["moved beyond the null"] == "no"  # 1.23-1.36 against the null's 1.07-1.20: CI spans 1
+    assert rows["negative"]["moved beyond the null"] == "not shown"  # 1.23-1.36 against the null's 1.07-1.20: CI spans 1
     assert rows["shuffled_null (null)"]["vs null at the same iteration (ratio [95% CI])"] == "-"
     assert rows["positive"]["pairs"] == "3"
+    # the two tasks against each other: positive's growth over negative's, seed by seed
+    (pair,) = report.between_tasks(trials, tables)
+    assert pair["growth of / over"] == "negative / positive" and pair["differ"] == "yes" and pair["pairs"] == "3"
+    want = math.exp(
+        sum(math.log((n / s_) / (p / s_)) for n, p, s_ in zip(ends["negative"], ends["positive"], starts.values())) / 3
+    )
+    assert pair["ratio [95% CI]"].startswith(f"{want:.2f} [")
     # a seed whose arms start from different numbers: not one pretrained model, said so
     tables["positive1"] = _rows([150.0, 525.0], [True, True])
     assert "DIFFERS" in report.start_check(report.trial_rows(runs, tables))

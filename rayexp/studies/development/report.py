@@ -49,14 +49,51 @@ def trial_rows(runs: list, tables: dict[str, dict[str, list]]) -> list[dict]:
     return sorted(rows, key=lambda x: (x["process"], x["null"], x["task"], x["seed"]))
 
 
+def _arms(trials: list[dict], process: str) -> dict[tuple[str, bool], dict[int, dict]]:
+    """The process's trials by (task, is null), then by seed; an arm repeated across sweeps: the first's."""
+    arms: dict[tuple[str, bool], dict[int, dict]] = {}
+    for t in (t for t in trials if t["process"] == process):
+        arms.setdefault((t["task"], t["null"]), {}).setdefault(t["seed"], t)
+    return arms
+
+
+def between_tasks(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[dict]:
+    """Per process, each pair of (non-null) tasks set against each other as a task is set against the null:
+    seed by seed at the last iteration both are healthy (:func:`.growth.matched_ratio`). "Not beyond the
+    null" for one task and "beyond" for another is not a difference between them; this row tests that."""
+    out = []
+    for process in dict.fromkeys(t["process"] for t in trials):
+        tasks = sorted((task, by_seed) for (task, null), by_seed in _arms(trials, process).items() if not null)
+        for i, (a, sa) in enumerate(tasks):
+            for b, sb in tasks[i + 1 :]:
+                matched = {
+                    seed: matched_ratio(tables[t["run"]], tables[sb[seed]["run"]])
+                    for seed, t in sa.items()
+                    if seed in sb
+                }
+                p = paired_growth({seed: m["ratio"] for seed, m in matched.items()})
+                its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
+                finite = math.isfinite(p["low"])
+                out.append(
+                    {
+                        "process": process,
+                        "growth of / over": f"{a} / {b}",
+                        "ratio [95% CI]": f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]" if finite else "-",
+                        "pairs": f"{p['seeds']:.0f}",
+                        "sign-flip p": _f(p["p"], ".3f"),
+                        "iterations compared": "/".join(its) or "-",
+                        "differ": ("yes" if p["low"] > 1 or p["high"] < 1 else "no") if finite else "-",
+                    }
+                )
+    return out
+
+
 def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[dict]:
     """Per (process, task): growth over seeds, and against the process's shuffled-reward null, seed by
     seed at the last iteration both are healthy (:func:`.growth.matched_ratio`)."""
     out = []
     for process in dict.fromkeys(t["process"] for t in trials):
-        arms: dict[tuple[str, bool], dict[int, dict]] = {}
-        for t in (t for t in trials if t["process"] == process):
-            arms.setdefault((t["task"], t["null"]), {}).setdefault(t["seed"], t)  # repeated: the first sweep's
+        arms = _arms(trials, process)
         nulls = [by_seed for (_, null), by_seed in arms.items() if null]
         for (task, null), by_seed in arms.items():
             vals = [t["growth"] for t in by_seed.values() if math.isfinite(t["growth"])]
@@ -87,7 +124,7 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
                     row["vs null at the same iteration (ratio [95% CI])"] = (
                         f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
                     )
-                    row["moved beyond the null"] = "yes" if p["above"] == 1.0 else "no"
+                    row["moved beyond the null"] = "yes" if p["above"] == 1.0 else "not shown"
                 elif math.isfinite(p["ratio"]):
                     row["vs null at the same iteration (ratio [95% CI])"] = f"{p['ratio']:.2f} [one seed]"
             out.append(row)
@@ -190,6 +227,9 @@ def print_growth(trials: list[dict], tables: dict[str, dict[str, list]], file) -
         file=file,
     )
     print(format_table(growth), file=file)
+    if pairs := between_tasks(trials, tables):
+        print("\nTask against task, paired by seed in the same way:", file=file)
+        print(format_table(pairs), file=file)
     for line in (start_check(trials), *(f"repeated, the first sweep's kept: {r}" for r in repeated(trials))):
         if line:
             print(line, file=file)
