@@ -57,9 +57,10 @@ most of a pooled R^2. "Explained" is relative to the pair's own null, because PP
 share unexplained that no class should be charged with (and ``u_max`` keeps a drift-heavy null from
 excusing anything). ``u_max`` is 0.35, not 0.5: at the PPO nulls' drift (a map of p_pre leaves 0.55-0.77
 of their deviation) the battery's policy that acts composed a quarter of the time leaves 0.38-0.48 and
-was called reweighting at 0.5; every reweighting seen leaves less (planted ones at most 0.08,
-the PPO negative controls' interval highs at most 0.263), so 0.35 makes that mixture inconclusive and
-changes no stored verdict (README). Composition must also earn its reward by both factors at one step: the margin
+was called reweighting at 0.5; every reweighting seen leaves less (planted ones at most 0.08 with an
+exact model and up to 0.27 with an imperfect one on the battery's replicate draws, the PPO negative
+controls' interval highs at most 0.263), so 0.35 makes that mixture inconclusive and changes no stored
+verdict (README); the margin to the nearest reweighting seen is 0.06-0.09, not wide. Composition must also earn its reward by both factors at one step: the margin
 is against the best per-phase single-factor policy, so an interleave policy that only takes turns is
 not composition. And it must earn that reward *beyond any map of p_pre*: a sharp map (an argmax of
 group sums on a product stream with many near-ties, where a fit at the model's resolution misses the
