@@ -24,7 +24,9 @@ loading torch or RLlib.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +46,28 @@ NEEDS = (
     "env",  # the RL env config and its stream's process spec
 )
 SCOPES = ("trial", "sweep")
+
+
+#: where a running analysis reports how far it is; set by the trial's stage around the call
+_PROGRESS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("progress", default=None)
+
+
+def progress(done: int, total: int) -> None:
+    """An analysis says it has done ``done`` of ``total`` units of work (LLC estimates, say). Inside a
+    trial this is the driver's progress line and ETA, and a heartbeat for its stall watchdog (an
+    analysis that runs longer than ``--stall-timeout`` without one stops the sweep); elsewhere a no-op."""
+    if (report := _PROGRESS.get()) is not None:
+        report(done, total)
+
+
+@contextlib.contextmanager
+def reporting_progress(report: Callable[[int, int], None]) -> Iterator[None]:
+    """Route :func:`progress` calls made inside the block to ``report(done, total)``."""
+    token = _PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 class Params(BaseModel):

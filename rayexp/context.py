@@ -75,7 +75,11 @@ def for_tune(key: str) -> bool:
     """What a trial reports to Tune: progress, stage times, PPO curves and the summary's metrics.
     Everything else (hundreds of probe and analysis metrics) goes to MLflow only; sending it to Tune
     at every stage and PPO iteration made each trial's Tune logs ~6 MB."""
-    return key in ("stage", "n_stages") or key.startswith(("time/", "ppo/", "pretrain/")) or key in _SUMMARY_KEYS
+    return (
+        key in ("stage", "n_stages")
+        or key.startswith(("time/", "ppo/", "pretrain/", "progress/"))
+        or key in _SUMMARY_KEYS
+    )
 
 
 class Reporter:

@@ -149,6 +149,9 @@ class Progress(_Live, tune.Callback):
             k, what = int(result["ppo/iteration"]) + 1, "iteration"
             n = resolved.ppo.iterations if current == "ppo" else resolved.start.ppo.iterations
             value = ("reward/step", result.get("ppo/reward_per_step") if current == "ppo" else None)
+        elif current.startswith("analysis:") and "progress/analysis_done" in result:
+            k, n, what = int(result["progress/analysis_done"]), int(result["progress/analysis_total"]), "step"
+            value = ("", None)
         else:
             return
         now = self.clock()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rayexp import probes, registry
+from rayexp.analysis import reporting_progress
 from rayexp.cache import PretrainCache
 from rayexp.context import TrialContext
 from rayexp.resolved import ResolvedTrial
@@ -56,6 +57,7 @@ DEVICE_READY = frozenset(
 #: driver's progress lines (rayexp.monitor); removed when the stage ends.
 PRETRAIN_STEP = "pretrain/step"
 PPO_ITERATION = "ppo/iteration"
+ANALYSIS_DONE, ANALYSIS_TOTAL = "progress/analysis_done", "progress/analysis_total"
 
 
 def heartbeat(ctx: TrialContext) -> Callable[[], None]:
@@ -306,7 +308,17 @@ def analysis_stage(name: str, params: dict[str, Any]) -> Stage:
 
     def run(ctx: TrialContext) -> None:
         artifacts = ctx.artifacts if name in DEVICE_READY else ctx.artifacts.on("cpu")
-        result = spec.fn(artifacts, registry.validate_params(name, params))
+        report = ctx.report
+
+        def progress(done: int, total: int) -> None:  # to Tune only: the progress line and the watchdog's beat
+            report.latest.update({ANALYSIS_DONE: done, ANALYSIS_TOTAL: total})
+            report.metrics({}, step=0)
+
+        try:
+            with reporting_progress(progress):
+                result = spec.fn(artifacts, registry.validate_params(name, params))
+        finally:
+            report.latest.pop(ANALYSIS_DONE, None), report.latest.pop(ANALYSIS_TOTAL, None)
         metrics = {f"analysis/{name}/{k}": v for k, v in result.metrics.items()}
         ctx.report.metrics(metrics, step=0, once=True)
         run_ = ctx.report.run

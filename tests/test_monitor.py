@@ -260,3 +260,69 @@ def test_a_clean_run_keeps_stderr_for_errors_and_resume_adds_a_step(workdir):
     parent = _record_parent(f"sqlite:///{workdir / 'mlflow.db'}", "quiet")
     for key in ("sweep/wall_s", "sweep/failed_trials"):
         assert sorted(m.step for m in c.get_metric_history(parent.info.run_id, key)) == [0, 1], key
+
+
+def test_a_long_analysis_reports_its_progress_to_the_driver_and_its_watchdog(tmp_path, capsys):
+    """An analysis that calls rayexp.analysis.progress (the LLC: ~90 s per estimate, 18 per trial) shows
+    a progress line with an ETA, and each call is a result the stall watchdog counts as a beat."""
+    sweep = tiny_sweep("fake", ppo_iterations=40)
+    sweep["base"]["analyses"] = ["weight_diff"]
+    _, points = load_points(write_sweep(tmp_path, sweep))
+    trial = NS(
+        trial_id="t1",
+        config={"point": {"trial": points[0].trial.model_dump(), "axes": {}}},
+        status="RUNNING",
+        error_file=None,
+    )
+    names = [s.name for s in monitor.stages_for(monitor._resolved(trial))]
+    i = names.index("analysis:weight_diff")
+    clock = Clock()
+    progress = monitor.Progress(total=1, every=10, clock=clock)
+    watchdog = monitor.Watchdog("fake.yaml", 0, 100, "")
+
+    def at(t, **result):
+        clock.now = t
+        progress.on_trial_result(0, [trial], trial, result)
+        watchdog.clock = lambda: t
+        watchdog.on_trial_result(0, [trial], trial, result)
+        watchdog.on_step_end(0, [trial])
+
+    at(0, stage=i)  # the stage before it done: the analysis is running
+    at(20, **{"stage": i, "progress/analysis_done": 1, "progress/analysis_total": 18})
+    at(110, **{"stage": i, "progress/analysis_done": 2, "progress/analysis_total": 18})  # 90 s apart: < 100 s stall
+    at(200, **{"stage": i, "progress/analysis_done": 3, "progress/analysis_total": 18})
+    said = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert said[-3:] == [
+        "analysis:weight_diff step 1/18",
+        "analysis:weight_diff step 2/18, ETA 24m00s",
+        "analysis:weight_diff step 3/18, ETA 22m30s",
+    ], said
+    assert watchdog.failure is None  # 200 s in a stage with a 100 s stall timeout, beating every 90 s
+
+
+def test_an_analysis_stage_routes_progress_to_tune_only_and_clears_it(monkeypatch):
+    from rayexp import stages
+    from rayexp.analysis import AnalysisResult, progress
+    from rayexp.context import Reporter, for_tune
+
+    seen = []
+
+    def fn(artifacts, params):
+        for k in (1, 2):
+            progress(k, 2)
+            seen.append(dict(reporter.latest))
+        return AnalysisResult(metrics={"x": 1.0})
+
+    spec = NS(fn=fn, needs=())
+    monkeypatch.setattr(stages.registry, "get", lambda name, scope: spec)
+    monkeypatch.setattr(stages.registry, "validate_params", lambda name, params: params)
+    reporter = Reporter(None, use_tune=False)
+    sent = []
+    monkeypatch.setattr(reporter, "metrics", lambda m, step, **kw: sent.append(m) or reporter.latest.update(m))
+    finished = []
+    artifacts = NS(on=lambda device: artifacts, finish_analysis=lambda name, m: finished.append(m))
+    stages.analysis_stage("fake", {}).run(NS(artifacts=artifacts, report=reporter))
+    assert [s[stages.ANALYSIS_DONE] for s in seen] == [1, 2] and seen[0][stages.ANALYSIS_TOTAL] == 2
+    assert for_tune(stages.ANALYSIS_DONE) and sent[:2] == [{}, {}]  # nothing new for MLflow, a beat for Tune
+    assert stages.ANALYSIS_DONE not in reporter.latest and finished == [{"x": 1.0}]
+    progress(1, 2)  # outside a trial's stage: a no-op

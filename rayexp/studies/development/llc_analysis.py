@@ -48,7 +48,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from models.config import MAX_SEED
-from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.analysis import AnalysisResult, Params, analysis, progress
 from rayexp.rollouts import collect
 from rayexp.studies.development import losses
 from rayexp.studies.development.convergence import RHAT_MAX
@@ -208,15 +208,19 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
         raise FileNotFoundError(f"{artifacts}: no pretraining checkpoints (artifacts.pretrain_checkpoints: 0?)")
     first = artifacts.pretrain_checkpoint(steps[0])
     est = Estimator(artifacts.process(), first.cfg.n_ctx, params)
+    iterations = [0, *artifacts.ppo_iterations()]
+    total = (len(steps) if params.pretraining else 0) + len(iterations)  # ~90 s each on one core: say where it is
     pretrain = []
     for step in steps if params.pretraining else []:
         model = first if step == steps[0] else artifacts.pretrain_checkpoint(step)
         pretrain.append({**est.estimate(model, "pretrain", step), "loss": est.loss(model)})
+        progress(len(pretrain), total)
     rl = []
-    for it in [0, *artifacts.ppo_iterations()]:
+    for it in iterations:
         model = artifacts.policy(it)
         reward = _reward(model, artifacts.env_config, params.reward_episodes, params.seed)  # same seeds each time
         rl.append({**est.estimate(model, "rl", it), "reward": reward})
+        progress(len(pretrain) + len(rl), total)
 
     metrics = {**(_phase_metrics("pretrain", pretrain) if pretrain else {}), **_phase_metrics("rl", rl)}
     rl_table = _table(rl, "iteration")  # the table the report reads, so metric and report share one input
