@@ -318,7 +318,8 @@ def analysis_stage(name: str, params: dict[str, Any]) -> Stage:
             with reporting_progress(progress):
                 result = spec.fn(artifacts, registry.validate_params(name, params))
         finally:
-            report.latest.pop(ANALYSIS_DONE, None), report.latest.pop(ANALYSIS_TOTAL, None)
+            for key in (ANALYSIS_DONE, ANALYSIS_TOTAL):
+                report.latest.pop(key, None)
         metrics = {f"analysis/{name}/{k}": v for k, v in result.metrics.items()}
         ctx.report.metrics(metrics, step=0, once=True)
         run_ = ctx.report.run
