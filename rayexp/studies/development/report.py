@@ -57,6 +57,20 @@ def _arms(trials: list[dict], process: str) -> dict[tuple[str, bool], dict[int, 
     return arms
 
 
+def _paired(arm: dict[int, dict], other: dict[int, dict], tables: dict[str, dict[str, list]]) -> tuple[dict, str]:
+    """``arm`` against ``other`` (trials by seed), seed by seed at the last iteration both are healthy:
+    :func:`.growth.paired_growth` of the :func:`.growth.matched_ratio` s, and the iterations compared."""
+    matched = {
+        seed: matched_ratio(tables[t["run"]], tables[other[seed]["run"]]) for seed, t in arm.items() if seed in other
+    }
+    its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
+    return paired_growth({seed: m["ratio"] for seed, m in matched.items()}), "/".join(its) or "-"
+
+
+def _interval(p: dict) -> str:
+    return f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+
+
 def between_tasks(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[dict]:
     """Per process, each pair of (non-null) tasks set against each other as a task is set against the null:
     seed by seed at the last iteration both are healthy (:func:`.growth.matched_ratio`). "Not beyond the
@@ -66,22 +80,16 @@ def between_tasks(trials: list[dict], tables: dict[str, dict[str, list]]) -> lis
         tasks = sorted((task, by_seed) for (task, null), by_seed in _arms(trials, process).items() if not null)
         for i, (a, sa) in enumerate(tasks):
             for b, sb in tasks[i + 1 :]:
-                matched = {
-                    seed: matched_ratio(tables[t["run"]], tables[sb[seed]["run"]])
-                    for seed, t in sa.items()
-                    if seed in sb
-                }
-                p = paired_growth({seed: m["ratio"] for seed, m in matched.items()})
-                its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
+                p, its = _paired(sa, sb, tables)
                 finite = math.isfinite(p["low"])
                 out.append(
                     {
                         "process": process,
                         "growth of / over": f"{a} / {b}",
-                        "ratio [95% CI]": f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]" if finite else "-",
+                        "ratio [95% CI]": _interval(p) if finite else "-",
                         "pairs": f"{p['seeds']:.0f}",
                         "sign-flip p": _f(p["p"], ".3f"),
-                        "iterations compared": "/".join(its) or "-",
+                        "iterations compared": its,
                         "differ": ("yes" if p["low"] > 1 or p["high"] < 1 else "no") if finite else "-",
                     }
                 )
@@ -109,21 +117,12 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
                 "moved beyond the null": "-" if null else "no null" if not nulls else "several nulls",
             }
             if not null and len(nulls) == 1:
-                matched = {
-                    seed: matched_ratio(tables[t["run"]], tables[nulls[0][seed]["run"]])
-                    for seed, t in by_seed.items()
-                    if seed in nulls[0]
-                }
-                p = paired_growth({seed: m["ratio"] for seed, m in matched.items()})
-                its = [f"{m['iteration']:.0f}" for _, m in sorted(matched.items()) if math.isfinite(m["iteration"])]
-                row["iterations compared"] = "/".join(its) or "-"
+                p, row["iterations compared"] = _paired(by_seed, nulls[0], tables)
                 row["pairs"] = f"{p['seeds']:.0f}"
                 row["sign-flip p"] = _f(p["p"], ".3f")
                 row["moved beyond the null"] = "-"
                 if math.isfinite(p["low"]):
-                    row["vs null at the same iteration (ratio [95% CI])"] = (
-                        f"{p['ratio']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
-                    )
+                    row["vs null at the same iteration (ratio [95% CI])"] = _interval(p)
                     row["moved beyond the null"] = "yes" if p["above"] == 1.0 else "not shown"
                 elif math.isfinite(p["ratio"]):
                     row["vs null at the same iteration (ratio [95% CI])"] = f"{p['ratio']:.2f} [one seed]"
