@@ -64,6 +64,29 @@ def test_erasure_leaves_no_affine_probe_and_a_random_subspace_does():
         geo.random_basis(3, 4, rng)
 
 
+def test_joint_only_basis_erases_the_joint_part_outside_the_factor_subspaces_and_keeps_the_factors():
+    rng = np.random.default_rng(3)
+    b0, b1 = rng.dirichlet(np.ones(3), 6000), rng.dirichlet(np.ones(3), 6000)
+    jo = geo.product_part([b0, b1], rep.outer_beliefs([b0, b1]))  # (n, 9), rank 4
+    E = np.linalg.qr(rng.standard_normal((24, 24)))[0]
+    X = 3 * np.c_[b0, b1] @ E[:, :6].T + 5 * jo @ E[:, 6:15].T + 0.05 * rng.standard_normal((6000, 24))
+    F = np.linalg.qr(np.concatenate([geo.erasure_basis(X, b) for b in (b0, b1)], axis=1))[0]
+    Q = geo.joint_only_basis(X, jo, F)
+    assert Q.shape == (24, 4)  # the product part of two 3-state beliefs has rank (3 - 1)(3 - 1)
+    assert np.allclose(Q.T @ Q, np.eye(4), atol=1e-10) and np.abs(F.T @ Q).max() < 1e-12
+    Xe = geo.erase(X, Q, X.mean(0))
+    for b in (b0, b1):  # the factors' covariance with the features is untouched
+        assert np.allclose(geo.cross_covariance(Xe, b), geo.cross_covariance(X, b), atol=1e-12)
+    # outside the factor subspaces nothing of the joint-only part is left
+    Xp = Xe - (Xe @ F) @ F.T
+    assert np.abs(geo.cross_covariance(Xp, jo)).max() < 1e-12 < np.abs(geo.cross_covariance(X @ (np.eye(24) - F @ F.T), jo)).max()
+    # features without a joint part give nothing but noise directions: a tiny covariance, not a structure
+    Xf = 3 * np.c_[b0, b1] @ E[:, :6].T + 0.05 * rng.standard_normal((6000, 24))
+    Qf = geo.joint_only_basis(Xf, jo, F)
+    assert np.linalg.norm(geo.cross_covariance(Xf, jo) @ np.eye(9)) < 0.01 * np.linalg.norm(geo.cross_covariance(X, jo))
+    assert Qf.shape[1] <= 4
+
+
 def test_simplex_corners_and_removed_share():
     xy = geo.simplex_xy(np.eye(3))
     assert np.allclose(xy, [[0, 0], [1, 0], [0.5, np.sqrt(3) / 2]])
@@ -158,6 +181,76 @@ def test_ablating_the_read_subspaces_removes_the_reward_and_random_ones_do_not()
     assert out["block0/random0/removed"] < out["block0/factor0/removed"] - 0.4
 
 
+class PlantedJoint(Planted):
+    """Planted's residual plus the joint-only part of the joint belief in 9 more known directions (rank 4).
+    ``reads="joint"``: the policy decodes the joint belief as the fixed affine map of the decoded factor
+    beliefs plus the decoded joint-only part, and acts on the joint target from it; ``reads="factors"``:
+    the joint directions are there but the policy is Planted's (the product formed from the factors)."""
+
+    def __init__(self, hmm, coef, reads="joint", d=16, seed=0):
+        super().__init__(hmm, d, seed)
+        self.E = torch.as_tensor(np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :15])
+        self.coef, self.joint_reads = coef, reads  # coef (7, 9): the joint's affine part from [b0, b1, 1]
+
+    def run_with_hooks(self, x, hooks, cache=None):
+        fb = np.concatenate(self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy())), -1)
+        aff = np.concatenate([fb, np.ones(fb.shape[:-1] + (1,))], -1) @ self.coef
+        jo = rep.outer_beliefs([fb[..., :3], fb[..., 3:]]) - aff
+        h = torch.as_tensor(np.concatenate([fb, jo], -1)) @ self.E.T
+        cache = {} if cache is None else cache
+        for name in self.hook_names:
+            if name == "blocks.0.hook_resid_post" and name in hooks:
+                h = hooks[name](h.float()).double()
+            if name in cache:
+                cache[name] = h.float()
+        dec = (h @ self.E).numpy()
+        M = [f.T.sum(axis=2).T for f in self.hmm.factors]  # (state, token): P(next token | state)
+        if self.joint_reads == "joint":
+            J = np.concatenate([dec[..., :6], np.ones(dec.shape[:-1] + (1,))], -1) @ self.coef + dec[..., 6:15]
+            pab = np.einsum("...ij,ia,jb->...ab", J.reshape(J.shape[:-1] + (3, 3)), M[0], M[1])
+        else:
+            p0, p1 = dec[..., :3] @ M[0], dec[..., 3:6] @ M[1]
+            pab = p0[..., :, None] * p1[..., None, :]
+        P = np.stack([sum(pab[..., a, (k - a) % 3] for a in range(3)) for k in range(3)], -1)
+        logits = np.full(P.shape[:-1] + (6,), -50.0)
+        logits[..., :3] = 30 * np.log(np.clip(P, 1e-9, None))
+        return torch.as_tensor(logits)
+
+
+def test_erasing_the_joint_only_subspace_removes_a_joint_readers_reward_and_not_a_factor_readers():
+    hmm, reward, s, y = _setup(n=400)
+    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
+    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
+    P_exact = targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens)
+    hook = "blocks.0.hook_resid_post"
+    out = {}
+    for reads in ("joint", "factors"):
+        model = PlantedJoint(hmm, coef, reads)
+        logits = model(torch.as_tensor(s.tokens)).numpy()
+        P_model = np.exp(logits[..., :3] / 30)
+        # both read out the Bayes joint-target policy (the joint decoded exactly is the outer product)
+        assert np.allclose(P_model / P_model.sum(-1, keepdims=True), P_exact, atol=1e-6), reads
+        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
+        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+    j, f = out["joint"], out["factors"]
+    assert j["block0/joint_only/dim"] == 4 and j["block0/joint/dim"] == 8 and j["block0/random_joint_only/dim"] == 4
+    # the must-say-no case: the joint directions are there, the policy does not read them
+    assert abs(f["block0/joint_only/removed"]) < 0.05
+    # the must-say-yes case: a policy that reads them loses much of its reward, random subspaces do not
+    assert j["block0/joint_only/removed"] > 0.3
+    assert j["block0/joint_only/removed"] > j["block0/random_joint_only/removed"] + 0.25
+    # and a joint reader can lose almost nothing when only the factor subspaces go (here the joint-only
+    # part alone fixes the target's argmax): a small "both" removal does not say the policy ignores beliefs
+    assert j["block0/both/removed"] < 0.1 < f["block0/both/removed"]
+    for r in (j, f):  # erasing everything an affine probe of the joint reads leaves nothing to earn
+        assert r["block0/joint/removed"] == pytest.approx(1.0, abs=0.1)
+    # the erasures did what they say, on held-out sequences: joint_only keeps the factors readable
+    assert j["block0/joint_only/left_factor0"] > 0.95 and j["block0/joint_only/left_factor1"] > 0.95
+    assert abs(j["block0/joint_only/left_joint_only"]) < 0.05
+    assert abs(j["block0/both/left_factor0"]) < 0.05 and j["block0/both/left_joint_only"] > 0.95
+    assert max(abs(j[f"block0/joint/left_{t}"]) for t in ("factor0", "factor1", "joint_only")) < 0.05
+
+
 class _Trial:
     """What the geometry analysis reads from a trial's artifacts, held in memory (tiny transformers)."""
 
@@ -210,7 +303,8 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
     m = trials[0]._stored
     for key in ("pre/final/skill/factor0", "post/block1/r2/joint_only", "curve/it5/embed/dim95", "ceiling/lookup_k2",
                 "ablation/post/none/expected", "ablation/pre/block1/factor0/drop", "ablation/post/embed/random_both/drop",
-                "dims/factored", "dims/joint"):  # fmt: skip
+                "dims/factored", "dims/joint", "ablation/post/block0/joint_only/drop",
+                "ablation/post/block0/random_joint/drop", "ablation/pre/embed/joint_only/left_factor0"):  # fmt: skip
         assert np.isfinite(m[key]), key
     assert m["dims/factored"] == 4 and m["dims/joint"] == 8
     # an untrained model earns nothing above uniform guessing: no share of it to remove
@@ -233,6 +327,8 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
     abl = summary.tables["geometry_ablation"].to_pydict()
     assert {"model", "layer", "condition", "quantity", "mean", "ci_low", "ci_high"} <= set(abl)
     assert "positive_control/ablation/post/block1/factor0/removed" in summary.metrics
+    assert "positive_control/ablation/post/block1/joint_only/removed" in summary.metrics
+    assert {"left_factor0", "left_joint_only"} <= set(abl["quantity"])
     assert {"geometry_curve", "geometry_ablation"} == set(summary.figures)
     with pytest.raises(ValueError, match="no trial"):
         geometry_summary([_Trial()], GeometrySummaryParams())
@@ -248,6 +344,7 @@ def test_geometry_report_compacts_the_summary_tables():
     tables = {k: summary.tables[f"geometry_{k}"].to_pylist() for k in ("curve", "ablation")}
     (row,) = compact(tables)
     assert row["task"] == "positive_control" and row["layer"] == "block1"
-    assert {"r2/joint_only pre", "r2/joint_only post", "dim95 post", "removed both", "removed random_both"} <= set(row)
+    assert {"r2/joint_only pre", "r2/joint_only post", "dim95 post", "removed both", "removed random_both",
+            "removed joint_only", "removed random_joint_only"} <= set(row)  # fmt: skip
     pre = np.mean([t._stored["pre/block1/r2/joint_only"] for t in trials])
     assert row["r2/joint_only pre"].startswith(f"{pre:.2f}")

@@ -16,6 +16,12 @@ What each answers (docs/design.md §4.6):
   which also minimises the distortion; an orthogonal projection is enough to erase, and keeps the
   ablation one familiar operation: mean-replace a subspace). Dimension: rank of Cov(x, z), at most
   K - 1 for beliefs over K states (they sum to one).
+- :func:`joint_only_basis`: the subspace to remove so that no affine probe reads the joint-only part
+  *through directions the factors do not use*: the erasure basis of the joint-only target from the
+  features with the factors' subspaces projected out. Erasing it leaves Cov(x, factor) unchanged (it
+  is orthogonal to that span), so it tests whether a policy needs a joint direction while the factor
+  subspaces stay in place; whatever of the joint-only part the factor subspaces themselves carry is
+  left (erasing it would erase factors too; the ``joint`` condition, both spans together, does).
 - :func:`random_basis`: a uniformly random subspace of the same dimension, the ablation's control.
 - :func:`simplex_xy`: 2-D coordinates of points of the 2-simplex (three-state beliefs), for the
   belief-simplex figure (true vs predicted, as in the Mess3 fractal figure).
@@ -59,6 +65,18 @@ def erasure_basis(X: np.ndarray, Z: np.ndarray, rtol: float = 1e-6) -> np.ndarra
     if s.size == 0 or s[0] == 0:
         return U[:, :0]
     return U[:, : int((s > rtol * s[0]).sum())]
+
+
+def joint_only_basis(X: np.ndarray, Z: np.ndarray, factors: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """(D, r) orthonormal basis, orthogonal to span(``factors``) (D, k; orthonormal), of the span of
+    ``Cov(X P, Z)`` with ``P = I - F F^T``: the part of the features' covariance with ``Z`` that lies
+    outside the factor subspaces (see the module docstring)."""
+    X = _rows(X)
+    F = np.asarray(factors, dtype=np.float64)
+    Q = erasure_basis(X - (X @ F) @ F.T, Z, rtol)
+    # exact orthogonality to F (the SVD's columns carry rounding); re-orthonormalise after
+    Q = Q - F @ (F.T @ Q)
+    return np.linalg.qr(Q)[0] if Q.shape[1] else Q
 
 
 def erase(X: np.ndarray, Q: np.ndarray, mu: np.ndarray) -> np.ndarray:

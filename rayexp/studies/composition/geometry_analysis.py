@@ -25,10 +25,18 @@ Causal use, pre and post, at every residual layer (``ablation/{pre,post}/{layer}
 each factor's belief subspace is erased (mean-replaced, :func:`.geometry.erase`; the subspace is the
 span of the features' covariance with the factor's belief, so no affine probe reads the factor
 afterwards), conditions ``factor0``, ``factor1``, ``both``, and random subspaces of the same
-dimensions (``random0``, ``random1``, ``random_both``; mean over ``n_random`` draws). For each: the
+dimensions (``random0``, ``random1``, ``random_both``; mean over ``n_random`` draws). Two more ask
+whether the policy reads a *joint* direction: ``joint_only`` erases the subspace through which an
+affine probe reads the joint-only part outside the factor subspaces (:func:`.geometry.joint_only_basis`;
+the factor subspaces stay), ``joint`` erases that and both factors' subspaces together (everything an
+affine probe of the joint belief reads), against ``random_joint_only`` and ``random_joint``. For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above
-uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy. Ceilings (optimum, per-phase single
+uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy.
+``{layer}/{cond}/left_{factor0,factor1,joint_only}`` (non-random conditions) check that an erasure
+did what it says: held-out R^2 of probes refitted on the erased features of that layer (basis and
+mean from the training half, as in the ablation; fitted on one half, an erasure need not be perfect
+on the other). Ceilings (optimum, per-phase single
 factor, last-k lookups) come from :func:`.composition_analysis.ceiling_values`.
 
 Figures: ``belief_simplex`` (each factor's belief, true and as the final layer's probe predicts it
@@ -53,7 +61,11 @@ from rayexp.studies.composition.composition_analysis import ceiling_values, make
 
 FINAL = "ln_final.hook_normalized"
 TARGETS = ("factor0", "factor1", "joint", "joint_only")
-CONDITIONS = ("factor0", "factor1", "both", "random0", "random1", "random_both")
+CONDITIONS = (
+    "factor0", "factor1", "both", "joint_only", "joint",
+    "random0", "random1", "random_both", "random_joint_only", "random_joint",
+)  # fmt: skip
+CHECKED = ("factor0", "factor1", "joint_only")  # probes refitted after each non-random erasure
 
 
 class GeometryParams(Params):
@@ -146,9 +158,23 @@ def _policy_summary(s, forward, floor: float) -> dict[str, float]:
     return out
 
 
-def ablations(model, acts: dict[str, np.ndarray], y: dict, s, floor: float, n_random: int, seed: int) -> dict:
-    """``{layer}/{cond}/{expected,greedy,interaction,removed}`` and ``none/...`` for one model."""
+def erased_probes(x: np.ndarray, Q: np.ndarray, mu: np.ndarray, y: dict, s, alpha: float) -> dict[str, float]:
+    """Held-out R^2 of each :data:`CHECKED` target's probe refitted on features with span(Q) erased."""
+    xe = geo.erase(x, Q, mu)
+    ytr, yte = {t: y[t][s.train] for t in CHECKED}, {t: y[t][s.test] for t in CHECKED}
+    fits = fit_probes(xe[s.train], ytr, xe[s.test], yte, alpha)
+    return {f"left_{t}": geo.held_out_r2(yte[t], fits[t].pred) for t in CHECKED}
+
+
+def ablations(
+    model, acts: dict[str, np.ndarray], y: dict, s, floor: float, n_random: int, seed: int, alpha: float = 1e-3
+) -> dict:
+    """``{layer}/{cond}/{expected,greedy,interaction,removed,drop,dim}``, ``{layer}/{cond}/left_*`` for
+    the non-random conditions, and ``none/...`` for one model."""
     rng = np.random.default_rng(seed)
+    # the joint conditions draw from their own stream, so that adding them left the factor
+    # conditions' random subspaces, and every number reported before, as they were
+    rng_joint = np.random.default_rng([seed, 1])
     none = _policy_summary(s, hooked_forward(model, None, None, None), floor)
     out = {f"none/{k}": v for k, v in none.items() if k != "floor"}
     for hook, x in acts.items():
@@ -158,13 +184,14 @@ def ablations(model, acts: dict[str, np.ndarray], y: dict, s, floor: float, n_ra
         mu = xt.reshape(-1, xt.shape[-1]).mean(0)
         q = [geo.erasure_basis(xt, y[f"factor{i}"][s.train]) for i in (0, 1)]
         both = np.linalg.qr(np.concatenate(q, axis=1))[0]
+        jo = geo.joint_only_basis(xt, y["joint_only"][s.train], both)
+        joint = np.concatenate([both, jo], axis=1)  # orthonormal: jo is orthogonal to span(both)
         d = x.shape[-1]
-        bases = {"factor0": [q[0]], "factor1": [q[1]], "both": [both]}
-        bases |= {
-            "random0": [geo.random_basis(d, q[0].shape[1], rng) for _ in range(n_random)],
-            "random1": [geo.random_basis(d, q[1].shape[1], rng) for _ in range(n_random)],
-            "random_both": [geo.random_basis(d, both.shape[1], rng) for _ in range(n_random)],
-        }
+        bases = {"factor0": [q[0]], "factor1": [q[1]], "both": [both], "joint_only": [jo], "joint": [joint]}
+        for name, k in (("random0", q[0]), ("random1", q[1]), ("random_both", both)):
+            bases[name] = [geo.random_basis(d, k.shape[1], rng) for _ in range(n_random)]
+        for name, k in (("random_joint_only", jo), ("random_joint", joint)):
+            bases[name] = [geo.random_basis(d, k.shape[1], rng_joint) for _ in range(n_random)]
         layer = layer_name(hook)
         for cond, qs in bases.items():
             runs = [_policy_summary(s, hooked_forward(model, hook, Q, mu), floor) for Q in qs]
@@ -174,6 +201,9 @@ def ablations(model, acts: dict[str, np.ndarray], y: dict, s, floor: float, n_ra
             out[f"{layer}/{cond}/removed"] = geo.removed_share(none["expected"], out[f"{layer}/{cond}/expected"], floor)
             out[f"{layer}/{cond}/drop"] = none["expected"] - out[f"{layer}/{cond}/expected"]
             out[f"{layer}/{cond}/dim"] = float(qs[0].shape[1])
+            if not cond.startswith("random"):
+                left = erased_probes(x, qs[0], mu, y, s, alpha)
+                out |= {f"{layer}/{cond}/{k}": v for k, v in left.items()}
     return out
 
 
@@ -219,7 +249,7 @@ def geometry(artifacts, params: GeometryParams) -> AnalysisResult:
         floor = float(np.nanmean(ceil["uniform"]))
         for j, label in enumerate(("pre", "post")):
             model, acts = kept_acts[label]
-            ab = ablations(model, acts, y, s, floor, params.n_random, params.seed * 7919 + j)
+            ab = ablations(model, acts, y, s, floor, params.n_random, params.seed * 7919 + j, params.alpha)
             metrics |= {f"ablation/{label}/{k}": v for k, v in ab.items()}
     figures = {"geometry_curve": curve_figure(metrics, [it for it, _ in models])}
     if y["factor0"].shape[-1] == 3 and y["factor1"].shape[-1] == 3:

@@ -36,9 +36,12 @@ CURVE_KEYS = (
     "overlap",
     "overlap_random",
 )
-ABLATION_KEYS = ("removed", "drop", "expected", "greedy", "interaction")
+ABLATION_KEYS = (
+    "removed", "drop", "expected", "greedy", "interaction",
+    "left_factor0", "left_factor1", "left_joint_only",
+)  # fmt: skip
 _CURVE = re.compile(r"^curve/it(\d+)/([a-z0-9_]+)/(.+)$")
-_ABL = re.compile(r"^ablation/(pre|post)/([a-z0-9_]+)/([a-z0-9_]+)/([a-z]+)$")
+_ABL = re.compile(r"^ablation/(pre|post)/([a-z0-9_]+)/([a-z0-9_]+)/([a-z0-9_]+)$")
 
 
 class GeometrySummaryParams(Params):
@@ -147,38 +150,48 @@ def _layer_order(name: str) -> int:
     return -1 if name == "embed" else int(name[5:]) if name.startswith("block") else 10**6
 
 
+ERASED = {"both": "both factors' subspaces", "joint_only": "the joint-only subspace"}
+
+
 def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
-    """Share of the reward removed by erasing both factors' belief subspaces (solid) and random
-    subspaces of the same dimension (dotted), at each layer, pre and post RL, per task with its
-    interval over seeds. ``layer`` (the curves' layer) is marked."""
+    """Share of the reward removed by erasing both factors' belief subspaces (top row) and the
+    joint-only subspace (bottom row; solid) and random subspaces of the same dimension (dotted), at
+    each layer, pre and post RL, per task with its interval over seeds. ``layer`` (the curves' layer)
+    is marked."""
     from rayexp.figures import plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
-    for ax, model in zip(axes, ("pre", "post")):
-        for task, rows in ablations.items():
-            color = None
-            for cond, style in (("both", "o-"), ("random_both", "s:")):
-                sel = [
-                    i
-                    for i in range(len(rows["model"]))
-                    if rows["model"][i] == model and rows["condition"][i] == cond and rows["quantity"][i] == "removed"
-                ]
-                sel.sort(key=lambda i: _layer_order(rows["layer"][i]))
-                if not sel:
-                    continue
-                names = [rows["layer"][i] for i in sel]
-                x = np.arange(len(sel))
-                mean, lo, hi = (np.array([rows[c][i] for i in sel], dtype=float) for c in ("mean", "ci_low", "ci_high"))
-                label = f"{task}: {'both factors' if cond == 'both' else 'random'}"
-                (line,) = ax.plot(x, mean, style, color=color, label=label, ms=3)
-                color = line.get_color()
-                ax.fill_between(x, lo, hi, color=color, alpha=0.15)
-                ax.set_xticks(x, names, fontsize=8)
-                if layer in names:
-                    ax.axvline(names.index(layer), color="k", lw=0.4, ls="--")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set(title=f"{model}-RL: share of reward removed by erasure", xlabel="layer erased")
-    axes[0].set_ylabel("removed share (NaN: policy earns nothing)")
-    axes[1].legend(fontsize=6)
+    fig, grid = plt.subplots(2, 2, figsize=(10, 6.6), sharey=True)
+    for r, erased in enumerate(ERASED):
+        for ax, model in zip(grid[r], ("pre", "post")):
+            for task, rows in ablations.items():
+                _ablation_lines(ax, rows, model, erased, task, layer)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_xlabel("layer erased")
+            ax.set_title(f"{model}-RL: reward removed by erasing {ERASED[erased]}", fontsize=9)
+        grid[r, 0].set_ylabel("removed share (NaN: earns nothing)", fontsize=8)
+        grid[r, 1].legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def _ablation_lines(ax, rows: dict[str, list], model: str, erased: str, task: str, layer: str) -> None:
+    color = None
+    for cond, style in ((erased, "o-"), (f"random_{erased}", "s:")):
+        sel = [
+            i
+            for i in range(len(rows["model"]))
+            if rows["model"][i] == model and rows["condition"][i] == cond and rows["quantity"][i] == "removed"
+        ]
+        if not sel:  # runs from before the joint-only conditions existed have none
+            continue
+        sel.sort(key=lambda i: _layer_order(rows["layer"][i]))
+        names = [rows["layer"][i] for i in sel]
+        x = np.arange(len(sel))
+        mean, lo, hi = (np.array([rows[c][i] for i in sel], dtype=float) for c in ("mean", "ci_low", "ci_high"))
+        label = f"{task}: {'random' if cond.startswith('random') else ERASED[erased]}"
+        (line,) = ax.plot(x, mean, style, color=color, label=label, ms=3)
+        color = line.get_color()
+        ax.fill_between(x, lo, hi, color=color, alpha=0.15)
+        ax.set_xticks(x, names, fontsize=8)
+        if layer in names:
+            ax.axvline(names.index(layer), color="k", lw=0.4, ls="--")
