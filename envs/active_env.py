@@ -49,6 +49,13 @@ class ActiveGatedEnv(gym.Env):
     (under ``next_token`` a summoned trigger counts as a correct prediction, which pays for seeking
     itself). ``info["belief"]`` stays exact under the interventions (it filters with the forced
     dynamics); ``info["forced"]`` says whether the agent's trigger was emitted at that step.
+
+    ``shuffle_reward`` (the null task): each action is scored against a *shadow* stream, an
+    independent run of the same process that the same actions steer (the agent's trigger summons the
+    shadow's B too) but that the agent never sees. The reward keeps its distribution under any policy,
+    seeking included, and carries no information about which token is right at this context: it pays
+    for summoning B and guessing among B's tokens, never for tracking B. What the null learns is what
+    seeking plus a context-blind guess gives; the real task's excess over it is what tracking B adds.
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
@@ -60,8 +67,6 @@ class ActiveGatedEnv(gym.Env):
         self.config = EnvConfig.from_dict(config)
         if self.config.env != "active_gated":
             raise ValueError(f"ActiveGatedEnv runs env 'active_gated'; got env={self.config.env!r} (use make_env)")
-        if self.config.shuffle_reward:
-            raise ValueError("ActiveGatedEnv: shuffle_reward needs a stream the agent cannot steer (env 'sequence')")
         hmm = self.hmm = build_process(self.config.process)
         if not isinstance(hmm.layout, GatedLayout):
             raise ValueError(f"ActiveGatedEnv needs a gated process; got {hmm.name!r}")  # noqa: TRY004 (config errors are ValueErrors by contract)
@@ -92,11 +97,15 @@ class ActiveGatedEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(self.action_tokens))
         self._seeded = False
 
+    def _draw(self, state: int, seek: bool, rng: np.random.Generator | None = None) -> tuple[int, int]:
+        """(token, next state) from ``state``, the trigger forced where ``seek`` and A is due."""
+        cdf = self._cdf[int(seek)][state]
+        u = (rng or self.np_random).random()
+        k = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), cdf.size - 1)
+        return divmod(k, self.hmm.n_states)
+
     def _emit(self, seek: bool) -> int:
-        S = self.hmm.n_states
-        cdf = self._cdf[int(seek)][self._state]
-        k = min(int(np.searchsorted(cdf, self.np_random.random() * cdf[-1], side="right")), cdf.size - 1)
-        x, self._state = divmod(k, S)
+        x, self._state = self._draw(self._state, seek)
         eta = self._belief @ self._dynamics[int(seek)][x]  # (S,)
         self._belief = eta / eta.sum()
         return x
@@ -108,6 +117,12 @@ class ActiveGatedEnv(gym.Env):
         self._state = int(self.np_random.choice(self.hmm.n_states, p=self.hmm.init))
         self._belief = self.hmm.init.copy()
         self._tokens[0, 0] = self._emit(False)
+        if self.config.shuffle_reward:
+            # the null's shadow stream: same process, same actions, draws from its own generator (a
+            # child of the env's seed), so the observed stream is the real task's draw for draw
+            self._shadow_rng = np.random.default_rng(self.np_random.bit_generator.seed_seq.spawn(1)[0])
+            self._shadow_state = int(self._shadow_rng.choice(self.hmm.n_states, p=self.hmm.init))
+            self._shadow_token, self._shadow_state = self._draw(self._shadow_state, False, self._shadow_rng)
         return self._observe(), self._info()
 
     def step(self, action):
@@ -118,6 +133,9 @@ class ActiveGatedEnv(gym.Env):
         self._t += 1
         self._tokens[0, self._t] = x
         pair = self._tokens[:, self._t - 1 : self._t + 1]  # (1, 2)
+        if self.config.shuffle_reward:
+            y, self._shadow_state = self._draw(self._shadow_state, token == self.trigger, self._shadow_rng)
+            pair, self._shadow_token = np.array([[self._shadow_token, y]]), y
         target = self.reward_fn.targets(pair, np.zeros((1, 3), dtype=np.int64))[:, 0]  # (1,)
         reward = float(self.reward_fn.rewards(np.array([token]), target)[0])
         info = self._info()

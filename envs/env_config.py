@@ -39,7 +39,9 @@ class EnvConfig:
     shuffle_reward: bool = False
     """The null task: score each action against the targets of an independent sequence of the same
     process (drawn alongside), so the reward keeps its distribution but carries no information about
-    the right action at this context; what PPO then changes is drift from PPO itself."""
+    the right action at this context; what PPO then changes is drift from PPO itself. In the active
+    gated env the independent sequence is steered by the same actions (``ActiveGatedEnv``); the
+    outcome env refuses it (its outcomes are caused by the actions)."""
     seed: int | None = None
     """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
 

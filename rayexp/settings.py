@@ -178,7 +178,8 @@ class TaskConfig(StrictModel):
     shuffle_reward: bool = Field(
         default=False,
         description="The null task: score each action against an independent sequence's target, so the reward "
-        "says nothing about the right action and PPO's own drift has a baseline.",
+        "says nothing about the right action and PPO's own drift has a baseline (active_gated: an independent "
+        "sequence the same actions steer; not for outcome).",
     )
     stream: Literal["pretrain", "interleave", "product"] = Field(
         default="pretrain",

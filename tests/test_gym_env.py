@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from envs import build_process, from_matrices, gym_env
 from envs.compose import gated
 from envs.gym_env import ActiveGatedEnv, SequenceEnv, SequenceVectorEnv, make_env
-from envs.processes import rrxor
+from envs.processes import mess3, rrxor
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 RRXOR = {"name": "rrxor"}
@@ -321,6 +321,40 @@ def test_active_env_pays_for_seeking_the_rare_factor():
     passive = rollout(env, 0, oracle(False), episodes=200)[1].sum()
     seeking = rollout(env, 0, oracle(True), episodes=200)[1].sum()
     assert seeking > 5 * passive + 50, (passive, seeking)
+
+
+def test_active_shuffled_reward_pays_for_seeking_and_guessing_never_for_tracking_b():
+    """The active env's null: actions are scored against a shadow stream the same actions steer. A
+    seeker that tracks B earns on the real reward far more than a seeker that guesses B's token blind;
+    on the shuffled one they earn the same, and seeking still pays (the shadow's B is summoned too)."""
+    env_cfg = {"process": gated(RARE.factors[0], mess3(0.05, 0.85), trigger=2), "context": 8, "episode_len": 40}
+    real, null = ActiveGatedEnv(env_cfg), ActiveGatedEnv(dict(env_cfg, shuffle_reward=True))
+    b_first = 3  # B's tokens follow the coin's three
+
+    def seeker(env, track):
+        def act(obs, info, t):
+            p = env.hmm.next_token_probs(info["belief"])
+            if p[b_first:].sum() > 0.5:  # B is due: its most likely token, or always its first
+                return int(np.argmax(p)) if track else b_first
+            return 2
+
+        return act
+
+    def paid(env, policy, seed):
+        return rollout(env, seed, policy, episodes=60)[1].mean()
+
+    on_real = {track: paid(real, seeker(real, track), 0) for track in (True, False)}
+    on_null = {track: paid(null, seeker(null, track), 0) for track in (True, False)}
+    passive_null = paid(null, lambda o, i, t: 0, 0)
+    assert on_real[True] > on_real[False] + 0.05, on_real  # tracking B pays on the real reward ...
+    assert on_null[True] == pytest.approx(on_null[False], abs=0.03), on_null  # ... and not on the null
+    assert on_null[False] == pytest.approx(on_real[False], abs=0.03), (on_null, on_real)  # a blind guess: same pay
+    assert on_null[False] > 10 * passive_null + 0.1, (on_null, passive_null)  # seeking pays on both
+    # shuffling changes the pay, never what the agent sees: same seed and actions, the same stream
+    seek_blind = seeker(real, False)
+    obs_real, r_real, _ = rollout(real, 3, seek_blind, episodes=5)
+    obs_null, r_null, _ = rollout(null, 3, seek_blind, episodes=5)
+    assert np.array_equal(obs_real, obs_null) and not np.array_equal(r_real, r_null)
 
 
 @pytest.mark.parametrize(

@@ -189,3 +189,32 @@ def test_report_groups_seeds_by_exposure_in_numeric_order():
     got = seed_values(runs + [SimpleNamespace(data=SimpleNamespace(metrics={}, params={}))])
     assert list(got) == ["process.a.eps=0.0", "process.a.eps=0.001", "process.a.eps=0.0105"]  # not string order
     assert got["process.a.eps=0.0"] == {"post/capability": [0.1, 0.3]}
+
+
+def test_the_task_is_set_against_its_shuffled_null_seed_by_seed():
+    from types import SimpleNamespace
+
+    from rayexp.studies.rare import summary
+    from rayexp.studies.rare.report import by_seed, is_null
+
+    def run(eps, seed, null, cap):
+        metrics = {"analysis/rare/post/capability": cap, "analysis/rare/post/trigger_rate": 0.5}
+        params = {"process.a.eps": eps, "seed": seed, "task.shuffle_reward": str(null)}
+        return SimpleNamespace(data=SimpleNamespace(metrics=metrics, params=params))
+
+    task = [run("0.0", s, False, c) for s, c in (("0", 0.3), ("1", 0.5), ("2", 0.4))]
+    # the null's seeds in another order, one seed missing from the task: pairing is by seed
+    null = [run("0.0", s, True, c) for s, c in (("2", 0.1), ("0", 0.2), ("3", 9.0))]
+    task.append(run("0.001", "0", False, 0.6))  # another exposure, whose null never ran: not a row
+    assert [is_null(r) for r in task + null] == [False] * 4 + [True] * 3
+    rows = summary.null_rows(*by_seed(task + null))
+    (row,) = rows
+    assert row["group"] == "process.a.eps=0.0" and row["seeds paired"] == 2
+    from rayexp.stats import t_ci
+
+    diffs = [0.3 - 0.2, 0.4 - 0.1]  # seeds 0 and 2
+    assert row["B skill post: task - null (paired)"] == summary.cell(t_ci(diffs))
+    assert row["B skill post: null"] == summary.cell(t_ci([0.2, 0.1]))
+    assert row["trigger rate post: task - null (paired)"] == "+0.000 [+0.000, +0.000]"
+    assert row["B skill change: null"] == "-"  # a metric neither trial logged
+    assert summary.null_rows(*by_seed(task)) == []

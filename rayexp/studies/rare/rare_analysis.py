@@ -7,7 +7,8 @@ up before RL (the exposure axis of ``sweeps/rare.yaml``). For the model PPO star
 
 - ``trigger_rate`` and ``reward``: the share of the policy's actions that emitted the trigger and
   the reward per step, from ``n_episodes`` episodes in the trial's own env (seeded; the same seeds
-  for every checkpoint);
+  for every checkpoint), always on the real reward: a shuffled-reward null's policy is scored on
+  what it would earn at the task;
 - ``skill_B/{seen,before,at}``: a ridge probe of B's belief from the residual stream (all layers
   concatenated), fitted and scored on held-out sequences of an *evaluation stream* in which A emits
   the trigger often (``eval_eps``), so B's belief has history to read: at every position after B
@@ -124,12 +125,14 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
             "b_accuracy": float(np.mean(b["accuracy"])) if len(b["accuracy"]) else float("nan"),
         }
 
+    # a null trial's policy is scored on the reward its shuffle hid: the same streams, the real pay
+    real_env = {k: v for k, v in env.items() if k != "shuffle_reward"}
     rows: dict[str, list] = {"iteration": [], "trigger_rate": [], "reward": []}
     rows |= {k: [] for k in ("capability", "capability_greedy", "b_accuracy")}
     rows |= {f"skill_B/{k}": [] for k in pos} | {f"r2_B/{k}": [] for k in pos}
     for it in [0, *artifacts.ppo_iterations()]:
         model = artifacts.policy(it)
-        data = collect(model, env, params.n_episodes, seed=params.seed)
+        data = collect(model, real_env, params.n_episodes, seed=params.seed)
         rows["iteration"].append(it)
         rows["trigger_rate"].append(trigger_rate(data["actions"], action_tokens, trigger))
         rows["reward"].append(float(data["rewards"].mean()))

@@ -4,7 +4,8 @@ trials that differ in more than their seed (``rare.csv``) and the curves over PP
 the capability (B skill at the trigger against ceiling and chance, ``rare_capability.csv``), trigger
 seeking as its own table (``rare_seeking.csv``), and the exposure effect before RL read from
 behaviour and from probe skill against random init (``rare_exposure.csv``), with one sentence on
-whether the probe can show it."""
+whether the probe can show it. Shuffled-reward null trials (``task.shuffle_reward``) are kept out of
+those tables and set against the task, seed by seed, in ``rare_null.csv``."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from rayexp.tables import format_table, mean_range, write_csv
 RARE = "analysis/rare/"
 
 
-def _groups(runs: list) -> dict[str, list]:
-    """Runs by the params in which they differ, the seed left out (e.g. the exposure axis)."""
+def _groups(runs: list, ignore_task: bool = False) -> dict[str, list]:
+    """Runs by the params in which they differ, the seed left out (e.g. the exposure axis), and with
+    ``ignore_task`` the task's own params too (a task and its null then share a group)."""
     keys = sorted({k for r in runs for k in r.data.params})
-    varying = [k for k in keys if k != "seed" and len({r.data.params.get(k) for r in runs}) > 1]
+    keys = [k for k in keys if k != "seed" and not (ignore_task and k.startswith("task."))]
+    varying = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
     out: dict[str, list] = {}
     for r in runs:
         out.setdefault(", ".join(f"{k}={r.data.params.get(k)}" for k in varying) or "all", []).append(r)
@@ -38,6 +41,25 @@ def _order(label: str) -> tuple:
         except ValueError:
             out.append((1, 0.0, value))
     return tuple(out)
+
+
+def is_null(run) -> bool:
+    """A shuffled-reward null trial (``task.shuffle_reward``)."""
+    return run.data.params.get("task.shuffle_reward") == "True"
+
+
+def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
+    """({group: {seed: {metric (without the analysis prefix): value}}} of the task trials, the same of
+    the null trials), grouped by what differs besides the seed and the task, so that a group's task
+    and null trials meet under one label."""
+    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
+    task: summary.BySeed = {}
+    null: summary.BySeed = {}
+    for label, group in _groups(runs, ignore_task=True).items():
+        for r in group:
+            m = {k[len(RARE) :]: v for k, v in r.data.metrics.items() if k.startswith(RARE)}
+            (null if is_null(r) else task).setdefault(label, {})[str(r.data.params.get("seed"))] = m
+    return task, null
 
 
 def seed_values(runs: list) -> summary.Groups:
@@ -119,7 +141,9 @@ def report_section(inp: ReportInput) -> None:
     if inp.out is not None:
         write_csv(rows, inp.out / "rare.csv")
         print(f"figure: {rare_figure(inp.runs, curves, inp.out / 'rare_curves.png')}", file=inp.file)
-    groups = seed_values(inp.runs)
+    task_runs = [r for r in inp.runs if not is_null(r)]
+    null_runs = [r for r in inp.runs if is_null(r)]
+    groups = seed_values(task_runs)
     tables = {
         "rare_capability": (
             (
@@ -140,6 +164,14 @@ def report_section(inp: ReportInput) -> None:
             summary.exposure_rows(groups),
         ),
     }
+    if null_runs:
+        tables["rare_null"] = (
+            (
+                "the task against PPO on a shuffled reward (scored against a shadow stream the same actions "
+                "steer: pays for seeking and guessing, never for tracking B); task - null paired by seed"
+            ),
+            summary.null_rows(*by_seed(inp.runs)),
+        )
     for name, (title, table) in tables.items():
         print(f"\n{title}:", file=inp.file)
         print(format_table(table), file=inp.file)

@@ -14,6 +14,15 @@ import numpy as np
 from rayexp.stats import t_ci
 
 Groups = dict[str, dict[str, list[float]]]  # group label -> metric -> values over seeds
+BySeed = dict[str, dict[str, dict[str, float]]]  # group label -> seed -> metric -> value
+
+#: what the task's excess over its shuffled-reward null is reported for (metric, column name)
+NULL_METRICS = (
+    ("post/capability", "B skill post"),
+    ("delta/capability", "B skill change"),
+    ("post/b_accuracy", "B hit rate post"),
+    ("post/trigger_rate", "trigger rate post"),
+)
 
 #: random init reading B's belief this well leaves a probe no room to show what pretraining added
 PROBE_CEILING_R2 = 0.9
@@ -151,3 +160,23 @@ def _not_above_zero(stat: tuple[float, float, float]) -> bool:
     m, _, hi = stat
     top = hi if np.isfinite(hi) else m
     return bool(np.isfinite(top) and top <= 0)
+
+
+def null_rows(task: BySeed, null: BySeed) -> list[dict]:
+    """The task against its shuffled-reward null (docs/design.md §6 rule 6), per exposure group: for
+    each of :data:`NULL_METRICS`, the null's own mean [t-interval] and the task minus the null, paired
+    by seed (a seed's task and null trials start from one pretrained model), with a paired t-interval.
+    Groups or seeds without both are left out; a group with no pair is not a row."""
+    rows = []
+    for label, seeds in task.items():
+        shared = sorted(set(seeds) & set(null.get(label, {})))
+        if not shared:
+            continue
+        row: dict = {"group": label, "seeds paired": len(shared)}
+        for key, name in NULL_METRICS:
+            pairs = [(seeds[s].get(key), null[label][s].get(key)) for s in shared]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            row[f"{name}: null"] = _t([b for _, b in pairs])
+            row[f"{name}: task - null (paired)"] = _t([a - b for a, b in pairs])
+        rows.append(row)
+    return rows
