@@ -5,6 +5,7 @@ and MLflow. Each runs the study's golden sweep (tests/goldens/behaviour/), the s
 metric tests/test_behaviour.py compares with its golden values, so the sweep is paid for once."""
 
 import numpy as np
+import pytest
 import torch
 from test_sweep import trial_runs
 
@@ -50,8 +51,12 @@ def test_objective_trials_share_one_m_a_and_log_task_vectors(golden_sweep):
         "cos/null_vs_reward/mean",
         "cos/null/mean",
         "negation/anti/lam1/beyond_null/mean",
+        "cos/same_reward_minus_null/mean",
     ):
         assert np.isfinite(got[pre + key]), key
+    # the paired difference's estimate is the difference of the two means (2 seeds: no interval)
+    diff = got[pre + "cos/same_reward/mean"] - got[pre + "cos/null/mean"]
+    assert got[pre + "cos/same_reward_minus_null/mean"] == pytest.approx(diff)
     figures = {a.path for a in c.list_artifacts(parent, "figures/sweep/task_vectors")}
     assert "figures/sweep/task_vectors/all__task_vector_cosines.png" in figures, figures
     tables = {a.path for a in c.list_artifacts(parent, "sweep/task_vectors")}

@@ -6,7 +6,8 @@ correction for testing many modules.
   vector sits in four of the ten pairs of five seeds), so resampling pairs as if they were
   understates the spread. The leave-one-seed-out jackknife drops every pair a seed is in, which
   is what makes it honest for such U-statistic-like means; the interval is Student-t with
-  n_seeds - 1 degrees of freedom (docs/design.md §6 rule 4).
+  n_seeds - 1 degrees of freedom (docs/design.md §6 rule 4). :func:`pair_difference_jackknife_ci`
+  does the same for a difference of two such means (same-reward minus other-reward cosines).
 - :func:`holm`: Holm's step-down adjustment of p-values. The per-module classifiers test ~16
   modules on the same trials, so they are dependent; Holm controls the family-wise error rate at
   the nominal level under any dependence (as Bonferroni does) and never rejects less than
@@ -18,35 +19,52 @@ from __future__ import annotations
 import numpy as np
 
 
-def pair_jackknife_ci(values, seeds_i, seeds_j, ci: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of ``values`` (one per pair of trials, the pair's seeds ``seeds_i``,
-    ``seeds_j``) with a leave-one-seed-out jackknife t interval; NaN bounds when fewer than 3 seeds
-    or when leaving some seed out leaves no pair (nothing to estimate the spread from)."""
-    from scipy import stats  # scipy's import is slow; only summaries need it
-
+def _pairs(values, seeds_i, seeds_j) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     v = np.asarray(values, dtype=np.float64)
     si, sj = np.asarray(seeds_i), np.asarray(seeds_j)
     if not (v.shape == si.shape == sj.shape):
         raise ValueError(f"one pair of seeds per value; got {v.shape}, {si.shape}, {sj.shape}")
     ok = np.isfinite(v)
-    v, si, sj = v[ok], si[ok], sj[ok]
-    if not v.size:
+    return v[ok], si[ok], sj[ok]
+
+
+def _seed_jackknife(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], sign, ci: float):
+    """(estimate, low, high) of sum_k sign[k] * mean(samples[k]'s values), leave-one-seed-out jackknife
+    over every seed any sample names, Student-t with n_seeds - 1 degrees of freedom."""
+    from scipy import stats  # scipy's import is slow; only summaries need it
+
+    if any(not v.size for v, _, _ in samples):
         return float("nan"), float("nan"), float("nan")
-    mean = float(v.mean())
-    seeds = np.unique(np.concatenate([si, sj]))
+    est = float(sum(w * v.mean() for w, (v, _, _) in zip(sign, samples)))
+    seeds = np.unique(np.concatenate([np.concatenate([si, sj]) for _, si, sj in samples]))
     n = len(seeds)
     if n < 3:
-        return mean, float("nan"), float("nan")
+        return est, float("nan"), float("nan")
     loo = []
     for s in seeds:
-        keep = (si != s) & (sj != s)
-        if not keep.any():
-            return mean, float("nan"), float("nan")
-        loo.append(v[keep].mean())
+        kept = [v[(si != s) & (sj != s)] for v, si, sj in samples]
+        if any(not k.size for k in kept):
+            return est, float("nan"), float("nan")
+        loo.append(sum(w * k.mean() for w, k in zip(sign, kept)))
     loo = np.asarray(loo)
     se = float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
     half = float(stats.t.ppf(0.5 + ci / 2, n - 1) * se)
-    return mean, mean - half, mean + half
+    return est, est - half, est + half
+
+
+def pair_jackknife_ci(values, seeds_i, seeds_j, ci: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of ``values`` (one per pair of trials, the pair's seeds ``seeds_i``,
+    ``seeds_j``) with a leave-one-seed-out jackknife t interval; NaN bounds when fewer than 3 seeds
+    or when leaving some seed out leaves no pair (nothing to estimate the spread from)."""
+    return _seed_jackknife([_pairs(values, seeds_i, seeds_j)], (1.0,), ci)
+
+
+def pair_difference_jackknife_ci(a, b, ci: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high) for two kinds of pairs from the same trials, ``a`` and ``b`` each
+    ``(values, seeds_i, seeds_j)`` (e.g. same-reward and other-reward cosines): one jackknife drops a
+    seed from both at once, so the interval is paired through the seeds the two kinds share (a
+    seed's odd vector moves both means) rather than two intervals set side by side."""
+    return _seed_jackknife([_pairs(*a), _pairs(*b)], (1.0, -1.0), ci)
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:

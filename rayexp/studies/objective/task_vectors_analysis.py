@@ -10,7 +10,9 @@ another seed, so its update is what retraining alone writes). Per trial ``tau = 
   pairs of task vectors from different seeds, and ``cos/other_reward_same_seed/...`` (trials of one
   seed share their streams, so their updates share noise; figure ``task_vector_cosines``: the full
   matrix); the interval is a leave-one-seed-out jackknife, Student-t (pairs sharing a seed are not
-  independent, so pairs are not resampled as if they were);
+  independent, so pairs are not resampled as if they were); ``cos/{a}_minus_{b}/...`` (same_reward
+  minus other_reward, same_reward minus null, null minus null_vs_reward): the difference of two
+  such means with one jackknife over both, paired through the seeds;
 - ``classifier/{accuracy,chance,p_value,n}``: leave-one-seed-out nearest-centroid naming of the
   task from the vector, against a within-seed label permutation null; ``classifier/rewards_only/...``
   without the null task; ``classifier/module/{module}/{accuracy,p_value,p_holm}``: the same on one
@@ -99,10 +101,14 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     C = tv.cosine_matrix(X)
     null = params.null_task if params.null_task in labels else None
     seed_arr = np.asarray(seeds)
-    for kind, (i, j) in tv.pair_index(labels, seeds, null).items():
-        if len(i):
-            vals = C[i, j]
-            metrics |= _ci(f"cos/{kind}", vals, inference.pair_jackknife_ci(vals, seed_arr[i], seed_arr[j]))
+    pairs = {kind: (C[i, j], seed_arr[i], seed_arr[j]) for kind, (i, j) in tv.pair_index(labels, seeds, null).items()}
+    for kind, (vals, si, sj) in pairs.items():
+        if len(vals):
+            metrics |= _ci(f"cos/{kind}", vals, inference.pair_jackknife_ci(vals, si, sj))
+    for a, b in (("same_reward", "other_reward"), ("same_reward", "null"), ("null", "null_vs_reward")):
+        if len(pairs.get(a, ((),))[0]) and len(pairs.get(b, ((),))[0]):
+            diff = inference.pair_difference_jackknife_ci(pairs[a], pairs[b])
+            metrics |= _ci(f"cos/{a}_minus_{b}", pairs[a][0], diff)  # n: a's pairs
     figures["task_vector_cosines"] = _heatmap(C, labels, seeds)
     tables["task_vector_cosines"] = pa.table(
         {"row": [f"{lab}/{s}" for lab, s in zip(labels, seeds)]}
