@@ -243,3 +243,20 @@ def test_report_parent_can_be_given_once_several_times_or_not_at_all():
     assert parse(["report", "dev"]).parent is None
     assert parse(["report", "dev", "--parent", "a"]).parent == ["a"]
     assert parse(["report", "dev", "--parent", "a", "--parent", "b"]).parent == ["a", "b"]
+
+
+def test_another_rayexp_in_the_working_directory_is_named_before_ray_starts(tmp_path):
+    """Ray puts the driver's working directory on its workers' import path: a run started inside an
+    older checkout would run that code in its workers. connect() warns with both paths."""
+    from pathlib import Path
+
+    import rayexp
+    from rayexp.ray_local import shadowing_checkout
+
+    other = tmp_path / "rayexp"
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    assert shadowing_checkout(str(tmp_path)) == str(other.resolve())
+    assert shadowing_checkout(str(Path(rayexp.__file__).resolve().parents[1])) is None  # the running one
+    (tmp_path / "elsewhere").mkdir()
+    assert shadowing_checkout(str(tmp_path / "elsewhere")) is None
