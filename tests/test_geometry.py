@@ -117,6 +117,14 @@ def test_layer_geometry_tells_factored_from_joint_features():
     assert g_fac["overlap"] < g_fac["overlap_random"] / 2 and g_fac["overlap_random"] == pytest.approx(2 / d)
 
 
+def joint_target_logits(pab: np.ndarray) -> np.ndarray:
+    """Logits (..., 6) of a sharp policy on P((a + b) mod 3 = k) from P(a, b) (..., 3, 3); tokens 3-5 off."""
+    P = np.stack([sum(pab[..., a, (k - a) % 3] for a in range(3)) for k in range(3)], -1)
+    logits = np.full(P.shape[:-1] + (6,), -50.0)
+    logits[..., :3] = 30 * np.log(np.clip(P, 1e-9, None))
+    return logits
+
+
 class Planted(torch.nn.Module):
     """A network whose residual stream at ``blocks.0.hook_resid_post`` holds each factor's exact belief in
     a known 3-d subspace of R^16 and whose policy decodes them back (by the same known maps) and acts on
@@ -134,22 +142,26 @@ class Planted(torch.nn.Module):
         cache = {n: None for n in names or self.hook_names}
         return self.run_with_hooks(x, {}, cache), cache
 
-    def run_with_hooks(self, x, hooks, cache=None):
+    def residual(self, x) -> torch.Tensor:
+        """(B, T, d): the factors' exact beliefs in their known subspace."""
         fb = self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy()))
-        h = torch.as_tensor(np.concatenate(fb, -1)) @ self.E.T  # (B, T, d)
+        return torch.as_tensor(np.concatenate(fb, -1)) @ self.E.T
+
+    def decide(self, dec: np.ndarray) -> np.ndarray:
+        """Logits from the residual read back through E (the beliefs, or their means where erased)."""
+        p = [dec[..., 3 * i : 3 * i + 3] @ f.T.sum(axis=2).T for i, f in enumerate(self.hmm.factors)]
+        p = [pi if i in self.reads else np.full_like(pi, 1 / 3) for i, pi in enumerate(p)]
+        return joint_target_logits(p[0][..., :, None] * p[1][..., None, :])
+
+    def run_with_hooks(self, x, hooks, cache=None):
+        h = self.residual(x)
         cache = {} if cache is None else cache
         for name in self.hook_names:
             if name == "blocks.0.hook_resid_post" and name in hooks:
                 h = hooks[name](h.float()).double()
             if name in cache:
                 cache[name] = h.float()
-        dec = h @ self.E  # (B, T, 6): the beliefs back, or their means where erased
-        p = [dec[..., 3 * i : 3 * i + 3].numpy() @ f.T.sum(axis=2).T for i, f in enumerate(self.hmm.factors)]
-        p = [pi if i in self.reads else np.full_like(pi, 1 / 3) for i, pi in enumerate(p)]
-        P = sum(np.roll(p[1], a, axis=-1) * p[0][..., a : a + 1] for a in range(3))  # P((a + b) mod 3 = k)
-        logits = np.full(P.shape[:-1] + (6,), -50.0)
-        logits[..., :3] = 30 * np.log(np.clip(P, 1e-9, None))
-        return torch.as_tensor(logits)
+        return torch.as_tensor(self.decide((h @ self.E).numpy()))
 
     def forward(self, x):
         return self.run_with_hooks(x, {})
@@ -192,29 +204,18 @@ class PlantedJoint(Planted):
         self.E = torch.as_tensor(np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :15])
         self.coef, self.joint_reads = coef, reads  # coef (7, 9): the joint's affine part from [b0, b1, 1]
 
-    def run_with_hooks(self, x, hooks, cache=None):
+    def residual(self, x) -> torch.Tensor:
         fb = np.concatenate(self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy())), -1)
         aff = np.concatenate([fb, np.ones(fb.shape[:-1] + (1,))], -1) @ self.coef
         jo = rep.outer_beliefs([fb[..., :3], fb[..., 3:]]) - aff
-        h = torch.as_tensor(np.concatenate([fb, jo], -1)) @ self.E.T
-        cache = {} if cache is None else cache
-        for name in self.hook_names:
-            if name == "blocks.0.hook_resid_post" and name in hooks:
-                h = hooks[name](h.float()).double()
-            if name in cache:
-                cache[name] = h.float()
-        dec = (h @ self.E).numpy()
+        return torch.as_tensor(np.concatenate([fb, jo], -1)) @ self.E.T
+
+    def decide(self, dec: np.ndarray) -> np.ndarray:
+        if self.joint_reads != "joint":
+            return super().decide(dec)
         M = [f.T.sum(axis=2).T for f in self.hmm.factors]  # (state, token): P(next token | state)
-        if self.joint_reads == "joint":
-            J = np.concatenate([dec[..., :6], np.ones(dec.shape[:-1] + (1,))], -1) @ self.coef + dec[..., 6:15]
-            pab = np.einsum("...ij,ia,jb->...ab", J.reshape(J.shape[:-1] + (3, 3)), M[0], M[1])
-        else:
-            p0, p1 = dec[..., :3] @ M[0], dec[..., 3:6] @ M[1]
-            pab = p0[..., :, None] * p1[..., None, :]
-        P = np.stack([sum(pab[..., a, (k - a) % 3] for a in range(3)) for k in range(3)], -1)
-        logits = np.full(P.shape[:-1] + (6,), -50.0)
-        logits[..., :3] = 30 * np.log(np.clip(P, 1e-9, None))
-        return torch.as_tensor(logits)
+        J = np.concatenate([dec[..., :6], np.ones(dec.shape[:-1] + (1,))], -1) @ self.coef + dec[..., 6:15]
+        return joint_target_logits(np.einsum("...ij,ia,jb->...ab", J.reshape(J.shape[:-1] + (3, 3)), M[0], M[1]))
 
 
 def test_erasing_the_joint_only_subspace_removes_a_joint_readers_reward_and_not_a_factor_readers():
