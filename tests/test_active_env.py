@@ -93,6 +93,24 @@ def test_active_vector_env_pickles_mid_rollout():
         np.testing.assert_array_equal(i1["belief"], i2["belief"])
 
 
+def test_shuffled_active_vector_env_sees_the_task_streams_pays_otherwise_and_pickles():
+    """The null under the vector API (what RLlib steps): same seed and actions, the same observations
+    as the task's env across autoresets, other rewards; mid-rollout pickles carry the shadow stream."""
+    cfg = dict(ACTIVE, process=dict(GATED, b={"name": "mess3"}), num_envs=3, seed=7, reward="rare_next_token")
+    task, null = vector_rollout(make_env(cfg), 20), vector_rollout(make_env(dict(cfg, shuffle_reward=True)), 20)
+    np.testing.assert_array_equal(task[0], null[0])
+    np.testing.assert_array_equal(task[2], null[2])
+    assert not np.array_equal(task[1], null[1])
+    env = make_env(dict(cfg, shuffle_reward=True))
+    env.reset(seed=1)
+    env.step(np.array([0, 0, 1]))
+    clone = pickle.loads(pickle.dumps(env))
+    for actions in ([0, 0, 0], [1, 0, 2], [0, 0, 0], [3, 4, 0]) * 3:  # across an autoreset
+        _, r1, _, _, _ = env.step(np.array(actions))
+        _, r2, _, _, _ = clone.step(np.array(actions))
+        np.testing.assert_array_equal(r1, r2)
+
+
 def test_rllib_vector_entry_point_path():
     """What RLlib's env runner does with a registered creator: gym.make_vec in vector_entry_point
     mode, the creator called with num_envs, infos turned into per-env lists."""
