@@ -156,8 +156,10 @@ def resolve(trial: TrialConfig, facts: dict[str, Any], cpus: float, rollouts: in
     if trial.task.start_from is not None:
         s = trial.task.start_from
         update = {"iterations": s.iterations, "seed": s.seed, "save_every": 0, "checkpoint_every": 0}
+        # M_A is PPO on start_from's reward as it is: a null task's shuffle is the task's, not M_A's
+        real = {k: v for k, v in env.items() if k != "shuffle_reward"}
         start = StartFrom(
-            env=env | {"reward": s.reward, "reward_params": s.reward_params, "seed": s.seed},
+            env=real | {"reward": s.reward, "reward_params": s.reward_params, "seed": s.seed},
             ppo=ppo.model_copy(update=update),
         )
     return ResolvedTrial(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from rayexp.studies.objective import task_vectors as tv
 
@@ -216,3 +217,45 @@ def test_module_rows_sorted_by_holm_p():
     assert [r["module"] for r in rows] == ["unembed", "blocks.1.attn"]
     assert rows[0]["modules tested"] == 16 and rows[0]["reads the reward (Holm p < 0.05)"] == "yes"
     assert rows[1]["reads the reward (Holm p < 0.05)"] == "no"
+
+
+def test_free_pairs_put_the_reward_free_vector_first_and_pair_other_seeds_only():
+    labels = ["anti", "free", "null", "anti", "free", "null"]
+    seeds = [1, 1, 1, 2, 2, 2]
+    idx = tv.free_pair_index(labels, seeds, free="free", null="null")
+    pairs = {k: sorted(zip(map(int, i), map(int, j))) for k, (i, j) in idx.items()}
+    assert pairs == {"free": [(1, 4)], "free_vs_reward": [(1, 3), (4, 0)], "free_vs_null": [(1, 5), (4, 2)]}
+
+
+def test_free_cosines_measure_what_any_update_shares():
+    """Planted updates: every PPO update from M_A carries one drift direction d; reward updates add
+    their reward's direction. The reward-free arm's cosines then read the drift alone, and the
+    same-reward minus free difference is what the reward adds."""
+    from types import SimpleNamespace
+
+    from rayexp.studies.objective.task_vectors_analysis import _free_cosines
+
+    rng = np.random.default_rng(0)
+    dim, seeds = 400, [0, 1, 2, 3, 4]
+    d, r = rng.standard_normal(dim), {k: rng.standard_normal(dim) for k in ("anti", "shift")}
+    noise = lambda: 0.5 * rng.standard_normal(dim)  # noqa: E731
+    labels, sds, rows = [], [], []
+    for s in seeds:
+        for lab in ("anti", "shift", "null"):
+            labels.append(lab)
+            sds.append(s)
+            rows.append(d + r.get(lab, 0) + noise())
+    X = np.stack(rows)
+    theta_a = {"w": np.zeros(dim)}  # M_A at the origin: each model's parameters are its update
+    model = lambda v: SimpleNamespace(state_dict=lambda: {"w": torch.as_tensor(v)})  # noqa: E731
+    free = [SimpleNamespace(config={"seed": s}, model_after=lambda v=d + noise(): model(v)) for s in seeds]
+    pairs = {k: (tv.cosine_matrix(X)[i, j], np.asarray(sds)[i], np.asarray(sds)[j])
+             for k, (i, j) in tv.pair_index(labels, sds, "null").items()}  # fmt: skip
+    got = _free_cosines(X, labels, sds, free, theta_a, ["w"], "null", "free", pairs)
+    # drift |d|^2 = 400 against noise 0.25 * 400 * 2 per pair: free pairs ~ 1 / 1.25
+    assert got["cos/free/mean"] == pytest.approx(1 / 1.25, abs=0.05)
+    assert got["cos/free_vs_null/mean"] == pytest.approx(got["cos/free/mean"], abs=0.05)
+    assert got["cos/free_vs_reward/mean"] == pytest.approx(400 / np.sqrt(500 * 900), abs=0.05)  # diluted by r
+    diff = pairs["same_reward"][0].mean() - got["cos/free/mean"]
+    assert got["cos/same_reward_minus_free/mean"] == pytest.approx(diff)
+    assert got["cos/null_minus_free/ci_low"] <= 0 <= got["cos/null_minus_free/ci_high"]  # null = drift alone

@@ -341,3 +341,15 @@ def test_a_replication_sweep_is_composition_cpu_on_new_seeds(replicate):
     for key in ("name", "description", "experiment"):
         full.pop(key, None), rep.pop(key, None)
     assert rep == full
+
+
+def test_a_shuffled_task_starts_from_the_same_m_a_as_the_others():
+    """M_A is PPO on start_from's reward as it is: the reward-free arm of sweeps/objective.yaml shuffles
+    its own reward, never M_A's, so every task shares one M_A (one cache key)."""
+    from rayexp.config import load_points
+
+    _, points = load_points(ROOT / "sweeps" / "objective.yaml")
+    by_task = {p.trial.task.name: p.trial for p in points if p.trial.seed == 1}
+    free = by_task["free"]
+    assert free.env["shuffle_reward"] is True and "shuffle_reward" not in free.start.env
+    assert all(t.start == free.start for t in by_task.values()), {k: t.start.env for k, t in by_task.items()}

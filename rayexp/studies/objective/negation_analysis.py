@@ -100,7 +100,7 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
     settings = artifacts.ppo_settings.model_copy(
         update={"iterations": params.iterations, "save_every": 0, "checkpoint_every": 0}
     )
-    env_a = env | spec_a
+    env_a = {k: v for k, v in env.items() if k != "shuffle_reward"} | spec_a  # retrain on R_A itself
     lambdas = sorted(set(params.lambdas) | {0.0})
     device = model_device(m_a)
     gpu = float(getattr(artifacts, "learner_gpus", 0.0))  # the trial's learner share (its TrialContext sets it)

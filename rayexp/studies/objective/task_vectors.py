@@ -178,3 +178,24 @@ def superpose(taus: dict[str, Params]) -> tuple[Params, dict[str, Params]]:
     (note 002's "superposing" of several R_B so confounders cancel)."""
     mu = mean(list(taus.values()))
     return mu, {r: {k: t[k] - mu[k] for k in t} for r, t in taus.items()}
+
+
+def free_pair_index(
+    labels: Sequence[str], seeds: Sequence[int], free: str, null: str | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pairs (i, j) with at least one trial of the reward-free task ``free`` (PPO from M_A on a
+    shuffled reward: what any PPO update from M_A writes), other seeds only, by kind: ``free`` (two
+    reward-free vectors), ``free_vs_reward`` (one against a reward's, not the null's), ``free_vs_null``
+    (one against the seed-only null's). Rows are ordered so that ``i`` is always the free one."""
+    labels, seeds = np.asarray(labels), np.asarray(seeds)
+    i, j = np.triu_indices(len(labels), k=1)
+    swap = (labels[j] == free) & (labels[i] != free)  # the free one first
+    i, j = np.where(swap, j, i), np.where(swap, i, j)
+    fi, fj, other = labels[i] == free, labels[j] == free, seeds[i] != seeds[j]
+    is_null_j = labels[j] == null if null is not None else np.zeros(len(j), bool)
+    kinds = {
+        "free": fi & fj & other,
+        "free_vs_reward": fi & ~fj & ~is_null_j & other,
+        "free_vs_null": fi & is_null_j & other,
+    }
+    return {kind: (i[sel], j[sel]) for kind, sel in kinds.items()}

@@ -12,7 +12,10 @@ another seed, so its update is what retraining alone writes). Per trial ``tau = 
   matrix); the interval is a leave-one-seed-out jackknife, Student-t (pairs sharing a seed are not
   independent, so pairs are not resampled as if they were); ``cos/{a}_minus_{b}/...`` (same_reward
   minus other_reward, same_reward minus null, null minus null_vs_reward): the difference of two
-  such means with one jackknife over both, paired through the seeds;
+  such means with one jackknife over both, paired through the seeds; with a reward-free arm
+  (``free_task``: PPO from M_A on a shuffled reward), ``cos/{free,free_vs_reward,free_vs_null}/...``
+  and ``cos/{same_reward,null}_minus_free/...``: how much of those cosines any PPO update from M_A
+  shares. The reward-free trials enter nothing else (classifier, superposition, negation, norms);
 - ``classifier/{accuracy,chance,p_value,n}``: leave-one-seed-out nearest-centroid naming of the
   task from the vector, against a within-seed label permutation null; ``classifier/rewards_only/...``
   without the null task; ``classifier/module/{module}/{accuracy,p_value,p_holm}``: the same on one
@@ -51,6 +54,11 @@ from rayexp.studies.objective.exact_returns import ExactReturns, params_of, task
 
 class TaskVectorParams(Params):
     null_task: str = Field("null", description="task name of the seed-only null (R_A retrained, other seed)")
+    free_task: str = Field(
+        "free",
+        description="task name of the reward-free arm (PPO from M_A on a shuffled reward); set apart from "
+        "every other result and compared by cosine only",
+    )
     n_seq: int = Field(1000, ge=20, le=1_000_000, description="stream sequences of the exact evaluation")
     n_perm: int = Field(1000, ge=10, le=100_000, description="label permutations of the classifier's null")
     # Holm over ~16 modules needs p as small as 0.05 / 16 = 0.003 to reject anything; a permutation p is
@@ -65,6 +73,25 @@ def _ci(prefix: str, values, stat=None) -> dict[str, float]:
     return {f"{prefix}/mean": m, f"{prefix}/ci_low": lo, f"{prefix}/ci_high": hi, f"{prefix}/n": float(len(values))}
 
 
+def _free_cosines(X, labels, seeds, free_trials, theta_a, names, null, free, pairs) -> dict[str, float]:
+    """``cos/{free,free_vs_reward,free_vs_null}/...`` and the paired differences that ask how much of
+    the same-reward and seed-only cosines any PPO update from M_A shares (``cos/{same_reward,null}
+    _minus_free/...``), from the reward-free arm's vectors beside the others."""
+    Xf = np.stack([tv.flatten(tv.task_vector(theta_a, params_of(a.model_after())), names) for a in free_trials])
+    labs = list(labels) + [free] * len(free_trials)
+    sds = np.asarray(list(seeds) + [int(a.config["seed"]) for a in free_trials])
+    C = tv.cosine_matrix(np.vstack([X, Xf]))
+    out: dict[str, float] = {"norm/free/total": float(np.linalg.norm(Xf, axis=1).mean())}
+    fp = {k: (C[i, j], sds[i], sds[j]) for k, (i, j) in tv.free_pair_index(labs, sds, free, null).items()}
+    for kind, (vals, si, sj) in fp.items():
+        if len(vals):
+            out |= _ci(f"cos/{kind}", vals, inference.pair_jackknife_ci(vals, si, sj))
+    for a in ("same_reward", "null"):
+        if len(pairs.get(a, ((),))[0]) and len(fp["free"][0]):
+            out |= _ci(f"cos/{a}_minus_free", pairs[a][0], inference.pair_difference_jackknife_ci(pairs[a], fp["free"]))
+    return out
+
+
 @analysis("task_vectors", params=TaskVectorParams, needs=("model_before", "model_after", "env"), scope="sweep")
 def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     """Task vectors over rewards and seeds: norms, cosines, a reward classifier, superposition, negation."""
@@ -73,6 +100,11 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
     if len(starts) != 1 or None in starts:
         raise ValueError(f"task_vectors needs trials that all start from one M_A (task.start_from); got {starts}")
     trials = sorted(group, key=lambda a: (a.config["task"]["name"], a.config["seed"]))
+    # the reward-free arm is a control of the cosines only: every other result is computed without it
+    free_trials = [a for a in trials if a.config["task"]["name"] == params.free_task]
+    trials = [a for a in trials if a.config["task"]["name"] != params.free_task]
+    if not trials:
+        raise ValueError(f"task_vectors: every trial is the reward-free task {params.free_task!r}")
     labels = [a.config["task"]["name"] for a in trials]
     seeds = [int(a.config["seed"]) for a in trials]
     m_a = trials[0].model_before()
@@ -109,6 +141,8 @@ def task_vectors(group, params: TaskVectorParams) -> AnalysisResult:
         if len(pairs.get(a, ((),))[0]) and len(pairs.get(b, ((),))[0]):
             diff = inference.pair_difference_jackknife_ci(pairs[a], pairs[b])
             metrics |= _ci(f"cos/{a}_minus_{b}", pairs[a][0], diff)  # n: a's pairs
+    if free_trials:
+        metrics |= _free_cosines(X, labels, seeds, free_trials, theta_a, names, null, params.free_task, pairs)
     figures["task_vector_cosines"] = _heatmap(C, labels, seeds)
     tables["task_vector_cosines"] = pa.table(
         {"row": [f"{lab}/{s}" for lab, s in zip(labels, seeds)]}
