@@ -218,3 +218,34 @@ def test_the_task_is_set_against_its_shuffled_null_seed_by_seed():
     assert row["trigger rate post: task - null (paired)"] == "+0.000 [+0.000, +0.000]"
     assert row["B skill change: null"] == "-"  # a metric neither trial logged
     assert summary.null_rows(*by_seed(task)) == []
+
+
+def test_rare_figure_draws_each_trial_with_its_null_dashed(tmp_path):
+    from types import SimpleNamespace
+
+    from rayexp.studies.rare.report import rare_figure
+
+    def run(i, eps, null):
+        params = {"process.a.eps": eps, "seed": str(i), "task.shuffle_reward": str(null)}
+        return SimpleNamespace(info=SimpleNamespace(run_id=f"r{i}{null}"), data=SimpleNamespace(params=params, metrics={}))
+
+    runs = [run(i, eps, null) for i, eps in enumerate(("0.0", "0.001")) for null in (False, True)]
+    curves = {r.info.run_id: {"iteration": [0, 10], "trigger_rate": [0.0, 0.3], "reward": [0.0, 0.1]} for r in runs}
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    orig = plt.Axes.plot
+    plt.Axes.plot = lambda self, *a, **k: drawn.append((a[2], k["color"], k.get("label"))) or orig(self, *a, **k)
+    try:
+        path = rare_figure(runs, curves, tmp_path / "rare_curves.png")
+    finally:
+        plt.Axes.plot = orig
+    assert path.stat().st_size > 0
+    assert len(drawn) == 8  # 4 trials x 2 panels
+    styles = {(label, style, color) for style, color, label in drawn if label}
+    assert styles == {
+        ("process.a.eps=0.0", "o-", "C0"),
+        ("process.a.eps=0.0, shuffled-reward null", "o--", "C0"),
+        ("process.a.eps=0.001", "o-", "C1"),
+        ("process.a.eps=0.001, shuffled-reward null", "o--", "C1"),
+    }

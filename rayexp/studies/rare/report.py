@@ -111,21 +111,27 @@ def rare_rows(runs: list, curves: dict[str, dict[str, list]] | None = None) -> l
 
 
 def rare_figure(runs: list, curves: dict[str, dict[str, list]], path: Path) -> Path:
-    """Trigger rate and reward over PPO checkpoints, each trial a line, coloured by group."""
+    """Trigger rate and reward over PPO checkpoints, each trial a line, coloured by group (its params
+    besides the seed and the task); a shuffled-reward null's trials dashed."""
     from rayexp.figures import plt  # the Agg backend, set once there
 
     runs = [r for r in runs if r.info.run_id in curves]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
-    for i, (label, group) in enumerate(_groups(runs).items()):
-        for j, r in enumerate(group):
-            t = curves[r.info.run_id]
-            for ax, key in zip(axes, ("trigger_rate", "reward")):
-                ax.plot(t["iteration"], t[key], "o-", color=f"C{i}", alpha=0.7, label=label if j == 0 else None)
-    for ax, name in zip(axes, ("trigger rate", "reward per step")):
+    groups = _groups(runs, ignore_task=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True)
+    for i, (label, group) in enumerate(groups.items()):
+        for null in (False, True):
+            members = [r for r in group if is_null(r) == null]
+            for j, r in enumerate(members):
+                t = curves[r.info.run_id]
+                name = f"{label}{', shuffled-reward null' if null else ''}" if j == 0 else None
+                for ax, key in zip(axes, ("trigger_rate", "reward")):
+                    ax.plot(t["iteration"], t[key], "o--" if null else "o-", color=f"C{i}", alpha=0.7, ms=3,
+                            label=name if ax is axes[0] else None)  # fmt: skip
+    for ax, name in zip(axes, ("trigger rate", "reward per step (the real reward)")):
         ax.set_xlabel("PPO iteration")
         ax.set_ylabel(name)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
