@@ -38,6 +38,21 @@ def test_antiparallel_planted_direction_beats_shuffled_null():
     assert abs(noise.mean() - 0.5) < 0.1
 
 
+def test_split_half_cosine_is_high_for_a_strong_direction_and_low_for_noise():
+    rng = np.random.default_rng(4)
+    d, n_seq, per = 32, 400, 3
+    groups = np.repeat(np.arange(n_seq), per)  # three outcome rows per sequence
+    labels = rng.integers(0, 3, n_seq * per)
+    u = rng.standard_normal(d)
+    sign = np.select([labels == cv.REWARDED, labels == cv.PUNISHED], [1.0, 1.0], 0.0)
+    strong = sign[:, None] * u + 0.5 * rng.standard_normal((n_seq * per, d))
+    r, p = cv.split_half_cosines(strong, labels, groups, np.random.default_rng(0))
+    assert r > 0.95 and p > 0.95  # one direction, estimated twice: nearly the same
+    noise = rng.standard_normal((n_seq * per, d))
+    r, p = cv.split_half_cosines(noise, labels, groups, np.random.default_rng(0))
+    assert abs(r) < 0.4 and abs(p) < 0.4  # no direction: two halves' estimates are unrelated
+
+
 def test_balanced_and_controls():
     rng = np.random.default_rng(1)
     labels = np.array([0] * 10 + [1] * 4 + [2] * 7)

@@ -12,7 +12,9 @@ Metrics (``{model}``: ``random_init``, ``pre`` (the model PPO started from), ``p
   outcome labels shuffled, and ``null/{model}/{hook}/p_below``: the share of shuffles at or below
   the observed cosine (small: more antiparallel than labels that carry nothing);
 - ``align/{hook}/{R,P}``: cos(v_R pre, v_R post) and cos(v_P pre, v_P post): did RL keep the
-  directions it found?;
+  directions it found?; read against ``split_half/{pre,post}/{hook}/{R,P}``, the cosine between
+  two estimates of one model's vector from disjoint halves of the sequences (what an unchanged but
+  noisily estimated direction gives, at half the data);
 - over the stored PPO checkpoints (table ``concept_curve``, figure): cos(v_R, v_P) at each hook,
   the cosine of each checkpoint's v_R / v_P with the final ones, and the exact reward rate;
 - steering at ``steer_hook``: adding ``alpha * v`` at every position, for v in {v_P, v_R, a random
@@ -139,8 +141,9 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
     vecs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     steer_acts: dict[str, np.ndarray] = {}  # outcome-token activations at the steering hook, per model
     layer_rows: dict[str, list] = {"model": [], "hook": [], "cos": [], "null_q025": [], "null_q975": [], "p_below": []}
+    acts_by: dict[str, dict[str, np.ndarray]] = {}
     for name, model in models.items():
-        acts = data.acts(model, hooks)
+        acts = acts_by[name] = data.acts(model, hooks)
         steer_acts[name] = acts[steer_hook]
         vecs[name] = {}
         for h in hooks:
@@ -163,6 +166,11 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
     for h in hooks:
         metrics[f"align/{h}/R"] = cv.cosine(vecs["pre"][h][0], vecs["post"][h][0])
         metrics[f"align/{h}/P"] = cv.cosine(vecs["pre"][h][1], vecs["post"][h][1])
+    for name in ("pre", "post"):  # one split of the sequences for every model and hook
+        for h in hooks:
+            rng_split = np.random.default_rng(params.seed + 7)
+            r, p = cv.split_half_cosines(acts_by[name][h], data.labels, data.out_idx[0], rng_split)
+            metrics[f"split_half/{name}/{h}/R"], metrics[f"split_half/{name}/{h}/P"] = r, p
     reward_pre, punish_pre = data.rates(models["pre"])
     reward_post, punish_post = data.rates(models["post"])
     metrics |= {

@@ -55,6 +55,19 @@ def concept_vectors(acts: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return means[0] - means[2], means[1] - means[2]
 
 
+def split_half_cosines(
+    acts: np.ndarray, labels: np.ndarray, groups: np.ndarray, rng: np.random.Generator
+) -> tuple[float, float]:
+    """(cos(v_R half A, v_R half B), same for v_P): the rows' ``groups`` (their sequences) split in two
+    at random, each half's vectors estimated alone. What a cosine between two estimates of one
+    unchanged direction is at half the data: the reliability a cosine across models is read against."""
+    groups = np.asarray(groups)
+    ids = np.unique(groups)
+    in_a = np.isin(groups, rng.permutation(ids)[: len(ids) // 2])
+    va, vb = concept_vectors(acts[in_a], labels[in_a]), concept_vectors(acts[~in_a], labels[~in_a])
+    return cosine(va[0], vb[0]), cosine(va[1], vb[1])
+
+
 def shuffled_cosines(acts: np.ndarray, labels: np.ndarray, n_perm: int, seed: int = 0) -> np.ndarray:
     """cos(v_R, v_P) under ``n_perm`` random permutations of the labels (n_perm,)."""
     rng = np.random.default_rng(seed)
