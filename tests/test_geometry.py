@@ -346,6 +346,6 @@ def test_geometry_report_compacts_the_summary_tables():
     (row,) = compact(tables)
     assert row["task"] == "positive_control" and row["layer"] == "block1"
     assert {"r2/joint_only pre", "r2/joint_only post", "dim95 post", "removed both", "removed random_both",
-            "removed joint_only", "removed random_joint_only"} <= set(row)  # fmt: skip
+            "removed joint_only", "removed random_joint_only", "removed joint", "removed random_joint"} <= set(row)  # fmt: skip
     pre = np.mean([t._stored["pre/block1/r2/joint_only"] for t in trials])
     assert row["r2/joint_only pre"].startswith(f"{pre:.2f}")
