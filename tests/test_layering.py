@@ -72,6 +72,7 @@ RAYEXP_LAYERS = [
         "rayexp.ray_local",
         "rayexp.console",
         "rayexp.safe_yaml",
+        "rayexp.weights",
     },
     {"rayexp.axes", "rayexp.ppo_settings", "rayexp.settings", "rayexp.cache"},  # the sweep file's schema
     {"rayexp.artifacts", "rayexp.probes", "rayexp.rollouts", "rayexp.analysis", "rayexp.study"},

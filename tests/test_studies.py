@@ -77,6 +77,15 @@ def test_welfare_trial_logs_concept_vectors_and_steering(golden_sweep):
     for vec in ("v_P", "v_R", "orthogonal", "random"):
         assert np.isfinite(m[f"steer/post/{vec}/punish_slope"])
     assert -1 <= m["reward/post"] <= 1 and 0 <= m["punish/post"] <= 1
+    # the rotation's controls: split halves of one model, and the pre-RL model moved as far at random
+    from rayexp.weights import param_arrays, update_norm
+
+    norm = update_norm(param_arrays(trial.model_before()), param_arrays(trial.model_after()))
+    assert m["update_norm"] == pytest.approx(norm, rel=1e-6) and norm > 0
+    for h in hooks:
+        for k in ("R", "P"):
+            assert -1 <= m[f"align_random/{h}/{k}"] <= 1 and -1 <= m[f"split_half/pre/{h}/{k}"] <= 1
+    assert -1 <= m["reward/perturbed"] <= 1
     c = tracking.client(g.uri)
     (run,) = trial_runs(g.uri, g.experiment)
     arts = {a.path for a in c.list_artifacts(run.info.run_id)}  # figures at the root (compare view)

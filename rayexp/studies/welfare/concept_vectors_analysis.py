@@ -14,7 +14,10 @@ Metrics (``{model}``: ``random_init``, ``pre`` (the model PPO started from), ``p
 - ``align/{hook}/{R,P}``: cos(v_R pre, v_R post) and cos(v_P pre, v_P post): did RL keep the
   directions it found?; read against ``split_half/{pre,post}/{hook}/{R,P}``, the cosine between
   two estimates of one model's vector from disjoint halves of the sequences (what an unchanged but
-  noisily estimated direction gives, at half the data);
+  noisily estimated direction gives, at half the data), and ``align_random/{hook}/{R,P}``: the same
+  cosine between the pre-RL model and copies of it moved at random as far as RL moved it
+  (``update_norm``; mean over ``n_random`` directions; ``reward/perturbed`` their reward rate): what
+  any update of that size does to the directions (docs/design.md §6 rule 6);
 - over the stored PPO checkpoints (table ``concept_curve``, figure): cos(v_R, v_P) at each hook,
   the cosine of each checkpoint's v_R / v_P with the final ones, and the exact reward rate;
 - steering at ``steer_hook``: adding ``alpha * v`` at every position, for v in {v_P, v_R, a random
@@ -48,6 +51,7 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import action_probs, model_device
 from rayexp.probes import residual_layers
 from rayexp.studies.welfare import concepts as cv
+from rayexp.weights import param_arrays, random_perturbation, update_norm
 
 
 class ConceptParams(Params):
@@ -166,6 +170,17 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
     for h in hooks:
         metrics[f"align/{h}/R"] = cv.cosine(vecs["pre"][h][0], vecs["post"][h][0])
         metrics[f"align/{h}/P"] = cv.cosine(vecs["pre"][h][1], vecs["post"][h][1])
+    # rule 6's null for the rotation: the pre-RL model moved as far as RL moved it, at random
+    norm = update_norm(param_arrays(models["pre"]), param_arrays(models["post"]))
+    base_seed = params.seed * 1_000_003 + int(artifacts.config.get("seed", 0))  # its own directions per trial
+    moved = [random_perturbation(models["pre"], norm, seed=base_seed + i) for i in range(params.n_random)]
+    moved_acts = [data.acts(m, hooks) for m in moved]
+    for h in hooks:
+        for k, vec in (("R", 0), ("P", 1)):
+            cos = [cv.cosine(vecs["pre"][h][vec], cv.concept_vectors(a[h], data.labels)[vec]) for a in moved_acts]
+            metrics[f"align_random/{h}/{k}"] = float(np.mean(cos))
+    metrics["reward/perturbed"] = float(np.mean([data.rates(m)[0] for m in moved]))
+    metrics["update_norm"] = norm
     for name in ("pre", "post"):  # one split of the sequences for every model and hook
         for h in hooks:
             rng_split = np.random.default_rng(params.seed + 7)

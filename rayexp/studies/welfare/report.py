@@ -36,6 +36,7 @@ def welfare_rows(runs: list) -> tuple[list[dict], list[dict]]:
         lo, hi = vals(f"{CV}null/post/{h}/q025"), vals(f"{CV}null/post/{h}/q975")
         row["null post (95%)"] = f"[{sum(lo) / len(lo):+.2f}, {sum(hi) / len(hi):+.2f}]" if lo else "-"
         row["align P pre/post"] = mean_range(vals(f"{CV}align/{h}/P"))
+        row["align P pre/random move"] = mean_range(vals(f"{CV}align_random/{h}/P"))
         row["split-half P pre / post"] = (
             f"{mean_range(vals(f'{CV}split_half/pre/{h}/P'))} / {mean_range(vals(f'{CV}split_half/post/{h}/P'))}"
         )
