@@ -230,7 +230,8 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
         )
     if task.env == "outcome" and task.shuffle_reward:
         raise FieldError(
-            "task.shuffle_reward", "the outcome env's outcomes are caused by the actions: no independent stream to score against"
+            "task.shuffle_reward",
+            "the outcome env's outcomes are caused by the actions: no independent stream to score against",
         )
     if task.action_tokens is not None:
         bad = [t for t in task.action_tokens if not 0 <= t < task_hmm.vocab_size]

@@ -98,7 +98,9 @@ def test_report_rows_pair_each_task_with_the_null_by_seed(tmp_path):
     assert "is one number" in report.start_check(trials) and not report.repeated(trials)
     rows = {r["task"]: r for r in report.growth_rows(trials, tables)}
     assert rows["positive"]["moved beyond the null"] == "yes" and rows["positive"]["iterations compared"] == "5/5/5"
-    assert rows["negative"]["moved beyond the null"] == "not shown"  # 1.23-1.36 against the null's 1.07-1.20: CI spans 1
+    assert (
+        rows["negative"]["moved beyond the null"] == "not shown"
+    )  # 1.23-1.36 against the null's 1.07-1.20: CI spans 1
     assert rows["shuffled_null (null)"]["vs null at the same iteration (ratio [95% CI])"] == "-"
     assert rows["positive"]["pairs"] == "3"
     # the two tasks against each other: positive's growth over negative's, seed by seed

@@ -79,7 +79,11 @@ def test_joint_only_basis_erases_the_joint_part_outside_the_factor_subspaces_and
         assert np.allclose(geo.cross_covariance(Xe, b), geo.cross_covariance(X, b), atol=1e-12)
     # outside the factor subspaces nothing of the joint-only part is left
     Xp = Xe - (Xe @ F) @ F.T
-    assert np.abs(geo.cross_covariance(Xp, jo)).max() < 1e-12 < np.abs(geo.cross_covariance(X @ (np.eye(24) - F @ F.T), jo)).max()
+    assert (
+        np.abs(geo.cross_covariance(Xp, jo)).max()
+        < 1e-12
+        < np.abs(geo.cross_covariance(X @ (np.eye(24) - F @ F.T), jo)).max()
+    )
     # features without a joint part give nothing but noise directions: a tiny covariance, not a structure
     Xf = 3 * np.c_[b0, b1] @ E[:, :6].T + 0.05 * rng.standard_normal((6000, 24))
     Qf = geo.joint_only_basis(Xf, jo, F)

@@ -227,7 +227,9 @@ def test_rare_figure_draws_each_trial_with_its_null_dashed(tmp_path):
 
     def run(i, eps, null):
         params = {"process.a.eps": eps, "seed": str(i), "task.shuffle_reward": str(null)}
-        return SimpleNamespace(info=SimpleNamespace(run_id=f"r{i}{null}"), data=SimpleNamespace(params=params, metrics={}))
+        return SimpleNamespace(
+            info=SimpleNamespace(run_id=f"r{i}{null}"), data=SimpleNamespace(params=params, metrics={})
+        )
 
     runs = [run(i, eps, null) for i, eps in enumerate(("0.0", "0.001")) for null in (False, True)]
     curves = {r.info.run_id: {"iteration": [0, 10], "trigger_rate": [0.0, 0.3], "reward": [0.0, 0.1]} for r in runs}

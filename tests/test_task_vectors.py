@@ -238,7 +238,7 @@ def test_free_cosines_measure_what_any_update_shares():
     rng = np.random.default_rng(0)
     dim, seeds = 400, [0, 1, 2, 3, 4]
     d, r = rng.standard_normal(dim), {k: rng.standard_normal(dim) for k in ("anti", "shift")}
-    noise = lambda: 0.5 * rng.standard_normal(dim)  # noqa: E731
+    noise = lambda: 0.5 * rng.standard_normal(dim)
     labels, sds, rows = [], [], []
     for s in seeds:
         for lab in ("anti", "shift", "null"):
@@ -247,8 +247,9 @@ def test_free_cosines_measure_what_any_update_shares():
             rows.append(d + r.get(lab, 0) + noise())
     X = np.stack(rows)
     theta_a = {"w": np.zeros(dim)}  # M_A at the origin: each model's parameters are its update
-    model = lambda v: SimpleNamespace(state_dict=lambda: {"w": torch.as_tensor(v)})  # noqa: E731
-    free = [SimpleNamespace(config={"seed": s}, model_after=lambda v=d + noise(): model(v)) for s in seeds]
+    model = lambda v: SimpleNamespace(state_dict=lambda: {"w": torch.as_tensor(v)})
+    free_models = [model(d + noise()) for _ in seeds]  # reward-free updates: the drift alone
+    free = [SimpleNamespace(config={"seed": s}, model_after=lambda m=m: m) for s, m in zip(seeds, free_models)]
     pairs = {k: (tv.cosine_matrix(X)[i, j], np.asarray(sds)[i], np.asarray(sds)[j])
              for k, (i, j) in tv.pair_index(labels, sds, "null").items()}  # fmt: skip
     got = _free_cosines(X, labels, sds, free, theta_a, ["w"], "null", "free", pairs)

@@ -49,7 +49,16 @@ def compact(tables: dict[str, list[dict]]) -> list[dict]:
     for r in tables["ablation"]:
         row = out.get((r["process"], r["task"]))
         at_row = row and r["model"] == "post" and r["layer"] == row["layer"] and r["quantity"] == "removed"
-        shown = ("factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "joint", "random_joint")
+        shown = (
+            "factor0",
+            "factor1",
+            "both",
+            "random_both",
+            "joint_only",
+            "random_joint_only",
+            "joint",
+            "random_joint",
+        )
         if at_row and r["condition"] in shown:
             row[f"removed {r['condition']}"] = f"{r['mean']:.2f}"
     return list(out.values())
