@@ -69,6 +69,7 @@ def test_study_summaries_from_metrics(tmp_path):
     def run(cos_post):
         m = {f"{cv}cos/{model}/{h}": v for model, v in (("random_init", 0.5), ("pre", -0.2), ("post", cos_post))}
         m |= {f"{cv}null/post/{h}/q025": 0.1, f"{cv}null/post/{h}/q975": 0.7, f"{cv}steer/post/v_P/punish_slope": 0.03}
+        m |= {f"{cv}align_random/{h}/P": 0.4, f"{cv}split_half/pre/{h}/P": 0.98, f"{cv}split_half/post/{h}/P": 1.0}
         return SimpleNamespace(data=SimpleNamespace(metrics=m))
 
     layers, steering = welfare_rows([run(-0.9), run(-0.7), SimpleNamespace(data=SimpleNamespace(metrics={}))])
@@ -80,6 +81,8 @@ def test_study_summaries_from_metrics(tmp_path):
             "cos post": "-0.800 [-0.900, -0.700]",
             "null post (95%)": "[+0.10, +0.70]",
             "align P pre/post": "-",
+            "align P pre/random move": "+0.400 [+0.400, +0.400]",
+            "split-half P pre / post": "+0.980 [+0.980, +0.980] / +1.000 [+1.000, +1.000]",
         }
     ]
     assert steering[4] == {
