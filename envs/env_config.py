@@ -59,6 +59,12 @@ class EnvConfig:
         return cls(**config)
 
 
+def real_reward(config: dict) -> dict:
+    """An env config without its null's ``shuffle_reward``: the same env, paying its real reward (what
+    M_A is trained on, what negation retrains on, what a null policy is scored on at the task)."""
+    return {k: v for k, v in config.items() if k != "shuffle_reward"}
+
+
 def config_seeded_reset(env, seed: int | None, parent_reset) -> None:
     """Seed ``env``'s reset: the caller's seed, else ``env.config.seed`` on the very first reset (RLlib
     seeds resets itself; a direct user gets a reproducible stream from the config alone).

@@ -51,15 +51,17 @@ def start_local_ray(num_cpus: int | None = None, include_dashboard: bool = False
                 os.environ[k] = v
 
 
+_HERE = os.path.dirname(os.path.realpath(__file__))  # the rayexp package this process runs
+
+
 def shadowing_checkout(cwd: str | None = None) -> str | None:
     """The ``rayexp`` package in ``cwd`` when it is not the one this process imported, else None.
 
     Ray puts the driver's working directory on its workers' import path, so workers started from a
     directory holding another checkout import *that* code while the driver runs this one: one run,
     two versions (seen: ``rayexp analyze`` run inside an old clone computed the old metrics)."""
-    here = os.path.dirname(os.path.realpath(__file__))
     there = os.path.join(os.path.realpath(cwd or os.getcwd()), "rayexp")
-    if os.path.isfile(os.path.join(there, "__init__.py")) and there != here:
+    if os.path.isfile(os.path.join(there, "__init__.py")) and there != _HERE:
         return there
     return None
 
@@ -71,9 +73,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     if other := shadowing_checkout():
-        here = os.path.dirname(os.path.realpath(__file__))
         print(
-            f"warning: this directory holds another rayexp ({other}) than the one running ({here}); Ray "
+            f"warning: this directory holds another rayexp ({other}) than the one running ({_HERE}); Ray "
             "workers import from the working directory, so they would run that code. Run from elsewhere, "
             "or install this checkout (pip install -e .).",
             file=sys.stderr,

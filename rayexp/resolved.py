@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from envs.env_config import real_reward
 from envs.gym_env import action_tokens
 from models.config import PretrainConfig, TransformerConfig
 from rayexp.artifacts import log_spaced_steps
@@ -156,10 +157,8 @@ def resolve(trial: TrialConfig, facts: dict[str, Any], cpus: float, rollouts: in
     if trial.task.start_from is not None:
         s = trial.task.start_from
         update = {"iterations": s.iterations, "seed": s.seed, "save_every": 0, "checkpoint_every": 0}
-        # M_A is PPO on start_from's reward as it is: a null task's shuffle is the task's, not M_A's
-        real = {k: v for k, v in env.items() if k != "shuffle_reward"}
-        start = StartFrom(
-            env=real | {"reward": s.reward, "reward_params": s.reward_params, "seed": s.seed},
+        start = StartFrom(  # a null task's shuffle is the task's, never M_A's
+            env=real_reward(env) | {"reward": s.reward, "reward_params": s.reward_params, "seed": s.seed},
             ppo=ppo.model_copy(update=update),
         )
     return ResolvedTrial(

@@ -296,6 +296,11 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def is_null_run(run) -> bool:
+    """A trial run of a shuffled-reward null task (its logged ``task.shuffle_reward`` param)."""
+    return run.data.params.get("task.shuffle_reward") == "True"
+
+
 def trial_runs_of(uri: str, parent_run_id: str) -> list:
     """The trial runs (mlflow.entities.Run) nested under a sweep's parent run."""
     c = client(uri)

@@ -61,10 +61,6 @@ from rayexp.studies.composition.composition_analysis import ceiling_values, make
 
 FINAL = "ln_final.hook_normalized"
 TARGETS = ("factor0", "factor1", "joint", "joint_only")
-CONDITIONS = (
-    "factor0", "factor1", "both", "joint_only", "joint",
-    "random0", "random1", "random_both", "random_joint_only", "random_joint",
-)  # fmt: skip
 CHECKED = ("factor0", "factor1", "joint_only")  # probes refitted after each non-random erasure
 
 

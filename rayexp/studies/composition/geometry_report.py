@@ -10,6 +10,9 @@ from pathlib import Path
 from rayexp import tracking
 from rayexp.tables import format_table, write_csv
 
+#: the erasures the compact table prints, each beside its random control
+SHOWN = ("factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "joint", "random_joint")
+
 
 def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str, list[dict]]:
     """{"curve": rows, "ablation": rows} from the parent run (empty lists when the analysis never ran);
@@ -49,17 +52,7 @@ def compact(tables: dict[str, list[dict]]) -> list[dict]:
     for r in tables["ablation"]:
         row = out.get((r["process"], r["task"]))
         at_row = row and r["model"] == "post" and r["layer"] == row["layer"] and r["quantity"] == "removed"
-        shown = (
-            "factor0",
-            "factor1",
-            "both",
-            "random_both",
-            "joint_only",
-            "random_joint_only",
-            "joint",
-            "random_joint",
-        )
-        if at_row and r["condition"] in shown:
+        if at_row and r["condition"] in SHOWN:
             row[f"removed {r['condition']}"] = f"{r['mean']:.2f}"
     return list(out.values())
 

@@ -27,9 +27,8 @@ def llc_tables(runs: list, uri: str | None = None) -> dict[str, dict[str, list]]
 
 
 def _arm(run) -> tuple[str, str, bool]:
-    tags, params = run.data.tags, run.data.params
-    null = params.get("task.shuffle_reward") == "True"
-    return tags.get("rayexp.process", "?"), tags.get("rayexp.task", "?"), null
+    tags = run.data.tags
+    return tags.get("rayexp.process", "?"), tags.get("rayexp.task", "?"), tracking.is_null_run(run)
 
 
 def _f(v: float, fmt: str = ".1f") -> str:

@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.env_config import real_reward
 from models.config import MAX_SEED, NAME_PATTERN, STRICT
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import model_device
@@ -100,7 +101,7 @@ def negation(artifacts, params: NegationParams) -> AnalysisResult:
     settings = artifacts.ppo_settings.model_copy(
         update={"iterations": params.iterations, "save_every": 0, "checkpoint_every": 0}
     )
-    env_a = {k: v for k, v in env.items() if k != "shuffle_reward"} | spec_a  # retrain on R_A itself
+    env_a = real_reward(env) | spec_a  # retrain on R_A itself
     lambdas = sorted(set(params.lambdas) | {0.0})
     device = model_device(m_a)
     gpu = float(getattr(artifacts, "learner_gpus", 0.0))  # the trial's learner share (its TrialContext sets it)

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from envs.env_config import real_reward
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import action_probs, model_device
@@ -125,8 +126,7 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
             "b_accuracy": float(np.mean(b["accuracy"])) if len(b["accuracy"]) else float("nan"),
         }
 
-    # a null trial's policy is scored on the reward its shuffle hid: the same streams, the real pay
-    real_env = {k: v for k, v in env.items() if k != "shuffle_reward"}
+    real_env = real_reward(env)  # a null's policy is scored on the pay its shuffle hid: same streams
     rows: dict[str, list] = {"iteration": [], "trigger_rate": [], "reward": []}
     rows |= {k: [] for k in ("capability", "capability_greedy", "b_accuracy")}
     rows |= {f"skill_B/{k}": [] for k in pos} | {f"r2_B/{k}": [] for k in pos}

@@ -43,9 +43,7 @@ def _order(label: str) -> tuple:
     return tuple(out)
 
 
-def is_null(run) -> bool:
-    """A shuffled-reward null trial (``task.shuffle_reward``)."""
-    return run.data.params.get("task.shuffle_reward") == "True"
+is_null = tracking.is_null_run
 
 
 def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
