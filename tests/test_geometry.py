@@ -1,20 +1,18 @@
 """Belief geometry and causal ablations (rayexp.studies.composition.geometry*), on planted cases whose
 answer is known by construction: features that hold the factors' beliefs in known subspaces, with or
-without their product, and a planted network that reads both subspaces to act on the joint target."""
+without their product (planted networks that act on them: tests/test_geometry_planted.py)."""
 
 import numpy as np
 import pytest
-import torch
 
 from envs import build_process
 from envs.rewards import make_reward
-from rayexp.exact import targets
+from rayexp.ridge import ridge_fit
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
 from rayexp.studies.composition.composition_analysis import make_setup
 from rayexp.studies.composition.geometry_analysis import (
     GeometryParams,
-    ablations,
     belief_targets,
     geometry,
     layer_geometry,
@@ -91,6 +89,46 @@ def test_joint_only_basis_erases_the_joint_part_outside_the_factor_subspaces_and
     assert Qf.shape[1] <= 4
 
 
+def _oblique_features(rng, n=6000, d=24, tilt=0.8):
+    """Factor beliefs in 6 known directions and the joint-only part in 9 directions tilted ``tilt``
+    towards the factor directions: a factor probe must subtract the tilt, so it reads the joint
+    directions too (the layout where erasing "outside the factor span" blurs the factors)."""
+    b0, b1 = rng.dirichlet(np.ones(3), n), rng.dirichlet(np.ones(3), n)
+    jo = geo.product_part([b0, b1], rep.outer_beliefs([b0, b1]))
+    E = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    J = tilt * E[:, [i % 6 for i in range(9)]] + np.sqrt(1 - tilt**2) * E[:, 6:15]
+    X = 3 * np.c_[b0, b1] @ E[:, :6].T + 5 * jo @ J.T + 0.05 * rng.standard_normal((n, d))
+    return X, b0, b1, jo
+
+
+def test_beyond_probes_basis_keeps_every_factor_probe_output_and_erases_the_joint_only_rest():
+    rng = np.random.default_rng(4)
+    X, b0, b1, jo = _oblique_features(rng)
+    fb = np.c_[b0, b1]
+    W = ridge_fit(X, fb, 1e-3).coef  # (24, 6)
+    Q = geo.beyond_probes_basis(X, jo, W)
+    assert Q.shape == (24, 4) and np.allclose(Q.T @ Q, np.eye(4), atol=1e-10)
+    assert np.abs(W.T @ Q).max() < 1e-12
+    mu = X.mean(0)
+    Xe = geo.erase(X, Q, mu)
+    assert np.allclose(Xe @ W, X @ W, atol=1e-10)  # every factor probe's output, row by row
+    r2 = lambda A, Y: geo.held_out_r2(Y, ridge_fit(A, Y, 1e-6).predict(A))
+    # nothing of the joint-only part is left but what an affine map of the probe outputs gives
+    assert r2(Xe, jo) == pytest.approx(r2(X @ W, jo), abs=1e-6)
+    assert r2(X @ W, jo) < 0.05 and r2(X, jo) > 0.95
+    assert r2(Xe, fb) == pytest.approx(r2(X, fb), abs=1e-3) and r2(X, fb) > 0.99
+    # the joint-only erasure of the same features (outside the factor span) blurs the factors here
+    F = np.linalg.qr(np.concatenate([geo.erasure_basis(X, b) for b in (b0, b1)], axis=1))[0]
+    Xo = geo.erase(X, geo.joint_only_basis(X, jo, F), mu)
+    assert r2(Xo, fb) < r2(X, fb) - 0.05  # 0.99 -> 0.91
+    # its control: random subspaces of the same dimension that keep the probe outputs too
+    R = geo.random_basis_outside(24, 4, W, rng)
+    assert np.allclose(R.T @ R, np.eye(4), atol=1e-10) and np.abs(W.T @ R).max() < 1e-10
+    assert np.allclose(geo.erase(X, R, mu) @ W, X @ W, atol=1e-9)
+    with pytest.raises(ValueError):
+        geo.random_basis_outside(8, 3, rng.standard_normal((8, 6)), rng)
+
+
 def test_simplex_corners_and_removed_share():
     xy = geo.simplex_xy(np.eye(3))
     assert np.allclose(xy, [[0, 0], [1, 0], [0.5, np.sqrt(3) / 2]])
@@ -119,141 +157,6 @@ def test_layer_geometry_tells_factored_from_joint_features():
     assert g_fac["dim95"] <= 4 < g_joint["dim95"] == exact_dim  # sum(S_i - 1) = 4; the joint's own count
     # orthogonal subspaces: far below chance (not 0: the two factors' sampled beliefs correlate a little)
     assert g_fac["overlap"] < g_fac["overlap_random"] / 2 and g_fac["overlap_random"] == pytest.approx(2 / d)
-
-
-def joint_target_logits(pab: np.ndarray) -> np.ndarray:
-    """Logits (..., 6) of a sharp policy on P((a + b) mod 3 = k) from P(a, b) (..., 3, 3); tokens 3-5 off."""
-    P = np.stack([sum(pab[..., a, (k - a) % 3] for a in range(3)) for k in range(3)], -1)
-    logits = np.full(P.shape[:-1] + (6,), -50.0)
-    logits[..., :3] = 30 * np.log(np.clip(P, 1e-9, None))
-    return logits
-
-
-class Planted(torch.nn.Module):
-    """A network whose residual stream at ``blocks.0.hook_resid_post`` holds each factor's exact belief in
-    a known 3-d subspace of R^16 and whose policy decodes them back (by the same known maps) and acts on
-    the Bayes joint target (a + b) mod 3. Erasing either subspace must leave it nothing to earn."""
-
-    hook_names = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "ln_final.hook_normalized")
-
-    def __init__(self, hmm, d=16, seed=0, reads=(0, 1)):
-        super().__init__()
-        self.hmm, self.reads = hmm, reads
-        self.E = torch.as_tensor(np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :6])
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def run_with_cache(self, x, names=None):
-        cache = {n: None for n in names or self.hook_names}
-        return self.run_with_hooks(x, {}, cache), cache
-
-    def residual(self, x) -> torch.Tensor:
-        """(B, T, d): the factors' exact beliefs in their known subspace."""
-        fb = self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy()))
-        return torch.as_tensor(np.concatenate(fb, -1)) @ self.E.T
-
-    def decide(self, dec: np.ndarray) -> np.ndarray:
-        """Logits from the residual read back through E (the beliefs, or their means where erased)."""
-        p = [dec[..., 3 * i : 3 * i + 3] @ f.T.sum(axis=2).T for i, f in enumerate(self.hmm.factors)]
-        p = [pi if i in self.reads else np.full_like(pi, 1 / 3) for i, pi in enumerate(p)]
-        return joint_target_logits(p[0][..., :, None] * p[1][..., None, :])
-
-    def run_with_hooks(self, x, hooks, cache=None):
-        h = self.residual(x)
-        cache = {} if cache is None else cache
-        for name in self.hook_names:
-            if name == "blocks.0.hook_resid_post" and name in hooks:
-                h = hooks[name](h.float()).double()
-            if name in cache:
-                cache[name] = h.float()
-        return torch.as_tensor(self.decide((h @ self.E).numpy()))
-
-    def forward(self, x):
-        return self.run_with_hooks(x, {})
-
-
-def test_ablating_the_read_subspaces_removes_the_reward_and_random_ones_do_not():
-    hmm, reward, s, y = _setup(n=400)
-    model = Planted(hmm)
-    # the planted policy is the Bayes joint-target policy: its greedy reward is the optimum exactly
-    logits = model(torch.as_tensor(s.tokens)).numpy()
-    P_model = np.exp(logits[..., :3] / 30)
-    assert np.allclose(
-        P_model / P_model.sum(-1, keepdims=True),
-        targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens),
-        atol=1e-6,
-    )
-    acts = {h: model.run_with_cache(torch.as_tensor(s.tokens))[1][h].numpy() for h in model.hook_names}
-    out = ablations(model, {"blocks.0.hook_resid_post": acts["blocks.0.hook_resid_post"]}, y, s, 1 / 3, 4, seed=0)
-    assert out["none/expected"] > 0.45 and out["none/interaction"] > 0.5
-    for cond in ("factor0", "factor1", "both"):
-        # one factor alone earns 1/3 in expectation (sampling noise on 400 sequences: ~0.01 of 0.17)
-        assert out[f"block0/{cond}/removed"] == pytest.approx(1.0, abs=0.1), cond
-        assert out[f"block0/{cond}/dim"] == (2 if cond != "both" else 4)
-    # nothing left to interact with (not exactly 0: the sampled factors correlate ~0.03, which tilts
-    # the fitted subspace a little into the other factor's)
-    assert out["block0/factor0/interaction"] < 0.1
-    for cond in ("random0", "random1", "random_both"):
-        assert out[f"block0/{cond}/removed"] < 0.6, cond
-    assert out["block0/random0/removed"] < out["block0/factor0/removed"] - 0.4
-
-
-class PlantedJoint(Planted):
-    """Planted's residual plus the joint-only part of the joint belief in 9 more known directions (rank 4).
-    ``reads="joint"``: the policy decodes the joint belief as the fixed affine map of the decoded factor
-    beliefs plus the decoded joint-only part, and acts on the joint target from it; ``reads="factors"``:
-    the joint directions are there but the policy is Planted's (the product formed from the factors)."""
-
-    def __init__(self, hmm, coef, reads="joint", d=16, seed=0):
-        super().__init__(hmm, d, seed)
-        self.E = torch.as_tensor(np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :15])
-        self.coef, self.joint_reads = coef, reads  # coef (7, 9): the joint's affine part from [b0, b1, 1]
-
-    def residual(self, x) -> torch.Tensor:
-        fb = np.concatenate(self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy())), -1)
-        aff = np.concatenate([fb, np.ones(fb.shape[:-1] + (1,))], -1) @ self.coef
-        jo = rep.outer_beliefs([fb[..., :3], fb[..., 3:]]) - aff
-        return torch.as_tensor(np.concatenate([fb, jo], -1)) @ self.E.T
-
-    def decide(self, dec: np.ndarray) -> np.ndarray:
-        if self.joint_reads != "joint":
-            return super().decide(dec)
-        M = [f.T.sum(axis=2).T for f in self.hmm.factors]  # (state, token): P(next token | state)
-        J = np.concatenate([dec[..., :6], np.ones(dec.shape[:-1] + (1,))], -1) @ self.coef + dec[..., 6:15]
-        return joint_target_logits(np.einsum("...ij,ia,jb->...ab", J.reshape(J.shape[:-1] + (3, 3)), M[0], M[1]))
-
-
-def test_erasing_the_joint_only_subspace_removes_a_joint_readers_reward_and_not_a_factor_readers():
-    hmm, reward, s, y = _setup(n=400)
-    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
-    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
-    P_exact = targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens)
-    hook = "blocks.0.hook_resid_post"
-    out = {}
-    for reads in ("joint", "factors"):
-        model = PlantedJoint(hmm, coef, reads)
-        logits = model(torch.as_tensor(s.tokens)).numpy()
-        P_model = np.exp(logits[..., :3] / 30)
-        # both read out the Bayes joint-target policy (the joint decoded exactly is the outer product)
-        assert np.allclose(P_model / P_model.sum(-1, keepdims=True), P_exact, atol=1e-6), reads
-        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
-        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
-    j, f = out["joint"], out["factors"]
-    assert j["block0/joint_only/dim"] == 4 and j["block0/joint/dim"] == 8 and j["block0/random_joint_only/dim"] == 4
-    # the must-say-no case: the joint directions are there, the policy does not read them
-    assert abs(f["block0/joint_only/removed"]) < 0.05
-    # the must-say-yes case: a policy that reads them loses much of its reward, random subspaces do not
-    assert j["block0/joint_only/removed"] > 0.3
-    assert j["block0/joint_only/removed"] > j["block0/random_joint_only/removed"] + 0.25
-    # and a joint reader can lose almost nothing when only the factor subspaces go (here the joint-only
-    # part alone fixes the target's argmax): a small "both" removal does not say the policy ignores beliefs
-    assert j["block0/both/removed"] < 0.1 < f["block0/both/removed"]
-    for r in (j, f):  # erasing everything an affine probe of the joint reads leaves nothing to earn
-        assert r["block0/joint/removed"] == pytest.approx(1.0, abs=0.1)
-    # the erasures did what they say, on held-out sequences: joint_only keeps the factors readable
-    assert j["block0/joint_only/left_factor0"] > 0.95 and j["block0/joint_only/left_factor1"] > 0.95
-    assert abs(j["block0/joint_only/left_joint_only"]) < 0.05
-    assert abs(j["block0/both/left_factor0"]) < 0.05 and j["block0/both/left_joint_only"] > 0.95
-    assert max(abs(j[f"block0/joint/left_{t}"]) for t in ("factor0", "factor1", "joint_only")) < 0.05
 
 
 class _Trial:
@@ -309,7 +212,8 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
     for key in ("pre/final/skill/factor0", "post/block1/r2/joint_only", "curve/it5/embed/dim95", "ceiling/lookup_k2",
                 "ablation/post/none/expected", "ablation/pre/block1/factor0/drop", "ablation/post/embed/random_both/drop",
                 "dims/factored", "dims/joint", "ablation/post/block0/joint_only/drop",
-                "ablation/post/block0/random_joint/drop", "ablation/pre/embed/joint_only/left_factor0"):  # fmt: skip
+                "ablation/post/block0/random_joint/drop", "ablation/pre/embed/joint_only/left_factor0",
+                "ablation/post/block1/beyond_factors/left_factor1", "ablation/pre/block0/random_beyond_factors/drop"):  # fmt: skip
         assert np.isfinite(m[key]), key
     assert m["dims/factored"] == 4 and m["dims/joint"] == 8
     # an untrained model earns nothing above uniform guessing: no share of it to remove
@@ -350,6 +254,7 @@ def test_geometry_report_compacts_the_summary_tables():
     (row,) = compact(tables)
     assert row["task"] == "positive_control" and row["layer"] == "block1"
     assert {"r2/joint_only pre", "r2/joint_only post", "dim95 post", "removed both", "removed random_both",
-            "removed joint_only", "removed random_joint_only", "removed joint", "removed random_joint"} <= set(row)  # fmt: skip
+            "removed joint_only", "removed random_joint_only", "removed joint", "removed random_joint",
+            "removed beyond_factors", "removed random_beyond_factors"} <= set(row)  # fmt: skip
     pre = np.mean([t._stored["pre/block1/r2/joint_only"] for t in trials])
     assert row["r2/joint_only pre"].startswith(f"{pre:.2f}")

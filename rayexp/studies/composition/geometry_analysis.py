@@ -29,7 +29,11 @@ dimensions (``random0``, ``random1``, ``random_both``; mean over ``n_random`` dr
 whether the policy reads a *joint* direction: ``joint_only`` erases the subspace through which an
 affine probe reads the joint-only part outside the factor subspaces (:func:`.geometry.joint_only_basis`;
 the factor subspaces stay), ``joint`` erases that and both factors' subspaces together (everything an
-affine probe of the joint belief reads), against ``random_joint_only`` and ``random_joint``. For each: the
+affine probe of the joint belief reads), against ``random_joint_only`` and ``random_joint``.
+``beyond_factors`` erases what an affine probe reads of the joint-only part beyond the two factor
+probes' outputs, which it leaves unchanged row by row (:func:`.geometry.beyond_probes_basis`; the
+factor probes are the ridge probes of this layer's training half), against
+``random_beyond_factors``, random subspaces of its dimension orthogonal to those probes. For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above
 uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy.
@@ -54,7 +58,7 @@ from envs.rewards import make_reward
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.probes import collect_activations, residual_layers
-from rayexp.ridge import fit_probes
+from rayexp.ridge import fit_probes, ridge_fit
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
 from rayexp.studies.composition.composition_analysis import ceiling_values, make_setup, policy_values
@@ -162,6 +166,14 @@ def erased_probes(x: np.ndarray, Q: np.ndarray, mu: np.ndarray, y: dict, s, alph
     return {f"left_{t}": geo.held_out_r2(yte[t], fits[t].pred) for t in CHECKED}
 
 
+def factor_probe_weights(xt: np.ndarray, y: dict, train, alpha: float) -> np.ndarray:
+    """(D, S0 + S1): both factor probes' ridge weights, fitted on the training half's features ``xt``
+    (the probes whose outputs the ``beyond_factors`` erasure leaves unchanged)."""
+    rows = xt.reshape(-1, xt.shape[-1])
+    target = np.concatenate([y["factor0"][train], y["factor1"][train]], axis=-1)
+    return ridge_fit(rows, target.reshape(len(rows), -1), alpha).coef
+
+
 def ablations(
     model, acts: dict[str, np.ndarray], y: dict, s, floor: float, n_random: int, seed: int, alpha: float = 1e-3
 ) -> dict:
@@ -171,6 +183,7 @@ def ablations(
     # the joint conditions draw from their own stream, so that adding them left the factor
     # conditions' random subspaces, and every number reported before, as they were
     rng_joint = np.random.default_rng([seed, 1])
+    rng_beyond = np.random.default_rng([seed, 2])
     none = _policy_summary(s, hooked_forward(model, None, None, None), floor)
     out = {f"none/{k}": v for k, v in none.items() if k != "floor"}
     for hook, x in acts.items():
@@ -182,12 +195,17 @@ def ablations(
         both = np.linalg.qr(np.concatenate(q, axis=1))[0]
         jo = geo.joint_only_basis(xt, y["joint_only"][s.train], both)
         joint = np.concatenate([both, jo], axis=1)  # orthonormal: jo is orthogonal to span(both)
+        W = factor_probe_weights(xt, y, s.train, alpha)
+        beyond = geo.beyond_probes_basis(xt, y["joint_only"][s.train], W)
         d = x.shape[-1]
         bases = {"factor0": [q[0]], "factor1": [q[1]], "both": [both], "joint_only": [jo], "joint": [joint]}
+        bases["beyond_factors"] = [beyond]
         for name, k in (("random0", q[0]), ("random1", q[1]), ("random_both", both)):
             bases[name] = [geo.random_basis(d, k.shape[1], rng) for _ in range(n_random)]
         for name, k in (("random_joint_only", jo), ("random_joint", joint)):
             bases[name] = [geo.random_basis(d, k.shape[1], rng_joint) for _ in range(n_random)]
+        k = beyond.shape[1]
+        bases["random_beyond_factors"] = [geo.random_basis_outside(d, k, W, rng_beyond) for _ in range(n_random)]
         layer = layer_name(hook)
         for cond, qs in bases.items():
             runs = [_policy_summary(s, hooked_forward(model, hook, Q, mu), floor) for Q in qs]

@@ -11,7 +11,10 @@ from rayexp import tracking
 from rayexp.tables import format_table, write_csv
 
 #: the erasures the compact table prints, each beside its random control
-SHOWN = ("factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "joint", "random_joint")
+SHOWN = (
+    "factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only",
+    "beyond_factors", "random_beyond_factors", "joint", "random_joint",
+)  # fmt: skip
 
 
 def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str, list[dict]]:

@@ -150,17 +150,21 @@ def _layer_order(name: str) -> int:
     return -1 if name == "embed" else int(name[5:]) if name.startswith("block") else 10**6
 
 
-ERASED = {"both": "both factors' subspaces", "joint_only": "the joint-only subspace"}
+ERASED = {
+    "both": "both factors' subspaces",
+    "joint_only": "the joint-only subspace",
+    "beyond_factors": "the joint-only part beyond the factor probes",
+}
 
 
 def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
-    """Share of the reward removed by erasing both factors' belief subspaces (top row) and the
-    joint-only subspace (bottom row; solid) and random subspaces of the same dimension (dotted), at
-    each layer, pre and post RL, per task with its interval over seeds. ``layer`` (the curves' layer)
-    is marked."""
+    """Share of the reward removed by erasing, one row each, both factors' belief subspaces, the
+    joint-only subspace and the joint-only part beyond the factor probes (solid), and random subspaces
+    of the same dimension (dotted), at each layer, pre and post RL, per task with its interval over
+    seeds. ``layer`` (the curves' layer) is marked."""
     from rayexp.figures import plt
 
-    fig, grid = plt.subplots(2, 2, figsize=(10, 6.6), sharey=True)
+    fig, grid = plt.subplots(len(ERASED), 2, figsize=(10, 3.3 * len(ERASED)), sharey=True)
     for r, erased in enumerate(ERASED):
         for ax, model in zip(grid[r], ("pre", "post")):
             for task, rows in ablations.items():

@@ -1,0 +1,178 @@
+"""Causal ablations of belief subspaces (rayexp.studies.composition.geometry_analysis.ablations) on
+planted networks whose answer is known by construction: the residual stream holds each factor's exact
+belief (and, in PlantedJoint, the joint-only part) in known directions, and the policy reads them back
+by known maps. Each erasure must remove the reward of a policy that reads what it erases, and nothing
+from one that does not (the must-say-no cases)."""
+
+import numpy as np
+import pytest
+import torch
+from test_geometry import _setup
+
+from rayexp.exact import targets
+from rayexp.studies.composition import representation as rep
+from rayexp.studies.composition.geometry_analysis import ablations
+
+
+def joint_target_logits(pab: np.ndarray) -> np.ndarray:
+    """Logits (..., 6) of a sharp policy on P((a + b) mod 3 = k) from P(a, b) (..., 3, 3); tokens 3-5 off."""
+    P = np.stack([sum(pab[..., a, (k - a) % 3] for a in range(3)) for k in range(3)], -1)
+    logits = np.full(P.shape[:-1] + (6,), -50.0)
+    logits[..., :3] = 30 * np.log(np.clip(P, 1e-9, None))
+    return logits
+
+
+class Planted(torch.nn.Module):
+    """A network whose residual stream at ``blocks.0.hook_resid_post`` holds each factor's exact belief in
+    a known 3-d subspace of R^16 and whose policy decodes them back (by the same known maps) and acts on
+    the Bayes joint target (a + b) mod 3. Erasing either subspace must leave it nothing to earn."""
+
+    hook_names = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "ln_final.hook_normalized")
+
+    def __init__(self, hmm, d=16, seed=0, reads=(0, 1)):
+        super().__init__()
+        self.hmm, self.reads = hmm, reads
+        self.E = torch.as_tensor(np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :6])
+        self.D = self.E  # the policy's read-out map (orthonormal E: its own transpose inverts it)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def run_with_cache(self, x, names=None):
+        cache = {n: None for n in names or self.hook_names}
+        return self.run_with_hooks(x, {}, cache), cache
+
+    def residual(self, x) -> torch.Tensor:
+        """(B, T, d): the factors' exact beliefs in their known subspace."""
+        fb = self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy()))
+        return torch.as_tensor(np.concatenate(fb, -1)) @ self.E.T
+
+    def decide(self, dec: np.ndarray) -> np.ndarray:
+        """Logits from the residual read back through E (the beliefs, or their means where erased)."""
+        p = [dec[..., 3 * i : 3 * i + 3] @ f.T.sum(axis=2).T for i, f in enumerate(self.hmm.factors)]
+        p = [pi if i in self.reads else np.full_like(pi, 1 / 3) for i, pi in enumerate(p)]
+        return joint_target_logits(p[0][..., :, None] * p[1][..., None, :])
+
+    def run_with_hooks(self, x, hooks, cache=None):
+        h = self.residual(x)
+        cache = {} if cache is None else cache
+        for name in self.hook_names:
+            if name == "blocks.0.hook_resid_post" and name in hooks:
+                h = hooks[name](h.float()).double()
+            if name in cache:
+                cache[name] = h.float()
+        return torch.as_tensor(self.decide((h @ self.D).numpy()))
+
+    def forward(self, x):
+        return self.run_with_hooks(x, {})
+
+
+def test_ablating_the_read_subspaces_removes_the_reward_and_random_ones_do_not():
+    hmm, reward, s, y = _setup(n=400)
+    model = Planted(hmm)
+    # the planted policy is the Bayes joint-target policy: its greedy reward is the optimum exactly
+    logits = model(torch.as_tensor(s.tokens)).numpy()
+    P_model = np.exp(logits[..., :3] / 30)
+    assert np.allclose(
+        P_model / P_model.sum(-1, keepdims=True),
+        targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens),
+        atol=1e-6,
+    )
+    acts = {h: model.run_with_cache(torch.as_tensor(s.tokens))[1][h].numpy() for h in model.hook_names}
+    out = ablations(model, {"blocks.0.hook_resid_post": acts["blocks.0.hook_resid_post"]}, y, s, 1 / 3, 4, seed=0)
+    assert out["none/expected"] > 0.45 and out["none/interaction"] > 0.5
+    for cond in ("factor0", "factor1", "both"):
+        # one factor alone earns 1/3 in expectation (sampling noise on 400 sequences: ~0.01 of 0.17)
+        assert out[f"block0/{cond}/removed"] == pytest.approx(1.0, abs=0.1), cond
+        assert out[f"block0/{cond}/dim"] == (2 if cond != "both" else 4)
+    # nothing left to interact with (not exactly 0: the sampled factors correlate ~0.03, which tilts
+    # the fitted subspace a little into the other factor's)
+    assert out["block0/factor0/interaction"] < 0.1
+    for cond in ("random0", "random1", "random_both"):
+        assert out[f"block0/{cond}/removed"] < 0.6, cond
+    assert out["block0/random0/removed"] < out["block0/factor0/removed"] - 0.4
+
+
+class PlantedJoint(Planted):
+    """Planted's residual plus the joint-only part of the joint belief in 9 more known directions (rank 4).
+    ``reads="joint"``: the policy decodes the joint belief as the fixed affine map of the decoded factor
+    beliefs plus the decoded joint-only part, and acts on the joint target from it; ``reads="factors"``:
+    the joint directions are there but the policy is Planted's (the product formed from the factors).
+    ``tilt`` > 0 leans the joint directions towards the factor directions (cosine ``tilt``); the policy
+    then reads through the exact inverse, so its factor read-out subtracts the lean."""
+
+    def __init__(self, hmm, coef, reads="joint", d=16, seed=0, tilt=0.0, scale=1.0):
+        super().__init__(hmm, d, seed)
+        E = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :15]
+        E[:, 6:] = scale * (tilt * E[:, [i % 6 for i in range(9)]] + np.sqrt(1 - tilt**2) * E[:, 6:])
+        self.E, self.D = torch.as_tensor(E), torch.as_tensor(np.linalg.pinv(E).T)
+        self.coef, self.joint_reads = coef, reads  # coef (7, 9): the joint's affine part from [b0, b1, 1]
+
+    def residual(self, x) -> torch.Tensor:
+        fb = np.concatenate(self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy())), -1)
+        aff = np.concatenate([fb, np.ones(fb.shape[:-1] + (1,))], -1) @ self.coef
+        jo = rep.outer_beliefs([fb[..., :3], fb[..., 3:]]) - aff
+        return torch.as_tensor(np.concatenate([fb, jo], -1)) @ self.E.T
+
+    def decide(self, dec: np.ndarray) -> np.ndarray:
+        if self.joint_reads != "joint":
+            return super().decide(dec)
+        M = [f.T.sum(axis=2).T for f in self.hmm.factors]  # (state, token): P(next token | state)
+        J = np.concatenate([dec[..., :6], np.ones(dec.shape[:-1] + (1,))], -1) @ self.coef + dec[..., 6:15]
+        return joint_target_logits(np.einsum("...ij,ia,jb->...ab", J.reshape(J.shape[:-1] + (3, 3)), M[0], M[1]))
+
+
+def _joint_planted_ablations(tilt: float, scale: float = 1.0, n=400) -> tuple[dict, dict]:
+    """Ablations at block 0 of PlantedJoint reading the joint directions, and reading only the factors."""
+    hmm, reward, s, y = _setup(n=n)
+    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
+    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
+    P_exact = targets.target_probs(hmm, reward, hmm.beliefs(s.tokens), s.tokens)
+    hook = "blocks.0.hook_resid_post"
+    out = {}
+    for reads in ("joint", "factors"):
+        model = PlantedJoint(hmm, coef, reads, tilt=tilt, scale=scale)
+        logits = model(torch.as_tensor(s.tokens)).numpy()
+        P_model = np.exp(logits[..., :3] / 30)
+        # both read out the Bayes joint-target policy (the joint decoded exactly is the outer product)
+        assert np.allclose(P_model / P_model.sum(-1, keepdims=True), P_exact, atol=1e-6), reads
+        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
+        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+    return out["joint"], out["factors"]
+
+
+def test_erasing_the_joint_only_subspace_removes_a_joint_readers_reward_and_not_a_factor_readers():
+    j, f = _joint_planted_ablations(tilt=0.0)
+    assert j["block0/joint_only/dim"] == 4 and j["block0/joint/dim"] == 8 and j["block0/random_joint_only/dim"] == 4
+    # the must-say-no case: the joint directions are there, the policy does not read them
+    assert abs(f["block0/joint_only/removed"]) < 0.05
+    # the must-say-yes case: a policy that reads them loses much of its reward, random subspaces do not
+    assert j["block0/joint_only/removed"] > 0.3
+    assert j["block0/joint_only/removed"] > j["block0/random_joint_only/removed"] + 0.25
+    # and a joint reader can lose almost nothing when only the factor subspaces go (here the joint-only
+    # part alone fixes the target's argmax): a small "both" removal does not say the policy ignores beliefs
+    assert j["block0/both/removed"] < 0.1 < f["block0/both/removed"]
+    for r in (j, f):  # erasing everything an affine probe of the joint reads leaves nothing to earn
+        assert r["block0/joint/removed"] == pytest.approx(1.0, abs=0.1)
+    # the erasures did what they say, on held-out sequences: joint_only keeps the factors readable
+    assert j["block0/joint_only/left_factor0"] > 0.95 and j["block0/joint_only/left_factor1"] > 0.95
+    assert abs(j["block0/joint_only/left_joint_only"]) < 0.05
+    assert abs(j["block0/both/left_factor0"]) < 0.05 and j["block0/both/left_joint_only"] > 0.95
+    assert max(abs(j[f"block0/joint/left_{t}"]) for t in ("factor0", "factor1", "joint_only")) < 0.05
+    # the erasure held to the factor probes' outputs answers the same here, where the layout is orthogonal
+    assert abs(f["block0/beyond_factors/removed"]) < 0.02 and f["block0/beyond_factors/dim"] == 4
+    assert j["block0/beyond_factors/removed"] > j["block0/random_beyond_factors/removed"] + 0.5
+
+
+def test_a_factor_reader_loses_nothing_to_the_erasure_beyond_its_factor_probes_in_an_oblique_layout():
+    # joint directions leaning on the factor directions (cosine 0.8) and 6x their scale: reading a
+    # factor means subtracting the lean, so the factor probes read the joint directions too
+    j, f = _joint_planted_ablations(tilt=0.8, scale=6.0)
+    # the must-say-no case the joint-only erasure gets wrong here: it blurs the factors (its own check
+    # shows it) and so removes reward from a policy that never reads a joint direction
+    assert f["block0/joint_only/removed"] > 0.5 and f["block0/joint_only/left_factor0"] < 0.8
+    # held to the factor probes' outputs, the erasure removes nothing from it and keeps the factors
+    assert abs(f["block0/beyond_factors/removed"]) < 0.02
+    assert min(f[f"block0/beyond_factors/left_factor{i}"] for i in (0, 1)) > 0.95
+    # and still says yes where it must: the joint reader loses its reward, random subspaces far less
+    assert j["block0/beyond_factors/removed"] > 0.8
+    assert j["block0/beyond_factors/removed"] > j["block0/random_beyond_factors/removed"] + 0.5
+    assert abs(j["block0/beyond_factors/left_joint_only"]) < 0.05
