@@ -40,8 +40,9 @@ class EnvConfig:
     """The null task: score each action against the targets of an independent sequence of the same
     process (drawn alongside), so the reward keeps its distribution but carries no information about
     the right action at this context; what PPO then changes is drift from PPO itself. In the active
-    gated env the independent sequence is steered by the same actions (``ActiveGatedEnv``); the
-    outcome env refuses it (its outcomes are caused by the actions)."""
+    gated env the independent sequence is steered by the same actions (``ActiveGatedEnv``); in the
+    outcome env the action is paid the outcome it would earn in an independent base stream, while the
+    agent sees its real outcomes (``OutcomeEnv``)."""
     seed: int | None = None
     """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
 

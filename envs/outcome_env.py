@@ -41,9 +41,16 @@ class OutcomeEnv(gym.Env):
 
     ``process`` must be an outcome process, ``reward`` ``"outcome"`` (the default here; its params
     set the values of the three outcomes), ``action_tokens`` the process's S action tokens (the
-    default), and ``shuffle_reward`` false: the outcome is caused by the action, so no independent
-    stream can stand in for it. ``context`` (K) counts tokens, ``episode_len`` steps (three tokens
-    each; default ``max(1, (K - 1) // 3)``, the rounds that fit in K after the first base token).
+    default). ``context`` (K) counts tokens, ``episode_len`` steps (three tokens each; default
+    ``max(1, (K - 1) // 3)``, the rounds that fit in K after the first base token).
+
+    ``shuffle_reward`` (the null task): the agent sees the stream and its actions' real outcomes as
+    in the task, draw for draw, but is paid the outcome its action would earn in a *shadow* base
+    stream, an independent run of the same base process with its own generator (a child of the env's
+    seed) that the agent never sees. The pay keeps its distribution and its link to the action's
+    value under the shadow's belief (uniform for Mess3: every action earns 0 in expectation), and
+    carries nothing about the observed stream: PPO on it is the same update machinery with no reward
+    signal to follow (docs/design.md §6 rule 6).
 
     ``info["belief"]``: the exact belief over the outcome process's states given every token of the
     episode (the filter treats the agent's action like the process's own uniform one, which gives the
@@ -61,11 +68,6 @@ class OutcomeEnv(gym.Env):
         self.config = cfg = EnvConfig.from_dict(config)
         if cfg.env != "outcome":
             raise ValueError(f"OutcomeEnv runs env 'outcome'; got env={cfg.env!r} (use make_env)")
-        if cfg.shuffle_reward:
-            raise ValueError(
-                "OutcomeEnv: shuffle_reward needs a stream the agent cannot steer (env 'sequence'); "
-                "here the action causes the outcome"
-            )
         hmm = self.hmm = build_process(cfg.process)
         if hmm.family != "outcome":
             raise ValueError(
@@ -90,10 +92,14 @@ class OutcomeEnv(gym.Env):
         self._tokens[0, self._n] = x
         self._n += 1
 
+    def _draw_base(self, state: int, rng: np.random.Generator) -> tuple[int, int]:
+        """(base token, next state) from ``state`` (a phase-x state)."""
+        cdf = self._cdf[state]
+        k = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)
+        return divmod(k, self.hmm.n_states)
+
     def _emit_base(self) -> None:
-        cdf = self._cdf[self._state]
-        k = min(int(np.searchsorted(cdf, self.np_random.random() * cdf[-1], side="right")), cdf.size - 1)
-        x, self._state = divmod(k, self.hmm.n_states)
+        x, self._state = self._draw_base(self._state, self.np_random)
         self._push(x)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -103,6 +109,12 @@ class OutcomeEnv(gym.Env):
         self._state = int(self.np_random.choice(self.hmm.n_states, p=self.hmm.init))
         self._belief = self.hmm.init.copy()
         self._emit_base()
+        if self.config.shuffle_reward:
+            # the null's shadow: same process, own generator (a child of the env's seed), so the
+            # observed stream is the task's draw for draw
+            self._shadow_rng = np.random.default_rng(self.np_random.bit_generator.seed_seq.spawn(1)[0])
+            state = int(self._shadow_rng.choice(self.hmm.n_states, p=self.hmm.init))
+            self._shadow_state = self._draw_base(state, self._shadow_rng)[1]
         return self._observe(), self._info()
 
     def step(self, action):
@@ -117,7 +129,12 @@ class OutcomeEnv(gym.Env):
         self._state = s  # the outcome returns to phase x in the same base state
         self._emit_base()
         self._t += 1
-        reward = float(self.reward_fn.rewards(self.action_tokens[[a]], np.array([outcome_token]))[0])
+        paid = outcome_token
+        if self.config.shuffle_reward:
+            s_shadow = self._shadow_state - lay.n_base_states
+            paid = int(lay.outcome_tokens[int(outcome_rule(s_shadow, a, lay.n_base_states))])
+            self._shadow_state = self._draw_base(s_shadow, self._shadow_rng)[1]
+        reward = float(self.reward_fn.rewards(self.action_tokens[[a]], np.array([paid]))[0])
         info = self._info()
         info["outcome"], info["punish_prob"] = k, punish_prob
         return self._observe(), reward, self._t >= self.episode_len, False, info

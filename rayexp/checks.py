@@ -228,11 +228,6 @@ def check_trial(trial: TrialConfig) -> dict[str, Any]:
         raise FieldError(
             "task.env", f"outcome needs an outcome RL stream, got {process_label(stream)!r} (set task.process)"
         )
-    if task.env == "outcome" and task.shuffle_reward:
-        raise FieldError(
-            "task.shuffle_reward",
-            "the outcome env's outcomes are caused by the actions: no independent stream to score against",
-        )
     if task.action_tokens is not None:
         bad = [t for t in task.action_tokens if not 0 <= t < task_hmm.vocab_size]
         if bad or not task.action_tokens:

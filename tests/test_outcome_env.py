@@ -162,6 +162,61 @@ def test_reading_the_belief_pays_and_naming_the_next_state_is_punished():
     assert (runs["oracle"]["k"] == PUNISHED).mean() < 0.2
 
 
+def null_rollout(config, policy, episodes, seed):
+    """(observations (episodes, T + 1, K), actions, rewards, real outcomes) of one env under ``policy``."""
+    env = OutcomeEnv(config)
+    obs_all, acts, rewards, outcomes = [], [], [], []
+    for e in range(episodes):
+        obs, info = env.reset(seed=seed if e == 0 else None)
+        seen, done = [obs], False
+        while not done:
+            a = policy(env, info)
+            obs, r, done, _, info = env.step(a)
+            seen.append(obs), acts.append(a), rewards.append(r), outcomes.append(info["outcome"])
+        obs_all.append(seen)
+    return np.array(obs_all), np.array(acts), np.array(rewards), np.array(outcomes)
+
+
+def test_the_shuffled_null_shows_the_task_stream_and_pays_nothing_for_tracking_it():
+    def best(env, info):
+        return int(np.argmax(decision_belief(env.hmm, info["belief"])))
+
+    task = null_rollout(ENV, best, 300, seed=0)
+    null = null_rollout(dict(ENV, shuffle_reward=True), best, 300, seed=0)
+    # the same stream, draw for draw, with the same (real) outcomes shown: only the pay differs
+    np.testing.assert_array_equal(null[0], task[0])
+    np.testing.assert_array_equal(null[3], task[3])
+    np.testing.assert_array_equal(task[2], np.array([1.0, -1.0, 0.0])[task[3]])
+    n = len(null[2])
+    assert task[2].mean() > 0.7  # tracking the hidden state pays in the task
+    assert abs(null[2].mean()) < 4 / np.sqrt(n)  # and earns nothing in expectation in the null
+    # the null still pays +1 / -1 / 0, each about a third of the time, unrelated to the shown outcome
+    assert all(abs((null[2] == v).mean() - 1 / 3) < 0.05 for v in (1.0, -1.0, 0.0))
+    assert (null[2] == np.array([1.0, -1.0, 0.0])[null[3]]).mean() < 0.45
+    # naming the next state, punished in the task, is not punished more than anything else in the null
+    nxt = null_rollout(dict(ENV, shuffle_reward=True), lambda env, i: (best(env, i) + 1) % 3, 300, seed=0)
+    assert abs(nxt[2].mean()) < 4 / np.sqrt(n)
+    # the shadow is seeded by the env's seed: another seed pays differently on the same actions
+    other = null_rollout(dict(ENV, shuffle_reward=True), best, 300, seed=1)
+    assert not np.array_equal(other[2], null[2])
+    again = null_rollout(dict(ENV, shuffle_reward=True), best, 300, seed=0)
+    np.testing.assert_array_equal(again[2], null[2])
+
+
+def test_the_null_runs_under_the_vector_api_and_pickles():
+    env = make_env(dict(ENV, num_envs=4, seed=3, shuffle_reward=True))
+    task = vector_rollout(make_env(dict(ENV, num_envs=4, seed=3)), 12)
+    obs, rewards, terminated = vector_rollout(env, 12)
+    np.testing.assert_array_equal(obs, task[0])  # the copies show the task's streams
+    np.testing.assert_array_equal(terminated, task[2])
+    assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0} and not np.array_equal(rewards, task[1])
+    clone = pickle.loads(pickle.dumps(env))
+    for actions in ([0, 1, 2, 0], [2, 2, 1, 0]):
+        a, b = env.step(np.array(actions)), clone.step(np.array(actions))
+        for x, y in zip(a[:3], b[:3]):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_env_passes_the_checker_and_registers():
     check_env(OutcomeEnv(ENV), skip_render_check=True)
     check_env(gym.make(gym_env.OUTCOME_ENV_ID, config=ENV).unwrapped, skip_render_check=True)
@@ -262,7 +317,6 @@ TWO_STATES = from_matrices([[[0.9, 0.1], [0.1, 0.9]]], name="two")
         (lambda: OutcomeEnv(dict(ENV, action_tokens=[4, 3, 5])), "action tokens .3, 4, 5. in order"),
         (lambda: action_tokens(dict(ENV, action_tokens=[3, 4])), "action tokens .3, 4, 5. in order"),
         (lambda: OutcomeEnv(dict(ENV, reward="next_token")), "reward must be 'outcome'; got 'next_token'"),
-        (lambda: OutcomeEnv(dict(ENV, shuffle_reward=True)), "shuffle_reward needs a stream the agent cannot steer"),
         (lambda: OutcomeEnv(dict(ENV, env="sequence")), "OutcomeEnv runs env 'outcome'"),
         (lambda: OutcomeEnv(dict(ENV, reward_params={"punished": "a lot"})), "punished must be a number"),
         (lambda: OutcomeEnv(dict(ENV, reward_params={"bonus": 1})), "unknown params"),

@@ -271,14 +271,6 @@ def test_cross_section_checks_name_the_field(tmp_path, capsys, edit, value, path
     assert_refused(tmp_path, capsys, _set(copy.deepcopy(TINY), edit, value), path, words)
 
 
-def test_a_shuffled_reward_is_refused_where_the_actions_cause_the_outcomes(tmp_path, capsys):
-    data = copy.deepcopy(TINY)
-    data["base"]["model"]["d_vocab"] = 12
-    outcome = {"name": "outcome", "base": {"name": "mess3"}}
-    data["tasks"] = [{"name": "w", "env": "outcome", "reward": "outcome", "process": outcome, "shuffle_reward": True}]
-    assert_refused(tmp_path, capsys, data, "tasks[0].shuffle_reward", "caused by the actions")
-
-
 def test_new_sections_accept_what_they_document(tmp_path):
     data = copy.deepcopy(TINY)
     gated = {"name": "gated", "a": {"name": "mess3"}, "b": {"name": "rrxor"}, "trigger": 0}
@@ -290,6 +282,7 @@ def test_new_sections_accept_what_they_document(tmp_path):
     data["base"]["model"]["d_vocab"] = 12
     outcome = {"name": "outcome", "base": {"name": "mess3"}}
     data["tasks"].append({"name": "welfare", "env": "outcome", "reward": "outcome", "process": outcome})
+    data["tasks"].append(dict(data["tasks"][-1], name="welfare_null", shuffle_reward=True))  # paid from a shadow
     start = {"reward": "next_token", "iterations": 3, "seed": 7}
     data["tasks"].append(
         {
@@ -302,8 +295,8 @@ def test_new_sections_accept_what_they_document(tmp_path):
     file = tmp_path / "ok.yaml"
     file.write_text(yaml.safe_dump(data))
     sweep, trials = load_sweep(file)
-    assert [t.task.env for t in trials] == ["sequence", "active_gated", "active_gated", "outcome", "sequence"]
-    assert [t.task.shuffle_reward for t in trials[1:3]] == [False, True]
+    assert [t.task.env for t in trials] == ["sequence", "active_gated", "active_gated", "outcome", "outcome", "sequence"]
+    assert [t.task.shuffle_reward for t in trials[1:5]] == [False, True, False, True]
     assert trials[-1].task.start_from.seed == 7 and trials[-1].task.start_from.iterations == 3
     assert sweep.base.artifacts.retention == "final" and sweep.base.ppo.save_every == 0
 
