@@ -70,7 +70,7 @@ def test_study_summaries_from_metrics(tmp_path):
         m = {f"{cv}cos/{model}/{h}": v for model, v in (("random_init", 0.5), ("pre", -0.2), ("post", cos_post))}
         m |= {f"{cv}null/post/{h}/q025": 0.1, f"{cv}null/post/{h}/q975": 0.7, f"{cv}steer/post/v_P/punish_slope": 0.03}
         m |= {f"{cv}align_random/{h}/P": 0.4, f"{cv}split_half/pre/{h}/P": 0.98, f"{cv}split_half/post/{h}/P": 1.0}
-        return SimpleNamespace(data=SimpleNamespace(metrics=m))
+        return SimpleNamespace(data=SimpleNamespace(metrics=m, params={}))
 
     layers, steering = welfare_rows([run(-0.9), run(-0.7), SimpleNamespace(data=SimpleNamespace(metrics={}))])
     assert layers == [
@@ -113,6 +113,47 @@ def test_study_summaries_from_metrics(tmp_path):
         STUDIES[name].report(inp)
     assert (tmp_path / "concept_layers.png").exists() and (tmp_path / "task_vectors.csv").exists()
     assert "welfare" in buf.getvalue() and "objectives" in buf.getvalue()
+
+
+def test_welfare_rotation_pairs_rl_with_its_random_move_and_its_shuffled_null_by_seed(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from rayexp.registry import STUDIES
+    from rayexp.stats import t_ci
+    from rayexp.studies.welfare.report import rotation_rows
+    from rayexp.study import ReportInput
+
+    cv, h = "analysis/concept_vectors/", "blocks.1.hook_resid_post"
+
+    def run(seed, align, null=False):
+        m = {f"{cv}align/{h}/R": align, f"{cv}align/{h}/P": align + 0.1, f"{cv}align_random/{h}/R": 0.5}
+        m |= {f"{cv}align_random/{h}/P": 0.5, f"{cv}split_half/post/{h}/R": 0.99, f"{cv}split_half/post/{h}/P": 0.98}
+        m |= {f"{cv}cos/{model}/{h}": -0.5 if null else 0.3 for model in ("random_init", "pre", "post")}
+        params = {"seed": str(seed), "task.shuffle_reward": str(null)}
+        return SimpleNamespace(data=SimpleNamespace(metrics=m, params=params))
+
+    task = [run(0, 0.0), run(1, 0.2), run(2, 0.1)]
+    null = [run(2, 0.6, True), run(0, 0.3, True), run(7, 0.9, True)]  # seed 7 has no task trial to pair with
+    rows = rotation_rows(task, null)
+    assert [(r["hook"], r["vector"]) for r in rows] == [(h, "v_R"), (h, "v_P")]
+    r = rows[0]
+    m, lo, hi = t_ci([0.0 - 0.5, 0.2 - 0.5, 0.1 - 0.5])
+    assert r["RL - random"] == f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" and r["RL cos(pre, post)"].startswith("+0.10 ")
+    m, lo, hi = t_ci([0.0 - 0.3, 0.1 - 0.6])  # seeds 0 and 2, each with its own null
+    assert r["RL - null"] == f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" and r["seeds paired"] == 2
+    assert r["null cos(pre, post)"].startswith("+0.45 ") and r["split-half post"].startswith("+0.99 ")
+    assert "RL - null" not in rotation_rows(task)[0]  # without a null, no null columns
+    # the report's other tables read the task's trials only: the nulls' cosines would move them
+    buf = io.StringIO()
+    STUDIES["welfare"].report(ReportInput("sqlite:///unused.db", "parent", task + null, {}, tmp_path, buf))
+    assert "RL - null" in buf.getvalue() and (tmp_path / "rotation.csv").exists()
+    import csv
+
+    with open(tmp_path / "rotation.csv") as f:
+        assert [row["RL - null"] for row in csv.DictReader(f)] == [rows[0]["RL - null"], rows[1]["RL - null"]]
+    with open(tmp_path / "concept_layers.csv") as f:
+        assert next(csv.DictReader(f))["cos post"] == "+0.300 [+0.300, +0.300]"
 
 
 def test_rare_summary_groups_by_what_varies_besides_the_seed():

@@ -295,7 +295,14 @@ def test_new_sections_accept_what_they_document(tmp_path):
     file = tmp_path / "ok.yaml"
     file.write_text(yaml.safe_dump(data))
     sweep, trials = load_sweep(file)
-    assert [t.task.env for t in trials] == ["sequence", "active_gated", "active_gated", "outcome", "outcome", "sequence"]
+    assert [t.task.env for t in trials] == [
+        "sequence",
+        "active_gated",
+        "active_gated",
+        "outcome",
+        "outcome",
+        "sequence",
+    ]
     assert [t.task.shuffle_reward for t in trials[1:5]] == [False, True, False, True]
     assert trials[-1].task.start_from.seed == 7 and trials[-1].task.start_from.iterations == 3
     assert sweep.base.artifacts.retention == "final" and sweep.base.ppo.save_every == 0

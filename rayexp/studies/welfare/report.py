@@ -3,12 +3,16 @@ post-RL models with the shuffled-label null band, mean and range over seeds (``c
 ``.png``), and the steering slopes (``steering.csv``); then, with Student-t intervals over seeds
 (:mod:`.summary`), the reading of cos(v_R, v_P) against each seed's shuffled-label band
 (``cos_vs_null.csv``) and the post-RL steering effect against controls of the same norm off and on
-the activation manifold, as ratio and difference (``steering_controls.csv``)."""
+the activation manifold, as ratio and difference (``steering_controls.csv``), and whether RL turned
+the vectors (``rotation.csv``): cos(pre, post) against a split-half estimate, a random move of RL's
+norm and, where the sweep ran one, PPO on a shuffled reward, each difference paired by seed. Every
+table but the null's column reads the task's trials only."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rayexp import tracking
 from rayexp.stats import t_ci
 from rayexp.studies.welfare import summary
 from rayexp.study import ReportInput
@@ -114,6 +118,43 @@ def cos_rows(runs: list, models: tuple[str, ...] = ("pre", "post")) -> list[dict
     return rows
 
 
+def _by_seed(runs: list) -> dict[str, dict[str, float]]:
+    return {str(r.data.params.get("seed")): r.data.metrics for r in runs}
+
+
+def rotation_rows(task_runs: list, null_runs: list = ()) -> list[dict]:
+    """Per hook and vector: cos(pre, post) after RL, its split-half reference (post), the random move
+    of RL's norm, RL minus that (paired by seed), and with ``null_runs`` (PPO on a shuffled reward)
+    the null's cos(pre, post) and RL minus the null, paired by seed (one pretrained model per seed)."""
+    task_runs = [r for r in task_runs if any(k.startswith(CV + "align/") for k in r.data.metrics)]
+    if not task_runs:
+        return []
+    keys = set().union(*(r.data.metrics for r in task_runs))
+    hooks = sorted({k[len(CV + "align/") : -2] for k in keys if k.startswith(CV + "align/")}, key=_hook_order)
+    task, null = _by_seed(task_runs), _by_seed(null_runs)
+    both = sorted(set(task) & set(null))
+    rows = []
+    for h in hooks:
+        for v in ("R", "P"):
+            key = f"{CV}align/{h}/{v}"
+            rl, rand, half = _paired(task_runs, f"align/{h}/{v}", f"align_random/{h}/{v}", f"split_half/post/{h}/{v}")
+            row = {
+                "hook": h,
+                "vector": f"v_{v}",
+                "RL cos(pre, post)": summary.cell(t_ci(rl), "+.2f"),
+                "split-half post": summary.cell(t_ci(half), "+.2f"),
+                "random move": summary.cell(t_ci(rand), "+.2f"),
+                "RL - random": summary.cell(t_ci([a - b for a, b in zip(rl, rand)]), "+.2f"),
+            }
+            pairs = [(task[s][key], null[s][key]) for s in both if key in task[s] and key in null[s]]
+            if pairs:
+                row["null cos(pre, post)"] = summary.cell(t_ci([b for _, b in pairs]), "+.2f")
+                row["RL - null"] = summary.cell(t_ci([a - b for a, b in pairs]), "+.2f")
+                row["seeds paired"] = len(pairs)
+            rows.append(row)
+    return rows
+
+
 def _hook_order(h: str) -> tuple[int, int]:
     parts = h.split(".")
     block = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 99
@@ -149,7 +190,9 @@ def concept_figure(runs: list, path: Path) -> Path:
 
 
 def report_section(inp: ReportInput) -> None:
-    layers, steering = welfare_rows(inp.runs)
+    runs = [r for r in inp.runs if not tracking.is_null_run(r)]
+    nulls = [r for r in inp.runs if tracking.is_null_run(r)]
+    layers, steering = welfare_rows(runs)
     if not layers:
         return
     print("\nwelfare: cos(v_R, v_P) per hook, mean [min, max] over seeds (README, 'Welfare'):", file=inp.file)
@@ -159,11 +202,11 @@ def report_section(inp: ReportInput) -> None:
     if inp.out is not None:
         write_csv(layers, inp.out / "concept_layers.csv")
         write_csv(steering, inp.out / "steering.csv")
-        print(f"figure: {concept_figure(inp.runs, inp.out / 'concept_layers.png')}", file=inp.file)
+        print(f"figure: {concept_figure(runs, inp.out / 'concept_layers.png')}", file=inp.file)
     tables = {
         "cos_vs_null": (
             "cos(v_R, v_P) against each seed's shuffled-label band, mean [95 % Student-t CI] over seeds",
-            cos_rows(inp.runs),
+            cos_rows(runs),
         ),
         "steering_controls": (
             (
@@ -171,7 +214,15 @@ def report_section(inp: ReportInput) -> None:
                 "norm (random, orthogonal: off the activation manifold; shuffled-label v_P, random-group mean "
                 "differences: on it); ratio = geometric mean over seeds, difference paired; 95 % Student-t CIs"
             ),
-            control_rows(inp.runs),
+            control_rows(runs),
+        ),
+        "rotation": (
+            (
+                "did RL turn the vectors? cos(v pre-RL, v post-RL) against a split-half estimate of the post-RL "
+                "vector, a random move of RL's norm and PPO on a shuffled reward (differences paired by seed); "
+                "mean [95 % Student-t CI] over seeds"
+            ),
+            rotation_rows(runs, nulls),
         ),
     }
     for name, (title, rows) in tables.items():
