@@ -129,6 +129,18 @@ def test_beyond_probes_basis_keeps_every_factor_probe_output_and_erases_the_join
         geo.random_basis_outside(8, 3, rng.standard_normal((8, 6)), rng)
 
 
+def test_a_noise_targets_erasure_leans_on_the_features_high_variance_directions():
+    # why the joint erasures get a placebo control beside the random one: the span of Cov(X, g) for a
+    # target g the features do not hold is drawn towards X's large directions; a random subspace is not
+    rng = np.random.default_rng(5)
+    scales = np.r_[np.full(4, 10.0), np.full(20, 0.5)]  # 4 loud directions, 20 quiet ones
+    X = rng.standard_normal((8000, 24)) * scales
+    loud = lambda Q: float((Q[:4] ** 2).sum() / Q.shape[1])  # share of Q's norm in the loud directions
+    placebo = [loud(geo.erasure_basis(X, rng.standard_normal((8000, 4)))) for _ in range(5)]
+    random = [loud(geo.random_basis(24, 4, rng)) for _ in range(5)]
+    assert np.mean(placebo) > 0.7 and np.mean(random) < 0.4  # random: 4/24 in expectation
+
+
 def test_simplex_corners_and_removed_share():
     xy = geo.simplex_xy(np.eye(3))
     assert np.allclose(xy, [[0, 0], [1, 0], [0.5, np.sqrt(3) / 2]])
@@ -213,7 +225,8 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
                 "ablation/post/none/expected", "ablation/pre/block1/factor0/drop", "ablation/post/embed/random_both/drop",
                 "dims/factored", "dims/joint", "ablation/post/block0/joint_only/drop",
                 "ablation/post/block0/random_joint/drop", "ablation/pre/embed/joint_only/left_factor0",
-                "ablation/post/block1/beyond_factors/left_factor1", "ablation/pre/block0/random_beyond_factors/drop"):  # fmt: skip
+                "ablation/post/block1/beyond_factors/left_factor1", "ablation/pre/block0/random_beyond_factors/drop",
+                "ablation/post/block1/placebo_joint_only/drop", "ablation/pre/block0/placebo_beyond_factors/dim"):  # fmt: skip
         assert np.isfinite(m[key]), key
     assert m["dims/factored"] == 4 and m["dims/joint"] == 8
     # an untrained model earns nothing above uniform guessing: no share of it to remove
@@ -255,6 +268,7 @@ def test_geometry_report_compacts_the_summary_tables():
     assert row["task"] == "positive_control" and row["layer"] == "block1"
     assert {"r2/joint_only pre", "r2/joint_only post", "dim95 post", "removed both", "removed random_both",
             "removed joint_only", "removed random_joint_only", "removed joint", "removed random_joint",
-            "removed beyond_factors", "removed random_beyond_factors"} <= set(row)  # fmt: skip
+            "removed beyond_factors", "removed random_beyond_factors", "removed placebo_joint_only",
+            "removed placebo_beyond_factors"} <= set(row)  # fmt: skip
     pre = np.mean([t._stored["pre/block1/r2/joint_only"] for t in trials])
     assert row["r2/joint_only pre"].startswith(f"{pre:.2f}")

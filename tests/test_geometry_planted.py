@@ -176,3 +176,7 @@ def test_a_factor_reader_loses_nothing_to_the_erasure_beyond_its_factor_probes_i
     assert j["block0/beyond_factors/removed"] > 0.8
     assert j["block0/beyond_factors/removed"] > j["block0/random_beyond_factors/removed"] + 0.5
     assert abs(j["block0/beyond_factors/left_joint_only"]) < 0.05
+    # a placebo of the same construction (a noise target) keeps the factor probes' outputs too, so the
+    # factor reader loses nothing to it either; and it erases nothing of the joint-only part
+    assert abs(f["block0/placebo_beyond_factors/removed"]) < 0.02
+    assert f["block0/placebo_beyond_factors/dim"] == 4

@@ -32,7 +32,9 @@ What each answers (docs/design.md §4.6):
   span is orthogonal to W, so every factor probe's output is unchanged row by row (``x' W = x W``),
   while no affine probe reads anything of the joint-only part beyond what those outputs carry. A
   policy that forms the joint from its factor readouts loses nothing to it, however the features
-  are laid out; one that reads joint-only directions loses them.
+  are laid out; one that reads joint-only directions loses them. What it does not keep is the
+  factor information in other directions than the probes' (a trained policy's own read-out need not
+  be the ridge probe's), so in trained networks it can remove reward a policy earns from the factors.
 - :func:`random_basis`: a uniformly random subspace of the same dimension, the ablation's control;
   :func:`random_basis_outside`: the same within the complement of a span (the control of an erasure
   held orthogonal to the factor probes).
@@ -97,16 +99,26 @@ def beyond_probes_basis(X: np.ndarray, Z: np.ndarray, W: np.ndarray, rtol: float
     of ``Cov(X, Z_res)``, ``Z_res`` = ``Z`` minus its least-squares affine prediction from ``X W``:
     erasing it leaves ``X W`` unchanged and no affine probe of ``Z`` beyond an affine map of ``X W``
     (see the module docstring)."""
-    X, Z = _rows(X), _rows(Z)
-    W = np.asarray(W, dtype=np.float64)
-    P = np.concatenate([X @ W, np.ones((len(X), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(P, Z, rcond=None)
-    Q = erasure_basis(X, Z - P @ coef, rtol)
+    X = _rows(X)
+    Q = erasure_basis(X, probe_residual(X, Z, W), rtol)
     # Cov(X W, Z_res) = 0 makes Q orthogonal to W up to rounding; remove the rounding exactly
-    U, s, _ = np.linalg.svd(W, full_matrices=False)
-    Wq = U[:, : int((s > rtol * s[0]).sum())] if s.size and s[0] > 0 else U[:, :0]
+    Wq = span_basis(W, rtol)
     Q = Q - Wq @ (Wq.T @ Q)
     return np.linalg.qr(Q)[0] if Q.shape[1] else Q
+
+
+def probe_residual(X: np.ndarray, Z: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``Z`` (n, K) minus its least-squares affine prediction from the probe outputs ``X W``, rows of X."""
+    X, Z = _rows(X), _rows(Z)
+    P = np.concatenate([X @ np.asarray(W, dtype=np.float64), np.ones((len(X), 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(P, Z, rcond=None)
+    return Z - P @ coef
+
+
+def span_basis(A: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """(D, r) orthonormal basis of the column span of ``A`` (D, m), r its numerical rank."""
+    U, s, _ = np.linalg.svd(np.asarray(A, dtype=np.float64), full_matrices=False)
+    return U[:, : int((s > rtol * s[0]).sum())] if s.size and s[0] > 0 else U[:, :0]
 
 
 def erase(X: np.ndarray, Q: np.ndarray, mu: np.ndarray) -> np.ndarray:

@@ -33,7 +33,12 @@ affine probe of the joint belief reads), against ``random_joint_only`` and ``ran
 ``beyond_factors`` erases what an affine probe reads of the joint-only part beyond the two factor
 probes' outputs, which it leaves unchanged row by row (:func:`.geometry.beyond_probes_basis`; the
 factor probes are the ridge probes of this layer's training half), against
-``random_beyond_factors``, random subspaces of its dimension orthogonal to those probes. For each: the
+``random_beyond_factors``, random subspaces of its dimension orthogonal to those probes.
+Both joint erasures also have a *placebo* control (``placebo_joint_only``, ``placebo_beyond_factors``):
+the same construction with the target replaced by Gaussian noise of the same rank. The span of the
+features' covariance with a target they do not hold leans on their high-variance directions, which
+carry what a policy reads; a uniformly random subspace mostly misses those, so it understates what
+erasing "a covariance span" costs by itself. For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above
 uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy.
@@ -184,6 +189,7 @@ def ablations(
     # conditions' random subspaces, and every number reported before, as they were
     rng_joint = np.random.default_rng([seed, 1])
     rng_beyond = np.random.default_rng([seed, 2])
+    rng_placebo = np.random.default_rng([seed, 3])
     none = _policy_summary(s, hooked_forward(model, None, None, None), floor)
     out = {f"none/{k}": v for k, v in none.items() if k != "floor"}
     for hook, x in acts.items():
@@ -206,6 +212,12 @@ def ablations(
             bases[name] = [geo.random_basis(d, k.shape[1], rng_joint) for _ in range(n_random)]
         k = beyond.shape[1]
         bases["random_beyond_factors"] = [geo.random_basis_outside(d, k, W, rng_beyond) for _ in range(n_random)]
+        # placebo targets: the same construction fed noise, whose covariance with the features leans on
+        # their high-variance directions just as a target the features do not hold does
+        rows = len(xt.reshape(-1, d))
+        noise = [rng_placebo.standard_normal((rows, max(jo.shape[1], beyond.shape[1], 1))) for _ in range(n_random)]
+        bases["placebo_joint_only"] = [geo.joint_only_basis(xt, g[:, : jo.shape[1]], both) for g in noise]
+        bases["placebo_beyond_factors"] = [geo.beyond_probes_basis(xt, g[:, : beyond.shape[1]], W) for g in noise]
         layer = layer_name(hook)
         for cond, qs in bases.items():
             runs = [_policy_summary(s, hooked_forward(model, hook, Q, mu), floor) for Q in qs]

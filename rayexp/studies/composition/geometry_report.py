@@ -12,8 +12,8 @@ from rayexp.tables import format_table, write_csv
 
 #: the erasures the compact table prints, each beside its random control
 SHOWN = (
-    "factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only",
-    "beyond_factors", "random_beyond_factors", "joint", "random_joint",
+    "factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "placebo_joint_only",
+    "beyond_factors", "random_beyond_factors", "placebo_beyond_factors", "joint", "random_joint",
 )  # fmt: skip
 
 

@@ -159,9 +159,10 @@ ERASED = {
 
 def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
     """Share of the reward removed by erasing, one row each, both factors' belief subspaces, the
-    joint-only subspace and the joint-only part beyond the factor probes (solid), and random subspaces
-    of the same dimension (dotted), at each layer, pre and post RL, per task with its interval over
-    seeds. ``layer`` (the curves' layer) is marked."""
+    joint-only subspace and the joint-only part beyond the factor probes (solid), random subspaces
+    of the same dimension (dotted) and, for the joint erasures, the same construction fed a noise
+    target (placebo, dashed), at each layer, pre and post RL, per task with its interval over seeds.
+    ``layer`` (the curves' layer) is marked."""
     from rayexp.figures import plt
 
     fig, grid = plt.subplots(len(ERASED), 2, figsize=(10, 3.3 * len(ERASED)), sharey=True)
@@ -180,7 +181,7 @@ def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
 
 def _ablation_lines(ax, rows: dict[str, list], model: str, erased: str, task: str, layer: str) -> None:
     color = None
-    for cond, style in ((erased, "o-"), (f"random_{erased}", "s:")):
+    for cond, style in ((erased, "o-"), (f"random_{erased}", "s:"), (f"placebo_{erased}", "^--")):
         sel = [
             i
             for i in range(len(rows["model"]))
@@ -192,7 +193,7 @@ def _ablation_lines(ax, rows: dict[str, list], model: str, erased: str, task: st
         names = [rows["layer"][i] for i in sel]
         x = np.arange(len(sel))
         mean, lo, hi = (np.array([rows[c][i] for i in sel], dtype=float) for c in ("mean", "ci_low", "ci_high"))
-        label = f"{task}: {'random' if cond.startswith('random') else ERASED[erased]}"
+        label = f"{task}: {cond.split('_')[0] if cond != erased else ERASED[erased]}"
         (line,) = ax.plot(x, mean, style, color=color, label=label, ms=3)
         color = line.get_color()
         ax.fill_between(x, lo, hi, color=color, alpha=0.15)
