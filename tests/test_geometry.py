@@ -252,8 +252,43 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
     assert "positive_control/ablation/post/block1/joint_only/removed" in summary.metrics
     assert {"left_factor0", "left_joint_only"} <= set(abl["quantity"])
     assert {"geometry_curve", "geometry_ablation"} == set(summary.figures)
+    assert set(summary.tables["geometry_contrast"].column_names) >= {"task", "layer", "condition", "minus", "mean"}
     with pytest.raises(ValueError, match="no trial"):
         geometry_summary([_Trial()], GeometrySummaryParams())
+
+
+def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by_seed():
+    from rayexp.stats import t_ci
+    from rayexp.studies.composition.geometry_summary import contrast_rows
+
+    def m(removed, placebo, random):
+        k = "ablation/post/block0/{}/removed"
+        return {k.format("beyond_factors"): removed, k.format("placebo_beyond_factors"): placebo,
+                k.format("random_beyond_factors"): random}  # fmt: skip
+
+    by_seed = {
+        ("p", "positive_control"): {"0": m(0.9, 0.5, 0.0), "1": m(0.8, 0.2, 0.1), "2": m(0.7, 0.1, 0.0)},
+        ("p", "negative_control"): {"0": m(0.4, 0.4, 0.0), "1": m(0.3, 0.2, 0.0), "9": m(0.1, 0.1, 0.0)},
+        ("q", "positive_control"): {"0": m(0.9, 0.0, 0.0)},  # another process: never paired with p's
+    }
+    rows = contrast_rows(by_seed, "negative_control", 0.95)
+    got = {(p, t, c, x): (mean, lo, n) for p, t, c, x, mean, lo, n in
+           zip(rows["process"], rows["task"], rows["condition"], rows["minus"], rows["mean"], rows["ci_low"],
+               rows["n_seeds"])}  # fmt: skip
+    assert got[("p", "positive_control", "beyond_factors", "placebo_beyond_factors")][0] == pytest.approx(1.6 / 3)
+    ref = got[("p", "positive_control", "beyond_factors", "negative_control")]  # seeds 0 and 1 only
+    assert ref[0] == pytest.approx(0.5) and ref[2] == 2 and ref[1] == pytest.approx(t_ci([0.5, 0.5])[1])
+    assert ("p", "negative_control", "beyond_factors", "negative_control") not in got  # not against itself
+    assert ("q", "positive_control", "beyond_factors", "negative_control") not in got  # q has no reference
+    assert got[("q", "positive_control", "beyond_factors", "random_beyond_factors")][2] == 1
+    assert set(rows["layer"]) == {"block0"} and set(rows["condition"]) == {"beyond_factors"}
+    # the report prints them at each task's curve layer, one row per erasure
+    from rayexp.studies.composition.geometry_report import contrasts_at
+
+    curve = [{"process": "p", "task": "positive_control", "layer": "block0"}]
+    (row,) = contrasts_at({"curve": curve, "contrast": [dict(zip(rows, v)) for v in zip(*rows.values())]})
+    assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50]"
+    assert row["minus placebo"].startswith("+0.53 [") and "minus random" in row
 
 
 def test_geometry_report_compacts_the_summary_tables():

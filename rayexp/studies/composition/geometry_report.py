@@ -26,7 +26,7 @@ def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str,
     import pyarrow.parquet as pq
 
     c = tracking.client(uri)
-    tables: dict[str, list[dict]] = {"curve": [], "ablation": []}
+    tables: dict[str, list[dict]] = {"curve": [], "ablation": [], "contrast": []}
     names = [a.path for a in c.list_artifacts(parent, "sweep/geometry_summary")]
     with tempfile.TemporaryDirectory() as tmp:
         for name in sorted(names):
@@ -60,11 +60,30 @@ def compact(tables: dict[str, list[dict]]) -> list[dict]:
     return list(out.values())
 
 
+def contrasts_at(tables: dict[str, list[dict]]) -> list[dict]:
+    """The contrast table's rows for the joint erasures at each (process, task)'s curve layer, one
+    row per (process, task, condition), each contrast "mean [low, high]" in its own column."""
+    layers = {(r["process"], r["task"]): r["layer"] for r in tables["curve"]}
+    out: dict[tuple, dict] = {}
+    for r in tables.get("contrast", []):
+        if r["condition"] in ("joint_only", "beyond_factors") and r["layer"] == layers.get((r["process"], r["task"])):
+            row = out.setdefault(
+                (r["process"], r["task"], r["condition"]),
+                {"process": r["process"], "task": r["task"], "layer": r["layer"], "erasure": r["condition"]},
+            )
+            minus = r["minus"].split("_")[0] if r["minus"].startswith(("random_", "placebo_")) else r["minus"]
+            row[f"minus {minus}"] = f"{r['mean']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+    return list(out.values())
+
+
 def report_geometry(uri: str, parent: str, out: Path | None, file=sys.stdout) -> None:
     tables = geometry_tables(uri, parent, out)
     if not any(tables.values()):
         return
     print("\nbelief geometry (README, 'Belief geometry through RL'):\n" + format_table(compact(tables)), file=file)
+    if rows := contrasts_at(tables):
+        title = "joint erasures after RL, share removed minus each reference, paired by seed (95 % t)"
+        print(f"\n{title}:\n" + format_table(rows), file=file)
     if out is not None:
         for kind, rows in tables.items():
             write_csv(rows, out / f"geometry_{kind}.csv")

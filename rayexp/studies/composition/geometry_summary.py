@@ -9,7 +9,9 @@ Reads each trial's ``geometry`` analysis metrics (:mod:`.geometry_analysis`) and
   the interaction eta left.
 
 Run it grouped by process, as the verdict is: ``rayexp analyze EXP --analysis geometry_summary
---group-by process``. Tables ``geometry_curve`` and ``geometry_ablation``; figures
+--group-by process``. Tables ``geometry_curve``, ``geometry_ablation`` and ``geometry_contrast``
+(each erasure after RL minus its random and placebo controls and minus the ``reference_task``'s
+same erasure, all paired by seed: :func:`contrast_rows`); figures
 ``geometry_curve`` (one line per task, the band its interval) and ``geometry_ablation`` (reward
 removed by erasing each factor's subspace vs random subspaces of the same dimension, post-RL).
 Metrics ``{task}/{pre,post}/{layer}/...`` and ``{task}/ablation/post/{layer}/{cond}/removed``.
@@ -46,6 +48,10 @@ _ABL = re.compile(r"^ablation/(pre|post)/([a-z0-9_]+)/([a-z0-9_]+)/([a-z0-9_]+)$
 
 class GeometrySummaryParams(Params):
     analysis: str = Field("geometry", description="name of the per-trial analysis whose metrics are read")
+    reference_task: str = Field(
+        "negative_control",
+        description="the task every other task's erasures are set against, paired by seed (contrast table)",
+    )
     layer: str = Field("last", description="layer of the curves: embed, block{i}, final, or last (the last block)")
     ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
 
@@ -84,14 +90,50 @@ def summarise(per_seed: list[dict[str, float]], layer: str, ci: float) -> tuple[
     return crow, arow
 
 
+CONTRASTED = ("both", "joint_only", "beyond_factors", "joint")
+_REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
+
+
+def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], reference: str, ci: float) -> dict:
+    """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random and
+    placebo controls (same trial), and the ``reference`` task's same erasure (same process and seed,
+    so the same pretrained model). ``by_seed``: {(process, task): {seed: metrics}}. Student-t intervals."""
+    cols = ("process", "task", "layer", "condition", "minus", "mean", "ci_low", "ci_high", "n_seeds")
+    out: dict[str, list] = {c: [] for c in cols}
+
+    def add(key: tuple, diffs: list[float]) -> None:
+        d = [x for x in diffs if np.isfinite(x)]
+        if d:
+            for col, val in zip(cols, (*key, *t_ci(d, ci), len(d))):
+                out[col].append(val)
+
+    for (process, task), seeds in sorted(by_seed.items()):
+        keys = set().union(*seeds.values())
+        layers = sorted({m.group(1) for k in keys if (m := _REMOVED.match(k))}, key=_layer_order)
+        ref = by_seed.get((process, reference), {}) if task != reference else {}
+        for lay in layers:
+            for cond in CONTRASTED:
+                mine = f"ablation/post/{lay}/{cond}/removed"
+                for ctrl in (f"random_{cond}", f"placebo_{cond}"):
+                    other = f"ablation/post/{lay}/{ctrl}/removed"
+                    pairs = [m[mine] - m[other] for m in seeds.values() if mine in m and other in m]
+                    add((process, task, lay, cond, ctrl), pairs)
+                pairs = [m[mine] - ref[sd][mine] for sd, m in seeds.items() if mine in m and mine in ref.get(sd, {})]
+                add((process, task, lay, cond, reference), pairs)
+    return out
+
+
 @analysis("geometry_summary", params=GeometrySummaryParams, scope="sweep")
 def geometry_summary(group, params: GeometrySummaryParams) -> AnalysisResult:
     """Belief geometry over RL and the ablation table per task, with intervals over seeds."""
     by_task: dict[tuple[str, str], list[dict[str, float]]] = {}
+    by_seed: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for a in group:
         m = _metrics(a, params.analysis)
         if m:
-            by_task.setdefault((process_label(a.config["process"]), a.config["task"]["name"]), []).append(m)
+            key = (process_label(a.config["process"]), a.config["task"]["name"])
+            by_task.setdefault(key, []).append(m)
+            by_seed.setdefault(key, {})[str(a.config.get("seed"))] = m
     if not by_task:
         raise ValueError(f"geometry_summary: no trial in this group has {params.analysis!r} metrics")
     layer = params.layer if params.layer != "last" else last_block(next(iter(by_task.values()))[0])
@@ -119,7 +161,11 @@ def geometry_summary(group, params: GeometrySummaryParams) -> AnalysisResult:
     figures = {"geometry_curve": curve_figure(curves, layer), "geometry_ablation": ablation_figure(ablations, layer)}
     return AnalysisResult(
         metrics=metrics,
-        tables={"geometry_curve": pa.table(ctab), "geometry_ablation": pa.table(atab)},
+        tables={
+            "geometry_curve": pa.table(ctab),
+            "geometry_ablation": pa.table(atab),
+            "geometry_contrast": pa.table(contrast_rows(by_seed, params.reference_task, params.ci)),
+        },
         figures=figures,
     )
 
