@@ -289,6 +289,9 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     (row,) = contrasts_at({"curve": curve, "contrast": [dict(zip(rows, v)) for v in zip(*rows.values())]})
     assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50]"
     assert row["minus placebo"].startswith("+0.53 [") and "minus random" in row
+    one = [{"process": "q", "task": "positive_control", "layer": "block0"}]
+    rows_q = [dict(zip(rows, v)) for v in zip(*rows.values()) if v[0] == "q"]
+    assert contrasts_at({"curve": one, "contrast": rows_q})[0]["minus random"] == "+0.90 [n = 1]"
 
 
 def test_geometry_report_compacts_the_summary_tables():
