@@ -199,7 +199,7 @@ def _layer_order(name: str) -> int:
 ERASED = {
     "both": "both factors' subspaces",
     "joint_only": "the joint-only subspace",
-    "beyond_factors": "the joint-only part beyond the probes",
+    "beyond_factors": "joint-only beyond the probes",
 }
 
 
