@@ -278,6 +278,8 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert got[("p", "positive_control", "beyond_factors", "placebo_beyond_factors")][0] == pytest.approx(1.6 / 3)
     ref = got[("p", "positive_control", "beyond_factors", "negative_control")]  # seeds 0 and 1 only
     assert ref[0] == pytest.approx(0.5) and ref[2] == 2 and ref[1] == pytest.approx(t_ci([0.5, 0.5])[1])
+    net = got[("p", "positive_control", "beyond_factors", "negative_control, each net of its placebo")]
+    assert net[0] == pytest.approx(((0.9 - 0.5) - (0.4 - 0.4) + (0.8 - 0.2) - (0.3 - 0.2)) / 2) and net[2] == 2
     assert ("p", "negative_control", "beyond_factors", "negative_control") not in got  # not against itself
     assert ("q", "positive_control", "beyond_factors", "negative_control") not in got  # q has no reference
     assert got[("q", "positive_control", "beyond_factors", "random_beyond_factors")][2] == 1
@@ -289,6 +291,7 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     (row,) = contrasts_at({"curve": curve, "contrast": [dict(zip(rows, v)) for v in zip(*rows.values())]})
     assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50]"
     assert row["minus placebo"].startswith("+0.53 [") and "minus random" in row
+    assert row["minus negative_control (net of placebos)"] == "+0.45 [-0.19, +1.09]"
     one = [{"process": "q", "task": "positive_control", "layer": "block0"}]
     rows_q = [dict(zip(rows, v)) for v in zip(*rows.values()) if v[0] == "q"]
     assert contrasts_at({"curve": one, "contrast": rows_q})[0]["minus random"] == "+0.90 [n = 1]"

@@ -72,6 +72,7 @@ def contrasts_at(tables: dict[str, list[dict]]) -> list[dict]:
                 {"process": r["process"], "task": r["task"], "layer": r["layer"], "erasure": r["condition"]},
             )
             minus = r["minus"].split("_")[0] if r["minus"].startswith(("random_", "placebo_")) else r["minus"]
+            minus = minus.replace(", each net of its placebo", " (net of placebos)")
             bounds = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r["n_seeds"] > 1 else f"[n = {r['n_seeds']}]"
             row[f"minus {minus}"] = f"{r['mean']:+.2f} {bounds}"
     return list(out.values())

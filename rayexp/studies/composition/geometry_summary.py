@@ -96,8 +96,10 @@ _REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
 
 def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], reference: str, ci: float) -> dict:
     """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random and
-    placebo controls (same trial), and the ``reference`` task's same erasure (same process and seed,
-    so the same pretrained model). ``by_seed``: {(process, task): {seed: metrics}}. Student-t intervals."""
+    placebo controls (same trial), the ``reference`` task's same erasure (same process and seed, so the
+    same pretrained model), and, where there is a placebo, the reference's excess over its placebo
+    subtracted from this task's (a double difference). ``by_seed``: {(process, task): {seed: metrics}}.
+    Student-t intervals."""
     cols = ("process", "task", "layer", "condition", "minus", "mean", "ci_low", "ci_high", "n_seeds")
     out: dict[str, list] = {c: [] for c in cols}
 
@@ -120,6 +122,14 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
                     add((process, task, lay, cond, ctrl), pairs)
                 pairs = [m[mine] - ref[sd][mine] for sd, m in seeds.items() if mine in m and mine in ref.get(sd, {})]
                 add((process, task, lay, cond, reference), pairs)
+                # the double difference: this task's excess over its placebo minus the reference's
+                plc = f"ablation/post/{lay}/placebo_{cond}/removed"
+                net = [
+                    (m[mine] - m[plc]) - (ref[sd][mine] - ref[sd][plc])
+                    for sd, m in seeds.items()
+                    if all(k in m and k in ref.get(sd, {}) for k in (mine, plc))
+                ]
+                add((process, task, lay, cond, f"{reference}, each net of its placebo"), net)
     return out
 
 
