@@ -56,11 +56,15 @@ def product_part(factor_beliefs: list[np.ndarray], joint: np.ndarray) -> np.ndar
     """The joint belief (..., K) minus its least-squares affine prediction from the factor beliefs
     side by side (..., sum S_i), fitted on all the rows given: the product terms no sum of per-factor
     contributions gives. Exact beliefs in, so it is a property of the stream, not of a model."""
-    X = np.concatenate([_rows(b) for b in factor_beliefs], axis=-1)
-    X = np.concatenate([X, np.ones((len(X), 1))], axis=-1)  # (n, sum S_i + 1)
-    Y = _rows(joint)  # (n, K)
-    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
-    return (Y - X @ coef).reshape(np.shape(joint))
+    X = np.concatenate([_rows(b) for b in factor_beliefs], axis=-1)  # (n, sum S_i)
+    return affine_residual(X, _rows(joint)).reshape(np.shape(joint))
+
+
+def affine_residual(A: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """``Z`` (n, K) minus its least-squares affine prediction from ``A`` (n, m), rows paired."""
+    P = np.concatenate([A, np.ones((len(A), 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(P, Z, rcond=None)
+    return Z - P @ coef
 
 
 def cross_covariance(X: np.ndarray, Z: np.ndarray) -> np.ndarray:
@@ -109,10 +113,7 @@ def beyond_probes_basis(X: np.ndarray, Z: np.ndarray, W: np.ndarray, rtol: float
 
 def probe_residual(X: np.ndarray, Z: np.ndarray, W: np.ndarray) -> np.ndarray:
     """``Z`` (n, K) minus its least-squares affine prediction from the probe outputs ``X W``, rows of X."""
-    X, Z = _rows(X), _rows(Z)
-    P = np.concatenate([X @ np.asarray(W, dtype=np.float64), np.ones((len(X), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(P, Z, rcond=None)
-    return Z - P @ coef
+    return affine_residual(_rows(X) @ np.asarray(W, dtype=np.float64), _rows(Z))
 
 
 def span_basis(A: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
