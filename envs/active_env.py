@@ -28,7 +28,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from envs.env_config import EnvConfig, check_step, config_seeded_reset, episode_lengths, window
+from envs.env_config import (
+    EnvConfig,
+    check_step,
+    config_seeded_reset,
+    episode_lengths,
+    shadow_generator,
+    window,
+)
 from envs.layout import GatedLayout
 from envs.processes import build_process
 from envs.rewards import make_reward
@@ -118,9 +125,8 @@ class ActiveGatedEnv(gym.Env):
         self._belief = self.hmm.init.copy()
         self._tokens[0, 0] = self._emit(False)
         if self.config.shuffle_reward:
-            # the null's shadow stream: same process, same actions, draws from its own generator (a
-            # child of the env's seed), so the observed stream is the real task's draw for draw
-            self._shadow_rng = np.random.default_rng(self.np_random.bit_generator.seed_seq.spawn(1)[0])
+            # the null's shadow stream: same process, steered by the same actions, its own generator
+            self._shadow_rng = shadow_generator(self.np_random)
             self._shadow_state = int(self._shadow_rng.choice(self.hmm.n_states, p=self.hmm.init))
             self._shadow_token, self._shadow_state = self._draw(self._shadow_state, False, self._shadow_rng)
         return self._observe(), self._info()

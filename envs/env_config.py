@@ -60,6 +60,12 @@ class EnvConfig:
         return cls(**config)
 
 
+def shadow_generator(np_random: np.random.Generator) -> np.random.Generator:
+    """A shuffled-reward null's shadow stream generator: a child of the env's own (so one seed gives
+    the same shadow), drawn apart from it (so the observed stream is the task's, draw for draw)."""
+    return np.random.default_rng(np_random.bit_generator.seed_seq.spawn(1)[0])
+
+
 def real_reward(config: dict) -> dict:
     """An env config without its null's ``shuffle_reward``: the same env, paying its real reward (what
     M_A is trained on, what negation retrains on, what a null policy is scored on at the task)."""

@@ -30,7 +30,14 @@ import gymnasium as gym
 import numpy as np
 
 from envs.active_env import CopiesVectorEnv
-from envs.env_config import EnvConfig, check_step, config_seeded_reset, episode_lengths, window
+from envs.env_config import (
+    EnvConfig,
+    check_step,
+    config_seeded_reset,
+    episode_lengths,
+    shadow_generator,
+    window,
+)
 from envs.outcome import PUNISHED, OutcomeTokens, outcome_probs, outcome_rule
 from envs.processes import build_process
 from envs.rewards import make_reward
@@ -110,9 +117,7 @@ class OutcomeEnv(gym.Env):
         self._belief = self.hmm.init.copy()
         self._emit_base()
         if self.config.shuffle_reward:
-            # the null's shadow: same process, own generator (a child of the env's seed), so the
-            # observed stream is the task's draw for draw
-            self._shadow_rng = np.random.default_rng(self.np_random.bit_generator.seed_seq.spawn(1)[0])
+            self._shadow_rng = shadow_generator(self.np_random)
             state = int(self._shadow_rng.choice(self.hmm.n_states, p=self.hmm.init))
             self._shadow_state = self._draw_base(state, self._shadow_rng)[1]
         return self._observe(), self._info()
