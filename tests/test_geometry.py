@@ -141,6 +141,64 @@ def test_a_noise_targets_erasure_leans_on_the_features_high_variance_directions(
     assert np.mean(placebo) > 0.7 and np.mean(random) < 0.4  # random: 4/24 in expectation
 
 
+def test_derangement_moves_every_item():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 50):
+        p = geo.derangement(n, rng)
+        assert sorted(p) == list(range(n)) and (p != np.arange(n)).all()
+    with pytest.raises(ValueError):
+        geo.derangement(1, rng)
+
+
+def _position_beliefs(rng, n=3000, conc=(0.3, 50, 50, 50)):
+    """Two independent factors' 3-state beliefs (n, len(conc), 3), spread at position 0 and near
+    uniform after it (as beliefs early in a sequence and once synchronised)."""
+    return [np.stack([rng.dirichlet(np.full(3, c), n) for c in conc], 1) for _ in range(2)]
+
+
+def test_repairing_breaks_the_factors_pairing_and_keeps_each_factor():
+    rng = np.random.default_rng(6)
+    b = _position_beliefs(rng)
+    joint = np.einsum("...i,...j->...ij", b[0], b[1]).reshape(3000, 4, 9)
+    z = geo.product_part(b, joint)
+    assert np.array_equal(geo.repaired_product_part(b, 1, np.arange(3000)), z)  # no re-pairing: the target
+    p = geo.derangement(3000, rng)
+    zr = geo.repaired_product_part(b, 1, p)
+    assert np.array_equal(
+        zr, geo.product_part([b[0], b[1][p]], np.einsum("...i,...j->...ij", b[0], b[1][p]).reshape(3000, 4, 9))
+    )
+    # features that hold the factors separately, however nonlinearly, have no covariance with either
+    # target (up to sampling noise); features that hold the joint covary with the real one only
+    sep = np.concatenate([b[0], b[0] ** 2, b[1], np.sqrt(b[1])], -1)
+    both = joint.reshape(3000, 4, 9)
+    size = lambda X, t: float(
+        np.abs(geo.cross_covariance(X, t)).max() / np.sqrt(X.reshape(-1, X.shape[-1]).var(0).max())
+    )
+    assert size(sep, z) < 0.004 and size(sep, zr) < 0.004
+    assert size(both, z) > 5 * size(both, zr)
+
+
+def test_a_repaired_targets_erasure_leans_where_the_real_targets_does_and_a_gaussians_does_not():
+    # why the re-paired control beside the Gaussian placebo: with no joint information in the features,
+    # the real target's covariance span is sampling noise weighted by the target's size, which is large
+    # early in a sequence (beliefs spread) and tiny later (synchronised). Features loud in directions A
+    # at position 0 and in directions B later: the real span leans on A, so does the re-paired one,
+    # and a Gaussian target (the same size everywhere) leans on B, where most rows are loud
+    rng = np.random.default_rng(7)
+    b = _position_beliefs(rng)
+    scale = np.full((4, 12), 0.5)
+    scale[0, :4], scale[1:, 4:8] = 3.0, 3.0
+    X = rng.standard_normal((3000, 4, 12)) * scale
+    in_a = lambda Q: float((Q[:4] ** 2).sum() / Q.shape[1])
+    real = in_a(geo.erasure_basis(X, geo.product_part(b, np.einsum("...i,...j->...ij", *b).reshape(3000, 4, 9))))
+    repaired = [
+        in_a(geo.erasure_basis(X, geo.repaired_product_part(b, r % 2, geo.derangement(3000, rng)))) for r in range(6)
+    ]
+    gaussian = [in_a(geo.erasure_basis(X, rng.standard_normal((3000, 4, 4)))) for _ in range(6)]
+    assert real > 0.6 and np.mean(repaired) > 0.6 and np.mean(gaussian) < 0.45
+    assert abs(np.mean(repaired) - real) < abs(np.mean(gaussian) - real) - 0.2
+
+
 def test_simplex_corners_and_removed_share():
     xy = geo.simplex_xy(np.eye(3))
     assert np.allclose(xy, [[0, 0], [1, 0], [0.5, np.sqrt(3) / 2]])
@@ -264,7 +322,8 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     def m(removed, placebo, random):
         k = "ablation/post/block0/{}/removed"
         return {k.format("beyond_factors"): removed, k.format("placebo_beyond_factors"): placebo,
-                k.format("random_beyond_factors"): random}  # fmt: skip
+                k.format("random_beyond_factors"): random,
+                k.format("repaired_beyond_factors"): placebo / 2}  # fmt: skip
 
     by_seed = {
         ("p", "positive_control"): {"0": m(0.9, 0.5, 0.0), "1": m(0.8, 0.2, 0.1), "2": m(0.7, 0.1, 0.0)},
@@ -280,6 +339,9 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert ref[0] == pytest.approx(0.5) and ref[2] == 2 and ref[1] == pytest.approx(t_ci([0.5, 0.5])[1])
     net = got[("p", "positive_control", "beyond_factors", "negative_control, each net of its placebo")]
     assert net[0] == pytest.approx(((0.9 - 0.5) - (0.4 - 0.4) + (0.8 - 0.2) - (0.3 - 0.2)) / 2) and net[2] == 2
+    rep = got[("p", "positive_control", "beyond_factors", "negative_control, each net of its re-pairing")]
+    assert rep[0] == pytest.approx(((0.9 - 0.25) - (0.4 - 0.2) + (0.8 - 0.1) - (0.3 - 0.1)) / 2) and rep[2] == 2
+    assert got[("p", "positive_control", "beyond_factors", "repaired_beyond_factors")][0] == pytest.approx(2.0 / 3)
     assert ("p", "negative_control", "beyond_factors", "negative_control") not in got  # not against itself
     assert ("q", "positive_control", "beyond_factors", "negative_control") not in got  # q has no reference
     assert got[("q", "positive_control", "beyond_factors", "random_beyond_factors")][2] == 1
@@ -292,6 +354,7 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50]"
     assert row["minus placebo"].startswith("+0.53 [") and "minus random" in row
     assert row["minus negative_control (net of placebos)"] == "+0.45 [-0.19, +1.09]"
+    assert row["minus repaired"].startswith("+0.67 [") and "minus negative_control (net of re-pairings)" in row
     one = [{"process": "q", "task": "positive_control", "layer": "block0"}]
     rows_q = [dict(zip(rows, v)) for v in zip(*rows.values()) if v[0] == "q"]
     assert contrasts_at({"curve": one, "contrast": rows_q})[0]["minus random"] == "+0.90 [n = 1]"

@@ -106,11 +106,15 @@ class PlantedJoint(Planted):
         self.E, self.D = torch.as_tensor(E), torch.as_tensor(np.linalg.pinv(E).T)
         self.coef, self.joint_reads = coef, reads  # coef (7, 9): the joint's affine part from [b0, b1, 1]
 
-    def residual(self, x) -> torch.Tensor:
+    def coords(self, x) -> np.ndarray:
+        """(B, T, 15): the factors' beliefs and the joint-only part, the residual's coordinates in E."""
         fb = np.concatenate(self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy())), -1)
         aff = np.concatenate([fb, np.ones(fb.shape[:-1] + (1,))], -1) @ self.coef
         jo = rep.outer_beliefs([fb[..., :3], fb[..., 3:]]) - aff
-        return torch.as_tensor(np.concatenate([fb, jo], -1)) @ self.E.T
+        return np.concatenate([fb, jo], -1)
+
+    def residual(self, x) -> torch.Tensor:
+        return torch.as_tensor(self.coords(x)) @ self.E.T
 
     def decide(self, dec: np.ndarray) -> np.ndarray:
         if self.joint_reads != "joint":
@@ -180,3 +184,45 @@ def test_a_factor_reader_loses_nothing_to_the_erasure_beyond_its_factor_probes_i
     # factor reader loses nothing to it either; and it erases nothing of the joint-only part
     assert abs(f["block0/placebo_beyond_factors/removed"]) < 0.02
     assert f["block0/placebo_beyond_factors/dim"] == 4
+
+
+class PlantedLoud(PlantedJoint):
+    """PlantedJoint (orthogonal layout) plus each factor's squared beliefs, ``loud`` times the scale,
+    in 6 more directions that no policy reads: variance outside the factor and joint directions,
+    which the planted networks above lack (there every covariance span of the joint-only rank outside
+    the factor probes is the joint-only span itself, so a control of that construction cannot differ)."""
+
+    def __init__(self, hmm, coef, reads="joint", d=32, seed=0, loud=4.0):
+        super().__init__(hmm, coef, reads, d=d, seed=seed)
+        E = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :21]
+        E[:, 15:] *= loud
+        self.E, self.D = torch.as_tensor(E), torch.as_tensor(np.linalg.pinv(E).T)
+
+    def coords(self, x) -> np.ndarray:
+        c = super().coords(x)
+        return np.concatenate([c, c[..., :6] ** 2 - 0.2], -1)
+
+
+def test_the_placebo_and_repaired_controls_on_a_network_with_variance_they_can_lean_on():
+    hmm, _, s, y = _setup(n=400)
+    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
+    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
+    hook = "blocks.0.hook_resid_post"
+    out = {}
+    for reads in ("joint", "factors"):
+        model = PlantedLoud(hmm, coef, reads)
+        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
+        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+    j, f = out["joint"], out["factors"]
+    assert j["none/expected"] == pytest.approx(f["none/expected"]) and j["none/expected"] > 0.45
+    conds = ("beyond_factors", "placebo_beyond_factors", "repaired_beyond_factors", "repaired_joint_only")
+    # must say no: a factor reader loses nothing to any of them (each keeps the factor probes or spans)
+    assert max(abs(f[f"block0/{c}/removed"]) for c in conds) < 0.02
+    # must say yes: the joint reader loses more to the erasure than to either control of its construction,
+    # though the controls take most of it too (a reader of 4 exact joint directions loses its argmax to
+    # a partial erasure of them): the contrasts against these controls are conservative
+    r = j["block0/beyond_factors/removed"]
+    assert r > 0.95 and r > j["block0/random_beyond_factors/removed"] + 0.5
+    for ctrl in ("placebo", "repaired"):
+        assert 0.1 < r - j[f"block0/{ctrl}_beyond_factors/removed"] < 0.3
+    assert j["block0/joint_only/removed"] - j["block0/repaired_joint_only/removed"] > 0.2

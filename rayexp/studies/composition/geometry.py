@@ -35,6 +35,14 @@ What each answers (docs/design.md §4.6):
   are laid out; one that reads joint-only directions loses them. What it does not keep is the
   factor information in other directions than the probes' (a trained policy's own read-out need not
   be the ridge probe's), so in trained networks it can remove reward a policy earns from the factors.
+- :func:`derangement` and :func:`repaired_product_part`: the *re-paired* placebo target, the
+  joint-only part recomputed with one factor's beliefs taken from another sequence at the same
+  position. Each factor's beliefs keep their distribution, their dependence on position and their
+  dependence on the features; only the pairing of the two factors is broken, so any representation
+  that holds the factors separately (``x = f(h_0) + g(h_1)``, however nonlinear f and g) has no
+  population covariance with it, as with the real target, and its sample covariance has the real
+  target's heavy tails and position structure rather than a Gaussian's. It is the null of an
+  interaction test (keep the margins, shuffle the pairing) applied to the erasure's target.
 - :func:`random_basis`: a uniformly random subspace of the same dimension, the ablation's control;
   :func:`random_basis_outside`: the same within the complement of a span (the control of an erasure
   held orthogonal to the factor probes).
@@ -58,6 +66,25 @@ def product_part(factor_beliefs: list[np.ndarray], joint: np.ndarray) -> np.ndar
     contributions gives. Exact beliefs in, so it is a property of the stream, not of a model."""
     X = np.concatenate([_rows(b) for b in factor_beliefs], axis=-1)  # (n, sum S_i)
     return affine_residual(X, _rows(joint)).reshape(np.shape(joint))
+
+
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) a random permutation with no fixed point (one cycle through a random order), n >= 2."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 items; got {n}")
+    order = rng.permutation(n)
+    partner = np.empty(n, dtype=np.int64)
+    partner[order] = np.roll(order, -1)
+    return partner
+
+
+def repaired_product_part(factor_beliefs: list[np.ndarray], which: int, partner: np.ndarray) -> np.ndarray:
+    """:func:`product_part` of the factor beliefs (N, L, S_i) with factor ``which``'s taken from sequence
+    ``partner[n]`` for sequence n (same position): the joint-only target with the pairing broken."""
+    fbs = [np.asarray(b, dtype=np.float64) for b in factor_beliefs]
+    fbs[which] = fbs[which][np.asarray(partner)]
+    joint = np.einsum("...i,...j->...ij", fbs[0], fbs[1]).reshape(fbs[0].shape[:-1] + (-1,))
+    return product_part(fbs, joint)
 
 
 def affine_residual(A: np.ndarray, Z: np.ndarray) -> np.ndarray:

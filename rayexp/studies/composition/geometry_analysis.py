@@ -38,7 +38,12 @@ Both joint erasures also have a *placebo* control (``placebo_joint_only``, ``pla
 the same construction with the target replaced by Gaussian noise of the same rank. The span of the
 features' covariance with a target they do not hold leans on their high-variance directions, which
 carry what a policy reads; a uniformly random subspace mostly misses those, so it understates what
-erasing "a covariance span" costs by itself. For each: the
+erasing "a covariance span" costs by itself. And a *re-paired* control (``repaired_joint_only``,
+``repaired_beyond_factors``): the same construction fed the real joint-only target recomputed with
+one factor's beliefs from another sequence at the same position (:func:`.geometry.repaired_product_part`;
+the draws alternate which factor), the interaction null: features that hold the factors separately,
+however nonlinearly, have no covariance with it, just as with the real target, and its sampling
+noise has the real target's distribution rather than a Gaussian's. For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above
 uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy.
@@ -190,6 +195,7 @@ def ablations(
     rng_joint = np.random.default_rng([seed, 1])
     rng_beyond = np.random.default_rng([seed, 2])
     rng_placebo = np.random.default_rng([seed, 3])
+    rng_repair = np.random.default_rng([seed, 4])
     none = _policy_summary(s, hooked_forward(model, None, None, None), floor)
     out = {f"none/{k}": v for k, v in none.items() if k != "floor"}
     for hook, x in acts.items():
@@ -218,6 +224,15 @@ def ablations(
         noise = [rng_placebo.standard_normal((rows, max(jo.shape[1], beyond.shape[1], 1))) for _ in range(n_random)]
         bases["placebo_joint_only"] = [geo.joint_only_basis(xt, g[:, : jo.shape[1]], both) for g in noise]
         bases["placebo_beyond_factors"] = [geo.beyond_probes_basis(xt, g[:, : beyond.shape[1]], W) for g in noise]
+        # re-paired targets: the real joint-only part with the factors' pairing broken, each draw
+        # re-pairing the other factor in turn (the margins, heavy tails and position structure stay)
+        fbs = [y["factor0"][s.train], y["factor1"][s.train]]
+        repaired = [
+            geo.repaired_product_part(fbs, r % 2, geo.derangement(len(xt), rng_repair)).reshape(rows, -1)
+            for r in range(n_random)
+        ]
+        bases["repaired_joint_only"] = [geo.joint_only_basis(xt, z, both) for z in repaired]
+        bases["repaired_beyond_factors"] = [geo.beyond_probes_basis(xt, z, W) for z in repaired]
         layer = layer_name(hook)
         for cond, qs in bases.items():
             runs = [_policy_summary(s, hooked_forward(model, hook, Q, mu), floor) for Q in qs]

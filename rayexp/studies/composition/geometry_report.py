@@ -13,7 +13,8 @@ from rayexp.tables import format_table, write_csv
 #: the erasures the compact table prints, each beside its random control
 SHOWN = (
     "factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "placebo_joint_only",
-    "beyond_factors", "random_beyond_factors", "placebo_beyond_factors", "joint", "random_joint",
+    "repaired_joint_only", "beyond_factors", "random_beyond_factors", "placebo_beyond_factors",
+    "repaired_beyond_factors", "joint", "random_joint",
 )  # fmt: skip
 
 
@@ -71,8 +72,11 @@ def contrasts_at(tables: dict[str, list[dict]]) -> list[dict]:
                 (r["process"], r["task"], r["condition"]),
                 {"process": r["process"], "task": r["task"], "layer": r["layer"], "erasure": r["condition"]},
             )
-            minus = r["minus"].split("_")[0] if r["minus"].startswith(("random_", "placebo_")) else r["minus"]
+            minus = (
+                r["minus"].split("_")[0] if r["minus"].startswith(("random_", "placebo_", "repaired_")) else r["minus"]
+            )
             minus = minus.replace(", each net of its placebo", " (net of placebos)")
+            minus = minus.replace(", each net of its re-pairing", " (net of re-pairings)")
             bounds = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r["n_seeds"] > 1 else f"[n = {r['n_seeds']}]"
             row[f"minus {minus}"] = f"{r['mean']:+.2f} {bounds}"
     return list(out.values())

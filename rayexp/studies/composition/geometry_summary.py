@@ -95,10 +95,10 @@ _REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
 
 
 def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], reference: str, ci: float) -> dict:
-    """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random and
-    placebo controls (same trial), the ``reference`` task's same erasure (same process and seed, so the
-    same pretrained model), and, where there is a placebo, the reference's excess over its placebo
-    subtracted from this task's (a double difference). ``by_seed``: {(process, task): {seed: metrics}}.
+    """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random,
+    placebo and re-paired controls (same trial), the ``reference`` task's same erasure (same process
+    and seed, so the same pretrained model), and, where there is a placebo or a re-pairing, the
+    reference's excess over it subtracted from this task's (the double differences). ``by_seed``: {(process, task): {seed: metrics}}.
     Student-t intervals."""
     cols = ("process", "task", "layer", "condition", "minus", "mean", "ci_low", "ci_high", "n_seeds")
     out: dict[str, list] = {c: [] for c in cols}
@@ -116,20 +116,21 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
         for lay in layers:
             for cond in CONTRASTED:
                 mine = f"ablation/post/{lay}/{cond}/removed"
-                for ctrl in (f"random_{cond}", f"placebo_{cond}"):
+                for ctrl in (f"random_{cond}", f"placebo_{cond}", f"repaired_{cond}"):
                     other = f"ablation/post/{lay}/{ctrl}/removed"
                     pairs = [m[mine] - m[other] for m in seeds.values() if mine in m and other in m]
                     add((process, task, lay, cond, ctrl), pairs)
                 pairs = [m[mine] - ref[sd][mine] for sd, m in seeds.items() if mine in m and mine in ref.get(sd, {})]
                 add((process, task, lay, cond, reference), pairs)
-                # the double difference: this task's excess over its placebo minus the reference's
-                plc = f"ablation/post/{lay}/placebo_{cond}/removed"
-                net = [
-                    (m[mine] - m[plc]) - (ref[sd][mine] - ref[sd][plc])
-                    for sd, m in seeds.items()
-                    if all(k in m and k in ref.get(sd, {}) for k in (mine, plc))
-                ]
-                add((process, task, lay, cond, f"{reference}, each net of its placebo"), net)
+                # the double differences: this task's excess over its placebo minus the reference's
+                for ctrl, label in (("placebo", "placebo"), ("repaired", "re-pairing")):
+                    plc = f"ablation/post/{lay}/{ctrl}_{cond}/removed"
+                    net = [
+                        (m[mine] - m[plc]) - (ref[sd][mine] - ref[sd][plc])
+                        for sd, m in seeds.items()
+                        if all(k in m and k in ref.get(sd, {}) for k in (mine, plc))
+                    ]
+                    add((process, task, lay, cond, f"{reference}, each net of its {label}"), net)
     return out
 
 
@@ -217,7 +218,7 @@ def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
     """Share of the reward removed by erasing, one row each, both factors' belief subspaces, the
     joint-only subspace and the joint-only part beyond the factor probes (solid), random subspaces
     of the same dimension (dotted) and, for the joint erasures, the same construction fed a noise
-    target (placebo, dashed), at each layer, pre and post RL, per task with its interval over seeds.
+    target (placebo, dashed) and the re-paired target (dash-dot), at each layer, pre and post RL, per task with its interval over seeds.
     ``layer`` (the curves' layer) is marked."""
     from rayexp.figures import plt
 
@@ -237,7 +238,8 @@ def ablation_figure(ablations: dict[str, dict[str, list]], layer: str):
 
 def _ablation_lines(ax, rows: dict[str, list], model: str, erased: str, task: str, layer: str) -> None:
     color = None
-    for cond, style in ((erased, "o-"), (f"random_{erased}", "s:"), (f"placebo_{erased}", "^--")):
+    styles = ((erased, "o-"), (f"random_{erased}", "s:"), (f"placebo_{erased}", "^--"), (f"repaired_{erased}", "v-."))
+    for cond, style in styles:
         sel = [
             i
             for i in range(len(rows["model"]))
