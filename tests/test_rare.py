@@ -220,6 +220,26 @@ def test_the_task_is_set_against_its_shuffled_null_seed_by_seed():
     assert summary.null_rows(*by_seed(task)) == []
 
 
+def test_the_exposures_are_compared_on_the_tasks_excess_over_its_null():
+    from rayexp.studies.rare import summary
+
+    def seeds(caps):
+        return {str(i): {"post/capability": c} for i, c in enumerate(caps)}
+
+    task = {"e0": seeds([0.1, 0.2, 0.0]), "e1": seeds([0.6, 0.5, 0.7]), "e2": seeds([0.9, 0.8])}
+    null = {"e0": seeds([0.1, 0.1, 0.1]), "e1": seeds([0.0, 0.1, 0.0]), "e2": seeds([0.1, 0.1, 0.5])}
+    task["e3"] = seeds([0.5])  # no null: not a row
+    rows = summary.null_exposure_rows(task, null)
+    assert [r["group"] for r in rows] == ["e0", "e1", "e2"] and [r["seeds paired"] for r in rows] == [3, 3, 2]
+    ex = {"e0": [0.0, 0.1, -0.1], "e1": [0.6, 0.4, 0.7], "e2": [0.8, 0.7]}  # task - null, seed by seed
+    assert rows[1]["post/capability: task - null"] == summary.cell(summary.t_ci(ex["e1"]))
+    assert rows[1]["minus the previous group (Welch)"] == summary.cell(summary.welch_ci(ex["e0"], ex["e1"]))
+    assert rows[2]["minus the previous group (Welch)"] == summary.cell(summary.welch_ci(ex["e1"], ex["e2"]))
+    assert rows[2]["minus e0 (Welch)"] == summary.cell(summary.welch_ci(ex["e0"], ex["e2"]))
+    assert rows[0]["minus e0 (Welch)"] == "(reference)" and rows[0]["minus the previous group (Welch)"] == "-"
+    assert rows[2]["minus e0 (Welch)"].startswith("+0.750 [")
+
+
 def test_rare_figure_draws_each_trial_with_its_null_dashed(tmp_path):
     from types import SimpleNamespace
 

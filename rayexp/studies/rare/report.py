@@ -176,6 +176,15 @@ def report_section(inp: ReportInput) -> None:
             ),
             summary.null_rows(*by_seed(inp.runs)),
         )
+        task_by_seed, null_by_seed = by_seed(inp.runs)
+        ordered = {label: task_by_seed[label] for label in sorted(task_by_seed, key=_order)}
+        tables["rare_null_exposures"] = (
+            (
+                "the exposures compared on B skill after RL beyond the null (task - null, paired by seed); "
+                "exposures hold different pretrained models, so their differences are Welch t"
+            ),
+            summary.null_exposure_rows(ordered, null_by_seed),
+        )
     for name, (title, table) in tables.items():
         print(f"\n{title}:", file=inp.file)
         print(format_table(table), file=inp.file)

@@ -180,3 +180,23 @@ def null_rows(task: BySeed, null: BySeed) -> list[dict]:
             row[f"{name}: task - null (paired)"] = _t([a - b for a, b in pairs])
         rows.append(row)
     return rows
+
+
+def null_exposure_rows(task: BySeed, null: BySeed, key: str = "post/capability") -> list[dict]:
+    """The exposures compared with each other on what the null leaves: per group (in the order given,
+    lowest exposure first), the task's excess over its null on ``key``, paired by seed, and its
+    difference from the previous group's and from the first group's excess. Groups hold different
+    trials (each its own pretraining), so those differences are unpaired: Welch's t interval."""
+    excess: dict[str, list[float]] = {}
+    for label, seeds in task.items():
+        shared = sorted(set(seeds) & set(null.get(label, {})))
+        diffs = [seeds[s].get(key, np.nan) - null[label][s].get(key, np.nan) for s in shared]
+        if diffs:
+            excess[label] = diffs
+    rows, labels = [], list(excess)
+    for i, label in enumerate(labels):
+        row = {"group": label, "seeds paired": len(excess[label]), f"{key}: task - null": _t(excess[label])}
+        row["minus the previous group (Welch)"] = cell(welch_ci(excess[labels[i - 1]], excess[label])) if i else "-"
+        row[f"minus {labels[0]} (Welch)"] = cell(welch_ci(excess[labels[0]], excess[label])) if i else "(reference)"
+        rows.append(row)
+    return rows
