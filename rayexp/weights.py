@@ -35,3 +35,19 @@ def random_perturbation(model, norm: float, seed: int = 0):
         for p, n in zip(params, noise):
             p.add_((n * scale).to(p.dtype).to(p.device))
     return out
+
+
+def interpolate(before, after, scale: float):
+    """A deep copy of ``before`` with every parameter at ``before + scale * (after - before)``
+    (parameters matched by name; the originals are untouched): ``scale`` 1 is ``after``, 0 ``before``,
+    and ``scale`` = n / update_norm(before, after) is ``after``'s direction at norm n."""
+    import copy
+
+    import torch
+
+    out = copy.deepcopy(before)
+    target = dict(after.named_parameters())
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            p.add_(float(scale) * (target[name].to(p.device) - p))
+    return out

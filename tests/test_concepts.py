@@ -198,3 +198,91 @@ def test_welfare_report_reads_controls_and_cosines_per_seed():
     rows = cos_rows(runs)
     assert [r["model"] for r in rows] == ["pre", "post"] and rows[0]["seeds below/inside/above"] == "0/2/0"
     assert rows[0]["reading"].startswith("not antiparallel")
+
+
+class _Trial:
+    """What the matched_null analysis reads from a trial: its task, seed, start and models."""
+
+    def __init__(self, task, seed, pre, post, key="pretrained"):
+        from envs import build_process
+
+        self.config = {"task": {"name": task}, "seed": seed}
+        self.env_config, self.pretrain_key = {"context": 7}, key
+        self._hmm = build_process({"name": "outcome", "base": {"name": "mess3", "x": 0.05, "a": 0.85}})
+        self._pre, self._post = pre, post
+
+    def stream(self):
+        return self._hmm
+
+    def model_before(self):
+        return self._pre
+
+    def model_after(self):
+        return self._post
+
+
+def test_matched_null_scales_the_nulls_update_to_rls_norm_and_pairs_by_seed():
+    from rayexp.studies.welfare.concept_vectors_analysis import _Data, _hooks
+    from rayexp.studies.welfare.matched_null_analysis import MatchedNullParams, matched_null
+    from rayexp.weights import interpolate, param_arrays, random_perturbation, update_norm
+
+    cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=7, d_vocab=9)
+    group = []
+    for seed in (0, 1):
+        pre = Transformer(cfg, seed=seed).eval()
+        group += [
+            _Trial("outcome_rl", seed, pre, random_perturbation(pre, 1.5, seed=10 + seed)),
+            _Trial("shuffled_null", seed, pre, random_perturbation(pre, 6.0, seed=20 + seed)),
+        ]
+    group.append(_Trial("outcome_rl", 2, pre, pre))  # no null for seed 2: left out
+    params = MatchedNullParams(n_seq=300)
+    got = matched_null(group, params)
+    assert got.metrics["n_seeds"] == 2
+    assert got.metrics["norm/rl"] == pytest.approx(1.5, rel=1e-4) and got.metrics["norm/null"] == pytest.approx(
+        6.0, rel=1e-4
+    )
+    # the null at RL's norm is its own direction a quarter of the way: the same model as a perturbation
+    # along that direction drawn at norm 1.5 directly
+    pre = group[2].model_before()
+    scaled = interpolate(pre, group[3].model_after(), 0.25)
+    direct = random_perturbation(pre, 1.5, seed=21)
+    assert update_norm(param_arrays(pre), param_arrays(scaled)) == pytest.approx(1.5, rel=1e-4)
+    assert all(
+        np.allclose(a, b, atol=1e-6) for a, b in zip(param_arrays(scaled).values(), param_arrays(direct).values())
+    )
+    data = _Data(group[2].stream(), 7, 300, params.seed)
+    hook = _hooks(pre)[-1]
+    v_pre = cv.concept_vectors(data.acts(pre, [hook])[hook], data.labels)
+    v_dir = cv.concept_vectors(data.acts(direct, [hook])[hook], data.labels)
+    table = got.tables["matched_rotation"].to_pydict()
+    row = next(
+        i
+        for i in range(len(table["seed"]))
+        if table["seed"][i] == 1 and table["hook"][i] == hook and table["vector"][i] == "P"
+    )
+    assert table["null_matched"][row] == pytest.approx(cv.cosine(v_pre[1], v_dir[1]), abs=1e-5)
+    # the summaries are the seeds' paired differences
+    sel = [i for i in range(len(table["seed"])) if table["hook"][i] == hook and table["vector"][i] == "P"]
+    diffs = [table["rl"][i] - table["null_matched"][i] for i in sel]
+    assert got.metrics[f"{hook}/P/rl_minus_null_matched"] == pytest.approx(np.mean(diffs))
+    assert got.metrics[f"{hook}/P/rl_minus_null_matched/ci_low"] < np.mean(diffs)
+    with pytest.raises(ValueError, match="both"):
+        matched_null(group[:1], params)
+    with pytest.raises(ValueError, match="different models"):
+        matched_null([group[0], _Trial("shuffled_null", 0, pre, pre, key="other")], params)
+
+
+def test_welfare_report_reads_the_matched_null_from_the_parent_run():
+    from rayexp.studies.welfare.report import matched_rows
+
+    pm = {"sweep/matched_null/all/norm/rl": 7.0, "sweep/matched_null/all/norm/null": 8.5}
+    for hook in ("blocks.1.hook_resid_post", "blocks.0.hook_resid_post"):
+        for name, (m, lo, hi) in {"rl": (0.5, 0.4, 0.6), "null_matched": (0.6, 0.5, 0.7)}.items():
+            stem = f"sweep/matched_null/all/{hook}/P/{name}"
+            pm |= {stem: m, f"{stem}/ci_low": lo, f"{stem}/ci_high": hi}
+    pm["sweep/other/all/x/P/rl"] = 1.0  # another analysis: not read
+    rows = matched_rows(pm)
+    assert [r["hook"] for r in rows] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert rows[0]["rl"] == "+0.50 [+0.40, +0.60]" and rows[0]["null_matched"] == "+0.60 [+0.50, +0.70]"
+    assert rows[0]["rl_minus_null"] == "-" and rows[0]["update norm RL / null"] == "7.00 / 8.50"
+    assert matched_rows({}) == []

@@ -155,6 +155,30 @@ def rotation_rows(task_runs: list, null_runs: list = ()) -> list[dict]:
     return rows
 
 
+MATCHED = "sweep/matched_null/"
+
+
+def matched_rows(parent_metrics: dict[str, float]) -> list[dict]:
+    """The ``matched_null`` analysis on the parent run: per group, hook and vector, cos(pre, post) of RL,
+    of the null and of the null's update scaled to RL's norm, and RL minus each, paired by seed."""
+    cells: dict[tuple[str, str, str], dict] = {}
+    for key, mean in parent_metrics.items():
+        parts = key[len(MATCHED) :].split("/") if key.startswith(MATCHED) else []
+        if len(parts) != 4:  # {group}/{hook}/{vector}/{name}; bounds and norms are read below
+            continue
+        group, hook, vec, name = parts
+        lo, hi = parent_metrics.get(f"{key}/ci_low"), parent_metrics.get(f"{key}/ci_high")
+        row = cells.setdefault((group, hook, vec), {"group": group, "hook": hook, "vector": f"v_{vec}"})
+        row[name] = summary.cell((mean, lo, hi), "+.2f") if lo is not None else f"{mean:+.2f}"
+    order = ("rl", "null", "null_matched", "rl_minus_null", "rl_minus_null_matched")
+    rows = []
+    for (group, hook, vec), row in sorted(cells.items(), key=lambda kv: (kv[0][0], _hook_order(kv[0][1]), kv[0][2])):
+        norms = [parent_metrics.get(f"{MATCHED}{group}/norm/{m}", float("nan")) for m in ("rl", "null")]
+        rows.append({**{k: row[k] for k in ("group", "hook", "vector")}, **{k: row.get(k, "-") for k in order}})
+        rows[-1]["update norm RL / null"] = f"{norms[0]:.2f} / {norms[1]:.2f}"
+    return rows
+
+
 def _hook_order(h: str) -> tuple[int, int]:
     parts = h.split(".")
     block = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 99
@@ -223,6 +247,13 @@ def report_section(inp: ReportInput) -> None:
                 "mean [95 % Student-t CI] over seeds"
             ),
             rotation_rows(runs, nulls),
+        ),
+        "rotation_matched": (
+            (
+                "the same against the null's update scaled to RL's norm (analysis matched_null: "
+                "theta_pre + |d_RL| / |d_null| * d_null, per seed); mean [95 % Student-t CI] over seeds"
+            ),
+            matched_rows(inp.parent_metrics),
         ),
     }
     for name, (title, rows) in tables.items():

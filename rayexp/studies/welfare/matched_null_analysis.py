@@ -1,0 +1,99 @@
+"""RL's rotation of the concept vectors against the null's update at RL's size (sweep scope).
+
+The welfare report's rotation table sets RL's cos(v pre, v post) against PPO on a shuffled reward
+(task ``shuffled_null``), but the null moves the weights further than RL (update norm 8.3-8.9
+against 6.8-7.2 in ``sweeps/welfare.yaml``), and a longer move turns a vector further whatever its
+direction. Here, per seed, the null's update is scaled to the norm of RL's,
+``theta_pre + (|d_RL| / |d_null|) d_null`` (the null's direction at RL's size:
+:func:`rayexp.weights.interpolate`), and the concept vectors are read from that model on the same
+contexts and with the same estimator as the ``concept_vectors`` analysis (its ``n_seq`` and ``seed``
+defaults), so the unscaled ``rl`` and ``null`` columns reproduce the trials' own ``align`` metrics.
+
+Metrics, per residual hook and vector k in {R, P}, each a mean over seeds with its Student-t
+interval (``/ci_low``, ``/ci_high``): ``{hook}/{k}/{rl,null,null_matched}`` = cos(v pre, v after),
+``{hook}/{k}/rl_minus_null_matched`` and ``{hook}/{k}/rl_minus_null``, paired by seed; ``norm/{rl,null}``
+the mean update norms, ``n_seeds``. Table ``matched_rotation``: one row per seed and hook.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from models.config import MAX_SEED
+from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.stats import t_ci
+from rayexp.studies.welfare import concepts as cv
+from rayexp.studies.welfare.concept_vectors_analysis import _Data, _hooks
+from rayexp.weights import interpolate, param_arrays, update_norm
+
+
+class MatchedNullParams(Params):
+    task: str = Field("outcome_rl", description="the RL task's name")
+    null_task: str = Field("shuffled_null", description="the shuffled-reward null's task name")
+    n_seq: int = Field(2000, ge=50, le=1_000_000, description="as concept_vectors' n_seq (same contexts)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="as concept_vectors' seed (same contexts)")
+    ci: float = Field(0.95, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
+
+
+def _pairs(group, params: MatchedNullParams) -> dict[int, tuple]:
+    """{seed: (RL trial, null trial)} for the seeds that ran both, from one pretrained model each."""
+    by_seed: dict[int, dict[str, object]] = {}
+    for a in group:
+        name = a.config["task"]["name"]
+        if name in (params.task, params.null_task):
+            by_seed.setdefault(int(a.config["seed"]), {})[name] = a
+    pairs = {s: (d[params.task], d[params.null_task]) for s, d in sorted(by_seed.items()) if len(d) == 2}
+    if not pairs:
+        raise ValueError(
+            f"matched_null needs, for some seed, both a {params.task!r} and a {params.null_task!r} trial; "
+            f"tasks found: {sorted({a.config['task']['name'] for a in group})}"
+        )
+    for s, (rl, null) in pairs.items():
+        if rl.pretrain_key != null.pretrain_key:
+            raise ValueError(f"matched_null: seed {s}'s {params.task!r} and null start from different models")
+    return pairs
+
+
+@analysis("matched_null", params=MatchedNullParams, needs=("model_before", "model_after", "env"), scope="sweep")
+def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
+    """cos(v pre, v post) of RL against the shuffled-reward null's update scaled to RL's norm, per seed."""
+    rows: dict[str, list] = {k: [] for k in ("seed", "hook", "vector", "rl", "null", "null_matched")}
+    norms: dict[str, list[float]] = {"rl": [], "null": []}
+    for seed, (rl, null) in _pairs(group, params).items():
+        pre, post_rl, post_null = rl.model_before(), rl.model_after(), null.model_after()
+        theta = param_arrays(pre)
+        n_rl, n_null = update_norm(theta, param_arrays(post_rl)), update_norm(theta, param_arrays(post_null))
+        norms["rl"].append(n_rl)
+        norms["null"].append(n_null)
+        models = {
+            "pre": pre,
+            "rl": post_rl,
+            "null": post_null,
+            "null_matched": interpolate(pre, post_null, n_rl / n_null),
+        }
+        data = _Data(rl.stream(), int(rl.env_config["context"]), params.n_seq, params.seed)
+        hooks = _hooks(pre)
+        vecs = {}
+        for name, model in models.items():
+            acts = data.acts(model, hooks)
+            vecs[name] = {h: cv.concept_vectors(acts[h], data.labels) for h in hooks}
+        for h in hooks:
+            for k, i in (("R", 0), ("P", 1)):
+                cos = {m: cv.cosine(vecs["pre"][h][i], vecs[m][h][i]) for m in ("rl", "null", "null_matched")}
+                for col, val in (("seed", seed), ("hook", h), ("vector", k), *cos.items()):
+                    rows[col].append(val)
+    metrics: dict[str, float] = {"n_seeds": float(len(norms["rl"]))}
+    metrics |= {f"norm/{m}": float(np.mean(v)) for m, v in norms.items()}
+    table = {k: np.asarray(v) for k, v in rows.items()}
+    for h in dict.fromkeys(rows["hook"]):
+        for k in ("R", "P"):
+            sel = (table["hook"] == h) & (table["vector"] == k)
+            cols = {m: table[m][sel] for m in ("rl", "null", "null_matched")}
+            cols["rl_minus_null_matched"] = cols["rl"] - cols["null_matched"]
+            cols["rl_minus_null"] = cols["rl"] - cols["null"]
+            for name, vals in cols.items():
+                mean, lo, hi = t_ci(vals, params.ci)
+                metrics |= {f"{h}/{k}/{name}": mean, f"{h}/{k}/{name}/ci_low": lo, f"{h}/{k}/{name}/ci_high": hi}
+    return AnalysisResult(metrics=metrics, tables={"matched_rotation": pa.table(rows)})
