@@ -174,8 +174,9 @@ def matched_rows(parent_metrics: dict[str, float]) -> list[dict]:
     rows = []
     for (group, hook, vec), row in sorted(cells.items(), key=lambda kv: (kv[0][0], _hook_order(kv[0][1]), kv[0][2])):
         norms = [parent_metrics.get(f"{MATCHED}{group}/norm/{m}", float("nan")) for m in ("rl", "null")]
-        rows.append({**{k: row[k] for k in ("group", "hook", "vector")}, **{k: row.get(k, "-") for k in order}})
-        rows[-1]["update norm RL / null"] = f"{norms[0]:.2f} / {norms[1]:.2f}"
+        # hook and vector first: a wide table's further blocks repeat its first two columns
+        rows.append({"hook": hook, "vector": row["vector"], **{k: row.get(k, "-") for k in order}})
+        rows[-1] |= {"update norm RL / null": f"{norms[0]:.2f} / {norms[1]:.2f}", "group": group}
     return rows
 
 
