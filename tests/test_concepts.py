@@ -222,7 +222,8 @@ class _Trial:
 
 
 def test_matched_null_scales_the_nulls_update_to_rls_norm_and_pairs_by_seed():
-    from rayexp.studies.welfare.concept_vectors_analysis import _Data, _hooks
+    from rayexp.probes import residual_layers
+    from rayexp.studies.welfare.concept_vectors_analysis import OutcomeContexts
     from rayexp.studies.welfare.matched_null_analysis import MatchedNullParams, matched_null
     from rayexp.weights import interpolate, param_arrays, random_perturbation, update_norm
 
@@ -250,8 +251,8 @@ def test_matched_null_scales_the_nulls_update_to_rls_norm_and_pairs_by_seed():
     assert all(
         np.allclose(a, b, atol=1e-6) for a, b in zip(param_arrays(scaled).values(), param_arrays(direct).values())
     )
-    data = _Data(group[2].stream(), 7, 300, params.seed)
-    hook = _hooks(pre)[-1]
+    data = OutcomeContexts(group[2].stream(), 7, 300, params.seed)
+    hook = residual_layers(pre.hook_names)[-1]
     v_pre = cv.concept_vectors(data.acts(pre, [hook])[hook], data.labels)
     v_dir = cv.concept_vectors(data.acts(direct, [hook])[hook], data.labels)
     table = got.tables["matched_rotation"].to_pydict()

@@ -79,7 +79,7 @@ def _hooks(model) -> list[str]:
     return residual_layers(model.hook_names)
 
 
-class _Data:
+class OutcomeContexts:
     """The sampled contexts: outcome positions with labels, decision positions with exact outcome
     probabilities, both from one sample of the outcome process."""
 
@@ -136,7 +136,7 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
     hmm = artifacts.stream()
     if hmm.family != "outcome":
         raise ValueError(f"concept_vectors needs an outcome RL stream (task.env: outcome); got {hmm.name!r}")
-    data = _Data(hmm, int(artifacts.env_config["context"]), params.n_seq, params.seed)
+    data = OutcomeContexts(hmm, int(artifacts.env_config["context"]), params.n_seq, params.seed)
     models = {"random_init": artifacts.random_init(), "pre": artifacts.model_before(), "post": artifacts.model_after()}
     hooks = _hooks(models["post"])
     steer_hook = params.steer_hook or hooks[len(hooks) // 2]
@@ -248,7 +248,9 @@ def concept_vectors(artifacts, params: ConceptParams) -> AnalysisResult:
     return AnalysisResult(metrics=metrics, tables=tables, figures=figures)
 
 
-def _control_effects(data: _Data, model, hook: str, v_rp, acts_out, curves, p0: float, params) -> tuple[dict, dict]:
+def _control_effects(
+    data: OutcomeContexts, model, hook: str, v_rp, acts_out, curves, p0: float, params
+) -> tuple[dict, dict]:
     """The post-RL steering effect of v_P and v_R against norm-matched controls, off and on the manifold.
 
     Effect = |P(punished) steered at the largest alpha - unsteered|. A control matched to v's norm at
@@ -313,7 +315,7 @@ def _versus(target: str, kind: str, effect: float, control: float) -> dict[str, 
     }
 
 
-def _curve(artifacts, data: _Data, hooks: list[str], final: dict) -> dict[str, list]:
+def _curve(artifacts, data: OutcomeContexts, hooks: list[str], final: dict) -> dict[str, list]:
     rows: dict[str, list] = {
         "iteration": [],
         "hook": [],

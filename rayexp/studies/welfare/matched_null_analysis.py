@@ -23,9 +23,10 @@ from pydantic import Field
 
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.probes import residual_layers
 from rayexp.stats import t_ci
 from rayexp.studies.welfare import concepts as cv
-from rayexp.studies.welfare.concept_vectors_analysis import _Data, _hooks
+from rayexp.studies.welfare.concept_vectors_analysis import OutcomeContexts
 from rayexp.weights import interpolate, param_arrays, update_norm
 
 
@@ -73,8 +74,8 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
             "null": post_null,
             "null_matched": interpolate(pre, post_null, n_rl / n_null),
         }
-        data = _Data(rl.stream(), int(rl.env_config["context"]), params.n_seq, params.seed)
-        hooks = _hooks(pre)
+        data = OutcomeContexts(rl.stream(), int(rl.env_config["context"]), params.n_seq, params.seed)
+        hooks = residual_layers(pre.hook_names)
         vecs = {}
         for name, model in models.items():
             acts = data.acts(model, hooks)
