@@ -343,6 +343,19 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert rep[0] == pytest.approx(((0.9 - 0.25) - (0.4 - 0.2) + (0.8 - 0.1) - (0.3 - 0.1)) / 2) and rep[2] == 2
     assert got[("p", "positive_control", "beyond_factors", "repaired_beyond_factors")][0] == pytest.approx(2.0 / 3)
     assert ("p", "negative_control", "beyond_factors", "negative_control") not in got  # not against itself
+    # the family-wise interval: Bonferroni over the contrast's layers (one layer here: the plain interval),
+    # and over two layers the interval at 1 - 0.05 / 2
+    i = next(i for i, x in enumerate(rows["minus"]) if x == "placebo_beyond_factors" and rows["process"][i] == "p")
+    assert rows["fw_layers"][i] == 1 and rows["fw_low"][i] == pytest.approx(rows["ci_low"][i])
+    two = {
+        k: v | {k2.replace("block0", "block1"): v2 for k2, v2 in v.items()}
+        for k, v in by_seed[("p", "positive_control")].items()
+    }
+    rows2 = contrast_rows({("p", "positive_control"): two}, "negative_control", 0.95)
+    j = rows2["minus"].index("placebo_beyond_factors")
+    d = [0.9 - 0.5, 0.8 - 0.2, 0.7 - 0.1]
+    assert rows2["fw_layers"][j] == 2 and rows2["fw_low"][j] == pytest.approx(t_ci(d, 0.975)[1])
+    assert rows2["fw_low"][j] < rows2["ci_low"][j]
     assert ("q", "positive_control", "beyond_factors", "negative_control") not in got  # q has no reference
     assert got[("q", "positive_control", "beyond_factors", "random_beyond_factors")][2] == 1
     assert set(rows["layer"]) == {"block0"} and set(rows["condition"]) == {"beyond_factors"}
@@ -351,7 +364,8 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
 
     curve = [{"process": "p", "task": "positive_control", "layer": "block0"}]
     (row,) = contrasts_at({"curve": curve, "contrast": [dict(zip(rows, v)) for v in zip(*rows.values())]})
-    assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50]"
+    # a difference with no spread excludes 0 at any level: starred as holding over the layers too
+    assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50] *"
     assert row["minus placebo"].startswith("+0.53 [") and "minus random" in row
     assert row["minus negative_control (net of placebos)"] == "+0.45 [-0.19, +1.09]"
     assert row["minus repaired"].startswith("+0.67 [") and "minus negative_control (net of re-pairings)" in row

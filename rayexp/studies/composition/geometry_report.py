@@ -78,7 +78,9 @@ def contrasts_at(tables: dict[str, list[dict]]) -> list[dict]:
             minus = minus.replace(", each net of its placebo", " (net of placebos)")
             minus = minus.replace(", each net of its re-pairing", " (net of re-pairings)")
             bounds = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r["n_seeds"] > 1 else f"[n = {r['n_seeds']}]"
-            row[f"minus {minus}"] = f"{r['mean']:+.2f} {bounds}"
+            # *: the interval Bonferroni-adjusted over the contrast's layers excludes 0 too
+            family = r.get("fw_low", float("nan")) > 0 or r.get("fw_high", float("nan")) < 0
+            row[f"minus {minus}"] = f"{r['mean']:+.2f} {bounds}{' *' if family else ''}"
     return list(out.values())
 
 
@@ -88,7 +90,10 @@ def report_geometry(uri: str, parent: str, out: Path | None, file=sys.stdout) ->
         return
     print("\nbelief geometry (README, 'Belief geometry through RL'):\n" + format_table(compact(tables)), file=file)
     if rows := contrasts_at(tables):
-        title = "joint erasures after RL, share removed minus each reference, paired by seed (95 % t)"
+        title = (
+            "joint erasures after RL, share removed minus each reference, paired by seed (95 % t; "
+            "*: also with Bonferroni over the layers)"
+        )
         print(f"\n{title}:\n" + format_table(rows), file=file)
     if out is not None:
         for kind, rows in tables.items():

@@ -98,16 +98,20 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
     """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random,
     placebo and re-paired controls (same trial), the ``reference`` task's same erasure (same process
     and seed, so the same pretrained model), and, where there is a placebo or a re-pairing, the
-    reference's excess over it subtracted from this task's (the double differences). ``by_seed``: {(process, task): {seed: metrics}}.
+    reference's excess over it subtracted from this task's (the double differences). ``fw_low`` /
+    ``fw_high``: the same interval Bonferroni-adjusted over the layers of its (process, task,
+    condition, minus) family (``fw_layers`` of them). ``by_seed``: {(process, task): {seed: metrics}}.
     Student-t intervals."""
     cols = ("process", "task", "layer", "condition", "minus", "mean", "ci_low", "ci_high", "n_seeds")
-    out: dict[str, list] = {c: [] for c in cols}
+    out: dict[str, list] = {c: [] for c in (*cols, "fw_low", "fw_high", "fw_layers")}
+    diffs_of: list[list[float]] = []
 
     def add(key: tuple, diffs: list[float]) -> None:
         d = [x for x in diffs if np.isfinite(x)]
         if d:
             for col, val in zip(cols, (*key, *t_ci(d, ci), len(d))):
                 out[col].append(val)
+            diffs_of.append(d)
 
     for (process, task), seeds in sorted(by_seed.items()):
         keys = set().union(*seeds.values())
@@ -131,6 +135,15 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
                         if all(k in m and k in ref.get(sd, {}) for k in (mine, plc))
                     ]
                     add((process, task, lay, cond, f"{reference}, each net of its {label}"), net)
+    # one contrast asked at every layer is one family: Bonferroni over its layers (fw_*) beside each
+    # layer's own interval, so a cell that clears 0 only because several layers were looked at shows it
+    family = [(out["process"][i], out["task"][i], out["condition"][i], out["minus"][i]) for i in range(len(diffs_of))]
+    sizes = {f: family.count(f) for f in set(family)}
+    for f, d in zip(family, diffs_of):
+        _, lo, hi = t_ci(d, 1 - (1 - ci) / sizes[f])
+        out["fw_low"].append(lo)
+        out["fw_high"].append(hi)
+        out["fw_layers"].append(sizes[f])
     return out
 
 
