@@ -20,6 +20,7 @@ Metrics ``{task}/{pre,post}/{layer}/...`` and ``{task}/ablation/post/{layer}/{co
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -138,7 +139,7 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
     # one contrast asked at every layer is one family: Bonferroni over its layers (fw_*) beside each
     # layer's own interval, so a cell that clears 0 only because several layers were looked at shows it
     family = [(out["process"][i], out["task"][i], out["condition"][i], out["minus"][i]) for i in range(len(diffs_of))]
-    sizes = {f: family.count(f) for f in set(family)}
+    sizes = Counter(family)
     for f, d in zip(family, diffs_of):
         _, lo, hi = t_ci(d, 1 - (1 - ci) / sizes[f])
         out["fw_low"].append(lo)

@@ -169,14 +169,14 @@ def report_section(inp: ReportInput) -> None:
         ),
     }
     if null_runs:
+        task_by_seed, null_by_seed = by_seed(inp.runs)
         tables["rare_null"] = (
             (
                 "the task against PPO on a shuffled reward (scored against a shadow stream the same actions "
                 "steer: pays for seeking and guessing, never for tracking B); task - null paired by seed"
             ),
-            summary.null_rows(*by_seed(inp.runs)),
+            summary.null_rows(task_by_seed, null_by_seed),
         )
-        task_by_seed, null_by_seed = by_seed(inp.runs)
         ordered = {label: task_by_seed[label] for label in sorted(task_by_seed, key=_order)}
         tables["rare_null_exposures"] = (
             (

@@ -17,6 +17,8 @@ the mean update norms, ``n_seeds``. Table ``matched_rotation``: one row per seed
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
@@ -62,6 +64,7 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
     """cos(v pre, v post) of RL against the shuffled-reward null's update scaled to RL's norm, per seed."""
     rows: dict[str, list] = {k: [] for k in ("seed", "hook", "vector", "rl", "null", "null_matched")}
     norms: dict[str, list[float]] = {"rl": [], "null": []}
+    contexts: dict[tuple, OutcomeContexts] = {}  # one sample per stream: every seed is read on the same contexts
     for seed, (rl, null) in _pairs(group, params).items():
         pre, post_rl, post_null = rl.model_before(), rl.model_after(), null.model_after()
         theta = param_arrays(pre)
@@ -74,7 +77,10 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
             "null": post_null,
             "null_matched": interpolate(pre, post_null, n_rl / n_null),
         }
-        data = OutcomeContexts(rl.stream(), int(rl.env_config["context"]), params.n_seq, params.seed)
+        key = (json.dumps(rl.config.get("process"), sort_keys=True), int(rl.env_config["context"]))
+        if key not in contexts:
+            contexts[key] = OutcomeContexts(rl.stream(), key[1], params.n_seq, params.seed)
+        data = contexts[key]
         hooks = residual_layers(pre.hook_names)
         vecs = {}
         for name, model in models.items():
