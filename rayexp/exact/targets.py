@@ -8,7 +8,8 @@ The composition signals score policies against the *exact* distribution of what 
 - ``joint_target``: ``reward.target_probs(factor_beliefs)`` = P((a + b) mod m = k);
 - ``implies`` (default: a target only where the noisy AND gate's next bit is its output): the target
   is IMPLIES of the gate's last two bits, known from the tokens, and it exists with the belief's mass
-  on the gate's output states, so P(target = k) = P(output next) * [k = IMPLIES(x, y)] (0 elsewhere).
+  on joint states where the gate is in an output state and emits the next token, so P(target = k) =
+  P(output next) * [k = IMPLIES(x, y)] (0 elsewhere).
 
 Every other reward raises :class:`UnsupportedReward` saying so: its expected reward is not a
 P(target) dot product (``reward_punish``, ``rare_next_token``, ``implies`` with ``every_step``).
@@ -96,7 +97,12 @@ def implies_probs(hmm: HMM, reward: Implies, tokens: np.ndarray, beliefs: np.nda
     layout, gate = hmm.layout, reward.gate
     S = hmm.n_states
     gate_state = np.arange(S) if layout is None else layout.factor_states(np.arange(S))[gate]  # (S,)
-    p_out = beliefs @ np.isin(gate_state, noisy_and_states("out")).astype(np.float64)  # (N, L)
+    # a target exists only where the gate both sits in an output state and is the one to emit next:
+    # on an interleave or a gated process another factor may speak while the gate waits in its output state
+    owned = np.ones(hmm.vocab_size, dtype=bool) if layout is None else layout.owns(gate)  # (V,)
+    gate_speaks = hmm.T[owned].sum(axis=(0, 2))  # (S,) P(the next token is the gate's | joint state)
+    is_out = np.isin(gate_state, noisy_and_states("out"))
+    p_out = beliefs @ (is_out * gate_speaks)  # (N, L)
     bits = tokens if layout is None else layout.split_tokens(tokens)[gate]  # (N, L) gate bits, -1 silent
     N, L = bits.shape
     pos = np.where(bits >= 0, np.arange(L), -1)  # (N, L)
@@ -106,7 +112,7 @@ def implies_probs(hmm: HMM, reward: Implies, tokens: np.ndarray, beliefs: np.nda
     ok = (y_pos >= 0) & (x_pos >= 0)
     x = np.take_along_axis(bits, np.maximum(x_pos, 0), axis=1)
     y = np.take_along_axis(bits, np.maximum(y_pos, 0), axis=1)
-    value = (1 - x) | y  # (N, L) IMPLIES(x, y) = action index
+    value = np.where(ok, (1 - x) | y, 0)  # (N, L) IMPLIES(x, y) = action index; x is -1 (silent) where not ok
     P = np.zeros((N, L, 2))
     np.put_along_axis(P, value[..., None], np.where(ok, p_out, 0.0)[..., None], axis=-1)
     return P
