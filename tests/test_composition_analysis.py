@@ -209,6 +209,18 @@ def test_verdict_analysis_pairs_each_task_with_its_null_by_seed():
     # one seed: intervals over held-out contexts (here none were stored, so no verdict)
     one = verdict(trials([0.8], [0.7], [1.0], "pos"), VerdictParams())
     assert one.metrics["pos/verdict_code"] == 0
+    # grouped by task alone, one group holds two pairs: each keeps its own metrics (keyed by process too)
+    product = {"name": "product", "factors": INTERLEAVE["factors"]}
+    sharp = trials([0.05, 0.04, 0.06, 0.05, 0.03], [0.1] * 5, [0.9] * 5, "pos")
+    other_null = trials([0.3] * 5, [0.2, 0.21, 0.19, 0.2, 0.2], [0.0] * 5, "null", null=True)
+    for t in sharp + other_null:
+        t.config["process"] = product
+    mixed = verdict(null + pos + other_null + sharp, VerdictParams())
+    table = mixed.tables["verdict"].to_pydict()
+    got = {(p.split("(")[0], t): v for p, t, v in zip(table["process"], table["task"], table["verdict"])}
+    assert got[("interleave", "pos")] == "composition" and got[("product", "pos")] == "reweighting"
+    codes = {k: v for k, v in mixed.metrics.items() if k.endswith("/pos/verdict_code")}
+    assert sorted(codes.values()) == [-1.0, 1.0] and len({k.split("/")[0] for k in codes}) == 2, codes
 
 
 def test_analysis_modules_import_without_torch():

@@ -165,6 +165,13 @@ def test_a_readout_counts_as_elicitation_only_against_random_init_features():
     # the control between the thresholds: neither elicitation nor refuted
     v = decide(u_rw, u_el, margin, null_rw, null_el, u_el_random=u_el + np.array([0.0, 0.1, 0.02, 0.09, 0.05]))
     assert v.code == INCONCLUSIVE and "random-init" in v.reason
+    # the control finite on one seed only (trials logged before it existed): no interval, so pretraining
+    # is not credited (the control missing altogether keeps the rule before the control: elicitation)
+    thin = np.full(5, np.nan)
+    thin[0] = u_el[0]
+    v = decide(u_rw, u_el, margin, null_rw, null_el, u_el_random=thin)
+    assert v.code == INCONCLUSIVE and "one finite seed" in v.reason
+    assert decide(u_rw, u_el, margin, null_rw, null_el).code == ELICITATION
     # a reweighting stays one whatever the readouts do
     v = decide(_seeds(0.03), u_el, margin, null_rw, null_el, u_el_random=_seeds(0.1, seed=5))
     assert v.code == REWEIGHTING

@@ -35,7 +35,9 @@ over seeds, 95 %)::
 Without ``shortfall`` (trials that logged none) that test is skipped, and the reason says so.
 
 Without ``u_el_random`` the readout is taken as from pretraining and never as generic (the rule
-before the control, kept for callers that lack it).
+before the control, kept for callers that lack it). A control finite on one seed only (a group mixing
+trials logged before and after it) has no interval: the readout is then neither credited to
+pretraining nor called generic, and the reason says so.
 
 score = mean over seeds of min over the classes of the probability mass per step (total variation)
 the class leaves unexplained: it grows in proportion to a policy's composed part, and it is in the
@@ -222,7 +224,9 @@ def decide(
     elif shortfall is not None and np.isfinite(_arr(shortfall)).any():
         short = Interval(*t_ci(_arr(shortfall), th.ci))  # one finite seed: its value, no bounds
     has_control = bool(np.isfinite(spec.lo))
-    from_pretraining = (not has_control) or spec.lo > th.tol
+    # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
+    thin_control = bool(np.isfinite(spec.mean)) and not has_control
+    from_pretraining = spec.lo > th.tol if has_control else not thin_control
     generic = has_control and spec.hi < th.tol
 
     def explained(d: Interval, u: Interval) -> bool:
@@ -278,5 +282,11 @@ def decide(
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
         return out(INCONCLUSIVE, f"neither class explains it ({why_el}), but the per-phase margin is {why}")
     if explained(d_el, i_el):
+        if thin_control:
+            return out(
+                INCONCLUSIVE,
+                readout + f", but the random-init control has one finite seed ({spec.mean:.2f}, no interval): "
+                "pretraining is not credited",
+            )
         return out(INCONCLUSIVE, readout + f", but pretrained features beat random-init ones by {spec}: between")
     return out(INCONCLUSIVE, f"unexplained by p_pre map {d_rw}, by readout {d_el} ({against}): between the thresholds")

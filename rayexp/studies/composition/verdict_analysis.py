@@ -23,6 +23,7 @@ seeds as points.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -203,6 +204,9 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
     rows: dict[str, list] = {}
     metrics: dict[str, float] = {}
     results = verdicts(group, params)
+    # a group holding several processes (grouped by task alone) keys its metrics by process too, or
+    # one pair's verdict would overwrite another's under the same name
+    several = len({process for process, *_ in results}) > 1
     for process, task, v, col in results:
         row = {
             "process": process,
@@ -226,7 +230,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
         }
         for k, val in row.items():
             rows.setdefault(k, []).append(val)
-        prefix = task
+        prefix = f"{_slug(process)}/{task}" if several else task
         metrics |= {
             f"{prefix}/verdict_code": float(v.code),
             f"{prefix}/score": v.score.mean,
@@ -238,6 +242,11 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             f"{prefix}/n_seeds": float(v.n_seeds),
         }
     return AnalysisResult(metrics=metrics, tables={"verdict": pa.table(rows)}, figures={"verdict": _figure(results)})
+
+
+def _slug(process) -> str:
+    """A process name as one metric path segment (the sweep's group labels are written the same way)."""
+    return re.sub(r"[^\w.\-]+", "_", str(process)).strip("_")
 
 
 def _figure(results):
