@@ -164,7 +164,9 @@ class CopiesVectorEnv(SyncVectorEnv):
     next-step, as in SequenceVectorEnv (what RLlib's env runner expects). Copy i seeds its first
     reset from seed i spawned from the config's seed (``numpy.random.SeedSequence``), so copies
     never replay each other's streams and one config gives the same rollouts; ``reset(seed=s)``
-    seeds copy i with ``s + i`` as gymnasium does. The process is built once and shared.
+    seeds copy i with ``s + i`` as gymnasium does, or with child i of ``SeedSequence(s)`` under
+    ``copy_seeds: spawn`` (what several RLlib env runners need, see ``EnvConfig.copy_seeds``). The
+    process is built once and shared.
     """
 
     ENV: ClassVar[type[gym.Env]]
@@ -183,6 +185,12 @@ class CopiesVectorEnv(SyncVectorEnv):
         self.hmm = self.envs[0].hmm
         self.reward_fn = self.envs[0].reward_fn
         self.action_tokens = self.envs[0].action_tokens
+        self._spawn = cfg.copy_seeds == "spawn"
+
+    def reset(self, *, seed=None, options=None):
+        if self._spawn and isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seed = spawn_seeds(int(seed), self.num_envs)
+        return super().reset(seed=seed, options=options)
 
 
 class ActiveGatedVectorEnv(CopiesVectorEnv):

@@ -45,6 +45,12 @@ class EnvConfig:
     agent sees its real outcomes (``OutcomeEnv``)."""
     seed: int | None = None
     """Seed for the first reset when ``reset`` is not given one (leave None under RLlib, which seeds resets)."""
+    copy_seeds: str = "offset"
+    """How ``reset(seed=s)`` seeds the copies of an env the agent steers (``CopiesVectorEnv``):
+    ``"offset"``, copy i from ``s + i`` as gymnasium does; ``"spawn"``, copy i from child i of
+    ``numpy.random.SeedSequence(s)``. RLlib resets runner w with ``seed + w``, so with several env
+    runners offsets collide (runner w's copy i+1 replays runner w+1's copy i); rayexp.ppo asks for
+    ``"spawn"`` there. The streamed sequence env draws all its rows from one generator and ignores it."""
 
     @classmethod
     def from_dict(cls, config: dict | None) -> EnvConfig:
@@ -55,6 +61,8 @@ class EnvConfig:
             raise ValueError(f"unknown env config keys {unknown}; valid: {names}")
         if "process" not in config:
             raise ValueError("env config needs 'process' (a process spec dict or an HMM)")
+        if config.get("copy_seeds", "offset") not in ("offset", "spawn"):
+            raise ValueError(f"env config 'copy_seeds' must be 'offset' or 'spawn'; got {config['copy_seeds']!r}")
         if config.get("env", "sequence") not in ENV_KINDS:
             raise ValueError(f"env config 'env' must be one of {list(ENV_KINDS)}; got {config['env']!r}")
         return cls(**config)

@@ -87,6 +87,16 @@ def module_spec(settings: PPOSettings, env_config: dict, checkpoint_path: str | 
     return RLModuleSpec(module_class=TransformerPolicyModule, model_config=model_config)
 
 
+def _runner_env_config(env_config: dict, num_env_runners: int) -> dict:
+    """RLlib resets runner w's envs with ``seed + w``; gymnasium's vector envs then seed copy i with
+    ``s + i``, so with remote runners two copies would replay one stream: spawn the copies' seeds
+    instead. With the driver sampling alone (0 runners) the offsets are kept, so earlier runs reproduce."""
+    config = dict(env_config)
+    if num_env_runners > 0:
+        config["copy_seeds"] = "spawn"
+    return config
+
+
 def build_ppo_config(
     settings: PPOSettings, env_config: dict, checkpoint_path: str | Path, gpu: float = 0.0
 ) -> PPOConfig:
@@ -99,7 +109,7 @@ def build_ppo_config(
     """
     config = (
         PPOConfig()
-        .environment(register_env(), env_config=dict(env_config))
+        .environment(register_env(), env_config=_runner_env_config(env_config, settings.num_env_runners))
         .framework("torch")
         .env_runners(
             num_env_runners=settings.num_env_runners,

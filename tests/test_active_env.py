@@ -79,6 +79,30 @@ def test_active_vector_env_is_seeded_from_the_config():
     np.testing.assert_array_equal(d[0], e[0])
 
 
+def test_copies_of_several_env_runners_never_replay_each_other():
+    """RLlib resets runner w's vector env with seed + w. Gymnasium's offsets (copy i from s + i) then
+    make runner 1's copy i+1 replay runner 2's copy i; ``copy_seeds: spawn`` (what rayexp.ppo sets when
+    it asks for env runners) gives every copy of every runner its own stream."""
+
+    def streams(copy_seeds):
+        out = []
+        for w in (1, 2):
+            env = make_env(dict(ACTIVE, num_envs=3, copy_seeds=copy_seeds))
+            obs = [env.reset(seed=40 + w)[0]]
+            for a in np.random.default_rng(0).integers(0, env.single_action_space.n, 15):
+                obs.append(env.step(np.full(3, a))[0])  # every copy takes the same actions
+            out += [np.array(obs)[:, i] for i in range(3)]  # (16, K) observations of each copy
+        return out
+
+    def replays(obs):
+        return sum(np.array_equal(a, b) for i, a in enumerate(obs) for b in obs[i + 1 :])
+
+    assert replays(streams("offset")) == 2  # runner 1's copies 1, 2 are runner 2's copies 0, 1
+    assert replays(streams("spawn")) == 0
+    with pytest.raises(ValueError, match="copy_seeds"):
+        EnvConfig.from_dict({"process": GATED, "copy_seeds": "random"})
+
+
 def test_active_vector_env_pickles_mid_rollout():
     env = make_env(dict(ACTIVE, num_envs=2))
     env.reset(seed=1)

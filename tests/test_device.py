@@ -151,6 +151,10 @@ def test_build_ppo_config_gives_the_local_learner_its_share_and_env_runners_none
     gpu = build_ppo_config(PPOSettings(), env, ckpt, gpu=0.25)  # built, never started
     assert (gpu.num_learners, gpu.num_gpus_per_learner, gpu.num_gpus_per_env_runner) == (0, 0.25, 0)
     assert build_ppo_config(PPOSettings(), env, ckpt).num_gpus_per_learner == 0
+    # remote env runners: the copies' reset seeds are spawned, not offset (tests/test_active_env.py)
+    assert "copy_seeds" not in build_ppo_config(PPOSettings(), env, ckpt).env_config
+    runners = build_ppo_config(PPOSettings(num_env_runners=2), env, ckpt)
+    assert runners.env_config["copy_seeds"] == "spawn" and runners.num_env_runners == 2
 
 
 def test_a_learner_on_the_wrong_device_is_refused():
