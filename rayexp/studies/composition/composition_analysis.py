@@ -73,7 +73,12 @@ class CompositionParams(Params):
     lookup_k: list[Annotated[int, Field(ge=1, le=8)]] = Field(
         default_factory=lambda: [1, 2, 3], description="last-k-tokens lookup ceilings (each k in 1..8)"
     )
-    alpha: float = Field(1e-3, gt=0, description="ridge penalty (relative to the features' scale) of fits")
+    alpha: float = Field(
+        1e-3,
+        gt=0,
+        description="ridge penalty (relative to the features' scale) of the earlier signals' fits (ridge "
+        "reweighting R², frozen-feature readouts); the policy classes' softmax readout keeps its own fixed 1e-4",
+    )
     tol: float = Field(1e-3, gt=0, description="an entry counts as changed when |dW| > tol * RMS(W_before)")
     checkpoints: bool = Field(True, description="also compute the curve over stored PPO checkpoints")
 
