@@ -18,7 +18,6 @@ run under ``sweep/{analysis}_pooled_{OTHER}/...`` so it never mixes with the swe
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
 
@@ -28,7 +27,7 @@ from rayexp.artifacts import find_trials
 from rayexp.config import SweepError
 from rayexp.ray_local import connect
 from rayexp.report import latest_sweep_run
-from rayexp.specs import process_label
+from rayexp.specs import metric_segment, process_label
 
 
 def group_value(config: dict[str, Any], field: str) -> Any:
@@ -47,8 +46,7 @@ def group_value(config: dict[str, Any], field: str) -> Any:
 
 def group_label(values: tuple) -> str:
     """A metric-name-safe label of one group's values (MLflow keys allow [\\w./ :-])."""
-    text = "__".join(str(v) for v in values) or "all"
-    return re.sub(r"[^\w.\-]+", "_", text).strip("_") or "all"
+    return metric_segment("__".join(str(v) for v in values)) or "all"
 
 
 def group_trials(trials: list, group_by: list[str]) -> dict[str, list]:

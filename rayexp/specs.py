@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -34,3 +35,9 @@ def axis_label(value: Any) -> Any:
     """A sweep axis value as the console and summary show it: a process spec as its short label
     (mixture(mess3,rrxor)), anything else as it is."""
     return process_label(value) if isinstance(value, dict) and "name" in value else value
+
+
+def metric_segment(text: Any) -> str:
+    """``text`` as one segment of an MLflow metric name (keys allow [\\w./ :-]; '/' would nest), e.g.
+    interleave(mess3,mess3) -> interleave_mess3_mess3 ('' for nothing left)."""
+    return re.sub(r"[^\w.\-]+", "_", str(text)).strip("_")

@@ -23,7 +23,6 @@ seeds as points.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +30,7 @@ from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
-from rayexp.specs import process_label
+from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 
 #: table column -> key of the per-trial composition analysis
@@ -230,7 +229,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
         }
         for k, val in row.items():
             rows.setdefault(k, []).append(val)
-        prefix = f"{_slug(process)}/{task}" if several else task
+        prefix = f"{metric_segment(process)}/{task}" if several else task
         metrics |= {
             f"{prefix}/verdict_code": float(v.code),
             f"{prefix}/score": v.score.mean,
@@ -242,11 +241,6 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             f"{prefix}/n_seeds": float(v.n_seeds),
         }
     return AnalysisResult(metrics=metrics, tables={"verdict": pa.table(rows)}, figures={"verdict": _figure(results)})
-
-
-def _slug(process) -> str:
-    """A process name as one metric path segment (the sweep's group labels are written the same way)."""
-    return re.sub(r"[^\w.\-]+", "_", str(process)).strip("_")
 
 
 def _figure(results):
