@@ -287,3 +287,34 @@ def test_welfare_report_reads_the_matched_null_from_the_parent_run():
     assert rows[0]["rl"] == "+0.50 [+0.40, +0.60]" and rows[0]["null_matched"] == "+0.60 [+0.50, +0.70]"
     assert rows[0]["rl_minus_null"] == "-" and rows[0]["update norm RL / null"] == "7.00 / 8.50"
     assert matched_rows({}) == []
+
+
+@pytest.mark.parametrize("base", [{"name": "mess3", "x": 0.05, "a": 0.85}, {"name": "rrxor"}])
+def test_outcome_labels_are_iid_and_blind_to_the_base_stream_so_a_row_shuffle_is_exact(base):
+    """The welfare null shuffles labels across rows, and a sequence holds many rows. That is an exact
+    null only if the real labels are as a row shuffle makes them: independent of one another and of the
+    sequence the rows share. Exactly, from the matrices: P(base tokens, outcomes) over 3 rounds equals
+    P(base tokens) times a product of per-round outcome probabilities (1/S, 1/S, (S-2)/S)."""
+    import itertools
+
+    from envs import build_process
+    from envs.outcome import OutcomeTokens
+
+    hmm = build_process({"name": "outcome", "base": base})
+    lay = OutcomeTokens.of(hmm)
+    S = lay.n_base_states
+    p_outcome = np.array([1 / S, 1 / S, (S - 2) / S])
+    act = hmm.T[lay.action_tokens].sum(0)  # any action: the process draws it uniformly
+    rounds = 3
+    checked = 0
+    for xs in itertools.product(lay.base_tokens.tolist(), repeat=rounds):
+        p_x = hmm.init.copy()
+        for x in xs:
+            p_x = p_x @ hmm.T[x] @ act @ hmm.T[lay.outcome_tokens].sum(0)
+        for os in itertools.product(range(3), repeat=rounds):
+            p = hmm.init.copy()
+            for x, o in zip(xs, os):
+                p = p @ hmm.T[x] @ act @ hmm.T[lay.outcome_tokens[o]]
+            assert p.sum() == pytest.approx(p_x.sum() * np.prod(p_outcome[list(os)]), abs=1e-15)
+            checked += p_x.sum() > 1e-6
+    assert checked > 3**rounds  # the base stream has many sequences of real probability

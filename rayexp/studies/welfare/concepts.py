@@ -5,7 +5,11 @@ say how each context's trajectory ended: :data:`REWARDED`, :data:`PUNISHED` or :
 
 - v_R = mean(rewarded) - mean(neutral), v_P = mean(punished) - mean(neutral) (:func:`concept_vectors`);
 - the null of their cosine: the same with labels shuffled (:func:`shuffled_cosines`): what two
-  difference-of-means vectors sharing the neutral mean give when the labels carry nothing;
+  difference-of-means vectors sharing the neutral mean give when the labels carry nothing. The shuffle
+  is across rows although a sequence holds many rows; on the outcome process that is exact, since the
+  uniformly random action makes the labels i.i.d. and independent of the base stream (checked from the
+  matrices in ``tests/test_concepts.py``), so real labels group rows exactly as shuffled ones do. A
+  stream whose labels cluster by sequence would need the sequences' labels permuted instead;
 - steering controls off the activation manifold: a random vector of the same norm
   (:func:`random_like`) and one of the same norm orthogonal to v (:func:`orthogonal_like`);
 - steering controls *on* it (:func:`norm_matched` brings them to v's norm): v_P with the outcome
