@@ -10,6 +10,13 @@ picks a token from the action set, and a named reward (:mod:`envs.rewards`: ``ne
 tokens that follow. The next token comes from the process whatever the action. An episode
 terminates after ``episode_len`` steps (never truncates).
 
+``shuffle_reward`` (the null task): each episode's targets come from an independent shadow sequence
+drawn after the observed one from the env's own generator, so the reward keeps its distribution and
+says nothing about the stream. Unlike the steered envs (whose shadows have their own generator), the
+observed streams equal the task's for the same seed only in the first episode; nothing compares a
+null with its task stream by stream (they are paired by seed, through the pretrained model), and
+keeping the draws as they are keeps every stored null trial reproducible.
+
 ``info["belief"]`` is the exact belief P(state | x_0..x_t) that goes with the observation (from
 the start of the episode, also when t + 1 > K). For compositions ``info["factor_beliefs"]`` maps
 the factor index, as a string ("0", "1", ...: string keys let vector infos split per env), to
