@@ -287,6 +287,10 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
                 "ablation/post/block1/placebo_joint_only/drop", "ablation/pre/block0/placebo_beyond_factors/dim"):  # fmt: skip
         assert np.isfinite(m[key]), key
     assert m["dims/factored"] == 4 and m["dims/joint"] == 8
+    for key in ("ablation/post/none/expected_test", "ablation/post/block1/joint_only/expected_test",
+                "ablation/pre/block0/repaired_beyond_factors/expected_test"):  # fmt: skip
+        assert np.isfinite(m[key]), key
+    assert "ablation/post/block1/both/removed_test" in m
     # an untrained model earns nothing above uniform guessing: no share of it to remove
     assert (m["ablation/pre/none/expected"] - m["ceiling/uniform"] < 0.01) == np.isnan(
         m["ablation/pre/block1/factor0/removed"]
@@ -357,6 +361,17 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert rows2["fw_layers"][j] == 2 and rows2["fw_low"][j] == pytest.approx(t_ci(d, 0.975)[1])
     assert rows2["fw_low"][j] < rows2["ci_low"][j]
     assert ("q", "positive_control", "beyond_factors", "negative_control") not in got  # q has no reference
+    assert set(rows["scored"]) == {"all"}
+    # scored on the held-out half: the same contrasts of ``removed_test``, which the default never reads
+    held = {
+        key: {sd: v | {k.replace("/removed", "/removed_test"): x / 2 for k, x in v.items()} for sd, v in seeds.items()}
+        for key, seeds in by_seed.items()
+    }
+    assert contrast_rows(held, "negative_control", 0.95)["mean"] == rows["mean"]
+    rows_h = contrast_rows(held, "negative_control", 0.95, scored="held_out")
+    assert set(rows_h["scored"]) == {"held_out"} and len(rows_h["mean"]) == len(rows["mean"])
+    np.testing.assert_allclose(rows_h["mean"], np.array(rows["mean"]) / 2)
+    assert contrast_rows(by_seed, "negative_control", 0.95, scored="held_out")["mean"] == []  # older trials
     assert got[("q", "positive_control", "beyond_factors", "random_beyond_factors")][2] == 1
     assert set(rows["layer"]) == {"block0"} and set(rows["condition"]) == {"beyond_factors"}
     # the report prints them at each task's curve layer, one row per erasure
@@ -368,6 +383,15 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert row["erasure"] == "beyond_factors" and row["minus negative_control"] == "+0.50 [+0.50, +0.50] *"
     assert row["minus placebo"].startswith("+0.53 [") and "minus random" in row
     assert row["minus negative_control (net of placebos)"] == "+0.45 [-0.19, +1.09]"
+    # each scoring gets its own rows; rows without the column (older runs) count as scored on all
+    both = [dict(zip(rows, v)) for v in zip(*rows.values())] + [dict(zip(rows_h, v)) for v in zip(*rows_h.values())]
+    (row_h,) = contrasts_at({"curve": curve, "contrast": both}, "held_out")
+    assert row_h["minus negative_control"] == "+0.25 [+0.25, +0.25] *"
+    (row_a,) = contrasts_at({"curve": curve, "contrast": both})
+    assert row_a == row
+    old = [{k: v for k, v in r.items() if k != "scored"} for r in both[: len(rows["mean"])]]
+    assert contrasts_at({"curve": curve, "contrast": old}) == [row]
+    assert contrasts_at({"curve": curve, "contrast": old}, "held_out") == []
     assert row["minus repaired"].startswith("+0.67 [") and "minus negative_control (net of re-pairings)" in row
     one = [{"process": "q", "task": "positive_control", "layer": "block0"}]
     rows_q = [dict(zip(rows, v)) for v in zip(*rows.values()) if v[0] == "q"]
@@ -390,3 +414,19 @@ def test_geometry_report_compacts_the_summary_tables():
             "removed placebo_beyond_factors"} <= set(row)  # fmt: skip
     pre = np.mean([t._stored["pre/block1/r2/joint_only"] for t in trials])
     assert row["r2/joint_only pre"].startswith(f"{pre:.2f}")
+
+
+def test_an_ablation_scores_all_sequences_and_the_held_out_half_alone():
+    from models.transformer import Transformer, TransformerConfig
+    from rayexp.studies.composition.composition_analysis import policy_values
+    from rayexp.studies.composition.geometry_analysis import _policy_summary, hooked_forward
+
+    hmm = build_process(INTERLEAVE)
+    s = make_setup(hmm, make_reward("joint_target", hmm, {"m": 3}), 8, 40, 0)
+    cfg = TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=6)
+    forward = hooked_forward(Transformer(cfg, seed=3).eval(), None, None, None)
+    per_seq = policy_values(s, forward)["expected"]
+    got = _policy_summary(s, forward, 0.0)
+    assert got["expected"] == pytest.approx(per_seq.mean())
+    assert got["expected_test"] == pytest.approx(per_seq[s.test].mean())
+    assert got["expected_test"] != pytest.approx(got["expected"], abs=1e-6)  # a real half, not the whole

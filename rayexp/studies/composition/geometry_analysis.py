@@ -47,6 +47,9 @@ noise has the real target's distribution rather than a Gaussian's. For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above
 uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy.
+These are scored on all ``n_seq`` sequences, half of which the bases were fitted on;
+``expected_test`` / ``removed_test`` score the held-out half alone (the contrast table's
+``scored: held_out`` rows), so an erasure that fits its own sample's noise shows up as a difference.
 ``{layer}/{cond}/left_{factor0,factor1,joint_only}`` (non-random conditions) check that an erasure
 did what it says: held-out R^2 of probes refitted on the erased features of that layer (basis and
 mean from the training half, as in the ablation; fitted on one half, an erasure need not be perfect
@@ -161,6 +164,8 @@ def hooked_forward(model, hook: str | None, Q: np.ndarray | None, mu: np.ndarray
 def _policy_summary(s, forward, floor: float) -> dict[str, float]:
     v = policy_values(s, forward)
     out = {"expected": float(v["expected"].mean()), "greedy": float(v["greedy"].mean())}
+    # the erasures are fitted on the training half: the same reward on the held-out half alone
+    out["expected_test"] = float(v["expected"][s.test].mean())
     if "ia_num" in v:
         den = float(v["ia_den"].sum())
         out["interaction"] = float(v["ia_num"].sum()) / den if den > 0 else float("nan")
@@ -185,10 +190,21 @@ def factor_probe_weights(xt: np.ndarray, y: dict, train, alpha: float) -> np.nda
 
 
 def ablations(
-    model, acts: dict[str, np.ndarray], y: dict, s, floor: float, n_random: int, seed: int, alpha: float = 1e-3
+    model,
+    acts: dict[str, np.ndarray],
+    y: dict,
+    s,
+    floor: float,
+    n_random: int,
+    seed: int,
+    alpha: float = 1e-3,
+    floor_test: float | None = None,
 ) -> dict:
     """``{layer}/{cond}/{expected,greedy,interaction,removed,drop,dim}``, ``{layer}/{cond}/left_*`` for
-    the non-random conditions, and ``none/...`` for one model."""
+    the non-random conditions, and ``none/...`` for one model. ``expected_test`` and ``removed_test``:
+    the same on the held-out half of the sequences only (``floor_test`` its uniform floor; default
+    ``floor``), where no basis was fitted."""
+    floor_test = floor if floor_test is None else floor_test
     rng = np.random.default_rng(seed)
     # the joint conditions draw from their own stream, so that adding them left the factor
     # conditions' random subspaces, and every number reported before, as they were
@@ -241,6 +257,10 @@ def ablations(
                 out[f"{layer}/{cond}/{k}"] = float(np.mean(vals))
             out[f"{layer}/{cond}/removed"] = geo.removed_share(none["expected"], out[f"{layer}/{cond}/expected"], floor)
             out[f"{layer}/{cond}/drop"] = none["expected"] - out[f"{layer}/{cond}/expected"]
+            out[f"{layer}/{cond}/expected_test"] = float(np.mean([r["expected_test"] for r in runs]))
+            out[f"{layer}/{cond}/removed_test"] = geo.removed_share(
+                none["expected_test"], out[f"{layer}/{cond}/expected_test"], floor_test
+            )
             out[f"{layer}/{cond}/dim"] = float(qs[0].shape[1])
             if not cond.startswith("random"):
                 left = erased_probes(x, qs[0], mu, y, s, alpha)
@@ -288,9 +308,10 @@ def geometry(artifacts, params: GeometryParams) -> AnalysisResult:
             kept_acts[label] = (model, acts)
     if params.ablate:
         floor = float(np.nanmean(ceil["uniform"]))
+        floor_test = float(np.nanmean(ceil["uniform"][s.test]))
         for j, label in enumerate(("pre", "post")):
             model, acts = kept_acts[label]
-            ab = ablations(model, acts, y, s, floor, params.n_random, params.seed * 7919 + j, params.alpha)
+            ab = ablations(model, acts, y, s, floor, params.n_random, params.seed * 7919 + j, params.alpha, floor_test)
             metrics |= {f"ablation/{label}/{k}": v for k, v in ab.items()}
     figures = {"geometry_curve": curve_figure(metrics, [it for it, _ in models])}
     if y["factor0"].shape[-1] == 3 and y["factor1"].shape[-1] == 3:

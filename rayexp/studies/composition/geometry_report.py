@@ -61,12 +61,16 @@ def compact(tables: dict[str, list[dict]]) -> list[dict]:
     return list(out.values())
 
 
-def contrasts_at(tables: dict[str, list[dict]]) -> list[dict]:
+def contrasts_at(tables: dict[str, list[dict]], scored: str = "all") -> list[dict]:
     """The contrast table's rows for the joint erasures at each (process, task)'s curve layer, one
-    row per (process, task, condition), each contrast "mean [low, high]" in its own column."""
+    row per (process, task, condition), each contrast "mean [low, high]" in its own column; ``scored``:
+    the reward on ``all`` sequences or on the ``held_out`` half the erasures were not fitted on (runs
+    from before that column existed have ``all`` rows only)."""
     layers = {(r["process"], r["task"]): r["layer"] for r in tables["curve"]}
     out: dict[tuple, dict] = {}
     for r in tables.get("contrast", []):
+        if r.get("scored", "all") != scored:
+            continue
         if r["condition"] in ("joint_only", "beyond_factors") and r["layer"] == layers.get((r["process"], r["task"])):
             row = out.setdefault(
                 (r["process"], r["task"], r["condition"]),
@@ -94,6 +98,9 @@ def report_geometry(uri: str, parent: str, out: Path | None, file=sys.stdout) ->
             "joint erasures after RL, share removed minus each reference, paired by seed (95 % t; "
             "*: also with Bonferroni over the layers)"
         )
+        print(f"\n{title}:\n" + format_table(rows), file=file)
+    if rows := contrasts_at(tables, "held_out"):
+        title = "the same, the reward scored on the held-out half of the sequences only (no basis was fitted there)"
         print(f"\n{title}:\n" + format_table(rows), file=file)
     if out is not None:
         for kind, rows in tables.items():

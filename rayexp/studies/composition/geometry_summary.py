@@ -41,7 +41,7 @@ CURVE_KEYS = (
 )
 ABLATION_KEYS = (
     "removed", "drop", "expected", "greedy", "interaction",
-    "left_factor0", "left_factor1", "left_joint_only",
+    "left_factor0", "left_factor1", "left_joint_only", "removed_test", "expected_test",
 )  # fmt: skip
 _CURVE = re.compile(r"^curve/it(\d+)/([a-z0-9_]+)/(.+)$")
 _ABL = re.compile(r"^ablation/(pre|post)/([a-z0-9_]+)/([a-z0-9_]+)/([a-z0-9_]+)$")
@@ -93,16 +93,22 @@ def summarise(per_seed: list[dict[str, float]], layer: str, ci: float) -> tuple[
 
 CONTRASTED = ("both", "joint_only", "beyond_factors", "joint")
 _REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
+#: the contrast table's ``scored`` column -> the per-trial quantity it contrasts
+SCORED = {"all": "removed", "held_out": "removed_test"}
 
 
-def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], reference: str, ci: float) -> dict:
+def contrast_rows(
+    by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], reference: str, ci: float, scored: str = "all"
+) -> dict:
     """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random,
     placebo and re-paired controls (same trial), the ``reference`` task's same erasure (same process
     and seed, so the same pretrained model), and, where there is a placebo or a re-pairing, the
     reference's excess over it subtracted from this task's (the double differences). ``fw_low`` /
     ``fw_high``: the same interval Bonferroni-adjusted over the layers of its (process, task,
     condition, minus) family (``fw_layers`` of them). ``by_seed``: {(process, task): {seed: metrics}}.
-    Student-t intervals."""
+    ``scored`` (a :data:`SCORED` key): the reward on all sequences or on the held-out half alone, where
+    no erasure was fitted (trials from before it was logged give no held-out rows). Student-t intervals."""
+    quantity = SCORED[scored]
     cols = ("process", "task", "layer", "condition", "minus", "mean", "ci_low", "ci_high", "n_seeds")
     out: dict[str, list] = {c: [] for c in (*cols, "fw_low", "fw_high", "fw_layers")}
     diffs_of: list[list[float]] = []
@@ -120,16 +126,16 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
         ref = by_seed.get((process, reference), {}) if task != reference else {}
         for lay in layers:
             for cond in CONTRASTED:
-                mine = f"ablation/post/{lay}/{cond}/removed"
+                mine = f"ablation/post/{lay}/{cond}/{quantity}"
                 for ctrl in (f"random_{cond}", f"placebo_{cond}", f"repaired_{cond}"):
-                    other = f"ablation/post/{lay}/{ctrl}/removed"
+                    other = f"ablation/post/{lay}/{ctrl}/{quantity}"
                     pairs = [m[mine] - m[other] for m in seeds.values() if mine in m and other in m]
                     add((process, task, lay, cond, ctrl), pairs)
                 pairs = [m[mine] - ref[sd][mine] for sd, m in seeds.items() if mine in m and mine in ref.get(sd, {})]
                 add((process, task, lay, cond, reference), pairs)
                 # the double differences: this task's excess over its placebo minus the reference's
                 for ctrl, label in (("placebo", "placebo"), ("repaired", "re-pairing")):
-                    plc = f"ablation/post/{lay}/{ctrl}_{cond}/removed"
+                    plc = f"ablation/post/{lay}/{ctrl}_{cond}/{quantity}"
                     net = [
                         (m[mine] - m[plc]) - (ref[sd][mine] - ref[sd][plc])
                         for sd, m in seeds.items()
@@ -145,7 +151,12 @@ def contrast_rows(by_seed: dict[tuple[str, str], dict[str, dict[str, float]]], r
         out["fw_low"].append(lo)
         out["fw_high"].append(hi)
         out["fw_layers"].append(sizes[f])
+    out["scored"] = [scored] * len(out["mean"])
     return out
+
+
+def _stacked(tables: list[dict[str, list]]) -> dict[str, list]:
+    return {c: [v for t in tables for v in t[c]] for c in tables[0]}
 
 
 @analysis("geometry_summary", params=GeometrySummaryParams, scope="sweep")
@@ -189,7 +200,9 @@ def geometry_summary(group, params: GeometrySummaryParams) -> AnalysisResult:
         tables={
             "geometry_curve": pa.table(ctab),
             "geometry_ablation": pa.table(atab),
-            "geometry_contrast": pa.table(contrast_rows(by_seed, params.reference_task, params.ci)),
+            "geometry_contrast": pa.table(
+                _stacked([contrast_rows(by_seed, params.reference_task, params.ci, scored) for scored in SCORED])
+            ),
         },
         figures=figures,
     )
