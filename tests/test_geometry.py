@@ -430,3 +430,24 @@ def test_an_ablation_scores_all_sequences_and_the_held_out_half_alone():
     assert got["expected"] == pytest.approx(per_seq.mean())
     assert got["expected_test"] == pytest.approx(per_seq[s.test].mean())
     assert got["expected_test"] != pytest.approx(got["expected"], abs=1e-6)  # a real half, not the whole
+
+
+def test_the_ablations_joint_only_target_holds_no_affine_part_of_the_factors_on_its_own_rows():
+    """The bases are fitted on the training half; the target there must be that half's own product
+    part, as the re-paired control's is. The all-sequence fit keeps an affine part of the factors on
+    the half (a few % of its norm), which a basis fitted there would erase beside the joint-only part."""
+    from rayexp.studies.composition.geometry_analysis import belief_targets, joint_only_on
+
+    hmm = build_process(INTERLEAVE)
+    s = make_setup(hmm, make_reward("joint_target", hmm, {"m": 3}), 10, 400, 0)
+    y = belief_targets(hmm, s.tokens)
+    factors = np.concatenate([y["factor0"][s.train], y["factor1"][s.train]], axis=-1).reshape(-1, 6)
+
+    def affine_share(z):
+        z = z.reshape(len(factors), -1)
+        return np.linalg.norm(z - geo.affine_residual(factors, z)) / np.linalg.norm(z)
+
+    assert affine_share(joint_only_on(y, s.train)) < 1e-10
+    assert affine_share(y["joint_only"][s.train]) > 0.01  # what the ablation fitted to before
+    both = np.concatenate([s.train, s.test])
+    np.testing.assert_allclose(joint_only_on(y, np.sort(both)), y["joint_only"], atol=1e-12)

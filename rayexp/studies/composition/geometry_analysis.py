@@ -43,7 +43,8 @@ erasing "a covariance span" costs by itself. And a *re-paired* control (``repair
 one factor's beliefs from another sequence at the same position (:func:`.geometry.repaired_product_part`;
 the draws alternate which factor), the interaction null: features that hold the factors separately,
 however nonlinearly, have no covariance with it, just as with the real target, and its sampling
-noise has the real target's distribution rather than a Gaussian's. For each: the
+noise has the real target's distribution rather than a Gaussian's. Real and re-paired targets are
+both the training half's own product part (:func:`joint_only_on`). For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above
 uniform guessing the ablation removes (NaN for a policy earning < 0.01 above it, e.g. the null). ``ablation/{model}/none/...`` is the unablated policy.
@@ -181,6 +182,15 @@ def erased_probes(x: np.ndarray, Q: np.ndarray, mu: np.ndarray, y: dict, s, alph
     return {f"left_{t}": geo.held_out_r2(yte[t], fits[t].pred) for t in CHECKED}
 
 
+def joint_only_on(y: dict, rows) -> np.ndarray:
+    """The joint-only target of ``rows`` (their sequences), its affine map of the factors fitted on
+    those rows alone: what the ablations' bases are fitted to, built as the re-paired control's is.
+    ``y["joint_only"]`` is fitted on every sequence, so on half of them it keeps a small affine part of
+    the factor beliefs (4 % of its norm on the Mess3 interleave at 500 sequences), which a basis
+    fitted there would erase beside the joint-only part."""
+    return geo.product_part([y["factor0"][rows], y["factor1"][rows]], y["joint"][rows])
+
+
 def factor_probe_weights(xt: np.ndarray, y: dict, train, alpha: float) -> np.ndarray:
     """(D, S0 + S1): both factor probes' ridge weights, fitted on the training half's features ``xt``
     (the probes whose outputs the ``beyond_factors`` erasure leaves unchanged)."""
@@ -221,10 +231,11 @@ def ablations(
         mu = xt.reshape(-1, xt.shape[-1]).mean(0)
         q = [geo.erasure_basis(xt, y[f"factor{i}"][s.train]) for i in (0, 1)]
         both = np.linalg.qr(np.concatenate(q, axis=1))[0]
-        jo = geo.joint_only_basis(xt, y["joint_only"][s.train], both)
+        target = joint_only_on(y, s.train)
+        jo = geo.joint_only_basis(xt, target, both)
         joint = np.concatenate([both, jo], axis=1)  # orthonormal: jo is orthogonal to span(both)
         W = factor_probe_weights(xt, y, s.train, alpha)
-        beyond = geo.beyond_probes_basis(xt, y["joint_only"][s.train], W)
+        beyond = geo.beyond_probes_basis(xt, target, W)
         d = x.shape[-1]
         bases = {"factor0": [q[0]], "factor1": [q[1]], "both": [both], "joint_only": [jo], "joint": [joint]}
         bases["beyond_factors"] = [beyond]
