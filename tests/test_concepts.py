@@ -311,10 +311,11 @@ def test_outcome_labels_are_iid_and_blind_to_the_base_stream_so_a_row_shuffle_is
         p_x = hmm.init.copy()
         for x in xs:
             p_x = p_x @ hmm.T[x] @ act @ hmm.T[lay.outcome_tokens].sum(0)
+        checked += p_x.sum() > 1e-6
         for os in itertools.product(range(3), repeat=rounds):
             p = hmm.init.copy()
             for x, o in zip(xs, os):
                 p = p @ hmm.T[x] @ act @ hmm.T[lay.outcome_tokens[o]]
             assert p.sum() == pytest.approx(p_x.sum() * np.prod(p_outcome[list(os)]), abs=1e-15)
-            checked += p_x.sum() > 1e-6
-    assert checked > 3**rounds  # the base stream has many sequences of real probability
+    # the check covers most base sequences, each of real probability, not a few
+    assert checked >= len(lay.base_tokens) ** rounds // 2

@@ -372,6 +372,10 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert set(rows_h["scored"]) == {"held_out"} and len(rows_h["mean"]) == len(rows["mean"])
     np.testing.assert_allclose(rows_h["mean"], np.array(rows["mean"]) / 2)
     assert contrast_rows(by_seed, "negative_control", 0.95, scored="held_out")["mean"] == []  # older trials
+    from rayexp.studies.composition.geometry_summary import _stacked
+
+    stacked = _stacked([rows, rows_h])
+    assert stacked["scored"] == rows["scored"] + rows_h["scored"] and stacked["mean"] == rows["mean"] + rows_h["mean"]
     assert got[("q", "positive_control", "beyond_factors", "random_beyond_factors")][2] == 1
     assert set(rows["layer"]) == {"block0"} and set(rows["condition"]) == {"beyond_factors"}
     # the report prints them at each task's curve layer, one row per erasure

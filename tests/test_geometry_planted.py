@@ -89,6 +89,31 @@ def test_ablating_the_read_subspaces_removes_the_reward_and_random_ones_do_not()
     for cond in ("random0", "random1", "random_both"):
         assert out[f"block0/{cond}/removed"] < 0.6, cond
     assert out["block0/random0/removed"] < out["block0/factor0/removed"] - 0.4
+    # scored on the held-out half alone (no basis was fitted there) the factor erasures remove as much
+    for cond in ("factor0", "factor1", "both"):
+        assert out[f"block0/{cond}/removed_test"] == pytest.approx(out[f"block0/{cond}/removed"], abs=0.1), cond
+    assert out["block0/random0/removed_test"] < out["block0/factor0/removed_test"] - 0.4
+
+
+def test_the_joint_erasures_are_fitted_to_the_training_halfs_own_joint_only_part(monkeypatch):
+    from rayexp.studies.composition import geometry as geo
+    from rayexp.studies.composition.geometry_analysis import joint_only_on
+
+    hmm, _reward, s, y = _setup(n=200)
+    model = Planted(hmm)
+    hook = "blocks.0.hook_resid_post"
+    acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
+    seen = {"joint_only_basis": [], "beyond_probes_basis": []}
+    for name, calls in seen.items():
+        real = getattr(geo, name)
+        monkeypatch.setattr(
+            geo, name, lambda X, Z, F, *a, _real=real, _calls=calls: _calls.append(Z) or _real(X, Z, F, *a)
+        )
+    ablations(model, {hook: acts}, y, s, 1 / 3, 2, seed=0)
+    want = joint_only_on(y, s.train)
+    for name, calls in seen.items():  # the first call is the real target's; controls follow
+        np.testing.assert_array_equal(np.asarray(calls[0]).reshape(want.shape), want, err_msg=name)
+        assert not np.allclose(np.asarray(calls[0]).reshape(want.shape), y["joint_only"][s.train], atol=1e-4), name
 
 
 class PlantedJoint(Planted):

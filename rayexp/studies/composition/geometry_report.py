@@ -1,5 +1,5 @@
 """The geometry summary in `rayexp report`: what ``geometry_summary`` logged on a sweep's parent run
-(tables ``sweep/geometry_summary/{group}__geometry_{curve,ablation}.parquet`` and its figures),
+(tables ``sweep/geometry_summary/{group}__geometry_{curve,ablation,contrast}.parquet`` and its figures),
 written as CSVs and PNGs and printed as one compact table per (process, task)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SHOWN = (
 
 
 def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str, list[dict]]:
-    """{"curve": rows, "ablation": rows} from the parent run (empty lists when the analysis never ran);
+    """{"curve": rows, "ablation": rows, "contrast": rows} from the parent run (empty lists when the analysis never ran);
     with ``out``, the summary's figures are copied there."""
     import shutil
     import tempfile

@@ -10,8 +10,9 @@ Reads each trial's ``geometry`` analysis metrics (:mod:`.geometry_analysis`) and
 
 Run it grouped by process, as the verdict is: ``rayexp analyze EXP --analysis geometry_summary
 --group-by process``. Tables ``geometry_curve``, ``geometry_ablation`` and ``geometry_contrast``
-(each erasure after RL minus its random and placebo controls and minus the ``reference_task``'s
-same erasure, all paired by seed: :func:`contrast_rows`); figures
+(each erasure after RL minus its random, placebo and re-paired controls and minus the
+``reference_task``'s same erasure, all paired by seed: :func:`contrast_rows`; column ``scored``:
+``all`` sequences or the ``held_out`` half no basis was fitted on); figures
 ``geometry_curve`` (one line per task, the band its interval) and ``geometry_ablation`` (reward
 removed by erasing each factor's subspace vs random subspaces of the same dimension, post-RL).
 Metrics ``{task}/{pre,post}/{layer}/...`` and ``{task}/ablation/post/{layer}/{cond}/removed``.
