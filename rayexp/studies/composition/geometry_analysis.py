@@ -227,6 +227,7 @@ def ablations(
     rng_repair = np.random.default_rng([seed, 4])
     none = _policy_summary(s, hooked_forward(model, None, None, None), floor)
     out = {f"none/{k}": v for k, v in none.items() if k != "floor"}
+    target = joint_only_on(y, s.train)  # a property of the stream: the same at every layer
     for hook, x in acts.items():
         if hook == FINAL:  # ln_final re-normalises: erase in the residual stream it reads instead
             continue
@@ -234,7 +235,6 @@ def ablations(
         mu = xt.reshape(-1, xt.shape[-1]).mean(0)
         q = [geo.erasure_basis(xt, y[f"factor{i}"][s.train]) for i in (0, 1)]
         both = np.linalg.qr(np.concatenate(q, axis=1))[0]
-        target = joint_only_on(y, s.train)
         jo = geo.joint_only_basis(xt, target, both)
         joint = np.concatenate([both, jo], axis=1)  # orthonormal: jo is orthogonal to span(both)
         W = factor_probe_weights(xt, y, s.train, alpha)
