@@ -51,3 +51,29 @@ def interpolate(before, after, scale: float):
         for name, p in out.named_parameters():
             p.add_(float(scale) * (target[name].to(p.device) - p))
     return out
+
+
+def first_crossing(base: dict[str, np.ndarray], path: list[dict[str, np.ndarray]], norm: float):
+    """Where a stored training path first lies ``norm`` away from ``base``: ``(j, t)`` with the point
+    ``start_j + t (path[j] - start_j)``, ``start_0 = base`` and ``start_j = path[j - 1]`` (the path's
+    saved points joined by straight chords), or None if no point of it gets that far.
+
+    The distance from ``base`` is convex along a chord, so a chord whose two ends are both nearer
+    than ``norm`` never reaches it in between: the first chord whose end is ``norm`` or further away
+    holds the crossing, at the larger root of ``|a + t d|^2 = norm^2`` (``a = start_j - base``,
+    ``d = path[j] - start_j``)."""
+    norm = float(norm)
+    if not norm > 0:
+        raise ValueError(f"norm must be > 0; got {norm}")
+    start = base
+    for j, end in enumerate(path):
+        a = {k: start[k] - base[k] for k in base}
+        d = {k: end[k] - start[k] for k in base}
+        aa = sum(float((a[k] ** 2).sum()) for k in base)
+        ad = sum(float((a[k] * d[k]).sum()) for k in base)
+        dd = sum(float((d[k] ** 2).sum()) for k in base)
+        if dd > 0 and aa + 2 * ad + dd >= norm**2:
+            t = (-ad + np.sqrt(max(ad * ad - dd * (aa - norm**2), 0.0))) / dd
+            return j, float(min(max(t, 0.0), 1.0))
+        start = end
+    return None

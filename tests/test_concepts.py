@@ -203,13 +203,21 @@ def test_welfare_report_reads_controls_and_cosines_per_seed():
 class _Trial:
     """What the matched_null analysis reads from a trial: its task, seed, start and models."""
 
-    def __init__(self, task, seed, pre, post, key="pretrained"):
+    def __init__(self, task, seed, pre, post, key="pretrained", path=None):
         from envs import build_process
 
         self.config = {"task": {"name": task}, "seed": seed}
         self.env_config, self.pretrain_key = {"context": 7}, key
         self._hmm = build_process({"name": "outcome", "base": {"name": "mess3", "x": 0.05, "a": 0.85}})
         self._pre, self._post = pre, post
+        # the saved PPO checkpoints, {iteration: model}; the last is the trial's final model
+        self._path = path or {30: post}
+
+    def ppo_iterations(self):
+        return sorted(self._path)
+
+    def policy(self, iteration):
+        return self._pre if iteration == 0 else self._path[iteration]
 
     def stream(self):
         return self._hmm
@@ -267,10 +275,86 @@ def test_matched_null_scales_the_nulls_update_to_rls_norm_and_pairs_by_seed():
     diffs = [table["rl"][i] - table["null_matched"][i] for i in sel]
     assert got.metrics[f"{hook}/P/rl_minus_null_matched"] == pytest.approx(np.mean(diffs))
     assert got.metrics[f"{hook}/P/rl_minus_null_matched/ci_low"] < np.mean(diffs)
+    # a null saved only at its end has a straight path: its point at RL's norm is the scaled null
+    assert np.allclose(table["null_path"], table["null_matched"], atol=1e-6)
+    assert got.metrics["path/n_seeds"] == 2 and got.metrics["path/iteration"] == pytest.approx(30 * 0.25, rel=1e-4)
     with pytest.raises(ValueError, match="both"):
         matched_null(group[:1], params)
     with pytest.raises(ValueError, match="different models"):
         matched_null([group[0], _Trial("shuffled_null", 0, pre, pre, key="other")], params)
+
+
+def test_first_crossing_finds_the_first_point_of_a_bent_path_at_the_norm():
+    """Against a dense walk along the chords: the first point at the norm, on the right chord."""
+    from rayexp.weights import first_crossing
+
+    rng = np.random.default_rng(3)
+    base = {"a": rng.normal(size=(3, 2)), "b": rng.normal(size=4)}
+    path = [{k: v + rng.normal(scale=0.8 * (j + 1), size=v.shape) for k, v in base.items()} for j in range(5)]
+    flat = [np.concatenate([p[k].ravel() for k in base]) for p in [base, *path]]
+    dist = [np.linalg.norm(f - flat[0]) for f in flat]
+    norm = 0.6 * max(dist)
+    j, t = first_crossing(base, path, norm)
+    point = flat[j] + t * (flat[j + 1] - flat[j])
+    assert np.linalg.norm(point - flat[0]) == pytest.approx(norm, rel=1e-9)
+    walk = [(i, s) for i in range(len(path)) for s in np.linspace(0, 1, 20001)]
+    first = next((i, s) for i, s in walk if np.linalg.norm(flat[i] + s * (flat[i + 1] - flat[i]) - flat[0]) >= norm)
+    assert first[0] == j and first[1] == pytest.approx(t, abs=1e-4)
+    assert first_crossing(base, path, 1.01 * max(dist)) is None
+    with pytest.raises(ValueError, match="norm"):
+        first_crossing(base, path, 0.0)
+
+
+def test_matched_null_reads_the_null_where_its_own_path_reached_rls_norm():
+    """A null whose PPO path bends: its point at RL's norm is on the path, not on the line to its end.
+    Planted: the null first moves along a direction u to norm 2 (iteration 10), then turns along an
+    orthogonal-ish w (iteration 20). At RL's norm 1 the path point is pre + u/2, which the scaled null
+    (pre + (1 / |d_null|) d_null) is not."""
+    from rayexp.probes import residual_layers
+    from rayexp.studies.welfare.concept_vectors_analysis import OutcomeContexts
+    from rayexp.studies.welfare.matched_null_analysis import MatchedNullParams, matched_null
+    from rayexp.weights import interpolate, param_arrays, random_perturbation, update_norm
+
+    cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=7, d_vocab=9)
+    pre = Transformer(cfg, seed=0).eval()
+    u = random_perturbation(pre, 2.0, seed=5)  # pre + u, |u| = 2
+    bend = random_perturbation(u, 6.0, seed=6)  # then 6 further along another direction
+    rl = random_perturbation(pre, 1.0, seed=7)
+    short = random_perturbation(pre, 0.5, seed=8)  # a null that never gets as far as RL
+    group = [
+        _Trial("outcome_rl", 0, pre, rl),
+        _Trial("shuffled_null", 0, pre, bend, path={10: u, 20: bend}),
+        _Trial("outcome_rl", 1, pre, rl),
+        _Trial("shuffled_null", 1, pre, short, path={10: short}),
+    ]
+    got = matched_null(group, MatchedNullParams(n_seq=300))
+    table = got.tables["matched_rotation"].to_pydict()
+    at = [table["path_iteration"][i] for i in range(len(table["seed"])) if table["seed"][i] == 0]
+    assert at == pytest.approx([5.0] * len(at), rel=1e-6)  # halfway along the first chord
+    assert got.metrics["path/n_seeds"] == 1 and got.metrics["path/iteration"] == pytest.approx(5.0, rel=1e-6)
+    assert got.metrics["path/chord_share"] == pytest.approx(2.0, rel=1e-4)  # the chord holding it, |u|, over 1
+    half = interpolate(pre, u, 0.5)
+    scaled = interpolate(pre, bend, 1.0 / update_norm(param_arrays(pre), param_arrays(bend)))
+    data = OutcomeContexts(group[0].stream(), 7, 300, 0)
+    hook = residual_layers(pre.hook_names)[-1]
+    v = {
+        n: cv.concept_vectors(data.acts(m, [hook])[hook], data.labels)
+        for n, m in (("pre", pre), ("half", half), ("scaled", scaled))
+    }
+    row = next(
+        i
+        for i in range(len(table["seed"]))
+        if table["seed"][i] == 0 and table["hook"][i] == hook and table["vector"][i] == "R"
+    )
+    assert table["null_path"][row] == pytest.approx(cv.cosine(v["pre"][0], v["half"][0]), abs=1e-5)
+    assert table["null_matched"][row] == pytest.approx(cv.cosine(v["pre"][0], v["scaled"][0]), abs=1e-5)
+    assert abs(table["null_path"][row] - table["null_matched"][row]) > 1e-3  # the two nulls differ here
+    # the seed whose null stopped short has no path point; its other columns stand
+    short_rows = [i for i in range(len(table["seed"])) if table["seed"][i] == 1]
+    assert all(np.isnan(table["null_path"][i]) for i in short_rows)
+    assert all(np.isfinite(table["null_matched"][i]) for i in short_rows)
+    # the path summary is seed 0's alone (one seed: no interval, a point)
+    assert got.metrics[f"{hook}/R/null_path"] == pytest.approx(table["null_path"][row], abs=1e-12)
 
 
 def test_welfare_report_reads_the_matched_null_from_the_parent_run():
@@ -286,7 +370,18 @@ def test_welfare_report_reads_the_matched_null_from_the_parent_run():
     assert [r["hook"] for r in rows] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     assert rows[0]["rl"] == "+0.50 [+0.40, +0.60]" and rows[0]["null_matched"] == "+0.60 [+0.50, +0.70]"
     assert rows[0]["rl_minus_null"] == "-" and rows[0]["update norm RL / null"] == "7.00 / 8.50"
+    assert rows[0]["null_path"] == "-" and not any(k.startswith("null path:") for k in rows[0])  # a run before it
     assert matched_rows({}) == []
+    stem = "sweep/matched_null/all/blocks.0.hook_resid_post/P/null_path"
+    pm |= {stem: 0.3, f"{stem}/ci_low": 0.1, f"{stem}/ci_high": 0.5}
+    pm |= {
+        f"sweep/matched_null/all/path/{k}": v for k, v in {"iteration": 17.2, "chord_share": 0.31, "n_seeds": 5}.items()
+    }
+    row = matched_rows(pm)[0]
+    assert (
+        row["null_path"] == "+0.30 [+0.10, +0.50]"
+        and row["null path: iteration, chord / RL norm, seeds"] == "17.2, 0.31, 5"
+    )
 
 
 @pytest.mark.parametrize("base", [{"name": "mess3", "x": 0.05, "a": 0.85}, {"name": "rrxor"}])

@@ -11,8 +11,8 @@ defaults), so the unscaled ``rl`` and ``null`` columns reproduce the trials' own
 
 Metrics, per residual hook and vector k in {R, P}, each a mean over seeds with its Student-t
 interval (``/ci_low``, ``/ci_high``): ``{hook}/{k}/{rl,null,null_matched}`` = cos(v pre, v after),
-``{hook}/{k}/rl_minus_null_matched`` and ``{hook}/{k}/rl_minus_null``, paired by seed; ``norm/{rl,null}``
-the mean update norms, ``n_seeds``. Table ``matched_rotation``: one row per seed and hook.
+``{hook}/{k}/rl_minus_null_matched``, ``{hook}/{k}/rl_minus_null_path`` and ``{hook}/{k}/rl_minus_null``,
+paired by seed; ``norm/{rl,null}`` the mean update norms, ``n_seeds``. Table ``matched_rotation``: one row per seed and hook.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rayexp.probes import residual_layers
 from rayexp.stats import t_ci
 from rayexp.studies.welfare import concepts as cv
 from rayexp.studies.welfare.concept_vectors_analysis import OutcomeContexts
-from rayexp.weights import interpolate, param_arrays, update_norm
+from rayexp.weights import first_crossing, interpolate, param_arrays, update_norm
 
 
 class MatchedNullParams(Params):
@@ -62,8 +62,10 @@ def _pairs(group, params: MatchedNullParams) -> dict[int, tuple]:
 @analysis("matched_null", params=MatchedNullParams, needs=("model_before", "model_after", "env"), scope="sweep")
 def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
     """cos(v pre, v post) of RL against the shuffled-reward null's update scaled to RL's norm, per seed."""
-    rows: dict[str, list] = {k: [] for k in ("seed", "hook", "vector", "rl", "null", "null_matched")}
+    cols = ("rl", "null", "null_matched", "null_path")
+    rows: dict[str, list] = {k: [] for k in ("seed", "hook", "vector", *cols, "path_iteration")}
     norms: dict[str, list[float]] = {"rl": [], "null": []}
+    chords: list[float] = []
     contexts: dict[tuple, OutcomeContexts] = {}  # one sample per stream: every seed is read on the same contexts
     for seed, (rl, null) in _pairs(group, params).items():
         pre, post_rl, post_null = rl.model_before(), rl.model_after(), null.model_after()
@@ -77,6 +79,10 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
             "null": post_null,
             "null_matched": interpolate(pre, post_null, n_rl / n_null),
         }
+        where = _path_point(null, pre, theta, n_rl)
+        if where is not None:
+            models["null_path"], iteration, chord = where
+            chords.append(chord / n_rl)
         key = (json.dumps(rl.config.get("process"), sort_keys=True), int(rl.env_config["context"]))
         if key not in contexts:
             contexts[key] = OutcomeContexts(rl.stream(), key[1], params.n_seq, params.seed)
@@ -88,19 +94,43 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
             vecs[name] = {h: cv.concept_vectors(acts[h], data.labels) for h in hooks}
         for h in hooks:
             for k, i in (("R", 0), ("P", 1)):
-                cos = {m: cv.cosine(vecs["pre"][h][i], vecs[m][h][i]) for m in ("rl", "null", "null_matched")}
-                for col, val in (("seed", seed), ("hook", h), ("vector", k), *cos.items()):
+                cos = {m: cv.cosine(vecs["pre"][h][i], vecs[m][h][i]) if m in vecs else np.nan for m in cols}
+                at = iteration if where is not None else np.nan
+                for col, val in (("seed", seed), ("hook", h), ("vector", k), *cos.items(), ("path_iteration", at)):
                     rows[col].append(val)
     metrics: dict[str, float] = {"n_seeds": float(len(norms["rl"]))}
     metrics |= {f"norm/{m}": float(np.mean(v)) for m, v in norms.items()}
+    metrics["path/n_seeds"] = float(len(chords))
     table = {k: np.asarray(v) for k, v in rows.items()}
+    if chords:
+        first = table["path_iteration"][np.isfinite(table["path_iteration"])]
+        metrics |= {"path/iteration": float(np.mean(first)), "path/chord_share": float(max(chords))}
     for h in dict.fromkeys(rows["hook"]):
         for k in ("R", "P"):
             sel = (table["hook"] == h) & (table["vector"] == k)
-            cols = {m: table[m][sel] for m in ("rl", "null", "null_matched")}
-            cols["rl_minus_null_matched"] = cols["rl"] - cols["null_matched"]
-            cols["rl_minus_null"] = cols["rl"] - cols["null"]
-            for name, vals in cols.items():
+            got = {m: table[m][sel] for m in cols}
+            got["rl_minus_null_matched"] = got["rl"] - got["null_matched"]
+            got["rl_minus_null_path"] = got["rl"] - got["null_path"]
+            got["rl_minus_null"] = got["rl"] - got["null"]
+            for name, vals in got.items():
+                vals = vals[np.isfinite(vals)]  # null_path: the seeds whose null got as far as RL
+                if not len(vals):
+                    continue
                 mean, lo, hi = t_ci(vals, params.ci)
                 metrics |= {f"{h}/{k}/{name}": mean, f"{h}/{k}/{name}/ci_low": lo, f"{h}/{k}/{name}/ci_high": hi}
     return AnalysisResult(metrics=metrics, tables={"matched_rotation": pa.table(rows)})
+
+
+def _path_point(null, pre, theta: dict[str, np.ndarray], norm: float):
+    """(model, PPO iteration, chord length) at the first point of the null's stored path ``norm`` away
+    from ``theta`` (the pretrained weights), or None if it never gets that far."""
+    its = null.ppo_iterations()
+    path = [null.policy(i) for i in its]
+    arrays = [param_arrays(m) for m in path]
+    hit = first_crossing(theta, arrays, norm)
+    if hit is None:
+        return None
+    j, t = hit
+    start, start_it = (pre, 0) if j == 0 else (path[j - 1], its[j - 1])
+    chord = update_norm(theta if j == 0 else arrays[j - 1], arrays[j])
+    return interpolate(start, path[j], t), start_it + t * (its[j] - start_it), chord

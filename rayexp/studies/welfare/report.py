@@ -160,7 +160,8 @@ MATCHED = "sweep/matched_null/"
 
 def matched_rows(parent_metrics: dict[str, float]) -> list[dict]:
     """The ``matched_null`` analysis on the parent run: per group, hook and vector, cos(pre, post) of RL,
-    of the null and of the null's update scaled to RL's norm, and RL minus each, paired by seed."""
+    of the null, of the null's update scaled to RL's norm and of the null's own path where it reached
+    RL's norm, and RL minus each, paired by seed."""
     cells: dict[tuple[str, str, str], dict] = {}
     for key, mean in parent_metrics.items():
         parts = key[len(MATCHED) :].split("/") if key.startswith(MATCHED) else []
@@ -170,13 +171,16 @@ def matched_rows(parent_metrics: dict[str, float]) -> list[dict]:
         lo, hi = parent_metrics.get(f"{key}/ci_low"), parent_metrics.get(f"{key}/ci_high")
         row = cells.setdefault((group, hook, vec), {"group": group, "hook": hook, "vector": f"v_{vec}"})
         row[name] = summary.cell((mean, lo, hi), "+.2f") if lo is not None else f"{mean:+.2f}"
-    order = ("rl", "null", "null_matched", "rl_minus_null", "rl_minus_null_matched")
+    order = ("rl", "null", "null_matched", "null_path", "rl_minus_null", "rl_minus_null_matched", "rl_minus_null_path")
     rows = []
     for (group, hook, vec), row in sorted(cells.items(), key=lambda kv: (kv[0][0], _hook_order(kv[0][1]), kv[0][2])):
         norms = [parent_metrics.get(f"{MATCHED}{group}/norm/{m}", float("nan")) for m in ("rl", "null")]
         # hook and vector first: a wide table's further blocks repeat its first two columns
         rows.append({"hook": hook, "vector": row["vector"], **{k: row.get(k, "-") for k in order}})
         rows[-1] |= {"update norm RL / null": f"{norms[0]:.2f} / {norms[1]:.2f}", "group": group}
+        path = [parent_metrics.get(f"{MATCHED}{group}/path/{m}") for m in ("iteration", "chord_share", "n_seeds")]
+        if path[0] is not None:
+            rows[-1]["null path: iteration, chord / RL norm, seeds"] = f"{path[0]:.1f}, {path[1]:.2f}, {path[2]:.0f}"
     return rows
 
 
@@ -252,7 +256,8 @@ def report_section(inp: ReportInput) -> None:
         "rotation_matched": (
             (
                 "the same against the null's update scaled to RL's norm (analysis matched_null: "
-                "theta_pre + |d_RL| / |d_null| * d_null, per seed); mean [95 % Student-t CI] over seeds"
+                "theta_pre + |d_RL| / |d_null| * d_null, per seed) and against the null's own PPO path where it "
+                "first lay RL's norm from the pretrained weights (null_path); mean [95 % Student-t CI] over seeds"
             ),
             matched_rows(inp.parent_metrics),
         ),
