@@ -291,6 +291,11 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
                 "ablation/pre/block0/repaired_beyond_factors/expected_test"):  # fmt: skip
         assert np.isfinite(m[key]), key
     assert "ablation/post/block1/both/removed_test" in m
+    for key in ("ablation/post/block1/beyond_factor_poly/left_factor0",
+                "ablation/pre/block0/repaired_beyond_factor_poly/drop"):  # fmt: skip
+        assert np.isfinite(m[key]), key
+    with pytest.raises(ValueError, match="poly_degree"):
+        GeometryParams(poly_degree=1)  # degree 1 is the linear probes, beyond_factors itself
     # an untrained model earns nothing above uniform guessing: no share of it to remove
     assert (m["ablation/pre/none/expected"] - m["ceiling/uniform"] < 0.01) == np.isnan(
         m["ablation/pre/block1/factor0/removed"]
@@ -423,7 +428,7 @@ def test_geometry_report_compacts_the_summary_tables():
 def test_an_ablation_scores_all_sequences_and_the_held_out_half_alone():
     from models.transformer import Transformer, TransformerConfig
     from rayexp.studies.composition.composition_analysis import policy_values
-    from rayexp.studies.composition.geometry_analysis import _policy_summary, hooked_forward
+    from rayexp.studies.composition.geometry_ablation import _policy_summary, hooked_forward
 
     hmm = build_process(INTERLEAVE)
     s = make_setup(hmm, make_reward("joint_target", hmm, {"m": 3}), 8, 40, 0)
@@ -440,7 +445,8 @@ def test_the_ablations_joint_only_target_holds_no_affine_part_of_the_factors_on_
     """The bases are fitted on the training half; the target there must be that half's own product
     part, as the re-paired control's is. The all-sequence fit keeps an affine part of the factors on
     the half (a few % of its norm), which a basis fitted there would erase beside the joint-only part."""
-    from rayexp.studies.composition.geometry_analysis import belief_targets, joint_only_on
+    from rayexp.studies.composition.geometry_ablation import joint_only_on
+    from rayexp.studies.composition.geometry_analysis import belief_targets
 
     hmm = build_process(INTERLEAVE)
     s = make_setup(hmm, make_reward("joint_target", hmm, {"m": 3}), 10, 400, 0)

@@ -1,4 +1,4 @@
-"""Causal ablations of belief subspaces (rayexp.studies.composition.geometry_analysis.ablations) on
+"""Causal ablations of belief subspaces (rayexp.studies.composition.geometry_ablation.ablations) on
 planted networks whose answer is known by construction: the residual stream holds each factor's exact
 belief (and, in PlantedJoint, the joint-only part) in known directions, and the policy reads them back
 by known maps. Each erasure must remove the reward of a policy that reads what it erases, and nothing
@@ -11,7 +11,7 @@ from test_geometry import _setup
 
 from rayexp.exact import targets
 from rayexp.studies.composition import representation as rep
-from rayexp.studies.composition.geometry_analysis import ablations
+from rayexp.studies.composition.geometry_ablation import ablations
 
 
 def joint_target_logits(pab: np.ndarray) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_ablating_the_read_subspaces_removes_the_reward_and_random_ones_do_not()
 
 def test_the_joint_erasures_are_fitted_to_the_training_halfs_own_joint_only_part(monkeypatch):
     from rayexp.studies.composition import geometry as geo
-    from rayexp.studies.composition.geometry_analysis import joint_only_on
+    from rayexp.studies.composition.geometry_ablation import joint_only_on
 
     hmm, _reward, s, y = _setup(n=200)
     model = Planted(hmm)
@@ -251,3 +251,51 @@ def test_the_placebo_and_repaired_controls_on_a_network_with_variance_they_can_l
     for ctrl in ("placebo", "repaired"):
         assert 0.1 < r - j[f"block0/{ctrl}_beyond_factors/removed"] < 0.3
     assert j["block0/joint_only/removed"] - j["block0/repaired_joint_only/removed"] > 0.2
+
+
+class PlantedCurved(PlantedLoud):
+    """PlantedLoud whose factor reader reads each factor only through its loud squared-belief directions
+    (b = sqrt(square + 0.2)): a policy that reads no joint direction, through a curved map of the
+    features that the linear factor probes do not weight, as a trained network's own read-out need not
+    be the ridge probe's."""
+
+    def decide(self, dec: np.ndarray) -> np.ndarray:
+        if self.joint_reads != "curved":
+            return super().decide(dec)
+        b = np.sqrt(np.clip(dec[..., 15:21] + 0.2, 0.0, None))
+        return Planted.decide(self, np.concatenate([b, dec[..., 6:]], -1))
+
+
+def test_the_erasure_held_to_polynomial_factor_probes_spares_a_curved_factor_reader():
+    from rayexp.studies.composition import geometry as geo
+
+    hmm, _, s, y = _setup(n=400)
+    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
+    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
+    hook = "blocks.0.hook_resid_post"
+    out = {}
+    for reads in ("joint", "curved", "factors"):
+        model = PlantedCurved(hmm, coef, reads)
+        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
+        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+    j, c, f = out["joint"], out["curved"], out["factors"]
+    assert c["none/expected"] == pytest.approx(f["none/expected"], abs=1e-6)  # the same policy, read another way
+    # the monomials: degree 2 in a 3-state belief is 6 terms, and they span the belief itself
+    b = y["factor0"].reshape(-1, 3)
+    m = geo.factor_monomials(b, 2)
+    assert m.shape == (len(b), 6)
+    assert np.allclose(np.linalg.lstsq(m, b, rcond=None)[0].T @ m.T, b.T, atol=1e-10)
+    # must say no: the curved reader loses nothing to the erasure held to its polynomial read-outs, nor
+    # to its re-paired control; the linear probes' controls, leaning on the loud squared directions,
+    # take some of it (so a contrast against them runs conservative for such a reader)
+    assert max(abs(c[f"block0/{k}/removed"]) for k in ("beyond_factor_poly", "repaired_beyond_factor_poly")) < 0.02
+    assert min(c[f"block0/{k}_beyond_factors/removed"] for k in ("placebo", "repaired")) > 0.05
+    assert max(abs(f[f"block0/{k}/removed"]) for k in ("beyond_factor_poly", "repaired_beyond_factor_poly")) < 0.02
+    # must say yes: the joint reader loses most of its reward to it
+    assert j["block0/beyond_factor_poly/removed"] > 0.8
+    # the price: with every per-factor read-out kept, what is left for any target's covariance span is the
+    # joint directions, so the re-paired control erases them too and the contrast has no power here
+    # (the linear probes' contrast keeps some: it is > 0.1 in the test above)
+    assert abs(j["block0/beyond_factor_poly/removed"] - j["block0/repaired_beyond_factor_poly/removed"]) < 0.02
+    with pytest.raises(ValueError, match="degree"):
+        geo.factor_monomials(b, 0)

@@ -35,6 +35,12 @@ What each answers (docs/design.md §4.6):
   are laid out; one that reads joint-only directions loses them. What it does not keep is the
   factor information in other directions than the probes' (a trained policy's own read-out need not
   be the ridge probe's), so in trained networks it can remove reward a policy earns from the factors.
+- :func:`factor_monomials`: every monomial of one degree in one factor's belief, the targets of wider
+  factor probes. ``beyond_probes_basis`` with those probes' weights keeps each factor's polynomial
+  read-outs (its squares and products, not only its belief) row by row: a policy that reads a factor
+  through a curved map of the features, as a trained network's own read-out need not be the linear
+  probe's, keeps more of it, while the joint-only part beyond every such read-out is still erased
+  (a function of one factor alone carries none of it where the factors are independent).
 - :func:`derangement` and :func:`repaired_product_part`: the *re-paired* placebo target, the
   joint-only part recomputed with one factor's beliefs taken from another sequence at the same
   position. Each factor's beliefs keep their distribution, their dependence on position and their
@@ -66,6 +72,19 @@ def product_part(factor_beliefs: list[np.ndarray], joint: np.ndarray) -> np.ndar
     contributions gives. Exact beliefs in, so it is a property of the stream, not of a model."""
     X = np.concatenate([_rows(b) for b in factor_beliefs], axis=-1)  # (n, sum S_i)
     return affine_residual(X, _rows(joint)).reshape(np.shape(joint))
+
+
+def factor_monomials(b: np.ndarray, degree: int = 2) -> np.ndarray:
+    """(..., C(S + degree - 1, degree)): every monomial of exactly ``degree`` in one factor's belief
+    ``b`` (..., S). Beliefs sum to 1, so these span every polynomial of degree at most ``degree`` in
+    ``b`` (a lower monomial is itself times (sum b)^k), the beliefs themselves included."""
+    from itertools import combinations_with_replacement
+
+    b = np.asarray(b, dtype=np.float64)
+    if degree < 1:
+        raise ValueError(f"degree must be >= 1; got {degree}")
+    terms = combinations_with_replacement(range(b.shape[-1]), degree)
+    return np.stack([np.prod(b[..., list(t)], axis=-1) for t in terms], axis=-1)
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,7 @@ from rayexp.tables import format_table, write_csv
 SHOWN = (
     "factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "placebo_joint_only",
     "repaired_joint_only", "beyond_factors", "random_beyond_factors", "placebo_beyond_factors",
-    "repaired_beyond_factors", "joint", "random_joint",
+    "repaired_beyond_factors", "beyond_factor_poly", "repaired_beyond_factor_poly", "joint", "random_joint",
 )  # fmt: skip
 
 
@@ -71,7 +71,8 @@ def contrasts_at(tables: dict[str, list[dict]], scored: str = "all") -> list[dic
     for r in tables.get("contrast", []):
         if r.get("scored", "all") != scored:
             continue
-        if r["condition"] in ("joint_only", "beyond_factors") and r["layer"] == layers.get((r["process"], r["task"])):
+        at_layer = r["layer"] == layers.get((r["process"], r["task"]))
+        if r["condition"] in ("joint_only", "beyond_factors", "beyond_factor_poly") and at_layer:
             row = out.setdefault(
                 (r["process"], r["task"], r["condition"]),
                 {"process": r["process"], "task": r["task"], "layer": r["layer"], "erasure": r["condition"]},
