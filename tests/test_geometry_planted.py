@@ -228,16 +228,22 @@ class PlantedLoud(PlantedJoint):
         return np.concatenate([c, c[..., :6] ** 2 - 0.2], -1)
 
 
-def test_the_placebo_and_repaired_controls_on_a_network_with_variance_they_can_lean_on():
+def _loud_ablations(cls, reads: tuple[str, ...]) -> tuple[dict[str, dict], dict]:
+    """Ablations at block 0 of a PlantedLoud-like network ``cls``, one per policy in ``reads``; and the beliefs."""
     hmm, _, s, y = _setup(n=400)
     fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
     coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
     hook = "blocks.0.hook_resid_post"
     out = {}
-    for reads in ("joint", "factors"):
-        model = PlantedLoud(hmm, coef, reads)
+    for r in reads:
+        model = cls(hmm, coef, r)
         acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
-        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+        out[r] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+    return out, y
+
+
+def test_the_placebo_and_repaired_controls_on_a_network_with_variance_they_can_lean_on():
+    out, _ = _loud_ablations(PlantedLoud, ("joint", "factors"))
     j, f = out["joint"], out["factors"]
     assert j["none/expected"] == pytest.approx(f["none/expected"]) and j["none/expected"] > 0.45
     conds = ("beyond_factors", "placebo_beyond_factors", "repaired_beyond_factors", "repaired_joint_only")
@@ -269,15 +275,7 @@ class PlantedCurved(PlantedLoud):
 def test_the_erasure_held_to_polynomial_factor_probes_spares_a_curved_factor_reader():
     from rayexp.studies.composition import geometry as geo
 
-    hmm, _, s, y = _setup(n=400)
-    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
-    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
-    hook = "blocks.0.hook_resid_post"
-    out = {}
-    for reads in ("joint", "curved", "factors"):
-        model = PlantedCurved(hmm, coef, reads)
-        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
-        out[reads] = ablations(model, {hook: acts}, y, s, 1 / 3, 4, seed=0)
+    out, y = _loud_ablations(PlantedCurved, ("joint", "curved", "factors"))
     j, c, f = out["joint"], out["curved"], out["factors"]
     assert c["none/expected"] == pytest.approx(f["none/expected"], abs=1e-6)  # the same policy, read another way
     # the monomials: degree 2 in a 3-state belief is 6 terms, and they span the belief itself
