@@ -81,18 +81,11 @@ def joint_only_on(y: dict, rows) -> np.ndarray:
     return geo.product_part([y["factor0"][rows], y["factor1"][rows]], y["joint"][rows])
 
 
-def factor_probe_weights(xt: np.ndarray, y: dict, train, alpha: float) -> np.ndarray:
-    """(D, S0 + S1): both factor probes' ridge weights, fitted on the training half's features ``xt``
-    (the probes whose outputs the ``beyond_factors`` erasure leaves unchanged)."""
-    rows = xt.reshape(-1, xt.shape[-1])
-    target = np.concatenate([y["factor0"][train], y["factor1"][train]], axis=-1)
-    return ridge_fit(rows, target.reshape(len(rows), -1), alpha).coef
-
-
-def factor_poly_weights(xt: np.ndarray, y: dict, train, alpha: float, degree: int) -> np.ndarray:
+def factor_probe_weights(xt: np.ndarray, y: dict, train, alpha: float, degree: int = 1) -> np.ndarray:
     """(D, m): ridge weights of probes for every degree-``degree`` monomial of each factor's belief
-    (:func:`.geometry.factor_monomials`), fitted on the training half (the read-outs that the
-    ``beyond_factor_poly`` erasure leaves unchanged)."""
+    (:func:`.geometry.factor_monomials`; degree 1 is the beliefs themselves, the probes whose outputs
+    ``beyond_factors`` leaves unchanged; higher, the read-outs ``beyond_factor_poly`` keeps), fitted on
+    the training half's features ``xt``."""
     rows = xt.reshape(-1, xt.shape[-1])
     target = np.concatenate([geo.factor_monomials(y[f"factor{i}"][train], degree) for i in (0, 1)], axis=-1)
     return ridge_fit(rows, target.reshape(len(rows), -1), alpha).coef
@@ -162,7 +155,7 @@ def ablations(
         bases["repaired_beyond_factors"] = [geo.beyond_probes_basis(xt, z, W) for z in repaired]
         # held to each factor's polynomial read-outs, not only its linear probe's (no random draws: every
         # other condition's subspaces stay as they were)
-        Wp = factor_poly_weights(xt, y, s.train, alpha, poly_degree)
+        Wp = factor_probe_weights(xt, y, s.train, alpha, poly_degree)
         bases["beyond_factor_poly"] = [geo.beyond_probes_basis(xt, target, Wp)]
         bases["repaired_beyond_factor_poly"] = [geo.beyond_probes_basis(xt, z, Wp) for z in repaired]
         layer = layer_name(hook)

@@ -46,7 +46,7 @@ however nonlinearly, have no covariance with it, just as with the real target, a
 noise has the real target's distribution rather than a Gaussian's. ``beyond_factor_poly`` (with
 its re-paired control ``repaired_beyond_factor_poly``) is ``beyond_factors`` held to wider factor
 probes, of every degree-``poly_degree`` monomial of each factor's belief
-(:func:`.geometry_ablation.factor_poly_weights`): it keeps each factor's polynomial read-outs, not
+(:func:`.geometry_ablation.factor_probe_weights`): it keeps each factor's polynomial read-outs, not
 only the linear probe's. Real and re-paired targets are both the training half's own product part
 (:func:`.geometry_ablation.joint_only_on`). For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
