@@ -271,11 +271,22 @@ def _gpu_ids() -> list:
 
 
 def learner_module(algo, settings: PPOSettings, env_config: dict, checkpoint_path) -> TransformerPolicyModule:
-    """The Learner's (authoritative) module weights, loaded into a fresh local module."""
-    env = _make_env(env_config)
-    spec = module_spec(settings, env_config, checkpoint_path)
-    spec.observation_space, spec.action_space = env.observation_space, env.action_space
-    module = spec.build()
+    """The Learner's (authoritative) module weights, loaded into a fresh local module.
+
+    Building it initialises a fresh network (torch's global generator) beside an env (numpy's), and the
+    local env runner samples actions from torch's: it runs with the global generators forked and
+    restored, so reading the policy mid-training (``ppo.save_every``) does not change what is trained
+    (``tests/test_ppo.py``)."""
+    import random
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        env = _make_env(env_config)
+        spec = module_spec(settings, env_config, checkpoint_path)
+        spec.observation_space, spec.action_space = env.observation_space, env.action_space
+        module = spec.build()
+    np.random.set_state(np_state)
+    random.setstate(py_state)
     path = f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}"
     state = algo.learner_group.get_state(components=path)
     module.set_state(state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID])
@@ -283,21 +294,13 @@ def learner_module(algo, settings: PPOSettings, env_config: dict, checkpoint_pat
 
 
 def _hand_over_policy(algo, settings, env_config, checkpoint_path, n: int, on_policy) -> None:
-    """Hand the Learner's policy after ``n`` iterations to ``on_policy``, leaving the global generators as
-    they were: building the module initialises a fresh network (torch's generator) beside an env (numpy's),
-    and the local env runner samples actions from torch's, so without this a run that saves more often
-    trains other weights (``tests/test_ppo.py``)."""
-    import random
     import tempfile
 
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="rayexp-policy-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rayexp-policy-") as tmp:
         path = Path(tmp) / f"policy_{n}.pt"
         module = learner_module(algo, settings, env_config, checkpoint_path)
         export_checkpoint(module, path, extra={"ppo_iteration": n, "env_config": dict(env_config)})
         on_policy(n, path)
-    np.random.set_state(np_state)
-    random.setstate(py_state)
 
 
 def _save_state(algo, state_dir: Path, iteration: int, steps: int, history: list[dict]) -> None:

@@ -101,12 +101,24 @@ def bootstrap_skill(
 # ---------------------------------------------------------------------------------------------
 # Hooks, activations and targets
 
+#: what the unembedding reads: the final LayerNorm's output
+FINAL = "ln_final.hook_normalized"
+
+
+def layer_name(hook: str) -> str:
+    """Short name of a residual hook: ``embed`` (block 0's input), ``block{i}`` (its output), ``final``."""
+    if hook == FINAL:
+        return "final"
+    if hook.endswith("hook_resid_pre"):
+        return "embed"
+    return f"block{hook.split('.')[1]}"
+
 
 def hook_position(hook: str, n_layers: int) -> tuple[str, int, float]:
     """(kind, layer, depth) of a hook name; depth orders hooks along the residual stream."""
     if hook == "hook_embed":
         return "embed", -1, 0.0
-    if hook == "ln_final.hook_normalized":
+    if hook == FINAL:
         return "ln_final", -1, float(n_layers)
     if hook == CONCAT:
         return "concat", -1, float(n_layers)

@@ -151,7 +151,7 @@ def run(
         t: {
             "final": _headline(_row(table, t, final)),
             "concat": _headline(_row(table, t, probes.CONCAT)),
-            "ln_final": _headline(_row(table, t, "ln_final.hook_normalized")),
+            "ln_final": _headline(_row(table, t, probes.FINAL)),
         }
         for t in targets
     }

@@ -52,7 +52,7 @@ from envs.rewards import Reward, make_reward
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
-from rayexp.probes import residual_layers, split_sequences
+from rayexp.probes import FINAL, residual_layers, split_sequences
 from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
 from rayexp.studies.composition import classes, interaction, readout, reweighting, support, update
 from rayexp.studies.composition.curve import CURVE, curve_figure
@@ -179,14 +179,14 @@ def model_forward(model, batch_size: int = 4096) -> Forward:
     import torch
 
     layers = residual_layers(model.hook_names)
-    names = [*layers, "ln_final.hook_normalized"]
+    names = [*layers, FINAL]
     device = next(model.parameters()).device
 
     def one(x: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not with_features:
             return model(x), {}
         logits, cache = model.run_with_cache(x, names=names)  # (b, L, V), {name: (b, L, D)}
-        return logits, {"final": cache["ln_final.hook_normalized"], "concat": torch.cat([cache[n] for n in layers], -1)}
+        return logits, {"final": cache[FINAL], "concat": torch.cat([cache[n] for n in layers], -1)}
 
     def run(tokens: np.ndarray, with_features: bool):
         out: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []

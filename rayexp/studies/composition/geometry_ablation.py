@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from rayexp.probes import FINAL, layer_name
 from rayexp.ridge import fit_probes, ridge_fit
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition.composition_analysis import policy_values
 
-FINAL = "ln_final.hook_normalized"
 CHECKED = ("factor0", "factor1", "joint_only")  # probes refitted after each non-random erasure
-
-
-def layer_name(hook: str) -> str:
-    if hook == FINAL:
-        return "final"
-    if hook.endswith("hook_resid_pre"):
-        return "embed"
-    return f"block{hook.split('.')[1]}"
 
 
 def hooked_forward(model, hook: str | None, Q: np.ndarray | None, mu: np.ndarray | None, batch_size: int = 4096):

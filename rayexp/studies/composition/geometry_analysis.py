@@ -75,12 +75,12 @@ from pydantic import Field
 from envs.rewards import make_reward
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.probes import collect_activations, residual_layers
+from rayexp.probes import FINAL, collect_activations, layer_name, residual_layers
 from rayexp.ridge import fit_probes
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
 from rayexp.studies.composition.composition_analysis import ceiling_values, make_setup
-from rayexp.studies.composition.geometry_ablation import FINAL, ablations, layer_name
+from rayexp.studies.composition.geometry_ablation import ablations
 
 TARGETS = ("factor0", "factor1", "joint", "joint_only")
 

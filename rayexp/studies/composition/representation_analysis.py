@@ -44,11 +44,10 @@ from pydantic import Field
 
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.probes import collect_activations, hook_position, residual_layers, split_sequences
+from rayexp.probes import FINAL, collect_activations, hook_position, layer_name, residual_layers, split_sequences
 from rayexp.stats import paired_bootstrap_ci
 from rayexp.studies.composition import representation as rep
 
-FINAL = "ln_final.hook_normalized"
 FEATURES = ("final", "concat")
 MODELS = ("pre", "post", "random_init")
 
@@ -202,11 +201,7 @@ def overlap_metrics(fits: dict, n_factors: int, d: int) -> dict[str, float]:
 
 def _short(hook: str) -> str:
     """Axis label of a hook: ``embed`` (block 0's input), ``block{i}`` (its output), ``ln_final``."""
-    if hook == FINAL:
-        return "ln_final"
-    if hook.endswith("hook_resid_pre"):
-        return "embed"
-    return f"block{hook.split('.')[1]}"
+    return "ln_final" if hook == FINAL else layer_name(hook)
 
 
 def layer_figure(rows: dict[str, list], names: list[str], main: str):

@@ -10,9 +10,10 @@ contexts and with the same estimator as the ``concept_vectors`` analysis (its ``
 defaults), so the unscaled ``rl`` and ``null`` columns reproduce the trials' own ``align`` metrics.
 
 Metrics, per residual hook and vector k in {R, P}, each a mean over seeds with its Student-t
-interval (``/ci_low``, ``/ci_high``): ``{hook}/{k}/{rl,null,null_matched}`` = cos(v pre, v after),
+interval (``/ci_low``, ``/ci_high``): ``{hook}/{k}/{rl,null,null_matched,null_path}`` = cos(v pre, v after),
 ``{hook}/{k}/rl_minus_null_matched``, ``{hook}/{k}/rl_minus_null_path`` and ``{hook}/{k}/rl_minus_null``,
-paired by seed; ``norm/{rl,null}`` the mean update norms, ``n_seeds``. Table ``matched_rotation``: one row per seed and hook.
+paired by seed; ``norm/{rl,null}`` the mean update norms, ``n_seeds``; ``path/{iteration,chord_share,
+n_seeds}`` as above. Table ``matched_rotation``: one row per seed and hook.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
             "null": post_null,
             "null_matched": interpolate(pre, post_null, n_rl / n_null),
         }
-        where = _path_point(null, pre, theta, n_rl)
+        where = _path_point(null, pre, post_null, theta, n_rl)
         if where is not None:
             models["null_path"], iteration, chord = where
             chords.append(chord / n_rl)
@@ -121,11 +122,12 @@ def matched_null(group, params: MatchedNullParams) -> AnalysisResult:
     return AnalysisResult(metrics=metrics, tables={"matched_rotation": pa.table(rows)})
 
 
-def _path_point(null, pre, theta: dict[str, np.ndarray], norm: float):
+def _path_point(null, pre, post, theta: dict[str, np.ndarray], norm: float):
     """(model, PPO iteration, chord length) at the first point of the null's stored path ``norm`` away
-    from ``theta`` (the pretrained weights), or None if it never gets that far."""
+    from ``theta`` (the pretrained weights), or None if it never gets that far; ``post`` is the null's
+    last stored policy, already loaded."""
     its = null.ppo_iterations()
-    path = [null.policy(i) for i in its]
+    path = [null.policy(i) for i in its[:-1]] + [post]
     arrays = [param_arrays(m) for m in path]
     hit = first_crossing(theta, arrays, norm)
     if hit is None:
