@@ -292,7 +292,9 @@ def test_geometry_analysis_and_summary_end_to_end_on_tiny_models():
         assert np.isfinite(m[key]), key
     assert "ablation/post/block1/both/removed_test" in m
     for key in ("ablation/post/block1/beyond_factor_poly/left_factor0",
-                "ablation/pre/block0/repaired_beyond_factor_poly/drop"):  # fmt: skip
+                "ablation/pre/block0/repaired_beyond_factor_poly/drop",
+                "ablation/post/block1/beyond_factor_emitter/left_factor1",
+                "ablation/post/block0/repaired_beyond_factor_emitter/expected_test"):  # fmt: skip
         assert np.isfinite(m[key]), key
     with pytest.raises(ValueError, match="poly_degree"):
         GeometryParams(poly_degree=1)  # degree 1 is the linear probes, beyond_factors itself

@@ -7,11 +7,15 @@ from one that does not (the must-say-no cases)."""
 import numpy as np
 import pytest
 import torch
-from test_geometry import _setup
+from test_geometry import INTERLEAVE, MESS3, _setup
 
-from rayexp.exact import targets
+from envs import build_process
+from envs.rewards import make_reward
+from rayexp.exact import ceilings, targets
+from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
-from rayexp.studies.composition.geometry_ablation import ablations
+from rayexp.studies.composition.composition_analysis import make_setup
+from rayexp.studies.composition.geometry_ablation import _policy_summary, ablations, hooked_forward
 
 
 def joint_target_logits(pab: np.ndarray) -> np.ndarray:
@@ -297,3 +301,93 @@ def test_the_erasure_held_to_polynomial_factor_probes_spares_a_curved_factor_rea
     assert abs(j["block0/beyond_factor_poly/removed"] - j["block0/repaired_beyond_factor_poly/removed"]) < 0.02
     with pytest.raises(ValueError, match="degree"):
         geo.factor_monomials(b, 0)
+
+
+class PlantedPhased(Planted):
+    """An interleaved-stream next-token predictor, a factor reader as the negative controls are. Its
+    residual holds each factor's exact belief in a different 3-d subspace depending on which factor
+    emitted the current token (coordinates b_i * g_j, g the emitter's one-hot), the joint-only part in
+    9 more directions, and the next speaker's belief once more, in a slot per current token (b1 (x) the
+    token when factor 0 spoke, b0 (x) the token when factor 1 did: 18 directions), a layout in which a
+    Mess3 stream's joint-only part, nearly a function of the last token times the other factor's belief,
+    is close to linear. ``reads="phased"`` predicts the next token from the next speaker's belief summed
+    over its token slots: a read-out that differs by phase, which a global probe of each belief does not
+    keep. ``reads="joint"``: a joint-target policy decoding the factors by the global sum of their
+    phase subspaces and the joint from its joint-only part."""
+
+    def __init__(self, hmm, coef, reads="phased", d=48, seed=0):
+        super().__init__(hmm, d, seed)
+        E = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0][:, :39]
+        self.E, self.D = torch.as_tensor(E), torch.as_tensor(E)
+        self.coef, self.phased_reads = coef, reads
+
+    def residual(self, x) -> torch.Tensor:
+        fb = self.hmm.factor_beliefs(self.hmm.beliefs(x.numpy()))
+        g = np.eye(2)[self.hmm.layout.token_owner[x.numpy()]]
+        gated = [b * g[..., j : j + 1] for b in fb for j in (0, 1)]  # b0 g0, b0 g1, b1 g0, b1 g1
+        f = np.concatenate(fb, -1)
+        jo = rep.outer_beliefs(fb) - np.concatenate([f, np.ones(f.shape[:-1] + (1,))], -1) @ self.coef
+        local = [np.eye(3)[np.maximum(t, 0)] for t in self.hmm.layout.split_tokens(x.numpy())]
+        slots = [geo.gated(fb[1] * g[..., :1], local[0]), geo.gated(fb[0] * g[..., 1:], local[1])]
+        return torch.as_tensor(np.concatenate([*gated, jo, *slots], -1)) @ self.E.T
+
+    def decide(self, dec: np.ndarray) -> np.ndarray:
+        M = [f.T.sum(axis=2).T for f in self.hmm.factors]  # (state, token): P(next token | state)
+        if self.phased_reads == "joint":
+            b = [dec[..., 0:3] + dec[..., 3:6], dec[..., 6:9] + dec[..., 9:12]]
+            fb = np.concatenate([*b, np.ones(dec.shape[:-1] + (1,))], -1)
+            J = (fb @ self.coef + dec[..., 12:21]).reshape(dec.shape[:-1] + (3, 3))
+            return joint_target_logits(np.einsum("...ij,ia,jb->...ab", J, M[0], M[1]))
+        # after factor 0 speaks, factor 1 is next (its tokens 3-5), and the other way round
+        nxt = [dec[..., s : s + 9].reshape(dec.shape[:-1] + (3, 3)).sum(-1) for s in (21, 30)]
+        p = np.concatenate([nxt[1] @ M[0], nxt[0] @ M[1]], -1)
+        return 30 * np.log(np.clip(p, 1e-9, None))
+
+
+def test_the_erasure_held_to_phase_gated_factor_probes_spares_a_phased_factor_reader():
+    hmm, _, s0, y = _setup(n=400)
+    fb = np.concatenate([y["factor0"], y["factor1"]], -1).reshape(-1, 6)
+    coef = np.linalg.lstsq(np.c_[fb, np.ones(len(fb))], y["joint"].reshape(-1, 9), rcond=None)[0]
+    hook = "blocks.0.hook_resid_post"
+    out = {}
+    for reads, reward in (("phased", "next_token"), ("joint", "joint_target")):
+        r = make_reward(reward, hmm, {"m": 3} if reward == "joint_target" else {})
+        s = make_setup(hmm, r, 8, 400, 0)
+        assert np.array_equal(s.tokens, s0.tokens)  # the same sequences, scored on another reward
+        model = PlantedPhased(hmm, coef, reads)
+        logits = model(torch.as_tensor(s.tokens)).numpy()
+        P_model = np.exp(logits[..., : s.P.shape[-1]] / 30)
+        # each is the Bayes policy of its reward (after the first token, whose emitter is fixed)
+        assert np.allclose((P_model / P_model.sum(-1, keepdims=True))[:, 1:], s.P[:, 1:], atol=1e-6), reads
+        acts = model.run_with_cache(torch.as_tensor(s.tokens))[1][hook].numpy()
+        floor = float(ceilings.uniform(s.P).mean())
+        out[reads] = ablations(model, {hook: acts}, y, s, floor, 4, seed=0)
+        if reads == "phased":  # it does read its slots: erasing them (mean-replaced) removes its reward
+            Q, mu = model.E.numpy()[:, 21:39], acts.reshape(-1, acts.shape[-1]).mean(0)
+            erased = _policy_summary(s, hooked_forward(model, hook, Q, mu), floor)["expected"]
+            assert geo.removed_share(out[reads]["none/expected"], erased, floor) > 0.8
+    p, j = out["phased"], out["joint"]
+    assert p["none/expected"] > float(ceilings.uniform(s0.P).mean()) + 0.05
+    # must say no: neither the erasure held to the phase-gated factor probes nor its control removes any
+    assert max(abs(p[f"block0/{k}beyond_factor_emitter/removed"]) for k in ("", "repaired_")) < 0.02
+    assert p["block0/beyond_factor_emitter/dim"] == 4
+    # a limit of the global erasures, which this layout shows: erasing each factor's belief subspace (what
+    # no affine probe of the belief reads afterwards) leaves the phase-gated read-outs nearly whole, so a
+    # small "both" removal does not say a policy ignores the beliefs
+    assert max(p[f"block0/{k}/removed"] for k in ("factor0", "factor1", "both")) < 0.02
+    # must say yes: a policy that reads the joint-only directions loses most of its reward to it, and
+    # more than to its re-paired control (which leans on the token slots as well)
+    assert j["block0/beyond_factor_emitter/removed"] > 0.8
+    assert j["block0/beyond_factor_emitter/removed"] > j["block0/repaired_beyond_factor_emitter/removed"] + 0.1
+
+
+def test_a_product_stream_has_no_emitter_and_no_phase_gated_erasure():
+    from rayexp.studies.composition.geometry_ablation import emitter_gate
+
+    hmm = build_process({"name": "product", "factors": [MESS3, MESS3]})
+    assert emitter_gate(hmm, np.zeros((2, 3), dtype=np.int64)) is None
+    inter = build_process(INTERLEAVE)
+    g = emitter_gate(inter, np.array([[0, 4, 2, 3]]))
+    assert g.tolist() == [[[1, 0], [0, 1], [1, 0], [0, 1]]]
+    with pytest.raises(ValueError, match="agree"):
+        geo.gated(np.ones((2, 3, 3)), np.ones((2, 4, 2)))

@@ -87,6 +87,17 @@ def factor_monomials(b: np.ndarray, degree: int = 2) -> np.ndarray:
     return np.stack([np.prod(b[..., list(t)], axis=-1) for t in terms], axis=-1)
 
 
+def gated(features: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """(..., K * G): ``features`` (..., K) times each column of ``gate`` (..., G; one-hot per row).
+    Fed a belief (which sums to 1) and the one-hot of which factor emitted the current token, it spans
+    every affine function of the belief whose coefficients depend on that factor: what a read-out that
+    differs by phase (in an interleaved stream) computes, and a global probe of the belief does not."""
+    f, g = np.asarray(features, dtype=np.float64), np.asarray(gate, dtype=np.float64)
+    if f.shape[:-1] != g.shape[:-1]:
+        raise ValueError(f"features {f.shape} and gate {g.shape} must agree on every axis but the last")
+    return (f[..., :, None] * g[..., None, :]).reshape(f.shape[:-1] + (-1,))
+
+
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     """(n,) a random permutation with no fixed point (one cycle through a random order), n >= 2."""
     if n < 2:

@@ -73,14 +73,30 @@ def joint_only_on(y: dict, rows) -> np.ndarray:
     return geo.product_part([y["factor0"][rows], y["factor1"][rows]], y["joint"][rows])
 
 
-def factor_probe_weights(xt: np.ndarray, y: dict, train, alpha: float, degree: int = 1) -> np.ndarray:
+def factor_probe_weights(
+    xt: np.ndarray, y: dict, train, alpha: float, degree: int = 1, gate: np.ndarray | None = None
+) -> np.ndarray:
     """(D, m): ridge weights of probes for every degree-``degree`` monomial of each factor's belief
     (:func:`.geometry.factor_monomials`; degree 1 is the beliefs themselves, the probes whose outputs
     ``beyond_factors`` leaves unchanged; higher, the read-outs ``beyond_factor_poly`` keeps), fitted on
-    the training half's features ``xt``."""
+    the training half's features ``xt``. ``gate`` (the training half's (n, L, G) one-hot): each
+    monomial times each gate column (:func:`.geometry.gated`), the read-outs ``beyond_factor_emitter``
+    keeps."""
     rows = xt.reshape(-1, xt.shape[-1])
-    target = np.concatenate([geo.factor_monomials(y[f"factor{i}"][train], degree) for i in (0, 1)], axis=-1)
+    parts = [geo.factor_monomials(y[f"factor{i}"][train], degree) for i in (0, 1)]
+    if gate is not None:
+        parts = [geo.gated(m, gate) for m in parts]
+    target = np.concatenate(parts, axis=-1)
     return ridge_fit(rows, target.reshape(len(rows), -1), alpha).coef
+
+
+def emitter_gate(hmm, tokens: np.ndarray) -> np.ndarray | None:
+    """(N, L, F) one-hot of the factor that emitted each token (a phase in an interleaved stream); None
+    where every token carries every factor (a product stream), so no read-out can differ by emitter."""
+    layout = hmm.layout
+    if layout is None or not layout.disjoint:
+        return None
+    return np.eye(layout.n_factors)[layout.token_owner[np.asarray(tokens)]]
 
 
 def ablations(
@@ -110,6 +126,7 @@ def ablations(
     none = _policy_summary(s, hooked_forward(model, None, None, None), floor)
     out = {f"none/{k}": v for k, v in none.items() if k != "floor"}
     target = joint_only_on(y, s.train)  # a property of the stream: the same at every layer
+    gate = emitter_gate(s.hmm, s.tokens)
     for hook, x in acts.items():
         if hook == FINAL:  # ln_final re-normalises: erase in the residual stream it reads instead
             continue
@@ -150,6 +167,12 @@ def ablations(
         Wp = factor_probe_weights(xt, y, s.train, alpha, poly_degree)
         bases["beyond_factor_poly"] = [geo.beyond_probes_basis(xt, target, Wp)]
         bases["repaired_beyond_factor_poly"] = [geo.beyond_probes_basis(xt, z, Wp) for z in repaired]
+        # held to each factor's linear read-outs within each phase (which factor just spoke), which a
+        # policy that must read the next speaker's belief can use and a global probe does not keep
+        if gate is not None:
+            We = factor_probe_weights(xt, y, s.train, alpha, gate=gate[s.train])
+            bases["beyond_factor_emitter"] = [geo.beyond_probes_basis(xt, target, We)]
+            bases["repaired_beyond_factor_emitter"] = [geo.beyond_probes_basis(xt, z, We) for z in repaired]
         layer = layer_name(hook)
         for cond, qs in bases.items():
             runs = [_policy_summary(s, hooked_forward(model, hook, Q, mu), floor) for Q in qs]

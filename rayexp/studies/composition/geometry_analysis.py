@@ -47,7 +47,11 @@ noise has the real target's distribution rather than a Gaussian's. ``beyond_fact
 its re-paired control ``repaired_beyond_factor_poly``) is ``beyond_factors`` held to wider factor
 probes, of every degree-``poly_degree`` monomial of each factor's belief
 (:func:`.geometry_ablation.factor_probe_weights`): it keeps each factor's polynomial read-outs, not
-only the linear probe's. Real and re-paired targets are both the training half's own product part
+only the linear probe's. ``beyond_factor_emitter`` (and ``repaired_beyond_factor_emitter``) holds it to
+probes of each factor's belief within each phase: the belief times the one-hot of the factor that
+emitted the current token (:func:`.geometry.gated`, :func:`.geometry_ablation.emitter_gate`), so a
+read-out that differs by which factor just spoke is kept; absent where every token carries every
+factor (a product stream). Real and re-paired targets are both the training half's own product part
 (:func:`.geometry_ablation.joint_only_on`). For each: the
 exact expected and greedy reward (from beliefs, on the task's reward), the interaction eta
 (:mod:`.interaction`), ``drop`` (expected reward lost) and ``removed`` = the share of the reward above

@@ -14,8 +14,13 @@ from rayexp.tables import format_table, write_csv
 SHOWN = (
     "factor0", "factor1", "both", "random_both", "joint_only", "random_joint_only", "placebo_joint_only",
     "repaired_joint_only", "beyond_factors", "random_beyond_factors", "placebo_beyond_factors",
-    "repaired_beyond_factors", "beyond_factor_poly", "repaired_beyond_factor_poly", "joint", "random_joint",
+    "repaired_beyond_factors", "beyond_factor_poly", "repaired_beyond_factor_poly", "beyond_factor_emitter",
+    "repaired_beyond_factor_emitter", "joint", "random_joint",
 )  # fmt: skip
+
+
+#: the joint erasures whose contrasts the report prints
+JOINT_ERASURES = ("joint_only", "beyond_factors", "beyond_factor_poly", "beyond_factor_emitter")
 
 
 def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str, list[dict]]:
@@ -72,7 +77,7 @@ def contrasts_at(tables: dict[str, list[dict]], scored: str = "all") -> list[dic
         if r.get("scored", "all") != scored:
             continue
         at_layer = r["layer"] == layers.get((r["process"], r["task"]))
-        if r["condition"] in ("joint_only", "beyond_factors", "beyond_factor_poly") and at_layer:
+        if r["condition"] in JOINT_ERASURES and at_layer:
             row = out.setdefault(
                 (r["process"], r["task"], r["condition"]),
                 {"process": r["process"], "task": r["task"], "layer": r["layer"], "erasure": r["condition"]},

@@ -92,7 +92,7 @@ def summarise(per_seed: list[dict[str, float]], layer: str, ci: float) -> tuple[
     return crow, arow
 
 
-CONTRASTED = ("both", "joint_only", "beyond_factors", "beyond_factor_poly", "joint")
+CONTRASTED = ("both", "joint_only", "beyond_factors", "beyond_factor_poly", "beyond_factor_emitter", "joint")
 _REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
 #: the contrast table's ``scored`` column -> the per-trial quantity it contrasts
 SCORED = {"all": "removed", "held_out": "removed_test"}
@@ -240,6 +240,7 @@ ERASED = {
     "joint_only": "the joint-only subspace",
     "beyond_factors": "joint-only beyond the probes",
     "beyond_factor_poly": "joint-only beyond polynomial probes",
+    "beyond_factor_emitter": "joint-only beyond phase-gated probes",
 }
 
 
