@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rayexp import tracking
+from rayexp.studies.composition.geometry_summary import JOINT_ERASURES
 from rayexp.tables import format_table, write_csv
 
 #: the erasures the compact table prints, each beside its random control
@@ -17,10 +18,6 @@ SHOWN = (
     "repaired_beyond_factors", "beyond_factor_poly", "repaired_beyond_factor_poly", "beyond_factor_emitter",
     "repaired_beyond_factor_emitter", "joint", "random_joint",
 )  # fmt: skip
-
-
-#: the joint erasures whose contrasts the report prints
-JOINT_ERASURES = ("joint_only", "beyond_factors", "beyond_factor_poly", "beyond_factor_emitter")
 
 
 def geometry_tables(uri: str, parent: str, out: Path | None = None) -> dict[str, list[dict]]:

@@ -92,7 +92,9 @@ def summarise(per_seed: list[dict[str, float]], layer: str, ci: float) -> tuple[
     return crow, arow
 
 
-CONTRASTED = ("both", "joint_only", "beyond_factors", "beyond_factor_poly", "beyond_factor_emitter", "joint")
+#: the joint erasures (each with its random, placebo or re-paired controls), in the order tables list them
+JOINT_ERASURES = ("joint_only", "beyond_factors", "beyond_factor_poly", "beyond_factor_emitter")
+CONTRASTED = ("both", *JOINT_ERASURES, "joint")
 _REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
 #: the contrast table's ``scored`` column -> the per-trial quantity it contrasts
 SCORED = {"all": "removed", "held_out": "removed_test"}
