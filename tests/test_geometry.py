@@ -409,6 +409,33 @@ def test_contrasts_pair_each_erasure_with_its_controls_and_the_reference_task_by
     assert contrasts_at({"curve": one, "contrast": rows_q})[0]["minus random"] == "+0.90 [n = 1]"
 
 
+def test_an_erasure_that_keeps_more_read_outs_is_set_against_the_global_probes_one_in_the_same_trial():
+    from rayexp.stats import t_ci
+    from rayexp.studies.composition.geometry_report import contrasts_at
+    from rayexp.studies.composition.geometry_summary import contrast_rows
+
+    k = "ablation/post/block1/{}/removed"
+    seeds = {  # the phase-gated erasure spares 0.3, 0.1, 0.2 of what the global one removes
+        "0": {k.format("beyond_factors"): 0.6, k.format("beyond_factor_emitter"): 0.3},
+        "1": {k.format("beyond_factors"): 0.4, k.format("beyond_factor_emitter"): 0.3},
+        "2": {k.format("beyond_factors"): 0.5, k.format("beyond_factor_emitter"): 0.3},
+        "3": {k.format("beyond_factor_emitter"): 0.9},  # no global erasure logged: not paired
+    }
+    rows = contrast_rows({("p", "negative_control"): seeds}, "negative_control", 0.95)
+    (i,) = [i for i, x in enumerate(rows["minus"]) if x == "beyond_factors"]
+    assert rows["condition"][i] == "beyond_factor_emitter" and rows["n_seeds"][i] == 3
+    mean, lo, hi = t_ci([-0.3, -0.1, -0.2], 0.95)
+    assert (rows["mean"][i], rows["ci_low"][i], rows["ci_high"][i]) == pytest.approx((mean, lo, hi))
+    # never the global erasure against itself, nor an erasure that keeps no more read-outs
+    assert [c for c, x in zip(rows["condition"], rows["minus"]) if x == "beyond_factors"] == ["beyond_factor_emitter"]
+    curve = [{"process": "p", "task": "negative_control", "layer": "block1"}]
+    table = [dict(zip(rows, v)) for v in zip(*rows.values())]
+    emitter = next(
+        r for r in contrasts_at({"curve": curve, "contrast": table}) if r["erasure"] == "beyond_factor_emitter"
+    )
+    assert emitter["minus beyond_factors"] == f"-0.20 [{lo:+.2f}, {hi:+.2f}]"
+
+
 def test_geometry_report_compacts_the_summary_tables():
     from rayexp.studies.composition.geometry_report import compact
 

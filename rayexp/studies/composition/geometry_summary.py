@@ -95,6 +95,9 @@ def summarise(per_seed: list[dict[str, float]], layer: str, ci: float) -> tuple[
 #: the joint erasures (each with its random, placebo or re-paired controls), in the order tables list them
 JOINT_ERASURES = ("joint_only", "beyond_factors", "beyond_factor_poly", "beyond_factor_emitter")
 CONTRASTED = ("both", *JOINT_ERASURES, "joint")
+#: the erasures beyond the probes that keep more read-outs than the global linear probes' (degree-2,
+#: phase-gated); each is also set against ``beyond_factors`` in the same trial: what keeping them spares
+KEEPS_MORE = ("beyond_factor_poly", "beyond_factor_emitter")
 _REMOVED = re.compile(r"^ablation/post/([a-z0-9_]+)/([a-z0-9_]+)/removed$")
 #: the contrast table's ``scored`` column -> the per-trial quantity it contrasts
 SCORED = {"all": "removed", "held_out": "removed_test"}
@@ -106,7 +109,8 @@ def contrast_rows(
     """Post-RL share removed by each :data:`CONTRASTED` erasure minus, paired by seed: its random,
     placebo and re-paired controls (same trial), the ``reference`` task's same erasure (same process
     and seed, so the same pretrained model), and, where there is a placebo or a re-pairing, the
-    reference's excess over it subtracted from this task's (the double differences). ``fw_low`` /
+    reference's excess over it subtracted from this task's (the double differences); each
+    :data:`KEEPS_MORE` erasure also minus ``beyond_factors`` in the same trial. ``fw_low`` /
     ``fw_high``: the same interval Bonferroni-adjusted over the layers of its (process, task,
     condition, minus) family (``fw_layers`` of them). ``by_seed``: {(process, task): {seed: metrics}}.
     ``scored`` (a :data:`SCORED` key): the reward on all sequences or on the held-out half alone, where
@@ -136,6 +140,12 @@ def contrast_rows(
                     add((process, task, lay, cond, ctrl), pairs)
                 pairs = [m[mine] - ref[sd][mine] for sd, m in seeds.items() if mine in m and mine in ref.get(sd, {})]
                 add((process, task, lay, cond, reference), pairs)
+                if cond in KEEPS_MORE:  # what keeping more read-outs spares, against the global probes
+                    base = f"ablation/post/{lay}/beyond_factors/{quantity}"
+                    add(
+                        (process, task, lay, cond, "beyond_factors"),
+                        [m[mine] - m[base] for m in seeds.values() if mine in m and base in m],
+                    )
                 # the double differences: this task's excess over its placebo minus the reference's
                 for ctrl, label in (("placebo", "placebo"), ("repaired", "re-pairing")):
                     plc = f"ablation/post/{lay}/{ctrl}_{cond}/{quantity}"
