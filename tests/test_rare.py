@@ -271,3 +271,19 @@ def test_rare_figure_draws_each_trial_with_its_null_dashed(tmp_path):
         ("process.a.eps=0.001", "o-", "C1"),
         ("process.a.eps=0.001, shuffled-reward null", "o--", "C1"),
     }
+
+
+def test_the_new_seeds_sweep_is_the_study_but_for_its_name_and_seeds():
+    from pathlib import Path
+
+    import yaml
+
+    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
+    full = yaml.safe_load((sweeps / "rare.yaml").read_text())
+    more = yaml.safe_load((sweeps / "rare_seeds.yaml").read_text())
+    assert more["axes"]["grid"].pop("seed") == [5, 6, 7, 8, 9]
+    assert not set(full["axes"]["grid"].pop("seed")) & {5, 6, 7, 8, 9}  # independent seeds
+    assert more["experiment"] == full["experiment"]  # one MLflow experiment: `report --parent A --parent B` pools them
+    for key in ("name", "description"):
+        more.pop(key), full.pop(key)
+    assert more == full
