@@ -416,9 +416,9 @@ def test_an_erasure_that_keeps_more_read_outs_is_set_against_the_global_probes_o
 
     k = "ablation/post/block1/{}/removed"
     seeds = {  # the phase-gated erasure spares 0.3, 0.1, 0.2 of what the global one removes
-        "0": {k.format("beyond_factors"): 0.6, k.format("beyond_factor_emitter"): 0.3},
-        "1": {k.format("beyond_factors"): 0.4, k.format("beyond_factor_emitter"): 0.3},
-        "2": {k.format("beyond_factors"): 0.5, k.format("beyond_factor_emitter"): 0.3},
+        "0": {k.format("beyond_factors"): 0.6, k.format("beyond_factor_emitter"): 0.3, k.format("joint_only"): 0.1},
+        "1": {k.format("beyond_factors"): 0.4, k.format("beyond_factor_emitter"): 0.3, k.format("joint_only"): 0.1},
+        "2": {k.format("beyond_factors"): 0.5, k.format("beyond_factor_emitter"): 0.3, k.format("joint_only"): 0.1},
         "3": {k.format("beyond_factor_emitter"): 0.9},  # no global erasure logged: not paired
     }
     rows = contrast_rows({("p", "negative_control"): seeds}, "negative_control", 0.95)
