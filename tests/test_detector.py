@@ -90,6 +90,22 @@ def test_verdict_rule_against_the_null():
     assert v.code == INCONCLUSIVE
 
 
+def test_a_policy_that_barely_leaves_its_position_policy_is_a_reweighting_that_says_so():
+    """The logic study's shuffled null learnt the constant policy "true": a map of p_pre (the constant
+    one) explains it, so reweighting is right, but there was nothing to explain and the reason says so."""
+    null_rw, null_el = _seeds(0.2, seed=10), _seeds(0.15, seed=11)
+    still = [0.0011, 0.0034, 0.0546, 0.0, 0.0168]  # the logic null's KL from its position-only policy, by seed
+    v = decide(_seeds(0.03), _seeds(0.1, seed=1), _seeds(np.nan, seed=2), null_rw, null_el, kl_position=still)
+    assert v.code == REWEIGHTING and "barely leaves its position-only policy (KL 0.015" in v.reason
+    moved = [0.44, 0.28, 0.35, 0.29, 0.32]  # IMPLIES itself
+    v = decide(_seeds(0.03), _seeds(0.1, seed=1), _seeds(np.nan, seed=2), null_rw, null_el, kl_position=moved)
+    assert v.code == REWEIGHTING and "barely" not in v.reason
+    # the label never changes, and a composition or inconclusive reason is left as it is
+    v = decide(_seeds(0.8), _seeds(0.7, seed=1), _seeds(0.9, seed=2), null_rw, null_el, kl_position=still)
+    assert v.code == COMPOSITION and "barely" not in v.reason
+    assert "barely" not in decide(_seeds(0.03), _seeds(0.1, seed=1), _seeds(np.nan, seed=2), null_rw, null_el).reason
+
+
 def test_composition_must_earn_its_reward_beyond_the_map_of_p_pre():
     """A sharp map with near-ties (the battery's argmax of group sums on product(Mess3, Z1R)) leaves
     policy mass that no fit at the model's resolution reads, yet the fitted map earns the same reward:

@@ -34,6 +34,13 @@ over seeds, 95 %)::
 
 Without ``shortfall`` (trials that logged none) that test is skipped, and the reason says so.
 
+A policy that barely leaves its position-only policy (``kl_position``, the mean over seeds of its KL
+from that policy per step, below ``kl_still`` 0.05 nats) has little for either class to explain: a
+constant or position-only policy is a map of p_pre (and a readout of anything), so a reweighting or
+elicitation verdict on it is true and says little. The label stands and the reason says so. Seen: the
+logic study's shuffled null learnt the constant policy "true" (KL 0.000-0.055 by seed, mean 0.015;
+IMPLIES itself 0.28-0.44) and is called reweighting.
+
 Without ``u_el_random`` the readout is taken as from pretraining and never as generic (the rule
 before the control, kept for callers that lack it). A control finite on one seed only (a group mixing
 trials logged before and after it) has no interval: the readout is then neither credited to
@@ -133,6 +140,7 @@ class Thresholds:
     margin_min: float = 0.5
     shortfall_min: float = 0.25
     min_seeds: int = 2
+    kl_still: float = 0.05  # nats per step: below it the policy barely leaves its position-only one
     ci: float = 0.95
 
 
@@ -158,6 +166,7 @@ def decide(
     tv: tuple | None = None,
     u_el_random=None,
     shortfall=None,
+    kl_position=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -167,7 +176,9 @@ def decide(
     shares; below ``min_seeds`` ``context["tv_rw"]``/``context["tv_el"]`` are its intervals over
     held-out contexts. ``u_el_random`` (n,): the readout of random-init features, per seed (below ``min_seeds``,
     ``context["spec"]`` is its paired interval over held-out contexts). ``shortfall`` (n,): the reward
-    margin no map of p_pre earns, per seed (below ``min_seeds``, ``context["shortfall"]``)."""
+    margin no map of p_pre earns, per seed (below ``min_seeds``, ``context["shortfall"]``). ``kl_position``
+    (n,): the policy's KL from its position-only policy per step, per seed; a mean below ``kl_still``
+    adds to a reweighting or elicitation reason that there was little to explain."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -237,7 +248,14 @@ def decide(
     def unexplained(d: Interval, u: Interval) -> bool:
         return d.lo > th.tol if have_null else u.lo > th.u_abs
 
+    still = NAN if kl_position is None or not np.isfinite(_arr(kl_position)).any() else np.nanmean(_arr(kl_position))
+
     def out(code: int, why: str) -> Verdict:
+        if code in (REWEIGHTING, ELICITATION) and still < th.kl_still:
+            why += (
+                f"; but the policy barely leaves its position-only policy (KL {still:.3f} nats per step, "
+                f"< {th.kl_still:g}): a constant or position-only policy is a map of anything, so this says little"
+            )
         return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"

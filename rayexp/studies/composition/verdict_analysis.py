@@ -60,6 +60,7 @@ SIGNALS = {
     "fit_reward_elicitation": "classes/elicitation/fit_reward/post",
     "kl_reweighting": "classes/reweighting/kl/post",
     "kl_elicitation": "classes/elicitation/kl/post",
+    "kl_position": "classes/position/kl/post",  # how far the policy moves from its position-only one
     "reward_post_greedy": "reward/post/greedy",
     "reward_pre_greedy": "reward/pre/greedy",
     "ceiling_optimum": "ceiling/optimum",
@@ -103,6 +104,12 @@ class VerdictParams(Params):
         Thresholds.min_seeds, ge=1, description="fewer seeds: intervals over one trial's held-out contexts"
     )
     ci: float = Field(Thresholds.ci, gt=0, lt=1, description="interval coverage (Student-t over seeds)")
+    kl_still: float = Field(
+        Thresholds.kl_still,
+        ge=0,
+        description="a reweighting or elicitation reason says the policy barely moved when its mean KL from its "
+        "position-only policy (nats per step) is below it",
+    )
 
 
 def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, float]:
@@ -192,6 +199,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             tv=tv,
             u_el_random=col["unexplained_readout_random_init"],
             shortfall=col["reward_shortfall"],
+            kl_position=col["kl_position"],
         )
         out.append((process, task, v, col))
     return out
