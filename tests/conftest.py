@@ -23,6 +23,38 @@ os.environ["HTTP_PROXY"] = os.environ["HTTPS_PROXY"] = "http://127.0.0.1:9"
 os.environ["NO_PROXY"] = "127.0.0.1,localhost,::1"
 
 
+#: test modules whose tests start Ray, in process or through the CLI. With pytest-xdist (``-n 2``, the
+#: default in pyproject.toml) they all run on one worker, one after another and first, while the other
+#: worker takes every other test: two local Rays at once on 2 cores only slow each other down (and the
+#: monitor tests time trials out), and the golden sweeps, session fixtures, are then run once, not once
+#: per worker. The Ray tests wait on process start-ups for much of their time, which is what the other
+#: worker fills. A module that starts Ray belongs here (tests/test_suite_layout.py checks it is).
+RAY_MODULES = frozenset(
+    {
+        "test_behaviour",
+        "test_cli",
+        "test_cluster",
+        "test_device_e2e",
+        "test_monitor",
+        "test_ppo",
+        "test_studies",
+        "test_sweep",
+        "test_tms",
+        "test_trial_artifacts",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the markers
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.path.stem in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+    items.sort(key=lambda item: item.path.stem not in RAY_MODULES)  # the longest chain starts first (stable)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory with its own MLflow store, no cluster address inherited."""
