@@ -55,6 +55,24 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.stem not in RAY_MODULES)  # the longest chain starts first (stable)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_xdist_worker():
+    """Under xdist, each worker computes on one thread (torch, and numpy's BLAS through threadpoolctl): the
+    other worker and the Ray tests' trial processes share the same 2 cores, and two threads per worker
+    only make them take turns. Tests that set threads themselves restore this on the way out."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory with its own MLflow store, no cluster address inherited."""
