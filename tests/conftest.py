@@ -25,10 +25,11 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost,::1"
 
 #: test modules whose tests start Ray, in process or through the CLI. With pytest-xdist (``-n 2``, the
 #: default in pyproject.toml) they all run on one worker, one after another and first, while the other
-#: worker takes every other test: two local Rays at once on 2 cores would only slow each other down (and
-#: put the monitor tests' timeouts at risk), and the golden sweeps, session fixtures, are then run once,
-#: not once per worker. The Ray tests wait on process start-ups for much of their time, which is what the other
-#: worker fills. A module that starts Ray belongs here (tests/test_suite_layout.py checks it is).
+#: worker takes every other test: two local Rays at once on 2 cores would only slow each other down
+#: (and put the monitor tests' timeouts at risk), and the golden sweeps, session fixtures, are then run
+#: once, not once per worker. The Ray tests wait on process start-ups for much of their time, which is
+#: what the other worker fills. A module that starts Ray belongs here (tests/test_suite_layout.py
+#: checks it is).
 RAY_MODULES = frozenset(
     {
         "test_behaviour",
