@@ -34,8 +34,6 @@ from rayexp.studies.development.llc import (
     LLCResult,
     diagnose,
     estimate_llc,
-    locate_transitions,
-    phase_transitions,
 )
 from rayexp.studies.development.rlct import dln_rlct, normal_crossing_rlct, rrr_rlct
 
@@ -282,34 +280,3 @@ def test_diagnose_marks_unsettled_chains():
     assert not dg["settled"] and not dg["healthy"] and dg["rhat"] > 1.1
     assert diagnose(result(flat), ceiling=1.05)["diverged"]
     assert diagnose(result(flat - 0.2))["below_init"]
-
-
-# ---------------------------------------------------------------------------------------------
-# transitions
-
-
-def test_transitions_on_a_staircase():
-    steps = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-    stairs = np.array([1.0] * 5 + [3.0] * 5 + [4.0] * 4)  # jumps between 10 -> 20 and 500 -> 1000
-    assert locate_transitions(steps, stairs) == [20, 1000]
-    noisy = stairs + 0.02 * np.random.default_rng(0).standard_normal(len(stairs))
-    assert locate_transitions(steps, noisy) == [20, 1000]
-    assert locate_transitions(steps, 2.0 * np.log1p(steps)) == []  # a straight line in log-step
-    assert locate_transitions(steps[::-1], stairs[::-1]) == [20, 1000]  # order does not matter
-    with_nan = stairs.copy()
-    with_nan[2] = np.nan
-    assert locate_transitions(steps, with_nan) == [20, 1000]
-    assert locate_transitions([0, 1, 2], [0.0, 5.0, 5.0]) == []  # too few checkpoints to judge
-    its = np.arange(0, 110, 10)  # evenly spaced: slopes per iteration
-    ramp = np.where(its < 50, 0.01 * its, 0.01 * its + 2.0)
-    assert locate_transitions(its, ramp, log_steps=False) == [50]
-    assert locate_transitions(its, 0.01 * its, log_steps=False) == []
-
-
-def test_llc_transitions_use_healthy_estimates_only():
-    its = list(range(0, 110, 10))
-    llc = [1.0] * 5 + [5.0] * 6  # a step at 50 ...
-    rows = [{"checkpoint": i, "llc_mean": v, "healthy": True, "reward": 0.1 * i} for i, v in zip(its, llc, strict=True)]
-    assert phase_transitions({"rl": rows}) == {"rl": {"llc": [50], "reward": []}}
-    rows[4]["llc_mean"], rows[4]["healthy"] = 50.0, False  # ... and an unsettled outlier is not a jump
-    assert phase_transitions({"rl": rows})["rl"]["llc"] == [50]

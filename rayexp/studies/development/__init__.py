@@ -2,11 +2,12 @@
 (LLC) of pretraining and PPO checkpoints, and transitions.
 
 Each module is maths on a model and a fixed loss, never on a trial's files, so each has a unit test
-on a constructed case with a known answer (tests/test_llc.py):
+on a constructed case with a known answer (tests/test_llc.py, tests/test_transitions.py):
 
 - :mod:`.sgld`: SGLD chains (RMSprop-preconditioned, adapted in the burn-in and then frozen);
 - :mod:`.convergence`: split R-hat across chains, and the threshold above which an estimate is unsettled;
-- :mod:`.llc`: the estimate, its diagnostics, the study's one SGLD setting, and the transition rule;
+- :mod:`.llc`: the estimate, its diagnostics and the study's one SGLD setting;
+- :mod:`.transitions`: where a curve over training jumps, at a stated false-alarm rate;
 - :mod:`.rlct`: learning coefficients known in closed form (Aoyagi's deep linear networks,
   normal-crossing potentials), the tests' known answers;
 - :mod:`.losses`: the loss the LLC is taken of: the self-KL on the pretraining stream, the same

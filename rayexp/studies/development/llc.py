@@ -1,4 +1,4 @@
-"""The local learning coefficient (LLC) by SGLD, its convergence, the study's one setting, and transitions.
+"""The local learning coefficient (LLC) by SGLD, its convergence and the study's one setting (transitions: :mod:`.transitions`).
 
 At a point w* of a loss L (Lau et al. 2023) the LLC is estimated as
 
@@ -42,8 +42,6 @@ __all__ = [
     "default_nbeta",
     "diagnose",
     "estimate_llc",
-    "locate_transitions",
-    "phase_transitions",
 ]
 
 #: The study's SGLD setting (why each value: the module docstring, README and tests/test_llc.py).
@@ -139,70 +137,3 @@ def diagnose(
         "below_init": below,
         "healthy": bool(ok and not diverged and not below),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# transitions
-
-CURVES = {"pretrain": "loss", "rl": "reward"}  # the curve beside the LLC in each phase
-
-
-def phase_transitions(phases: dict[str, list[dict]], k: float = 3.0) -> dict[str, dict[str, list[int]]]:
-    """phase -> curve -> transition checkpoints, for the LLC and the phase's loss or reward curve.
-
-    ``phases`` maps "pretrain" / "rl" to rows with ``checkpoint``, ``llc_mean``, ``healthy`` and the
-    phase's curve (:data:`CURVES`). The LLC's transitions are looked for among healthy estimates only
-    (settled, not diverged, not below init: an unsettled one is not a value to take a slope of);
-    pretraining's checkpoints are log-spaced, PPO's evenly spaced (:func:`locate_transitions`).
-    """
-    out: dict[str, dict[str, list[int]]] = {}
-    for phase, rows in phases.items():
-        log_steps = phase == "pretrain"
-        ok = [r for r in rows if r["healthy"]]
-        llc = locate_transitions([r["checkpoint"] for r in ok], [r["llc_mean"] for r in ok], k, log_steps)
-        curve = CURVES[phase]
-        other = locate_transitions([r["checkpoint"] for r in rows], [r[curve] for r in rows], k, log_steps)
-        out[phase] = {"llc": llc, curve: other}
-    return out
-
-
-def locate_transitions(
-    steps: Sequence[float], values: Sequence[float], k: float = 3.0, log_steps: bool = True
-) -> list[int]:
-    """Steps where a curve over training jumps, by a robust outlier rule on its slope.
-
-    For consecutive checkpoints the discrete derivative is ``d_i = (v[i+1] - v[i]) / (x[i+1] - x[i])``
-    with ``x = log(1 + step)`` (``log_steps``, for log-spaced checkpoints such as pretraining's; 1 +
-    so that step 0 counts) or ``x = step`` (evenly spaced ones, such as PPO's). Interval i is a
-    transition when ``|d_i - median(d)| > k * 1.4826 * MAD(d)`` (MAD: median absolute deviation;
-    1.4826 * MAD estimates the standard deviation of normal noise): a slope k robust standard
-    deviations away from the typical one. A run of consecutive flagged intervals is one transition,
-    placed at the end of its steepest interval (the first checkpoint after the jump). Non-finite
-    values are dropped first; fewer than 4 checkpoints give no transitions, and with few more the
-    MAD rests on a handful of slopes, so read single marks with care.
-    """
-    s, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    keep = np.isfinite(v) & np.isfinite(s)
-    s, v = s[keep], v[keep]
-    order = np.argsort(s)
-    s, v = s[order], v[order]
-    if len(s) < 4:
-        return []
-    x = np.log1p(s) if log_steps else s
-    d = np.diff(v) / np.diff(x)  # (n - 1,)
-    dev = np.abs(d - np.median(d))
-    scale = max(1.4826 * float(np.median(dev)), 1e-9 * float(np.abs(d).max()))  # floor: exact plateaus, rounding
-    flagged = dev > k * scale
-    out: list[int] = []
-    i = 0
-    while i < len(d):
-        if not flagged[i]:
-            i += 1
-            continue
-        j = i
-        while j + 1 < len(d) and flagged[j + 1]:
-            j += 1
-        steepest = i + int(np.argmax(dev[i : j + 1]))
-        out.append(int(s[steepest + 1]))
-        i = j + 1
-    return out

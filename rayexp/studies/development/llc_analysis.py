@@ -45,7 +45,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis, progress
@@ -59,9 +59,9 @@ from rayexp.studies.development.llc import (
     SGLDSettings,
     diagnose,
     estimate_llc,
-    phase_transitions,
 )
 from rayexp.studies.development.llc_figure import llc_figure
+from rayexp.studies.development.transitions import ALPHA, phase_transitions, refuse_transition_k
 
 TRANSITIONS = pa.schema([("phase", pa.string()), ("curve", pa.string()), ("checkpoint", pa.int64())])
 
@@ -88,12 +88,14 @@ class LLCParams(Params):
     batch_size: int = Field(32, ge=1, le=65536, description="sequences per SGLD step")
     n_seq: int = Field(1024, ge=1, le=1_000_000, description="pretraining-stream sequences in the loss's data")
     reward_episodes: int = Field(64, ge=0, le=100_000, description="fresh episodes per RL checkpoint for its reward")
-    transition_k: float = Field(
-        3.0,
+    transition_alpha: float = Field(
+        ALPHA,
         gt=0,
-        le=100,
-        description="a transition: a slope (in log-step for pretraining) > k robust SDs from the median",
+        le=0.5,
+        description="the chance of marking a transition on a curve without one (a line plus noise); "
+        "the rule's threshold is calibrated to it (rayexp/studies/development/transitions.py)",
     )
+    _k_is_gone = model_validator(mode="before")(refuse_transition_k)
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="seed of the sequences, the SGLD chains and the reward episodes"
     )
@@ -225,7 +227,7 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
     metrics = {**(_phase_metrics("pretrain", pretrain) if pretrain else {}), **_phase_metrics("rl", rl)}
     rl_table = _table(rl, "iteration")  # the table the report reads, so metric and report share one input
     metrics.update({f"rl/{k}": v for k, v in rl_growth(rl_table.to_pydict()).items()})
-    marks = phase_transitions({"pretrain": pretrain, "rl": rl} if pretrain else {"rl": rl}, params.transition_k)
+    marks = phase_transitions({"pretrain": pretrain, "rl": rl} if pretrain else {"rl": rl}, params.transition_alpha)
     found = [
         {"phase": phase, "curve": curve, "checkpoint": at}
         for phase, curves in marks.items()

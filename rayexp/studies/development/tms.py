@@ -192,8 +192,8 @@ def results(spec: TMSSweep, out: Path) -> tuple[list[dict], list[dict]]:
             if not path.exists():
                 continue
             rows = json.loads(path.read_text())["rows"]
-            table.append(summarise(arm, seed, rows, CURVE[arm], "llc", spec.llc.transition_k))
-            marks = transitions(rows, CURVE[arm], "llc", spec.llc.transition_k)
+            table.append(summarise(arm, seed, rows, CURVE[arm], "llc", spec.llc.transition_alpha))
+            marks = transitions(rows, CURVE[arm], "llc", spec.llc.transition_alpha)
             trials.append({"arm": arm, "seed": seed, "rows": rows, "marks": marks})
     return trials, table
 

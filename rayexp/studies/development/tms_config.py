@@ -17,6 +17,7 @@ from models.config import MAX_SEED, STRICT
 from rayexp import safe_yaml
 from rayexp.studies.development.llc import SGLDSettings, default_nbeta
 from rayexp.studies.development.tms_llc import LLC_BATCH, N_LLC, TMS_SGLD
+from rayexp.studies.development.transitions import ALPHA, refuse_transition_k
 
 
 class _Section(BaseModel):
@@ -81,7 +82,10 @@ class LLC(_Section):
     num_chains: int = Field(TMS_SGLD.num_chains, strict=True, ge=4, le=64)
     num_burnin: int = Field(TMS_SGLD.num_burnin, strict=True, ge=1, le=100_000)
     num_draws: int = Field(TMS_SGLD.num_draws, strict=True, ge=8, le=100_000)
-    transition_k: float = Field(3.0, gt=0, le=100, description="a transition: a slope > k robust SDs from the median")
+    transition_alpha: float = Field(
+        ALPHA, gt=0, le=0.5, description="the chance of marking a transition on a curve without one (line + noise)"
+    )
+    _k_is_gone = model_validator(mode="before")(refuse_transition_k)
     seed: int = Field(
         0, strict=True, ge=0, le=MAX_SEED, description="seed of the LLC's data set and chains (every trial)"
     )

@@ -26,8 +26,9 @@ in the calibration, 9.0 ± 0.5 (R-hat 1.05) on sweeps/tms.yaml's seed 0; tests/t
 7-11 and settled. eps 3e-5 read 11.0 and eps 1e-3 diverged; gamma 1 left a 5-gon unsettled (R-hat 1.2).
 
 **Transitions.** The curve of each arm (loss for the supervised arm, exact expected reward for PPO),
-and the LLC over healthy estimates, go through the project's rule (:func:`.llc.locate_transitions`,
-evenly spaced checkpoints: a slope more than k robust SDs from the median). The ground-truth phase
+and the LLC over healthy estimates, go through the project's rule (:func:`.transitions.locate_transitions`,
+evenly spaced checkpoints: a jump beyond the curve's trend, at a threshold calibrated so that a line
+plus noise is marked with probability alpha). The ground-truth phase
 label is k, the number of columns of W with norm > 0.5 (:func:`models.tms.k_count`): a change of k
 between consecutive checkpoints is a phase change. The LLC *marks* a transition when it has one of
 its own within one checkpoint of it (:func:`matched`).
@@ -42,7 +43,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayexp.studies.development.convergence import RHAT_MAX
-from rayexp.studies.development.llc import SGLDSettings, default_nbeta, diagnose, estimate_llc, locate_transitions
+from rayexp.studies.development.llc import SGLDSettings, default_nbeta, diagnose, estimate_llc
+from rayexp.studies.development.transitions import ALPHA, locate_transitions
 
 N_LLC = 10_000  # inputs in the LLC's data set
 LLC_BATCH = 500  # inputs per SGLD step
@@ -94,16 +96,16 @@ def k_changes(rows: Sequence[dict]) -> list[int]:
     return [int(b["checkpoint"]) for a, b in itertools.pairwise(rows) if a["k"] != b["k"]]
 
 
-def transitions(rows: Sequence[dict], curve: str, llc_key: str = "llc", k: float = 3.0) -> dict[str, list[int]]:
+def transitions(rows: Sequence[dict], curve: str, llc_key: str = "llc", alpha: float = ALPHA) -> dict[str, list[int]]:
     """``{curve: [...], llc_key: [...], "k": [...]}``: transition checkpoints of the curve (all rows),
     of the LLC (healthy rows only, ``{llc_key}_healthy``) and the k changes. Checkpoints are evenly
     spaced, so slopes are per step (``log_steps=False``)."""
     steps = [r["checkpoint"] for r in rows]
     ok = [r for r in rows if r.get(f"{llc_key}_healthy")]
     return {
-        curve: locate_transitions(steps, [r[curve] for r in rows], k, log_steps=False),
+        curve: locate_transitions(steps, [r[curve] for r in rows], alpha, log_steps=False),
         llc_key: locate_transitions(
-            [r["checkpoint"] for r in ok], [r[f"{llc_key}_mean"] for r in ok], k, log_steps=False
+            [r["checkpoint"] for r in ok], [r[f"{llc_key}_mean"] for r in ok], alpha, log_steps=False
         ),
         "k": k_changes(rows),
     }
@@ -117,9 +119,11 @@ def matched(truth: Sequence[int], marks: Sequence[int], steps: Sequence[int], to
     return [any(abs(where[int(t)] - h) <= tol for h in have) for t in truth if int(t) in where]
 
 
-def summarise(arm: str, seed: int, rows: Sequence[dict], curve: str, llc_key: str = "llc", k: float = 3.0) -> dict:
+def summarise(
+    arm: str, seed: int, rows: Sequence[dict], curve: str, llc_key: str = "llc", alpha: float = ALPHA
+) -> dict:
     """One row of the results table: the transitions of one trial and which of them the LLC marks."""
-    marks = transitions(rows, curve, llc_key, k)
+    marks = transitions(rows, curve, llc_key, alpha)
     steps = [r["checkpoint"] for r in rows]
     on_curve = matched(marks[curve], marks[llc_key], steps)
     on_k = matched(marks["k"], marks[llc_key], steps)
