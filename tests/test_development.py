@@ -161,3 +161,19 @@ def test_the_new_seeds_sweep_is_the_study_but_for_its_seeds_and_pretraining():
     for key in ("name", "description"):
         more.pop(key), full.pop(key)
     assert more == full
+
+
+def test_the_pretraining_sweep_is_the_study_but_for_its_task_ppo_and_analyses():
+    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
+    pre = yaml.safe_load((ROOT / "sweeps" / "development_pretrain.yaml").read_text())
+    assert pre["experiment"] != full["experiment"]  # its one-iteration trials never enter the study's report
+    assert pre["tasks"] == full["tasks"][:1]
+    assert [a["name"] for a in pre["base"]["analyses"]] == ["llc"]
+    assert pre["base"]["analyses"][0] == next(a for a in full["base"]["analyses"] if a["name"] == "llc")
+    assert pre["base"]["ppo"].pop("iterations") == 1 and pre["base"]["ppo"].pop("save_every") == 1
+    for f in (pre, full):
+        for key in ("name", "description", "experiment", "tasks"):
+            f.pop(key)
+        f["base"].pop("analyses")
+        f["base"]["ppo"].pop("iterations", None), f["base"]["ppo"].pop("save_every", None)
+    assert pre == full  # pretraining, model, process, seeds and the SGLD setting are the study's

@@ -11,6 +11,7 @@ generator than the calibration's. A fixed k = 3, the rule before calibration, fa
 import numpy as np
 import pytest
 
+from rayexp.artifacts import log_spaced_steps
 from rayexp.studies.development.llc_analysis import LLCParams
 from rayexp.studies.development.tms_config import LLC as TMSLLC
 from rayexp.studies.development.transitions import (
@@ -21,7 +22,7 @@ from rayexp.studies.development.transitions import (
 )
 
 PPO = np.arange(0, 45, 5)  # sweeps/development.yaml: iterations 0, 5, ..., 40
-PRETRAIN = np.array([0, 1, 3, 7, 16, 36, 80, 180, 400, 800])  # 10 log-spaced steps of 800
+PRETRAIN = np.array(log_spaced_steps(800, 10))  # sweeps/development.yaml: 0, 1, 2, 5, 12, 28, 65, 150, 347, 800
 TMS = np.arange(0, 126, 6)  # sweeps/tms.yaml's PPO: 21 checkpoints
 LAYOUTS = [(PPO, False), (PRETRAIN, True), (TMS, False)]
 N_CURVES = 4000  # binomial SD of a 0.05 rate: 0.0034
