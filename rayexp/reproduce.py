@@ -75,7 +75,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         spec={"name": "rrxor"},
         model=TransformerConfig(n_layers=4, d_model=128, n_heads=4, d_head=16, d_mlp=512, n_ctx=10, d_vocab=2),
         pretrain=PretrainConfig(steps=2000, batch_size=256, lr=1e-3, warmup_steps=100),
-        criterion="R^2 of the concatenated residual layers > R^2 of the final residual stream",
+        # skill, not R^2: the untrained network's concatenation already has R^2 0.65 against its final
+        # layer's 0.37, so "concat R^2 > final R^2" is met by a network that learnt nothing
+        criterion="skill of the concatenated residual layers above the final residual stream's "
+        "(95% CIs apart: concat's low end > final's high end)",
     ),
     "mixture": Experiment(
         spec={"name": "mixture", "components": [{"name": "mess3", "x": 0.15, "a": 0.6}, {"name": "rrxor"}]},
@@ -91,6 +94,19 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 def _row(table, target: str, hook: str) -> dict:
     return next(r for r in table.to_pylist() if r["target"] == target and r["hook"] == hook)
+
+
+def criterion_met(name: str, per_target: dict) -> bool:
+    """Whether ``name``'s acceptance criterion (:data:`EXPERIMENTS`) holds on the summary's ``targets``.
+
+    Every criterion is on skill over the random-init control, so an untrained network, whose skill is
+    0 wherever it is probed, meets none of them (tests/test_probes.py feeds it the random-init numbers).
+    """
+    if name.startswith("mess3"):
+        return per_target["belief"]["final"]["skill"] >= 0.8
+    if name == "rrxor":
+        return per_target["belief"]["concat"]["skill_ci_low"] > per_target["belief"]["final"]["skill_ci_high"]
+    return all(max(v["final"]["skill_ci_low"], v["concat"]["skill_ci_low"]) > 0 for v in per_target.values())
 
 
 def _headline(row: dict) -> dict:
@@ -155,12 +171,7 @@ def run(
         }
         for t in targets
     }
-    if name.startswith("mess3"):
-        passed = per_target["belief"]["final"]["skill"] >= 0.8
-    elif name == "rrxor":
-        passed = per_target["belief"]["concat"]["r2"] > per_target["belief"]["final"]["r2"]
-    else:
-        passed = all(max(v["final"]["skill_ci_low"], v["concat"]["skill_ci_low"]) > 0 for v in per_target.values())
+    passed = criterion_met(name, per_target)
     last = result.history[-1] if result.history else {}
     summary = {
         "experiment": name,

@@ -167,3 +167,26 @@ def test_reproduce_entry_point_smoke(tmp_path, capsys, monkeypatch):
         assert (tmp_path / name).stat().st_size > 10_000
     assert (tmp_path / "checkpoints" / "final.pt").exists()
     assert "criterion" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["mess3-0.05", "mess3-0.15", "rrxor", "mixture"])
+def test_no_acceptance_criterion_is_met_by_a_network_that_learnt_nothing(name):
+    """The stored runs meet their criterion; the same runs' random-init control, probed the same way, must
+    not. Its skill is 0 by definition and its raw R^2 is what the control reached (RRXOR's concatenation:
+    0.654 against its final layer's 0.367, so the earlier "concat R^2 > final R^2" passed it)."""
+    from pathlib import Path
+
+    from rayexp.reproduce import criterion_met
+
+    stored = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / f"{name}.summary.json").read_text())
+    assert criterion_met(name, stored["targets"]) and stored["passed"]
+    untrained = {
+        target: {
+            hook: {**r, "r2": r["r2_random_init"], "skill": 0.0, "skill_ci_low": -0.005, "skill_ci_high": 0.005}
+            for hook, r in hooks.items()
+        }
+        for target, hooks in stored["targets"].items()
+    }
+    assert not criterion_met(name, untrained)
+    if name == "rrxor":  # the raw-R^2 criterion cannot tell the two apart
+        assert untrained["belief"]["concat"]["r2"] > untrained["belief"]["final"]["r2"]
