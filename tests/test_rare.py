@@ -217,6 +217,8 @@ def test_the_task_is_set_against_its_shuffled_null_seed_by_seed():
     assert row["B skill post: null"] == summary.cell(t_ci([0.2, 0.1]))
     assert row["trigger rate post: task - null (paired)"] == "+0.000 [+0.000, +0.000]"
     assert row["B skill change: null"] == "-"  # a metric neither trial logged
+    assert row["B skill post: beyond the null"] == summary.beyond_null(diffs) == "not shown"  # 2 seeds: wide
+    assert row["B skill post: sign-flip p"] == "0.500"  # 2 seeds, both positive: 2 of 4 sign patterns
     assert summary.null_rows(*by_seed(task)) == []
 
 
@@ -287,3 +289,23 @@ def test_the_new_seeds_sweep_is_the_study_but_for_its_name_and_seeds():
     for key in ("name", "description"):
         more.pop(key), full.pop(key)
     assert more == full
+
+
+def test_beyond_the_null_says_no_on_a_task_exchangeable_with_its_null_and_yes_on_a_planted_gain():
+    """Task and null drawn alike, per seed either "found B" (0.6) or not (0), as the study's trials fall:
+    "above" must come out no more than the t-interval's one-sided 2.5 %, at 5 and at 10 seeds."""
+    from rayexp.studies.rare.summary import beyond_null
+
+    rng = np.random.default_rng(5)
+
+    def skill(n, p_found):
+        return np.where(rng.random(n) < p_found, 0.6, 0.0) + rng.normal(0, 0.1, n)
+
+    for n in (5, 10):
+        readings = [beyond_null(skill(n, 0.5) - skill(n, 0.5)) for _ in range(4000)]
+        above = readings.count("above") / len(readings)
+        assert above < 0.035, (n, above)  # binomial SD at 0.025: 0.0025
+        assert readings.count("below") / len(readings) < 0.035
+    found_more = [beyond_null(skill(10, 0.9) - skill(10, 0.1)) for _ in range(1000)]
+    assert found_more.count("above") / len(found_more) > 0.9
+    assert beyond_null([0.3]) == "not shown" and beyond_null([]) == "not shown"
