@@ -292,13 +292,16 @@ def test_support_discovered_and_lost():
 # ------------------------------------------------------------------------------------ the battery
 
 
-def test_the_batterys_drift_null_sits_where_the_ppo_nulls_do():
+@pytest.mark.parametrize("draw", [0, 1, 2])
+def test_the_batterys_drift_null_sits_where_the_ppo_nulls_do(draw):
     # README's PPO nulls leave 0.55-0.77 of the policy unexplained by a map of p_pre; `--null drift`
-    # must judge "explained" at that operating point, not at the pretrained policy's ~0
-    s = battery.sample("interleave(mess3,mess3)", 300, 0)
+    # must judge "explained" near that operating point, not at the pretrained policy's ~0, on the
+    # replicate draws too (0.48-0.65 over draws 0-8 at 600 sequences; with an imperfect model it is
+    # lighter, 0.23-0.58, which README says)
+    s = battery.sample("interleave(mess3,mess3)", 300, 0, draw=draw)
     drift = battery.signals(s, battery.NULLS["drift"](s), control=False)
     pretrained = battery.signals(s, battery.NULLS["pretrained"](s), control=False)
-    assert 0.5 < np.nanmean(drift["u_rw"]) < 0.8
+    assert 0.45 < np.nanmean(drift["u_rw"]) < 0.8
     assert np.nanmean(pretrained["u_rw"]) < 0.05
 
 
