@@ -219,6 +219,7 @@ def test_the_task_is_set_against_its_shuffled_null_seed_by_seed():
     assert row["B skill change: null"] == "-"  # a metric neither trial logged
     assert row["B skill post: beyond the null"] == summary.beyond_null(diffs) == "not shown"  # 2 seeds: wide
     assert row["B skill post: sign-flip p"] == "0.500"  # 2 seeds, both positive: 2 of 4 sign patterns
+    assert row["B skill post: task - null by seed"] == "s0 +0.10, s2 +0.30"
     assert summary.null_rows(*by_seed(task)) == []
 
 
@@ -309,3 +310,19 @@ def test_beyond_the_null_says_no_on_a_task_exchangeable_with_its_null_and_yes_on
     found_more = [beyond_null(skill(10, 0.9) - skill(10, 0.1)) for _ in range(1000)]
     assert found_more.count("above") / len(found_more) > 0.9
     assert beyond_null([0.3]) == "not shown" and beyond_null([]) == "not shown"
+
+
+def test_the_long_sweep_is_the_study_but_for_iterations_exposure_and_seeds():
+    from pathlib import Path
+
+    import yaml
+
+    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
+    full = yaml.safe_load((sweeps / "rare.yaml").read_text())
+    long = yaml.safe_load((sweeps / "rare_long.yaml").read_text())
+    assert long["base"]["ppo"].pop("iterations") == 120 and full["base"]["ppo"].pop("iterations") == 40
+    assert long["axes"]["grid"] == {"process.a.eps": [0.0], "seed": list(range(10))}
+    assert long["experiment"] == full["experiment"]  # pooled with the 40-iteration runs by `report --parent`
+    for key in ("name", "description", "axes"):
+        long.pop(key), full.pop(key)
+    assert long == full  # pretraining, saving every 10, the tasks and the null are the study's

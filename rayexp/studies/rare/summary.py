@@ -175,6 +175,10 @@ def beyond_null(diffs) -> str:
     return "not shown"
 
 
+def _seed_key(seed: str) -> tuple:
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
+
+
 def null_rows(task: BySeed, null: BySeed) -> list[dict]:
     """The task against its shuffled-reward null (docs/design.md §6 rule 6), per exposure group: for
     each of :data:`NULL_METRICS`, the null's own mean [t-interval] and the task minus the null, paired
@@ -191,14 +195,17 @@ def null_rows(task: BySeed, null: BySeed) -> list[dict]:
             continue
         row: dict = {"group": label, "seeds paired": len(shared)}
         for key, name in NULL_METRICS:
-            pairs = [(seeds[s].get(key), null[label][s].get(key)) for s in shared]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            row[f"{name}: null"] = _t([b for _, b in pairs])
-            row[f"{name}: task - null (paired)"] = _t([a - b for a, b in pairs])
+            got = [(s, seeds[s].get(key), null[label][s].get(key)) for s in sorted(shared, key=_seed_key)]
+            got = [(s, a, b) for s, a, b in got if a is not None and b is not None]
+            diffs = [a - b for _, a, b in got]
+            row[f"{name}: null"] = _t([b for _, _, b in got])
+            row[f"{name}: task - null (paired)"] = _t(diffs)
             if key == NULL_METRICS[0][0]:
-                diffs = [a - b for a, b in pairs]
                 row[f"{name}: beyond the null"] = beyond_null(diffs)
                 row[f"{name}: sign-flip p"] = f"{sign_flip_p(diffs):.3f}" if diffs else "-"
+                row[f"{name}: task - null by seed"] = ", ".join(
+                    f"s{s} {d:+.2f}" for (s, _, _), d in zip(got, diffs, strict=True)
+                )
         rows.append(row)
     return rows
 
