@@ -13,7 +13,8 @@ Every estimate has 4+ chains after a burn-in and the R-hat of their excess-loss 
 ``rhat_max`` is *unsettled*, one with a draw past the ceiling (a KL above log V) *diverged*; its row
 says so (``settled``, ``diverged``, ``healthy`` = settled and neither diverged nor below init), the
 figure draws it hollow, the ``*/unsettled`` and ``*/unhealthy`` metrics count them, and transitions
-are located on healthy estimates only. R-hat works on ranks, so it shrugs off a few spikes; the
+are located on healthy estimates only (:mod:`.transitions`, at ``transition_alpha``: a curve without a
+transition is marked with that probability). R-hat works on ranks, so it shrugs off a few spikes; the
 ceiling is what catches them (on the quickstart's negative control after 40 PPO iterations, 6 of
 4000 draws went past log 6 nats and would have added ~8 % to the estimate).
 Identical weights (RL iteration 0 is the pretrained model) are estimated once and reused.
