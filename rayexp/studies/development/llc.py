@@ -1,4 +1,4 @@
-"""The local learning coefficient (LLC) by SGLD, its convergence and the study's one setting (transitions: :mod:`.transitions`).
+"""The local learning coefficient (LLC) by SGLD, its convergence and the study's one setting.
 
 At a point w* of a loss L (Lau et al. 2023) the LLC is estimated as
 
@@ -21,7 +21,8 @@ checked on the quickstart transformer (five checkpoints, pretraining and PPO: R-
 its chains' excess-loss traces; above :data:`~.convergence.RHAT_MAX` it is *unsettled*, and tables,
 metrics and figures say so instead of using it as a number like the others.
 
-torch is imported inside the sampler, so the analysis registry stays torch-free.
+Where a curve of these estimates jumps is :mod:`.transitions`'s business. torch is imported inside the
+sampler, so the analysis registry stays torch-free.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def k_changes(rows: Sequence[dict]) -> list[int]:
 def transitions(rows: Sequence[dict], curve: str, llc_key: str = "llc", alpha: float = ALPHA) -> dict[str, list[int]]:
     """``{curve: [...], llc_key: [...], "k": [...]}``: transition checkpoints of the curve (all rows),
     of the LLC (healthy rows only, ``{llc_key}_healthy``) and the k changes. Checkpoints are evenly
-    spaced, so slopes are per step (``log_steps=False``)."""
+    spaced, so the trend is per step (``log_steps=False``)."""
     steps = [r["checkpoint"] for r in rows]
     ok = [r for r in rows if r.get(f"{llc_key}_healthy")]
     return {
