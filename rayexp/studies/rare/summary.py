@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rayexp.stats import t_ci
+from rayexp.stats import sign_flip_p, t_ci
 
 Groups = dict[str, dict[str, list[float]]]  # group label -> metric -> values over seeds
 BySeed = dict[str, dict[str, dict[str, float]]]  # group label -> seed -> metric -> value
@@ -186,8 +186,6 @@ def null_rows(task: BySeed, null: BySeed) -> list[dict]:
     For B skill after RL, the study's capability, also its reading (:func:`beyond_null`) and the exact
     sign-flip p beside it, which does not rest on normality (floor 2 / 2^seeds: 0.0625 with 5).
     Groups or seeds without both are left out; a group with no pair is not a row."""
-    from rayexp.stats import sign_flip_p
-
     rows = []
     for label, seeds in task.items():
         shared = sorted(set(seeds) & set(null.get(label, {})))
