@@ -326,3 +326,19 @@ def test_the_long_sweep_is_the_study_but_for_iterations_exposure_and_seeds():
     for key in ("name", "description", "axes"):
         long.pop(key), full.pop(key)
     assert long == full  # pretraining, saving every 10, the tasks and the null are the study's
+
+
+def test_the_exposed_long_sweep_is_the_long_one_but_for_its_exposure():
+    from pathlib import Path
+
+    import yaml
+
+    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
+    long = yaml.safe_load((sweeps / "rare_long.yaml").read_text())
+    exposed = yaml.safe_load((sweeps / "rare_long_exposed.yaml").read_text())
+    assert exposed["axes"]["grid"].pop("process.a.eps") == [0.0105] and long["axes"]["grid"].pop("process.a.eps") == [
+        0.0
+    ]
+    for key in ("name", "description"):
+        exposed.pop(key), long.pop(key)
+    assert exposed == long
