@@ -111,11 +111,8 @@ def locate_transitions(
     """
     s, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
     keep = np.isfinite(v) & np.isfinite(s)
-    s, v = s[keep], v[keep]
-    order = np.argsort(s, kind="stable")
-    s, v = s[order], v[order]
-    s, first = np.unique(s, return_index=True)
-    v = v[first]
+    s, first = np.unique(s[keep], return_index=True)  # sorted; a repeated step keeps its first value
+    v = v[keep][first]
     if len(s) < MIN_CHECKPOINTS:
         return []
     x = np.log1p(s) if log_steps else s
