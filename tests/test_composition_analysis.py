@@ -155,6 +155,13 @@ def test_composition_analysis_end_to_end_on_tiny_models():
     # random init is a control of the readouts only (of features, and of the elicitation class)
     assert not any("random_init" in k for k in m if not k.startswith(("readout/", "classes/elicitation_random_init/")))
     assert 0 <= m["classes/elicitation_random_init/unexplained/post"] and np.isfinite(m["classes/resolution"])
+    # the resolution bar: planted policies on this model, halfway between the sharp and the quarter-composed
+    u = {k: m[f"classes/planted/{k}/unexplained"] for k in ("sharp", "quarter", "composed")}
+    assert all(np.isfinite(x) for x in u.values()), u
+    assert m["classes/reweighting/bar"] == pytest.approx((u["sharp"] + u["quarter"]) / 2)
+    bar_gap = m["classes/reweighting/bar"] - m["classes/reweighting/unexplained/post"]
+    assert m["classes/reweighting/below_bar/post"] == pytest.approx(bar_gap)
+    assert m["classes/reweighting/below_bar/post/ci_low"] <= bar_gap <= m["classes/reweighting/below_bar/post/ci_high"]
     # the update is confined to the unembedding: frozen-feature readouts of pre and post are identical
     assert m["readout/final/pretrained"] == m["readout/final/post"]
     assert m["readout/concat/pretrained"] == m["readout/concat/post"]

@@ -310,6 +310,61 @@ def test_the_batterys_drift_null_sits_where_the_ppo_nulls_do(stream, model_error
         assert np.nanmean(fixed["u_rw"]) < 0.4
 
 
+def test_a_reweighting_verdict_needs_the_policy_clearly_below_its_resolution_bar():
+    null_rw, null_el = _seeds(0.6, seed=10), _seeds(0.6, seed=11)  # a drift-heavy null, as the PPO nulls'
+    u_rw, u_el, margin = _seeds(0.2), _seeds(0.45, seed=1), _seeds(np.nan, seed=2)  # a readout leaves too much
+    visible = _seeds(0.9, seed=4)  # what a map leaves of the joint-target policy: composition is visible
+    # nearer a planted sharp reweighting than a planted quarter-composed policy: reweighting, said so
+    v = decide(u_rw, u_el, margin, null_rw, null_el, below_bar=_seeds(0.1, seed=3), u_composed=visible)
+    assert v.code == REWEIGHTING and "below the resolution bar" in v.reason and v.below_bar.lo > 0
+    # explained by the null and the cap, but no nearer a reweighting than a quarter composition: not shown
+    v = decide(u_rw, u_el, margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=visible)
+    assert v.code == INCONCLUSIVE and "quarter of the time" in v.reason and v.below_bar.lo < 0
+    # the readout may still explain it (the larger class)
+    v = decide(u_rw, _seeds(0.1, seed=1), margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=visible)
+    assert v.code == ELICITATION
+    # where the joint-target policy is itself nearly a map of p_pre (a product stream), the bar does not apply
+    v = decide(u_rw, u_el, margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=_seeds(0.05, seed=4))
+    assert v.code == REWEIGHTING and "not visible" in v.reason
+    # trials logged before the bar: the rule as it was, and the reason says the bar was not tested
+    v = decide(u_rw, u_el, margin, null_rw, null_el)
+    assert v.code == REWEIGHTING and "not tested" in v.reason
+    # one seed: the bar's interval over held-out contexts decides
+    ctx = {"u_rw": Interval(0.2, 0.18, 0.22), "u_el": Interval(0.45, 0.43, 0.47), "margin": Interval()}
+    one = {
+        "u_rw": [0.2],
+        "u_el": [0.45],
+        "margin": [np.nan],
+        "u_rw_null": [0.6],
+        "u_el_null": [0.6],
+        "u_composed": [0.9],
+    }
+    assert decide(**one, context=ctx | {"below_bar": Interval(0.1, 0.05, 0.15)}).code == REWEIGHTING
+    assert decide(**one, context=ctx | {"below_bar": Interval(0.02, -0.01, 0.05)}).code == INCONCLUSIVE
+
+
+@pytest.mark.parametrize(
+    ("case_name", "stream", "model_error", "draw"),
+    [
+        # the battery's miss at its stated null level: u 0.331 against the cap 0.35, called reweighting
+        ("graded alpha=0.25", "interleave(mess3,z1r)", 0.03, 2),
+        # a quarter composed over argmax p_pre on the Z1R pair leaves 0.32 with an exact model
+        ("quarter-composed over argmax p_pre", "interleave(z1r,z1r)", 0.0, 0),
+    ],
+)
+def test_a_quarter_composed_policy_under_the_cap_is_not_called_reweighting(case_name, stream, model_error, draw):
+    # planted must-say-no cases that the cap and the drift null alone called reweighting
+    case = next(c for c in battery.CASES if c.name == case_name)
+    kw = {"seeds": 5, "n_seq": 600, "null": "drift", "model_error": model_error, "draw": draw}
+    before = battery.run_case(case, stream, bar=False, **kw)
+    assert before["verdict"] == "reweighting" and float(before["u map"]) < Thresholds().u_max, before
+    r = battery.run_case(case, stream, **kw)
+    assert r["verdict"] in case.expect and r["verdict"] != "reweighting", r
+    # and a planted sharp reweighting on the same model stays one
+    sharp = next(c for c in battery.CASES if c.name == "sharpen beta=10")
+    assert battery.run_case(sharp, stream, **kw)["verdict"] == "reweighting"
+
+
 def test_a_sharp_reweighting_with_near_ties_is_not_composition():
     # the planted argmax of group sums on product(Mess3(0.05, 0.85), Z1R) is the Bayes policy and a
     # reweighting; a map fitted at the model's resolution misses its near-ties, and before the reward

@@ -62,6 +62,7 @@ STUDY = Study(
                 "spec",
                 "margin",
                 "shortfall",
+                "below_bar",
                 "n_seeds",
                 "reason",
             ),

@@ -23,6 +23,7 @@ MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 STREAMS = {
     "interleave(mess3,mess3)": {"name": "interleave", "factors": [MESS3, MESS3]},
     "interleave(mess3,z1r)": {"name": "interleave", "factors": [MESS3, {"name": "z1r"}]},
+    "interleave(z1r,z1r)": {"name": "interleave", "factors": [{"name": "z1r"}, {"name": "z1r"}]},
     "product(mess3,mess3)": {"name": "product", "factors": [MESS3, MESS3]},
     "product(mess3,z1r)": {"name": "product", "factors": [MESS3, {"name": "z1r"}]},
 }

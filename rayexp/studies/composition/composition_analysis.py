@@ -15,6 +15,10 @@ over steps and sequences):
   ``classes/resolution`` and ``margin_phase_greedy/{model}`` (against the best per-phase single factor);
   ``classes/reweighting/shortfall/{model}``: the policy's greedy reward minus the fitted map of p_pre's,
   over (optimum - best per-phase single factor), on the held-out sequences (the verdict's reward test);
+  ``classes/planted/{sharp,quarter,composed}/unexplained``: what the same map of p_pre leaves of planted
+  policies on this model and stream (:mod:`.resolution`), ``classes/reweighting/bar`` halfway between the
+  first two, and ``classes/reweighting/below_bar/{model}`` the bar minus the policy's share, paired over
+  held-out sequences (the verdict's resolution test);
   ``classes/elicitation_random_init/unexplained/post`` (the readout of random-init features) and
   ``classes/elicitation_excess/post`` (its share minus the pretrained one's, paired; with CIs);
 - ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
@@ -54,7 +58,7 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
 from rayexp.probes import FINAL, residual_layers, split_sequences
 from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
-from rayexp.studies.composition import classes, interaction, readout, reweighting, support, update
+from rayexp.studies.composition import classes, interaction, readout, resolution, reweighting, support, update
 from rayexp.studies.composition.curve import CURVE, curve_figure
 
 #: tokens (N, L) -> (logits (N, L, V), {"final": (N, L, D), "concat": (N, L, D')} when features are asked)
@@ -224,10 +228,20 @@ class Scorer:
         self.h_pre = feats["concat"]  # (N, L, D') its frozen residual stream, all layers
         self.resolution = classes.resolution_of(self.p_pre, s.p_next)
         self.h_random: np.ndarray | None = None  # random-init features: is an elicited answer generic?
+        # what this model and stream let a map of p_pre resolve: planted policies, scored as the policy is
+        act = s.reward.action_tokens
+        self.planted = resolution.planted_values(
+            self.p_pre, self.p_pre[..., act], s.P, s.train, s.test, self.resolution
+        )
         self.p_pre_cells = [_probs(pre(c, False)[0]) for c in s.cells] if s.cells is not None else None
 
     def ceiling_metrics(self) -> dict[str, float]:
-        return {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()} | {"classes/resolution": self.resolution}
+        planted = {f"classes/planted/{k}/unexplained": _mean(self.planted[f"u_{k}"]) for k in resolution.PLANTED}
+        return (
+            {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()}
+            | {"classes/resolution": self.resolution, "classes/reweighting/bar": _mean(self.planted["bar"])}
+            | planted
+        )
 
     def score(self, name: str, forward: Forward, readouts: bool = False) -> tuple[dict[str, float], dict]:
         """Metrics of one model (named ``name`` in them) and its per-sequence values."""
@@ -264,6 +278,7 @@ class Scorer:
                 ("classes/reweighting/unexplained_tv", v["tv_reweighting"]),
                 ("classes/elicitation/unexplained_tv", v["tv_elicitation"]),
                 ("classes/reweighting/shortfall", v["shortfall"]),
+                ("classes/reweighting/below_bar", v["below_bar"]),
             ):
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
@@ -283,6 +298,9 @@ class Scorer:
             fit = fitted[f"fit_{cls}"]
             if cls != "position":
                 v[f"u_{cls}"], v[f"tv_{cls}"] = fitted[f"u_{cls}"], fitted[f"tv_{cls}"]
+                if cls == "reweighting":  # paired with the bar over held-out sequences
+                    v["below_bar"] = self.planted["bar"] - fitted["u_reweighting"]
+                    m[f"classes/reweighting/below_bar/{name}"] = _mean(v["below_bar"])
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))

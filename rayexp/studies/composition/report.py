@@ -22,6 +22,7 @@ VERDICT_COLUMNS = (
     "spec",
     "margin",
     "shortfall",
+    "below_bar",
     "score",
     "score_ci_low",
     "score_ci_high",

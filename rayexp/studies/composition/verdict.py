@@ -126,6 +126,7 @@ class Verdict:
     spec: Interval = Interval()  # u_el_random - u_el: how much better pretrained features explain than random-init
     excess: Interval = Interval()  # score - the null's score, paired by seed (no null: NaN)
     shortfall: Interval = Interval()  # the policy's reward margin beyond the fitted map of p_pre's
+    below_bar: Interval = Interval()  # the resolution bar minus u_rw: > 0 where nearer a planted reweighting
 
     @property
     def label(self) -> str:
@@ -167,6 +168,8 @@ def decide(
     u_el_random=None,
     shortfall=None,
     kl_position=None,
+    below_bar=None,
+    u_composed=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -178,7 +181,10 @@ def decide(
     ``context["spec"]`` is its paired interval over held-out contexts). ``shortfall`` (n,): the reward
     margin no map of p_pre earns, per seed (below ``min_seeds``, ``context["shortfall"]``). ``kl_position``
     (n,): the policy's KL from its position-only policy per step, per seed; a mean below ``kl_still``
-    adds to a reweighting or elicitation reason that there was little to explain."""
+    adds to a reweighting or elicitation reason that there was little to explain. ``below_bar`` (n,): the
+    trial's resolution bar minus its ``u_rw``, per seed (below ``min_seeds``, ``context["below_bar"]``), and
+    ``u_composed`` (n,): what a map of p_pre leaves of the joint-target policy itself (:mod:`.resolution`);
+    without them the bar is not tested, and a reweighting reason says so."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -234,6 +240,12 @@ def decide(
         short = context.get("shortfall", Interval())
     elif shortfall is not None and np.isfinite(_arr(shortfall)).any():
         short = Interval(*t_ci(_arr(shortfall), th.ci))  # one finite seed: its value, no bounds
+    bar = Interval()
+    if n < th.min_seeds:
+        bar = context.get("below_bar", Interval())
+    elif below_bar is not None and np.isfinite(_arr(below_bar)).any():
+        bar = Interval(*t_ci(_arr(below_bar), th.ci))
+    composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
     thin_control = bool(np.isfinite(spec.mean)) and not has_control
@@ -256,13 +268,28 @@ def decide(
                 f"; but the policy barely leaves its position-only policy (KL {still:.3f} nats per step, "
                 f"< {th.kl_still:g}): a constant or position-only policy is a map of anything, so this says little"
             )
-        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short)
+        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     # what is left, said against the null where there is one (else as an absolute share, saying so)
     beyond = "beyond the null" if have_null else "unexplained (absolute, no null for this pair)"
+    near_bar = ""  # why a map that explains the policy is not enough: it leaves too much to tell
     if explained(d_rw, i_rw):
-        return out(REWEIGHTING, f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})")
+        why_rw = f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})"
+        if not (np.isfinite(bar.lo) and np.isfinite(composed)):
+            return out(REWEIGHTING, why_rw + "; no resolution bar logged, not tested")
+        if composed < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
+            return out(
+                REWEIGHTING,
+                why_rw + f"; the joint-target policy itself leaves {composed:.2f} to such a map here (< u_max "
+                f"{th.u_max:g}): composition is not visible to the fit, the resolution bar does not apply",
+            )
+        if bar.lo > 0:
+            return out(REWEIGHTING, why_rw + f"; below the resolution bar by {bar}")
+        near_bar = (
+            why_rw + f", but not clearly below this model's resolution bar (bar - u {bar}): it is no nearer a planted "
+            f"sharp reweighting than a policy composed a quarter of the time"
+        )
     readout = f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})"
     if explained(d_el, i_el) and from_pretraining:
         control = f"; random-init features leave {spec} more" if has_control else ""
@@ -307,4 +334,6 @@ def decide(
                 "pretraining is not credited",
             )
         return out(INCONCLUSIVE, readout + f", but pretrained features beat random-init ones by {spec}: between")
+    if near_bar:
+        return out(INCONCLUSIVE, near_bar)
     return out(INCONCLUSIVE, f"unexplained by p_pre map {d_rw}, by readout {d_el} ({against}): between the thresholds")

@@ -58,6 +58,13 @@ SIGNALS = {
     "reward_shortfall_ci_low": "classes/reweighting/shortfall/post/ci_low",
     "reward_shortfall_ci_high": "classes/reweighting/shortfall/post/ci_high",
     "fit_reward_elicitation": "classes/elicitation/fit_reward/post",
+    "below_bar": "classes/reweighting/below_bar/post",
+    "below_bar_ci_low": "classes/reweighting/below_bar/post/ci_low",
+    "below_bar_ci_high": "classes/reweighting/below_bar/post/ci_high",
+    "resolution_bar": "classes/reweighting/bar",
+    "unexplained_planted_sharp": "classes/planted/sharp/unexplained",
+    "unexplained_planted_quarter": "classes/planted/quarter/unexplained",
+    "unexplained_planted_composed": "classes/planted/composed/unexplained",
     "kl_reweighting": "classes/reweighting/kl/post",
     "kl_elicitation": "classes/elicitation/kl/post",
     "kl_position": "classes/position/kl/post",  # how far the policy moves from its position-only one
@@ -151,6 +158,8 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
         out["shortfall"] = iv("reward_shortfall")
     elif np.isfinite(t["reward_shortfall"]):  # derived from its parts (older trial): a point value, no bounds
         out["shortfall"] = Interval(t["reward_shortfall"])
+    if np.isfinite(t["below_bar_ci_low"]):
+        out["below_bar"] = iv("below_bar")
     excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
     if np.isfinite(t["readout_excess_ci_low"]):
         out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
@@ -200,6 +209,8 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             u_el_random=col["unexplained_readout_random_init"],
             shortfall=col["reward_shortfall"],
             kl_position=col["kl_position"],
+            below_bar=col["below_bar"],
+            u_composed=col["unexplained_planted_composed"],
         )
         out.append((process, task, v, col))
     return out
@@ -230,7 +241,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             "reference": v.reference,
             **{
                 f"{k}{s}": getattr(getattr(v, k), a)
-                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec", "shortfall")
+                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec", "shortfall", "below_bar")
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},

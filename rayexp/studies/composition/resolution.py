@@ -1,0 +1,80 @@
+"""What one trial's model and stream let the reweighting fit resolve: planted policies, scored by the
+same fit as the post-RL policy (docs/design.md §4.1), on the same sequences.
+
+The share a map of p_pre leaves unexplained is not in the same units from stream to stream or model to
+model. A policy that acts composed a quarter of the time leaves 0.37-0.48 of its deviation to a map of an
+exact model's p_pre on the PPO pairs' interleaves, and 0.33 on Mess3 x Z1R with a model that errs by
+0.03 (where a fixed cap of 0.35 called it reweighting); a planted *sharp reweighting* leaves 0.00 with an
+exact model and 0.07-0.58 with an imperfect one (the fit is coarse at twice the model's error). So each
+trial scores three planted policies on its own pretrained model:
+
+- ``sharp``: p_pre on the action tokens sharpened at :data:`BETA` (a reweighting by construction);
+- ``quarter``: ``ALPHA * joint + (1 - ALPHA) * sharp``, the Bayes joint-target policy a quarter of the
+  time (composed a quarter of the time);
+- ``composed``: the Bayes joint-target policy itself (its argmax; ties by index).
+
+The *bar* is halfway between what ``sharp`` and ``quarter`` leave, per held-out sequence. A reweighting
+verdict then needs the post-RL policy to leave clearly less than the bar: nearer a planted reweighting
+than a planted quarter-composed policy, on this trial's own stream, model and sequences. Halfway, not at
+``quarter`` itself, because a quarter mixture over another reweighting (argmax, a nonlinear map) leaves
+0.62-1.8 times what ``quarter`` does (measured on the battery's draws; :mod:`.battery` plants them).
+Where ``composed`` itself leaves less than ``u_max`` (a product stream, whose joint target is a map of
+p_pre), composition is not visible to the fit and the bar does not apply (:mod:`.verdict`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayexp.studies.composition import classes
+
+#: the planted mixture's composed share
+ALPHA = 0.25
+#: the planted reweighting's sharpening (the battery's graded mixtures use the same)
+BETA = 10.0
+#: scores this close to the maximum are a tie, broken toward the lowest index
+TIE = 1e-9
+PLANTED = ("sharp", "quarter", "composed")
+
+
+def onehot_argmax(scores: np.ndarray) -> np.ndarray:
+    """The argmax as a one-hot policy, exact ties broken by index. A tie (on products with Z1R: 12 % of
+    steps for group sums, 23 % for p_pre itself, where Z1R's next bit is a coin) is otherwise broken by
+    rounding noise of order 1e-17, a "map" of bits no model carries and no fit at any resolution can
+    read; the battery once called a planted argmax of group sums composition for that reason."""
+    top = scores >= scores.max(-1, keepdims=True) - TIE
+    return np.eye(scores.shape[-1])[np.argmax(top, -1)]
+
+
+def sharpen(p_act: np.ndarray, beta: float) -> np.ndarray:
+    """softmax(beta * log p) along the last axis: ``p_act`` (..., A) sharpened (beta > 1) or flattened."""
+    z = beta * np.log(np.asarray(p_act, dtype=np.float64) + 1e-12)
+    z -= z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def planted_policies(p_act: np.ndarray, P: np.ndarray, alpha: float = ALPHA, beta: float = BETA) -> dict:
+    """{name: (N, L, A) policy} of :data:`PLANTED`, from the pretrained model's distribution on the action
+    tokens ``p_act`` (N, L, A) and the exact joint-target probabilities ``P`` (N, L, A)."""
+    sharp, joint = sharpen(p_act, beta), onehot_argmax(P)
+    return {"sharp": sharp, "quarter": alpha * joint + (1 - alpha) * sharp, "composed": joint}
+
+
+def planted_values(
+    p_pre: np.ndarray,
+    p_act: np.ndarray,
+    P: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    resolution: float = classes.MIN_RESOLUTION,
+) -> dict[str, np.ndarray]:
+    """Per held-out sequence (n_test,): the share a map of ``p_pre`` (N, L, V), fitted at ``resolution``,
+    leaves unexplained of each planted policy (``u_{name}``), and ``bar``, halfway between ``u_sharp``
+    and ``u_quarter``."""
+    out = {}
+    for name, pi in planted_policies(p_act, P).items():
+        fit = classes.reweighting_fit(p_pre, pi, train, test, resolution)
+        out[f"u_{name}"] = classes.unexplained_values(pi[test], fit, classes.position_policy(pi, train, test))
+    out["bar"] = 0.5 * (out["u_sharp"] + out["u_quarter"])
+    return out

@@ -1,0 +1,56 @@
+"""The resolution bar (rayexp/studies/composition/resolution.py): planted policies scored by the same
+map of p_pre as a trial's policy, on exact streams where what each must leave is known."""
+
+import numpy as np
+import pytest
+
+from rayexp.studies.composition import battery, classes, resolution
+
+
+def test_onehot_breaks_exact_ties_by_index_and_ignores_rounding_noise():
+    scores = np.array([[0.2, 0.4, 0.4 - 1e-17], [0.5, 0.1, 0.4], [0.3, 0.3 + 1e-12, 0.4 - 1e-12]])
+    assert resolution.onehot_argmax(scores).tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+
+
+def test_sharpen_keeps_order_and_beta_one_is_the_distribution():
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=(20, 4))
+    assert np.allclose(resolution.sharpen(p, 1.0), p, atol=1e-9)
+    sharp = resolution.sharpen(p, 10.0)
+    assert np.allclose(sharp.sum(-1), 1) and (sharp.argmax(-1) == p.argmax(-1)).all()
+    assert (sharp.max(-1) >= p.max(-1) - 1e-12).all()
+
+
+def test_the_quarter_mixture_is_the_joint_policy_a_quarter_of_the_time():
+    rng = np.random.default_rng(1)
+    p_act, P = rng.dirichlet(np.ones(3), size=(10, 5)), rng.dirichlet(np.ones(3), size=(10, 5))
+    pol = resolution.planted_policies(p_act, P)
+    assert np.allclose(pol["quarter"], 0.25 * pol["composed"] + 0.75 * pol["sharp"])
+    assert np.array_equal(pol["composed"].argmax(-1), P.argmax(-1)) and set(np.unique(pol["composed"])) == {0, 1}
+
+
+@pytest.mark.parametrize("stream", ["interleave(mess3,z1r)", "interleave(z1r,z1r)"])
+def test_on_an_exact_interleave_the_bar_separates_a_sharp_reweighting_from_a_quarter_composed_policy(stream):
+    s = battery.sample(stream, 400, 0)
+    v = resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
+    u = {k: float(np.mean(v[f"u_{k}"])) for k in resolution.PLANTED}
+    assert u["sharp"] < 0.01  # an exact model: the map reproduces a sharpening of its own outputs
+    assert 0.3 < u["quarter"] < 0.6 and u["composed"] > 0.7  # the silent factor is in no map of p_pre
+    assert np.mean(v["bar"]) == pytest.approx((u["sharp"] + u["quarter"]) / 2)
+    # in probability mass a quarter mixture leaves a quarter of what the joint policy does, whatever
+    # the reweighting it is mixed with: the share differs with the base, so the bar sits halfway down
+    pol = resolution.planted_policies(s.p_pre[..., s.act], s.P)
+    other = 0.25 * pol["composed"] + 0.75 * resolution.onehot_argmax(s.p_pre[..., s.act])
+    mass = {}
+    for name, pi in (("composed", pol["composed"]), ("quarter", pol["quarter"]), ("other", other)):
+        fit = classes.reweighting_fit(s.p_pre, pi, s.train, s.test, s.resolution)
+        mass[name] = float(classes.tv(pi[s.test], fit).mean())
+    assert mass["quarter"] == pytest.approx(0.25 * mass["composed"], rel=0.05)
+    assert mass["other"] == pytest.approx(mass["quarter"], rel=0.05)
+
+
+def test_on_a_product_the_joint_policy_is_nearly_a_map_of_p_pre():
+    # the joint target is read off the joint token's distribution: composition is not visible to the
+    # fit, and the verdict does not apply the bar there
+    s = battery.sample("product(mess3,mess3)", 400, 0)
+    v = resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
+    assert float(np.mean(v["u_composed"])) < 0.2
