@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rayexp.stats import bootstrap_ci, t_ci
-from rayexp.studies.composition import battery, classes, support
+from rayexp.studies.composition import battery, battery_cases, classes, support
 from rayexp.studies.composition.verdict import (
     COMPOSITION,
     ELICITATION,
@@ -446,12 +446,12 @@ def test_known_answer_battery_on_two_streams():
     rows = battery.run(seeds=10, n_seq=600, streams=streams)
     wrong = [(r["stream"], r["planted"], r["verdict"]) for r in rows if r["right"] is False]
     # the known misses are inconclusive; nothing else is wrong, and no planted case is a confident error
-    assert {(s, p) for s, p, _ in wrong} <= battery.KNOWN_MISSES, wrong
+    assert {(s, p) for s, p, _ in wrong} <= battery_cases.KNOWN_MISSES, wrong
     assert all(v == "inconclusive" for _, _, v in wrong), wrong
     assert all(
         r["one_seed_right"] >= 9
         for r in rows
-        if r["right"] is not None and (r["stream"], r["planted"]) not in battery.KNOWN_MISSES
+        if r["right"] is not None and (r["stream"], r["planted"]) not in battery_cases.KNOWN_MISSES
     )
     assert battery.graded_spearman(rows, "interleave(mess3,mess3)") >= 0.9
     assert {r["planted"] for r in rows} >= {"argmax of group sums", "Bayes joint target", "readout of features"}

@@ -4,7 +4,7 @@ scored by the same fits (:mod:`.classes`) and rule (:mod:`.verdict`) as a trial,
 How to run: ``python -m rayexp.studies.composition.battery [--seeds 10] [--n-seq 1000] [--null drift]
 [--model-error E] [--draw D]`` prints one row
 per (stream, planted policy): the verdict over the evaluation seeds, how many single-seed verdicts
-were right, and the signals. What to expect: every row ``ok`` but the two :data:`KNOWN_MISSES`
+were right, and the signals. What to expect: every row ``ok`` but the two :data:`.battery_cases.KNOWN_MISSES`
 (inconclusive, not wrong verdicts), no planted non-composition called composition, and the graded
 mixture's score rising with alpha (Spearman printed at the end); the exit code is 1 only for a
 confident wrong verdict.
@@ -21,16 +21,7 @@ p_pre on the action tokens) is scored on the same seeds and paired with every ca
 paired with its shuffled-reward null; ``--null drift`` replaces it with a drift as heavy as the PPO
 nulls' on interleaves (0.60 of a policy's deviation unexplained by a map of p_pre, its scale searched
 per stream, model error and draw to hit that; the PPO nulls leave 0.55-0.77), the real verdicts'
-operating point. Planted cases (fixed maps are drawn once, not per seed):
-
-- reweighting: p_pre sharpened at beta 3 / 10 / 30, its argmax, a fixed nonlinear map g, and on
-  product streams the argmax of group sums (the joint target read off p_pre);
-- elicitation: a fixed linear readout of the features, softmaxed (on a product of Mess3 factors it
-  is also a map of p_pre, whose factor marginals fix the beliefs: reweighting, the smaller class);
-- composition: the Bayes joint-target policy on interleaved streams; a graded mixture that acts as
-  that policy with probability alpha and as sharpened p_pre otherwise (pi = alpha pi_c + (1-alpha) pi_r),
-  right as composition or inconclusive for 0 < alpha < 1 (never a map of p_pre, never a readout);
-- drift: sharpened p_pre plus a reward-irrelevant random function of position and the last two tokens.
+operating point. The planted cases are :mod:`.battery_cases`'s.
 """
 
 from __future__ import annotations
@@ -39,45 +30,16 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from rayexp.exact import ceilings
 from rayexp.stats import bootstrap_ci
 from rayexp.studies.composition import classes, resolution
-from rayexp.studies.composition.battery_streams import CONTEXT, STREAMS, Sample, sample, softmax
+from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, Case, drift, sharpen
+from rayexp.studies.composition.battery_streams import STREAMS, Sample, sample
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 from rayexp.tables import format_table
-
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the graded mixtures' composed shares
-
-
-def sharpen(s: Sample, beta: float) -> np.ndarray:
-    return resolution.sharpen(s.p_pre[..., s.act], beta)
-
-
-#: a planted policy: (sample, a fixed generator for its fixed map) -> pi (N, L, A)
-Policy = Callable[[Sample, np.random.Generator], np.ndarray]
-
-
-def _nonlinear(s: Sample, g: np.random.Generator) -> np.ndarray:
-    M = g.normal(size=(s.p_pre.shape[-1], len(s.act)))  # (V, A)
-    return softmax(3.0 * np.sin(6.0 * s.p_pre @ M))
-
-
-def _readout(s: Sample, g: np.random.Generator) -> np.ndarray:
-    W = g.normal(size=(s.feats.shape[-1], len(s.act)))  # (D, A)
-    return softmax(4.0 * s.feats @ W)
-
-
-def _drift(s: Sample, g: np.random.Generator, scale: float = 2.0) -> np.ndarray:
-    V = s.p_pre.shape[-1]
-    table = g.normal(size=(CONTEXT, V + 1, V, len(s.act)))  # (position, previous token or none, token, action)
-    prev = np.concatenate([np.full((len(s.tokens), 1), V), s.tokens[:, :-1]], 1)  # (N, L)
-    pos = np.broadcast_to(np.arange(CONTEXT), s.tokens.shape)
-    return softmax(10.0 * np.log(s.p_pre[..., s.act] + 1e-12) + scale * table[pos, prev, s.tokens])
-
 
 DRIFT_NULL_SCALE = 8.0  # on products, and where the level search starts
 #: what a map of p_pre leaves of the drift null on interleaves: the PPO nulls of README's table leave
@@ -90,7 +52,7 @@ MAP_SEED, DRIFT_NULL_SEED = 10_007, 20_011
 
 
 def _drift_null(s: Sample, scale: float) -> np.ndarray:
-    return _drift(s, np.random.default_rng(DRIFT_NULL_SEED + s.draw), scale=scale)
+    return drift(s, np.random.default_rng(DRIFT_NULL_SEED + s.draw), scale=scale)
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,100 +79,6 @@ def drift_null_scale(stream: str, model_error: float = 0.0, draw: int = 0, n_seq
 NULLS: dict[str, Callable[[Sample, str, float], np.ndarray]] = {
     "pretrained": lambda s, stream, model_error: sharpen(s, 1.0),
     "drift": lambda s, stream, model_error: _drift_null(s, drift_null_scale(stream, model_error, s.draw)),
-}
-
-
-def _bayes(s: Sample, g: np.random.Generator | None = None) -> np.ndarray:
-    return resolution.onehot_argmax(s.P)
-
-
-def _graded(alpha: float, base: Policy | None = None) -> Policy:
-    """Acts as the Bayes joint-target policy with probability ``alpha`` and as the reweighting ``base``
-    otherwise (default: p_pre sharpened at 10, the resolution bar's own planted base)."""
-
-    def policy(s: Sample, g: np.random.Generator) -> np.ndarray:
-        rest = sharpen(s, 10.0) if base is None else base(s, g)
-        return alpha * _bayes(s) + (1 - alpha) * rest
-
-    return policy
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    policy: Policy
-    expect: tuple[str, ...]  # the verdicts that are right by construction
-    streams: tuple[str, ...]
-    # against the drift null, where different: a drift the null's own kind leaves nothing beyond it,
-    # so the rule may call it explained (reweighting); it must never be composition
-    expect_drift_null: tuple[str, ...] | None = None
-    # with an imperfect model (--model-error), where different: its error carries what the policy reads
-    expect_imperfect: tuple[str, ...] | None = None
-
-
-INTERLEAVE = tuple(k for k in STREAMS if k.startswith("interleave"))
-PRODUCT = tuple(k for k in STREAMS if k.startswith("product"))
-CASES = (
-    *(
-        Case(f"sharpen beta={b:g}", lambda s, g, b=b: sharpen(s, b), ("reweighting",), (*INTERLEAVE, *PRODUCT))
-        for b in (3, 10, 30)
-    ),
-    Case(
-        "argmax p_pre",
-        lambda s, g: resolution.onehot_argmax(s.p_pre[..., s.act]),
-        ("reweighting",),
-        (*INTERLEAVE, *PRODUCT),
-    ),
-    Case("nonlinear g(p_pre)", _nonlinear, ("reweighting",), (*INTERLEAVE, *PRODUCT)),
-    Case("argmax of group sums", lambda s, g: resolution.onehot_argmax(s.p_pre @ s.groups), ("reweighting",), PRODUCT),
-    Case("readout of features", _readout, ("elicitation",), ("interleave(mess3,mess3)", "interleave(mess3,z1r)")),
-    # a Z1R belief is nearly a function of the last tokens, which random-init features carry too: the control
-    # rightly refuses to credit pretraining (excess 0.007), so elicitation is not shown there
-    Case("readout of features", _readout, ("elicitation", "inconclusive"), ("interleave(z1r,z1r)",)),
-    Case("readout of features", _readout, ("reweighting",), ("product(mess3,mess3)",)),
-    Case("Bayes joint target", _bayes, ("composition",), INTERLEAVE),
-    *(
-        Case(
-            f"graded alpha={a:g}",
-            _graded(a),
-            # a mixture with any composed part is no map of p_pre and no readout: composed, or unsure
-            ("reweighting",) if a == 0 else ("composition",) if a == 1 else ("composition", "inconclusive"),
-            INTERLEAVE,
-        )
-        for a in ALPHAS
-    ),
-    # a quarter composed over other reweightings than the bar's own: a map of p_pre leaves 0.62-1.8 times
-    # what the bar's planted mixture does, so the bar sits halfway down to the sharp reweighting's
-    *(
-        Case(f"quarter-composed over {name}", _graded(0.25, base), ("composition", "inconclusive"), INTERLEAVE)
-        for name, base in (
-            ("argmax p_pre", lambda s, g: resolution.onehot_argmax(s.p_pre[..., s.act])),
-            ("g(p_pre)", _nonlinear),
-        )
-    ),
-    # the drift reads the silent factor's last token x_t; a model whose error carries it outputs it, so
-    # the drift is nearly a map of that model's p_pre (0.19 unexplained, the pretrained policy itself 0.21
-    # at the fit's resolution): reweighting is right there as on products; composition never is
-    Case(
-        "drift: p_pre + f(t, x_t-1, x_t)",
-        _drift,
-        ("elicitation", "inconclusive"),
-        INTERLEAVE,
-        ("reweighting", "elicitation", "inconclusive"),
-        ("reweighting", "elicitation", "inconclusive"),
-    ),
-    # on a product of Mess3(0.05, 0.85) factors p_pre nearly fixes the last joint token (a Mess3 belief
-    # is almost a function of it), so a drift on (t, x_t) is nearly a map of p_pre: reweighting is
-    # right there too; composition never is
-    Case("drift: p_pre + f(t, x_t-1, x_t)", _drift, ("reweighting", "elicitation", "inconclusive"), PRODUCT),
-)
-
-#: planted cases the rule misses on this battery, each with "inconclusive" (never a confident wrong
-#: verdict; tests/test_detector.py holds both): a nonlinear map and a sharp argmax whose near-ties the
-#: fitted map of p_pre cannot resolve at the model's resolution (u 0.07-0.08 against the null's 0.01-0.03)
-KNOWN_MISSES = {
-    ("product(mess3,mess3)", "nonlinear g(p_pre)"),
-    ("product(mess3,z1r)", "argmax of group sums"),
 }
 
 
