@@ -149,6 +149,7 @@ def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
         "unexplained by a readout": f"u_max {th.u_max:g}",
         "per-phase greedy margin": f"margin_min {th.margin_min:g}",
         "reward shortfall of the map of p_pre": f"shortfall_min {th.shortfall_min:g}",
+        "resolution bar - u, map of p_pre": "reweighting needs > 0",
     }
     for ax in fig.axes:
         title = ax.get_title()
@@ -156,5 +157,6 @@ def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
         assert labels == ([want[title]] if title in want else []), title
         if title in want:
             value = th.margin_min if "margin" in title else th.shortfall_min if "shortfall" in title else th.u_max
+            value = 0.0 if "bar" in title else value
             assert _zero_line(ax, value, "--")
     assert any("tol" in t.get_text() for t in fig.texts)

@@ -70,6 +70,7 @@ VERDICT_SIGNALS = {
     "the same, random-init features": "analysis/composition/classes/elicitation_random_init/unexplained/post",
     "per-phase greedy margin": "analysis/composition/margin_phase_greedy/post",
     "reward shortfall of the map of p_pre": "analysis/composition/classes/reweighting/shortfall/post",
+    "resolution bar - u, map of p_pre": "analysis/composition/classes/reweighting/below_bar/post",
     "pass@1024 of pre": "analysis/composition/support/pass_at_1024/pre",
     "pre prob. of post's choice": "analysis/composition/support/pre_prob_of_post_choice",
 }
@@ -84,7 +85,8 @@ def verdict_figure(
 ) -> Path:
     """Each verdict signal per (process, task), controls side by side, every seed a point, with the rule's
     thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes,
-    ``margin_min`` on the margin and ``shortfall_min`` on the reward shortfall of the map of p_pre (a
+    ``margin_min`` on the margin, 0 on the resolution bar minus the map's share (:mod:`.resolution`),
+    and ``shortfall_min`` on the reward shortfall of the map of p_pre (a
     trial logged before that metric has no point there) (verdict.Thresholds' defaults; the rule applies them to the intervals
     over seeds). ``tol`` is on the paired excess over the null, which no per-trial panel shows."""
     import numpy as np
@@ -98,6 +100,7 @@ def verdict_figure(
         VERDICT_SIGNALS["unexplained by a readout"]: (u_max, "u_max"),
         VERDICT_SIGNALS["per-phase greedy margin"]: (margin_min, "margin_min"),
         VERDICT_SIGNALS["reward shortfall of the map of p_pre"]: (shortfall_min, "shortfall_min"),
+        VERDICT_SIGNALS["resolution bar - u, map of p_pre"]: (0.0, "reweighting needs >"),
     }
     for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
         for i, g in enumerate(groups):
@@ -122,7 +125,8 @@ def verdict_figure(
         0.01,
         f"dashed: the rule's thresholds. explained needs the CI high over seeds of the unexplained share below "
         f"u_max {u_max:g} (and the paired excess over the null below tol); composition needs the margin's CI low "
-        f"above margin_min {margin_min:g} and the shortfall's above shortfall_min {shortfall_min:g}",
+        f"above margin_min {margin_min:g} and the shortfall's above shortfall_min {shortfall_min:g}; reweighting also "
+        "needs the resolution bar's margin above 0 where the joint-target policy is visible to the map",
         ha="center",
         va="bottom",
         fontsize=7,
