@@ -356,9 +356,8 @@ def test_a_quarter_composed_policy_under_the_cap_is_not_called_reweighting(case_
     # planted must-say-no cases that the cap and the drift null alone called reweighting
     case = next(c for c in battery.CASES if c.name == case_name)
     kw = {"seeds": 5, "n_seq": 600, "null": "drift", "model_error": model_error, "draw": draw}
-    before = battery.run_case(case, stream, bar=False, **kw)
-    assert before["verdict"] == "reweighting" and float(before["u map"]) < Thresholds().u_max, before
     r = battery.run_case(case, stream, **kw)
+    assert r["without bar"] == "reweighting" and float(r["u map"]) < Thresholds().u_max, r
     assert r["verdict"] in case.expect and r["verdict"] != "reweighting", r
     # and a planted sharp reweighting on the same model stays one
     sharp = next(c for c in battery.CASES if c.name == "sharpen beta=10")

@@ -132,12 +132,12 @@ def run_case(
     null: str = "pretrained",
     model_error: float = 0.0,
     draw: int = 0,
-    bar: bool = True,
 ) -> dict:
     """The case's verdict over ``seeds`` evaluation seeds against the reference ``null`` (:data:`NULLS`),
     and how many one-seed verdicts were right; ``model_error``: the pretrained model's (:func:`sample`);
-    ``draw``: which draw of every fixed random choice (0: the battery's own; :func:`sample`); ``bar``
-    False: the rule without its resolution bar (:mod:`.resolution`), as it was before it."""
+    ``draw``: which draw of every fixed random choice (0: the battery's own; :func:`sample`). The row's
+    ``without bar`` is the verdict of the rule without its resolution bar (:mod:`.resolution`), as it
+    was before the bar."""
     expect = case.expect
     if null == "drift" and case.expect_drift_null is not None:
         expect = case.expect_drift_null
@@ -169,30 +169,22 @@ def run_case(
             [per["n_rw"][-1]],
             [per["n_el"][-1]],
             th,
-            {k: i for k, i in ctx.items() if bar or k != "below_bar"},
+            ctx,
             u_composed=[per["u_composed"][-1]],
         )
         one_seed_right += one.label in expect
     tv = (per["tv_rw"], per["tv_el"], per["ntv_rw"], per["ntv_el"])
-    v = decide(
-        per["u_rw"],
-        per["u_el"],
-        per["margin"],
-        per["n_rw"],
-        per["n_el"],
-        th,
-        tv=tv,
-        u_el_random=per["u_rand"],
-        shortfall=per["shortfall"],
-        below_bar=per["below_bar"] if bar else None,
-        u_composed=per["u_composed"],
-    )
+    args = (per["u_rw"], per["u_el"], per["margin"], per["n_rw"], per["n_el"], th)
+    kw = {"tv": tv, "u_el_random": per["u_rand"], "shortfall": per["shortfall"], "u_composed": per["u_composed"]}
+    v = decide(*args, **kw, below_bar=per["below_bar"])
+    without_bar = decide(*args, **kw).label
     return {
         "stream": stream,
         "planted": case.name,
         "expected": "/".join(expect) or "(graded)",
         "verdict": v.label,
         "ok": "ok" if (v.label in expect or not expect) else "WRONG",
+        "without bar": without_bar,
         "one-seed right": f"{one_seed_right}/{seeds}" if expect else "-",
         "u map": f"{v.u_rw.mean:.3f}",
         "u readout": f"{v.u_el.mean:.3f}",
@@ -215,13 +207,12 @@ def run(
     null: str = "pretrained",
     model_error: float = 0.0,
     draw: int = 0,
-    bar: bool = True,
 ) -> list[dict]:
     rows = []
     for case in CASES:
         for stream in case.streams:
             if streams is None or stream in streams:
-                rows.append(run_case(case, stream, seeds, n_seq, th, null, model_error, draw, bar))
+                rows.append(run_case(case, stream, seeds, n_seq, th, null, model_error, draw))
     return rows
 
 
@@ -262,19 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a replicate battery: new sequences, planted maps, drift null, model leak and random-init network "
         "(default 0: the battery the thresholds were checked on; > 0: cases nobody looked at when they were set)",
     )
-    parser.add_argument(
-        "--no-bar",
-        action="store_true",
-        help="the rule without its resolution bar (what it said before the bar; for comparison)",
-    )
     args = parser.parse_args(argv)
     if args.draw < 0:
         parser.error(f"--draw must be >= 0, got {args.draw}")
     if not 0 <= args.model_error < 0.5:
         parser.error(f"--model-error must be in [0, 0.5), got {args.model_error}")
-    rows = run(
-        args.seeds, args.n_seq, null=args.null, model_error=args.model_error, draw=args.draw, bar=not args.no_bar
-    )
+    rows = run(args.seeds, args.n_seq, null=args.null, model_error=args.model_error, draw=args.draw)
     shown = [
         {k: v for k, v in r.items() if k not in ("right", "one_seed_right", "score")} | {"score": f"{r['score']:.3f}"}
         for r in rows
@@ -289,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{right}/{right + len(wrong)} cases with the verdict known by construction right; {len(wrong)} WRONG, of which"
     )
     print(f"  {len(wrong) - len(confident)} inconclusive (a miss) and {len(confident)} a confident wrong verdict")
+    moved = [
+        f"{r['stream']} {r['planted']}: {r['without bar']} -> {r['verdict']}"
+        for r in rows
+        if r["without bar"] != r["verdict"]
+    ]
+    print(f"{len(moved)} verdicts the resolution bar changed" + "".join(f"\n  {m}" for m in moved))
     return 1 if confident else 0
 
 
