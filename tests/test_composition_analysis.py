@@ -73,6 +73,45 @@ def test_scorer_on_oracle_policies():
     assert ceil["ceiling/single_per_phase"] == pytest.approx(1 / 3, abs=1e-12)
 
 
+@pytest.mark.parametrize("task_reward", ["joint_target", "next_token"])
+def test_the_resolution_bar_asks_every_task_of_a_stream_about_its_joint_target(task_reward):
+    # a next-token negative control is asked the same question as its pair's positive control: the
+    # planted composed policy is the stream's joint target (first found logging the task's own target,
+    # a map of p_pre on next_token, so the bar never applied to the negative controls)
+    hmm = build_process(INTERLEAVE)
+    reward = make_reward(task_reward, hmm, {"m": 3} if task_reward == "joint_target" else {})
+    s = make_setup(hmm, reward, 10, 1000, seed=0)
+    log_p = lambda b: np.log(np.maximum(hmm.next_token_probs(b), 1e-6))  # the oracle pretrained model
+    scorer = Scorer(s, oracle(hmm, log_p), CompositionParams())
+    ceil = scorer.ceiling_metrics()
+    assert ceil["classes/planted/composed/unexplained"] > 0.7  # both factors at one step: no map of p_pre
+    assert ceil["classes/planted/sharp/unexplained"] < 0.02 and ceil["classes/planted/quarter/unexplained"] > 0.2
+    m, _ = scorer.score("rw", oracle(hmm, lambda b: 3 * log_p(b)))  # a reweighting: well below the bar
+    assert m["classes/reweighting/below_bar/rw"] > 0.1
+    if task_reward == "next_token":  # the joint target sits on the first m of the task's 6 actions
+        assert s.P_joint.shape == s.P.shape and np.allclose(s.P_joint[..., 3:], 0) and np.allclose(s.P_joint.sum(-1), 1)
+    else:
+        assert s.P_joint is s.P
+
+
+def test_a_stream_without_two_factors_has_no_bar_and_the_verdict_says_not_tested():
+    hmm = build_process({"name": "mess3", "x": 0.05, "a": 0.85})
+    s = make_setup(hmm, make_reward("next_token", hmm), 8, 200, seed=0)
+
+    def model(scale):  # the oracle of one factor: its features are its belief
+        def run(tokens, with_features):
+            b = hmm.beliefs(tokens)
+            logits = scale * np.log(np.maximum(hmm.next_token_probs(b), 1e-6))
+            return logits, ({"final": b, "concat": b} if with_features else {})
+
+        return run
+
+    scorer = Scorer(s, model(1.0), CompositionParams())
+    assert s.P_joint is None and not any("planted" in k or "bar" in k for k in scorer.ceiling_metrics())
+    m, _ = scorer.score("post", model(3.0))
+    assert not any("bar" in k for k in m)
+
+
 def _tiny(seed=0):
     from models.transformer import Transformer, TransformerConfig
 

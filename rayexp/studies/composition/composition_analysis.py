@@ -95,6 +95,7 @@ class Setup:
     reward: Reward
     tokens: np.ndarray  # (N, L)
     P: np.ndarray  # (N, L, A) exact P(target = action k)
+    P_joint: np.ndarray | None  # (N, L, A) the stream's joint target on these actions (None: no two factors)
     p_next: np.ndarray  # (N, L, V) exact next-token distribution
     single: list[np.ndarray]  # per factor, its observer's P (N, L, A)
     cells: list[np.ndarray] | None  # tokens of (a, b'), (a', b), (a', b'); None without a fixed layout
@@ -123,7 +124,21 @@ def make_setup(hmm: HMM, reward: Reward, length: int, n_seq: int, seed: int) -> 
         except ValueError:
             cells = None
     train, test = split_sequences(n_seq, 0.5, rng)
-    return Setup(hmm, reward, tokens, P, hmm.next_token_probs(beliefs), single, cells, train, test)
+    P_joint = joint_target_probs(hmm, reward, beliefs, P)
+    return Setup(hmm, reward, tokens, P, P_joint, hmm.next_token_probs(beliefs), single, cells, train, test)
+
+
+def joint_target_probs(hmm: HMM, reward: Reward, beliefs: np.ndarray, P: np.ndarray) -> np.ndarray | None:
+    """(N, L, A) the stream's joint target on ``reward``'s actions: ``P`` itself on a joint-target task,
+    else the default joint target of the first two factors (:func:`.resolution.joint_onto_actions`);
+    None where the stream has no such target (fewer than two factors, or factors that stop emitting)."""
+    if reward.name == "joint_target":
+        return P
+    try:
+        joint = make_reward("joint_target", hmm)
+    except ValueError:
+        return None
+    return resolution.joint_onto_actions(targets.target_probs(hmm, joint, beliefs), P.shape[-1])
 
 
 def ceiling_values(s: Setup, lookup_k: list[int]) -> dict[str, np.ndarray]:
@@ -229,19 +244,18 @@ class Scorer:
         self.resolution = classes.resolution_of(self.p_pre, s.p_next)
         self.h_random: np.ndarray | None = None  # random-init features: is an elicited answer generic?
         # what this model and stream let a map of p_pre resolve: planted policies, scored as the policy is
-        act = s.reward.action_tokens
-        self.planted = resolution.planted_values(
-            self.p_pre, self.p_pre[..., act], s.P, s.train, s.test, self.resolution
-        )
+        self.planted: dict[str, np.ndarray] | None = None
+        if s.P_joint is not None:
+            p_act = self.p_pre[..., s.reward.action_tokens]
+            self.planted = resolution.planted_values(self.p_pre, p_act, s.P_joint, s.train, s.test, self.resolution)
         self.p_pre_cells = [_probs(pre(c, False)[0]) for c in s.cells] if s.cells is not None else None
 
     def ceiling_metrics(self) -> dict[str, float]:
-        planted = {f"classes/planted/{k}/unexplained": _mean(self.planted[f"u_{k}"]) for k in resolution.PLANTED}
-        return (
-            {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()}
-            | {"classes/resolution": self.resolution, "classes/reweighting/bar": _mean(self.planted["bar"])}
-            | planted
-        )
+        m = {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()} | {"classes/resolution": self.resolution}
+        if self.planted is not None:
+            m |= {f"classes/planted/{k}/unexplained": _mean(self.planted[f"u_{k}"]) for k in resolution.PLANTED}
+            m["classes/reweighting/bar"] = _mean(self.planted["bar"])
+        return m
 
     def score(self, name: str, forward: Forward, readouts: bool = False) -> tuple[dict[str, float], dict]:
         """Metrics of one model (named ``name`` in them) and its per-sequence values."""
@@ -278,8 +292,10 @@ class Scorer:
                 ("classes/reweighting/unexplained_tv", v["tv_reweighting"]),
                 ("classes/elicitation/unexplained_tv", v["tv_elicitation"]),
                 ("classes/reweighting/shortfall", v["shortfall"]),
-                ("classes/reweighting/below_bar", v["below_bar"]),
+                ("classes/reweighting/below_bar", v.get("below_bar")),
             ):
+                if vals is None:  # no resolution bar on this stream
+                    continue
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
         if readouts:
@@ -298,7 +314,7 @@ class Scorer:
             fit = fitted[f"fit_{cls}"]
             if cls != "position":
                 v[f"u_{cls}"], v[f"tv_{cls}"] = fitted[f"u_{cls}"], fitted[f"tv_{cls}"]
-                if cls == "reweighting":  # paired with the bar over held-out sequences
+                if cls == "reweighting" and self.planted is not None:  # paired with the bar, held out
                     v["below_bar"] = self.planted["bar"] - fitted["u_reweighting"]
                     m[f"classes/reweighting/below_bar/{name}"] = _mean(v["below_bar"])
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])

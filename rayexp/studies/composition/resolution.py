@@ -11,7 +11,9 @@ trial scores three planted policies on its own pretrained model:
 - ``sharp``: p_pre on the action tokens sharpened at :data:`BETA` (a reweighting by construction);
 - ``quarter``: ``ALPHA * joint + (1 - ALPHA) * sharp``, the Bayes joint-target policy a quarter of the
   time (composed a quarter of the time);
-- ``composed``: the Bayes joint-target policy itself (its argmax; ties by index).
+- ``composed``: the Bayes joint-target policy itself (its argmax; ties by index). The joint target is the
+  stream's composition task whatever the trial's reward: a negative control (next token) is asked the
+  same question as its pair's positive control (:func:`joint_onto_actions`).
 
 The *bar* is halfway between what ``sharp`` and ``quarter`` leave, per held-out sequence. A reweighting
 verdict then needs the post-RL policy to leave clearly less than the bar: nearer a planted reweighting
@@ -52,6 +54,18 @@ def sharpen(p_act: np.ndarray, beta: float) -> np.ndarray:
     z -= z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
+
+
+def joint_onto_actions(P_joint: np.ndarray, n_actions: int) -> np.ndarray:
+    """(N, L, n_actions): the joint target's probabilities ``P_joint`` (N, L, m) placed on a task's own
+    action tokens, target k on action k mod n_actions. On a joint-target task they are its own; on
+    another task of the same stream (a next-token negative control) the planted composed policy still
+    needs both factors at one step, which is all the bar asks of it."""
+    P_joint = np.asarray(P_joint, dtype=np.float64)
+    out = np.zeros((*P_joint.shape[:-1], n_actions))
+    for k in range(P_joint.shape[-1]):
+        out[..., k % n_actions] += P_joint[..., k]
+    return out
 
 
 def planted_policies(p_act: np.ndarray, P: np.ndarray, alpha: float = ALPHA, beta: float = BETA) -> dict:
