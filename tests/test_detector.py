@@ -323,6 +323,12 @@ def test_a_reweighting_verdict_needs_the_policy_clearly_below_its_resolution_bar
     # the readout may still explain it (the larger class)
     v = decide(u_rw, _seeds(0.1, seed=1), margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=visible)
     assert v.code == ELICITATION
+    # a readout that random-init features nearly match: neither class shown, and the reason names both
+    v = decide(
+        u_rw, _seeds(0.1, seed=1), margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=visible,
+        u_el_random=_seeds(0.13, seed=5),
+    )  # fmt: skip
+    assert v.code == INCONCLUSIVE and "resolution bar" in v.reason and "random-init" in v.reason
     # where the joint-target policy is itself nearly a map of p_pre (a product stream), the bar does not apply
     v = decide(u_rw, u_el, margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=_seeds(0.05, seed=4))
     assert v.code == REWEIGHTING and "not visible" in v.reason

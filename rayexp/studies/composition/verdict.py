@@ -341,13 +341,16 @@ def decide(
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
         return out(INCONCLUSIVE, f"neither class explains it ({why_el}), but the per-phase margin is {why}")
     if explained(d_el, i_el):
+        first = near_bar + "; and " if near_bar else ""  # both classes fit, neither is shown: say both
         if thin_control:
             return out(
                 INCONCLUSIVE,
-                readout + f", but the random-init control has one finite seed ({spec.mean:.2f}, no interval): "
-                "pretraining is not credited",
+                first + readout + f", but the random-init control has one finite seed ({spec.mean:.2f}, no "
+                "interval): pretraining is not credited",
             )
-        return out(INCONCLUSIVE, readout + f", but pretrained features beat random-init ones by {spec}: between")
+        return out(
+            INCONCLUSIVE, first + readout + f", but pretrained features beat random-init ones by {spec}: between"
+        )
     if near_bar:
         return out(INCONCLUSIVE, near_bar)
     return out(INCONCLUSIVE, f"unexplained by p_pre map {d_rw}, by readout {d_el} ({against}): between the thresholds")
