@@ -112,7 +112,7 @@ CASES = (
         )
         for a in ALPHAS
     ),
-    # a quarter composed over other reweightings than the bar's own: a map of p_pre leaves 0.62-1.8 times
+    # a quarter composed over other reweightings than the bar's own: a map of p_pre leaves 0.62-1.6 times
     # what the bar's planted mixture does, so the bar sits halfway down to the sharp reweighting's
     *(
         Case(f"quarter-composed over {name}", _graded(0.25, base), ("composition", "inconclusive"), INTERLEAVE)

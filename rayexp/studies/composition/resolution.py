@@ -19,7 +19,7 @@ The *bar* is halfway between what ``sharp`` and ``quarter`` leave, per held-out 
 verdict then needs the post-RL policy to leave clearly less than the bar: nearer a planted reweighting
 than a planted quarter-composed policy, on this trial's own stream, model and sequences. Halfway, not at
 ``quarter`` itself, because a quarter mixture over another reweighting (argmax, a nonlinear map) leaves
-0.62-1.8 times what ``quarter`` does (measured on the battery's draws; :mod:`.battery` plants them).
+0.62-1.6 times what ``quarter`` does (measured on the battery's draws; :mod:`.battery` plants them).
 Where ``composed`` itself leaves less than ``u_max`` (a product stream, whose joint target is a map of
 p_pre), composition is not visible to the fit and the bar does not apply (:mod:`.verdict`).
 """
