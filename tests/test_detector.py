@@ -294,7 +294,14 @@ def test_support_discovered_and_lost():
 
 @pytest.mark.parametrize(
     ("stream", "model_error", "draw"),
-    [("interleave(mess3,mess3)", 0.0, 0), ("interleave(mess3,mess3)", 0.03, 1), ("interleave(mess3,z1r)", 0.03, 2)],
+    [
+        ("interleave(mess3,mess3)", 0.0, 0),
+        ("interleave(mess3,mess3)", 0.03, 1),
+        ("interleave(mess3,z1r)", 0.03, 2),
+        # an exact model's p_pre nearly pins the tokens the drift reads: the search's old bound, 64, left
+        # 0.52 here (0.50 on seed 0), so the Z1R pair's nulls were lighter than the PPO nulls
+        ("interleave(z1r,z1r)", 0.0, 0),
+    ],
 )
 def test_the_batterys_drift_null_sits_where_the_ppo_nulls_do(stream, model_error, draw):
     # README's PPO nulls leave 0.55-0.77 of the policy unexplained by a map of p_pre; `--null drift`

@@ -47,6 +47,7 @@ DRIFT_NULL_SCALE = 8.0  # on products, and where the level search starts
 #: draws 0-8; a leaky model's outputs carry part of the drift's inputs), so the scale is searched per
 #: (stream, model error, draw) to hit it, on seed 0's sequences (:func:`drift_null_scale`)
 DRIFT_NULL_LEVEL = 0.60
+DRIFT_NULL_MAX_SCALE = 4096.0  # the widened search's bound (at 1024-4096 the Z1R pair's leave 0.76-0.83)
 #: the generators of the planted fixed maps and of the drift null's map (plus ``--draw``)
 MAP_SEED, DRIFT_NULL_SEED = 10_007, 20_011
 
@@ -60,15 +61,32 @@ def drift_null_scale(stream: str, model_error: float = 0.0, draw: int = 0, n_seq
     """The drift null's scale at which a map of p_pre leaves :data:`DRIFT_NULL_LEVEL` of it on ``stream``
     (interleaves; products keep :data:`DRIFT_NULL_SCALE`), by bisection in log-scale over [2, 64] on
     seed 0's ``n_seq`` sequences: what it leaves grows with the scale (0.13-0.45 at 4, 0.64-0.81 at 32
-    over draws 0-2 and model errors 0 and 0.03)."""
+    over draws 0-2 and model errors 0 and 0.03).
+
+    Where 64 falls short (the Z1R pair with an exact model: 0.50 on draw 0, 0.57 on draw 1, because its
+    p_pre nearly pins the last two tokens the drift reads), the upper end doubles until the drift leaves
+    the level, up to :data:`DRIFT_NULL_MAX_SCALE`, and the bisection runs on the last doubling. What it
+    leaves is not monotone there (0.50 at 64, 0.49 at 128, 0.71 at 256 on draw 0), so the first doubling
+    that reaches the level brackets it. Where 64 suffices the search is the one it always was."""
     if STREAMS[stream]["name"] != "interleave":
         return DRIFT_NULL_SCALE
     s = sample(stream, n_seq, 0, model_error, draw)
-    lo, hi = np.log(2.0), np.log(64.0)
+
+    def leaves(log_scale: float) -> float:
+        return float(np.nanmean(signals(s, _drift_null(s, float(np.exp(log_scale))), control=False)["u_rw"]))
+
+    top = 64.0
+    while leaves(np.log(top)) < DRIFT_NULL_LEVEL:
+        if top >= DRIFT_NULL_MAX_SCALE:
+            raise ValueError(
+                f"{stream} (model error {model_error:g}, draw {draw}): no drift up to scale "
+                f"{DRIFT_NULL_MAX_SCALE:g} leaves {DRIFT_NULL_LEVEL:g} to a map of p_pre"
+            )
+        top *= 2
+    lo, hi = np.log(2.0 if top == 64.0 else top / 2), np.log(top)
     for _ in range(10):  # the scale to ~0.4 %; what it leaves to ~0.002
         mid = (lo + hi) / 2
-        u = np.nanmean(signals(s, _drift_null(s, float(np.exp(mid))), control=False)["u_rw"])
-        lo, hi = (mid, hi) if u < DRIFT_NULL_LEVEL else (lo, mid)
+        lo, hi = (mid, hi) if leaves(mid) < DRIFT_NULL_LEVEL else (lo, mid)
     return float(np.exp((lo + hi) / 2))
 
 
