@@ -43,7 +43,7 @@ def test_a_sharp_map_of_p_pre_is_explained_by_the_reweighting_fit():
 
 def test_a_readout_of_features_is_elicitation_not_a_map_of_p_pre():
     rng, p, feats, train, test = _planted()
-    pi = classes._softmax(3.0 * feats[..., 4:] @ rng.normal(size=(2, 3)))  # reads what p_pre does not carry
+    pi = classes.softmax(3.0 * feats[..., 4:] @ rng.normal(size=(2, 3)))  # reads what p_pre does not carry
     v = classes.class_values(pi, p, feats, train, test)
     assert v["u_elicitation"].mean() < 0.05 and v["u_reweighting"].mean() > 0.5
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayexp.studies.composition import resolution
-from rayexp.studies.composition.battery_streams import CONTEXT, STREAMS, Sample, softmax
+from rayexp.studies.composition.battery_streams import CONTEXT, STREAMS, Sample
+from rayexp.studies.composition.classes import softmax
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the graded mixtures' composed shares
 

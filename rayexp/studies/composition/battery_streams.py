@@ -98,7 +98,7 @@ def imperfect(p: np.ndarray, feats: np.ndarray, error: float, seed: int = LEAK_S
     0.008-0.035 on interleaves and ~0.06 on products (half their logged ``classes/resolution``)."""
     if error <= 0:
         return p
-    q = softmax(3.0 * feats @ np.random.default_rng(seed).normal(size=(feats.shape[-1], p.shape[-1])))
+    q = classes.softmax(3.0 * feats @ np.random.default_rng(seed).normal(size=(feats.shape[-1], p.shape[-1])))
     w = error / float(np.abs(q - p).sum(-1).mean())
     if not 0 < w < 1:
         raise ValueError(f"model error {error} is more than this stream's leak can carry (weight {w:.2f})")
@@ -120,8 +120,3 @@ def random_features(tokens: np.ndarray, vocab: int, seed: int = 0, k: int = 64) 
     flat = X.reshape(-1, X.shape[-1]) - X.reshape(-1, X.shape[-1]).mean(0)
     _, _, vt = np.linalg.svd(flat, full_matrices=False)
     return (flat @ vt[:k].T).reshape(X.shape[:-1] + (k,))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(-1, keepdims=True)

@@ -93,7 +93,7 @@ def resolution_of(p_pre: np.ndarray, p_exact: np.ndarray) -> float:
     return max(MIN_RESOLUTION, 2.0 * err)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
@@ -113,7 +113,7 @@ def _softmax_regression(X: np.ndarray, Y: np.ndarray, alpha: float, iters: int) 
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         W, b = theta[: d * a].reshape(d, a), theta[d * a :]
-        q = _softmax(X @ W + b)  # (n, A)
+        q = softmax(X @ W + b)  # (n, A)
         ce = -(Y * np.log(np.maximum(q, 1e-300))).sum() / n + alpha * (W**2).sum()
         g = (q - Y) / n  # (n, A) gradient wrt the logits
         return float(ce), np.concatenate([(X.T @ g + 2 * alpha * W).ravel(), g.sum(0)])
@@ -138,7 +138,7 @@ def readout_fit(
     for t in range(Y.shape[1]):
         mu, sd = X[train, t].mean(0), X[train, t].std(0) + 1e-8
         W, b = _softmax_regression((X[train, t] - mu) / sd, Y[train, t], alpha, iters)
-        out[:, t] = _softmax(((X[test, t] - mu) / sd) @ W + b)
+        out[:, t] = softmax(((X[test, t] - mu) / sd) @ W + b)
     return out
 
 

@@ -50,10 +50,7 @@ def onehot_argmax(scores: np.ndarray) -> np.ndarray:
 
 def sharpen(p_act: np.ndarray, beta: float) -> np.ndarray:
     """softmax(beta * log p) along the last axis: ``p_act`` (..., A) sharpened (beta > 1) or flattened."""
-    z = beta * np.log(np.asarray(p_act, dtype=np.float64) + 1e-12)
-    z -= z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+    return classes.softmax(beta * np.log(np.asarray(p_act, dtype=np.float64) + 1e-12))
 
 
 def joint_onto_actions(P_joint: np.ndarray, n_actions: int) -> np.ndarray:
