@@ -13,6 +13,7 @@ from envs.rewards import make_reward
 from rayexp.exact import targets
 from rayexp.studies.composition import interaction as ia
 from rayexp.studies.composition.composition_analysis import CompositionParams, Scorer, composition, make_setup
+from rayexp.studies.composition.verdict import REWEIGHTING, decide
 from rayexp.studies.composition.verdict_analysis import SIGNALS, VerdictParams, verdict
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
@@ -107,9 +108,15 @@ def test_a_stream_without_two_factors_has_no_bar_and_the_verdict_says_not_tested
         return run
 
     scorer = Scorer(s, model(1.0), CompositionParams())
-    assert s.P_joint is None and not any("planted" in k or "bar" in k for k in scorer.ceiling_metrics())
+    ceil = scorer.ceiling_metrics()
+    assert s.P_joint is None and ceil.pop("classes/planted/defined") == 0.0
+    assert not any("planted" in k or "bar" in k for k in ceil)
     m, _ = scorer.score("post", model(3.0))
     assert not any("bar" in k for k in m)
+    # the verdict tells this stream's missing bar from a trial logged before the bar
+    n = 3
+    v = decide([0.1] * n, [0.5] * n, [np.nan] * n, [0.6] * n, [0.6] * n, planted_defined=[0.0] * n)
+    assert v.code == REWEIGHTING and "no joint target" in v.reason and "not tested" in v.reason
 
 
 def _tiny(seed=0):
@@ -197,6 +204,7 @@ def test_composition_analysis_end_to_end_on_tiny_models():
     # the resolution bar: planted policies on this model, halfway between the sharp and the quarter-composed
     u = {k: m[f"classes/planted/{k}/unexplained"] for k in ("sharp", "quarter", "composed")}
     assert all(np.isfinite(x) for x in u.values()), u
+    assert m["classes/planted/defined"] == 1.0
     assert m["classes/reweighting/bar"] == pytest.approx((u["sharp"] + u["quarter"]) / 2)
     bar_gap = m["classes/reweighting/bar"] - m["classes/reweighting/unexplained/post"]
     assert m["classes/reweighting/below_bar/post"] == pytest.approx(bar_gap)

@@ -341,7 +341,10 @@ def test_a_reweighting_verdict_needs_the_policy_clearly_below_its_resolution_bar
     assert v.code == REWEIGHTING and "not visible" in v.reason
     # trials logged before the bar: the rule as it was, and the reason says the bar was not tested
     v = decide(u_rw, u_el, margin, null_rw, null_el)
-    assert v.code == REWEIGHTING and "not tested" in v.reason
+    assert v.code == REWEIGHTING and "not tested" in v.reason and "no resolution bar logged" in v.reason
+    # a stream with no joint target (a mixture): no bar can exist, and the reason says that, not "not logged"
+    v = decide(u_rw, u_el, margin, null_rw, null_el, planted_defined=np.zeros(5))
+    assert v.code == REWEIGHTING and "no joint target" in v.reason and "not logged" not in v.reason
     # one seed: the bar's interval over held-out contexts decides
     ctx = {"u_rw": Interval(0.2, 0.18, 0.22), "u_el": Interval(0.45, 0.43, 0.47), "margin": Interval()}
     one = {

@@ -252,6 +252,9 @@ class Scorer:
 
     def ceiling_metrics(self) -> dict[str, float]:
         m = {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()} | {"classes/resolution": self.resolution}
+        # 0 on a stream with no joint target (a factor can stay silent): no bar can be planted there, which
+        # a verdict must say apart from a trial logged before the bar
+        m["classes/planted/defined"] = float(self.planted is not None)
         if self.planted is not None:
             m |= {f"classes/planted/{k}/unexplained": _mean(self.planted[f"u_{k}"]) for k in resolution.PLANTED}
             m["classes/reweighting/bar"] = _mean(self.planted["bar"])

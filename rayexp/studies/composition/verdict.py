@@ -184,6 +184,7 @@ def decide(
     kl_position=None,
     below_bar=None,
     u_composed=None,
+    planted_defined=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -198,7 +199,8 @@ def decide(
     adds to a reweighting or elicitation reason that there was little to explain. ``below_bar`` (n,): the
     trial's resolution bar minus its ``u_rw``, per seed (below ``min_seeds``, ``context["below_bar"]``), and
     ``u_composed`` (n,): what a map of p_pre leaves of the joint-target policy itself (:mod:`.resolution`);
-    without them the bar is not tested, and a reweighting reason says so."""
+    without them the bar is not tested, and a reweighting reason says so, and says why where
+    ``planted_defined`` (n,) is 0 on every seed: the stream has no joint target to plant."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -291,7 +293,13 @@ def decide(
     if explained(d_rw, i_rw):
         why_rw = f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})"
         if not (np.isfinite(bar.lo) and np.isfinite(composed)):
-            return out(REWEIGHTING, why_rw + "; no resolution bar logged, not tested")
+            no_target = planted_defined is not None and bool(np.all(_arr(planted_defined) == 0))
+            why_not = (
+                "this stream has no joint target (a factor can stay silent), so no resolution bar can be planted"
+                if no_target
+                else "no resolution bar logged"
+            )
+            return out(REWEIGHTING, why_rw + f"; {why_not}, not tested")
         if composed < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
             return out(
                 REWEIGHTING,

@@ -65,6 +65,7 @@ SIGNALS = {
     "unexplained_planted_sharp": "classes/planted/sharp/unexplained",
     "unexplained_planted_quarter": "classes/planted/quarter/unexplained",
     "unexplained_planted_composed": "classes/planted/composed/unexplained",
+    "planted_defined": "classes/planted/defined",
     "kl_reweighting": "classes/reweighting/kl/post",
     "kl_elicitation": "classes/elicitation/kl/post",
     "kl_position": "classes/position/kl/post",  # how far the policy moves from its position-only one
@@ -211,6 +212,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             kl_position=col["kl_position"],
             below_bar=col["below_bar"],
             u_composed=col["unexplained_planted_composed"],
+            planted_defined=col["planted_defined"],
         )
         out.append((process, task, v, col))
     return out
