@@ -295,7 +295,7 @@ def decide(
         if not (np.isfinite(bar.lo) and np.isfinite(composed)):
             no_target = planted_defined is not None and bool(np.all(_arr(planted_defined) == 0))
             why_not = (
-                "this stream has no joint target (a factor can stay silent), so no resolution bar can be planted"
+                "this stream has no joint target (one factor, or a mixture), so no resolution bar can be planted"
                 if no_target
                 else "no resolution bar logged"
             )
