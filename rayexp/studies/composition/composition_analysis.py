@@ -252,7 +252,7 @@ class Scorer:
 
     def ceiling_metrics(self) -> dict[str, float]:
         m = {f"ceiling/{k}": _mean(v) for k, v in self.ceil.items()} | {"classes/resolution": self.resolution}
-        # 0 on a stream with no joint target (a factor can stay silent): no bar can be planted there, which
+        # 0 on a stream with no joint target (one factor, or a mixture): no bar can be planted there, which
         # a verdict must say apart from a trial logged before the bar
         m["classes/planted/defined"] = float(self.planted is not None)
         if self.planted is not None:
