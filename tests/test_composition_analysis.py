@@ -12,7 +12,8 @@ from envs import build_process
 from envs.rewards import make_reward
 from rayexp.exact import targets
 from rayexp.studies.composition import interaction as ia
-from rayexp.studies.composition.composition_analysis import CompositionParams, Scorer, composition, make_setup
+from rayexp.studies.composition.composition_analysis import CompositionParams, Scorer, composition
+from rayexp.studies.composition.stream_setup import make_setup
 from rayexp.studies.composition.verdict import REWEIGHTING, decide
 from rayexp.studies.composition.verdict_analysis import SIGNALS, VerdictParams, verdict
 

@@ -10,7 +10,6 @@ from envs.rewards import make_reward
 from rayexp.ridge import ridge_fit
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
-from rayexp.studies.composition.composition_analysis import make_setup
 from rayexp.studies.composition.geometry_analysis import (
     GeometryParams,
     belief_targets,
@@ -18,6 +17,7 @@ from rayexp.studies.composition.geometry_analysis import (
     layer_geometry,
 )
 from rayexp.studies.composition.geometry_summary import GeometrySummaryParams, geometry_summary
+from rayexp.studies.composition.stream_setup import make_setup
 
 MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}

@@ -14,8 +14,8 @@ from envs.rewards import make_reward
 from rayexp.exact import ceilings, targets
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
-from rayexp.studies.composition.composition_analysis import make_setup
 from rayexp.studies.composition.geometry_ablation import _policy_summary, ablations, emitter_gate, hooked_forward
+from rayexp.studies.composition.stream_setup import make_setup
 
 
 def joint_target_logits(pab: np.ndarray) -> np.ndarray:

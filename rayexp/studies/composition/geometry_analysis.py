@@ -63,7 +63,7 @@ These are scored on all ``n_seq`` sequences, half of which the bases were fitted
 did what it says: held-out R^2 of probes refitted on the erased features of that layer (basis and
 mean from the training half, as in the ablation; fitted on one half, an erasure need not be perfect
 on the other). Ceilings (optimum, per-phase single
-factor, last-k lookups) come from :func:`.composition_analysis.ceiling_values`.
+factor, last-k lookups) come from :func:`.stream_setup.ceiling_values`.
 
 Figures: ``belief_simplex`` (each factor's belief, true and as the final layer's probe predicts it
 before and after RL) and ``geometry_curve`` (skills, dimension and overlap over checkpoints).
@@ -83,8 +83,8 @@ from rayexp.probes import FINAL, collect_activations, layer_name, residual_layer
 from rayexp.ridge import fit_probes
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
-from rayexp.studies.composition.composition_analysis import ceiling_values, make_setup
 from rayexp.studies.composition.geometry_ablation import ablations
+from rayexp.studies.composition.stream_setup import ceiling_values, make_setup
 
 TARGETS = ("factor0", "factor1", "joint", "joint_only")
 

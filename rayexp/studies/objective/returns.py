@@ -8,7 +8,7 @@ policy is the mean over steps of ``sum_k pi(k | context) Q(context, k)``.
 
 Step and belief convention (that of :meth:`envs.process.HMM.sample_with_beliefs`, of
 :meth:`envs.process.HMM.beliefs`, of the env's ``info["belief"]`` and of
-``rayexp.studies.composition.composition_analysis.make_setup``): for tokens ``x_0..x_{L-1}``, ``beliefs[:, t]`` is the
+``rayexp.studies.composition.stream_setup.make_setup``): for tokens ``x_0..x_{L-1}``, ``beliefs[:, t]`` is the
 belief *after* ``x_t``, P(state | x_0..x_t). The action at step t is taken after seeing x_0..x_t (what
 a causal model reads at position t), so its value is a function of ``beliefs[:, t]`` and
 ``tokens[:, :t+1]``. Steps ``t = 0..L'-1`` are scored, with ``L' = L - reward.lookahead``: the steps
