@@ -90,6 +90,8 @@ def test_the_resolution_bar_asks_every_task_of_a_stream_about_its_joint_target(t
     assert ceil["classes/planted/sharp/unexplained"] < 0.02 and ceil["classes/planted/quarter/unexplained"] > 0.2
     m, _ = scorer.score("rw", oracle(hmm, lambda b: 3 * log_p(b)))  # a reweighting: well below the bar
     assert m["classes/reweighting/below_bar/rw"] > 0.1
+    # and it holds the joint-target policy hardly ever: the exact map leaves next to nothing of it
+    assert ceil["classes/planted/composed/unexplained_tv"] > 0.3 and m["classes/composed_share_max/rw"] < 0.05
     if task_reward == "next_token":  # the joint target sits on the first m of the task's 6 actions
         assert s.P_joint.shape == s.P.shape and np.allclose(s.P_joint[..., 3:], 0) and np.allclose(s.P_joint.sum(-1), 1)
     else:
@@ -210,6 +212,9 @@ def test_composition_analysis_end_to_end_on_tiny_models():
     bar_gap = m["classes/reweighting/bar"] - m["classes/reweighting/unexplained/post"]
     assert m["classes/reweighting/below_bar/post"] == pytest.approx(bar_gap)
     assert m["classes/reweighting/below_bar/post/ci_low"] <= bar_gap <= m["classes/reweighting/below_bar/post/ci_high"]
+    most = m["classes/composed_share_max/post"]
+    assert 0 <= m["classes/composed_share_max/post/ci_low"] <= most <= m["classes/composed_share_max/post/ci_high"] <= 1
+    assert all(np.isfinite(m[f"classes/planted/{k}/unexplained_tv"]) for k in ("sharp", "quarter", "composed"))
     # the update is confined to the unembedding: frozen-feature readouts of pre and post are identical
     assert m["readout/final/pretrained"] == m["readout/final/post"]
     assert m["readout/concat/pretrained"] == m["readout/concat/post"]
@@ -284,3 +289,24 @@ def test_analysis_modules_import_without_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_verdict_reads_each_trials_composed_share_bound():
+    keys = (
+        "classes/reweighting/unexplained/post",
+        "classes/elicitation/unexplained/post",
+        "margin_phase_greedy/post",
+        "classes/reweighting/below_bar/post",
+        "classes/planted/composed/unexplained",
+        "classes/composed_share_max/post",
+    )
+
+    def trials(rows, task, null=False):
+        return [FakeTrial(stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null) for s, r in enumerate(rows)]
+
+    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.7)] * 3, "null", null=True)
+    neg = trials([(0.05, 0.5, np.nan, 0.2, 0.9, m) for m in (0.08, 0.1, 0.12)], "neg")
+    table = verdict(null + neg, VerdictParams()).tables["verdict"].to_pydict()
+    row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+    assert row["verdict"] == "reweighting" and row["share_max"] == pytest.approx(0.1)
+    assert row["share_max_lo"] < 0.1 < row["share_max_hi"] and f"at most {row['share_max_hi']:.2f}" in row["reason"]

@@ -470,3 +470,31 @@ def test_known_answer_battery_on_two_streams():
     )
     assert battery.graded_spearman(rows, "interleave(mess3,mess3)") >= 0.9
     assert {r["planted"] for r in rows} >= {"argmax of group sums", "Bayes joint target", "readout of features"}
+
+
+def test_a_verdict_states_the_largest_composed_share_it_leaves_room_for():
+    null_rw, null_el = _seeds(0.6, seed=10), _seeds(0.6, seed=11)
+    u_rw, u_el, margin = _seeds(0.2), _seeds(0.45, seed=1), _seeds(np.nan, seed=2)
+    kw = {"below_bar": _seeds(0.1, seed=3), "u_composed": _seeds(0.9, seed=4)}
+    v = decide(u_rw, u_el, margin, null_rw, null_el, **kw, share_max=_seeds(0.12, seed=5))
+    assert v.code == REWEIGHTING and f"at most {v.share_max.hi:.2f} of the time" in v.reason
+    assert 0.12 < v.share_max.hi < 0.2 and v.share_max.lo < 0.12
+    # it decides nothing: the same verdict without it, and nothing said
+    bare = decide(u_rw, u_el, margin, null_rw, null_el, **kw)
+    assert bare.code == v.code and "of the time" not in bare.reason and v.reason.startswith(bare.reason)
+    # a share: capped at 1, and at 1 nothing is excluded, so nothing is said
+    wide = decide(u_rw, u_el, margin, null_rw, null_el, **kw, share_max=_seeds(1.3, seed=5))
+    assert wide.share_max.hi == 1.0 and "of the time" not in wide.reason
+    # on a product the joint-target policy is itself nearly a map of p_pre: holding it says nothing
+    prod = kw | {"u_composed": _seeds(0.05, seed=4)}
+    v = decide(u_rw, u_el, margin, null_rw, null_el, **prod, share_max=_seeds(0.12, seed=5))
+    assert v.code == REWEIGHTING and "not visible" in v.reason and "of the time" not in v.reason
+    # an inconclusive verdict says it too; a composition verdict does not (the share is its claim)
+    v = decide(u_rw, u_el, margin, null_rw, null_el, below_bar=_seeds(0.0, seed=3), u_composed=_seeds(0.9, seed=4),
+               share_max=_seeds(0.3, seed=5))  # fmt: skip
+    assert v.code == INCONCLUSIVE and "at most" in v.reason
+    # one seed: its interval over held-out sequences
+    ctx = {"u_rw": Interval(0.2, 0.18, 0.22), "u_el": Interval(0.45, 0.43, 0.47), "margin": Interval()}
+    ctx |= {"below_bar": Interval(0.1, 0.05, 0.15), "share_max": Interval(0.1, 0.08, 0.13)}
+    one = decide([0.2], [0.45], [np.nan], [0.6], [0.6], context=ctx, u_composed=[0.9])
+    assert one.code == REWEIGHTING and one.share_max == ctx["share_max"] and "at most 0.13" in one.reason

@@ -54,3 +54,54 @@ def test_on_a_product_the_joint_policy_is_nearly_a_map_of_p_pre():
     s = battery.sample("product(mess3,mess3)", 400, 0)
     v = resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
     assert float(np.mean(v["u_composed"])) < 0.2
+
+
+def _mass(s, pi) -> np.ndarray:
+    """(n_test,) what the map of p_pre leaves of ``pi`` per step, per held-out sequence."""
+    fit = classes.reweighting_fit(s.p_pre, pi, s.train, s.test, s.resolution)
+    return classes.tv(pi[s.test], fit).mean(-1)
+
+
+def test_the_map_of_p_pre_is_linear_in_the_policy_it_fits():
+    # what makes the share bound exact: a mixture's fit is the mixture of the fits (a leaky model, so
+    # some held-out contexts have no training context within the radius and take their nearest one)
+    s = battery.sample("interleave(mess3,z1r)", 400, 0, model_error=0.03)
+    pol = resolution.planted_policies(s.p_pre[..., s.act], s.P)
+    J, b = pol["composed"], resolution.onehot_argmax(s.p_pre[..., s.act])
+    fit = lambda pi: classes.reweighting_fit(s.p_pre, pi, s.train, s.test, s.resolution)
+    assert np.allclose(fit(0.3 * J + 0.7 * b), 0.3 * fit(J) + 0.7 * fit(b), atol=1e-12)
+    radius = classes.reweighting_fit(s.p_pre, J, s.train, s.test, 1e-9)  # every context alone: nearest
+    assert not np.allclose(radius, fit(J))  # (both paths differ, so both were exercised above)
+
+
+def test_the_share_bound_is_the_ratio_of_the_summed_masses():
+    t_pi, t_s, t_j = np.array([0.1, 0.3]), np.array([0.02, 0.0]), np.array([0.5, 0.7])
+    v = resolution.composed_share_max(t_pi, t_s, t_j)
+    assert np.mean(v) == pytest.approx((0.1 + 0.3 + 0.02) / (0.5 + 0.7 + 0.02), abs=1e-15)
+
+
+@pytest.mark.parametrize(("stream", "model_error"), [("interleave(mess3,z1r)", 0.03), ("interleave(z1r,z1r)", 0.03)])
+@pytest.mark.parametrize("alpha", [0.1, 0.25, 0.5])
+@pytest.mark.parametrize("rest", ["sharp", "argmax"])
+def test_the_share_bound_never_excludes_a_planted_mixtures_share(stream, model_error, alpha, rest):
+    # must say no: a policy that acts as the joint-target policy alpha of the time is never said to hold
+    # less, with a leaky model (maps fitted at its resolution), over the bar's own reweighting or argmax
+    s = battery.sample(stream, 400, 0, model_error=model_error)
+    v = resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
+    pol = resolution.planted_policies(s.p_pre[..., s.act], s.P)
+    b = pol["sharp"] if rest == "sharp" else resolution.onehot_argmax(s.p_pre[..., s.act])
+    assert _mass(s, b).mean() <= v["tv_sharp"].mean() * 1.15  # (the premise, near enough: argmax is as sharp)
+    pi = alpha * pol["composed"] + (1 - alpha) * b
+    most = float(np.mean(resolution.composed_share_max(_mass(s, pi), v["tv_sharp"], v["tv_composed"])))
+    assert most >= alpha
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.25])
+def test_with_an_exact_model_the_share_bound_is_tight(alpha):
+    # the map reproduces any sharpening of an exact model's outputs: all it leaves is the composed part
+    s = battery.sample("interleave(mess3,mess3)", 400, 0)
+    v = resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
+    pol = resolution.planted_policies(s.p_pre[..., s.act], s.P)
+    pi = alpha * pol["composed"] + (1 - alpha) * pol["sharp"]
+    most = float(np.mean(resolution.composed_share_max(_mass(s, pi), v["tv_sharp"], v["tv_composed"])))
+    assert alpha <= most < alpha + 0.01

@@ -63,6 +63,7 @@ STUDY = Study(
                 "margin",
                 "shortfall",
                 "below_bar",
+                "share_max_hi",
                 "n_seeds",
                 "reason",
             ),

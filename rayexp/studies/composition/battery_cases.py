@@ -80,6 +80,12 @@ class Case:
     expect_drift_null: tuple[str, ...] | None = None
     # with an imperfect model (--model-error), where different: its error carries what the policy reads
     expect_imperfect: tuple[str, ...] | None = None
+    # the share of the time it acts as the Bayes joint-target policy, where it is built as such a mixture:
+    # :func:`.resolution.composed_share_max` must never fall below it (0: nothing to check)
+    share: float = 0.0
+    # the mixture's rest, where it is one: the bound's premise (the map resolves it as well as the planted
+    # sharp reweighting) is checked on it
+    rest: Policy | None = None
 
 
 INTERLEAVE = tuple(k for k in STREAMS if k.startswith("interleave"))
@@ -102,7 +108,7 @@ CASES = (
     # rightly refuses to credit pretraining (excess 0.007), so elicitation is not shown there
     Case("readout of features", _readout, ("elicitation", "inconclusive"), ("interleave(z1r,z1r)",)),
     Case("readout of features", _readout, ("reweighting",), ("product(mess3,mess3)",)),
-    Case("Bayes joint target", _bayes, ("composition",), INTERLEAVE),
+    Case("Bayes joint target", _bayes, ("composition",), INTERLEAVE, share=1.0),
     *(
         Case(
             f"graded alpha={a:g}",
@@ -110,13 +116,22 @@ CASES = (
             # a mixture with any composed part is no map of p_pre and no readout: composed, or unsure
             ("reweighting",) if a == 0 else ("composition",) if a == 1 else ("composition", "inconclusive"),
             INTERLEAVE,
+            share=a,
+            rest=lambda s, g: sharpen(s, 10.0),
         )
         for a in ALPHAS
     ),
     # a quarter composed over other reweightings than the bar's own: a map of p_pre leaves 0.62-1.6 times
     # what the bar's planted mixture does, so the bar sits halfway down to the sharp reweighting's
     *(
-        Case(f"quarter-composed over {name}", _graded(0.25, base), ("composition", "inconclusive"), INTERLEAVE)
+        Case(
+            f"quarter-composed over {name}",
+            _graded(0.25, base),
+            ("composition", "inconclusive"),
+            INTERLEAVE,
+            share=0.25,
+            rest=base,
+        )
         for name, base in (
             ("argmax p_pre", lambda s, g: resolution.onehot_argmax(s.p_pre[..., s.act])),
             ("g(p_pre)", _nonlinear),

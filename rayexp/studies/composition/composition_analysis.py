@@ -18,7 +18,10 @@ over steps and sequences):
   ``classes/planted/{sharp,quarter,composed}/unexplained``: what the same map of p_pre leaves of planted
   policies on this model and stream (:mod:`.resolution`), ``classes/reweighting/bar`` halfway between the
   first two, and ``classes/reweighting/below_bar/{model}`` the bar minus the policy's share, paired over
-  held-out sequences (the verdict's resolution test);
+  held-out sequences (the verdict's resolution test); ``classes/planted/{...}/unexplained_tv`` the same as
+  probability mass per step, and ``classes/composed_share_max/{model}`` the largest share of the
+  joint-target policy a mixture can hold and leave what the policy leaves (:func:`.resolution.composed_share_max`,
+  capped at 1: nothing excluded);
   ``classes/elicitation_random_init/unexplained/post`` (the readout of random-init features) and
   ``classes/elicitation_excess/post`` (its share minus the pretrained one's, paired; with CIs);
 - ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
@@ -184,6 +187,7 @@ class Scorer:
         m["classes/planted/defined"] = float(self.planted is not None)
         if self.planted is not None:
             m |= {f"classes/planted/{k}/unexplained": _mean(self.planted[f"u_{k}"]) for k in resolution.PLANTED}
+            m |= {f"classes/planted/{k}/unexplained_tv": _mean(self.planted[f"tv_{k}"]) for k in resolution.PLANTED}
             m["classes/reweighting/bar"] = _mean(self.planted["bar"])
         return m
 
@@ -223,10 +227,13 @@ class Scorer:
                 ("classes/elicitation/unexplained_tv", v["tv_elicitation"]),
                 ("classes/reweighting/shortfall", v["shortfall"]),
                 ("classes/reweighting/below_bar", v.get("below_bar")),
+                ("classes/composed_share_max", v.get("share_max")),
             ):
                 if vals is None:  # no resolution bar on this stream
                     continue
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
+                if key == "classes/composed_share_max":  # a share: 1 excludes nothing
+                    lo, hi = min(1.0, lo), min(1.0, hi)
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
         if readouts:
             m |= self.readouts("pretrained" if name == "pre" else name, v)
@@ -247,6 +254,11 @@ class Scorer:
                 if cls == "reweighting" and self.planted is not None:  # paired with the bar, held out
                     v["below_bar"] = self.planted["bar"] - fitted["u_reweighting"]
                     m[f"classes/reweighting/below_bar/{name}"] = _mean(v["below_bar"])
+                    p = self.planted
+                    v["share_max"] = resolution.composed_share_max(
+                        fitted["tv_reweighting"], p["tv_sharp"], p["tv_composed"]
+                    )
+                    m[f"classes/composed_share_max/{name}"] = min(1.0, _mean(v["share_max"]))  # 1: none excluded
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))

@@ -23,6 +23,7 @@ VERDICT_COLUMNS = (
     "margin",
     "shortfall",
     "below_bar",
+    "share_max_hi",
     "score",
     "score_ci_low",
     "score_ci_high",

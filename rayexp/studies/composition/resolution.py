@@ -22,12 +22,21 @@ than a planted quarter-composed policy, on this trial's own stream, model and se
 0.62-1.6 times what ``quarter`` does (measured on the battery's draws; :mod:`.battery` plants them).
 Where ``composed`` itself leaves less than ``u_max`` (a product stream, whose joint target is a map of
 p_pre), composition is not visible to the fit and the bar does not apply (:mod:`.verdict`).
+
+The bar says whether a policy is nearer a reweighting than a quarter composition; :func:`composed_share_max`
+says how much composition a policy can hold at most. The map is linear in the policy it is fitted to
+(each held-out prediction is a mean of training policies, chosen by p_pre alone), so for a mixture
+``pi = a J + (1 - a) b`` of the joint-target policy ``J`` and any policy ``b`` its residual is
+``a r_J + (1 - a) r_b``, and by the triangle inequality the mass it leaves is at least
+``a m_J - (1 - a) m_b``. Where the map resolves ``b`` at least as well as it resolves the planted sharp
+reweighting (``m_b <= m_sharp``), ``a <= (m_pi + m_sharp) / (m_J + m_sharp)``: exact, no calibration.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from rayexp.stats import ratio_values
 from rayexp.studies.composition import classes
 
 #: the planted mixture's composed share
@@ -81,11 +90,23 @@ def planted_values(
     resolution: float = classes.MIN_RESOLUTION,
 ) -> dict[str, np.ndarray]:
     """Per held-out sequence (n_test,): the share a map of ``p_pre`` (N, L, V), fitted at ``resolution``,
-    leaves unexplained of each planted policy (``u_{name}``), and ``bar``, halfway between ``u_sharp``
-    and ``u_quarter``."""
+    leaves unexplained of each planted policy (``u_{name}``), that probability mass per step itself
+    (``tv_{name}``), and ``bar``, halfway between ``u_sharp`` and ``u_quarter``."""
     out = {}
     for name, pi in planted_policies(p_act, P).items():
         fit = classes.reweighting_fit(p_pre, pi, train, test, resolution)
         out[f"u_{name}"] = classes.unexplained_values(pi[test], fit, classes.position_policy(pi, train, test))
+        out[f"tv_{name}"] = classes.tv(pi[test], fit).mean(-1)
     out["bar"] = 0.5 * (out["u_sharp"] + out["u_quarter"])
     return out
+
+
+def composed_share_max(tv_policy: np.ndarray, tv_sharp: np.ndarray, tv_composed: np.ndarray) -> np.ndarray:
+    """Per held-out sequence (n_test,), linearised so that the mean is the ratio of the sums: the largest
+    share ``a`` of a mixture ``a J + (1 - a) b`` consistent with what the map leaves of the policy
+    (``tv_policy``, mass per step), where ``J`` is the planted composed policy (leaving ``tv_composed``)
+    and the map resolves ``b`` at least as well as the planted sharp reweighting (``tv_sharp``):
+    ``(m_pi + m_sharp) / (m_J + m_sharp)`` (the module docstring derives it). Above 1 nothing is
+    excluded: on a product stream ``J`` is itself nearly a map of p_pre."""
+    t_pi, t_s = np.asarray(tv_policy, dtype=np.float64), np.asarray(tv_sharp, dtype=np.float64)
+    return ratio_values(t_pi + t_s, np.asarray(tv_composed, dtype=np.float64) + t_s)

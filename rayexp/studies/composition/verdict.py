@@ -141,6 +141,7 @@ class Verdict:
     excess: Interval = Interval()  # score - the null's score, paired by seed (no null: NaN)
     shortfall: Interval = Interval()  # the policy's reward margin beyond the fitted map of p_pre's
     below_bar: Interval = Interval()  # the resolution bar minus u_rw: > 0 where nearer a planted reweighting
+    share_max: Interval = Interval()  # the largest composed share a mixture can hold and leave what it leaves
 
     @property
     def label(self) -> str:
@@ -185,6 +186,7 @@ def decide(
     below_bar=None,
     u_composed=None,
     planted_defined=None,
+    share_max=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -200,7 +202,11 @@ def decide(
     trial's resolution bar minus its ``u_rw``, per seed (below ``min_seeds``, ``context["below_bar"]``), and
     ``u_composed`` (n,): what a map of p_pre leaves of the joint-target policy itself (:mod:`.resolution`);
     without them the bar is not tested, and a reweighting reason says so, and says why where
-    ``planted_defined`` (n,) is 0 on every seed: the stream has no joint target to plant."""
+    ``planted_defined`` (n,) is 0 on every seed: the stream has no joint target to plant. ``share_max``
+    (n,): the largest share of the joint-target policy a mixture can hold and leave what the policy
+    leaves (:func:`.resolution.composed_share_max`, per seed; below ``min_seeds``, ``context["share_max"]``);
+    it decides nothing, and a verdict other than composition states its high end where the joint-target
+    policy is visible to the fit (``u_composed`` >= ``u_max``)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -261,6 +267,12 @@ def decide(
         bar = context.get("below_bar", Interval())
     elif below_bar is not None and np.isfinite(_arr(below_bar)).any():
         bar = Interval(*t_ci(_arr(below_bar), th.ci))
+    most = Interval()
+    if n < th.min_seeds:
+        most = context.get("share_max", Interval())
+    elif share_max is not None and np.isfinite(_arr(share_max)).any():
+        most = Interval(*t_ci(_arr(share_max), th.ci))
+    most = Interval(*(min(1.0, x) for x in (most.mean, most.lo, most.hi)))  # a share: 1 excludes nothing
     composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
@@ -284,7 +296,13 @@ def decide(
                 f"; but the policy barely leaves its position-only policy (KL {still:.3f} nats per step, "
                 f"< {th.kl_still:g}): a constant or position-only policy is a map of anything, so this says little"
             )
-        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar)
+        # where the joint-target policy is itself nearly a map (a product), holding it is no composition
+        if code != COMPOSITION and most.hi < 1 and composed >= th.u_max:  # (NaN compares False: nothing said)
+            why += (
+                f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
+                "a rest this map resolves as well as a sharpened p_pre)"
+            )
+        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most)
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     # what is left, said against the null where there is one (else as an absolute share, saying so)

@@ -66,6 +66,9 @@ SIGNALS = {
     "unexplained_planted_quarter": "classes/planted/quarter/unexplained",
     "unexplained_planted_composed": "classes/planted/composed/unexplained",
     "planted_defined": "classes/planted/defined",
+    "composed_share_max": "classes/composed_share_max/post",
+    "composed_share_max_ci_low": "classes/composed_share_max/post/ci_low",
+    "composed_share_max_ci_high": "classes/composed_share_max/post/ci_high",
     "kl_reweighting": "classes/reweighting/kl/post",
     "kl_elicitation": "classes/elicitation/kl/post",
     "kl_position": "classes/position/kl/post",  # how far the policy moves from its position-only one
@@ -161,6 +164,8 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
         out["shortfall"] = Interval(t["reward_shortfall"])
     if np.isfinite(t["below_bar_ci_low"]):
         out["below_bar"] = iv("below_bar")
+    if np.isfinite(t["composed_share_max_ci_low"]):
+        out["share_max"] = iv("composed_share_max")
     excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
     if np.isfinite(t["readout_excess_ci_low"]):
         out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
@@ -213,6 +218,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             below_bar=col["below_bar"],
             u_composed=col["unexplained_planted_composed"],
             planted_defined=col["planted_defined"],
+            share_max=col["composed_share_max"],
         )
         out.append((process, task, v, col))
     return out
@@ -243,7 +249,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             "reference": v.reference,
             **{
                 f"{k}{s}": getattr(getattr(v, k), a)
-                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec", "shortfall", "below_bar")
+                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec", "shortfall", "below_bar", "share_max")
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
