@@ -16,7 +16,9 @@ null's, paired by seed; NaN without a null), ``{task}/n_seeds``. Table ``verdict
 CI, verdict, reason, each class's unexplained share, the margin and the reward ``shortfall`` of the map
 of p_pre with their intervals, ``spec`` (how
 much more a random-init network's features leave unexplained than the pretrained ones: the readout's
-control) with its interval, and the mean over seeds of each signal in :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
+control) with its interval, ``share_max`` (the largest composed share the policy leaves room for,
+:func:`.resolution.composed_share_max`) with its interval, and the mean over seeds of each signal in
+:data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
 seeds as points.
 """
 
