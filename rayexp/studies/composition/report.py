@@ -72,6 +72,7 @@ VERDICT_SIGNALS = {
     "per-phase greedy margin": "analysis/composition/margin_phase_greedy/post",
     "reward shortfall of the map of p_pre": "analysis/composition/classes/reweighting/shortfall/post",
     "resolution bar - u, map of p_pre": "analysis/composition/classes/reweighting/below_bar/post",
+    "composed share at most (decides nothing)": "analysis/composition/classes/composed_share_max/post",
     "pass@1024 of pre": "analysis/composition/support/pass_at_1024/pre",
     "pre prob. of post's choice": "analysis/composition/support/pre_prob_of_post_choice",
 }
