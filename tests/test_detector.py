@@ -482,6 +482,7 @@ def test_a_verdict_states_the_largest_composed_share_it_leaves_room_for():
     # it decides nothing: the same verdict without it, and nothing said
     bare = decide(u_rw, u_el, margin, null_rw, null_el, **kw)
     assert bare.code == v.code and "of the time" not in bare.reason and v.reason.startswith(bare.reason)
+    assert np.isnan(bare.share_max.hi)  # not logged is not "nothing excluded"
     # a share: capped at 1, and at 1 nothing is excluded, so nothing is said
     wide = decide(u_rw, u_el, margin, null_rw, null_el, **kw, share_max=_seeds(1.3, seed=5))
     assert wide.share_max.hi == 1.0 and "of the time" not in wide.reason

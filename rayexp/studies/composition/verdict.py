@@ -272,7 +272,7 @@ def decide(
         most = context.get("share_max", Interval())
     elif share_max is not None and np.isfinite(_arr(share_max)).any():
         most = Interval(*t_ci(_arr(share_max), th.ci))
-    most = Interval(*(min(1.0, x) for x in (most.mean, most.lo, most.hi)))  # a share: 1 excludes nothing
+    most = Interval(*np.minimum(1.0, (most.mean, most.lo, most.hi)).tolist())  # a share: 1 excludes nothing; NaN stays
     composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
