@@ -21,10 +21,8 @@ per trajectory segment (shuffling stays exact, just slower).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from envs.gym_env import EnvConfig, action_tokens, make_env
 from models.checkpoint import load_checkpoint
 from models.rl_module import PRETRAINED_LOGITS, TransformerPolicyModule, export_checkpoint
+from rayexp import ppo_state
 from rayexp.ppo_settings import CPUS_PER_ENV_RUNNER, PPOSettings  # declared there, torch-free, for the sweep validator
 
 ENV_NAME = "rayexp-sequence-v0"
@@ -303,30 +302,6 @@ def _hand_over_policy(algo, settings, env_config, checkpoint_path, n: int, on_po
         on_policy(n, path)
 
 
-def _save_state(algo, state_dir: Path, iteration: int, steps: int, history: list[dict]) -> None:
-    """RLlib's algorithm state under ``algo_{iteration}``, then ``progress.json`` naming it (atomic rename),
-    then older states removed: a kill at any point leaves one complete state to resume from."""
-    name = f"algo_{iteration:06d}"
-    algo.save_to_path(str(state_dir / name))
-    tmp = state_dir / "progress.json.tmp"
-    tmp.write_text(json.dumps({"iteration": iteration, "steps": steps, "algo": name, "history": history}))
-    os.replace(tmp, state_dir / "progress.json")
-    for old in state_dir.glob("algo_*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _progress(state_dir: Path | None) -> dict | None:
-    path = state_dir / "progress.json" if state_dir is not None else None
-    return json.loads(path.read_text()) if path is not None and path.exists() else None
-
-
-def saved_iteration(state_dir: str | Path) -> int | None:
-    """The last iteration whose state ``train_ppo`` saved in ``state_dir`` (it resumes after it), or None."""
-    progress = _progress(Path(state_dir))
-    return None if progress is None else int(progress["iteration"])
-
-
 def train_ppo(
     settings: PPOSettings,
     env_config: dict,
@@ -366,7 +341,7 @@ def train_ppo(
             "Leave NUMBA_THREADING_LAYER unset (envs picks workqueue) or set it to workqueue."
         )
     state = Path(state_dir) if state_dir is not None else None
-    progress = _progress(state)
+    progress = ppo_state.progress(state)
     start = progress["iteration"] + 1 if progress else 0
     build_settings = settings if not start else settings.model_copy(update={"seed": settings.seed + 7919 * start})
     algo = build_ppo_config(build_settings, env_config, checkpoint_path, gpu=gpu).build_algo()
@@ -388,7 +363,7 @@ def train_ppo(
             history.append(metrics)
             due = state is not None and settings.checkpoint_every and (it + 1) % settings.checkpoint_every == 0
             if due and it + 1 < settings.iterations:  # after the last iteration the exported model is the state
-                _save_state(algo, state, it, int(metrics["env_steps"]), history)
+                ppo_state.save_state(algo, state, it, int(metrics["env_steps"]), history)
                 if on_checkpoint is not None:
                     on_checkpoint(it)
             every = settings.save_every

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayexp import probes, registry
+from rayexp import ppo_state, probes, registry
 from rayexp.analysis import reporting_progress
 from rayexp.cache import PretrainCache
 from rayexp.context import TrialContext
@@ -242,7 +242,7 @@ def ppo(ctx: TrialContext) -> None:
     logged if this MLflow run lacks them, so every PPO metric has one point per iteration. Policy
     checkpoints go to storage every ``ppo.save_every`` iterations, and the final one last.
     """
-    from rayexp.ppo import saved_iteration, train_ppo  # torch + RLlib
+    from rayexp.ppo import train_ppo  # torch + RLlib
 
     settings = ctx.ppo_settings
     report = ctx.report
@@ -261,7 +261,7 @@ def ppo(ctx: TrialContext) -> None:
 
     state_dir = ctx.state.dir / "ppo"
     state_dir.mkdir(exist_ok=True)
-    resumed_after = saved_iteration(state_dir)
+    resumed_after = ppo_state.saved_iteration(state_dir)
     if resumed_after is not None and report.run is not None:
         report.run.set_tags({"rayexp.ppo_resumed_after_iteration": resumed_after})
     out = ctx.workdir / "model_after.pt"

@@ -73,6 +73,7 @@ RAYEXP_LAYERS = [
         "rayexp.console",
         "rayexp.safe_yaml",
         "rayexp.weights",
+        "rayexp.ppo_state",
     },
     {"rayexp.axes", "rayexp.ppo_settings", "rayexp.settings", "rayexp.cache"},  # the sweep file's schema
     {"rayexp.artifacts", "rayexp.probes", "rayexp.rollouts", "rayexp.analysis", "rayexp.study"},
