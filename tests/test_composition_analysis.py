@@ -299,14 +299,20 @@ def test_the_verdict_reads_each_trials_composed_share_bound():
         "classes/reweighting/below_bar/post",
         "classes/planted/composed/unexplained",
         "classes/composed_share_max/post",
+        "classes/reweighting/unexplained_tv/post",
+        "classes/elicitation/unexplained_tv/post",
+        "classes/planted/composed/unexplained_tv",
     )
 
     def trials(rows, task, null=False):
         return [FakeTrial(stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null) for s, r in enumerate(rows)]
 
-    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.7)] * 3, "null", null=True)
-    neg = trials([(0.05, 0.5, np.nan, 0.2, 0.9, m) for m in (0.08, 0.1, 0.12)], "neg")
+    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.7, m, 0.3, 0.5) for m in (0.2, 0.25, 0.3)], "null", null=True)
+    neg = trials([(0.05, 0.5, np.nan, 0.2, 0.9, m, 0.05, 0.4, 0.5) for m in (0.08, 0.1, 0.12)], "neg")
     table = verdict(null + neg, VerdictParams()).tables["verdict"].to_pydict()
     row = {k: v[table["task"].index("neg")] for k, v in table.items()}
     assert row["verdict"] == "reweighting" and row["share_max"] == pytest.approx(0.1)
     assert row["share_max_lo"] < 0.1 < row["share_max_hi"] and f"at most {row['share_max_hi']:.2f}" in row["reason"]
+    # with the null's mass as the rest's, paired by seed: (0.05 + m_null) / (0.5 + m_null) over the three
+    assert row["share_max_drift"] == pytest.approx((0.15 + 0.75) / (1.5 + 0.75))
+    assert f"at most {row['share_max_drift_hi']:.2f} for a rest that drifts" in row["reason"]

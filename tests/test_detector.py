@@ -499,3 +499,18 @@ def test_a_verdict_states_the_largest_composed_share_it_leaves_room_for():
     ctx |= {"below_bar": Interval(0.1, 0.05, 0.15), "share_max": Interval(0.1, 0.08, 0.13)}
     one = decide([0.2], [0.45], [np.nan], [0.6], [0.6], context=ctx, u_composed=[0.9])
     assert one.code == REWEIGHTING and one.share_max == ctx["share_max"] and "at most 0.13" in one.reason
+
+
+def test_the_share_bound_is_also_stated_for_a_rest_that_drifts_as_the_null_does():
+    null_rw, null_el = _seeds(0.6, seed=10), _seeds(0.6, seed=11)
+    u_rw, u_el, margin = _seeds(0.2), _seeds(0.45, seed=1), _seeds(np.nan, seed=2)
+    tv = (_seeds(0.05, seed=6), _seeds(0.1, seed=7), _seeds(0.24, seed=8), _seeds(0.3, seed=9))
+    kw = {"below_bar": _seeds(0.1, seed=3), "u_composed": _seeds(0.9, seed=4), "share_max": _seeds(0.1, seed=5)}
+    v = decide(u_rw, u_el, margin, null_rw, null_el, tv=tv, **kw, tv_composed=_seeds(0.56, seed=12))
+    m_pi, m_null, m_j = tv[0], tv[2], _seeds(0.56, seed=12)
+    assert v.share_max_drift.mean == pytest.approx((m_pi + m_null).sum() / (m_j + m_null).sum())
+    assert v.share_max_drift.mean > v.share_max.mean  # the weaker premise excludes less
+    assert f"at most {v.share_max_drift.hi:.2f} for a rest that drifts as the null's does" in v.reason
+    # no null (or no mass logged): only the planted premise's bound is stated
+    v = decide(u_rw, u_el, margin, tv=tv[:2] + (None, None), **kw, tv_composed=_seeds(0.56, seed=12))
+    assert np.isnan(v.share_max_drift.hi) and "drifts" not in v.reason

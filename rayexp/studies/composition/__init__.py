@@ -64,6 +64,7 @@ STUDY = Study(
                 "shortfall",
                 "below_bar",
                 "share_max_hi",
+                "share_max_drift_hi",
                 "n_seeds",
                 "reason",
             ),

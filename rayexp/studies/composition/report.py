@@ -24,6 +24,7 @@ VERDICT_COLUMNS = (
     "shortfall",
     "below_bar",
     "share_max_hi",
+    "share_max_drift_hi",
     "score",
     "score_ci_low",
     "score_ci_high",

@@ -101,12 +101,13 @@ def planted_values(
     return out
 
 
-def composed_share_max(tv_policy: np.ndarray, tv_sharp: np.ndarray, tv_composed: np.ndarray) -> np.ndarray:
-    """Per held-out sequence (n_test,), linearised so that the mean is the ratio of the sums: the largest
-    share ``a`` of a mixture ``a J + (1 - a) b`` consistent with what the map leaves of the policy
+def composed_share_max(tv_policy: np.ndarray, tv_rest: np.ndarray, tv_composed: np.ndarray) -> np.ndarray:
+    """Per unit (held-out sequence, or seed), linearised so that the mean is the ratio of the sums: the
+    largest share ``a`` of a mixture ``a J + (1 - a) b`` consistent with what the map leaves of the policy
     (``tv_policy``, mass per step), where ``J`` is the planted composed policy (leaving ``tv_composed``)
-    and the map resolves ``b`` at least as well as the planted sharp reweighting (``tv_sharp``):
-    ``(m_pi + m_sharp) / (m_J + m_sharp)`` (the module docstring derives it). Above 1 nothing is
-    excluded: on a product stream ``J`` is itself nearly a map of p_pre."""
-    t_pi, t_s = np.asarray(tv_policy, dtype=np.float64), np.asarray(tv_sharp, dtype=np.float64)
-    return ratio_values(t_pi + t_s, np.asarray(tv_composed, dtype=np.float64) + t_s)
+    and the map leaves of ``b`` no more than ``tv_rest``: the planted sharp reweighting's (a rest
+    resolved as well as sharpened p_pre) or the shuffled-reward null's (a rest that drifts as PPO does
+    without the task's reward). ``(m_pi + m_rest) / (m_J + m_rest)``, derived in the module docstring.
+    Above 1 nothing is excluded: on a product stream ``J`` is itself nearly a map of p_pre."""
+    t_pi, t_b = np.asarray(tv_policy, dtype=np.float64), np.asarray(tv_rest, dtype=np.float64)
+    return ratio_values(t_pi + t_b, np.asarray(tv_composed, dtype=np.float64) + t_b)

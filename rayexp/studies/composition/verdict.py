@@ -104,6 +104,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayexp.stats import t_ci
+from rayexp.studies.composition import resolution
 
 REWEIGHTING, INCONCLUSIVE, COMPOSITION, ELICITATION = -1, 0, 1, 2
 LABELS = {
@@ -142,6 +143,7 @@ class Verdict:
     shortfall: Interval = Interval()  # the policy's reward margin beyond the fitted map of p_pre's
     below_bar: Interval = Interval()  # the resolution bar minus u_rw: > 0 where nearer a planted reweighting
     share_max: Interval = Interval()  # the largest composed share a mixture can hold and leave what it leaves
+    share_max_drift: Interval = Interval()  # the same for a rest that drifts as the null's policy does
 
     @property
     def label(self) -> str:
@@ -187,6 +189,7 @@ def decide(
     u_composed=None,
     planted_defined=None,
     share_max=None,
+    tv_composed=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -206,7 +209,9 @@ def decide(
     (n,): the largest share of the joint-target policy a mixture can hold and leave what the policy
     leaves (:func:`.resolution.composed_share_max`, per seed; below ``min_seeds``, ``context["share_max"]``);
     it decides nothing, and a verdict other than composition states its high end where the joint-target
-    policy is visible to the fit (``u_composed`` >= ``u_max``)."""
+    policy is visible to the fit (``u_composed`` >= ``u_max``). ``tv_composed`` (n,): what the map leaves
+    of the joint-target policy, mass per step; with it and the null's ``tv`` the same bound is stated for a
+    rest that drifts as the null's policy does (``share_max_drift``, paired by seed; not below ``min_seeds``)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -272,7 +277,14 @@ def decide(
         most = context.get("share_max", Interval())
     elif share_max is not None and np.isfinite(_arr(share_max)).any():
         most = Interval(*t_ci(_arr(share_max), th.ci))
-    most = Interval(*np.minimum(1.0, (most.mean, most.lo, most.hi)).tolist())  # a share: 1 excludes nothing; NaN stays
+    drifting = Interval()  # the rest leaves as much as the null's policy: PPO's drift, not a planted map
+    if n >= th.min_seeds and have_null and tv is not None and tv[2] is not None and tv_composed is not None:
+        m_pi, m_null, m_j = _arr(tv[0]), _arr(tv[2]), _arr(tv_composed)
+        ok = np.isfinite(m_pi) & np.isfinite(m_null) & np.isfinite(m_j)
+        if ok.sum() >= th.min_seeds:
+            drifting = Interval(*t_ci(resolution.composed_share_max(m_pi[ok], m_null[ok], m_j[ok]), th.ci))
+    # a share: 1 excludes nothing (np.minimum keeps NaN, which Python's min(1.0, nan) turns into 1.0)
+    most, drifting = (Interval(*np.minimum(1.0, (i.mean, i.lo, i.hi)).tolist()) for i in (most, drifting))
     composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
@@ -298,11 +310,18 @@ def decide(
             )
         # where the joint-target policy is itself nearly a map (a product), holding it is no composition
         if code != COMPOSITION and most.hi < 1 and composed >= th.u_max:  # (NaN compares False: nothing said)
+            also = (
+                f"; at most {drifting.hi:.2f} for a rest that drifts as the null's does ({drifting})"
+                if np.isfinite(drifting.hi)
+                else ""
+            )
             why += (
                 f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
-                "a rest this map resolves as well as a sharpened p_pre)"
+                f"a rest this map resolves as well as a sharpened p_pre{also})"
             )
-        return Verdict(code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most)
+        return Verdict(
+            code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most, drifting
+        )
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     # what is left, said against the null where there is one (else as an absolute share, saying so)

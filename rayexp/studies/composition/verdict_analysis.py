@@ -68,6 +68,7 @@ SIGNALS = {
     "unexplained_planted_quarter": "classes/planted/quarter/unexplained",
     "unexplained_planted_composed": "classes/planted/composed/unexplained",
     "planted_defined": "classes/planted/defined",
+    "unexplained_tv_planted_composed": "classes/planted/composed/unexplained_tv",
     "composed_share_max": "classes/composed_share_max/post",
     "composed_share_max_ci_low": "classes/composed_share_max/post/ci_low",
     "composed_share_max_ci_high": "classes/composed_share_max/post/ci_high",
@@ -221,6 +222,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             u_composed=col["unexplained_planted_composed"],
             planted_defined=col["planted_defined"],
             share_max=col["composed_share_max"],
+            tv_composed=col["unexplained_tv_planted_composed"],
         )
         out.append((process, task, v, col))
     return out
@@ -251,7 +253,18 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             "reference": v.reference,
             **{
                 f"{k}{s}": getattr(getattr(v, k), a)
-                for k in ("u_rw", "u_el", "d_rw", "d_el", "margin", "spec", "shortfall", "below_bar", "share_max")
+                for k in (
+                    "u_rw",
+                    "u_el",
+                    "d_rw",
+                    "d_el",
+                    "margin",
+                    "spec",
+                    "shortfall",
+                    "below_bar",
+                    "share_max",
+                    "share_max_drift",
+                )
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
