@@ -174,7 +174,7 @@ def run_case(
         res = planted(stream, n_seq, seed, model_error, draw)
         v["below_bar"] = res["bar"] - v["u_rw"]  # both per held-out sequence: paired
         most = float(np.mean(resolution.composed_share_max(v["tv_rw"], res["tv_sharp"], res["tv_composed"])))
-        per["share_max"].append(float(np.minimum(1.0, most)))
+        per["share_max"].append(float(resolution.capped(most)))
         if most < case.share - 1e-9:
             premise = True  # the Bayes policy alone (no rest) leaves exactly what the bound's J does
             if case.rest is not None:  # the same fixed map the policy drew (a fresh generator, same draws)

@@ -233,7 +233,7 @@ class Scorer:
                     continue
                 _, lo, hi = bootstrap_ci(vals, seed=params.seed)
                 if key == "classes/composed_share_max":  # a share: 1 excludes nothing
-                    lo, hi = np.minimum(1.0, (lo, hi)).tolist()  # (NaN stays NaN, as min(1.0, nan) would not)
+                    lo, hi = resolution.capped((lo, hi)).tolist()
                 m |= {f"{key}/{name}/ci_low": lo, f"{key}/{name}/ci_high": hi}
         if readouts:
             m |= self.readouts("pretrained" if name == "pre" else name, v)
@@ -258,7 +258,7 @@ class Scorer:
                     v["share_max"] = resolution.composed_share_max(
                         fitted["tv_reweighting"], p["tv_sharp"], p["tv_composed"]
                     )
-                    m[f"classes/composed_share_max/{name}"] = float(np.minimum(1.0, _mean(v["share_max"])))  # 1: none
+                    m[f"classes/composed_share_max/{name}"] = float(resolution.capped(_mean(v["share_max"])))
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))

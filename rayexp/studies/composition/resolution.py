@@ -101,6 +101,12 @@ def planted_values(
     return out
 
 
+def capped(share):
+    """A share bound capped at 1 (1 excludes nothing), NaN kept: Python's ``min(1.0, nan)`` is 1.0, which
+    would read a missing bound as "nothing excluded"."""
+    return np.minimum(1.0, share)
+
+
 def composed_share_max(tv_policy: np.ndarray, tv_rest: np.ndarray, tv_composed: np.ndarray) -> np.ndarray:
     """Per unit (held-out sequence, or seed), linearised so that the mean is the ratio of the sums: the
     largest share ``a`` of a mixture ``a J + (1 - a) b`` consistent with what the map leaves of the policy

@@ -262,29 +262,26 @@ def decide(
         spec = context.get("spec", Interval())
     elif u_el_random is not None and np.isfinite(_arr(u_el_random)).any():
         spec = Interval(*t_ci(_arr(u_el_random) - u_el, th.ci))
-    short = Interval()
-    if n < th.min_seeds:
-        short = context.get("shortfall", Interval())
-    elif shortfall is not None and np.isfinite(_arr(shortfall)).any():
-        short = Interval(*t_ci(_arr(shortfall), th.ci))  # one finite seed: its value, no bounds
-    bar = Interval()
-    if n < th.min_seeds:
-        bar = context.get("below_bar", Interval())
-    elif below_bar is not None and np.isfinite(_arr(below_bar)).any():
-        bar = Interval(*t_ci(_arr(below_bar), th.ci))
-    most = Interval()
-    if n < th.min_seeds:
-        most = context.get("share_max", Interval())
-    elif share_max is not None and np.isfinite(_arr(share_max)).any():
-        most = Interval(*t_ci(_arr(share_max), th.ci))
+
+    def over_seeds(values, key: str) -> Interval:
+        """An optional per-seed signal's interval over seeds (one finite seed: its value, no bounds);
+        below ``min_seeds`` the trial's own interval ``context[key]``; absent: NaN."""
+        if n < th.min_seeds:
+            return context.get(key, Interval())
+        if values is not None and np.isfinite(_arr(values)).any():
+            return Interval(*t_ci(_arr(values), th.ci))
+        return Interval()
+
+    short = over_seeds(shortfall, "shortfall")
+    bar = over_seeds(below_bar, "below_bar")
+    most = over_seeds(share_max, "share_max")
     drifting = Interval()  # the rest leaves as much as the null's policy: PPO's drift, not a planted map
     if n >= th.min_seeds and have_null and tv is not None and tv[2] is not None and tv_composed is not None:
         m_pi, m_null, m_j = _arr(tv[0]), _arr(tv[2]), _arr(tv_composed)
         ok = np.isfinite(m_pi) & np.isfinite(m_null) & np.isfinite(m_j)
         if ok.sum() >= th.min_seeds:
             drifting = Interval(*t_ci(resolution.composed_share_max(m_pi[ok], m_null[ok], m_j[ok]), th.ci))
-    # a share: 1 excludes nothing (np.minimum keeps NaN, which Python's min(1.0, nan) turns into 1.0)
-    most, drifting = (Interval(*np.minimum(1.0, (i.mean, i.lo, i.hi)).tolist()) for i in (most, drifting))
+    most, drifting = (Interval(*resolution.capped((i.mean, i.lo, i.hi)).tolist()) for i in (most, drifting))
     composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
