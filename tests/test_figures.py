@@ -128,6 +128,14 @@ def test_probe_skill_figures_draw_0_and_say_what_below_it_means(tmp_path):
         _png_ok(figures.save_png(fig, tmp_path / "skill.png"))
 
 
+def _vline(ax, x: float, ls: str) -> bool:
+    """A vertical line down the axes at ``x`` (what axvline draws)."""
+    return any(
+        list(line.get_xdata()) == [x, x] and list(line.get_ydata()) == [0, 1] and line.get_linestyle() == ls
+        for line in ax.get_lines()
+    )
+
+
 def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
     from types import SimpleNamespace as NS
 
@@ -141,7 +149,8 @@ def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
     ]  # fmt: skip
     drawn = []
     monkeypatch.setattr(figures.plt, "close", drawn.append)
-    _png_ok(verdict_figure(runs, tmp_path / "verdict.png"))
+    verdicts = {("interleave(mess3,mess3)", "positive_control"): "composition"}
+    _png_ok(verdict_figure(runs, tmp_path / "verdict.png", verdicts))
     (fig,) = drawn
     th = Thresholds()
     want = {
@@ -158,5 +167,10 @@ def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
         if title in want:
             value = th.margin_min if "margin" in title else th.shortfall_min if "shortfall" in title else th.u_max
             value = 0.0 if "bar" in title else value
-            assert _zero_line(ax, value, "--")
+            assert _vline(ax, value, "--")
+    ax = fig.axes[0]
+    top_down = [t.get_text() for _, t in sorted(zip(ax.get_yticks(), ax.get_yticklabels()), key=lambda p: -p[0])]
+    # the first group on top; a group's label carries its verdict where the table has one
+    assert top_down == ["interleave(mess3,mess3)  negative_control",
+                        "interleave(mess3,mess3)  positive_control  \u2192 composition"]  # fmt: skip
     assert any("tol" in t.get_text() for t in fig.texts)

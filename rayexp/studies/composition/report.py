@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -79,25 +80,39 @@ VERDICT_SIGNALS = {
 }
 
 
+#: one colour per task across every panel, so a task reads as one colour down the figure
+TASK_COLORS = {"negative_control": "tab:blue", "positive_control": "tab:orange", "shuffled_null": "tab:gray"}
+
+
 def verdict_figure(
     runs: list,
     path: Path,
+    verdicts: dict[tuple[str, str], str] | None = None,
     u_max: float = Thresholds.u_max,
     margin_min: float = Thresholds.margin_min,
     shortfall_min: float = Thresholds.shortfall_min,
 ) -> Path:
-    """Each verdict signal per (process, task), controls side by side, every seed a point, with the rule's
-    thresholds where they apply to a trial's value: ``u_max`` on the unexplained shares of the two classes,
-    ``margin_min`` on the margin, 0 on the resolution bar minus the map's share (:mod:`.resolution`),
-    and ``shortfall_min`` on the reward shortfall of the map of p_pre (a
-    trial logged before that metric has no point there) (verdict.Thresholds' defaults; the rule applies them to the intervals
-    over seeds). ``tol`` is on the paired excess over the null, which no per-trial panel shows."""
+    """Each verdict signal per (process, task), one row per group with its verdict (``verdicts``, from the
+    verdict table) in its label, every seed a point, with the rule's thresholds where they apply to a
+    trial's value: ``u_max`` on the unexplained shares of the two classes, ``margin_min`` on the margin, 0
+    on the resolution bar minus the map's share (:mod:`.resolution`), and ``shortfall_min`` on the reward
+    shortfall of the map of p_pre (a trial logged before a metric has no point there) (verdict.Thresholds'
+    defaults; the rule applies them to the intervals over seeds). ``tol`` is on the paired excess over
+    the null, which no per-trial panel shows. Rows run down and panels share them, so a dozen groups
+    stay legible where tick labels under one row of panels overlapped."""
     import numpy as np
 
     from rayexp.figures import plt  # the Agg backend, set once there
 
     groups = sorted({(r.data.tags.get("rayexp.process", "?"), r.data.tags.get("rayexp.task", "?")) for r in runs})
-    fig, axes = plt.subplots(1, len(VERDICT_SIGNALS), figsize=(3.2 * len(VERDICT_SIGNALS), 4.0), squeeze=False)
+    verdicts = verdicts or {}
+    labels = [f"{p}  {t}" + (f"  \u2192 {verdicts[p, t]}" if (p, t) in verdicts else "") for p, t in groups]
+    rows = {g: len(groups) - 1 - i for i, g in enumerate(groups)}  # the first group on top
+    ncols = 3
+    nrows = -(-len(VERDICT_SIGNALS) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.0 * ncols + 3.0, (0.3 * len(groups) + 1.0) * nrows + 0.8), sharey=True, squeeze=False
+    )
     thresholds = {
         VERDICT_SIGNALS["unexplained by a map of p_pre"]: (u_max, "u_max"),
         VERDICT_SIGNALS["unexplained by a readout"]: (u_max, "u_max"),
@@ -105,31 +120,42 @@ def verdict_figure(
         VERDICT_SIGNALS["reward shortfall of the map of p_pre"]: (shortfall_min, "shortfall_min"),
         VERDICT_SIGNALS["resolution bar - u, map of p_pre"]: (0.0, "reweighting needs >"),
     }
-    for ax, (title, key) in zip(axes[0], VERDICT_SIGNALS.items()):
-        for i, g in enumerate(groups):
+    breaks = [rows[g] - 0.5 for g, nxt in itertools.pairwise(groups) if g[0] != nxt[0]]  # between processes
+    for ax, (title, key) in zip(axes.flat, VERDICT_SIGNALS.items()):
+        for g in groups:
             vals = [
                 r.data.metrics[key]
                 for r in runs
                 if (r.data.tags.get("rayexp.process"), r.data.tags.get("rayexp.task")) == g and key in r.data.metrics
             ]
-            ax.plot(i + np.linspace(-0.12, 0.12, len(vals)) if vals else [], vals, "o", alpha=0.7)
             if vals:
-                ax.plot([i - 0.25, i + 0.25], [np.mean(vals)] * 2, "k-")
-        ax.set_xticks(range(len(groups)), [f"{t}\n{p[:18]}" for p, t in groups], rotation=45, ha="right", fontsize=7)
+                jitter = np.linspace(-0.15, 0.15, len(vals))
+                ax.plot(vals, rows[g] + jitter, "o", ms=4, alpha=0.75, color=TASK_COLORS.get(g[1], "tab:purple"))
+                ax.plot([np.mean(vals)] * 2, [rows[g] - 0.3, rows[g] + 0.3], "k-", lw=1.2)
+        for y in breaks:
+            ax.axhline(y, color="0.75", lw=0.6)
         ax.set_title(title, fontsize=9)
-        ax.axhline(0, color="k", lw=0.4)
+        ax.axvline(0, color="k", lw=0.4)
+        ax.tick_params(axis="x", labelsize=7)
         if key in thresholds:
             value, name = thresholds[key]
-            ax.axhline(value, color="tab:red", ls="--", lw=1, label=f"{name} {value:g}")
+            ax.axvline(value, color="tab:red", ls="--", lw=1, label=f"{name} {value:g}")
             ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    for ax in axes.flat[len(VERDICT_SIGNALS) :]:
+        ax.set_visible(False)
+    axes[0, 0].set_yticks([rows[g] for g in groups], labels)
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0, 0].set_ylim(-0.6, len(groups) - 0.4)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.text(
         0.5,
-        0.01,
+        0.005,
         f"dashed: the rule's thresholds. explained needs the CI high over seeds of the unexplained share below "
         f"u_max {u_max:g} (and the paired excess over the null below tol); composition needs the margin's CI low "
-        f"above margin_min {margin_min:g} and the shortfall's above shortfall_min {shortfall_min:g}; reweighting also "
-        "needs the resolution bar's margin above 0 where the joint-target policy is visible to the map",
+        f"above margin_min {margin_min:g} and the shortfall's above shortfall_min {shortfall_min:g};\nreweighting "
+        "also needs the resolution bar's margin above 0 where the joint-target policy is visible to the map. "
+        "Points: seeds; black bars: means.",
         ha="center",
         va="bottom",
         fontsize=7,
@@ -147,7 +173,8 @@ def report_section(inp: ReportInput) -> None:
         if inp.out is not None:
             write_csv(verdicts, inp.out / "verdict.csv")
             print(f"table: {inp.out / 'verdict.csv'}", file=inp.file)
-            print(f"figure: {verdict_figure(inp.runs, inp.out / 'verdict_signals.png')}", file=inp.file)
+            labels = {(r["process"], r["task"]): r["verdict"] for r in verdicts if "verdict" in r}
+            print(f"figure: {verdict_figure(inp.runs, inp.out / 'verdict_signals.png', labels)}", file=inp.file)
     for name in pooled_tables(inp.uri, inp.parent):
         rows = verdict_rows(inp.uri, inp.parent, name)
         print_verdicts(rows, inp.file, title=f"{name} (this sweep's trials with another sweep's seeds)")
