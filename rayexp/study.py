@@ -4,7 +4,7 @@ A study is one research question (docs/design.md §4-5): its maths in small pure
 analyses (registered with :func:`rayexp.analysis.analysis` when the folder is imported), and a
 :class:`Study` entry named ``STUDY`` in the folder's ``__init__.py``. :mod:`rayexp.registry` finds
 every folder; the trial loop, the sweep driver, ``rayexp report`` and ``rayexp analyze`` name no
-study. Adding a study touches its folder, a sweep file and README.
+study. Adding a study touches its folder, a sweep file, README and its results file in docs/results/.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ over steps and sequences):
 Table and figure ``composition_curve``: the signals of :data:`.curve.CURVE` over the stored PPO checkpoints
 (iteration 0 = pre). Cost: 4 forward passes of ``n_seq`` x ``context`` tokens per model and stored
 checkpoint (`benchmarks/bench_verdict.py`). Rewards: ``next_token``, ``joint_target``; others raise. A
-shuffled-reward trial is scored against the reward it shuffled. Expected numbers: README.
+shuffled-reward trial is scored against the reward it shuffled. Expected numbers: docs/results/composition.md.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def report_geometry(uri: str, parent: str, out: Path | None, file=sys.stdout) ->
     tables = geometry_tables(uri, parent, out)
     if not any(tables.values()):
         return
-    print("\nbelief geometry (README, 'Belief geometry through RL'):\n" + format_table(compact(tables)), file=file)
+    print("\nbelief geometry (docs/results/geometry.md):\n" + format_table(compact(tables)), file=file)
     if rows := contrasts_at(tables):
         title = (
             "joint erasures after RL, share removed minus each reference, paired by seed (95 % t; "

@@ -94,7 +94,7 @@ Z1R pair when mixed with argmax p_pre; both were called reweighting under the ca
 the trial's own model, where a reweighting and a quarter composition fall, and asks the policy to be
 nearer the first; where the joint-target policy is itself nearly a map (products) there is nothing to
 resolve. The thresholds are parameters, checked on the known-answer battery
-(:mod:`.battery`, ``python -m rayexp.studies.composition.battery``) and on the PPO controls (README).
+(:mod:`.battery`, ``python -m rayexp.studies.composition.battery``) and on the PPO controls (docs/results/composition.md).
 """
 
 from __future__ import annotations

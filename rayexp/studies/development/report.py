@@ -205,7 +205,7 @@ def report_section(inp: ReportInput) -> None:
         }
         for t in trials
     ]
-    print("\ndevelopment: the LLC under PPO per trial (README, 'Development over training'):", file=inp.file)
+    print("\ndevelopment: the LLC under PPO per trial (docs/results/development.md):", file=inp.file)
     print(format_table(shown), file=inp.file)
     growth = print_growth(trials, tables, inp.file)
     if inp.out is not None:

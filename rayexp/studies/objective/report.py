@@ -77,7 +77,7 @@ def report_section(inp: ReportInput) -> None:
     rows = objective_rows(inp.parent_metrics)
     if not rows:
         return
-    print("\nobjectives: task vectors (README, 'Objectives in weight diffs'):", file=inp.file)
+    print("\nobjectives: task vectors (docs/results/objective.md):", file=inp.file)
     print(format_table(rows), file=inp.file)
     if inp.out is not None:
         write_csv(rows, inp.out / "task_vectors.csv")

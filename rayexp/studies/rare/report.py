@@ -140,7 +140,7 @@ def report_section(inp: ReportInput) -> None:
     rows = rare_rows(inp.runs, curves)
     if not rows:
         return
-    print("\nrare capabilities: mean [min, max] over seeds (README, 'Rare capabilities'):", file=inp.file)
+    print("\nrare capabilities: mean [min, max] over seeds (docs/results/rare.md):", file=inp.file)
     print(format_table(rows), file=inp.file)
     if inp.out is not None:
         write_csv(rows, inp.out / "rare.csv")

@@ -224,7 +224,7 @@ def report_section(inp: ReportInput) -> None:
     layers, steering = welfare_rows(runs)
     if not layers:
         return
-    print("\nwelfare: cos(v_R, v_P) per hook, mean [min, max] over seeds (README, 'Welfare'):", file=inp.file)
+    print("\nwelfare: cos(v_R, v_P) per hook, mean [min, max] over seeds (docs/results/welfare.md):", file=inp.file)
     print(format_table(layers), file=inp.file)
     print("\nsteering at the analysis's hook (slopes over alpha):", file=inp.file)
     print(format_table(steering), file=inp.file)
