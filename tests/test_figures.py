@@ -95,11 +95,12 @@ def test_weight_diff_heatmap_png(tmp_path):
     _png_ok(figures.save_png(fig, tmp_path / "heat.png"))
 
 
-def _zero_line(ax, y: float = 0.0, ls: str | None = None) -> bool:
-    """A horizontal line across the axes at ``y`` (what axhline draws)."""
+def _axis_line(ax, at: float = 0.0, ls: str | None = None, vertical: bool = False) -> bool:
+    """A line across the axes at ``at``: horizontal (what axhline draws) or ``vertical`` (axvline)."""
+    along, across = ([at, at], [0, 1]) if not vertical else ([0, 1], [at, at])
     return any(
-        list(line.get_ydata()) == [y, y]
-        and list(line.get_xdata()) == [0, 1]
+        list(line.get_ydata()) == along
+        and list(line.get_xdata()) == across
         and (ls is None or line.get_linestyle() == ls)
         for line in ax.get_lines()
     )
@@ -123,17 +124,9 @@ def test_probe_skill_figures_draw_0_and_say_what_below_it_means(tmp_path):
         figures.skill_by_layer(_table(0), _table(1), title="before vs after"),
         figures.skill_pre_post(["neg\nseed 0", "pos\nseed 0"], [0.5, 0.4], [-0.9, -2.45], "skill"),
     ):
-        assert _zero_line(fig.axes[0])
+        assert _axis_line(fig.axes[0])
         assert any("below 0 is worse than it" in t.get_text() and "random-init" in t.get_text() for t in fig.texts)
         _png_ok(figures.save_png(fig, tmp_path / "skill.png"))
-
-
-def _vline(ax, x: float, ls: str) -> bool:
-    """A vertical line down the axes at ``x`` (what axvline draws)."""
-    return any(
-        list(line.get_xdata()) == [x, x] and list(line.get_ydata()) == [0, 1] and line.get_linestyle() == ls
-        for line in ax.get_lines()
-    )
 
 
 def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
@@ -167,7 +160,7 @@ def test_verdict_signals_draw_the_rules_thresholds(tmp_path, monkeypatch):
         if title in want:
             value = th.margin_min if "margin" in title else th.shortfall_min if "shortfall" in title else th.u_max
             value = 0.0 if "bar" in title else value
-            assert _vline(ax, value, "--")
+            assert _axis_line(ax, value, "--", vertical=True)
     ax = fig.axes[0]
     top_down = [t.get_text() for _, t in sorted(zip(ax.get_yticks(), ax.get_yticklabels()), key=lambda p: -p[0])]
     # the first group on top; a group's label carries its verdict where the table has one
