@@ -155,7 +155,7 @@ CASES = (
 )
 
 #: planted cases the rule misses on this battery, each with "inconclusive" (never a confident wrong
-#: verdict; tests/test_detector.py holds both): a nonlinear map and a sharp argmax whose near-ties the
+#: verdict; tests/test_detector_battery.py holds both): a nonlinear map and a sharp argmax whose near-ties the
 #: fitted map of p_pre cannot resolve at the model's resolution (u 0.07-0.08 against the null's 0.01-0.03)
 KNOWN_MISSES = {
     ("product(mess3,mess3)", "nonlinear g(p_pre)"),
