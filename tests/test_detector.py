@@ -5,6 +5,7 @@ known-answer battery is in test_detector_battery.py."""
 import numpy as np
 import pytest
 from seed_draws import seeds
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from rayexp.stats import bootstrap_ci, t_ci
 from rayexp.studies.composition import classes, support
@@ -57,6 +58,30 @@ def test_unexplained_share_is_zero_for_a_perfect_fit_and_one_for_the_position_po
     base = classes.position_policy(p, train, test)
     assert np.allclose(classes.unexplained_values(p[test], p[test], base), 0.0)
     assert classes.unexplained_values(p[test], base, base).mean() == pytest.approx(1.0)
+
+
+def test_readout_fits_run_on_one_blas_thread_whatever_the_caller_allows(monkeypatch):
+    # numpy's and scipy's OpenBLAS pools spin against each other through L-BFGS (6x slower on 2 cores),
+    # and the fit's iterate depends on the pools' summation order: one thread, as in a Ray worker
+    import scipy.optimize  # noqa: F401  (loaded first, so the caller's limit below covers its pool too)
+
+    rng, _, feats, train, test = _planted(n=200)
+    pi = classes.softmax(feats[..., 4:] @ rng.normal(size=(2, 3)))
+    seen, real = [], classes._softmax_regression
+
+    def spy(*args):
+        seen.append(sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+        return real(*args)
+
+    monkeypatch.setattr(classes, "_softmax_regression", spy)
+    with threadpool_limits(limits=2, user_api="blas"):
+        caller = sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        fit = classes.readout_fit(feats, pi, train, test)
+        assert seen and all(threads == [1] * len(caller) for threads in seen), seen  # scipy's pool too
+        seen.clear()
+        same = classes.readout_fit(feats, pi, train, test, blas_threads=None)
+        assert seen and all(threads == caller for threads in seen)  # None: the caller's setting
+    assert fit.shape == (len(test), 3, 3) and np.allclose(fit.sum(-1), 1.0) and np.abs(fit - same).max() < 0.05
 
 
 # ------------------------------------------------------------------------------------ the rule

@@ -23,6 +23,7 @@ they do under KL (``kl_values`` is reported beside it).
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.ridge import ridge_fit
@@ -129,16 +130,27 @@ def readout_fit(
     test: np.ndarray,
     alpha: float = 1e-4,
     iters: int = 200,
+    blas_threads: int | None = 1,
 ) -> np.ndarray:
     """(n_test, L, A) the held-out prediction of ``pi`` (N, L, A) by a linear readout of ``feats``
     (N, L, D): softmax regression to the policy, one readout per position (features standardised on
-    the training sequences; ``alpha`` the L2 penalty of the standardised weights)."""
+    the training sequences; ``alpha`` the L2 penalty of the standardised weights).
+
+    ``blas_threads`` caps the BLAS pools during the fits (None: leave them as the caller set them).
+    numpy and scipy each ship an OpenBLAS with its own thread pool, and L-BFGS alternates between
+    them thousands of times: each pool's idle threads spin on the cores the other needs. Outside a
+    Ray worker (which runs on ``OMP_NUM_THREADS=1``) that made the composition analysis of one
+    quickstart trial 6x slower on 2 cores (benchmarks/bench_readout.py); one thread is also what a
+    trial computes with, so a fit gives the trial's numbers wherever it runs."""
+    import scipy.optimize  # noqa: F401  (loads scipy's OpenBLAS: the limit caps only libraries already loaded)
+
     X, Y = np.asarray(feats, dtype=np.float64), np.asarray(pi, dtype=np.float64)
     out = np.empty((len(test), *Y.shape[1:]))
-    for t in range(Y.shape[1]):
-        mu, sd = X[train, t].mean(0), X[train, t].std(0) + 1e-8
-        W, b = _softmax_regression((X[train, t] - mu) / sd, Y[train, t], alpha, iters)
-        out[:, t] = softmax(((X[test, t] - mu) / sd) @ W + b)
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        for t in range(Y.shape[1]):
+            mu, sd = X[train, t].mean(0), X[train, t].std(0) + 1e-8
+            W, b = _softmax_regression((X[train, t] - mu) / sd, Y[train, t], alpha, iters)
+            out[:, t] = softmax(((X[test, t] - mu) / sd) @ W + b)
     return out
 
 
