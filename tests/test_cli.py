@@ -184,6 +184,10 @@ def test_progress_eta():
     assert eta(0.0, 0, 10) == "0/10 trials"
     assert eta(100.0, 2, 10) == "2/10 trials, ETA 6m40s"  # 50 s a trial, 8 left
     assert eta(500.0, 10, 10) == "10/10 trials"
+    # the quickstart's first finish (96.7 s; trials 94.4 s): the other of the two is 94.2 s in, 53 s were left
+    assert eta(96.7, 1, 3) == "1/3 trials, ETA 3m13s"  # counting finished trials only
+    assert eta(96.7, 1, 3, [94.2], 94.4) == "1/3 trials, ETA 0m52s"  # 1.95 trials' work done, 1.05 left
+    assert eta(100.0, 2, 10, [25.0, 100.0], 50.0) == "2/10 trials, ETA 3m09s"  # 3.45 done: 29 s per trial
 
 
 def test_interrupted_summary_counts_each_trial_once():

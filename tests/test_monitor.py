@@ -38,6 +38,24 @@ def fake_trial(tmp_path, trial_id="t1", status="RUNNING", **sweep_extra):
     return NS(trial_id=trial_id, config=config, status=status, error_file=None)
 
 
+def test_a_finished_trials_eta_counts_the_trials_running_beside_it(tmp_path, capsys):
+    clock = Clock()
+    progress = monitor.Progress(total=3, clock=clock)
+    a, b, c = (fake_trial(tmp_path, trial_id=t) for t in ("a", "b", "c"))
+    progress.on_trial_start(0, [a, b], a)
+    progress.on_trial_start(0, [a, b], b)
+    clock.now = 94
+    a.status = "TERMINATED"
+    progress.on_trial_complete(0, [a, b, c], a)  # b has run 94 s too: nearly done, not a third of the work left
+    progress.on_trial_start(0, [a, b, c], c)
+    clock.now = 100
+    b.status = "TERMINATED"
+    progress.on_trial_complete(0, [a, b, c], b)  # c is 6 s into a trial of ~97 s
+    said = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if "finished" in line]
+    # 94 / 1.95 * 1.05 = 50.6 s (finished trials alone: 3m08s); 100 / 2.06 * 0.94 = 45.6 s (the same as alone)
+    assert said == ["finished (1/3 trials, ETA 0m50s)", "finished (2/3 trials, ETA 0m45s)"], said
+
+
 def test_progress_inside_long_stages_is_throttled_and_its_eta_restarts(tmp_path, capsys):
     clock = Clock()
     progress = monitor.Progress(total=1, every=10, clock=clock)
