@@ -1,6 +1,6 @@
 """The composition analysis's readout fits: one BLAS thread against the BLAS libraries' own threads.
 
-How to run:   python benchmarks/bench_readout.py [--repeats 3] [--d 320] [--positions 8]
+How to run:   python benchmarks/bench_readout.py [--repeats 3] [--d 320] [--positions 10]
 What to expect: one row per BLAS setting with the wall and CPU seconds of one ``readout_fit``
 (softmax regression per position by L-BFGS, the elicitation class's fit) on features of a
 quickstart trial's shape (1000 training and 1000 held-out sequences, all residual layers of the
@@ -55,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n", type=int, default=2000, help="sequences (half train, half held out)")
-    ap.add_argument("--positions", type=int, default=8)
+    ap.add_argument("--positions", type=int, default=10)
     ap.add_argument("--d", type=int, default=320, help="feature width (5 residual layers x d_model 64)")
     ap.add_argument("--actions", type=int, default=6)
     args = ap.parse_args()
