@@ -177,3 +177,17 @@ def test_the_pretraining_sweep_is_the_study_but_for_its_task_ppo_and_analyses():
         f["base"].pop("analyses")
         f["base"]["ppo"].pop("iterations", None), f["base"]["ppo"].pop("save_every", None)
     assert pre == full  # pretraining, model, process, seeds and the SGLD setting are the study's
+
+
+def test_the_redraw_sweep_is_the_study_but_for_its_tasks_seeds_and_pretraining():
+    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
+    redraw = yaml.safe_load((ROOT / "sweeps" / "development_redraw.yaml").read_text())
+    assert redraw.pop("experiment") != full.pop("experiment")  # its report pairs its own trials only
+    assert redraw.pop("tasks") == [t for t in full.pop("tasks") if t["reward"] == "joint_target"]
+    assert redraw["axes"].pop("grid") == {"seed": [0, 1, 2, 3, 4]}
+    full["axes"].pop("grid")
+    llc = next(a for a in redraw["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
+    assert llc["params"].pop("pretraining") is False
+    for key in ("name", "description"):
+        redraw.pop(key), full.pop(key)
+    assert redraw == full
