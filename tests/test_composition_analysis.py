@@ -316,3 +316,47 @@ def test_the_verdict_reads_each_trials_composed_share_bound():
     # with the null's mass as the rest's, paired by seed: (0.05 + m_null) / (0.5 + m_null) over the three
     assert row["share_max_drift"] == pytest.approx((0.15 + 0.75) / (1.5 + 0.75))
     assert f"at most {row['share_max_drift_hi']:.2f} for a rest that drifts" in row["reason"]
+
+
+def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():
+    keys = (
+        "classes/reweighting/unexplained/post",
+        "classes/elicitation/unexplained/post",
+        "margin_phase_greedy/post",
+        "classes/reweighting/below_bar/post",
+        "classes/planted/composed/unexplained",
+        "classes/reweighting/unexplained_tv/post",
+        "classes/elicitation/unexplained_tv/post",
+        "classes/planted/sharp/unexplained_tv",
+        "classes/resolution",
+    )
+
+    def trials(rows, task, reward="joint_target", null=False, model="pre"):
+        out = []
+        for s, r in enumerate(rows):
+            params = {"m": 3} if reward == "joint_target" else {}
+            t = FakeTrial(reward, params, stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null)
+            t.pretrain_key = f"{model}{s}"  # one pretrained model per seed, shared by the seed's tasks
+            out.append(t)
+        return out
+
+    res = (0.031, 0.027, 0.035)  # the resolution each seed's fit used: its model's error on one sample
+    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.24, 0.3, 0.01, r) for r in res], "null", null=True)
+    pos = trials([(0.95, 0.8, 0.9, -0.6, 0.9, m, 0.5, 0.01, r) for m, r in zip((0.55, 0.56, 0.58), res)], "pos")
+    neg_rows = [(0.09, 0.5, np.nan, 0.1, 0.9, m, 0.3, 0.01, r) for m, r in zip((0.05, 0.06, 0.055), res)]
+    table = verdict(null + pos + trials(neg_rows, "neg", "next_token"), VerdictParams()).tables["verdict"].to_pydict()
+    row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+    assert dict(zip(table["task"], table["verdict"]))["pos"] == "composition" and row["verdict"] == "reweighting"
+    want = (0.05 + 0.06 + 0.055 + 0.03) / (0.55 + 0.56 + 0.58 + 0.03)  # ratio of sums over the three seeds
+    assert row["share_max_learned"] == pytest.approx(want)
+    assert f"pos's learned composition at most {row['share_max_learned_hi']:.2f}" in row["reason"]
+    assert row["share_max_learned_drift"] == pytest.approx((0.165 + 0.72) / (1.69 + 0.72))
+    pos_row = {k: v[table["task"].index("pos")] for k, v in table.items()}
+    assert np.isnan(pos_row["share_max_learned"])  # its own policy is no bound on itself
+    # another pretrained model per seed (a sweep that pretrained again), or another sample: no pairing
+    for other in (trials(neg_rows, "neg", "next_token", model="other"),
+                  trials([r[:-1] + (r[-1] + 0.001,) for r in neg_rows], "neg", "next_token")):  # fmt: skip
+        table = verdict(null + pos + other, VerdictParams()).tables["verdict"].to_pydict()
+        row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+        assert row["verdict"] == "reweighting" and np.isnan(row["share_max_learned"]), row
+        assert "learned composition" not in row["reason"]

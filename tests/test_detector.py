@@ -350,3 +350,26 @@ def test_support_discovered_and_lost():
     assert support.support_discovered(pre, post)[0] == pytest.approx(0.8)
     assert support.support_lost(pre, post)[0] == pytest.approx(0.5)
     assert support.pre_prob_of_post_choice(pre, post)[0] == 0.0
+
+
+def test_a_reweighting_verdict_needs_the_map_to_earn_the_policys_reward():
+    # a policy acting as the soft (probability-matching) joint-target policy a quarter of the time leaves a
+    # map of p_pre little more mass than a sharp reweighting, below the bar: the battery's Mess3 interleaves
+    # called it reweighting, though its choices earn 0.45 of the composing margin beyond the map's
+    null_rw, null_el = seeds(0.6, seed=10), seeds(0.6, seed=11)
+    u_rw, u_el, margin = seeds(0.17), seeds(0.45, seed=1), seeds(0.45, seed=2)
+    kw = {"below_bar": seeds(0.07, seed=3), "u_composed": seeds(0.9, seed=4)}
+    v = decide(u_rw, u_el, margin, null_rw, null_el, **kw, shortfall=seeds(0.45, seed=5))
+    assert v.code == INCONCLUSIVE and "does not earn the policy's reward" in v.reason and v.shortfall.lo > 0.25
+    # a map that earns what the policy earns: reweighting, as before the test
+    v = decide(u_rw, u_el, margin, null_rw, null_el, **kw, shortfall=seeds(0.0, seed=5))
+    assert v.code == REWEIGHTING and "below the resolution bar" in v.reason
+    # undefined where one factor per phase is optimal (a next-token task): composing earns nothing there
+    v = decide(u_rw, u_el, margin, null_rw, null_el, **kw, shortfall=np.full(5, np.nan))
+    assert v.code == REWEIGHTING
+    # an interval that reaches the threshold is not "earned" either: the test needs its high end below it
+    v = decide(u_rw, u_el, margin, null_rw, null_el, **kw, shortfall=seeds(0.2, spread=0.1, seed=5))
+    assert v.shortfall.hi >= 0.25 and v.code == INCONCLUSIVE
+    # and the readout, the larger class, may still explain such a policy
+    v = decide(u_rw, seeds(0.1, seed=1), margin, null_rw, null_el, **kw, shortfall=seeds(0.45, seed=5))
+    assert v.code == ELICITATION

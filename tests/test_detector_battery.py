@@ -124,6 +124,17 @@ def test_a_quarter_composed_policy_is_not_a_reweighting_at_the_ppo_nulls_drift()
     assert r["verdict"] in case.expect and r["verdict"] != "reweighting", r
 
 
+def test_a_softly_composed_quarter_is_not_a_reweighting_and_its_own_bound_holds():
+    # a quarter of the joint-target policy at temperature 1 (its Bayes probabilities) over sharpened p_pre:
+    # under the bar, so the rule before the reward test called it reweighting on the Mess3 interleaves
+    case = next(c for c in battery.CASES if c.name == "soft beta=1 alpha=0.25")
+    r = battery.run_case(case, "interleave(mess3,mess3)", seeds=5, n_seq=600, null="drift")
+    assert float(r["u map"]) < float(r["bar"]) and float(r["shortfall"]) > 0.25, r
+    assert r["verdict"] == "inconclusive" and r["ok"] == "ok", r
+    # bounded with its own composed policy as J it is exact; with the Bayes policy it counts too little
+    assert r["bound_broken"] == 0 and r["share_max"] >= 0.25 - 1e-9 and r["share_max_bayes"] < 0.15, r
+
+
 def test_an_imperfect_model_errs_by_the_stated_amount_and_is_fitted_at_twice_it():
     from rayexp.studies.composition import battery_streams
 

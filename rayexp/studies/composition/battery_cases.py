@@ -11,7 +11,9 @@ Fixed maps are drawn once per ``--draw``, not per seed:
   right as composition or inconclusive for 0 < alpha < 1 (never a map of p_pre, never a readout);
 - drift: sharpened p_pre plus a reward-irrelevant random function of position and the last two tokens;
 - quarter-composed over other reweightings (argmax p_pre, g(p_pre)): the resolution bar's planted
-  mixture (:mod:`.resolution`) is over sharpened p_pre, so these are the mixtures it was not built from.
+  mixture (:mod:`.resolution`) is over sharpened p_pre, so these are the mixtures it was not built from;
+- soft compositions: the joint-target policy at temperature 1 and 1/2 instead of its argmax, mixed in a
+  quarter, half or all of the time, the compositions the bar's sharp planted policy was not built from.
 """
 
 from __future__ import annotations
@@ -58,13 +60,19 @@ def _bayes(s: Sample, g: np.random.Generator | None = None) -> np.ndarray:
     return resolution.onehot_argmax(s.P)
 
 
-def _graded(alpha: float, base: Policy | None = None) -> Policy:
-    """Acts as the Bayes joint-target policy with probability ``alpha`` and as the reweighting ``base``
-    otherwise (default: p_pre sharpened at 10, the resolution bar's own planted base)."""
+def _soft(beta: float) -> Policy:
+    """The joint-target policy at temperature 1 / ``beta``: softmax(beta log P); at 1 it plays each target with
+    its Bayes probability (probability matching), as a policy-gradient learner may before it sharpens."""
+    return lambda s, g=None: resolution.sharpen(s.P, beta)
+
+
+def _graded(alpha: float, base: Policy | None = None, composed: Policy = _bayes) -> Policy:
+    """Acts as ``composed`` (default: the Bayes joint-target policy) with probability ``alpha`` and as the
+    reweighting ``base`` otherwise (default: p_pre sharpened at 10, the resolution bar's own planted base)."""
 
     def policy(s: Sample, g: np.random.Generator) -> np.ndarray:
         rest = sharpen(s, 10.0) if base is None else base(s, g)
-        return alpha * _bayes(s) + (1 - alpha) * rest
+        return alpha * composed(s, g) + (1 - alpha) * rest
 
     return policy
 
@@ -86,6 +94,9 @@ class Case:
     # the mixture's rest, where it is one: the bound's premise (the map resolves it as well as the planted
     # sharp reweighting) is checked on it
     rest: Policy | None = None
+    # the composed policy the mixture is built from where it is not the Bayes one: the bound is checked with
+    # it as J (as a trial's bound against its pair's learned composition, :mod:`.learned_bound`)
+    composed: Policy | None = None
 
 
 INTERLEAVE = tuple(k for k in STREAMS if k.startswith("interleave"))
@@ -136,6 +147,22 @@ CASES = (
             ("argmax p_pre", lambda s, g: resolution.onehot_argmax(s.p_pre[..., s.act])),
             ("g(p_pre)", _nonlinear),
         )
+    ),
+    # composed softly: the Bayes policy's probabilities themselves (beta 1) or half-sharpened (beta 2), a quarter,
+    # half or all of the time. The bar and the Bayes bound count probability mass, and a quarter of a soft
+    # composition leaves a map little more than a sharp reweighting; the reward test keeps it from "reweighting"
+    *(
+        Case(
+            f"soft beta={b:g} alpha={a:g}",
+            _graded(a, composed=_soft(b)),
+            ("composition",) if a == 1 else ("composition", "inconclusive"),
+            INTERLEAVE,
+            share=a,
+            rest=lambda s, g: sharpen(s, 10.0),
+            composed=_soft(b),
+        )
+        for b in (1.0, 2.0)
+        for a in (0.25, 0.5, 1.0)
     ),
     # the drift reads the silent factor's last token x_t; a model whose error carries it outputs it, so
     # the drift is nearly a map of that model's p_pre (0.19 unexplained, the pretrained policy itself 0.21

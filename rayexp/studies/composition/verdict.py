@@ -32,15 +32,21 @@ over seeds, 95 %)::
     unexplained(class)  = CI_low(d) > tol
     from_pretraining    = CI_low(spec) > tol        generic = CI_high(spec) < tol
     resolved            = CI_low(below_bar) > 0  or  mean(u_composed) < u_max
-    reweighting    if explained(reweighting) and resolved
+    earned              = not CI_high(shortfall) >= shortfall_min   (the map earns the policy's reward)
+    reweighting    if explained(reweighting) and earned and resolved
     elicitation    elif explained(elicitation) and from_pretraining
     composition    elif unexplained(reweighting) and (unexplained(elicitation) or generic)
                         and CI_low(margin) > margin_min and CI_low(shortfall) > shortfall_min
     inconclusive   otherwise (the reason says which test failed)
 
 Without ``shortfall`` (trials that logged none) that test is skipped, and so is ``resolved`` without
-``below_bar`` (trials logged before it); the reason says so. A policy explained but not ``resolved`` is
-inconclusive unless the readout explains it (elicitation).
+``below_bar`` (trials logged before it); the reason says so. ``shortfall`` is also NaN where one factor
+per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
+explained but not ``earned`` or not ``resolved`` is inconclusive unless the readout explains it
+(elicitation). ``earned`` exists because the bar and the map's share count probability mass: a policy
+that acts as a *soft* joint-target policy (the Bayes probabilities themselves) a quarter of the time
+leaves a map of p_pre little more than a sharp reweighting does, and the battery's Mess3 interleaves
+called it reweighting, though its choices earned 0.45 of the composing margin beyond the map's.
 
 A policy that barely leaves its position-only policy (``kl_position``, the mean over seeds of its KL
 from that policy per step, below ``kl_still`` 0.05 nats) has little for either class to explain: a
@@ -66,35 +72,9 @@ With one seed the same rule runs on that trial's intervals over held-out context
 any, at its point value), and the reason says so: it tells how sure the signals are for this model,
 not across training runs.
 
-Why this rule. The classes are nested (a reweighting is also a readout of the features that make the
-outputs), so the verdict is the smallest class that explains the policy. Each test is a fit that
-*can* succeed: the earlier ridge map of p_pre could not represent sharp maps, so a planted argmax of
-group sums was called composition. Fits are judged within position, because position alone explains
-most of a pooled R^2. "Explained" is relative to the pair's own null, because PPO's drift leaves a
-share unexplained that no class should be charged with (and ``u_max`` keeps a drift-heavy null from
-excusing anything). ``u_max`` is 0.35, not 0.5: at the PPO nulls' drift (a map of p_pre leaves 0.55-0.77
-of their deviation) the battery's policy that acts composed a quarter of the time leaves 0.38-0.48 and
-was called reweighting at 0.5; every reweighting seen leaves less (planted ones at most 0.08 with an
-exact model and up to 0.27 with an imperfect one on the battery's replicate draws, the PPO negative
-controls' interval highs at most 0.263), so 0.35 makes that mixture inconclusive and changes no stored
-verdict (README); the margin to the nearest reweighting seen is 0.06-0.09, not wide. Composition must also earn its reward by both factors at one step: the margin
-is against the best per-phase single-factor policy, so an interleave policy that only takes turns is
-not composition. And it must earn that reward *beyond any map of p_pre*: a sharp map (an argmax of
-group sums on a product stream with many near-ties, where a fit at the model's resolution misses the
-choice but loses almost no reward) leaves policy mass unexplained without any reward to show for it;
-the known-answer battery found such a planted reweighting called composition before the shortfall
-test. The readout is held to the project's probe rule (docs/design.md §6 rule 2: a
-probe is evidence only against the same probe of a random-init network): elicitation claims the
-answer was in the *pretrained* features, so a readout that random-init features match, which on
-Mess3(0.05, 0.85) pairs reads the last tokens any network carries, shows nothing about pretraining
-and does not explain the policy away. Why the bar. The cap ``u_max`` is one number for every stream and model, but a share is not in the
-same units across them: a policy composed a quarter of the time leaves 0.37-0.48 on the battery's
-interleaves with an exact model, but 0.33 on Mess3 x Z1R with a model that errs by 0.03, and 0.32 on the
-Z1R pair when mixed with argmax p_pre; both were called reweighting under the cap. The bar measures, on
-the trial's own model, where a reweighting and a quarter composition fall, and asks the policy to be
-nearer the first; where the joint-target policy is itself nearly a map (products) there is nothing to
-resolve. The thresholds are parameters, checked on the known-answer battery
-(:mod:`.battery`, ``python -m rayexp.studies.composition.battery``) and on the PPO controls (docs/results/composition.md).
+Why each test, and what the battery or a PPO run showed before it was added: docs/design.md §4. The
+thresholds are parameters, checked on the known-answer battery (:mod:`.battery`) and on the PPO
+controls (docs/results/composition.md).
 """
 
 from __future__ import annotations
@@ -144,6 +124,10 @@ class Verdict:
     below_bar: Interval = Interval()  # the resolution bar minus u_rw: > 0 where nearer a planted reweighting
     share_max: Interval = Interval()  # the largest composed share a mixture can hold and leave what it leaves
     share_max_drift: Interval = Interval()  # the same for a rest that drifts as the null's policy does
+    # the same two bounds with the pair's own learned composition in place of the Bayes joint-target
+    # policy (:mod:`.learned_bound`)
+    share_max_learned: Interval = Interval()
+    share_max_learned_drift: Interval = Interval()
 
     @property
     def label(self) -> str:
@@ -164,6 +148,19 @@ class Thresholds:
 
 def _arr(x) -> np.ndarray:
     return np.atleast_1d(np.asarray(x, dtype=np.float64))
+
+
+def share_bound(m_pi, m_rest, m_composed, th: Thresholds) -> Interval:
+    """The composed-share bound (:func:`.resolution.composed_share_max`) per seed, over the seeds where all
+    three masses are finite, as a Student-t interval capped at 1; NaN with fewer than ``min_seeds``."""
+    if m_rest is None or m_composed is None:
+        return Interval()
+    m_pi, m_rest, m_composed = _arr(m_pi), _arr(m_rest), _arr(m_composed)
+    ok = np.isfinite(m_pi) & np.isfinite(m_rest) & np.isfinite(m_composed)
+    if ok.sum() < th.min_seeds:
+        return Interval()
+    i = t_ci(resolution.composed_share_max(m_pi[ok], m_rest[ok], m_composed[ok]), th.ci)
+    return Interval(*resolution.capped(i).tolist())
 
 
 def _null_score(u_rw_null, u_el_null, tv) -> float:
@@ -275,13 +272,11 @@ def decide(
     short = over_seeds(shortfall, "shortfall")
     bar = over_seeds(below_bar, "below_bar")
     most = over_seeds(share_max, "share_max")
-    drifting = Interval()  # the rest leaves as much as the null's policy: PPO's drift, not a planted map
-    if n >= th.min_seeds and have_null and tv is not None and tv[2] is not None and tv_composed is not None:
-        m_pi, m_null, m_j = _arr(tv[0]), _arr(tv[2]), _arr(tv_composed)
-        ok = np.isfinite(m_pi) & np.isfinite(m_null) & np.isfinite(m_j)
-        if ok.sum() >= th.min_seeds:
-            drifting = Interval(*t_ci(resolution.composed_share_max(m_pi[ok], m_null[ok], m_j[ok]), th.ci))
-    most, drifting = (Interval(*resolution.capped((i.mean, i.lo, i.hi)).tolist()) for i in (most, drifting))
+    most = Interval(*resolution.capped((most.mean, most.lo, most.hi)).tolist())
+    # a rest that leaves as much as the null's policy: PPO's drift, not a planted map (paired by seed)
+    drifting = Interval()
+    if n >= th.min_seeds and tv is not None and have_null:
+        drifting = share_bound(tv[0], tv[2], tv_composed, th)
     composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
@@ -323,10 +318,18 @@ def decide(
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     # what is left, said against the null where there is one (else as an absolute share, saying so)
     beyond = "beyond the null" if have_null else "unexplained (absolute, no null for this pair)"
-    near_bar = ""  # why a map that explains the policy is not enough: it leaves too much to tell
+    near_bar = ""  # why a map that explains the policy is not enough: it leaves too much to tell, or earns too little
+    # without bounds (one value: a trial logged before the metric's interval) the point value decides
+    bounded = np.isfinite(short.lo)
+    short_lo, short_hi = (short.lo, short.hi) if bounded else (short.mean, short.mean)
     if explained(d_rw, i_rw):
         why_rw = f"a map of p_pre leaves {i_rw} unexplained ({against}: {d_rw})"
-        if not (np.isfinite(bar.lo) and np.isfinite(composed)):
+        if short_hi >= th.shortfall_min:  # (NaN: one factor per phase is optimal, composing earns nothing)
+            near_bar = (
+                why_rw + f", but the fitted map does not earn the policy's reward (shortfall {short}, not shown "
+                f"below {th.shortfall_min:g}): a policy composed part of the time, softly, leaves little mass"
+            )
+        elif not (np.isfinite(bar.lo) and np.isfinite(composed)):
             no_target = planted_defined is not None and bool(np.all(_arr(planted_defined) == 0))
             why_not = (
                 "this stream has no joint target (one factor, or a mixture), so no resolution bar can be planted"
@@ -334,18 +337,19 @@ def decide(
                 else "no resolution bar logged"
             )
             return out(REWEIGHTING, why_rw + f"; {why_not}, not tested")
-        if composed < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
+        elif composed < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
             return out(
                 REWEIGHTING,
                 why_rw + f"; the joint-target policy itself leaves {composed:.2f} to such a map here (< u_max "
                 f"{th.u_max:g}): composition is not visible to the fit, the resolution bar does not apply",
             )
-        if bar.lo > 0:
+        elif bar.lo > 0:
             return out(REWEIGHTING, why_rw + f"; below the resolution bar by {bar}")
-        near_bar = (
-            why_rw + f", but not clearly below this model's resolution bar (bar - u {bar}): it is no nearer a planted "
-            f"sharp reweighting than a policy composed a quarter of the time"
-        )
+        else:
+            near_bar = (
+                why_rw + f", but not clearly below this model's resolution bar (bar - u {bar}): it is no nearer a "
+                f"planted sharp reweighting than a policy composed a quarter of the time"
+            )
     readout = f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})"
     if explained(d_el, i_el) and from_pretraining:
         control = f"; random-init features leave {spec} more" if has_control else ""
@@ -358,16 +362,13 @@ def decide(
             else (f"{d_el} beyond the null for a readout" if have_null else f"a readout leaves {d_el} {beyond}")
         )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
-            bounded = np.isfinite(short.lo)
-            # without bounds (one value: a trial logged before the metric's interval) the point value decides
-            low, high = (short.lo, short.hi) if bounded else (short.mean, short.mean)
-            if not np.isfinite(low):
+            if not np.isfinite(short_lo):
                 why_short = "; no reward shortfall logged, not tested"
-            elif low > th.shortfall_min:
+            elif short_lo > th.shortfall_min:
                 why_short = (
                     f"; reward beyond the map of p_pre {short if bounded else f'{short.mean:.2f} (no interval)'}"
                 )
-            elif high < th.shortfall_min:
+            elif short_hi < th.shortfall_min:
                 return out(
                     INCONCLUSIVE,
                     f"neither class explains it ({why_el}), but the fitted map of p_pre earns its reward "

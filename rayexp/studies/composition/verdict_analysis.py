@@ -30,10 +30,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from envs.rewards import make_reward
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
-from rayexp.studies.composition.verdict import Interval, Thresholds, decide
+from rayexp.studies.composition.learned_bound import learned_bound, same_fit
+from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
 
 #: table column -> key of the per-trial composition analysis
 SIGNALS = {
@@ -69,6 +71,8 @@ SIGNALS = {
     "unexplained_planted_composed": "classes/planted/composed/unexplained",
     "planted_defined": "classes/planted/defined",
     "unexplained_tv_planted_composed": "classes/planted/composed/unexplained_tv",
+    "unexplained_tv_planted_sharp": "classes/planted/sharp/unexplained_tv",
+    "resolution": "classes/resolution",
     "composed_share_max": "classes/composed_share_max/post",
     "composed_share_max_ci_low": "classes/composed_share_max/post/ci_low",
     "composed_share_max_ci_high": "classes/composed_share_max/post/ci_high",
@@ -150,6 +154,21 @@ def _is_null(artifacts) -> bool:
     return bool(artifacts.env_config.get("shuffle_reward"))
 
 
+def _fit_key(artifacts, signals: dict[str, float]) -> tuple:
+    """(model key, resolution, n_actions): what :func:`.learned_bound.same_fit` pairs trials by. The model is
+    the one the analysis read p_pre from (the trial's start, else its pretraining); None where unknown."""
+    key = getattr(artifacts, "start_key", None) or getattr(artifacts, "pretrain_key", None)
+    env = artifacts.env_config
+    try:
+        reward = make_reward(
+            env["reward"], artifacts.stream(), env.get("reward_params") or {}, env.get("action_tokens")
+        )
+        n_actions = len(reward.action_tokens)
+    except (KeyError, ValueError):  # a reward the composition analysis does not score either
+        n_actions = None
+    return key, signals["resolution"], n_actions
+
+
 def _context(t: dict[str, float]) -> dict[str, Interval]:
     def iv(col: str) -> Interval:
         return Interval(t[col], t[f"{col}_ci_low"], t[f"{col}_ci_high"])
@@ -181,15 +200,19 @@ def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str
 
 
 def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[str, np.ndarray]]]:
-    """(process, task, Verdict, per-seed signal columns) for each (process, task) of ``group``."""
+    """(process, task, Verdict, per-seed signal columns) for each (process, task) of ``group``; a pair with
+    a composition verdict states every other task's bound against that learned policy (:mod:`.learned_bound`)."""
     th = Thresholds(**params.model_dump(include=set(dataclasses.asdict(Thresholds()))))
     cells: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    fits: dict[tuple[str, str], dict[int, tuple]] = {}
     nulls: dict[str, dict[int, dict[str, float]]] = {}
     null_cells: set[tuple[str, str]] = set()
+    null_tv: dict[tuple[str, str], list[float] | None] = {}  # the null's mass per seed, paired with each task's
     for a in group:
         process, task = process_label(a.config["process"]), a.config["task"]["name"]
         signals = trial_signals(a, params.analysis)
         cells.setdefault((process, task), {})[_seed(a)] = signals
+        fits.setdefault((process, task), {})[_seed(a)] = _fit_key(a, signals)
         if _is_null(a):
             nulls.setdefault(process, {})[_seed(a)] = signals
             null_cells.add((process, task))
@@ -225,7 +248,25 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             tv_composed=col["unexplained_tv_planted_composed"],
         )
         out.append((process, task, v, col))
-    return out
+        null_tv[(process, task)] = tv[2]
+    return [_with_learned(row, out, cells, fits, null_tv, th) for row in out]
+
+
+def _with_learned(row, out, cells, fits, null_tv, th: Thresholds):
+    """``row`` with its bounds against its pair's learned composition: the first task (by name) of the same
+    process called composition, other than ``row``'s own, paired by seed where both fits are one."""
+    process, task, v, col = row
+    learned = [t for p, t, w, _ in out if p == process and t != task and w.code == COMPOSITION]
+    if not learned:
+        return row
+    seeds = sorted(cells[(process, task)])
+    ref, ref_fits, mine = cells[(process, learned[0])], fits[(process, learned[0])], fits[(process, task)]
+    tv_learned = [
+        ref[s]["unexplained_tv_reweighting"] if s in ref and same_fit(ref_fits[s], mine[s]) else np.nan for s in seeds
+    ]
+    m_pi, m_sharp = col["unexplained_tv_reweighting"], col["unexplained_tv_planted_sharp"]
+    v = learned_bound(v, m_pi, m_sharp, null_tv[(process, task)], tv_learned, learned[0], th)
+    return process, task, v, col
 
 
 @analysis("verdict", params=VerdictParams, scope="sweep")
@@ -264,6 +305,8 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
                     "below_bar",
                     "share_max",
                     "share_max_drift",
+                    "share_max_learned",
+                    "share_max_learned_drift",
                 )
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
