@@ -65,6 +65,7 @@ STUDY = Study(
                 "below_bar",
                 "share_max_hi",
                 "share_max_drift_hi",
+                "share_max_learned_hi",
                 "n_seeds",
                 "reason",
             ),

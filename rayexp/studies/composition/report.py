@@ -26,6 +26,7 @@ VERDICT_COLUMNS = (
     "below_bar",
     "share_max_hi",
     "share_max_drift_hi",
+    "share_max_learned_hi",
     "score",
     "score_ci_low",
     "score_ci_high",
