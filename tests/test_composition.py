@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from streams import INTERLEAVE, MESS3
 
 from envs import build_process
 from envs.rewards import make_reward
@@ -10,9 +11,6 @@ from rayexp.probes import split_sequences
 from rayexp.stats import ratio_values
 from rayexp.studies.composition import interaction as ia
 from rayexp.studies.composition import readout, reweighting, update
-
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
-INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from streams import INTERLEAVE
 
 from envs import build_process
 from envs.rewards import make_reward
@@ -16,9 +17,6 @@ from rayexp.studies.composition.composition_analysis import CompositionParams, S
 from rayexp.studies.composition.stream_setup import make_setup
 from rayexp.studies.composition.verdict import REWEIGHTING, decide
 from rayexp.studies.composition.verdict_analysis import SIGNALS, VerdictParams, verdict
-
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
-INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
 
 
 def oracle(hmm, logits_of_beliefs):

@@ -5,6 +5,7 @@ and its sweep summary on tiny trials: tests/test_geometry_summary.py)."""
 
 import numpy as np
 import pytest
+from streams import INTERLEAVE
 
 from envs import build_process
 from envs.rewards import make_reward
@@ -13,9 +14,6 @@ from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
 from rayexp.studies.composition.geometry_analysis import belief_targets, layer_geometry
 from rayexp.studies.composition.stream_setup import make_setup
-
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
-INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
 
 
 def _setup(n=600, seed=0):

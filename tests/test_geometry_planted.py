@@ -7,7 +7,8 @@ from one that does not (the must-say-no cases)."""
 import numpy as np
 import pytest
 import torch
-from test_geometry import INTERLEAVE, MESS3, _setup
+from streams import INTERLEAVE, MESS3
+from test_geometry import _setup
 
 from envs import build_process
 from envs.rewards import make_reward

@@ -4,13 +4,11 @@ task, and the compact report tables."""
 
 import numpy as np
 import pytest
+from streams import INTERLEAVE
 
 from envs import build_process
 from rayexp.studies.composition.geometry_analysis import GeometryParams, geometry
 from rayexp.studies.composition.geometry_summary import GeometrySummaryParams, geometry_summary
-
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
-INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
 
 
 class _Trial:

@@ -8,13 +8,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from streams import MESS3
 
 from envs import build_process, from_matrices, gym_env
 from envs.compose import gated
 from envs.gym_env import ActiveGatedEnv, SequenceEnv, SequenceVectorEnv, make_env
 from envs.processes import mess3, rrxor
 
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 RRXOR = {"name": "rrxor"}
 INTERLEAVE = {"name": "interleave", "factors": [MESS3, RRXOR]}
 MIXTURE = {"name": "mixture", "components": [MESS3, RRXOR]}

@@ -11,6 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers.vector import DictInfoToList
 from process_bruteforce import brute_beliefs, brute_prob
+from streams import MESS3
 
 from envs import build_process, from_matrices, gym_env
 from envs.gym_env import OutcomeEnv, OutcomeVectorEnv, SequenceEnv, action_tokens, make_env
@@ -18,7 +19,6 @@ from envs.outcome import NEUTRAL, PUNISHED, REWARDED, OutcomeTokens, decision_be
 from envs.processes import build, outcome
 from envs.rewards import make_reward
 
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 OUTCOME = {"name": "outcome", "base": MESS3}
 ENV = {"env": "outcome", "process": OUTCOME, "context": 16, "episode_len": 5}
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from streams import MESS3
 
 from envs.processes import build_process
 from rayexp.studies.rare.positions import rare_positions, trigger_rate
-
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
 
 
 def test_rare_token_emits_its_token_at_rate_eps_without_moving():

@@ -7,14 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from streams import INTERLEAVE, MESS3
 
 from envs import build_process
 from rayexp.probes import fit_and_score
 from rayexp.stats import paired_bootstrap_ci
 from rayexp.studies.composition import representation as rep
-
-MESS3 = {"name": "mess3", "x": 0.05, "a": 0.85}
-INTERLEAVE = {"name": "interleave", "factors": [MESS3, MESS3]}
 
 
 def _orthonormal_centred(n, k, rng):
