@@ -289,13 +289,19 @@ def test_analysis_modules_import_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+#: what the verdict's rule reads of each trial: the classes' shares, the margin and the resolution bar
+RULE_KEYS = (
+    "classes/reweighting/unexplained/post",
+    "classes/elicitation/unexplained/post",
+    "margin_phase_greedy/post",
+    "classes/reweighting/below_bar/post",
+    "classes/planted/composed/unexplained",
+)
+
+
 def test_the_verdict_reads_each_trials_composed_share_bound():
     keys = (
-        "classes/reweighting/unexplained/post",
-        "classes/elicitation/unexplained/post",
-        "margin_phase_greedy/post",
-        "classes/reweighting/below_bar/post",
-        "classes/planted/composed/unexplained",
+        *RULE_KEYS,
         "classes/composed_share_max/post",
         "classes/reweighting/unexplained_tv/post",
         "classes/elicitation/unexplained_tv/post",
@@ -318,11 +324,7 @@ def test_the_verdict_reads_each_trials_composed_share_bound():
 
 def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():
     keys = (
-        "classes/reweighting/unexplained/post",
-        "classes/elicitation/unexplained/post",
-        "margin_phase_greedy/post",
-        "classes/reweighting/below_bar/post",
-        "classes/planted/composed/unexplained",
+        *RULE_KEYS,
         "classes/reweighting/unexplained_tv/post",
         "classes/elicitation/unexplained_tv/post",
         "classes/planted/sharp/unexplained_tv",
