@@ -353,6 +353,12 @@ def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_sa
     assert row["share_max_learned_drift"] == pytest.approx((0.165 + 0.72) / (1.69 + 0.72))
     pos_row = {k: v[table["task"].index("pos")] for k, v in table.items()}
     assert np.isnan(pos_row["share_max_learned"])  # its own policy is no bound on itself
+    # a null called composition (on its absolute thresholds) is the detector failing, not a reference
+    composed_null = trials([(0.9, 0.8, 0.9, -0.6, 0.9, 0.5, 0.5, 0.01, r) for r in res], "null", null=True)
+    table = verdict(composed_null + trials(neg_rows, "neg", "next_token"), VerdictParams()).tables["verdict"]
+    table = table.to_pydict()
+    assert dict(zip(table["task"], table["verdict"]))["null"] == "composition"
+    assert np.isnan(table["share_max_learned"][table["task"].index("neg")])
     # another pretrained model per seed (a sweep that pretrained again), or another sample: no pairing
     for other in (trials(neg_rows, "neg", "next_token", model="other"),
                   trials([r[:-1] + (r[-1] + 0.001,) for r in neg_rows], "neg", "next_token")):  # fmt: skip

@@ -249,14 +249,16 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
         )
         out.append((process, task, v, col))
         null_tv[(process, task)] = tv[2]
-    return [_with_learned(row, out, cells, fits, null_tv, th) for row in out]
+    composing = [(p, t) for p, t, w, _ in out if w.code == COMPOSITION and (p, t) not in null_cells]
+    return [_with_learned(row, composing, cells, fits, null_tv, th) for row in out]
 
 
-def _with_learned(row, out, cells, fits, null_tv, th: Thresholds):
+def _with_learned(row, composing, cells, fits, null_tv, th: Thresholds):
     """``row`` with its bounds against its pair's learned composition: the first task (by name) of the same
-    process called composition, other than ``row``'s own, paired by seed where both fits are one."""
+    process called composition, other than ``row``'s own and never a null (a null called composition is the
+    detector's failure, not a composition to measure by), paired by seed where both fits are one."""
     process, task, v, col = row
-    learned = [t for p, t, w, _ in out if p == process and t != task and w.code == COMPOSITION]
+    learned = [t for p, t in composing if p == process and t != task]
     if not learned:
         return row
     seeds = sorted(cells[(process, task)])
