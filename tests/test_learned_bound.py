@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from seed_draws import seeds
 
-from rayexp.studies.composition import classes, resolution
+from rayexp.studies.composition import resolution
+from rayexp.studies.composition.battery import map_mass
 from rayexp.studies.composition.battery_streams import sample
 from rayexp.studies.composition.learned_bound import learned_bound, same_fit
 from rayexp.studies.composition.verdict import COMPOSITION, decide
@@ -60,11 +61,7 @@ def test_a_soft_composition_is_bounded_by_its_own_mass_and_not_by_the_bayes_poli
         resolution.sharpen(s.P, 1.0),
     )
 
-    def mass(pi):
-        fit = classes.reweighting_fit(s.p_pre, pi, s.train, s.test, s.resolution)
-        return classes.tv(pi[s.test], fit).mean(-1)
-
-    m_pi, m_sharp, m_soft, m_bayes = mass(0.25 * soft + 0.75 * sharp), mass(sharp), mass(soft), mass(bayes)
+    m_pi, m_sharp, m_soft, m_bayes = (map_mass(s, pi) for pi in (0.25 * soft + 0.75 * sharp, sharp, soft, bayes))
     own = resolution.composed_share_max(m_pi, m_sharp, m_soft).mean()
     assert own >= 0.25 - 1e-9  # exact: the map is linear in the policy
     assert resolution.composed_share_max(m_pi, m_sharp, m_bayes).mean() < 0.15  # the Bayes J counts too little

@@ -111,6 +111,13 @@ def planted(stream: str, n_seq: int, seed: int, model_error: float = 0.0, draw: 
     return resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
 
 
+def map_mass(s: Sample, pi: np.ndarray) -> np.ndarray:
+    """(n_test,): the probability mass per step that a map of p_pre, fitted at the sample's resolution as a
+    trial fits it, leaves of ``pi`` on each held-out sequence."""
+    fit = classes.reweighting_fit(s.p_pre, pi, s.train, s.test, s.resolution)
+    return classes.tv(pi[s.test], fit).mean(-1)
+
+
 def signals(s: Sample, pi: np.ndarray, control: bool = True) -> dict[str, np.ndarray]:
     """Per-sequence values the verdict reads: unexplained shares (held out), the per-phase margin and
     (``control``) what the readout of random-init features leaves unexplained."""
@@ -179,23 +186,15 @@ def run_case(
         bayes = float(np.mean(resolution.composed_share_max(v["tv_rw"], res["tv_sharp"], res["tv_composed"])))
         most = bayes
         if case.composed is not None:  # its own J, as a trial's bound against its pair's learned composition
-            composed = case.composed(s, np.random.default_rng(MAP_SEED + draw))
-            fit = classes.reweighting_fit(s.p_pre, composed, s.train, s.test, s.resolution)
-            most = float(
-                np.mean(
-                    resolution.composed_share_max(
-                        v["tv_rw"], res["tv_sharp"], classes.tv(composed[s.test], fit).mean(-1)
-                    )
-                )
-            )
+            tv_own = map_mass(s, case.composed(s, np.random.default_rng(MAP_SEED + draw)))
+            most = float(np.mean(resolution.composed_share_max(v["tv_rw"], res["tv_sharp"], tv_own)))
         per["share_max"].append(float(resolution.capped(most)))
         per["share_max_bayes"].append(float(resolution.capped(bayes)))
         if most < case.share - 1e-9:
             premise = True  # the Bayes policy alone (no rest) leaves exactly what the bound's J does
             if case.rest is not None:  # the same fixed map the policy drew (a fresh generator, same draws)
                 rest = case.rest(s, np.random.default_rng(MAP_SEED + draw))
-                fit = classes.reweighting_fit(s.p_pre, rest, s.train, s.test, s.resolution)
-                premise = classes.tv(rest[s.test], fit).mean() <= res["tv_sharp"].mean()
+                premise = map_mass(s, rest).mean() <= res["tv_sharp"].mean()
             broken, unsure = broken + premise, unsure + (not premise)
         per["below_bar"].append(float(np.mean(v["below_bar"])))
         per["bar"].append(float(np.mean(res["bar"])))
