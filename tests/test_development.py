@@ -191,3 +191,14 @@ def test_the_redraw_sweep_is_the_study_but_for_its_tasks_seeds_and_pretraining()
     for key in ("name", "description"):
         redraw.pop(key), full.pop(key)
     assert redraw == full
+
+
+def test_the_redraws_negative_arm_is_the_redraw_but_for_its_task():
+    redraw = yaml.safe_load((ROOT / "sweeps" / "development_redraw.yaml").read_text())
+    negative = yaml.safe_load((ROOT / "sweeps" / "development_redraw_negative.yaml").read_text())
+    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
+    assert negative.pop("tasks") == [t for t in full["tasks"] if t["reward"] == "next_token"]
+    redraw.pop("tasks")
+    for key in ("name", "description"):
+        negative.pop(key), redraw.pop(key)
+    assert negative == redraw  # the same experiment, seeds, pretraining and SGLD setting
