@@ -139,33 +139,44 @@ def test_an_arm_in_two_sweeps_is_named_and_counted_once():
     assert pos["seeds"] == 1 and pos["growth"].startswith(f"{470 / 140:.2f}")  # the first sweep's
 
 
-def test_the_null_arm_sweep_is_the_study_but_for_its_tasks_and_pretraining():
-    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
-    null = yaml.safe_load((ROOT / "sweeps" / "development_null.yaml").read_text())
-    assert null["experiment"] == full["experiment"]
-    assert null["tasks"] == [t for t in full["tasks"] if t.get("shuffle_reward")]
-    llc = next(a for a in null["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
+def _sweep(name: str) -> dict:
+    return yaml.safe_load((ROOT / "sweeps" / f"{name}.yaml").read_text())
+
+
+def _drop_pretraining_estimates(sweep: dict) -> None:
+    """Pops the llc analysis's ``pretraining: false``: an arm added to a study estimates its PPO checkpoints only."""
+    llc = next(a for a in sweep["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
     assert llc["params"].pop("pretraining") is False
-    for key in ("name", "description", "tasks"):
-        null.pop(key), full.pop(key)
-    assert null == full
+
+
+def _equal_but_names(a: dict, b: dict) -> bool:
+    """The two sweep files say the same but for their name and description."""
+    return {k: v for k, v in a.items() if k not in ("name", "description")} == {
+        k: v for k, v in b.items() if k not in ("name", "description")
+    }
+
+
+def test_the_null_arm_sweep_is_the_study_but_for_its_tasks_and_pretraining():
+    full = _sweep("development")
+    null = _sweep("development_null")
+    assert null["experiment"] == full["experiment"]
+    assert null.pop("tasks") == [t for t in full.pop("tasks") if t.get("shuffle_reward")]
+    _drop_pretraining_estimates(null)
+    assert _equal_but_names(null, full)
 
 
 def test_the_new_seeds_sweep_is_the_study_but_for_its_seeds_and_pretraining():
-    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
-    more = yaml.safe_load((ROOT / "sweeps" / "development_seeds.yaml").read_text())
+    full = _sweep("development")
+    more = _sweep("development_seeds")
     assert more["axes"].pop("grid") == {"seed": [3, 4]}
     assert not set(full["axes"].pop("grid")["seed"]) & {3, 4}  # independent seeds
-    llc = next(a for a in more["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
-    assert llc["params"].pop("pretraining") is False
-    for key in ("name", "description"):
-        more.pop(key), full.pop(key)
-    assert more == full
+    _drop_pretraining_estimates(more)
+    assert _equal_but_names(more, full)
 
 
 def test_the_pretraining_sweep_is_the_study_but_for_its_task_ppo_and_analyses():
-    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
-    pre = yaml.safe_load((ROOT / "sweeps" / "development_pretrain.yaml").read_text())
+    full = _sweep("development")
+    pre = _sweep("development_pretrain")
     assert pre["experiment"] != full["experiment"]  # its one-iteration trials never enter the study's report
     assert pre["tasks"] == full["tasks"][:1]
     assert [a["name"] for a in pre["base"]["analyses"]] == ["llc"]
@@ -180,25 +191,20 @@ def test_the_pretraining_sweep_is_the_study_but_for_its_task_ppo_and_analyses():
 
 
 def test_the_redraw_sweep_is_the_study_but_for_its_tasks_seeds_and_pretraining():
-    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
-    redraw = yaml.safe_load((ROOT / "sweeps" / "development_redraw.yaml").read_text())
+    full = _sweep("development")
+    redraw = _sweep("development_redraw")
     assert redraw.pop("experiment") != full.pop("experiment")  # its report pairs its own trials only
     assert redraw.pop("tasks") == [t for t in full.pop("tasks") if t["reward"] == "joint_target"]
     assert redraw["axes"].pop("grid") == {"seed": [0, 1, 2, 3, 4]}
     full["axes"].pop("grid")
-    llc = next(a for a in redraw["base"]["analyses"] if isinstance(a, dict) and a["name"] == "llc")
-    assert llc["params"].pop("pretraining") is False
-    for key in ("name", "description"):
-        redraw.pop(key), full.pop(key)
-    assert redraw == full
+    _drop_pretraining_estimates(redraw)
+    assert _equal_but_names(redraw, full)
 
 
 def test_the_redraws_negative_arm_is_the_redraw_but_for_its_task():
-    redraw = yaml.safe_load((ROOT / "sweeps" / "development_redraw.yaml").read_text())
-    negative = yaml.safe_load((ROOT / "sweeps" / "development_redraw_negative.yaml").read_text())
-    full = yaml.safe_load((ROOT / "sweeps" / "development.yaml").read_text())
+    redraw = _sweep("development_redraw")
+    negative = _sweep("development_redraw_negative")
+    full = _sweep("development")
     assert negative.pop("tasks") == [t for t in full["tasks"] if t["reward"] == "next_token"]
     redraw.pop("tasks")
-    for key in ("name", "description"):
-        negative.pop(key), redraw.pop(key)
-    assert negative == redraw  # the same experiment, seeds, pretraining and SGLD setting
+    assert _equal_but_names(negative, redraw)  # the same experiment, seeds, pretraining and SGLD setting
