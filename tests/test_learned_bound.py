@@ -1,6 +1,8 @@
 """The composed-share bound against a pair's learned composition: which trials it pairs, its value, and
 the planted case it exists for (a soft composition the Bayes bound counts too little of)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from seed_draws import seeds
@@ -47,7 +49,7 @@ def test_the_bound_against_the_learned_policy_is_stated_and_decides_nothing():
     # without a paired learned policy on enough seeds: the verdict as it was
     assert learned_bound(v, m_pi, m_sharp, m_null, [np.nan] * 4 + [0.5], "positive_control") == v
     # a composition verdict keeps its reason (its share is its claim), with the numbers on the record
-    comp = learned_bound(v.__class__(**{**v.__dict__, "code": COMPOSITION}), m_pi, m_sharp, m_null, m_learned, "p")
+    comp = learned_bound(dataclasses.replace(v, code=COMPOSITION), m_pi, m_sharp, m_null, m_learned, "p")
     assert comp.reason == v.reason and np.isfinite(comp.share_max_learned.mean)
 
 

@@ -204,7 +204,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
     a composition verdict states every other task's bound against that learned policy (:mod:`.learned_bound`)."""
     th = Thresholds(**params.model_dump(include=set(dataclasses.asdict(Thresholds()))))
     cells: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
-    fits: dict[tuple[str, str], dict[int, tuple]] = {}
+    trials: dict[tuple[str, str], dict[int, object]] = {}  # the artifacts, for the learned bound's pairing
     nulls: dict[str, dict[int, dict[str, float]]] = {}
     null_cells: set[tuple[str, str]] = set()
     null_tv: dict[tuple[str, str], list[float] | None] = {}  # the null's mass per seed, paired with each task's
@@ -212,7 +212,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
         process, task = process_label(a.config["process"]), a.config["task"]["name"]
         signals = trial_signals(a, params.analysis)
         cells.setdefault((process, task), {})[_seed(a)] = signals
-        fits.setdefault((process, task), {})[_seed(a)] = _fit_key(a, signals)
+        trials.setdefault((process, task), {})[_seed(a)] = a
         if _is_null(a):
             nulls.setdefault(process, {})[_seed(a)] = signals
             null_cells.add((process, task))
@@ -250,10 +250,10 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
         out.append((process, task, v, col))
         null_tv[(process, task)] = tv[2]
     composing = [(p, t) for p, t, w, _ in out if w.code == COMPOSITION and (p, t) not in null_cells]
-    return [_with_learned(row, composing, cells, fits, null_tv, th) for row in out]
+    return [_with_learned(row, composing, cells, trials, null_tv, th) for row in out]
 
 
-def _with_learned(row, composing, cells, fits, null_tv, th: Thresholds):
+def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds):
     """``row`` with its bounds against its pair's learned composition: the first task (by name) of the same
     process called composition, other than ``row``'s own and never a null (a null called composition is the
     detector's failure, not a composition to measure by), paired by seed where both fits are one."""
@@ -262,10 +262,14 @@ def _with_learned(row, composing, cells, fits, null_tv, th: Thresholds):
     if not learned:
         return row
     seeds = sorted(cells[(process, task)])
-    ref, ref_fits, mine = cells[(process, learned[0])], fits[(process, learned[0])], fits[(process, task)]
-    tv_learned = [
-        ref[s]["unexplained_tv_reweighting"] if s in ref and same_fit(ref_fits[s], mine[s]) else np.nan for s in seeds
-    ]
+    ref, mine = (process, learned[0]), (process, task)
+
+    def paired(s: int) -> bool:  # built only here: a pair with no composition verdict never builds its stream
+        return s in cells[ref] and same_fit(
+            _fit_key(trials[ref][s], cells[ref][s]), _fit_key(trials[mine][s], cells[mine][s])
+        )
+
+    tv_learned = [cells[ref][s]["unexplained_tv_reweighting"] if paired(s) else np.nan for s in seeds]
     m_pi, m_sharp = col["unexplained_tv_reweighting"], col["unexplained_tv_planted_sharp"]
     v = learned_bound(v, m_pi, m_sharp, null_tv[(process, task)], tv_learned, learned[0], th)
     return process, task, v, col
