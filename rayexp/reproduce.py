@@ -24,6 +24,12 @@ What to expect (criteria of issue 3; the summary reports the real numbers either
 ``--precision fp32`` gives README's fp32 rows on a CPU with bf16 units, where ``auto`` trains in bf16;
 ``summary.json`` records the precision the run resolved.
 
+``--seeds N`` runs seeds ``--seed`` ... ``--seed + N - 1``, each into ``OUT/seed{k}``, and writes
+``OUT/spread.json``: every headline skill over the seeds (mean, Student-t 95 % interval, each seed's
+value), concat minus final paired by seed (with the exact sign-flip p), the loss gap, and how many seeds
+met the criterion. One seed's bootstrap interval covers the probe's sampling error only; how far another
+pretraining seed moves a number is this spread (:func:`spread`).
+
 ``--steps`` / ``--n-seq`` shrink a run for smoke tests.
 """
 
@@ -45,6 +51,7 @@ from models.checkpoint import load_checkpoint
 from models.pretrain import PretrainConfig, pretrain
 from models.transformer import TransformerConfig
 from rayexp import figures, probes
+from rayexp.stats import sign_flip_p, t_ci
 
 MESS3_MODEL = TransformerConfig(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256, n_ctx=10, d_vocab=3)
 
@@ -199,6 +206,51 @@ def run(
     return summary
 
 
+def spread(summaries: list[dict]) -> dict:
+    """Seed-to-seed spread of one experiment's runs (their ``summary.json`` dicts, one per pretraining
+    seed): per target and hook the skill's mean with a Student-t 95 % interval over seeds and each seed's
+    value; ``concat - final`` paired by seed with the exact sign-flip p (RRXOR's published finding is that
+    it is positive); the loss gap the same way; and how many seeds met the acceptance criterion."""
+    if not summaries or len({s["experiment"] for s in summaries}) != 1:
+        raise ValueError("spread needs one experiment's runs, at least one")
+
+    def over(values: list[float]) -> dict:
+        mean, lo, hi = t_ci(values)
+        return {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": [float(v) for v in values]}
+
+    targets = {}
+    for target in summaries[0]["targets"]:
+        rows = [s["targets"][target] for s in summaries]
+        targets[target] = {hook: over([r[hook]["skill"] for r in rows]) for hook in rows[0]}
+        diff = [r["concat"]["skill"] - r["final"]["skill"] for r in rows]
+        targets[target]["concat_minus_final"] = over(diff) | {"sign_flip_p": sign_flip_p(diff)}
+    return {
+        "experiment": summaries[0]["experiment"],
+        "seeds": [s["pretrain"]["seed"] for s in summaries],
+        "precision": sorted({s["pretrain"]["precision"] for s in summaries}),
+        "criterion": summaries[0]["criterion"],
+        "passed": sum(bool(s["passed"]) for s in summaries),
+        "loss_gap": over([float("nan") if s["loss_gap"] is None else s["loss_gap"] for s in summaries]),
+        "targets": targets,
+        "wall_s": sum(s["wall_s"]["total"] for s in summaries),
+    }
+
+
+def _print_spread(sp: dict) -> None:
+    n = len(sp["seeds"])
+    print(f"{sp['experiment']} over {n} pretraining seeds {sp['seeds']} ({'/'.join(sp['precision'])}):")
+    print(f"  criterion met on {sp['passed']}/{n} seeds: {sp['criterion']}")
+    gap = sp["loss_gap"]
+    print(f"  loss gap {gap['mean']:.4f} nats/token [{gap['ci_low']:.4f}, {gap['ci_high']:.4f}]")
+    for target, hooks in sp["targets"].items():
+        for hook, v in hooks.items():
+            p = f"  sign-flip p {v['sign_flip_p']:.3f}" if "sign_flip_p" in v else ""
+            each = ", ".join(f"{x:.3f}" for x in v["per_seed"])
+            print(
+                f"  {target:8s} {hook:18s} skill {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]{p}  ({each})"
+            )
+
+
 def _print(summary: dict) -> None:
     print(
         f"{summary['experiment']}: {summary['process']}  loss gap {summary['loss_gap']:.4f} nats/token, "
@@ -223,23 +275,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-seq", type=int, default=None, help="override the number of probe sequences")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, data and probe split")
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run N pretraining seeds (--seed ... --seed+N-1) into OUT/seed{k} and write their spread to "
+        "OUT/spread.json (default 1: one run into OUT)",
+    )
+    parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
         help="pretraining precision; auto = bf16 where the CPU or GPU has bf16 matrix units (README's fp32 rows: fp32)",
     )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     command = "python -m rayexp.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary = run(
-        args.experiment,
-        args.out,
-        steps=args.steps,
-        n_seq=args.n_seq,
-        seed=args.seed,
-        command=command,
-        precision=args.precision,
-    )
-    _print(summary)
+    seeds = range(args.seed, args.seed + args.seeds)
+    summaries = []
+    for k in seeds:
+        out = args.out if args.seeds == 1 else args.out / f"seed{k}"
+        if args.seeds > 1:
+            print(f"seed {k} ({k - args.seed + 1}/{args.seeds}) -> {out}", flush=True)
+        summaries.append(
+            run(
+                args.experiment,
+                out,
+                steps=args.steps,
+                n_seq=args.n_seq,
+                seed=k,
+                command=command,
+                precision=args.precision,
+            )
+        )
+        _print(summaries[-1])
+    if args.seeds > 1:
+        sp = spread(summaries) | {"command": command}
+        (args.out / "spread.json").write_text(json.dumps(sp, indent=2, default=float))
+        _print_spread(sp)
     return 0
 
 
