@@ -110,3 +110,24 @@ def test_rare_trial_logs_trigger_rate_reward_and_b_probes(golden_sweep):
     c = tracking.client(g.uri)
     (run,) = trial_runs(g.uri, g.experiment)
     assert "rare_curve.png" in {a.path for a in c.list_artifacts(run.info.run_id)}
+
+
+def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
+    """``python -m rayexp.studies.composition.direction --runs``: each stored trial's projections, on the
+    composition analysis' own sequences, one row per (process, task)."""
+    from rayexp.artifacts import find_trials
+    from rayexp.studies.composition import direction
+
+    g = golden_sweep("composition")
+    root = str(g.dir / "results")
+    trials = find_trials(root, g.experiment)
+    assert len(trials) == 3
+    for t in trials:
+        v = direction.trial_projection(t, n_seq=60)
+        assert set(v) == {"pre", "post", "sharp"} and all(np.isfinite(x) for x in v.values()), v
+    assert direction.main(["--runs", f"{root}:{g.experiment}"]) == 0
+    out = capsys.readouterr().out
+    for task in ("negative_control", "positive_control", "shuffled_null"):
+        assert task in out
+    with pytest.raises(SystemExit):
+        direction.main(["--runs", g.experiment])  # no storage
