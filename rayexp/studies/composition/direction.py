@@ -17,14 +17,16 @@ exactly ``a`` wherever the map resolves the rest (``r_b = 0``), whatever the res
 joint target's Bayes probabilities (temperature 1), a policy that plays them ``a`` of the time scores
 ``a``, and a sharper composition more (the Bayes argmax scores 1.1-2.9 on the battery's interleaves).
 
-Why the verdict does not use it: the rest's term. Run on the battery's planted policies (the command
-below, seeds 0-2, 600 sequences), with an exact model every planted reweighting projects 0.000 and the
-soft quarter 0.250, as derived. With a model that errs by 0.03 (its error carries every factor's belief,
-as a real model's can) sharpened p_pre and its argmax project -0.20 to +0.06, and the drift null (a
-random function of the last two tokens, which the joint target also reads) -0.26 to +0.34, against 0.11 to
-0.29 for the soft quarter: a planted policy that must come out "no" reaches further than the composition
-the measure was meant to see. A PPO negative control's rest is such a drift on such a model. The table is
-in docs/results/composition.md.
+Why the verdict does not use it: the rest's term. On the battery's planted policies (the command
+below, seeds 0-2, 600 sequences; min to max over seeds), with an exact model every planted reweighting
+projects 0.000 (within 0.002) and the soft quarter 0.250, as derived, but the planted drift (sharpened
+p_pre plus a random function of the last two tokens, which the joint target reads too) already projects
+-0.18 to +0.09. With a model that errs by 0.03 (its error carries every factor's belief, as a real
+model's can) sharpened p_pre and its argmax project -0.21 to +0.07 and the drift null -0.30 to +0.37,
+against 0.11 to 0.30 for the soft quarter: planted policies that must come out "no" reach further than
+the composition the measure was meant to see, and a PPO negative control's rest is a drift. A linear
+readout of both factors' beliefs (elicitation) projects up to 0.54 as well. The tables are in
+docs/results/composition.md.
 
 How to run: ``python -m rayexp.studies.composition.direction [--model-error E] [--seeds 3] [--n-seq 600]
 [--draw D]``: one row per (interleave, planted policy of :mod:`.battery_cases`, and the drift null).
