@@ -42,11 +42,16 @@ import sys
 
 import numpy as np
 
+from envs.rewards import make_reward
+from rayexp.artifacts import find_trials
+from rayexp.specs import process_label
 from rayexp.stats import ratio_values, t_ci
 from rayexp.studies.composition import classes, resolution
 from rayexp.studies.composition.battery import MAP_SEED, NULLS
 from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE
 from rayexp.studies.composition.battery_streams import Sample, sample
+from rayexp.studies.composition.composition_analysis import model_forward
+from rayexp.studies.composition.stream_setup import make_setup
 from rayexp.tables import format_table
 
 DRIFT_NULL = "drift null"
@@ -74,10 +79,6 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     reweighting (p_pre sharpened at :data:`.resolution.BETA` on its actions), on the sequences and split
     the composition analysis draws (``n_seq``, ``seed``: its defaults), at the resolution it fits;
     NaN where the stream has no joint target."""
-    from envs.rewards import make_reward
-    from rayexp.studies.composition.composition_analysis import _probs, model_forward
-    from rayexp.studies.composition.stream_setup import make_setup
-
     env = artifacts.env_config
     reward = make_reward(env["reward"], artifacts.stream(), env.get("reward_params") or {}, env.get("action_tokens"))
     length = min(int(env["context"]), int(env.get("episode_len") or env["context"]))
@@ -85,10 +86,10 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     if s.P_joint is None:
         return {"pre": float("nan"), "post": float("nan"), "sharp": float("nan")}
     act = reward.action_tokens
-    p_pre = _probs(model_forward(artifacts.model_before())(s.tokens, False)[0])
+    p_pre = classes.softmax(model_forward(artifacts.model_before())(s.tokens, False)[0])
     res = classes.resolution_of(p_pre, s.p_next)
     r_j = residual(p_pre, s.P_joint, s.train, s.test, res)
-    post = _probs(model_forward(artifacts.model_after())(s.tokens, False)[0][..., act])
+    post = classes.softmax(model_forward(artifacts.model_after())(s.tokens, False)[0][..., act])
     policies = {"pre": p_pre[..., act] / p_pre[..., act].sum(-1, keepdims=True), "post": post}
     policies["sharp"] = resolution.sharpen(p_pre[..., act], resolution.BETA)
     return {k: float(projection(residual(p_pre, pi, s.train, s.test, res), r_j).mean()) for k, pi in policies.items()}
@@ -97,9 +98,6 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
 def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
     """Per (process, task) of stored trials: the post-RL projection over seeds (Student-t 95 %) and the
     planted sharp reweighting's on the same models."""
-    from rayexp.artifacts import find_trials
-    from rayexp.specs import process_label
-
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for sweep in sweeps:
         for t in find_trials(storage, sweep):
