@@ -245,10 +245,9 @@ def _print_spread(sp: dict) -> None:
     for target, hooks in sp["targets"].items():
         for hook, v in hooks.items():
             p = f"  sign-flip p {v['sign_flip_p']:.3f}" if "sign_flip_p" in v else ""
+            what = "skill, concat - final" if hook == "concat_minus_final" else f"{hook:8s} skill"
             each = ", ".join(f"{x:.3f}" for x in v["per_seed"])
-            print(
-                f"  {target:8s} {hook:18s} skill {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]{p}  ({each})"
-            )
+            print(f"  {target:8s} {what} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]{p}  ({each})")
 
 
 def _print(summary: dict) -> None:
