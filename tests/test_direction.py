@@ -1,16 +1,17 @@
-"""The direction of what a map of p_pre leaves (:mod:`rayexp.studies.composition.direction`): exact for a
-mixture over a rest the map resolves, and (why the verdict does not use it) biased by a leaky model's
-sharpened p_pre by as much as the soft composition it was meant to see."""
+"""The direction of what a map of p_pre leaves (:mod:`rayexp.studies.composition.projection`, run by
+:mod:`rayexp.studies.composition.direction`): exact for a mixture over a rest the map resolves; as a
+measure biased by a leaky model's sharpened p_pre by as much as the soft composition it was meant to
+see; as a bound on the composed share never below it where its premise on the rest's size holds."""
 
 import numpy as np
 import pytest
 
-from rayexp.studies.composition import direction, resolution
+from rayexp.studies.composition import direction, projection, resolution
 from rayexp.studies.composition.battery_streams import sample
 
 
 def _proj(s, pi, r_j):
-    return float(direction.projection(direction.sample_residual(s, pi), r_j).mean())
+    return float(projection.projection(direction.sample_residual(s, pi), r_j).mean())
 
 
 def test_projection_of_a_soft_mixture_over_a_mapped_rest_is_its_share():
@@ -29,8 +30,8 @@ def test_projection_is_linear_in_the_residual():
     g = np.random.default_rng(0)
     r_j, r_b = g.normal(size=(2, 30, 10, 3))
     a = 0.3
-    mixed = direction.projection(a * r_j + (1 - a) * r_b, r_j).mean()
-    assert mixed == pytest.approx(a + (1 - a) * direction.projection(r_b, r_j).mean())
+    mixed = projection.projection(a * r_j + (1 - a) * r_b, r_j).mean()
+    assert mixed == pytest.approx(a + (1 - a) * projection.projection(r_b, r_j).mean())
 
 
 def test_a_leaky_models_sharpened_p_pre_projects_as_far_as_a_soft_quarter():
@@ -52,3 +53,53 @@ def test_must_say_no_is_the_reweightings_and_drifts():
     assert direction.must_say_no(direction.DRIFT_NULL) and direction.must_say_no("drift: p_pre + f(t, x_t-1, x_t)")
     for name in ("soft beta=1 alpha=0.25", "graded alpha=0.5", "Bayes joint target", "readout of features"):
         assert not direction.must_say_no(name)
+
+
+def test_the_bound_is_never_below_the_share_for_a_rest_no_larger_than_its_premise():
+    g = np.random.default_rng(1)
+    refuted = 0
+    for _ in range(300):
+        r_j, r_b = g.normal(size=(2, 20, 10, 3)) * g.uniform(0.1, 3, size=(2, 1, 1, 1))
+        a = g.uniform(0, 1)
+        r_pi = a * r_j + (1 - a) * r_b
+        for slack in (1.0, 1.5):  # the premise at the rest's own size, or above it
+            assert projection.share_max(r_pi, r_j, slack * projection.norm(r_b)) >= a - 1e-9
+        # a premise the rest breaks may be refuted by the policy itself (NaN), never met by a smaller share
+        small = projection.share_max(r_pi, r_j, 0.5 * projection.norm(r_b))
+        refuted += np.isnan(small)
+        jj, pj = (r_j * r_j).sum(), (r_pi * r_j).sum()
+        rest = (r_pi - small * r_j) / (1 - small) if np.isfinite(small) and small < 1 else None
+        if rest is not None:  # where a share is allowed, its rest is as small as the premise says
+            assert projection.norm(rest) <= 0.5 * projection.norm(r_b) * (1 + 1e-9)
+        assert projection.share_max_of((r_pi * r_pi).sum(), pj, jj, projection.norm(r_b)) == pytest.approx(
+            projection.share_max(r_pi, r_j, projection.norm(r_b))
+        )
+    assert refuted > 0
+    # tight: a rest pointing straight against J, as large as the premise allows, is bounded at its share
+    r_j = g.normal(size=(20, 10, 3))
+    r_b = -0.7 * r_j
+    assert projection.share_max(0.3 * r_j + 0.7 * r_b, r_j, projection.norm(r_b)) == pytest.approx(0.3)
+    assert projection.share_max(r_j, r_j, 0.0) == 1.0  # the policy is J
+    # the Cauchy-Schwarz relaxation is never tighter
+    r_b = g.normal(size=(20, 10, 3))
+    r_pi = 0.2 * r_j + 0.8 * r_b
+    proj, rho = float(projection.projection(r_pi, r_j).mean()), projection.norm(r_b) / projection.norm(r_j)
+    assert projection.share_max(r_pi, r_j, projection.norm(r_b)) <= (proj + rho) / (1 + rho) + 1e-12
+
+
+def test_the_bound_on_a_soft_quarter_over_a_resolved_rest_is_its_share():
+    """The case the mass bound counts too little of: the Bayes probabilities a quarter of the time over
+    sharpened p_pre. With J the Bayes probabilities and the rest the planted sharp reweighting itself the
+    residual bound is the share, exactly; the mass bound with J the Bayes argmax falls below it."""
+    s = sample("interleave(mess3,mess3)", 200, 0)
+    sharp = resolution.sharpen(s.p_pre[..., s.act], 10.0)
+    r_j, r_sharp = direction.sample_residual(s, s.P), direction.sample_residual(s, sharp)
+    r_pi = direction.sample_residual(s, 0.25 * s.P + 0.75 * sharp)
+    bound = projection.share_max(r_pi, r_j, projection.norm(r_sharp))
+    assert bound == pytest.approx(0.25, abs=1e-6)
+
+    def mass(r):  # probability mass per step the map leaves, per held-out sequence
+        return 0.5 * np.abs(r).sum(-1).mean(-1)
+
+    r_argmax = direction.sample_residual(s, resolution.onehot_argmax(s.P))
+    assert resolution.composed_share_max(mass(r_pi), mass(r_sharp), mass(r_argmax)).mean() < 0.25

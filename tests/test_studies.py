@@ -124,10 +124,13 @@ def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
     assert len(trials) == 3
     for t in trials:
         v = direction.trial_projection(t, n_seq=60)
-        assert set(v) == {"pre", "post", "sharp"} and all(np.isfinite(x) for x in v.values()), v
+        norms = {"norm_post", "norm_sharp", "norm_soft", "norm_argmax"}
+        assert set(v) == {"pre", "post", "sharp", "post_argmax", *norms}, v
+        assert all(np.isfinite(x) for x in v.values()) and all(v[k] > 0 for k in norms), v
     assert direction.main(["--runs", f"{root}:{g.experiment}"]) == 0
     out = capsys.readouterr().out
     for task in ("negative_control", "positive_control", "shuffled_null"):
         assert task in out
+    assert "soft J <= (null rest)" in out
     with pytest.raises(SystemExit):
         direction.main(["--runs", g.experiment])  # no storage

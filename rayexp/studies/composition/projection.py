@@ -1,0 +1,79 @@
+"""The direction of what a map of p_pre leaves, and the composed-share bound it gives (pure maths).
+
+The map of p_pre (:func:`.classes.reweighting_fit`) is a mean of training policies chosen by p_pre alone,
+so it is linear in the policy it fits: for a mixture ``pi = a J + (1 - a) b`` its held-out residual is
+``r_pi = a r_J + (1 - a) r_b``. Projected on ``r_J``,
+
+    proj = <r_pi, r_J> / |r_J|^2 = a + (1 - a) <r_b, r_J> / |r_J|^2,
+
+exactly ``a`` wherever the map resolves the rest (``r_b = 0``). As a *measure* it fails its planted
+must-say-no cases (:mod:`.direction`): a drift of the last tokens, which the joint target reads too,
+and a leaky model's sharpened p_pre reach as far as a soft quarter composition does.
+
+As a *bound* it needs only a premise on the rest's size, the kind the mass bounds take
+(:func:`.resolution.composed_share_max`): a rest whose residual is no larger than ``N`` (L2 over the
+held-out set), the planted sharp reweighting's (a rest resolved as well as sharpened p_pre) or the pair's
+shuffled null's (a rest that drifts as PPO does without the task's reward). Given the policy and ``J``,
+a share ``a`` fixes the rest, ``r_b = (r_pi - a r_J) / (1 - a)``, so ``a`` is possible exactly where
+
+    |r_pi - a r_J| <= (1 - a) N,
+
+a quadratic inequality in ``a``; :func:`share_max` is the largest such ``a`` in [0, 1], and NaN where
+there is none: then no mixture of ``J`` and a rest that small gives the policy, and the premise is
+refuted by the policy itself (a PPO negative control's residual is 4-9 times the planted sharp
+reweighting's). It holds for any ``J`` fitted on the same model, sequences and split, the joint
+target's Bayes probabilities (a soft composition) included. Relaxed by Cauchy-Schwarz it reads
+``a <= (proj + rho) / (1 + rho)``, ``rho = N / |r_J|``: it charges the rest only for the part of its
+residual that can point against ``J``, and in the high dimension of a held-out set (steps x actions) a
+drift is nearly orthogonal to ``r_J``. Norms are over the whole held-out set (a bound on totals does not
+linearise per sequence).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayexp.stats import ratio_values
+from rayexp.studies.composition import classes
+
+
+def residual(p_pre: np.ndarray, pi: np.ndarray, train: np.ndarray, test: np.ndarray, res: float) -> np.ndarray:
+    """(n_test, L, A): what the map of ``p_pre`` (N, L, V), fitted as a trial fits it (on ``train``, at
+    resolution ``res``), leaves of ``pi`` (N, L, A) on the held-out sequences ``test``."""
+    return np.asarray(pi, dtype=np.float64)[test] - classes.reweighting_fit(p_pre, pi, train, test, res)
+
+
+def projection(r_pi: np.ndarray, r_j: np.ndarray) -> np.ndarray:
+    """Per held-out sequence (n_test,), linearised so the mean is the ratio of the sums: the residual
+    ``r_pi`` (n_test, L, A) projected on ``r_j`` (n_test, L, A), in units of ``r_j`` itself."""
+    r_pi, r_j = np.asarray(r_pi, dtype=np.float64), np.asarray(r_j, dtype=np.float64)
+    return ratio_values((r_pi * r_j).sum((-1, -2)), (r_j * r_j).sum((-1, -2)))
+
+
+def norm(r: np.ndarray) -> float:
+    """The residual's L2 norm over the whole held-out set."""
+    return float(np.sqrt((np.asarray(r, dtype=np.float64) ** 2).sum()))
+
+
+def share_max(r_pi: np.ndarray, r_j: np.ndarray, norm_rest: float) -> float:
+    """The largest share ``a`` in [0, 1] of a mixture ``a J + (1 - a) b`` with residual ``r_pi`` whose rest
+    leaves a residual no larger than ``norm_rest``, ``J`` leaving ``r_j``: the largest ``a`` with
+    ``|r_pi - a r_j|^2 <= (1 - a)^2 norm_rest^2``; NaN where no ``a`` satisfies it (the premise is
+    refuted) or an input is not finite."""
+    r_pi, r_j = np.asarray(r_pi, dtype=np.float64), np.asarray(r_j, dtype=np.float64)
+    return share_max_of((r_pi * r_pi).sum(), (r_pi * r_j).sum(), (r_j * r_j).sum(), norm_rest)
+
+
+def share_max_of(pp: float, pj: float, jj: float, norm_rest: float) -> float:
+    """:func:`share_max` from the residuals' inner products: ``pp = |r_pi|^2``, ``pj = <r_pi, r_j>``,
+    ``jj = |r_j|^2`` (what a stored trial keeps, so a rest's size can come from another trial)."""
+    nn = float(norm_rest) ** 2
+    if not np.isfinite([pp, pj, jj, nn]).all():
+        return float("nan")
+    # f(a) = |r_pi - a r_j|^2 - (1 - a)^2 N^2 = (jj - nn) a^2 - 2 (pj - nn) a + (pp - nn)
+    coef = np.array([jj - nn, -2.0 * (pj - nn), pp - nn], dtype=np.float64)
+    tol = 1e-12 * max(pp, jj, nn, 1e-300)
+    roots = np.roots(coef) if np.any(np.abs(coef) > tol) else np.array([])
+    candidates = [0.0, 1.0] + [float(r.real) for r in roots if abs(r.imag) <= 1e-12 and 0.0 <= r.real <= 1.0]
+    feasible = [a for a in candidates if np.polyval(coef, a) <= tol]
+    return max(feasible) if feasible else float("nan")
