@@ -80,6 +80,11 @@ def test_the_bound_is_never_below_the_share_for_a_rest_no_larger_than_its_premis
     r_b = -0.7 * r_j
     assert projection.share_max(0.3 * r_j + 0.7 * r_b, r_j, projection.norm(r_b)) == pytest.approx(0.3)
     assert projection.share_max(r_j, r_j, 0.0) == 1.0  # the policy is J
+    # a rest the map nearly resolves, as large as the premise: f only touches 0 at the share (the battery's
+    # mixtures over sharpened p_pre on the Z1R pair; an exact root test called them refuted)
+    r_b = 1e-7 * g.normal(size=(20, 10, 3))
+    for a in (0.25, 0.5, 0.75):
+        assert projection.share_max(a * r_j + (1 - a) * r_b, r_j, projection.norm(r_b)) == pytest.approx(a, abs=1e-6)
     # the Cauchy-Schwarz relaxation is never tighter
     r_b = g.normal(size=(20, 10, 3))
     r_pi = 0.2 * r_j + 0.8 * r_b

@@ -70,10 +70,18 @@ def share_max_of(pp: float, pj: float, jj: float, norm_rest: float) -> float:
     nn = float(norm_rest) ** 2
     if not np.isfinite([pp, pj, jj, nn]).all():
         return float("nan")
-    # f(a) = |r_pi - a r_j|^2 - (1 - a)^2 N^2 = (jj - nn) a^2 - 2 (pj - nn) a + (pp - nn)
-    coef = np.array([jj - nn, -2.0 * (pj - nn), pp - nn], dtype=np.float64)
-    tol = 1e-12 * max(pp, jj, nn, 1e-300)
-    roots = np.roots(coef) if np.any(np.abs(coef) > tol) else np.array([])
-    candidates = [0.0, 1.0] + [float(r.real) for r in roots if abs(r.imag) <= 1e-12 and 0.0 <= r.real <= 1.0]
-    feasible = [a for a in candidates if np.polyval(coef, a) <= tol]
-    return max(feasible) if feasible else float("nan")
+    # f(a) = |r_pi - a r_j|^2 - (1 - a)^2 N^2 = A a^2 + B a + C; the largest a in [0, 1] with f(a) <= 0 is
+    # 1, 0, a root, or (where the rest is exactly as large as the premise and f only touches 0) the vertex
+    A, B, C = jj - nn, -2.0 * (pj - nn), pp - nn
+    scale = max(pp, jj, nn, 1e-300)
+    candidates = [0.0, 1.0]
+    if abs(A) > 1e-12 * scale:
+        disc = B * B - 4.0 * A * C
+        candidates.append(-B / (2.0 * A))
+        if disc >= 0:
+            candidates += [(-B + np.sqrt(disc)) / (2.0 * A), (-B - np.sqrt(disc)) / (2.0 * A)]
+    elif abs(B) > 1e-12 * scale:
+        candidates.append(-C / B)
+    # rounding in the three sums is ~1e-16 of the largest; 1e-9 of it decides a touching root
+    feasible = [a for a in candidates if 0.0 <= a <= 1.0 and A * a * a + B * a + C <= 1e-9 * scale]
+    return float(max(feasible)) if feasible else float("nan")
