@@ -103,8 +103,6 @@ def test_the_bound_on_a_soft_quarter_over_a_resolved_rest_is_its_share():
     bound = projection.share_max(r_pi, r_j, projection.norm(r_sharp))
     assert bound == pytest.approx(0.25, abs=1e-6)
 
-    def mass(r):  # probability mass per step the map leaves, per held-out sequence
-        return 0.5 * np.abs(r).sum(-1).mean(-1)
-
     r_argmax = direction.sample_residual(s, resolution.onehot_argmax(s.P))
-    assert resolution.composed_share_max(mass(r_pi), mass(r_sharp), mass(r_argmax)).mean() < 0.25
+    masses = [projection.mass(r) for r in (r_pi, r_sharp, r_argmax)]
+    assert resolution.composed_share_max(*masses) < 0.25

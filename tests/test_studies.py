@@ -125,7 +125,7 @@ def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
     for t in trials:
         v = direction.trial_projection(t, n_seq=60)
         norms = {"norm_post", "norm_sharp", "norm_soft", "norm_argmax"}
-        assert set(v) == {"pre", "post", "sharp", "post_argmax", *norms}, v
+        assert set(v) == {"pre", "post", "sharp", "post_argmax", "mass_rest_min", "mass_sharp", *norms}, v
         assert all(np.isfinite(x) for x in v.values()) and all(v[k] > 0 for k in norms), v
     assert direction.main(["--runs", f"{root}:{g.experiment}"]) == 0
     out = capsys.readouterr().out

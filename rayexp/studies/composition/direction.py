@@ -46,7 +46,7 @@ from rayexp.studies.composition.battery import MAP_SEED, NULLS
 from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, sharpen
 from rayexp.studies.composition.battery_streams import Sample, sample
 from rayexp.studies.composition.composition_analysis import model_forward
-from rayexp.studies.composition.projection import norm, projection, residual, share_max, share_max_of
+from rayexp.studies.composition.projection import mass, norm, projection, residual, share_max, share_max_of
 from rayexp.studies.composition.stream_setup import make_setup
 from rayexp.tables import format_table
 
@@ -65,6 +65,7 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     (``post_argmax``), and the residual norms the bound takes (``norm_post``, ``norm_sharp``,
     ``norm_soft``, ``norm_argmax``); NaN where the stream has no joint target."""
     keys = ("pre", "post", "sharp", "post_argmax", "norm_post", "norm_sharp", "norm_soft", "norm_argmax")
+    keys += ("mass_rest_min", "mass_sharp")
     env = artifacts.env_config
     reward = make_reward(env["reward"], artifacts.stream(), env.get("reward_params") or {}, env.get("action_tokens"))
     length = min(int(env["context"]), int(env.get("episode_len") or env["context"]))
@@ -87,6 +88,10 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     out |= {
         f"norm_{k}": norm(r) for k, r in (("post", r_post), ("sharp", r_sharp), ("soft", r_soft), ("argmax", r_argmax))
     }
+    # the mass bound's premise (a rest the map leaves no more mass of than the planted sharp reweighting),
+    # checked the same way: the least mass per step any share of the Bayes argmax leaves the rest, on a grid
+    rest = [mass((r_post - a * r_argmax) / (1 - a)) for a in np.linspace(0.0, 0.99, 100)]
+    out["mass_rest_min"], out["mass_sharp"] = min(rest), mass(r_sharp)
     return out
 
 
@@ -105,7 +110,9 @@ def _bounds(v: dict[str, float], norm_null: float) -> dict[str, float]:
 def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
     """Per (process, task) of stored trials: the post-RL projection over seeds (Student-t 95 %), the planted
     sharp reweighting's on the same models, and the bounds, each seed's rest no larger than that seed's
-    planted sharp reweighting's or its pair's shuffled null's (paired by seed on one pretrained model)."""
+    planted sharp reweighting's or its pair's shuffled null's (paired by seed on one pretrained model);
+    and on how many seeds the policy refutes the mass bound's premise (:func:`.resolution.composed_share_max`,
+    a rest the map leaves no more mass of than the planted sharp reweighting) at every share on a grid."""
     trials = [t for sweep in sweeps for t in find_trials(storage, sweep)]
     vals = {id(t): trial_projection(t) for t in trials}
     nulls = {
@@ -128,7 +135,7 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
         x = np.array([v[key] for v in vs])
         refuted = int(np.isnan(x).sum()) if not all(np.isnan(v["norm_post"]) for v in vs) else 0
         mean, _, high = t_ci(x)
-        text = f"{mean:.2f} ({min(1.0, high):.2f})" if np.isfinite(mean) else "-"
+        text = f"{mean:.2f} ({float(np.minimum(1.0, high)):.2f})" if np.isfinite(mean) else "-"  # NaN kept
         return text + (f"; refuted {refuted}/{len(x)}" if refuted else "")
 
     rows = []
@@ -147,6 +154,7 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
                 "soft J <= (null rest)": hi(vs, "soft_null"),
                 "argmax J <= (sharp rest)": hi(vs, "argmax_sharp"),
                 "argmax J <= (null rest)": hi(vs, "argmax_null"),
+                "mass premise (sharp rest) refuted": f"{sum(v['mass_rest_min'] > v['mass_sharp'] for v in vs)}/{len(vs)}",
             }
         )
     return rows

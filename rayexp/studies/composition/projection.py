@@ -55,6 +55,11 @@ def norm(r: np.ndarray) -> float:
     return float(np.sqrt((np.asarray(r, dtype=np.float64) ** 2).sum()))
 
 
+def mass(r: np.ndarray) -> float:
+    """The probability mass per step a residual (n_test, L, A) is: total variation, averaged over steps."""
+    return float(0.5 * np.abs(np.asarray(r, dtype=np.float64)).sum(-1).mean())
+
+
 def share_max(r_pi: np.ndarray, r_j: np.ndarray, norm_rest: float) -> float:
     """The largest share ``a`` in [0, 1] of a mixture ``a J + (1 - a) b`` with residual ``r_pi`` whose rest
     leaves a residual no larger than ``norm_rest``, ``J`` leaving ``r_j``: the largest ``a`` with
