@@ -20,9 +20,9 @@ a share ``a`` fixes the rest, ``r_b = (r_pi - a r_J) / (1 - a)``, so ``a`` is po
 
 a quadratic inequality in ``a``; :func:`share_max` is the largest such ``a`` in [0, 1], and NaN where
 there is none: then no mixture of ``J`` and a rest that small gives the policy, and the premise is
-refuted by the policy itself (a PPO negative control's residual is 4-9 times the planted sharp
-reweighting's). It holds for any ``J`` fitted on the same model, sequences and split, the joint
-target's Bayes probabilities (a soft composition) included. Relaxed by Cauchy-Schwarz it reads
+refuted by the policy itself (a PPO negative control's residual is 5.6-9.0 times the planted sharp
+reweighting's on composition_cpu's Mess3 pair). It holds for any ``J`` fitted on the same model,
+sequences and split, the joint target's Bayes probabilities (a soft composition) included. Relaxed by Cauchy-Schwarz it reads
 ``a <= (proj + rho) / (1 + rho)``, ``rho = N / |r_J|``: it charges the rest only for the part of its
 residual that can point against ``J``, and in the high dimension of a held-out set (steps x actions) a
 drift is nearly orthogonal to ``r_J``. Norms are over the whole held-out set (a bound on totals does not
