@@ -53,7 +53,6 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from envs.rewards import make_reward
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
@@ -61,7 +60,7 @@ from rayexp.probes import FINAL, residual_layers
 from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
 from rayexp.studies.composition import classes, interaction, readout, resolution, reweighting, support, update
 from rayexp.studies.composition.curve import CURVE, curve_figure
-from rayexp.studies.composition.stream_setup import Setup, best_single, ceiling_values, make_setup
+from rayexp.studies.composition.stream_setup import Setup, best_single, ceiling_values, make_setup, task_of
 
 #: tokens (N, L) -> (logits (N, L, V), {"final": (N, L, D), "concat": (N, L, D')} when features are asked)
 Forward = Callable[[np.ndarray, bool], tuple[np.ndarray, dict[str, np.ndarray]]]
@@ -306,9 +305,8 @@ def composition(artifacts, params: CompositionParams) -> AnalysisResult:
 
     env = artifacts.env_config
     hmm = artifacts.stream()
-    reward = make_reward(env["reward"], hmm, env.get("reward_params") or {}, env.get("action_tokens"))
+    reward, length = task_of(env, hmm)
     targets.check_supported(reward)
-    length = min(int(env["context"]), int(env.get("episode_len") or env["context"]))
     s = make_setup(hmm, reward, length, params.n_seq, params.seed)
 
     pre, post = artifacts.model_before(), artifacts.model_after()

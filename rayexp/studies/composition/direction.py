@@ -37,7 +37,6 @@ import sys
 
 import numpy as np
 
-from envs.rewards import make_reward
 from rayexp.artifacts import find_trials
 from rayexp.specs import process_label
 from rayexp.stats import t_ci
@@ -47,7 +46,7 @@ from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, sharpen
 from rayexp.studies.composition.battery_streams import Sample, sample
 from rayexp.studies.composition.composition_analysis import model_forward
 from rayexp.studies.composition.projection import mass, norm, projection, residual, share_max, share_max_of
-from rayexp.studies.composition.stream_setup import make_setup
+from rayexp.studies.composition.stream_setup import make_setup, task_of
 from rayexp.tables import format_table
 
 DRIFT_NULL = "drift null"
@@ -62,14 +61,16 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     its defaults) at the resolution it fits: the projections on the joint target's Bayes probabilities
     (``pre``, ``post``, and ``sharp``, the planted sharp reweighting: p_pre sharpened at
     :data:`.resolution.BETA` on the trial's actions), the post-RL policy's on the Bayes argmax
-    (``post_argmax``), and the residual norms the bound takes (``norm_post``, ``norm_sharp``,
-    ``norm_soft``, ``norm_argmax``); NaN where the stream has no joint target."""
+    (``post_argmax``), the residual norms the bound takes (``norm_post``, ``norm_sharp``, ``norm_soft``,
+    ``norm_argmax``), and for the mass bound's premise the least mass per step any share of the Bayes
+    argmax leaves the rest (``mass_rest_min``) beside the planted sharp reweighting's (``mass_sharp``);
+    NaN where the stream has no joint target."""
     keys = ("pre", "post", "sharp", "post_argmax", "norm_post", "norm_sharp", "norm_soft", "norm_argmax")
     keys += ("mass_rest_min", "mass_sharp")
     env = artifacts.env_config
-    reward = make_reward(env["reward"], artifacts.stream(), env.get("reward_params") or {}, env.get("action_tokens"))
-    length = min(int(env["context"]), int(env.get("episode_len") or env["context"]))
-    s = make_setup(artifacts.stream(), reward, length, n_seq, seed)
+    hmm = artifacts.stream()
+    reward, length = task_of(env, hmm)
+    s = make_setup(hmm, reward, length, n_seq, seed)
     if s.P_joint is None:
         return dict.fromkeys(keys, float("nan"))
     act = reward.action_tokens

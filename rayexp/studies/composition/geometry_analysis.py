@@ -76,7 +76,6 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from envs.rewards import make_reward
 from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.probes import FINAL, collect_activations, layer_name, residual_layers
@@ -84,7 +83,7 @@ from rayexp.ridge import fit_probes
 from rayexp.studies.composition import geometry as geo
 from rayexp.studies.composition import representation as rep
 from rayexp.studies.composition.geometry_ablation import ablations
-from rayexp.studies.composition.stream_setup import ceiling_values, make_setup
+from rayexp.studies.composition.stream_setup import ceiling_values, make_setup, task_of
 
 TARGETS = ("factor0", "factor1", "joint", "joint_only")
 
@@ -145,9 +144,9 @@ def geometry(artifacts, params: GeometryParams) -> AnalysisResult:
     """Belief geometry over PPO checkpoints (factor/joint probes, dimension, overlap) and causal ablations."""
     env = artifacts.env_config
     hmm = artifacts.stream()
-    reward = make_reward(env["reward"], hmm, env.get("reward_params") or {}, env.get("action_tokens"))
+    reward, length = task_of(env, hmm)
     pre = artifacts.model_before()
-    length = min(int(env["context"]), int(env.get("episode_len") or env["context"]), int(pre.cfg.n_ctx))
+    length = min(length, int(pre.cfg.n_ctx))
     s = make_setup(hmm, reward, length, params.n_seq, params.seed)
     y = belief_targets(hmm, s.tokens)
     hooks = [*residual_layers(pre.hook_names), FINAL]

@@ -32,6 +32,13 @@ class Setup:
     test: np.ndarray
 
 
+def task_of(env: dict, hmm: HMM) -> tuple[Reward, int]:
+    """The RL task a trial's env config (``artifacts.env_config``) sets on its stream ``hmm``: the reward,
+    and how many steps are scored, the prefix ones (the context, or a shorter episode)."""
+    reward = make_reward(env["reward"], hmm, env.get("reward_params") or {}, env.get("action_tokens"))
+    return reward, min(int(env["context"]), int(env.get("episode_len") or env["context"]))
+
+
 def make_setup(hmm: HMM, reward: Reward, length: int, n_seq: int, seed: int) -> Setup:
     """``n_seq`` sequences of ``length`` tokens (seeded), their exact targets, the 2x2 cells and the split."""
     rng = np.random.default_rng(seed)

@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from envs.rewards import make_reward
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.learned_bound import learned_bound, same_fit
+from rayexp.studies.composition.stream_setup import task_of
 from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
 
 #: table column -> key of the per-trial composition analysis
@@ -160,10 +160,7 @@ def _fit_key(artifacts, signals: dict[str, float]) -> tuple:
     key = getattr(artifacts, "start_key", None) or getattr(artifacts, "pretrain_key", None)
     env = artifacts.env_config
     try:
-        reward = make_reward(
-            env["reward"], artifacts.stream(), env.get("reward_params") or {}, env.get("action_tokens")
-        )
-        n_actions = len(reward.action_tokens)
+        n_actions = len(task_of(env, artifacts.stream())[0].action_tokens)
     except (KeyError, ValueError):  # a reward the composition analysis does not score either
         n_actions = None
     return key, signals["resolution"], n_actions
