@@ -177,6 +177,7 @@ def run(seeds: int = 3, n_seq: int = 600, model_error: float = 0.0, draw: int = 
         for seed in range(seeds):
             s = sample(stream, n_seq, seed, model_error, draw)
             r_soft = sample_residual(s, s.P)
+            r_argmax = sample_residual(s, resolution.onehot_argmax(s.P))  # J of every mixture without its own
             norm_sharp = norm(sample_residual(s, sharpen(s, resolution.BETA)))
             cases = {c.name: c for c in CASES if stream in c.streams}
             policies = {name: c.policy(s, np.random.default_rng(MAP_SEED + draw)) for name, c in cases.items()}
@@ -188,8 +189,9 @@ def run(seeds: int = 3, n_seq: int = 600, model_error: float = 0.0, draw: int = 
                 case = cases.get(name)
                 if case is None or case.share <= 0:
                     continue
-                composed = case.composed or (lambda s, g: resolution.onehot_argmax(s.P))
-                r_j = sample_residual(s, composed(s, np.random.default_rng(MAP_SEED + draw)))
+                r_j = r_argmax
+                if case.composed is not None:
+                    r_j = sample_residual(s, case.composed(s, np.random.default_rng(MAP_SEED + draw)))
                 bound = share_max(r_pi, r_j, norm_sharp)
                 v["bound"].append(bound)
                 if not bound >= case.share - 1e-9:  # NaN too: the premise refuted where it held

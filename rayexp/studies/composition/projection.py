@@ -57,7 +57,7 @@ def norm(r: np.ndarray) -> float:
 
 def mass(r: np.ndarray) -> float:
     """The probability mass per step a residual (n_test, L, A) is: total variation, averaged over steps."""
-    return float(0.5 * np.abs(np.asarray(r, dtype=np.float64)).sum(-1).mean())
+    return float(classes.tv(r, 0.0).mean())
 
 
 def share_max(r_pi: np.ndarray, r_j: np.ndarray, norm_rest: float) -> float:
