@@ -13,6 +13,7 @@ from envs import build_process
 from envs.rewards import make_reward
 from rayexp.exact import targets
 from rayexp.studies.composition import interaction as ia
+from rayexp.studies.composition import projection
 from rayexp.studies.composition.composition_analysis import CompositionParams, Scorer, composition
 from rayexp.studies.composition.stream_setup import make_setup
 from rayexp.studies.composition.verdict import REWEIGHTING, decide
@@ -320,6 +321,43 @@ def test_the_verdict_reads_each_trials_composed_share_bound():
     # with the null's mass as the rest's, paired by seed: (0.05 + m_null) / (0.5 + m_null) over the three
     assert row["share_max_drift"] == pytest.approx((0.15 + 0.75) / (1.5 + 0.75))
     assert f"at most {row['share_max_drift_hi']:.2f} for a rest that drifts" in row["reason"]
+
+
+def test_the_verdict_withholds_a_bound_whose_premise_the_policy_refutes_and_states_the_residual_bound():
+    keys = (
+        *RULE_KEYS,
+        "classes/composed_share_max/post",
+        "classes/reweighting/unexplained_tv/post",
+        "classes/elicitation/unexplained_tv/post",
+        "classes/planted/composed/unexplained_tv",
+        "classes/planted/sharp/unexplained_tv",
+        "classes/composed_share_max/rest_min/post",
+        "classes/residual/sq/post",
+        "classes/residual/dot_soft/post",
+        "classes/planted/soft/residual_sq",
+    )
+
+    def trials(rows, task, null=False):
+        return [FakeTrial(stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null) for s, r in enumerate(rows)]
+
+    sq_null = (1.0, 1.2, 0.9)
+    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.7, m, 0.3, 0.5, 0.05, 0.6, q, 0.2, 4.0) for m, q in
+                   zip((0.2, 0.25, 0.3), sq_null)], "null", null=True)  # fmt: skip
+    # the negative control's rest leaves at least 0.15 per step at any share of J, three times the planted
+    # sharp reweighting's 0.05: the sharp rest's premise is refuted on every seed, the null's (0.2-0.3) holds
+    neg = trials([(0.05, 0.5, np.nan, 0.2, 0.9, m, 0.05, 0.4, 0.5, 0.05, 0.15, 0.5, d, 4.0) for m, d in
+                  zip((0.08, 0.1, 0.12), (0.3, 0.4, 0.5))], "neg")  # fmt: skip
+    table = verdict(null + neg, VerdictParams()).tables["verdict"].to_pydict()
+    row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+    assert row["verdict"] == "reweighting" and row["refuted_sharp"] == 3 and row["refuted_drift"] == 0
+    assert f"at most {row['share_max_hi']:.2f} of the time" not in row["reason"]
+    assert "refutes the premise of a rest this map resolves as well as a sharpened p_pre on 3/3 seeds" in row["reason"]
+    assert f"at most {row['share_max_drift_hi']:.2f} for a rest that drifts" in row["reason"]
+    each = [projection.share_max_of(0.5, d, 4.0, np.sqrt(q)) for d, q in zip((0.3, 0.4, 0.5), sq_null)]
+    assert row["refuted_soft"] == 0 and row["share_max_soft_drift"] == pytest.approx(np.mean(each))
+    assert f"Bayes probabilities (a soft composition) at most {row['share_max_soft_drift_hi']:.2f}" in row["reason"]
+    null_row = {k: v[table["task"].index("null")] for k, v in table.items()}
+    assert np.isnan(null_row["share_max_soft_drift"]) and np.isnan(null_row["refuted_drift"])  # not its own rest
 
 
 def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():

@@ -117,6 +117,7 @@ def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
     composition analysis' own sequences, one row per (process, task)."""
     from rayexp.artifacts import find_trials
     from rayexp.studies.composition import direction
+    from rayexp.studies.composition.verdict_analysis import trial_signals
 
     g = golden_sweep("composition")
     root = str(g.dir / "results")
@@ -127,6 +128,14 @@ def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
         norms = {"norm_post", "norm_sharp", "norm_soft", "norm_argmax"}
         assert set(v) == {"pre", "post", "sharp", "post_argmax", "mass_rest_min", "mass_sharp", *norms}, v
         assert all(np.isfinite(x) for x in v.values()) and all(v[k] > 0 for k in norms), v
+        # the composition analysis logged the same residuals (per held-out sequence) for the verdict's bounds
+        sig = trial_signals(t)
+        n_test = v["norm_post"] ** 2 / sig["residual_sq"]
+        assert n_test == pytest.approx(30) and sig["rest_min"] == pytest.approx(v["mass_rest_min"])
+        assert v["norm_soft"] ** 2 / sig["residual_sq_planted_soft"] == pytest.approx(n_test)
+        assert v["norm_sharp"] ** 2 / sig["residual_sq_planted_sharp"] == pytest.approx(n_test)
+        assert sig["residual_dot_soft"] * n_test == pytest.approx(v["post"] * v["norm_soft"] ** 2)
+        assert sig["residual_dot_composed"] * n_test == pytest.approx(v["post_argmax"] * v["norm_argmax"] ** 2)
     assert direction.main(["--runs", f"{root}:{g.experiment}"]) == 0
     out = capsys.readouterr().out
     for task in ("negative_control", "positive_control", "shuffled_null"):

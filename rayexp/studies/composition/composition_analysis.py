@@ -58,7 +58,16 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
 from rayexp.probes import FINAL, residual_layers
 from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
-from rayexp.studies.composition import classes, interaction, readout, resolution, reweighting, support, update
+from rayexp.studies.composition import (
+    classes,
+    interaction,
+    projection,
+    readout,
+    resolution,
+    reweighting,
+    support,
+    update,
+)
 from rayexp.studies.composition.curve import CURVE, curve_figure
 from rayexp.studies.composition.stream_setup import Setup, best_single, ceiling_values, make_setup, task_of
 
@@ -187,6 +196,10 @@ class Scorer:
         if self.planted is not None:
             m |= {f"classes/planted/{k}/unexplained": _mean(self.planted[f"u_{k}"]) for k in resolution.PLANTED}
             m |= {f"classes/planted/{k}/unexplained_tv": _mean(self.planted[f"tv_{k}"]) for k in resolution.PLANTED}
+            m |= {
+                f"classes/planted/{k}/residual_sq": float((self.planted[f"r_{k}"] ** 2).sum()) / len(self.s.test)
+                for k in resolution.PLANTED
+            }
             m["classes/reweighting/bar"] = _mean(self.planted["bar"])
         return m
 
@@ -258,6 +271,9 @@ class Scorer:
                         fitted["tv_reweighting"], p["tv_sharp"], p["tv_composed"]
                     )
                     m[f"classes/composed_share_max/{name}"] = float(resolution.capped(_mean(v["share_max"])))
+                    bounds = projection.trial_bounds(pi[s.test] - fitted["fit_reweighting"], p)
+                    m[f"classes/composed_share_max/rest_min/{name}"] = bounds.pop("rest_min")
+                    m |= {f"classes/residual/{k}/{name}": val for k, val in bounds.items()}
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
                 m[f"classes/{cls}/unexplained_tv/{name}"] = _mean(fitted[f"tv_{cls}"])
             m[f"classes/{cls}/kl/{name}"] = _mean(classes.kl_values(pi[s.test], fit).mean(-1))

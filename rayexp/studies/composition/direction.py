@@ -45,7 +45,15 @@ from rayexp.studies.composition.battery import MAP_SEED, NULLS
 from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, sharpen
 from rayexp.studies.composition.battery_streams import Sample, sample
 from rayexp.studies.composition.composition_analysis import model_forward
-from rayexp.studies.composition.projection import mass, norm, projection, residual, share_max, share_max_of
+from rayexp.studies.composition.projection import (
+    mass,
+    norm,
+    projection,
+    residual,
+    rest_mass_min,
+    share_max,
+    share_max_of,
+)
 from rayexp.studies.composition.stream_setup import make_setup, task_of
 from rayexp.tables import format_table
 
@@ -91,8 +99,7 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     }
     # the mass bound's premise (a rest the map leaves no more mass of than the planted sharp reweighting),
     # checked the same way: the least mass per step any share of the Bayes argmax leaves the rest, on a grid
-    rest = [mass((r_post - a * r_argmax) / (1 - a)) for a in np.linspace(0.0, 0.99, 100)]
-    out["mass_rest_min"], out["mass_sharp"] = min(rest), mass(r_sharp)
+    out["mass_rest_min"], out["mass_sharp"] = rest_mass_min(r_post, r_argmax), mass(r_sharp)
     return out
 
 

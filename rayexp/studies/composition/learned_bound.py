@@ -25,7 +25,8 @@ import dataclasses
 
 import numpy as np
 
-from rayexp.studies.composition.verdict import COMPOSITION, Thresholds, Verdict, share_bound
+from rayexp.studies.composition.bounds import share_bound
+from rayexp.studies.composition.verdict import COMPOSITION, Thresholds, Verdict
 
 
 def same_fit(a: tuple, b: tuple) -> bool:
@@ -46,8 +47,8 @@ def learned_bound(
     without a null); a verdict other than composition states the first's high end in its reason. Like
     the Bayes bound it decides nothing."""
     th = th or Thresholds()
-    learned = share_bound(tv_policy, tv_sharp, tv_learned, th)
-    drift = share_bound(tv_policy, tv_null, tv_learned, th)
+    learned = share_bound(tv_policy, tv_sharp, tv_learned, th.min_seeds, th.ci)
+    drift = share_bound(tv_policy, tv_null, tv_learned, th.min_seeds, th.ci)
     if not np.isfinite(learned.mean):
         return v
     reason = v.reason

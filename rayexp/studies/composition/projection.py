@@ -90,3 +90,28 @@ def share_max_of(pp: float, pj: float, jj: float, norm_rest: float) -> float:
     # rounding in the three sums is ~1e-16 of the largest; 1e-9 of it decides a touching root
     feasible = [a for a in candidates if 0.0 <= a <= 1.0 and A * a * a + B * a + C <= 1e-9 * scale]
     return float(max(feasible)) if feasible else float("nan")
+
+
+def rest_mass_min(r_pi: np.ndarray, r_j: np.ndarray, grid: int = 100) -> float:
+    """The least probability mass per step the rest of a mixture ``a J + (1 - a) b`` leaves to the map, over
+    shares ``a`` on a grid of ``grid`` in [0, 0.99]: the rest's residual is ``(r_pi - a r_j) / (1 - a)``. The
+    mass bound's premise (a rest leaving no more than ``m``) is refuted by the policy where this exceeds ``m``."""
+    r_pi, r_j = np.asarray(r_pi, dtype=np.float64), np.asarray(r_j, dtype=np.float64)
+    return min(mass((r_pi - a * r_j) / (1.0 - a)) for a in np.linspace(0.0, 0.99, grid))
+
+
+def trial_bounds(r_pi: np.ndarray, planted: dict[str, np.ndarray]) -> dict[str, float]:
+    """What one policy's residual ``r_pi`` (n_test, L, A) gives the bounds, against the planted residuals of
+    :func:`.resolution.planted_values` (``r_sharp``, ``r_composed``, ``r_soft``): its squared norm and inner
+    products with ``J`` = the Bayes argmax (``composed``) and probabilities (``soft``), per held-out sequence
+    (so a rest's size can come from another trial on the same sequences: the verdict's drifting rest), the
+    residual bound for a rest no larger than the planted sharp reweighting's (``share_max_{j}``, NaN where
+    the policy refutes that premise), and :func:`rest_mass_min` against the Bayes argmax."""
+    n = len(r_pi)
+    out = {"sq": float((np.asarray(r_pi, dtype=np.float64) ** 2).sum()) / n}
+    for j in ("composed", "soft"):
+        r_j = planted[f"r_{j}"]
+        out[f"dot_{j}"] = float((r_pi * r_j).sum()) / n
+        out[f"share_max_{j}"] = share_max(r_pi, r_j, norm(planted["r_sharp"]))
+    out["rest_min"] = rest_mass_min(r_pi, planted["r_composed"])
+    return out

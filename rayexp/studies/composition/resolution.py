@@ -13,7 +13,9 @@ trial scores three planted policies on its own pretrained model:
   time (composed a quarter of the time);
 - ``composed``: the Bayes joint-target policy itself (its argmax; ties by index). The joint target is the
   stream's composition task whatever the trial's reward: a negative control (next token) is asked the
-  same question as its pair's positive control (:func:`joint_onto_actions`).
+  same question as its pair's positive control (:func:`joint_onto_actions`);
+- ``soft``: the joint target's Bayes probabilities themselves, the softest composition: the J of the
+  residual bound (:func:`.projection.share_max`), which no mass bound reaches.
 
 The *bar* is halfway between what ``sharp`` and ``quarter`` leave, per held-out sequence. A reweighting
 verdict then needs the post-RL policy to leave clearly less than the bar: nearer a planted reweighting
@@ -45,7 +47,7 @@ ALPHA = 0.25
 BETA = 10.0
 #: scores this close to the maximum are a tie, broken toward the lowest index
 TIE = 1e-9
-PLANTED = ("sharp", "quarter", "composed")
+PLANTED = ("sharp", "quarter", "composed", "soft")
 
 
 def onehot_argmax(scores: np.ndarray) -> np.ndarray:
@@ -78,7 +80,8 @@ def planted_policies(p_act: np.ndarray, P: np.ndarray, alpha: float = ALPHA, bet
     """{name: (N, L, A) policy} of :data:`PLANTED`, from the pretrained model's distribution on the action
     tokens ``p_act`` (N, L, A) and the exact joint-target probabilities ``P`` (N, L, A)."""
     sharp, joint = sharpen(p_act, beta), onehot_argmax(P)
-    return {"sharp": sharp, "quarter": alpha * joint + (1 - alpha) * sharp, "composed": joint}
+    soft = np.asarray(P, dtype=np.float64)
+    return {"sharp": sharp, "quarter": alpha * joint + (1 - alpha) * sharp, "composed": joint, "soft": soft}
 
 
 def planted_values(
@@ -91,12 +94,14 @@ def planted_values(
 ) -> dict[str, np.ndarray]:
     """Per held-out sequence (n_test,): the share a map of ``p_pre`` (N, L, V), fitted at ``resolution``,
     leaves unexplained of each planted policy (``u_{name}``), that probability mass per step itself
-    (``tv_{name}``), and ``bar``, halfway between ``u_sharp`` and ``u_quarter``."""
+    (``tv_{name}``), and ``bar``, halfway between ``u_sharp`` and ``u_quarter``; and each residual itself,
+    (n_test, L, A) (``r_{name}``, the residual bound's inputs)."""
     out = {}
     for name, pi in planted_policies(p_act, P).items():
         fit = classes.reweighting_fit(p_pre, pi, train, test, resolution)
         out[f"u_{name}"] = classes.unexplained_values(pi[test], fit, classes.position_policy(pi, train, test))
         out[f"tv_{name}"] = classes.tv(pi[test], fit).mean(-1)
+        out[f"r_{name}"] = pi[test] - fit
     out["bar"] = 0.5 * (out["u_sharp"] + out["u_quarter"])
     return out
 

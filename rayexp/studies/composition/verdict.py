@@ -84,7 +84,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayexp.stats import t_ci
-from rayexp.studies.composition import resolution
+from rayexp.studies.composition import bounds, resolution
+from rayexp.studies.composition.bounds import Interval, Residuals
 
 REWEIGHTING, INCONCLUSIVE, COMPOSITION, ELICITATION = -1, 0, 1, 2
 LABELS = {
@@ -94,16 +95,6 @@ LABELS = {
     ELICITATION: "elicitation",
 }
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class Interval:
-    mean: float = NAN
-    lo: float = NAN
-    hi: float = NAN
-
-    def __str__(self) -> str:
-        return f"{self.mean:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
 
 
 @dataclass(frozen=True)
@@ -128,6 +119,13 @@ class Verdict:
     # policy (:mod:`.learned_bound`)
     share_max_learned: Interval = Interval()
     share_max_learned_drift: Interval = Interval()
+    # the residual bound on the Bayes probabilities for a rest no larger than the null's (:mod:`.bounds`),
+    # over the seeds whose policy allows that premise
+    share_max_soft_drift: Interval = Interval()
+    # per premise (sharp rest, drifting rest in mass, drifting rest in L2): the seeds whose policy refutes it
+    refuted_sharp: float = NAN
+    refuted_drift: float = NAN
+    refuted_soft: float = NAN
 
     @property
     def label(self) -> str:
@@ -148,19 +146,6 @@ class Thresholds:
 
 def _arr(x) -> np.ndarray:
     return np.atleast_1d(np.asarray(x, dtype=np.float64))
-
-
-def share_bound(m_pi, m_rest, m_composed, th: Thresholds) -> Interval:
-    """The composed-share bound (:func:`.resolution.composed_share_max`) per seed, over the seeds where all
-    three masses are finite, as a Student-t interval capped at 1; NaN with fewer than ``min_seeds``."""
-    if m_rest is None or m_composed is None:
-        return Interval()
-    m_pi, m_rest, m_composed = _arr(m_pi), _arr(m_rest), _arr(m_composed)
-    ok = np.isfinite(m_pi) & np.isfinite(m_rest) & np.isfinite(m_composed)
-    if ok.sum() < th.min_seeds:
-        return Interval()
-    i = t_ci(resolution.composed_share_max(m_pi[ok], m_rest[ok], m_composed[ok]), th.ci)
-    return Interval(*resolution.capped(i).tolist())
 
 
 def _null_score(u_rw_null, u_el_null, tv) -> float:
@@ -187,6 +172,7 @@ def decide(
     planted_defined=None,
     share_max=None,
     tv_composed=None,
+    residuals: Residuals | None = None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -208,7 +194,9 @@ def decide(
     it decides nothing, and a verdict other than composition states its high end where the joint-target
     policy is visible to the fit (``u_composed`` >= ``u_max``). ``tv_composed`` (n,): what the map leaves
     of the joint-target policy, mass per step; with it and the null's ``tv`` the same bound is stated for a
-    rest that drifts as the null's policy does (``share_max_drift``, paired by seed; not below ``min_seeds``)."""
+    rest that drifts as the null's policy does (``share_max_drift``, paired by seed; not below ``min_seeds``).
+    ``residuals`` (:class:`.bounds.Residuals`): with it each bound is stated only where no seed's policy
+    refutes its premise, and the residual bound on the Bayes probabilities is stated too (:mod:`.bounds`)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -276,7 +264,13 @@ def decide(
     # a rest that leaves as much as the null's policy: PPO's drift, not a planted map (paired by seed)
     drifting = Interval()
     if n >= th.min_seeds and tv is not None and have_null:
-        drifting = share_bound(tv[0], tv[2], tv_composed, th)
+        drifting = bounds.share_bound(tv[0], tv[2], tv_composed, th.min_seeds, th.ci)
+    soft, counts = Interval(), {}
+    if residuals is not None:
+        r = residuals
+        soft, k_soft, n_soft = bounds.residual_bound(r.sq, r.dot_soft, r.sq_soft, r.sq_null, th.min_seeds, th.ci)
+        counts["soft"] = (k_soft, n_soft)
+        counts |= {"sharp": bounds.refuted(r.rest_min, r.tv_sharp), "drift": bounds.refuted(r.rest_min, r.tv_null)}
     composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
@@ -301,19 +295,13 @@ def decide(
                 f"< {th.kl_still:g}): a constant or position-only policy is a map of anything, so this says little"
             )
         # where the joint-target policy is itself nearly a map (a product), holding it is no composition
-        if code != COMPOSITION and most.hi < 1 and composed >= th.u_max:  # (NaN compares False: nothing said)
-            also = (
-                f"; at most {drifting.hi:.2f} for a rest that drifts as the null's does ({drifting})"
-                if np.isfinite(drifting.hi)
-                else ""
-            )
-            why += (
-                f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
-                f"a rest this map resolves as well as a sharpened p_pre{also})"
-            )
+        if code != COMPOSITION:
+            why += bounds.clauses(most, drifting, soft, counts, visible=composed >= th.u_max)
+        k = {f"refuted_{p}": float(c[0]) if c[1] else NAN for p, c in counts.items()}
         return Verdict(
-            code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most, drifting
-        )
+            code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most, drifting,
+            share_max_soft_drift=soft, **k,
+        )  # fmt: skip
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
     # what is left, said against the null where there is one (else as an absolute share, saying so)

@@ -33,6 +33,7 @@ from pydantic import Field
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
+from rayexp.studies.composition.bounds import Residuals
 from rayexp.studies.composition.learned_bound import learned_bound, same_fit
 from rayexp.studies.composition.stream_setup import task_of
 from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
@@ -76,6 +77,17 @@ SIGNALS = {
     "composed_share_max": "classes/composed_share_max/post",
     "composed_share_max_ci_low": "classes/composed_share_max/post/ci_low",
     "composed_share_max_ci_high": "classes/composed_share_max/post/ci_high",
+    # the bounds' premises and the residual bound (:mod:`.bounds`)
+    "rest_min": "classes/composed_share_max/rest_min/post",
+    "residual_sq": "classes/residual/sq/post",
+    "residual_dot_soft": "classes/residual/dot_soft/post",
+    "residual_dot_composed": "classes/residual/dot_composed/post",
+    "residual_share_max_soft": "classes/residual/share_max_soft/post",
+    "residual_share_max_composed": "classes/residual/share_max_composed/post",
+    "residual_sq_planted_sharp": "classes/planted/sharp/residual_sq",
+    "residual_sq_planted_composed": "classes/planted/composed/residual_sq",
+    "residual_sq_planted_soft": "classes/planted/soft/residual_sq",
+    "unexplained_tv_planted_soft": "classes/planted/soft/unexplained_tv",
     "kl_reweighting": "classes/reweighting/kl/post",
     "kl_elicitation": "classes/elicitation/kl/post",
     "kl_position": "classes/position/kl/post",  # how far the policy moves from its position-only one
@@ -243,6 +255,15 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             planted_defined=col["planted_defined"],
             share_max=col["composed_share_max"],
             tv_composed=col["unexplained_tv_planted_composed"],
+            residuals=Residuals(
+                sq=col["residual_sq"],
+                dot_soft=col["residual_dot_soft"],
+                sq_soft=col["residual_sq_planted_soft"],
+                rest_min=col["rest_min"],
+                tv_sharp=col["unexplained_tv_planted_sharp"],
+                sq_null=_null_of(ref, seeds, "residual_sq"),
+                tv_null=tv[2],
+            ),
         )
         out.append((process, task, v, col))
         null_tv[(process, task)] = tv[2]
@@ -310,9 +331,11 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
                     "share_max_drift",
                     "share_max_learned",
                     "share_max_learned_drift",
+                    "share_max_soft_drift",
                 )
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
+            **{f"refuted_{p}": getattr(v, f"refuted_{p}") for p in ("sharp", "drift", "soft")},
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
         }
         for k, val in row.items():

@@ -1,0 +1,147 @@
+"""The composed-share bounds over seeds, each stated only where the policy allows its premise.
+
+Every bound on how often a policy can act as a composition ``J`` takes a premise on the rest ``b`` of a
+mixture ``a J + (1 - a) b``: that the map of p_pre leaves of ``b`` no more than some reference does. Two
+references: the planted sharp reweighting (a rest resolved as well as sharpened p_pre) and the pair's
+shuffled-reward null (a rest that drifts as PPO does without the task's reward). Two measures of what the
+map leaves: probability mass (:func:`.resolution.composed_share_max`, ``J`` the Bayes argmax) and the
+residual's L2 norm (:func:`.projection.share_max`, here ``J`` the Bayes probabilities: a soft composition,
+which spends too little mass for a mass bound to see).
+
+A premise can be refuted by the policy itself: where no share of ``J`` leaves a rest that small, no
+mixture the premise allows gives the policy, and a bound derived from it describes some other policy.
+Every stored PPO negative control refutes the sharp rest's (its residual is 5.6-9.0 times the planted
+sharp reweighting's on composition_cpu's Mess3 pair; docs/results/composition.md), so the verdict states
+each bound only over the seeds whose policy allows its premise and says on how many it is refuted:
+:func:`refuted` for the mass premise (the least mass any share of the Bayes argmax leaves the rest, on a
+grid: :func:`.projection.rest_mass_min`), NaN from :func:`.projection.share_max_of` for the L2 one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rayexp.stats import t_ci
+from rayexp.studies.composition import resolution
+from rayexp.studies.composition.projection import share_max_of
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float = NAN
+    lo: float = NAN
+    hi: float = NAN
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
+
+
+@dataclass(frozen=True)
+class Residuals:
+    """Per seed (n,), from each trial's composition analysis: the policy's residual ``sq`` (``|r_pi|^2`` per
+    held-out sequence) and its inner product ``dot_soft`` with the Bayes probabilities' residual, whose own
+    is ``sq_soft``; ``rest_min``, the least mass any share of the Bayes argmax leaves the rest; the planted
+    sharp reweighting's mass ``tv_sharp``; and the pair's null's ``sq_null`` and ``tv_null`` paired by seed
+    (None without a null)."""
+
+    sq: np.ndarray
+    dot_soft: np.ndarray
+    sq_soft: np.ndarray
+    rest_min: np.ndarray
+    tv_sharp: np.ndarray
+    sq_null: np.ndarray | None = None
+    tv_null: np.ndarray | None = None
+
+
+def _arr(x) -> np.ndarray:
+    return np.atleast_1d(np.asarray(x, dtype=np.float64))
+
+
+def share_bound(m_pi, m_rest, m_composed, min_seeds: int = 2, ci: float = 0.95) -> Interval:
+    """The composed-share bound (:func:`.resolution.composed_share_max`) per seed, over the seeds where all
+    three masses are finite, as a Student-t interval capped at 1; NaN with fewer than ``min_seeds``."""
+    if m_rest is None or m_composed is None:
+        return Interval()
+    m_pi, m_rest, m_composed = _arr(m_pi), _arr(m_rest), _arr(m_composed)
+    ok = np.isfinite(m_pi) & np.isfinite(m_rest) & np.isfinite(m_composed)
+    if ok.sum() < min_seeds:
+        return Interval()
+    i = t_ci(resolution.composed_share_max(m_pi[ok], m_rest[ok], m_composed[ok]), ci)
+    return Interval(*resolution.capped(i).tolist())
+
+
+def refuted(rest_min, m_rest) -> tuple[int, int]:
+    """(seeds whose policy refutes the mass premise ``m_b <= m_rest``, seeds where it could be checked)."""
+    if rest_min is None or m_rest is None:
+        return 0, 0
+    rest_min, m_rest = _arr(rest_min), _arr(m_rest)
+    ok = np.isfinite(rest_min) & np.isfinite(m_rest)
+    return int((rest_min[ok] > m_rest[ok]).sum()), int(ok.sum())
+
+
+def residual_bound(sq, dot, sq_j, sq_rest, min_seeds: int = 2, ci: float = 0.95) -> tuple[Interval, int, int]:
+    """The residual bound (:func:`.projection.share_max_of`) per seed, for a rest whose residual is no larger
+    than ``sqrt(sq_rest)``: (its Student-t interval over the seeds whose policy allows the premise, capped at
+    1, NaN with fewer than ``min_seeds`` of them; the seeds refuting it; the seeds checked)."""
+    if sq_rest is None:
+        return Interval(), 0, 0
+    cols = [_arr(x) for x in (sq, dot, sq_j, sq_rest)]
+    ok = np.logical_and.reduce([np.isfinite(c) for c in cols])
+    share = np.array([share_max_of(p, d, j, np.sqrt(r)) for p, d, j, r in zip(*(c[ok] for c in cols))])
+    allowed = share[np.isfinite(share)]
+    n_refuted = int(len(share) - len(allowed))
+    if len(allowed) < min_seeds:
+        return Interval(), n_refuted, int(ok.sum())
+    return Interval(*resolution.capped(t_ci(allowed, ci)).tolist()), n_refuted, int(ok.sum())
+
+
+def _refuted_text(k: int, n: int, rest: str) -> str:
+    return f"the policy refutes the premise of {rest} on {k}/{n} seeds (no share of the joint-target policy leaves it so little)"
+
+
+def clauses(
+    most: Interval,
+    drifting: Interval,
+    soft: Interval,
+    counts: dict[str, tuple[int, int]],
+    visible: bool,
+) -> str:
+    """What a verdict other than composition adds about how often the policy can be composed: the mass
+    bounds (``most``: a rest resolved as sharpened p_pre, ``drifting``: one that drifts as the null's) where
+    the joint-target policy is visible to the fit (``visible``) and the first bounds anything, and the
+    residual bound on the Bayes probabilities (``soft``, a drifting rest); each only where no seed's policy
+    refutes its premise (``counts``: (refuted, checked) per ``sharp``, ``drift``, ``soft``), else saying so."""
+    out = ""
+    sharp_k, sharp_n = counts.get("sharp", (0, 0))
+    drift_k, drift_n = counts.get("drift", (0, 0))
+    if visible and most.hi < 1:  # (NaN compares False: nothing said)
+        drift = ""
+        if drift_k:
+            drift = "; " + _refuted_text(drift_k, drift_n, "a rest that drifts as the null's does")
+        elif np.isfinite(drifting.hi):
+            drift = f"; at most {drifting.hi:.2f} for a rest that drifts as the null's does ({drifting})"
+        if sharp_k:
+            rest = "a rest this map resolves as well as a sharpened p_pre"
+            out += "; " + _refuted_text(sharp_k, sharp_n, rest) + ", so that bound is not stated" + drift
+        else:
+            out += (
+                f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
+                f"a rest this map resolves as well as a sharpened p_pre{drift})"
+            )
+    soft_k, soft_n = counts.get("soft", (0, 0))
+    if soft.hi < 1:
+        also = f"; {soft_k}/{soft_n} seeds refute that premise, not counted" if soft_k else ""
+        out += (
+            f"; it acts as the Bayes probabilities (a soft composition) at most {soft.hi:.2f} of the time, for a "
+            f"rest whose residual is no larger than the null's ({soft}{also})"
+        )
+    elif soft_k:  # every seed, or too many for an interval over the rest
+        out += (
+            f"; no mixture of the Bayes probabilities and a rest whose residual is no larger than the null's gives "
+            f"this policy on {soft_k}/{soft_n} seeds"
+        )
+    return out

@@ -1,0 +1,84 @@
+"""The composed-share bounds over seeds, each stated only where the policy allows its premise
+(rayexp/studies/composition/bounds.py), and the per-trial inputs the composition analysis logs for them
+(:func:`.projection.trial_bounds`), on exact streams where the mixture's share is known."""
+
+import numpy as np
+import pytest
+
+from rayexp.studies.composition import bounds, projection, resolution
+from rayexp.studies.composition.battery_streams import sample
+from rayexp.studies.composition.bounds import Interval
+
+
+def _planted(s):
+    return resolution.planted_values(s.p_pre, s.p_pre[..., s.act], s.P, s.train, s.test, s.resolution)
+
+
+def test_refuted_counts_the_seeds_whose_least_rest_exceeds_the_premise():
+    assert bounds.refuted([0.1, 0.3, np.nan, 0.2], [0.2, 0.2, 0.2, 0.2]) == (1, 3)  # 0.2 <= 0.2 allows it
+    assert bounds.refuted(None, [0.2]) == (0, 0) and bounds.refuted([0.1], None) == (0, 0)
+
+
+def test_the_residual_bound_is_taken_over_the_seeds_that_allow_its_premise():
+    g = np.random.default_rng(0)
+    r_j = g.normal(size=(5, 40, 6, 3))
+    r_b = 0.3 * g.normal(size=(5, 40, 6, 3))
+    share = np.array([0.1, 0.2, 0.15, 0.3, 0.25])
+    r_pi = share[:, None, None, None] * r_j + (1 - share[:, None, None, None]) * r_b
+    per_seq = lambda a, b: (a * b).sum((1, 2, 3)) / 40
+    sq, dot, sq_j = per_seq(r_pi, r_pi), per_seq(r_pi, r_j), per_seq(r_j, r_j)
+    sq_rest = per_seq(r_b, r_b)  # each seed's rest exactly as large as the premise allows
+    iv, k, n = bounds.residual_bound(sq, dot, sq_j, sq_rest)
+    each = [projection.share_max(r_pi[i], r_j[i], projection.norm(r_b[i])) for i in range(5)]
+    assert (k, n) == (0, 5) and all(e >= a - 1e-9 for e, a in zip(each, share))
+    assert iv.mean == pytest.approx(np.mean(each)) and iv.lo < iv.mean < iv.hi
+    # a premise far smaller than the rest: the policy refutes it on that seed, which is left out and counted
+    small = sq_rest.copy()
+    small[3] = 1e-6 * sq_rest[3]
+    iv2, k2, n2 = bounds.residual_bound(sq, dot, sq_j, small)
+    assert (k2, n2) == (1, 5) and iv2.mean == pytest.approx(np.mean(np.delete(each, 3)))
+    assert bounds.residual_bound(sq, dot, sq_j, None) == (Interval(), 0, 0)
+    one = bounds.residual_bound(sq[:1], dot[:1], sq_j[:1], sq_rest[:1])
+    assert np.isnan(one[0].mean) and one[1:] == (0, 1)  # one seed: no interval
+
+
+def test_a_refuted_premise_withholds_its_bound_and_says_on_how_many_seeds():
+    most, drifting, soft = Interval(0.1, 0.05, 0.14), Interval(0.2, 0.15, 0.25), Interval(0.3, 0.2, 0.4)
+    held = bounds.clauses(most, drifting, soft, {"sharp": (0, 5), "drift": (0, 5), "soft": (0, 5)}, visible=True)
+    assert "at most 0.14 of the time" in held and "at most 0.25 for a rest that drifts" in held
+    assert "Bayes probabilities (a soft composition) at most 0.40" in held
+    gone = bounds.clauses(most, drifting, soft, {"sharp": (5, 5), "drift": (0, 5), "soft": (1, 5)}, visible=True)
+    assert "0.14" not in gone and "on 5/5 seeds" in gone and "so that bound is not stated" in gone
+    assert "at most 0.25 for a rest that drifts" in gone and "1/5 seeds refute that premise" in gone
+    both = bounds.clauses(most, drifting, Interval(), {"sharp": (2, 5), "drift": (1, 5), "soft": (5, 5)}, True)
+    assert "0.25" not in both and "1/5 seeds" in both and "gives this policy on 5/5 seeds" in both
+    # a product (the joint target nearly a map of p_pre): the mass bounds say nothing, the residual one still does
+    product = bounds.clauses(most, drifting, soft, {}, visible=False)
+    assert "joint-target policy at most" not in product and "at most 0.40" in product
+    assert bounds.clauses(Interval(1.0, 0.9, 1.0), Interval(), Interval(1.0, 1.0, 1.0), {}, True) == ""
+
+
+def test_a_trials_bound_inputs_hold_its_share_where_the_premise_holds_and_refute_it_where_not():
+    s = sample("interleave(mess3,z1r)", 300, 0)  # an exact model: the map resolves sharpened p_pre
+    p = _planted(s)
+    pol = resolution.planted_policies(s.p_pre[..., s.act], s.P)
+
+    def trial(pi):
+        return projection.trial_bounds(_residual(s, pi), p)
+
+    soft_quarter = trial(0.25 * pol["soft"] + 0.75 * pol["sharp"])
+    assert soft_quarter["share_max_soft"] >= 0.25 - 1e-9 and soft_quarter["share_max_soft"] < 0.3
+    # the residual is a quarter of the soft one's (the map resolves the sharp rest): a sixteenth of its square
+    assert soft_quarter["sq"] * len(s.test) == pytest.approx(projection.norm(p["r_soft"]) ** 2 / 16, rel=0.02)
+    sharp = trial(pol["sharp"])
+    assert sharp["rest_min"] <= float(np.mean(p["tv_sharp"])) + 1e-12  # a = 0: the rest is the policy itself
+    # a policy far from any map (random per step, which p_pre does not read): no share of the joint target
+    # leaves a rest as small as the sharp reweighting's, in mass or in L2
+    g = np.random.default_rng(3)
+    far = g.dirichlet(np.ones(len(s.act)) * 0.3, size=s.P.shape[:2])
+    noisy = trial(far)
+    assert noisy["rest_min"] > float(np.mean(p["tv_sharp"])) and np.isnan(noisy["share_max_composed"])
+
+
+def _residual(s, pi):
+    return projection.residual(s.p_pre, pi, s.train, s.test, s.resolution)
