@@ -51,6 +51,13 @@ def test_the_bound_against_the_learned_policy_is_stated_and_decides_nothing():
     # a composition verdict keeps its reason (its share is its claim), with the numbers on the record
     comp = learned_bound(dataclasses.replace(v, code=COMPOSITION), m_pi, m_sharp, m_null, m_learned, "p")
     assert comp.reason == v.reason and np.isfinite(comp.share_max_learned.mean)
+    # where the policy refutes the sharp rest's premise against the Bayes J, only the drifting bound is stated
+    refuting = learned_bound(dataclasses.replace(v, refuted_sharp=5.0), m_pi, m_sharp, m_null, m_learned, "pc")
+    assert f"at most {refuting.share_max_learned.hi:.2f}" not in refuting.reason
+    assert f"pc's learned composition at most {refuting.share_max_learned_drift.hi:.2f} of the time for a drifting" in (
+        refuting.reason
+    )
+    assert refuting.share_max_learned == out.share_max_learned  # on the record, not in the reason
 
 
 def test_a_soft_composition_is_bounded_by_its_own_mass_and_not_by_the_bayes_policys():

@@ -100,7 +100,7 @@ def residual_bound(sq, dot, sq_j, sq_rest, min_seeds: int = 2, ci: float = 0.95)
 
 
 def _refuted_text(k: int, n: int, rest: str) -> str:
-    return f"the policy refutes the premise of {rest} on {k}/{n} seeds (no share of the joint-target policy leaves it so little)"
+    return f"the policy refutes the premise of {rest} on {k}/{n} seeds (at no share of the joint-target policy is the rest that small)"
 
 
 def clauses(
@@ -112,13 +112,17 @@ def clauses(
 ) -> str:
     """What a verdict other than composition adds about how often the policy can be composed: the mass
     bounds (``most``: a rest resolved as sharpened p_pre, ``drifting``: one that drifts as the null's) where
-    the joint-target policy is visible to the fit (``visible``) and the first bounds anything, and the
-    residual bound on the Bayes probabilities (``soft``, a drifting rest); each only where no seed's policy
-    refutes its premise (``counts``: (refuted, checked) per ``sharp``, ``drift``, ``soft``), else saying so."""
+    the first bounds anything, and the residual bound on the Bayes probabilities (``soft``, a drifting rest);
+    each only where no seed's policy refutes its premise (``counts``: (refuted, checked) per ``sharp``,
+    ``drift``, ``soft``), else saying so. Nothing where the joint-target policy is not ``visible`` to the fit
+    (a product, whose joint target is nearly a map of p_pre): acting as it is no composition there, and the
+    residual bound then only says how much of the policy's residual the rest must carry."""
+    if not visible:
+        return ""
     out = ""
     sharp_k, sharp_n = counts.get("sharp", (0, 0))
     drift_k, drift_n = counts.get("drift", (0, 0))
-    if visible and most.hi < 1:  # (NaN compares False: nothing said)
+    if most.hi < 1:  # (NaN compares False: nothing said)
         drift = ""
         if drift_k:
             drift = "; " + _refuted_text(drift_k, drift_n, "a rest that drifts as the null's does")

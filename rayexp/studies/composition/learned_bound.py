@@ -44,7 +44,9 @@ def learned_bound(
     """``v`` with the composed-share bounds against ``learned_from``'s learned policy (per seed, what the
     map leaves of it: ``tv_learned``, NaN where a seed has no such trial on the same fit), for a rest
     resolved as sharpened p_pre (``tv_sharp``) and one that drifts as the null's policy (``tv_null``, None
-    without a null); a verdict other than composition states the first's high end in its reason. Like
+    without a null); a verdict other than composition states the first's high end in its reason (only the
+    second's where its policy refutes the sharp rest's premise against the Bayes J on some seed: that premise
+    is not checked against the learned J, whose residual is another trial's). Like
     the Bayes bound it decides nothing."""
     th = th or Thresholds()
     learned = share_bound(tv_policy, tv_sharp, tv_learned, th.min_seeds, th.ci)
@@ -52,7 +54,13 @@ def learned_bound(
     if not np.isfinite(learned.mean):
         return v
     reason = v.reason
-    if v.code != COMPOSITION:
+    if v.code != COMPOSITION and v.refuted_sharp > 0:  # the sharp rest's premise is refuted against the Bayes J
+        if np.isfinite(drift.hi):
+            reason += (
+                f"; it acts as {learned_from}'s learned composition at most {drift.hi:.2f} of the time for a drifting "
+                f"rest ({drift}; for a sharp rest, a premise this policy refutes against the Bayes J, not stated)"
+            )
+    elif v.code != COMPOSITION:
         also = f"; {drift.hi:.2f} for a drifting rest" if np.isfinite(drift.hi) else ""
         reason += (
             f"; it acts as {learned_from}'s learned composition at most {learned.hi:.2f} of the time ({learned}{also})"
