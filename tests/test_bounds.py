@@ -49,7 +49,8 @@ def test_a_refuted_premise_withholds_its_bound_and_says_on_how_many_seeds():
     assert "Bayes probabilities (a soft composition) at most 0.40" in held
     gone = bounds.clauses(most, drifting, soft, {"sharp": (5, 5), "drift": (0, 5), "soft": (1, 5)}, visible=True)
     assert "0.14" not in gone and "on 5/5 seeds" in gone and "so that bound is not stated" in gone
-    assert "at most 0.25 for a rest that drifts" in gone and "1/5 seeds refute that premise" in gone
+    assert "joint-target policy at most 0.25 of the time for a rest that drifts" in gone
+    assert "1/5 seeds refute that premise" in gone
     both = bounds.clauses(most, drifting, Interval(), {"sharp": (2, 5), "drift": (1, 5), "soft": (5, 5)}, True)
     assert "0.25" not in both and "1/5 seeds" in both and "gives this policy on 5/5 seeds" in both
     # a product (the joint target nearly a map of p_pre): acting as it is no composition, nothing is said. The

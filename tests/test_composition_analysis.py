@@ -352,7 +352,7 @@ def test_the_verdict_withholds_a_bound_whose_premise_the_policy_refutes_and_stat
     assert row["verdict"] == "reweighting" and row["refuted_sharp"] == 3 and row["refuted_drift"] == 0
     assert f"at most {row['share_max_hi']:.2f} of the time" not in row["reason"]
     assert "refutes the premise of a rest this map resolves as well as a sharpened p_pre on 3/3 seeds" in row["reason"]
-    assert f"at most {row['share_max_drift_hi']:.2f} for a rest that drifts" in row["reason"]
+    assert f"policy at most {row['share_max_drift_hi']:.2f} of the time for a rest that drifts" in row["reason"]
     each = [projection.share_max_of(0.5, d, 4.0, np.sqrt(q)) for d, q in zip((0.3, 0.4, 0.5), sq_null)]
     assert row["refuted_soft"] == 0 and row["share_max_soft_drift"] == pytest.approx(np.mean(each))
     assert f"Bayes probabilities (a soft composition) at most {row['share_max_soft_drift_hi']:.2f}" in row["reason"]

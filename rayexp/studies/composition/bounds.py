@@ -123,14 +123,19 @@ def clauses(
     sharp_k, sharp_n = counts.get("sharp", (0, 0))
     drift_k, drift_n = counts.get("drift", (0, 0))
     if most.hi < 1:  # (NaN compares False: nothing said)
+        drifts = "a rest that drifts as the null's does"
         drift = ""
         if drift_k:
-            drift = "; " + _refuted_text(drift_k, drift_n, "a rest that drifts as the null's does")
+            drift = "; " + _refuted_text(drift_k, drift_n, drifts)
         elif np.isfinite(drifting.hi):
-            drift = f"; at most {drifting.hi:.2f} for a rest that drifts as the null's does ({drifting})"
+            drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})"
         if sharp_k:
             rest = "a rest this map resolves as well as a sharpened p_pre"
-            out += "; " + _refuted_text(sharp_k, sharp_n, rest) + ", so that bound is not stated" + drift
+            out += "; " + _refuted_text(sharp_k, sharp_n, rest) + ", so that bound is not stated"
+            if drift_k:
+                out += drift
+            elif np.isfinite(drifting.hi):
+                out += f"; it holds the joint-target policy at most {drifting.hi:.2f} of the time for {drifts} ({drifting})"
         else:
             out += (
                 f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
