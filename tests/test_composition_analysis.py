@@ -300,17 +300,24 @@ RULE_KEYS = (
 )
 
 
-def test_the_verdict_reads_each_trials_composed_share_bound():
-    keys = (
-        *RULE_KEYS,
-        "classes/composed_share_max/post",
-        "classes/reweighting/unexplained_tv/post",
-        "classes/elicitation/unexplained_tv/post",
-        "classes/planted/composed/unexplained_tv",
-    )
+#: the rule's keys and what the composed-share bounds read
+SHARE_KEYS = (
+    *RULE_KEYS,
+    "classes/composed_share_max/post",
+    "classes/reweighting/unexplained_tv/post",
+    "classes/elicitation/unexplained_tv/post",
+    "classes/planted/composed/unexplained_tv",
+)
 
+
+def _trials(keys, rows, task, null=False):
+    """One stored trial per row (its seed the row's index), ``keys`` -> the row's values."""
+    return [FakeTrial(stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null) for s, r in enumerate(rows)]
+
+
+def test_the_verdict_reads_each_trials_composed_share_bound():
     def trials(rows, task, null=False):
-        return [FakeTrial(stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null) for s, r in enumerate(rows)]
+        return _trials(SHARE_KEYS, rows, task, null)
 
     null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.7, m, 0.3, 0.5) for m in (0.2, 0.25, 0.3)], "null", null=True)
     neg = trials([(0.05, 0.5, np.nan, 0.2, 0.9, m, 0.05, 0.4, 0.5) for m in (0.08, 0.1, 0.12)], "neg")
@@ -325,11 +332,7 @@ def test_the_verdict_reads_each_trials_composed_share_bound():
 
 def test_the_verdict_withholds_a_bound_whose_premise_the_policy_refutes_and_states_the_residual_bound():
     keys = (
-        *RULE_KEYS,
-        "classes/composed_share_max/post",
-        "classes/reweighting/unexplained_tv/post",
-        "classes/elicitation/unexplained_tv/post",
-        "classes/planted/composed/unexplained_tv",
+        *SHARE_KEYS,
         "classes/planted/sharp/unexplained_tv",
         "classes/composed_share_max/rest_min/post",
         "classes/residual/sq/post",
@@ -338,7 +341,7 @@ def test_the_verdict_withholds_a_bound_whose_premise_the_policy_refutes_and_stat
     )
 
     def trials(rows, task, null=False):
-        return [FakeTrial(stored_metrics=dict(zip(keys, r)), seed=s, task=task, null=null) for s, r in enumerate(rows)]
+        return _trials(keys, rows, task, null)
 
     sq_null = (1.0, 1.2, 0.9)
     null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.7, m, 0.3, 0.5, 0.05, 0.6, q, 0.2, 4.0) for m, q in
