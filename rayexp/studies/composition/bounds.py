@@ -100,7 +100,8 @@ def residual_bound(sq, dot, sq_j, sq_rest, min_seeds: int = 2, ci: float = 0.95)
 
 
 def _refuted_text(k: int, n: int, rest: str) -> str:
-    return f"the policy refutes the premise of {rest} on {k}/{n} seeds (at no share of the joint-target policy is the rest that small)"
+    why = "at no share of the joint-target policy is the rest that small"
+    return f"the policy refutes the premise of {rest} on {k}/{n} seeds ({why})"
 
 
 def clauses(
@@ -123,24 +124,16 @@ def clauses(
     sharp_k, sharp_n = counts.get("sharp", (0, 0))
     drift_k, drift_n = counts.get("drift", (0, 0))
     if most.hi < 1:  # (NaN compares False: nothing said)
-        drifts = "a rest that drifts as the null's does"
-        drift = ""
-        if drift_k:
-            drift = "; " + _refuted_text(drift_k, drift_n, drifts)
-        elif np.isfinite(drifting.hi):
-            drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})"
-        if sharp_k:
-            rest = "a rest this map resolves as well as a sharpened p_pre"
-            out += "; " + _refuted_text(sharp_k, sharp_n, rest) + ", so that bound is not stated"
-            if drift_k:
-                out += drift
-            elif np.isfinite(drifting.hi):
+        sharp, drifts = "a rest this map resolves as well as a sharpened p_pre", "a rest that drifts as the null's does"
+        drift_refuted = "; " + _refuted_text(drift_k, drift_n, drifts) if drift_k else ""
+        drift_stated = np.isfinite(drifting.hi) and not drift_k
+        if sharp_k:  # the drifting bound is the reason's only one: said in full
+            out += "; " + _refuted_text(sharp_k, sharp_n, sharp) + ", so that bound is not stated" + drift_refuted
+            if drift_stated:
                 out += f"; it holds the joint-target policy at most {drifting.hi:.2f} of the time for {drifts} ({drifting})"
-        else:
-            out += (
-                f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
-                f"a rest this map resolves as well as a sharpened p_pre{drift})"
-            )
+        else:  # the drifting bound beside the sharp one, as its weaker premise
+            drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})" if drift_stated else drift_refuted
+            out += f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for {sharp}{drift})"
     soft_k, soft_n = counts.get("soft", (0, 0))
     if soft.hi < 1:
         also = f"; {soft_k}/{soft_n} seeds refute that premise, not counted" if soft_k else ""
