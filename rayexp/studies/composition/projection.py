@@ -107,11 +107,13 @@ def trial_bounds(r_pi: np.ndarray, planted: dict[str, np.ndarray]) -> dict[str, 
     (so a rest's size can come from another trial on the same sequences: the verdict's drifting rest), the
     residual bound for a rest no larger than the planted sharp reweighting's (``share_max_{j}``, NaN where
     the policy refutes that premise), and :func:`rest_mass_min` against the Bayes argmax."""
-    n = len(r_pi)
-    out = {"sq": float((np.asarray(r_pi, dtype=np.float64) ** 2).sum()) / n}
+    r_pi = np.asarray(r_pi, dtype=np.float64)
+    n, pp, norm_sharp = len(r_pi), float((r_pi * r_pi).sum()), norm(planted["r_sharp"])
+    out = {"sq": pp / n}
     for j in ("composed", "soft"):
-        r_j = planted[f"r_{j}"]
-        out[f"dot_{j}"] = float((r_pi * r_j).sum()) / n
-        out[f"share_max_{j}"] = share_max(r_pi, r_j, norm(planted["r_sharp"]))
+        r_j = np.asarray(planted[f"r_{j}"], dtype=np.float64)
+        pj = float((r_pi * r_j).sum())
+        out[f"dot_{j}"] = pj / n
+        out[f"share_max_{j}"] = share_max_of(pp, pj, float((r_j * r_j).sum()), norm_sharp)
     out["rest_min"] = rest_mass_min(r_pi, planted["r_composed"])
     return out
