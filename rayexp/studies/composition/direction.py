@@ -88,10 +88,11 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
     def resid(pi: np.ndarray) -> np.ndarray:
         return residual(p_pre, pi, s.train, s.test, res)
 
-    r_soft, r_argmax = resid(s.P_joint), resid(resolution.onehot_argmax(s.P_joint))
+    # J (the Bayes probabilities and argmax) and the planted sharp reweighting, fitted as the analysis fits them
+    planted = resolution.planted_values(p_pre, p_pre[..., act], s.P_joint, s.train, s.test, res)
+    r_soft, r_argmax, r_sharp = planted["r_soft"], planted["r_composed"], planted["r_sharp"]
     r_post = resid(classes.softmax(model_forward(artifacts.model_after())(s.tokens, False)[0][..., act]))
     r_pre = resid(p_pre[..., act] / p_pre[..., act].sum(-1, keepdims=True))
-    r_sharp = resid(resolution.sharpen(p_pre[..., act], resolution.BETA))
     out = {k: float(projection(r, r_soft).mean()) for k, r in (("pre", r_pre), ("post", r_post), ("sharp", r_sharp))}
     out["post_argmax"] = float(projection(r_post, r_argmax).mean())
     out |= {
