@@ -155,6 +155,10 @@ def test_composition_must_earn_its_reward_beyond_the_map_of_p_pre():
     assert v.code == COMPOSITION and "(no interval)" in v.reason
     ctx["shortfall"] = Interval(0.1)
     assert decide([0.8], [0.7], [0.9], [0.2], [0.15], context=ctx).code == INCONCLUSIVE
+    # five seeds, one of which logged it (a group mixing trials before and after the metric): no interval, and
+    # one seed's value does not show composition for five
+    v = decide(u_rw, u_el, margin, null_rw, null_el, shortfall=[0.9, np.nan, np.nan, np.nan, np.nan])
+    assert v.code == INCONCLUSIVE and "finite on one seed only (0.90, no interval)" in v.reason
 
 
 def test_the_shortfall_of_a_stored_trial_without_the_metric_comes_from_its_parts():
@@ -249,6 +253,12 @@ def test_the_score_is_absolute_mass_and_its_excess_is_paired_with_the_null():
     one = decide([0.8], [0.7], [0.9], [0.2], [0.15], context=ctx, tv=([0.3], [0.15], [0.2], [0.08]))
     assert (one.score.mean, one.score.lo, one.score.hi) == pytest.approx((0.15, 0.13, 0.17))
     assert one.excess.mean == pytest.approx(0.15 - 0.08)
+    # a score in mass against a null known only in shares has no excess: the two are not in one unit
+    part = decide(seeds(0.8), seeds(0.7, seed=1), seeds(0.9, seed=2), seeds(0.2, seed=10), seeds(0.15, seed=11),
+                  tv=(tv_rw, tv_el, None, None))  # fmt: skip
+    assert part.score.mean == pytest.approx(own.mean()) and np.isnan(part.excess.mean)
+    one = decide([0.8], [0.7], [0.9], [0.2], [0.15], context=ctx, tv=([0.3], [0.15], None, None))
+    assert one.score.mean == pytest.approx(0.15) and np.isnan(one.excess.mean)
 
 
 def test_verdict_without_a_null_uses_absolute_thresholds_and_says_so():
@@ -315,7 +325,7 @@ def test_the_share_bound_is_also_stated_for_a_rest_that_drifts_as_the_null_does(
     kw = {"below_bar": seeds(0.1, seed=3), "u_composed": seeds(0.9, seed=4), "share_max": seeds(0.1, seed=5)}
     v = decide(u_rw, u_el, margin, null_rw, null_el, tv=tv, **kw, tv_composed=seeds(0.56, seed=12))
     m_pi, m_null, m_j = tv[0], tv[2], seeds(0.56, seed=12)
-    assert v.share_max_drift.mean == pytest.approx((m_pi + m_null).sum() / (m_j + m_null).sum())
+    assert v.share_max_drift.mean == pytest.approx(np.mean(np.minimum(1, (m_pi + m_null) / (m_j + m_null))))
     assert v.share_max_drift.mean > v.share_max.mean  # the weaker premise excludes less
     assert f"at most {v.share_max_drift.hi:.2f} for a rest that drifts as the null's does" in v.reason
     # no null (or no mass logged): only the planted premise's bound is stated

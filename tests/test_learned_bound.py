@@ -40,10 +40,12 @@ def test_the_bound_against_the_learned_policy_is_stated_and_decides_nothing():
         seeds(0.56, seed=3),
     )
     out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "positive_control")
-    # linearised per seed, so the mean over seeds is the ratio of the sums (resolution.composed_share_max)
-    ratio = (m_pi + m_sharp).sum() / (m_learned + m_sharp).sum()
-    assert out.code == v.code and out.share_max_learned.mean == pytest.approx(ratio)
-    assert out.share_max_learned_drift.mean == pytest.approx((m_pi + m_null).sum() / (m_learned + m_null).sum())
+    # each seed's bound, (m_pi + m_rest) / (m_J + m_rest) capped at 1, and their mean over seeds
+    each = np.minimum(1, (m_pi + m_sharp) / (m_learned + m_sharp))
+    assert out.code == v.code and out.share_max_learned.mean == pytest.approx(each.mean())
+    assert out.share_max_learned_drift.mean == pytest.approx(
+        np.mean(np.minimum(1, (m_pi + m_null) / (m_learned + m_null)))
+    )
     assert out.reason.startswith(v.reason)
     assert f"positive_control's learned composition at most {out.share_max_learned.hi:.2f}" in out.reason
     # without a paired learned policy on enough seeds: the verdict as it was
@@ -58,6 +60,12 @@ def test_the_bound_against_the_learned_policy_is_stated_and_decides_nothing():
         refuting.reason
     )
     assert refuting.share_max_learned == out.share_max_learned  # on the record, not in the reason
+    # and where it refutes the drifting rest's too, neither is stated: no bound beside "refutes" for one premise
+    both = learned_bound(dataclasses.replace(v, refuted_sharp=5.0, refuted_drift=2.0), m_pi, m_sharp, m_null,
+                         m_learned, "pc")  # fmt: skip
+    assert both.reason == v.reason and both.share_max_learned_drift == out.share_max_learned_drift
+    drift_only = learned_bound(dataclasses.replace(v, refuted_drift=2.0), m_pi, m_sharp, m_null, m_learned, "pc")
+    assert f"at most {out.share_max_learned.hi:.2f}" in drift_only.reason and "drifting rest" not in drift_only.reason
 
 
 def test_a_soft_composition_is_bounded_by_its_own_mass_and_not_by_the_bayes_policys():

@@ -66,6 +66,11 @@ STUDY = Study(
                 "share_max_hi",
                 "share_max_drift_hi",
                 "share_max_learned_hi",
+                "share_max_soft_drift_hi",
+                # beside each bound, on how many seeds its policy refutes the premise (the reason then withholds it)
+                "refuted_sharp",
+                "refuted_drift",
+                "refuted_soft",
                 "n_seeds",
                 "reason",
             ),

@@ -12,9 +12,9 @@ A premise can be refuted by the policy itself: where no share of ``J`` leaves a 
 mixture the premise allows gives the policy, and a bound derived from it describes some other policy.
 Every stored PPO negative control refutes the sharp rest's (its residual is 5.6-9.0 times the planted
 sharp reweighting's on composition_cpu's Mess3 pair; docs/results/composition.md), so the verdict states
-each bound only over the seeds whose policy allows its premise and says on how many it is refuted:
-:func:`refuted` for the mass premise (the least mass any share of the Bayes argmax leaves the rest, on a
-grid: :func:`.projection.rest_mass_min`), NaN from :func:`.projection.share_max_of` for the L2 one.
+each bound only where no seed's policy refutes its premise and says on how many one does:
+:func:`refuted` for the mass premise (the least mass any share of the Bayes argmax leaves the rest, exact:
+:func:`.projection.rest_mass_min`), NaN from :func:`.projection.share_max_of` for the L2 one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rayexp.studies.composition import resolution
 from rayexp.studies.composition.projection import share_max_of
 
 NAN = float("nan")
+REL_TOL, ABS_TOL = 1e-9, 1e-12  # rounding in a mass summed over ~1e5 entries is ~1e-13 of it
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,19 @@ def _arr(x) -> np.ndarray:
 
 
 def share_bound(m_pi, m_rest, m_composed, min_seeds: int = 2, ci: float = 0.95) -> Interval:
-    """The composed-share bound (:func:`.resolution.composed_share_max`) per seed, over the seeds where all
-    three masses are finite, as a Student-t interval capped at 1; NaN with fewer than ``min_seeds``."""
+    """The composed-share bound (:func:`.resolution.composed_share_max`) of each seed, ``(m_pi + m_rest) /
+    (m_J + m_rest)`` capped at 1, over the seeds where all three masses are finite, as a Student-t interval of their mean
+    capped at 1; NaN with fewer than ``min_seeds``. Each seed's policy has its own share, so the mean share
+    is bounded by the mean of the seeds' bounds; the ratio of the sums over seeds would weight each by its
+    ``m_J + m_rest`` (a learned J's mass moves with its PPO run) and can fall below that mean."""
     if m_rest is None or m_composed is None:
         return Interval()
     m_pi, m_rest, m_composed = _arr(m_pi), _arr(m_rest), _arr(m_composed)
-    ok = np.isfinite(m_pi) & np.isfinite(m_rest) & np.isfinite(m_composed)
+    ok = np.isfinite(m_pi) & np.isfinite(m_rest) & np.isfinite(m_composed) & (m_composed + m_rest > 0)
     if ok.sum() < min_seeds:
         return Interval()
-    i = t_ci(resolution.composed_share_max(m_pi[ok], m_rest[ok], m_composed[ok]), ci)
-    return Interval(*resolution.capped(i).tolist())
+    each = resolution.capped((m_pi[ok] + m_rest[ok]) / (m_composed[ok] + m_rest[ok]))  # a share is at most 1
+    return Interval(*resolution.capped(t_ci(each, ci)).tolist())
 
 
 def refuted(rest_min, m_rest) -> tuple[int, int]:
@@ -80,13 +84,16 @@ def refuted(rest_min, m_rest) -> tuple[int, int]:
         return 0, 0
     rest_min, m_rest = _arr(rest_min), _arr(m_rest)
     ok = np.isfinite(rest_min) & np.isfinite(m_rest)
-    return int((rest_min[ok] > m_rest[ok]).sum()), int(ok.sum())
+    # a premise that holds exactly (the rest is the reference) must not be refuted by rounding in the sums
+    over = rest_min[ok] > m_rest[ok] * (1.0 + REL_TOL) + ABS_TOL
+    return int(over.sum()), int(ok.sum())
 
 
 def residual_bound(sq, dot, sq_j, sq_rest, min_seeds: int = 2, ci: float = 0.95) -> tuple[Interval, int, int]:
     """The residual bound (:func:`.projection.share_max_of`) per seed, for a rest whose residual is no larger
     than ``sqrt(sq_rest)``: (its Student-t interval over the seeds whose policy allows the premise, capped at
-    1, NaN with fewer than ``min_seeds`` of them; the seeds refuting it; the seeds checked)."""
+    1, NaN with fewer than ``min_seeds`` of them; the seeds refuting it; the seeds checked). The interval is
+    kept for the table beside the count; :func:`clauses` states it only where no seed refutes the premise."""
     if sq_rest is None:
         return Interval(), 0, 0
     cols = [_arr(x) for x in (sq, dot, sq_j, sq_rest)]
@@ -115,7 +122,7 @@ def clauses(
     bounds (``most``: a rest resolved as sharpened p_pre, ``drifting``: one that drifts as the null's) where
     the first bounds anything, and the residual bound on the Bayes probabilities (``soft``, a drifting rest);
     each only where no seed's policy refutes its premise (``counts``: (refuted, checked) per ``sharp``,
-    ``drift``, ``soft``), else saying so. Nothing where the joint-target policy is not ``visible`` to the fit
+    ``drift``, ``soft``), else saying so; the drifting bound on its own where the sharp premise is refuted. Nothing where the joint-target policy is not ``visible`` to the fit
     (a product, whose joint target is nearly a map of p_pre): acting as it is no composition there, and the
     residual bound then only says how much of the policy's residual the rest must carry."""
     if not visible:
@@ -123,27 +130,25 @@ def clauses(
     out = ""
     sharp_k, sharp_n = counts.get("sharp", (0, 0))
     drift_k, drift_n = counts.get("drift", (0, 0))
-    if most.hi < 1:  # (NaN compares False: nothing said)
-        sharp, drifts = "a rest this map resolves as well as a sharpened p_pre", "a rest that drifts as the null's does"
-        drift_refuted = "; " + _refuted_text(drift_k, drift_n, drifts) if drift_k else ""
-        drift_stated = np.isfinite(drifting.hi) and not drift_k
-        if sharp_k:  # the drifting bound is the reason's only one: said in full
-            out += "; " + _refuted_text(sharp_k, sharp_n, sharp) + ", so that bound is not stated" + drift_refuted
-            if drift_stated:
-                out += f"; it holds the joint-target policy at most {drifting.hi:.2f} of the time for {drifts} ({drifting})"
-        else:  # the drifting bound beside the sharp one, as its weaker premise
-            drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})" if drift_stated else drift_refuted
-            out += f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for {sharp}{drift})"
+    sharp, drifts = "a rest this map resolves as well as a sharpened p_pre", "a rest that drifts as the null's does"
+    drift_refuted = "; " + _refuted_text(drift_k, drift_n, drifts) if drift_k else ""
+    drift_stated = drifting.hi < 1 and not drift_k  # (NaN compares False: nothing said)
+    if sharp_k:  # the drifting bound is the reason's only mass bound: said in full, on its own
+        out += "; " + _refuted_text(sharp_k, sharp_n, sharp) + ", so that bound is not stated" + drift_refuted
+        if drift_stated:
+            out += f"; it holds the joint-target policy at most {drifting.hi:.2f} of the time for {drifts} ({drifting})"
+    elif most.hi < 1:  # the drifting bound beside the sharp one, as its weaker premise
+        drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})" if drift_stated else drift_refuted
+        out += f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for {sharp}{drift})"
     soft_k, soft_n = counts.get("soft", (0, 0))
-    if soft.hi < 1:
-        also = f"; {soft_k}/{soft_n} seeds refute that premise, not counted" if soft_k else ""
-        out += (
-            f"; it acts as the Bayes probabilities (a soft composition) at most {soft.hi:.2f} of the time, for a "
-            f"rest whose residual is no larger than the null's ({soft}{also})"
-        )
-    elif soft_k:  # every seed, or too many for an interval over the rest
+    if soft_k:  # as the mass bounds: a premise some seed's policy refutes states no bound over the others
         out += (
             f"; no mixture of the Bayes probabilities and a rest whose residual is no larger than the null's gives "
-            f"this policy on {soft_k}/{soft_n} seeds"
+            f"this policy on {soft_k}/{soft_n} seeds, so that bound is not stated"
+        )
+    elif soft.hi < 1:
+        out += (
+            f"; it acts as the Bayes probabilities (a soft composition) at most {soft.hi:.2f} of the time, for a "
+            f"rest whose residual is no larger than the null's ({soft})"
         )
     return out

@@ -40,7 +40,7 @@ import numpy as np
 from rayexp.artifacts import find_trials
 from rayexp.specs import process_label
 from rayexp.stats import t_ci
-from rayexp.studies.composition import classes, resolution
+from rayexp.studies.composition import bounds, classes, resolution
 from rayexp.studies.composition.battery import MAP_SEED, NULLS
 from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, sharpen
 from rayexp.studies.composition.battery_streams import Sample, sample
@@ -163,7 +163,9 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
                 "soft J <= (null rest)": hi(vs, "soft_null"),
                 "argmax J <= (sharp rest)": hi(vs, "argmax_sharp"),
                 "argmax J <= (null rest)": hi(vs, "argmax_null"),
-                "mass premise (sharp rest) refuted": f"{sum(v['mass_rest_min'] > v['mass_sharp'] for v in vs)}/{len(vs)}",
+                "mass premise (sharp rest) refuted": "{}/{}".format(
+                    *bounds.refuted([v["mass_rest_min"] for v in vs], [v["mass_sharp"] for v in vs])
+                ),
             }
         )
     return rows

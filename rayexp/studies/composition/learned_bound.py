@@ -45,23 +45,26 @@ def learned_bound(
     map leaves of it: ``tv_learned``, NaN where a seed has no such trial on the same fit), for a rest
     resolved as sharpened p_pre (``tv_sharp``) and one that drifts as the null's policy (``tv_null``, None
     without a null); a verdict other than composition states the first's high end in its reason (only the
-    second's where its policy refutes the sharp rest's premise against the Bayes J on some seed: that premise
-    is not checked against the learned J, whose residual is another trial's). Like
-    the Bayes bound it decides nothing."""
+    second's where its policy refutes the sharp rest's premise against the Bayes J on some seed, and neither
+    premise where it refutes it so: they are not checked against the learned J, whose residual is another
+    trial's). Like the Bayes bound it decides nothing."""
     th = th or Thresholds()
     learned = share_bound(tv_policy, tv_sharp, tv_learned, th.min_seeds, th.ci)
     drift = share_bound(tv_policy, tv_null, tv_learned, th.min_seeds, th.ci)
     if not np.isfinite(learned.mean):
         return v
     reason = v.reason
-    if v.code != COMPOSITION and v.refuted_sharp > 0:  # the sharp rest's premise is refuted against the Bayes J
-        if np.isfinite(drift.hi):
+    # a premise refuted against the Bayes J on some seed is not stated against the learned J either (there it
+    # is unchecked: the learned J's residual is another trial's), as the Bayes bounds beside it are not
+    drift_ok = np.isfinite(drift.hi) and not v.refuted_drift > 0
+    if v.code != COMPOSITION and v.refuted_sharp > 0:  # (NaN, not checked, compares False)
+        if drift_ok:
             reason += (
                 f"; it acts as {learned_from}'s learned composition at most {drift.hi:.2f} of the time for a drifting "
                 f"rest ({drift}; for a sharp rest, a premise this policy refutes against the Bayes J, not stated)"
             )
     elif v.code != COMPOSITION:
-        also = f"; {drift.hi:.2f} for a drifting rest" if np.isfinite(drift.hi) else ""
+        also = f"; {drift.hi:.2f} for a drifting rest" if drift_ok else ""
         reason += (
             f"; it acts as {learned_from}'s learned composition at most {learned.hi:.2f} of the time ({learned}{also})"
         )

@@ -92,12 +92,23 @@ def share_max_of(pp: float, pj: float, jj: float, norm_rest: float) -> float:
     return float(max(feasible)) if feasible else float("nan")
 
 
-def rest_mass_min(r_pi: np.ndarray, r_j: np.ndarray, grid: int = 100) -> float:
+def rest_mass_min(r_pi: np.ndarray, r_j: np.ndarray) -> float:
     """The least probability mass per step the rest of a mixture ``a J + (1 - a) b`` leaves to the map, over
-    shares ``a`` on a grid of ``grid`` in [0, 0.99]: the rest's residual is ``(r_pi - a r_j) / (1 - a)``. The
-    mass bound's premise (a rest leaving no more than ``m``) is refuted by the policy where this exceeds ``m``."""
-    r_pi, r_j = np.asarray(r_pi, dtype=np.float64), np.asarray(r_j, dtype=np.float64)
-    return min(mass((r_pi - a * r_j) / (1.0 - a)) for a in np.linspace(0.0, 0.99, grid))
+    every share ``a`` in [0, 1). The rest's residual is ``(r_pi - a r_j) / (1 - a) = r_pi + t (r_pi - r_j)``
+    with ``t = a / (1 - a)`` in [0, inf): affine in ``t``, so its mass is a sum of ``|c_i + t d_i|``, convex
+    and piecewise linear, least at the median of the breakpoints ``-c_i / d_i`` weighted by ``|d_i|`` (a grid
+    over ``a`` misses a share between its points, and then reads a premise that holds as refuted). The mass
+    bound's premise (a rest leaving no more than ``m``) is refuted by the policy where this exceeds ``m``."""
+    c = np.asarray(r_pi, dtype=np.float64)
+    d = c - np.asarray(r_j, dtype=np.float64)
+    moves = d != 0
+    t = 0.0
+    if moves.any():
+        x, w = -c[moves] / d[moves], np.abs(d[moves])
+        order = np.argsort(x, kind="stable")
+        cum = np.cumsum(w[order])
+        t = max(0.0, float(x[order][np.searchsorted(cum, 0.5 * cum[-1])]))
+    return mass(c + t * d)
 
 
 def trial_bounds(r_pi: np.ndarray, planted: dict[str, np.ndarray]) -> dict[str, float]:

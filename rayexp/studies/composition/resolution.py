@@ -113,7 +113,8 @@ def capped(share):
 
 
 def composed_share_max(tv_policy: np.ndarray, tv_rest: np.ndarray, tv_composed: np.ndarray) -> np.ndarray:
-    """Per unit (held-out sequence, or seed), linearised so that the mean is the ratio of the sums: the
+    """Per held-out sequence, linearised so that the mean is the ratio of the sums (one policy, one share, so
+    its mass is the mean over sequences; over seeds, each its own policy, :func:`.bounds.share_bound`): the
     largest share ``a`` of a mixture ``a J + (1 - a) b`` consistent with what the map leaves of the policy
     (``tv_policy``, mass per step), where ``J`` is the planted composed policy (leaving ``tv_composed``)
     and the map leaves of ``b`` no more than ``tv_rest``: the planted sharp reweighting's (a rest

@@ -39,8 +39,9 @@ over seeds, 95 %)::
                         and CI_low(margin) > margin_min and CI_low(shortfall) > shortfall_min
     inconclusive   otherwise (the reason says which test failed)
 
-Without ``shortfall`` (trials that logged none) that test is skipped, and so is ``resolved`` without
-``below_bar`` (trials logged before it); the reason says so. ``shortfall`` is also NaN where one factor
+Without ``shortfall`` (trials that logged none) that test is skipped, and a composition reason says so;
+a shortfall finite on one seed of several has no interval and shows no composition. ``resolved`` is
+skipped without ``below_bar`` (trials logged before it), and the reason says so. ``shortfall`` is also NaN where one factor
 per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
 explained but not ``earned`` or not ``resolved`` is inconclusive unless the readout explains it
 (elicitation). ``earned`` exists because the bar and the map's share count probability mass: a policy
@@ -218,7 +219,8 @@ def decide(
         d_el = Interval(i_el.mean - nel, i_el.lo - nel, i_el.hi - nel)
         s_rw, s_el = (context["tv_rw"], context["tv_el"]) if "tv_rw" in context else (i_rw, i_el)
         score = Interval(min(s_rw.mean, s_el.mean), min(s_rw.lo, s_el.lo), min(s_rw.hi, s_el.hi))
-        if have_null:
+        # the excess only in one unit: a score in mass needs the null's in mass
+        if have_null and ("tv_rw" not in context or (tv is not None and tv[2] is not None)):
             null = _null_score(u_rw_null, u_el_null, tv if "tv_rw" in context else None)
             excess = Interval(score.mean - null, score.lo - null, score.hi - null)
         prefix = "1 seed: intervals over held-out contexts, not seeds; "
@@ -233,11 +235,8 @@ def decide(
         mass = tv is not None and np.isfinite(_arr(tv[0])).any()
         own = np.minimum(_arr(tv[0]), _arr(tv[1])) if mass else np.minimum(u_rw, u_el)
         score = Interval(*t_ci(own, th.ci))
-        if have_null:
-            if mass and tv[2] is not None:
-                null = np.minimum(_arr(tv[2]), _arr(tv[3]))
-            else:
-                null = np.minimum(_arr(u_rw_null), _arr(u_el_null))
+        if have_null and (not mass or tv[2] is not None):  # the excess only in one unit, as above
+            null = np.minimum(_arr(tv[2]), _arr(tv[3])) if mass else np.minimum(_arr(u_rw_null), _arr(u_el_null))
             excess = Interval(*t_ci(own - null, th.ci))
     ref = "null" if have_null else "absolute"
     if not have_null and n < th.min_seeds:
@@ -307,7 +306,9 @@ def decide(
     # what is left, said against the null where there is one (else as an absolute share, saying so)
     beyond = "beyond the null" if have_null else "unexplained (absolute, no null for this pair)"
     near_bar = ""  # why a map that explains the policy is not enough: it leaves too much to tell, or earns too little
-    # without bounds (one value: a trial logged before the metric's interval) the point value decides
+    # without bounds (one trial that logged no interval over its contexts) the point value decides; a
+    # shortfall finite on one seed of several (a group mixing trials logged before and after it) shows no
+    # composition
     bounded = np.isfinite(short.lo)
     short_lo, short_hi = (short.lo, short.hi) if bounded else (short.mean, short.mean)
     if explained(d_rw, i_rw):
@@ -350,6 +351,12 @@ def decide(
             else (f"{d_el} beyond the null for a readout" if have_null else f"a readout leaves {d_el} {beyond}")
         )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
+            if n >= th.min_seeds and np.isfinite(short.mean) and not bounded:  # as a thin random-init control
+                return out(
+                    INCONCLUSIVE,
+                    f"neither class explains it ({why_el}), but its reward shortfall is finite on one seed only "
+                    f"({short.mean:.2f}, no interval): its reward beyond the map of p_pre is not shown",
+                )
             if not np.isfinite(short_lo):
                 why_short = "; no reward shortfall logged, not tested"
             elif short_lo > th.shortfall_min:
