@@ -400,6 +400,13 @@ def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_sa
     assert row["share_max_learned_drift"] == pytest.approx(np.mean(drift))
     pos_row = {k: v[table["task"].index("pos")] for k, v in table.items()}
     assert np.isnan(pos_row["share_max_learned"])  # its own policy is no bound on itself
+    # the same models and resolutions, but the composing task's analysis drew another sample: not paired
+    other = trials([(0.95, 0.8, 0.9, -0.6, 0.9, m, 0.5, 0.01, r) for m, r in zip((0.55, 0.56, 0.58), res)], "pos")
+    for t in other:
+        t.config["analyses"] = [{"name": "composition", "params": {"seed": 1}}]
+    table = verdict(null + other + trials(neg_rows, "neg", "next_token"), VerdictParams()).tables["verdict"]
+    table = table.to_pydict()
+    assert np.isnan(table["share_max_learned"][table["task"].index("neg")])
     # a null called composition (on its absolute thresholds) is the detector failing, not a reference
     composed_null = trials([(0.9, 0.8, 0.9, -0.6, 0.9, 0.5, 0.5, 0.01, r) for r in res], "null", null=True)
     table = verdict(composed_null + trials(neg_rows, "neg", "next_token"), VerdictParams()).tables["verdict"]

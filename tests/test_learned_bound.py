@@ -15,13 +15,17 @@ from rayexp.studies.composition.verdict import COMPOSITION, decide
 
 
 def test_trials_pair_only_on_one_model_one_sample_and_room_for_the_actions():
-    mine = ("model-a", 0.031, 6)  # (model key, resolution the fit used, actions)
-    assert same_fit(("model-a", 0.031, 3), mine)  # 3 joint targets placed on 6 next tokens
-    assert not same_fit(("model-b", 0.031, 3), mine)  # another pretrained model
-    assert not same_fit(("model-a", 0.029, 3), mine)  # another sample (or model) moves the resolution
-    assert not same_fit(("model-a", 0.031, 7), mine)  # merging actions would shrink what the map leaves
-    assert not same_fit((None, 0.031, 3), (None, 0.031, 6))  # unknown model: no claim
-    assert not same_fit(("model-a", np.nan, 3), ("model-a", np.nan, 6))
+    one = (2000, 0)  # the composition analysis's (n_seq, seed)
+    mine = ("model-a", one, 0.031, 6)  # (model key, sample, resolution the fit used, actions)
+    assert same_fit(("model-a", one, 0.031, 3), mine)  # 3 joint targets placed on 6 next tokens
+    assert not same_fit(("model-b", one, 0.031, 3), mine)  # another pretrained model
+    assert not same_fit(("model-a", one, 0.029, 3), mine)  # another sample (or model) moves the resolution
+    assert not same_fit(("model-a", one, 0.031, 7), mine)  # merging actions would shrink what the map leaves
+    assert not same_fit((None, one, 0.031, 3), (None, one, 0.031, 6))  # unknown model: no claim
+    assert not same_fit(("model-a", one, np.nan, 3), ("model-a", one, np.nan, 6))
+    # a near-exact model's resolution sits at its floor (0.005) on any sample: the sample itself must match
+    assert not same_fit(("model-a", (2000, 1), 0.005, 3), ("model-a", one, 0.005, 6))
+    assert not same_fit(("model-a", (1000, 0), 0.005, 3), ("model-a", one, 0.005, 6))
 
 
 def _reweighting():

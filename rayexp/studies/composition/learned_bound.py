@@ -11,7 +11,7 @@ and the same bound holds with ``J`` any policy fitted on the same pretrained mod
 here the pair's composing task's post-RL policy (its verdict composition), paired by seed. The composition
 analysis draws its sequences and split from its own seed, the same for every trial of a sweep, so the
 masses of two trials on one pretrained model are on the same sequences; :func:`same_fit` checks it by
-the model's key and the resolution the fit used, which a different model or sample would move.
+the model's key, the analysis's sample (its n_seq and seed) and the resolution the fit used.
 
 That policy's actions may be fewer than the policy's (the m joint targets among a next-token task's V
 tokens). Placed on m of its actions it leaves the map the same mass (a fixed placement commutes with a
@@ -31,9 +31,10 @@ from rayexp.studies.composition.verdict import COMPOSITION, Thresholds, Verdict
 
 def same_fit(a: tuple, b: tuple) -> bool:
     """Whether two trials' maps of p_pre were fitted on one pretrained model and one sample, from their
-    ``(model key, resolution, n_actions)``, and ``a``'s policy can be placed on ``b``'s actions."""
-    (key_a, res_a, n_a), (key_b, res_b, n_b) = a, b
-    if key_a is None or key_a != key_b or n_a is None or n_b is None:
+    ``(model key, sample, resolution, n_actions)`` (the sample: what drew the analysis's sequences and
+    split), and ``a``'s policy can be placed on ``b``'s actions."""
+    (key_a, sample_a, res_a, n_a), (key_b, sample_b, res_b, n_b) = a, b
+    if key_a is None or key_a != key_b or sample_a != sample_b or n_a is None or n_b is None:
         return False
     return bool(np.isfinite(res_a) and res_a == res_b and n_a <= n_b)
 
