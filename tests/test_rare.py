@@ -100,6 +100,39 @@ def test_bayes_policy_scores_one_and_a_blind_one_zero_on_the_real_gated_stream()
     assert normalised(ref["accuracy"], ref["ceiling"], ref["chance"]) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_tracking_says_no_for_a_policy_blind_to_b_whatever_mass_it_puts_on_bs_tokens():
+    from rayexp.studies.rare.capability import b_prediction, normalised, tracking
+
+    hmm = build_process(
+        {"name": "gated", "a": {"name": "rare_token", "base": MESS3, "eps": 0.2}, "b": MESS3, "trigger": 3}
+    )
+    tokens, _, beliefs = hmm.sample_with_beliefs(400, 10, np.random.default_rng(0))
+    s, t = rare_positions(tokens, 3, np.array([4, 5, 6]))["at"]
+    nxt, acts, b = hmm.next_token_probs(beliefs[s, t]), np.arange(7), [4, 5, 6]
+    rng = np.random.default_rng(1)
+
+    def score(pi):
+        r = b_prediction(pi, nxt, acts, b)
+        return normalised(r["accuracy"], r["ceiling"], r["chance"]), tracking(
+            r["accuracy"], r["mass"], r["ceiling"], r["chance"]
+        )
+
+    # the planted no: blind to B, 60 % of its mass spread evenly over B's tokens (the rest on A's), against a
+    # null with none there. capability reads +0.59 beyond that null; tracking reads 0
+    blind = np.tile(np.r_[np.full(4, 0.1), np.full(3, 0.2)], (len(s), 1))
+    blind_cap, blind_track = score(blind)
+    null_cap, null_track = score(np.tile(np.r_[np.full(4, 0.25), np.zeros(3)], (len(s), 1)))
+    assert blind_cap - null_cap > 0.5 and np.isnan(null_track)
+    assert blind_track == pytest.approx(0.0, abs=1e-12)
+    # blind with a mass that moves from position to position: still 0, the weighting is by that mass
+    m = rng.uniform(0.05, 1.0, size=len(s))[:, None]
+    assert score(np.c_[(1 - m) / 4 * np.ones((1, 4)), m / 3 * np.ones((1, 3))])[1] == pytest.approx(0.0, abs=1e-12)
+    # the yes: the Bayes argmax among B's tokens at a fifth of the mass is the ceiling, whatever the mass
+    bayes_b = 0.2 * np.eye(7)[np.argmax(nxt, axis=1)] + 0.8 * np.r_[np.full(4, 0.25), np.zeros(3)]
+    cap, track = score(bayes_b)
+    assert track == pytest.approx(1.0) and cap < 0  # below chance as a whole policy: most of it is on A
+
+
 # --- the across-seed summary: Student-t, paired changes, Welch between exposures ------------------
 
 

@@ -16,6 +16,12 @@ policy's probabilities ``pi`` over its action tokens:
 positions): 0 = a guess among B's tokens, 1 = the Bayes ceiling, below 0 = worse than guessing
 (e.g. predicting tokens B never emits). A score against its ceiling and chance, not a raw rate,
 so runs and exposures compare on one scale (docs/design.md §6 rule 7).
+
+``capability`` mixes two things: how much of the policy's mass sits on B's tokens (``mass``), and
+which of B's tokens it names. A policy that never looks at B, with some mass spread evenly over B's
+tokens, scores above one with none there (0.6 of its mass: -0.39 against -0.98), so an excess over a
+null that puts no mass on B is no evidence of tracking B. :func:`tracking` scores the policy's choice
+among B's tokens alone: 0 for any such policy, whatever its mass, 1 at the ceiling.
 """
 
 from __future__ import annotations
@@ -42,7 +48,22 @@ def b_prediction(
         "greedy": greedy_hit,
         "ceiling": p[:, b].max(axis=1),
         "chance": p[:, b].mean(axis=1),
+        "mass": pi[:, np.isin(acts, b)].sum(axis=1),  # on the actions that claim one of B's tokens
     }
+
+
+def tracking(accuracy, mass, ceiling, chance, eps: float = 1e-9) -> float:
+    """The policy's choice among B's tokens, as :func:`normalised` scores a whole policy: its accuracy
+    given that it names one of B's tokens, against the ceiling and chance, each position weighted by the
+    mass the policy puts on B's tokens there (ratios of sums, so a position it hardly sends to B counts
+    little): ``(sum accuracy / sum mass - chance_m) / (ceiling_m - chance_m)`` with ``x_m = sum(mass * x) /
+    sum(mass)``. Exactly 0 for a policy spreading any mass evenly over B's tokens; NaN where it puts none
+    there or the ceiling does not rise above chance."""
+    acc, m, ceil, ch = (np.asarray(x, dtype=np.float64) for x in (accuracy, mass, ceiling, chance))
+    total = float(m.sum()) if m.size else 0.0
+    if not total > eps:
+        return float("nan")
+    return normalised(acc.sum() / total, (m * ceil).sum() / total, (m * ch).sum() / total, eps)
 
 
 def normalised(accuracy, ceiling, chance, eps: float = 1e-9) -> float:

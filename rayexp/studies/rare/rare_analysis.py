@@ -24,7 +24,9 @@ up before RL (the exposure axis of ``sweeps/rare.yaml``). For the model PPO star
   and chance, ``(accuracy - chance) / (ceiling - chance)`` (:mod:`.capability`): 0 = a guess among
   B's tokens, 1 = the ceiling. ``capability_greedy`` the same for the policy's argmax, ``b_accuracy``
   the raw expected hit rate; ``b_ceiling`` and ``b_chance`` (model-free) their references.
-  "RL found the rare capability" is read from ``capability``, never from the trigger rate.
+  "RL found the rare capability" is read from ``capability``, never from the trigger rate; that it
+  tracks B, from ``tracking`` (its choice among B's tokens, 0 for any policy blind to B whatever mass it
+  puts there) beside ``b_mass`` (the policy's mean mass on B's tokens at the trigger).
 
 Metrics ``{pre,post,max}/{trigger_rate,reward,capability,capability_greedy,b_accuracy,skill_B/...,
 r2_B/...}`` and ``delta/{...}`` (post - pre, paired within the trial); table and figure
@@ -45,7 +47,7 @@ from rayexp.probes import residual_layers, split_sequences
 from rayexp.rollouts import collect
 from rayexp.specs import build_process
 from rayexp.studies.composition.representation import probe_errors
-from rayexp.studies.rare.capability import b_prediction, normalised
+from rayexp.studies.rare.capability import b_prediction, normalised, tracking
 from rayexp.studies.rare.positions import rare_positions, trigger_rate
 
 
@@ -124,11 +126,13 @@ def rare(artifacts, params: RareParams) -> AnalysisResult:
             "capability": normalised(b["accuracy"], b["ceiling"], b["chance"]),
             "capability_greedy": normalised(b["greedy"], b["ceiling"], b["chance"]),
             "b_accuracy": float(np.mean(b["accuracy"])) if len(b["accuracy"]) else float("nan"),
+            "tracking": tracking(b["accuracy"], b["mass"], b["ceiling"], b["chance"]),
+            "b_mass": float(np.mean(b["mass"])) if len(b["mass"]) else float("nan"),
         }
 
     real_env = real_reward(env)  # a null's policy is scored on the pay its shuffle hid: same streams
     rows: dict[str, list] = {"iteration": [], "trigger_rate": [], "reward": []}
-    rows |= {k: [] for k in ("capability", "capability_greedy", "b_accuracy")}
+    rows |= {k: [] for k in ("capability", "capability_greedy", "b_accuracy", "tracking", "b_mass")}
     rows |= {f"skill_B/{k}": [] for k in pos} | {f"r2_B/{k}": [] for k in pos}
     for it in [0, *artifacts.ppo_iterations()]:
         model = artifacts.policy(it)
