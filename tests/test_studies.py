@@ -124,9 +124,10 @@ def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
     trials = find_trials(root, g.experiment)
     assert len(trials) == 3
     for t in trials:
-        v = direction.trial_projection(t, n_seq=60)
+        v = direction.trial_projection(t)  # on the sample the trial's own analysis drew (n_seq 60 here)
         norms = {"norm_post", "norm_sharp", "norm_soft", "norm_argmax"}
-        assert set(v) == {"pre", "post", "sharp", "post_argmax", "mass_rest_min", "mass_sharp", *norms}, v
+        masses = {"mass_rest_min", "mass_sharp", "mass_post"}
+        assert set(v) == {"pre", "post", "sharp", "post_argmax", *masses, *norms}, v
         assert all(np.isfinite(x) for x in v.values()) and all(v[k] > 0 for k in norms), v
         # the composition analysis logged the same residuals (per held-out sequence) for the verdict's bounds
         sig = trial_signals(t)
@@ -136,10 +137,17 @@ def test_direction_scores_stored_composition_trials(golden_sweep, capsys):
         assert v["norm_sharp"] ** 2 / sig["residual_sq_planted_sharp"] == pytest.approx(n_test)
         assert sig["residual_dot_soft"] * n_test == pytest.approx(v["post"] * v["norm_soft"] ** 2)
         assert sig["residual_dot_composed"] * n_test == pytest.approx(v["post_argmax"] * v["norm_argmax"] ** 2)
+    # the learned bound's premise: the negative control against its pair's positive control, on its own fit.
+    # At share 0 the rest is the policy itself, so the least rest is at most the policy's own mass
+    by = {t.config["task"]["name"]: t for t in trials}
+    neg, pos = by["negative_control"], by["positive_control"]
+    least = direction.learned_rest_min(neg, pos)
+    assert 0 <= least <= direction.trial_projection(neg)["mass_post"] + 1e-12
+    assert np.isnan(direction.learned_rest_min(pos, neg))  # six next-token actions do not fit among three
     assert direction.main(["--runs", f"{root}:{g.experiment}"]) == 0
     out = capsys.readouterr().out
     for task in ("negative_control", "positive_control", "shuffled_null"):
         assert task in out
-    assert "soft J <= (null rest)" in out
+    assert "soft J <= (null rest)" in out and "learned J premise refuted (sharp; null rest)" in out
     with pytest.raises(SystemExit):
         direction.main(["--runs", g.experiment])  # no storage

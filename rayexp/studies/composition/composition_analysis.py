@@ -97,6 +97,19 @@ class CompositionParams(Params):
     checkpoints: bool = Field(True, description="also compute the curve over stored PPO checkpoints")
 
 
+def sample_of(config: dict) -> tuple[int, int]:
+    """The composition analysis's ``(n_seq, seed)`` in a trial's config (its defaults where the trial runs
+    it without them): what draws its sequences and split, so two trials' fits are on one sample only where
+    these match."""
+    for ref in config.get("analyses") or ():
+        name, params = (ref, {}) if isinstance(ref, str) else (ref.get("name"), ref.get("params") or {})
+        if name == "composition":
+            p = CompositionParams(**params)
+            return p.n_seq, p.seed
+    p = CompositionParams()
+    return p.n_seq, p.seed
+
+
 def policy_values(s: Setup, forward: Forward, with_features: bool = False) -> dict[str, np.ndarray]:
     """Per-sequence signals of one model: expected and greedy reward (N,), interaction terms (N,), its
     centred log-policy ``f`` (N, L, A) and its features if asked."""

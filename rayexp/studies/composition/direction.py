@@ -44,7 +44,7 @@ from rayexp.studies.composition import bounds, classes, resolution
 from rayexp.studies.composition.battery import MAP_SEED, NULLS
 from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, sharpen
 from rayexp.studies.composition.battery_streams import Sample, sample
-from rayexp.studies.composition.composition_analysis import model_forward
+from rayexp.studies.composition.composition_analysis import model_forward, sample_of
 from rayexp.studies.composition.projection import (
     mass,
     norm,
@@ -58,32 +58,40 @@ from rayexp.studies.composition.stream_setup import make_setup, task_of
 from rayexp.tables import format_table
 
 DRIFT_NULL = "drift null"
+POSITIVE = "positive_control"  # the task whose post-RL policy is the learned composition of its pair
 
 
 def sample_residual(s: Sample, pi: np.ndarray) -> np.ndarray:
     return residual(s.p_pre, pi, s.train, s.test, s.resolution)
 
 
-def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, float]:
-    """One stored trial, on the sequences and split the composition analysis draws (``n_seq``, ``seed``:
-    its defaults) at the resolution it fits: the projections on the joint target's Bayes probabilities
+def _fit(artifacts, n_seq: int | None = None, seed: int | None = None):
+    """A stored trial's setup, p_pre and the resolution its composition analysis fits at, on that analysis's
+    sequences and split (its own ``n_seq`` and ``seed`` unless given)."""
+    own = sample_of(artifacts.config)
+    hmm = artifacts.stream()
+    reward, length = task_of(artifacts.env_config, hmm)
+    s = make_setup(hmm, reward, length, own[0] if n_seq is None else n_seq, own[1] if seed is None else seed)
+    p_pre = classes.softmax(model_forward(artifacts.model_before())(s.tokens, False)[0])
+    return s, reward, p_pre, classes.resolution_of(p_pre, s.p_next)
+
+
+def trial_projection(artifacts, n_seq: int | None = None, seed: int | None = None) -> dict[str, float]:
+    """One stored trial, on the sequences and split its composition analysis drew (``n_seq``, ``seed``: its
+    own unless given) at the resolution it fits: the projections on the joint target's Bayes probabilities
     (``pre``, ``post``, and ``sharp``, the planted sharp reweighting: p_pre sharpened at
     :data:`.resolution.BETA` on the trial's actions), the post-RL policy's on the Bayes argmax
     (``post_argmax``), the residual norms the bound takes (``norm_post``, ``norm_sharp``, ``norm_soft``,
     ``norm_argmax``), and for the mass bound's premise the least mass per step any share of the Bayes
-    argmax leaves the rest (``mass_rest_min``) beside the planted sharp reweighting's (``mass_sharp``);
-    NaN where the stream has no joint target."""
+    argmax leaves the rest (``mass_rest_min``) beside the planted sharp reweighting's (``mass_sharp``) and
+    the policy's own (``mass_post``: a null's is its pair's drifting rest); NaN where the stream has no
+    joint target."""
     keys = ("pre", "post", "sharp", "post_argmax", "norm_post", "norm_sharp", "norm_soft", "norm_argmax")
-    keys += ("mass_rest_min", "mass_sharp")
-    env = artifacts.env_config
-    hmm = artifacts.stream()
-    reward, length = task_of(env, hmm)
-    s = make_setup(hmm, reward, length, n_seq, seed)
+    keys += ("mass_rest_min", "mass_sharp", "mass_post")
+    s, reward, p_pre, res = _fit(artifacts, n_seq, seed)
     if s.P_joint is None:
         return dict.fromkeys(keys, float("nan"))
     act = reward.action_tokens
-    p_pre = classes.softmax(model_forward(artifacts.model_before())(s.tokens, False)[0])
-    res = classes.resolution_of(p_pre, s.p_next)
 
     def resid(pi: np.ndarray) -> np.ndarray:
         return residual(p_pre, pi, s.train, s.test, res)
@@ -99,9 +107,33 @@ def trial_projection(artifacts, n_seq: int = 1000, seed: int = 0) -> dict[str, f
         f"norm_{k}": norm(r) for k, r in (("post", r_post), ("sharp", r_sharp), ("soft", r_soft), ("argmax", r_argmax))
     }
     # the mass bound's premise (a rest the map leaves no more mass of than the planted sharp reweighting),
-    # checked the same way: the least mass per step any share of the Bayes argmax leaves the rest, on a grid
+    # checked the same way: the least mass per step any share of the Bayes argmax leaves the rest
     out["mass_rest_min"], out["mass_sharp"] = rest_mass_min(r_post, r_argmax), mass(r_sharp)
+    out["mass_post"] = mass(r_post)
     return out
+
+
+def learned_rest_min(artifacts, learned) -> float:
+    """The least mass per step any share of ``learned``'s post-RL policy (the pair's learned composition,
+    placed on the tokens its actions claim among ``artifacts``' actions) leaves the rest of ``artifacts``'
+    post-RL policy, on ``artifacts``' fit: the learned bound's premise checked (:mod:`.learned_bound`,
+    which the verdict cannot do from metrics). NaN unless both read one pretrained model on one sample
+    and ``learned``'s action tokens are among ``artifacts``'."""
+    if learned.pretrain_key != artifacts.pretrain_key or sample_of(learned.config) != sample_of(artifacts.config):
+        return float("nan")
+    s, reward, p_pre, res = _fit(artifacts)
+    act = list(reward.action_tokens)
+    other = list(task_of(learned.env_config, learned.stream())[0].action_tokens)
+    if not set(other) <= set(act):
+        return float("nan")
+    post = {}
+    for name, (t, tokens) in {"mine": (artifacts, act), "learned": (learned, other)}.items():
+        pi = np.zeros((*s.tokens.shape, len(act)))
+        pi[..., [act.index(x) for x in tokens]] = classes.softmax(
+            model_forward(t.model_after())(s.tokens, False)[0][..., tokens]
+        )
+        post[name] = residual(p_pre, pi, s.train, s.test, res)
+    return rest_mass_min(post["mine"], post["learned"])
 
 
 def _bounds(v: dict[str, float], norm_null: float) -> dict[str, float]:
@@ -129,6 +161,17 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
         for t in trials
         if t.config["task"].get("shuffle_reward")
     }
+    masses = {
+        (process_label(t.env_config["process"]), t.config["seed"], t.pretrain_key): vals[id(t)]["mass_post"]
+        for t in trials
+        if t.config["task"].get("shuffle_reward")
+    }
+    # the pair's learned composition: its positive control's post-RL policy, on the same seed and model
+    positive = {
+        (process_label(t.env_config["process"]), t.config["seed"], t.pretrain_key): t
+        for t in trials
+        if t.config["task"]["name"] == POSITIVE
+    }
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for t in trials:
         process = process_label(t.env_config["process"])
@@ -136,6 +179,10 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
         if t.config["task"].get("shuffle_reward"):
             norm_null = float("nan")  # the null against itself says nothing
         v = vals[id(t)]
+        learned = positive.get((process, t.config["seed"], t.pretrain_key))
+        v = v | {"learned_rest_min": float("nan"), "mass_null": masses.get((process, t.config["seed"], t.pretrain_key))}
+        if learned is not None and learned is not t and not t.config["task"].get("shuffle_reward"):
+            v["learned_rest_min"] = learned_rest_min(t, learned)
         groups.setdefault((process, t.config["task"]["name"]), []).append(v | _bounds(v, norm_null))
 
     def hi(vs: list[dict], key: str) -> str:
@@ -165,6 +212,10 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
                 "argmax J <= (null rest)": hi(vs, "argmax_null"),
                 "mass premise (sharp rest) refuted": "{}/{}".format(
                     *bounds.refuted([v["mass_rest_min"] for v in vs], [v["mass_sharp"] for v in vs])
+                ),
+                "learned J premise refuted (sharp; null rest)": "{}/{}; {}/{}".format(
+                    *bounds.refuted([v["learned_rest_min"] for v in vs], [v["mass_sharp"] for v in vs]),
+                    *bounds.refuted([v["learned_rest_min"] for v in vs], [v["mass_null"] for v in vs]),
                 ),
             }
         )

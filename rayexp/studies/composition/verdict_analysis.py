@@ -34,7 +34,7 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.bounds import Residuals
-from rayexp.studies.composition.composition_analysis import CompositionParams
+from rayexp.studies.composition.composition_analysis import sample_of
 from rayexp.studies.composition.learned_bound import learned_bound, same_fit
 from rayexp.studies.composition.stream_setup import task_of
 from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
@@ -167,17 +167,6 @@ def _is_null(artifacts) -> bool:
     return bool(artifacts.env_config.get("shuffle_reward"))
 
 
-def _sample(artifacts) -> tuple[int, int]:
-    """The composition analysis's (n_seq, seed) in the trial's config: they draw its sequences and split."""
-    for ref in artifacts.config.get("analyses") or ():
-        name, params = (ref, {}) if isinstance(ref, str) else (ref.get("name"), ref.get("params") or {})
-        if name == "composition":
-            p = CompositionParams(**params)
-            return p.n_seq, p.seed
-    defaults = CompositionParams()
-    return defaults.n_seq, defaults.seed
-
-
 def _fit_key(artifacts, signals: dict[str, float]) -> tuple:
     """(model key, sample, resolution, n_actions): what :func:`.learned_bound.same_fit` pairs trials by. The
     model is the one the analysis read p_pre from (the trial's start, else its pretraining), None where
@@ -189,7 +178,7 @@ def _fit_key(artifacts, signals: dict[str, float]) -> tuple:
         n_actions = len(task_of(env, artifacts.stream())[0].action_tokens)
     except (KeyError, ValueError):  # a reward the composition analysis does not score either
         n_actions = None
-    return key, _sample(artifacts), signals["resolution"], n_actions
+    return key, sample_of(artifacts.config), signals["resolution"], n_actions
 
 
 def _context(t: dict[str, float]) -> dict[str, Interval]:
