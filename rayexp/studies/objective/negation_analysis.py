@@ -16,8 +16,10 @@ Metrics (``lam{lambda}`` as ``%g``):
   (lambda = 0), paired over the evaluation sequences (< 0: leans toward minimising R_B);
 - ``lam{l}/lean_A``: the same on R_A (how much capability the negation cost after retraining);
 - with ``score_also``, ``lam{l}/lean_{name}`` and the returns for each extra reward too: scored in the
-  null task (R_B = R_A, a seed-only update), they say what negating *any* update of that size does to
-  each R_B, the baseline that ``task_vectors`` subtracts (``negation/{task}/lam{l}/beyond_null``).
+  null task (R_B = R_A, a seed-only update), they say what negating that update does to each R_B, the
+  baseline that ``task_vectors`` subtracts (``negation/{task}/lam{l}/beyond_null``). Not matched in size:
+  at one lambda a reward's update, longer than the null's on objective.yaml (5.8-8.2 against 4.5),
+  moves the weights further (docs/results/objective.md).
 
 The across-seed answer (CIs over seeds, per reward) is in the ``task_vectors`` sweep analysis.
 Cost: one PPO run of ``iterations`` per lambda (RLlib build ~3 s plus the iterations).
