@@ -98,7 +98,7 @@ def test_steering_adds_exactly_alpha_v_at_the_named_hook_only():
         model.run_with_hooks(tokens, {"blocks.9.hook_resid_pre": add_vector(v, 1.0)})
 
 
-# --- steering controls on the activation manifold, and the across-seed readings (issue 22) --------
+# --- steering controls on the activation manifold (issue 22; its across-seed readings: test_welfare_summary)
 
 
 def test_on_manifold_controls_stay_in_the_activations_span_and_carry_no_label():
@@ -127,6 +127,47 @@ def test_on_manifold_controls_stay_in_the_activations_span_and_carry_no_label():
     )
 
 
+def test_each_vectors_orthogonal_control_is_orthogonal_to_that_vector_and_of_its_norm(monkeypatch):
+    """steering_controls' ``orthogonal`` for v_R: the dose-response's orthogonal draw is orthogonal to v_P,
+    so v_R needs its own. A stand-in steering hook hands its push back, and stand-in rates read it."""
+    import models.transformer as tr
+    from rayexp.studies.welfare.concept_vectors_analysis import ConceptParams, _control_effects
+
+    rng = np.random.default_rng(0)
+    d = 16
+    v_r, v_p = rng.standard_normal(d), 2.0 * rng.standard_normal(d)
+    params = ConceptParams(n_random=2, alphas=[-1.0, 0.0, 2.0])
+    monkeypatch.setattr(tr, "add_vector", lambda v, alpha: alpha * v.double().numpy())
+
+    class Data:  # P(punished) under steering := what ``read`` says of the push
+        labels = np.repeat([cv.REWARDED, cv.PUNISHED, cv.NEUTRAL], 20)
+
+        def __init__(self, read):
+            self.read = read
+
+        def all_acts(self, model, hook):
+            return np.random.default_rng(1).standard_normal((100, d))
+
+        def rates(self, model, hooks):
+            (push,) = hooks.values()
+            return 0.0, self.read(push)
+
+    curves = {"v_P": {"punish": [0.0, 0.0, 0.3]}, "v_R": {"punish": [0.0, 0.0, 0.2]}}
+    curves |= {f"random{i}": {"punish": [0.0, 0.0, 0.01], "vector": cv.random_like(v_p, rng)} for i in range(2)}
+    curves["orthogonal"] = {"punish": [0.0, 0.0, 0.02], "vector": cv.orthogonal_like(v_p, rng)}
+    acts = np.random.default_rng(2).standard_normal((60, d))
+
+    def orthogonal_rows(read):
+        _, rows = _control_effects(Data(read), torch.nn.Linear(1, 1), "h", (v_r, v_p), acts, curves, 0.0, params)
+        return {t: rows["punish"][i] for i, t in enumerate(rows["target"]) if rows["control"][i] == "orthogonal"}
+
+    cos = orthogonal_rows(lambda push: abs(cv.cosine(push, v_r)))
+    assert cos["v_R"] < 1e-6  # orthogonal to v_R, not only to v_P
+    assert cos["v_P"] == 0.02  # v_P's is still its dose-response's draw
+    pushed = orthogonal_rows(lambda push: float(np.linalg.norm(push)))
+    assert pushed["v_R"] == pytest.approx(2.0 * np.linalg.norm(v_r), rel=1e-6)  # v_R's push at the largest alpha
+
+
 def test_group_differences_by_hand_and_norm_matching():
     acts = np.array([[0.0], [1.0], [2.0], [3.0]])
     got = cv.group_differences(acts, 2, 200, np.random.default_rng(0))
@@ -136,68 +177,6 @@ def test_group_differences_by_hand_and_norm_matching():
         cv.group_differences(acts, 3, 1, np.random.default_rng(0))
     m = cv.norm_matched(np.array([[3.0, 4.0], [0.0, 0.0]]), 10.0)
     np.testing.assert_allclose(m, [[6.0, 8.0], [0.0, 0.0]])  # a zero row stays zero
-
-
-def test_effect_against_control_ratio_and_difference():
-    from scipy import stats
-
-    from rayexp.studies.welfare.summary import effect_vs_control
-
-    got = effect_vs_control([0.2, 0.4, 0.3], [0.02, 0.04, 0.03])
-    assert got["ratio"] == pytest.approx((10.0, 10.0, 10.0))  # the same ratio in every seed
-    diffs = np.array([0.18, 0.36, 0.27])
-    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
-    assert got["diff"] == pytest.approx((0.27, 0.27 - half, 0.27 + half))
-    # a 10x and a 0.1x seed: the geometric mean is 1x (an arithmetic mean of ratios would say 5x)
-    assert effect_vs_control([1.0, 0.1], [0.1, 1.0])["ratio"][0] == pytest.approx(1.0)
-    # a zero control leaves that seed out of the ratio, not of the difference
-    z = effect_vs_control([0.2, 0.4, 0.3], [0.02, 0.0, 0.03])
-    assert z["ratio"][0] == pytest.approx(10.0) and z["diff"][0] == pytest.approx(np.mean([0.18, 0.4, 0.27]))
-    with pytest.raises(ValueError, match="one value per seed"):
-        effect_vs_control([0.1], [0.1, 0.2])
-
-
-def test_cos_reading_says_antiparallel_only_below_the_band():
-    from rayexp.studies.welfare.summary import cos_reading
-
-    lo, hi = [-0.6] * 5, [0.97] * 5
-    inside = cos_reading([0.52, 0.66, 0.55, 0.60, 0.57], lo, hi)  # README's pre-RL +0.58, band [-0.6, +0.97]
-    assert inside["reading"].startswith("not antiparallel (inside") and inside["seeds"] == {
-        "below": 0,
-        "inside": 5,
-        "above": 0,
-    }
-    assert inside["band"] == pytest.approx((-0.6, 0.97))
-    below = cos_reading([-0.9, -0.85, -0.95, -0.92, -0.88], lo, hi)
-    assert below["reading"].startswith("antiparallel") and below["seeds"]["below"] == 5
-    above = cos_reading([0.99, 0.995, 0.98, 0.99, 0.985], [0.1] * 5, [0.9] * 5)
-    assert above["reading"] == "not antiparallel; same-signed beyond the shuffled-label band"
-    straddle = cos_reading([-0.9, -0.2, -0.7, 0.1, -0.5], lo, hi)  # reaches below the band: no claim either way
-    assert straddle["reading"].startswith("undecided")
-
-
-def test_welfare_report_reads_controls_and_cosines_per_seed():
-    from types import SimpleNamespace
-
-    from rayexp.studies.welfare.report import control_rows, cos_rows
-
-    pre = "analysis/concept_vectors/"
-    h = "blocks.1.hook_resid_post"
-
-    def run(effect, ctrl, cos):
-        m = {f"{pre}steer/post/v_P/effect": effect, f"{pre}steer/post/v_P/control/shuffled": ctrl}
-        m |= {f"{pre}cos/{model}/{h}": cos for model in ("pre", "post")}
-        m |= {f"{pre}null/{model}/{h}/q025": -0.6 for model in ("pre", "post")}
-        m |= {f"{pre}null/{model}/{h}/q975": 0.97 for model in ("pre", "post")}
-        return SimpleNamespace(data=SimpleNamespace(metrics=m))
-
-    runs = [run(0.2, 0.1, 0.5), run(0.4, 0.2, 0.6), SimpleNamespace(data=SimpleNamespace(metrics={}))]
-    (row,) = control_rows(runs)  # only the control these runs hold
-    assert row["vector"] == "v_P" and row["control"] == "shuffled" and row["seeds"] == 2
-    assert row["ratio (geometric mean)"].startswith("2.0 [2.0, 2.0]")
-    rows = cos_rows(runs)
-    assert [r["model"] for r in rows] == ["pre", "post"] and rows[0]["seeds below/inside/above"] == "0/2/0"
-    assert rows[0]["reading"].startswith("not antiparallel")
 
 
 class _Trial:

@@ -28,7 +28,7 @@ Metrics (``{model}``: ``random_init``, ``pre`` (the model PPO started from), ``p
   ``steer/{model}/{vec}/dpunish_max``: the change at the largest alpha;
 - the post-RL steering effect against controls on the activation manifold as well as off it
   (issue 22): ``effect`` = |change of P(punished)| at the largest alpha, for v in {v_P, v_R}, next to
-  the same for controls *of v's norm*: ``random`` and ``orthogonal`` (off the manifold), ``shuffled``
+  the same for controls *of v's norm*: ``random`` and ``orthogonal`` (to v; off the manifold), ``shuffled``
   (v_P with the outcome labels shuffled: the cosine null's own vectors) and ``group`` (differences
   of means between random groups of activations at the steering hook, any position), each the mean
   of ``n_random`` draws. ``steer/post/{v}/effect``, ``steer/post/{v}/control/{kind}``,
@@ -254,9 +254,10 @@ def _control_effects(
     """The post-RL steering effect of v_P and v_R against norm-matched controls, off and on the manifold.
 
     Effect = |P(punished) steered at the largest alpha - unsteered|. A control matched to v's norm at
-    alpha is a v_P-norm control at alpha * |v| / |v_P|, so the random and orthogonal draws of the
-    dose-response (v_P's norm) are reused for v_P and rescaled by alpha for v_R; the on-manifold draws
-    are new (their own seed, so the other controls' draws are unchanged)."""
+    alpha is a v_P-norm control at alpha * |v| / |v_P|, so the random draws of the dose-response (v_P's
+    norm) are reused for v_P and rescaled by alpha for v_R, and so is its orthogonal draw for v_P; v_R's
+    orthogonal control is drawn orthogonal to v_R. The on-manifold draws and v_R's orthogonal one are
+    new (their own seeds, so the other controls' draws are unchanged)."""
     import torch
 
     from models.transformer import add_vector
@@ -273,6 +274,9 @@ def _control_effects(
             cv.group_differences(all_acts, min(k, len(all_acts) // 2), params.n_random, rng), norm_p
         ),
     }
+    # the dose-response's orthogonal draw is orthogonal to v_P only, so it is no control for v_R
+    orth_r = cv.norm_matched(cv.orthogonal_like(v_r, np.random.default_rng(params.seed + 3)), norm_p)
+    randoms = [f"random{i}" for i in range(params.n_random)]
     i_max = int(np.argmax(params.alphas))
     rows: dict[str, list] = {"target": [], "control": [], "draw": [], "alpha": [], "punish": [], "effect": []}
     metrics: dict[str, float] = {}
@@ -285,12 +289,13 @@ def _control_effects(
         alpha = a_max * float(np.linalg.norm(v)) / norm_p if norm_p > 0 else float("nan")
         effect = abs(curves[target]["punish"][i_max] - p0)
         metrics[f"steer/post/{target}/effect"] = effect
-        kinds = {"random": [f"random{i}" for i in range(params.n_random)], "orthogonal": ["orthogonal"]}
-        for kind, draws in kinds.items():
-            # v_P's own dose-response already holds these draws at v_P's norm; v_R's needs one more dose
-            punish = [
-                curves[d]["punish"][i_max] if target == "v_P" else steered(curves[d]["vector"], alpha) for d in draws
-            ]
+        if target == "v_P":  # its own dose-response already holds these draws at its norm
+            off = {"random": [curves[d]["punish"][i_max] for d in randoms]}
+            off["orthogonal"] = [curves["orthogonal"]["punish"][i_max]]
+        else:
+            off = {"random": [steered(curves[d]["vector"], alpha) for d in randoms]}
+            off["orthogonal"] = [steered(orth_r, alpha)]
+        for kind, punish in off.items():
             _record(rows, target, kind, punish, alpha, p0)
             metrics |= _versus(target, kind, effect, np.mean(np.abs(np.asarray(punish) - p0)))
         for kind, draws in on.items():

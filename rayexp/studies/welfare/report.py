@@ -1,8 +1,8 @@
 """The welfare study in `rayexp report`: cos(v_R, v_P) per hook for the random-init, pre-RL and
 post-RL models with the shuffled-label null band, mean and range over seeds (``concept_layers.csv`` /
 ``.png``), and the steering slopes (``steering.csv``); then, with Student-t intervals over seeds
-(:mod:`.summary`), the reading of cos(v_R, v_P) against each seed's shuffled-label band
-(``cos_vs_null.csv``) and the post-RL steering effect against controls of the same norm off and on
+(:mod:`.summary`), the reading of cos(v_R, v_P) against each seed's shuffled-label null, paired by
+seed (``cos_vs_null.csv``) and the post-RL steering effect against controls of the same norm off and on
 the activation manifold, as ratio and difference (``steering_controls.csv``), and whether RL turned
 the vectors (``rotation.csv``): cos(pre, post) against a split-half estimate, a random move of RL's
 norm and, where the sweep ran one, PPO on a shuffled reward, each difference paired by seed. Every
@@ -93,23 +93,26 @@ def control_rows(runs: list) -> list[dict]:
 
 
 def cos_rows(runs: list, models: tuple[str, ...] = ("pre", "post")) -> list[dict]:
-    """cos(v_R, v_P) per hook and model against each seed's shuffled-label band, with the reading
-    the numbers allow ("not antiparallel" unless the interval leaves the band)."""
+    """cos(v_R, v_P) per hook and model against each seed's shuffled-label null (its mean, paired by
+    seed, and its band), with the reading the numbers allow (:func:`.summary.cos_reading`)."""
     runs = [r for r in runs if any(k.startswith(CV) for k in r.data.metrics)]
     keys = set().union(*(r.data.metrics for r in runs)) if runs else set()
     hooks = sorted({k[len(CV + "cos/post/") :] for k in keys if k.startswith(CV + "cos/post/")}, key=_hook_order)
     rows = []
     for model in models:
         for h in hooks:
-            cos, lo, hi = _paired(runs, f"cos/{model}/{h}", f"null/{model}/{h}/q025", f"null/{model}/{h}/q975")
+            null = f"null/{model}/{h}"
+            cos, lo, hi, m0 = _paired(runs, f"cos/{model}/{h}", f"{null}/q025", f"{null}/q975", f"{null}/mean")
             if not cos:
                 continue
-            got = summary.cos_reading(cos, lo, hi)
+            got = summary.cos_reading(cos, lo, hi, m0)
             rows.append(
                 {
                     "model": model,
                     "hook": h,
                     "cos(v_R, v_P)": summary.cell(got["cos"]),
+                    "shuffled-label null mean": f"{got['null']:+.2f}",
+                    "cos - null mean (paired)": summary.cell(got["minus_null"]),
                     "shuffled-label band (mean)": f"[{got['band'][0]:+.2f}, {got['band'][1]:+.2f}]",
                     "seeds below/inside/above": "/".join(str(got["seeds"][k]) for k in ("below", "inside", "above")),
                     "reading": got["reading"],
@@ -234,7 +237,10 @@ def report_section(inp: ReportInput) -> None:
         print(f"figure: {concept_figure(runs, inp.out / 'concept_layers.png')}", file=inp.file)
     tables = {
         "cos_vs_null": (
-            "cos(v_R, v_P) against each seed's shuffled-label band, mean [95 % Student-t CI] over seeds",
+            (
+                "cos(v_R, v_P) against each seed's shuffled-label null (minus its mean, paired by seed), "
+                "mean [95 % Student-t CI] over seeds"
+            ),
             cos_rows(runs),
         ),
         "steering_controls": (

@@ -4,8 +4,9 @@ reading per claim out.
 - :func:`effect_vs_control`: a steering effect against a control's, per seed, as a paired difference
   (Student-t over seeds) and a ratio (geometric mean over seeds, Student-t on the log ratios, so
   the interval stays positive and a 10x and a 0.1x seed average to 1x, not 5x);
-- :func:`cos_reading`: cos(v_R, v_P) against its shuffled-label band: "antiparallel" only when the
-  cosine sits below the band, otherwise "not antiparallel", and "same-signed" only when it sits above.
+- :func:`cos_reading`: cos(v_R, v_P) against its shuffled-label null, each seed paired with its own
+  null's mean: "antiparallel" only when the mean over seeds is negative and below the null's,
+  "same-signed" only when it is positive and above it, otherwise no sign claim.
 
 Intervals over seeds are Student-t (:func:`rayexp.stats.t_ci`, docs/design.md §6 rule 4).
 """
@@ -41,25 +42,43 @@ def effect_vs_control(effect, control, ci: float = 0.95) -> dict[str, tuple[floa
     return {"diff": diff, "ratio": (float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi)))}
 
 
-def cos_reading(cos, q025, q975, ci: float = 0.95) -> dict:
-    """cos(v_R, v_P) per seed (n,) against each seed's shuffled-label band [q025, q975] (n,).
+def cos_reading(cos, q025, q975, null_mean, ci: float = 0.95) -> dict:
+    """cos(v_R, v_P) per seed (n,) against each seed's shuffled-label null: its mean (n,) and band
+    [q025, q975] (n,).
 
-    Returns the mean cosine with its t interval, the mean band, how many seeds fall below, inside and
-    above their own band, and the reading. "antiparallel" needs the cosine negative and its whole t
-    interval below the mean band's lower edge; "not antiparallel, same-signed beyond the null"
-    needs the interval above the upper edge; an interval inside the band reads "not antiparallel"
-    and no more, since the null (two difference vectors sharing the neutral mean, centred near +0.5)
-    spans it; one reaching below the band's lower edge is undecided."""
-    c, lo, hi = (np.asarray(x, dtype=np.float64) for x in (cos, q025, q975))
+    A mean over seeds is read against the null of a mean over seeds, not against one seed's band: the
+    runs log each null's mean and quantiles, not its draws, so each seed's cosine is paired with its own
+    null's mean and the differences take a Student-t interval over seeds (under the null each
+    difference has mean 0, whatever the seed's band). "antiparallel" needs that interval below 0 and
+    the cosine's own interval below 0; "not antiparallel, same-signed beyond the null" needs both
+    above 0. Otherwise: below the null but not shown negative is undecided; a cosine interval reaching
+    below the mean band's lower edge is undecided; else "not antiparallel" and no more, since the null
+    (two difference vectors sharing the neutral mean, centred near +0.5) holds it. Also returned: the
+    mean cosine and the paired difference with their t intervals, the mean null and band, and how many
+    seeds fall below, inside and above their own band (the per-seed view)."""
+    c, lo, hi, m0 = (np.asarray(x, dtype=np.float64) for x in (cos, q025, q975, null_mean))
+    if not c.shape == lo.shape == hi.shape == m0.shape:
+        raise ValueError(f"one cosine, band and null mean per seed; got {c.shape}, {lo.shape}, {hi.shape}, {m0.shape}")
     m, clo, chi = t_ci(c, ci)
+    d, dlo, dhi = t_ci(c - m0, ci)
     band = (float(np.nanmean(lo)), float(np.nanmean(hi))) if len(lo) else (float("nan"), float("nan"))
+    null = float(np.nanmean(m0)) if len(m0) else float("nan")
     counts = {"below": int(np.sum(c < lo)), "inside": int(np.sum((c >= lo) & (c <= hi))), "above": int(np.sum(c > hi))}
-    if np.isfinite(chi) and chi < band[0] and m < 0:
-        reading = "antiparallel (below the shuffled-label band)"
-    elif np.isfinite(clo) and clo > band[1]:
-        reading = "not antiparallel; same-signed beyond the shuffled-label band"
-    elif np.isfinite(clo) and clo >= band[0]:
-        reading = "not antiparallel (inside the shuffled-label band: no sign claim)"
+    if dhi < 0 and chi < 0:
+        reading = "antiparallel (below the shuffled-label null)"
+    elif dlo > 0 and clo > 0:
+        reading = "not antiparallel; same-signed beyond the shuffled-label null"
+    elif dhi < 0:
+        reading = "undecided (below the shuffled-label null, not shown negative)"
+    elif clo >= band[0]:
+        reading = "not antiparallel (not beyond the shuffled-label null: no sign claim)"
     else:
         reading = "undecided (the interval reaches below the shuffled-label band)"
-    return {"cos": (m, clo, chi), "band": band, "seeds": counts, "reading": reading}
+    return {
+        "cos": (m, clo, chi),
+        "minus_null": (d, dlo, dhi),
+        "null": null,
+        "band": band,
+        "seeds": counts,
+        "reading": reading,
+    }
