@@ -268,11 +268,23 @@ def test_the_exposures_are_compared_on_the_tasks_excess_over_its_null():
     assert [r["group"] for r in rows] == ["e0", "e1", "e2"] and [r["seeds paired"] for r in rows] == [3, 3, 2]
     ex = {"e0": [0.0, 0.1, -0.1], "e1": [0.6, 0.4, 0.7], "e2": [0.8, 0.7]}  # task - null, seed by seed
     assert rows[1]["post/capability: task - null"] == summary.cell(summary.t_ci(ex["e1"]))
-    assert rows[1]["minus the previous group (Welch)"] == summary.cell(summary.welch_ci(ex["e0"], ex["e1"]))
-    assert rows[2]["minus the previous group (Welch)"] == summary.cell(summary.welch_ci(ex["e1"], ex["e2"]))
-    assert rows[2]["minus e0 (Welch)"] == summary.cell(summary.welch_ci(ex["e0"], ex["e2"]))
-    assert rows[0]["minus e0 (Welch)"] == "(reference)" and rows[0]["minus the previous group (Welch)"] == "-"
-    assert rows[2]["minus e0 (Welch)"].startswith("+0.750 [")
+    welch = lambda a, b: summary.cell(summary.welch_ci(ex[a], ex[b])) + " (Welch)"
+    assert rows[1]["minus the previous group"] == welch("e0", "e1")
+    assert rows[2]["minus the previous group"] == welch("e1", "e2")
+    assert rows[2]["minus e0"] == welch("e0", "e2") and rows[2]["minus e0"].startswith("+0.750 [")
+    assert rows[0]["minus e0"] == "(reference)" and rows[0]["minus the previous group"] == "-"
+    # e0 and e1 on one pretrained model per seed (one run read at 40 and at 120 iterations): paired by seed.
+    # e2 on other models stays Welch; a seed without the metric is no pair
+    lineage = {"e0": {"0": "m0", "1": "m1", "2": "m2"}, "e1": {"0": "m0", "1": "m1", "2": "m2"}, "e2": {"0": "x"}}
+    task["e1"]["1"] = {}
+    rows = summary.null_exposure_rows(task, null, lineage=lineage)
+    # e1 lost seed 1, so its seeds differ from e0's: Welch
+    assert rows[1]["seeds paired"] == 2
+    assert rows[1]["minus e0"] == summary.cell(summary.welch_ci(ex["e0"], [0.6, 0.7])) + " (Welch)"
+    del task["e0"]["1"]
+    rows = summary.null_exposure_rows(task, null, lineage=lineage)
+    assert rows[1]["minus e0"] == summary.cell(summary.t_ci([0.6 - 0.0, 0.7 - -0.1])) + " (paired)"
+    assert rows[2]["minus e0"].endswith("(Welch)")
 
 
 def test_rare_figure_draws_each_trial_with_its_null_dashed(tmp_path):

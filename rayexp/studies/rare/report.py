@@ -60,6 +60,19 @@ def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
     return task, null
 
 
+def lineage(runs: list) -> dict[str, dict[str, str]]:
+    """{group: {seed: the pretrain key its task trial read}}, grouped as :func:`by_seed` groups: which
+    groups' seeds share one pretrained model (the same run's 40 and 120 iterations), to pair them."""
+    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
+    out: dict[str, dict[str, str]] = {}
+    for label, group in _groups(runs, ignore_task=True).items():  # all runs: the labels by_seed gives
+        for r in group:
+            key = getattr(r.data, "tags", {}).get("rayexp.pretrain_key")
+            if key is not None and not is_null(r):
+                out.setdefault(label, {})[str(r.data.params.get("seed"))] = key
+    return out
+
+
 def seed_values(runs: list) -> summary.Groups:
     """{group: {metric (without the analysis prefix): values over the group's seeds}}, groups in order."""
     runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
@@ -180,10 +193,10 @@ def report_section(inp: ReportInput) -> None:
         ordered = {label: task_by_seed[label] for label in sorted(task_by_seed, key=_order)}
         tables["rare_null_exposures"] = (
             (
-                "the exposures compared on B skill after RL beyond the null (task - null, paired by seed); "
-                "exposures hold different pretrained models, so their differences are Welch t"
+                "the groups compared on B skill after RL beyond the null (task - null, paired by seed); "
+                "groups on different pretrained models differ by Welch t, groups on the same ones paired by seed"
             ),
-            summary.null_exposure_rows(ordered, null_by_seed),
+            summary.null_exposure_rows(ordered, null_by_seed, lineage=lineage(inp.runs)),
         )
     for name, (title, table) in tables.items():
         print(f"\n{title}:", file=inp.file)

@@ -208,21 +208,38 @@ def null_rows(task: BySeed, null: BySeed) -> list[dict]:
     return rows
 
 
-def null_exposure_rows(task: BySeed, null: BySeed, key: str = "post/capability") -> list[dict]:
+def null_exposure_rows(
+    task: BySeed, null: BySeed, key: str = "post/capability", lineage: dict[str, dict[str, str]] | None = None
+) -> list[dict]:
     """The exposures compared with each other on what the null leaves: per group (in the order given,
     lowest exposure first), the task's excess over its null on ``key``, paired by seed, and its
-    difference from the previous group's and from the first group's excess. Groups hold different
-    trials (each its own pretraining), so those differences are unpaired: Welch's t interval."""
-    excess: dict[str, list[float]] = {}
+    difference from the previous group's and from the first group's excess. Groups of different trials
+    (each exposure its own pretraining) differ unpaired: Welch's t interval. Two groups whose every seed
+    ran on one pretrained model (``lineage``: group -> seed -> pretrain key; e.g. 40 and 120 PPO
+    iterations of one run, identical for the first 40) differ paired by seed: a Welch interval there
+    would treat one trial's two readings as independent draws."""
+    excess: dict[str, dict[str, float]] = {}
     for label, seeds in task.items():
         shared = sorted(set(seeds) & set(null.get(label, {})))
-        diffs = [seeds[s].get(key, np.nan) - null[label][s].get(key, np.nan) for s in shared]
+        diffs = {s: seeds[s].get(key, np.nan) - null[label][s].get(key, np.nan) for s in shared}
+        diffs = {s: d for s, d in diffs.items() if np.isfinite(d)}  # a seed without the metric is no pair
         if diffs:
             excess[label] = diffs
+
+    def minus(a: str, b: str) -> str:
+        la, lb = (lineage or {}).get(a, {}), (lineage or {}).get(b, {})
+        same = set(excess[a]) == set(excess[b]) and all(
+            la.get(s) is not None and la.get(s) == lb.get(s) for s in excess[a]
+        )
+        if same:
+            return cell(t_ci([excess[b][s] - excess[a][s] for s in sorted(excess[a])])) + " (paired)"
+        return cell(welch_ci(list(excess[a].values()), list(excess[b].values()))) + " (Welch)"
+
     rows, labels = [], list(excess)
     for i, label in enumerate(labels):
-        row = {"group": label, "seeds paired": len(excess[label]), f"{key}: task - null": _t(excess[label])}
-        row["minus the previous group (Welch)"] = cell(welch_ci(excess[labels[i - 1]], excess[label])) if i else "-"
-        row[f"minus {labels[0]} (Welch)"] = cell(welch_ci(excess[labels[0]], excess[label])) if i else "(reference)"
+        row = {"group": label, "seeds paired": len(excess[label])}
+        row[f"{key}: task - null"] = _t(list(excess[label].values()))
+        row["minus the previous group"] = minus(labels[i - 1], label) if i else "-"
+        row[f"minus {labels[0]}"] = minus(labels[0], label) if i else "(reference)"
         rows.append(row)
     return rows
