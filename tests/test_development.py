@@ -125,6 +125,22 @@ def test_report_rows_pair_each_task_with_the_null_by_seed(tmp_path):
     assert report.llc_rl_figure(runs, tables, tmp_path / "f.png").stat().st_size > 0
 
 
+def test_seeds_count_those_the_growth_rests_on():
+    runs, tables = [], {}
+    for task in ("positive", "shuffled_null"):
+        for seed in range(3):
+            run = _run(task, seed, null=task == "shuffled_null")
+            runs.append(run)
+            # seed 2's positive control has no healthy start (redraw seed 3): no growth, no ratio
+            start_ok = not (task == "positive" and seed == 2)
+            tables[run.info.run_id] = _rows([140.0, 400.0 + seed], [start_ok, True])
+    rows = {r["task"]: r for r in report.growth_rows(report.trial_rows(runs, tables), tables)}
+    pos = rows["positive"]
+    assert pos["seeds"] == 2 and pos["pairs"] == "2"  # 3 trials, 2 with a growth
+    assert pos["growth"].startswith(f"{(400 + 401) / 2 / 140:.2f} [")
+    assert rows["shuffled_null (null)"]["seeds"] == 3
+
+
 def test_an_arm_in_two_sweeps_is_named_and_counted_once():
     tables = {}
     runs = []

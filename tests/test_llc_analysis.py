@@ -158,7 +158,27 @@ def test_llc_analysis_end_to_end_on_tiny_models():
     chains = result.tables["llc_chains"]
     assert chains.num_rows == 4 * 200 * (4 + 3)  # chains x draws x checkpoints (a reused estimate logged again)
     assert result.tables["llc_transitions"].column_names == ["phase", "curve", "checkpoint"]
+    # 4 pretraining steps, 3 PPO checkpoints: too few to test, so no count of 0 transitions
+    for key in ("pretrain/transitions_llc", "pretrain/transitions_loss", "rl/transitions_llc", "rl/transitions_reward"):
+        assert math.isnan(m[key]) and m[f"{key}_tested"] == 0.0, key
     assert set(result.figures) == {"llc_over_training"}
+
+
+def test_a_curve_with_too_few_healthy_estimates_is_not_tested():
+    from rayexp.studies.development.llc_analysis import transition_metrics
+    from rayexp.studies.development.transitions import phase_tested, phase_transitions
+
+    def rows(healthy):  # PPO iterations 0-40 with a flat reward: no transition where tested
+        return [{"checkpoint": 5 * i, "llc_mean": 100.0 + i, "healthy": i < healthy, "reward": 0.5} for i in range(9)]
+
+    # the negative control's first draw: 4 healthy estimates of 9, below the rule's 5
+    phases = {"rl": rows(4)}
+    m = transition_metrics(phase_transitions(phases), phase_tested(phases))
+    assert math.isnan(m["rl/transitions_llc"]) and m["rl/transitions_llc_tested"] == 0.0
+    assert m["rl/transitions_reward"] == 0.0 and m["rl/transitions_reward_tested"] == 1.0
+    phases = {"rl": rows(5)}
+    m = transition_metrics(phase_transitions(phases), phase_tested(phases))
+    assert m["rl/transitions_llc"] == 0.0 and m["rl/transitions_llc_tested"] == 1.0
 
 
 def test_params_validate_and_default_to_the_study_setting():

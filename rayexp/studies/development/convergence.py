@@ -41,8 +41,8 @@ def split_rhat(traces: np.ndarray) -> float:
     halves = np.concatenate([x[:, :n], x[:, x.shape[1] - n :]])  # (2C, n): drops the middle draw if D is odd
     w = float(halves.var(axis=1, ddof=1).mean())
     b = n * float(halves.mean(axis=1).var(ddof=1))
-    if w == 0:
-        return 1.0 if b == 0 else math.inf
+    if w == 0:  # every draw equal: chains that never moved have not shown they mix, so no R-hat
+        return math.nan if b == 0 else math.inf
     return math.sqrt(((n - 1) / n * w + b / n) / w)
 
 
@@ -64,8 +64,8 @@ def _rank_normal(x: np.ndarray) -> np.ndarray:
 def rhat(traces: np.ndarray) -> float:
     """Rank-normalised split R-hat of (C, D) draws: max(bulk, tail) as in Vehtari et al. (2021).
 
-    NaN when it cannot be computed (non-finite draws, fewer than 4 draws per chain); a caller
-    treats NaN as not converged.
+    NaN when it cannot be computed (non-finite draws, fewer than 4 draws per chain, every draw
+    equal); a caller treats NaN as not converged.
     """
     x = np.asarray(traces, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] < 4 or not np.isfinite(x).all():

@@ -77,7 +77,8 @@ def paired_growth(ratios: dict[int, float], ci: float = 0.95) -> dict[str, float
     """``ratios``: :func:`matched_ratio` by seed. Their geometric mean with the Student-t interval of the
     mean log ratio; ``above`` = 1.0 when the interval's low end is above 1 (the task moved the LLC
     further than PPO on a reward that asks nothing), 0.0 when it is not, NaN with fewer than two seeds;
-    ``p``: the exact two-sided sign-flip p-value of the mean log ratio."""
+    ``p``: the exact two-sided sign-flip p-value of the mean log ratio; ``seeds``: how many ratios all of
+    it rests on (the finite, positive ones; a seed without one is left out)."""
     logs = [math.log(r) for r in ratios.values() if np.isfinite(r) and r > 0]
     if len(logs) < 2:
         m = math.exp(logs[0]) if logs else math.nan

@@ -24,8 +24,9 @@ table): an arm added to a study whose other arms of the same seeds estimated the
 Logged: metrics ``{pretrain,rl}/final`` (and ``_std``, ``_rhat``, ``_settled``, ``_healthy``),
 ``{phase}/unsettled``, ``{phase}/unhealthy``, ``rl/{start,start_healthy,last,last_iteration,growth,
 healthy,estimates,reward_start,reward_final}`` (:func:`.growth.rl_growth`: how far RL moved the LLC),
-``{phase}/transitions_{llc,loss|reward}``, ``sgld/{lr,localization,nbeta,rms_delta,num_chains,
-num_burnin,num_draws}``, ``seconds_per_estimate``; tables ``llc_pretrain`` (step, llc_mean, llc_std,
+``{phase}/transitions_{llc,loss|reward}`` (NaN where the curve had too few points to test) and
+``{phase}/transitions_{curve}_tested``, ``sgld/{lr,localization,nbeta,rms_delta,num_chains,num_burnin,
+num_draws}``, ``seconds_per_estimate``; tables ``llc_pretrain`` (step, llc_mean, llc_std,
 rhat, settled, diverged, below_init, healthy, loss), ``llc_rl`` (iteration, ..., reward), ``llc_chains``
 (every draw of every chain) and ``llc_transitions``; figure ``llc_over_training``.
 
@@ -62,7 +63,7 @@ from rayexp.studies.development.llc import (
     estimate_llc,
 )
 from rayexp.studies.development.llc_figure import llc_figure
-from rayexp.studies.development.transitions import ALPHA, phase_transitions, refuse_transition_k
+from rayexp.studies.development.transitions import ALPHA, phase_tested, phase_transitions, refuse_transition_k
 
 TRANSITIONS = pa.schema([("phase", pa.string()), ("curve", pa.string()), ("checkpoint", pa.int64())])
 
@@ -203,6 +204,18 @@ def _phase_metrics(name: str, rows: list[dict]) -> dict[str, float]:
     }
 
 
+def transition_metrics(marks: dict[str, dict[str, list[int]]], tested: dict[str, dict[str, bool]]) -> dict[str, float]:
+    """``{phase}/transitions_{curve}``: the count, NaN where the curve had too few points to test (its
+    empty list is not "no transition"); ``{phase}/transitions_{curve}_tested``: 1.0 or 0.0."""
+    out = {}
+    for phase, curves in marks.items():
+        for curve, where in curves.items():
+            ok = tested[phase][curve]
+            out[f"{phase}/transitions_{curve}"] = float(len(where)) if ok else math.nan
+            out[f"{phase}/transitions_{curve}_tested"] = float(ok)
+    return out
+
+
 @analysis("llc", params=LLCParams, needs=("pretrain_checkpoints", "ppo_checkpoints", "env"))
 def llc(artifacts, params: LLCParams) -> AnalysisResult:
     """LLC (SGLD, self-KL on the pretraining stream, one setting for the study) of pretraining and RL checkpoints."""
@@ -228,15 +241,15 @@ def llc(artifacts, params: LLCParams) -> AnalysisResult:
     metrics = {**(_phase_metrics("pretrain", pretrain) if pretrain else {}), **_phase_metrics("rl", rl)}
     rl_table = _table(rl, "iteration")  # the table the report reads, so metric and report share one input
     metrics.update({f"rl/{k}": v for k, v in rl_growth(rl_table.to_pydict()).items()})
-    marks = phase_transitions({"pretrain": pretrain, "rl": rl} if pretrain else {"rl": rl}, params.transition_alpha)
+    phases = {"pretrain": pretrain, "rl": rl} if pretrain else {"rl": rl}
+    marks = phase_transitions(phases, params.transition_alpha)
     found = [
         {"phase": phase, "curve": curve, "checkpoint": at}
         for phase, curves in marks.items()
         for curve, where in curves.items()
         for at in where
     ]
-    for phase, curves in marks.items():
-        metrics.update({f"{phase}/transitions_{curve}": float(len(where)) for curve, where in curves.items()})
+    metrics.update(transition_metrics(marks, phase_tested(phases)))
     for k in ("lr", "localization", "nbeta", "rms_delta", "num_chains", "num_burnin", "num_draws"):
         metrics[f"sgld/{k}"] = float(getattr(est.settings, k))
     metrics["seconds_per_estimate"] = float(np.mean(est.seconds))

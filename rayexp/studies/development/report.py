@@ -96,8 +96,8 @@ def between_tasks(trials: list[dict], tables: dict[str, dict[str, list]]) -> lis
 
 
 def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[dict]:
-    """Per (process, task): growth over seeds, and against the process's shuffled-reward null, seed by
-    seed at the last iteration both are healthy (:func:`.growth.matched_ratio`)."""
+    """Per (process, task): growth over the seeds that have one (``seeds``), and against the process's
+    shuffled-reward null, seed by seed at the last iteration both are healthy (:func:`.growth.matched_ratio`)."""
     out = []
     for process in dict.fromkeys(t["process"] for t in trials):
         arms = _arms(trials, process)
@@ -107,7 +107,7 @@ def growth_rows(trials: list[dict], tables: dict[str, dict[str, list]]) -> list[
             row = {
                 "process": process,
                 "task": task + (" (null)" if null else ""),
-                "seeds": len(by_seed),
+                "seeds": len(vals),  # those with a growth, which the summary rests on, not the trials
                 "growth": f"{sum(vals) / len(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]" if vals else "-",
                 "vs null at the same iteration (ratio [95% CI])": "-",
                 "pairs": "-",

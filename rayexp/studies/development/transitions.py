@@ -44,8 +44,10 @@ __all__ = [
     "CURVES",
     "MIN_CHECKPOINTS",
     "locate_transitions",
+    "phase_tested",
     "phase_transitions",
     "refuse_transition_k",
+    "tested",
     "threshold",
 ]
 
@@ -100,19 +102,30 @@ def threshold(x: Sequence[float], alpha: float = ALPHA) -> float:
     return _threshold(tuple(np.round(gaps / gaps.sum(), 9)), float(alpha))
 
 
+def _points(steps: Sequence[float], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's finite points, sorted by step; a repeated step keeps its first value."""
+    s, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(v) & np.isfinite(s)
+    s, first = np.unique(s[keep], return_index=True)
+    return s, v[keep][first]
+
+
+def tested(steps: Sequence[float], values: Sequence[float]) -> bool:
+    """Whether :func:`locate_transitions` judges the curve: :data:`MIN_CHECKPOINTS` or more finite
+    points. Where not, its ``[]`` means "not tested", not "no transition"."""
+    return len(_points(steps, values)[0]) >= MIN_CHECKPOINTS
+
+
 def locate_transitions(
     steps: Sequence[float], values: Sequence[float], alpha: float = ALPHA, log_steps: bool = True
 ) -> list[int]:
     """Checkpoints where the curve ``values`` over ``steps`` jumps beyond its trend (module docstring).
 
     Non-finite values are dropped first (and repeated steps keep their first value); with fewer than
-    :data:`MIN_CHECKPOINTS` left there are no transitions. On a straight line plus normal noise the
-    chance of any mark is ``alpha``.
+    :data:`MIN_CHECKPOINTS` left there are no transitions (and the curve is not :func:`tested`). On a
+    straight line plus normal noise the chance of any mark is ``alpha``.
     """
-    s, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    keep = np.isfinite(v) & np.isfinite(s)
-    s, first = np.unique(s[keep], return_index=True)  # sorted; a repeated step keeps its first value
-    v = v[keep][first]
+    s, v = _points(steps, values)
     if len(s) < MIN_CHECKPOINTS:
         return []
     x = np.log1p(s) if log_steps else s
@@ -141,12 +154,22 @@ def phase_transitions(phases: dict[str, list[dict]], alpha: float = ALPHA) -> di
     (settled, not diverged, not below init: an unsettled one is not a value to take a jump of);
     pretraining's checkpoints are log-spaced, PPO's evenly spaced.
     """
-    out: dict[str, dict[str, list[int]]] = {}
-    for phase, rows in phases.items():
-        log_steps = phase == "pretrain"
-        ok = [r for r in rows if r["healthy"]]
-        llc = locate_transitions([r["checkpoint"] for r in ok], [r["llc_mean"] for r in ok], alpha, log_steps)
-        curve = CURVES[phase]
-        other = locate_transitions([r["checkpoint"] for r in rows], [r[curve] for r in rows], alpha, log_steps)
-        out[phase] = {"llc": llc, curve: other}
-    return out
+    return {
+        phase: {c: locate_transitions(s, v, alpha, phase == "pretrain") for c, (s, v) in _curves(phase, rows).items()}
+        for phase, rows in phases.items()
+    }
+
+
+def phase_tested(phases: dict[str, list[dict]]) -> dict[str, dict[str, bool]]:
+    """phase -> curve -> whether :func:`phase_transitions` judged it (:func:`tested`), on the same points."""
+    return {phase: {c: tested(s, v) for c, (s, v) in _curves(phase, rows).items()} for phase, rows in phases.items()}
+
+
+def _curves(phase: str, rows: list[dict]) -> dict[str, tuple[list, list]]:
+    """curve -> (checkpoints, values): the LLC over healthy rows, the phase's :data:`CURVES` over all."""
+    ok = [r for r in rows if r["healthy"]]
+    curve = CURVES[phase]
+    return {
+        "llc": ([r["checkpoint"] for r in ok], [r["llc_mean"] for r in ok]),
+        curve: ([r["checkpoint"] for r in rows], [r[curve] for r in rows]),
+    }
