@@ -22,6 +22,10 @@ NULL_METRICS = (
     ("delta/capability", "B skill change"),
     ("post/b_accuracy", "B hit rate post"),
     ("post/trigger_rate", "trigger rate post"),
+    # what the skill is made of: the choice among B's tokens (0 for a policy blind to B) and the mass put
+    # on them, which alone can lift the skill above a null that puts none there
+    ("post/tracking", "B tracking post"),
+    ("post/b_mass", "mass on B post"),
 )
 
 #: random init reading B's belief this well leaves a probe no room to show what pretraining added
@@ -64,7 +68,7 @@ def _t(values) -> str:
 def capability_rows(groups: Groups) -> list[dict]:
     """Did RL find the rare capability? B-prediction skill at the trigger (0 = chance, 1 = the exact
     ceiling) before and after RL and its paired change, per group; the hit rate beside its
-    references. Trigger seeking is *not* here (:func:`seeking_rows`)."""
+    references, and what the skill is made of: tracking (the choice among B's tokens) and mass on B. Trigger seeking is *not* here (:func:`seeking_rows`)."""
     rows = []
     for label, g in groups.items():
         rows.append(
@@ -76,6 +80,8 @@ def capability_rows(groups: Groups) -> list[dict]:
                 "post - pre (paired)": _t(g.get("delta/capability", [])),
                 "greedy post": _t(g.get("post/capability_greedy", [])),
                 "B hit rate post": _t(g.get("post/b_accuracy", [])),
+                "B tracking post": _t(g.get("post/tracking", [])),
+                "mass on B post": _t(g.get("post/b_mass", [])),
                 "ceiling / chance": _refs(g),
             }
         )
