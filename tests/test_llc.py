@@ -111,6 +111,9 @@ def test_split_rhat_on_constructed_chains():
     # chains that never move (every draw equal) have not shown they mix: no R-hat, so not settled
     assert math.isnan(split_rhat(np.ones((4, 10)))) and math.isnan(rhat(np.zeros((4, 100))))
     assert split_rhat(np.arange(4.0)[:, None] + np.zeros((4, 10))) == math.inf  # stuck in different places
+    # two values, half each: the bulk is defined, the tail (distance from the median, all 0.5) is not
+    two = np.tile([0.0, 1.0], (4, 50))
+    assert np.isfinite(split_rhat(two)) and math.isnan(rhat(two))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,11 +63,12 @@ def _arr(x) -> np.ndarray:
 
 
 def share_bound(m_pi, m_rest, m_composed, min_seeds: int = 2, ci: float = 0.95) -> Interval:
-    """The composed-share bound (:func:`.resolution.composed_share_max`) of each seed, ``(m_pi + m_rest) /
-    (m_J + m_rest)`` capped at 1, over the seeds where all three masses are finite, as a Student-t interval of their mean
-    capped at 1; NaN with fewer than ``min_seeds``. Each seed's policy has its own share, so the mean share
-    is bounded by the mean of the seeds' bounds; the ratio of the sums over seeds would weight each by its
-    ``m_J + m_rest`` (a learned J's mass moves with its PPO run) and can fall below that mean."""
+    """The composed-share bound (:func:`.resolution.composed_share_max`) of each seed,
+    ``(m_pi + m_rest) / (m_J + m_rest)`` capped at 1, over the seeds where all three masses are finite, as
+    a Student-t interval of their mean capped at 1; NaN with fewer than ``min_seeds``. Each seed's policy
+    has its own share, so the mean share is bounded by the mean of the seeds' bounds; the ratio of the sums
+    over seeds would weight each by its ``m_J + m_rest`` (a learned J's mass moves with its PPO run) and
+    can fall below that mean."""
     if m_rest is None or m_composed is None:
         return Interval()
     m_pi, m_rest, m_composed = _arr(m_pi), _arr(m_rest), _arr(m_composed)
@@ -118,13 +119,14 @@ def clauses(
     counts: dict[str, tuple[int, int]],
     visible: bool,
 ) -> str:
-    """What a verdict other than composition adds about how often the policy can be composed: the mass
-    bounds (``most``: a rest resolved as sharpened p_pre, ``drifting``: one that drifts as the null's) where
-    the first bounds anything, and the residual bound on the Bayes probabilities (``soft``, a drifting rest);
-    each only where no seed's policy refutes its premise (``counts``: (refuted, checked) per ``sharp``,
-    ``drift``, ``soft``), else saying so; the drifting bound on its own where the sharp premise is refuted. Nothing where the joint-target policy is not ``visible`` to the fit
-    (a product, whose joint target is nearly a map of p_pre): acting as it is no composition there, and the
-    residual bound then only says how much of the policy's residual the rest must carry."""
+    """What a verdict other than composition adds about how often the policy can be composed: the mass bounds
+    (``most``: a rest resolved as sharpened p_pre, ``drifting``: one that drifts as the null's) where the first
+    bounds anything, and the residual bound on the Bayes probabilities (``soft``, a drifting rest); each only
+    where no seed's policy refutes its premise (``counts``: (refuted, checked) per ``sharp``, ``drift``,
+    ``soft``), else saying so; the drifting bound on its own where the sharp premise is refuted. Nothing where
+    the joint-target policy is not ``visible`` to the fit (a product, whose joint target is nearly a map of
+    p_pre): acting as it is no composition there, and the residual bound then only says how much of the policy's
+    residual the rest must carry."""
     if not visible:
         return ""
     out = ""
@@ -139,7 +141,10 @@ def clauses(
             out += f"; it holds the joint-target policy at most {drifting.hi:.2f} of the time for {drifts} ({drifting})"
     elif most.hi < 1:  # the drifting bound beside the sharp one, as its weaker premise
         drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})" if drift_stated else drift_refuted
-        out += f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for {sharp}{drift})"
+        out += (
+            f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
+            f"{sharp}{drift})"
+        )
     soft_k, soft_n = counts.get("soft", (0, 0))
     if soft_k:  # as the mass bounds: a premise some seed's policy refutes states no bound over the others
         out += (

@@ -57,6 +57,7 @@ from models.config import MAX_SEED
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact import ceilings, targets
 from rayexp.probes import FINAL, residual_layers
+from rayexp.settings import AnalysisRef
 from rayexp.stats import bootstrap_ci, paired_bootstrap_ci, ratio_values
 from rayexp.studies.composition import (
     classes,
@@ -101,13 +102,15 @@ def sample_of(config: dict) -> tuple[int, int]:
     """The composition analysis's ``(n_seq, seed)`` in a trial's config (its defaults where the trial runs
     it without them): what draws its sequences and split, so two trials' fits are on one sample only where
     these match."""
-    for ref in config.get("analyses") or ():
-        name, params = (ref, {}) if isinstance(ref, str) else (ref.get("name"), ref.get("params") or {})
-        if name == "composition":
-            p = CompositionParams(**params)
-            return p.n_seq, p.seed
-    p = CompositionParams()
+    refs = map(AnalysisRef.model_validate, config.get("analyses") or ())
+    p = CompositionParams(**next((r.params for r in refs if r.name == "composition"), {}))
     return p.n_seq, p.seed
+
+
+def model_key(artifacts) -> str | None:
+    """The key of the model a trial's analysis reads p_pre from: its start (``start_from``), else its
+    pretraining; None where unknown. Two trials' maps are one map only on one such model."""
+    return getattr(artifacts, "start_key", None) or getattr(artifacts, "pretrain_key", None)
 
 
 def policy_values(s: Setup, forward: Forward, with_features: bool = False) -> dict[str, np.ndarray]:

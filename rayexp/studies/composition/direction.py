@@ -33,6 +33,7 @@ composition analysis' own sequences and split).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import numpy as np
@@ -44,7 +45,7 @@ from rayexp.studies.composition import bounds, classes, resolution
 from rayexp.studies.composition.battery import MAP_SEED, NULLS
 from rayexp.studies.composition.battery_cases import CASES, INTERLEAVE, sharpen
 from rayexp.studies.composition.battery_streams import Sample, sample
-from rayexp.studies.composition.composition_analysis import model_forward, sample_of
+from rayexp.studies.composition.composition_analysis import model_forward, model_key, sample_of
 from rayexp.studies.composition.projection import (
     mass,
     norm,
@@ -65,42 +66,49 @@ def sample_residual(s: Sample, pi: np.ndarray) -> np.ndarray:
     return residual(s.p_pre, pi, s.train, s.test, s.resolution)
 
 
-def _fit(artifacts, n_seq: int | None = None, seed: int | None = None):
+@functools.cache
+def _fit(artifacts):
     """A stored trial's setup, p_pre and the resolution its composition analysis fits at, on that analysis's
-    sequences and split (its own ``n_seq`` and ``seed`` unless given)."""
-    own = sample_of(artifacts.config)
+    own sequences and split; once per trial (the trial's table and the learned premise both read it)."""
     hmm = artifacts.stream()
     reward, length = task_of(artifacts.env_config, hmm)
-    s = make_setup(hmm, reward, length, own[0] if n_seq is None else n_seq, own[1] if seed is None else seed)
+    s = make_setup(hmm, reward, length, *sample_of(artifacts.config))
     p_pre = classes.softmax(model_forward(artifacts.model_before())(s.tokens, False)[0])
-    return s, reward, p_pre, classes.resolution_of(p_pre, s.p_next)
+    return s, list(reward.action_tokens), p_pre, classes.resolution_of(p_pre, s.p_next)
 
 
-def trial_projection(artifacts, n_seq: int | None = None, seed: int | None = None) -> dict[str, float]:
-    """One stored trial, on the sequences and split its composition analysis drew (``n_seq``, ``seed``: its
-    own unless given) at the resolution it fits: the projections on the joint target's Bayes probabilities
-    (``pre``, ``post``, and ``sharp``, the planted sharp reweighting: p_pre sharpened at
-    :data:`.resolution.BETA` on the trial's actions), the post-RL policy's on the Bayes argmax
-    (``post_argmax``), the residual norms the bound takes (``norm_post``, ``norm_sharp``, ``norm_soft``,
-    ``norm_argmax``), and for the mass bound's premise the least mass per step any share of the Bayes
-    argmax leaves the rest (``mass_rest_min``) beside the planted sharp reweighting's (``mass_sharp``) and
-    the policy's own (``mass_post``: a null's is its pair's drifting rest); NaN where the stream has no
-    joint target."""
+def _post_residual(artifacts, on=None) -> np.ndarray:
+    """What the map of p_pre leaves of ``artifacts``' post-RL policy on ``on``'s fit (its own by default),
+    its actions placed on the tokens they claim among ``on``'s actions (a fixed placement: the map, a mean
+    of training policies, fits each action apart, so the placed policy's residual is the placed residual)."""
+    s, act, p_pre, res = _fit(artifacts if on is None else on)
+    tokens = act if on is None else list(task_of(artifacts.env_config, artifacts.stream())[0].action_tokens)
+    pi = np.zeros((*s.tokens.shape, len(act)))
+    pi[..., [act.index(x) for x in tokens]] = classes.softmax(
+        model_forward(artifacts.model_after())(s.tokens, False)[0][..., tokens]
+    )
+    return residual(p_pre, pi, s.train, s.test, res)
+
+
+def trial_projection(artifacts) -> dict[str, float]:
+    """One stored trial, on the sequences and split its composition analysis drew, at the resolution it
+    fits: the projections on the joint target's Bayes probabilities (``pre``, ``post``, and ``sharp``, the
+    planted sharp reweighting: p_pre sharpened at :data:`.resolution.BETA` on the trial's actions), the
+    post-RL policy's on the Bayes argmax (``post_argmax``), the residual norms the bound takes
+    (``norm_post``, ``norm_sharp``, ``norm_soft``, ``norm_argmax``), and for the mass bound's premise the
+    least mass per step any share of the Bayes argmax leaves the rest (``mass_rest_min``) beside the planted
+    sharp reweighting's (``mass_sharp``) and the policy's own (``mass_post``: a null's is its pair's
+    drifting rest); NaN where the stream has no joint target."""
     keys = ("pre", "post", "sharp", "post_argmax", "norm_post", "norm_sharp", "norm_soft", "norm_argmax")
     keys += ("mass_rest_min", "mass_sharp", "mass_post")
-    s, reward, p_pre, res = _fit(artifacts, n_seq, seed)
+    s, act, p_pre, res = _fit(artifacts)
     if s.P_joint is None:
         return dict.fromkeys(keys, float("nan"))
-    act = reward.action_tokens
-
-    def resid(pi: np.ndarray) -> np.ndarray:
-        return residual(p_pre, pi, s.train, s.test, res)
-
     # J (the Bayes probabilities and argmax) and the planted sharp reweighting, fitted as the analysis fits them
     planted = resolution.planted_values(p_pre, p_pre[..., act], s.P_joint, s.train, s.test, res)
     r_soft, r_argmax, r_sharp = planted["r_soft"], planted["r_composed"], planted["r_sharp"]
-    r_post = resid(classes.softmax(model_forward(artifacts.model_after())(s.tokens, False)[0][..., act]))
-    r_pre = resid(p_pre[..., act] / p_pre[..., act].sum(-1, keepdims=True))
+    r_post = _post_residual(artifacts)
+    r_pre = residual(p_pre, p_pre[..., act] / p_pre[..., act].sum(-1, keepdims=True), s.train, s.test, res)
     out = {k: float(projection(r, r_soft).mean()) for k, r in (("pre", r_pre), ("post", r_post), ("sharp", r_sharp))}
     out["post_argmax"] = float(projection(r_post, r_argmax).mean())
     out |= {
@@ -119,21 +127,12 @@ def learned_rest_min(artifacts, learned) -> float:
     post-RL policy, on ``artifacts``' fit: the learned bound's premise checked (:mod:`.learned_bound`,
     which the verdict cannot do from metrics). NaN unless both read one pretrained model on one sample
     and ``learned``'s action tokens are among ``artifacts``'."""
-    if learned.pretrain_key != artifacts.pretrain_key or sample_of(learned.config) != sample_of(artifacts.config):
+    if model_key(learned) != model_key(artifacts) or sample_of(learned.config) != sample_of(artifacts.config):
         return float("nan")
-    s, reward, p_pre, res = _fit(artifacts)
-    act = list(reward.action_tokens)
-    other = list(task_of(learned.env_config, learned.stream())[0].action_tokens)
-    if not set(other) <= set(act):
+    other = task_of(learned.env_config, learned.stream())[0].action_tokens
+    if not set(other) <= set(_fit(artifacts)[1]):
         return float("nan")
-    post = {}
-    for name, (t, tokens) in {"mine": (artifacts, act), "learned": (learned, other)}.items():
-        pi = np.zeros((*s.tokens.shape, len(act)))
-        pi[..., [act.index(x) for x in tokens]] = classes.softmax(
-            model_forward(t.model_after())(s.tokens, False)[0][..., tokens]
-        )
-        post[name] = residual(p_pre, pi, s.train, s.test, res)
-    return rest_mass_min(post["mine"], post["learned"])
+    return rest_mass_min(_post_residual(artifacts), _post_residual(learned, on=artifacts))
 
 
 def _bounds(v: dict[str, float], norm_null: float) -> dict[str, float]:
@@ -152,38 +151,27 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
     """Per (process, task) of stored trials: the post-RL projection over seeds (Student-t 95 %), the planted
     sharp reweighting's on the same models, and the bounds, each seed's rest no larger than that seed's
     planted sharp reweighting's or its pair's shuffled null's (paired by seed on one pretrained model);
-    and on how many seeds the policy refutes the mass bound's premise (:func:`.resolution.composed_share_max`,
-    a rest the map leaves no more mass of than the planted sharp reweighting) at every share on a grid."""
+    and on how many seeds the policy refutes the mass bound's premise (a rest the map leaves no more mass
+    of than the planted sharp reweighting: :func:`.bounds.refuted` on the exact least rest), against the
+    Bayes argmax and against the pair's learned composition (:func:`learned_rest_min`)."""
     trials = [t for sweep in sweeps for t in find_trials(storage, sweep)]
     vals = {id(t): trial_projection(t) for t in trials}
-    nulls = {
-        (process_label(t.env_config["process"]), t.config["seed"], t.pretrain_key): vals[id(t)]["norm_post"]
-        for t in trials
-        if t.config["task"].get("shuffle_reward")
-    }
-    masses = {
-        (process_label(t.env_config["process"]), t.config["seed"], t.pretrain_key): vals[id(t)]["mass_post"]
-        for t in trials
-        if t.config["task"].get("shuffle_reward")
-    }
-    # the pair's learned composition: its positive control's post-RL policy, on the same seed and model
-    positive = {
-        (process_label(t.env_config["process"]), t.config["seed"], t.pretrain_key): t
-        for t in trials
-        if t.config["task"]["name"] == POSITIVE
-    }
+
+    def pair(t) -> tuple:  # a trial's pair partners: same process and seed, on one pretrained model
+        return process_label(t.env_config["process"]), t.config["seed"], model_key(t)
+
+    nulls = {pair(t): vals[id(t)] for t in trials if t.config["task"].get("shuffle_reward")}
+    # the pair's learned composition: its positive control's post-RL policy
+    positive = {pair(t): t for t in trials if t.config["task"]["name"] == POSITIVE}
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for t in trials:
-        process = process_label(t.env_config["process"])
-        norm_null = nulls.get((process, t.config["seed"], t.pretrain_key), float("nan"))
-        if t.config["task"].get("shuffle_reward"):
-            norm_null = float("nan")  # the null against itself says nothing
-        v = vals[id(t)]
-        learned = positive.get((process, t.config["seed"], t.pretrain_key))
-        v = v | {"learned_rest_min": float("nan"), "mass_null": masses.get((process, t.config["seed"], t.pretrain_key))}
-        if learned is not None and learned is not t and not t.config["task"].get("shuffle_reward"):
+        null, own_null = nulls.get(pair(t), {}), bool(t.config["task"].get("shuffle_reward"))
+        v = vals[id(t)] | {"mass_null": null.get("mass_post", float("nan")), "learned_rest_min": float("nan")}
+        norm_null = float("nan") if own_null else null.get("norm_post", float("nan"))  # not against itself
+        learned = positive.get(pair(t))
+        if learned is not None and learned is not t and not own_null:
             v["learned_rest_min"] = learned_rest_min(t, learned)
-        groups.setdefault((process, t.config["task"]["name"]), []).append(v | _bounds(v, norm_null))
+        groups.setdefault((pair(t)[0], t.config["task"]["name"]), []).append(v | _bounds(v, norm_null))
 
     def hi(vs: list[dict], key: str) -> str:
         """mean (t-interval high end, capped at 1) over the seeds whose premise the policy allows; the
@@ -194,6 +182,7 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
         text = f"{mean:.2f} ({float(np.minimum(1.0, high)):.2f})" if np.isfinite(mean) else "-"  # NaN kept
         return text + (f"; refuted {refuted}/{len(x)}" if refuted else "")
 
+    _fit.cache_clear()  # every trial's fit is read: let the arrays go
     rows = []
     for (process, task), vs in sorted(groups.items()):
         mean, lo, high = t_ci([v["post"] for v in vs])

@@ -39,10 +39,10 @@ over seeds, 95 %)::
                         and CI_low(margin) > margin_min and CI_low(shortfall) > shortfall_min
     inconclusive   otherwise (the reason says which test failed)
 
-Without ``shortfall`` (trials that logged none) that test is skipped, and a composition reason says so;
-a shortfall finite on one seed of several has no interval and shows no composition. ``resolved`` is
-skipped without ``below_bar`` (trials logged before it), and the reason says so. ``shortfall`` is also NaN where one factor
-per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
+Without ``shortfall`` (trials that logged none) that test is skipped, and a composition reason says so; a
+shortfall finite on one seed of several has no interval and shows no composition. ``resolved`` is skipped
+without ``below_bar`` (trials logged before it), and the reason says so. ``shortfall`` is also NaN where one
+factor per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
 explained but not ``earned`` or not ``resolved`` is inconclusive unless the readout explains it
 (elicitation). ``earned`` exists because the bar and the map's share count probability mass: a policy
 that acts as a *soft* joint-target policy (the Bayes probabilities themselves) a quarter of the time
@@ -149,11 +149,12 @@ def _arr(x) -> np.ndarray:
     return np.atleast_1d(np.asarray(x, dtype=np.float64))
 
 
-def _null_score(u_rw_null, u_el_null, tv) -> float:
-    """The null's score at its point value (the mean over its seeds), in the units of ``tv`` if given."""
-    if tv is not None and tv[2] is not None:
-        return float(np.nanmean(np.minimum(_arr(tv[2]), _arr(tv[3]))))
-    return float(np.nanmean(np.minimum(_arr(u_rw_null), _arr(u_el_null))))
+def _null_values(u_rw_null, u_el_null, tv, in_mass: bool) -> np.ndarray | None:
+    """The null's score per seed in the unit of the task's (mass per step from ``tv``, else shares); None
+    where the null has no value in that unit: an excess is taken in one unit only."""
+    if not in_mass:
+        return np.minimum(_arr(u_rw_null), _arr(u_el_null))
+    return None if tv is None or tv[2] is None else np.minimum(_arr(tv[2]), _arr(tv[3]))
 
 
 def decide(
@@ -219,9 +220,9 @@ def decide(
         d_el = Interval(i_el.mean - nel, i_el.lo - nel, i_el.hi - nel)
         s_rw, s_el = (context["tv_rw"], context["tv_el"]) if "tv_rw" in context else (i_rw, i_el)
         score = Interval(min(s_rw.mean, s_el.mean), min(s_rw.lo, s_el.lo), min(s_rw.hi, s_el.hi))
-        # the excess only in one unit: a score in mass needs the null's in mass
-        if have_null and ("tv_rw" not in context or (tv is not None and tv[2] is not None)):
-            null = _null_score(u_rw_null, u_el_null, tv if "tv_rw" in context else None)
+        null_values = _null_values(u_rw_null, u_el_null, tv, "tv_rw" in context) if have_null else None
+        if null_values is not None:  # the null at its point value
+            null = float(np.nanmean(null_values))
             excess = Interval(score.mean - null, score.lo - null, score.hi - null)
         prefix = "1 seed: intervals over held-out contexts, not seeds; "
     else:
@@ -235,9 +236,9 @@ def decide(
         mass = tv is not None and np.isfinite(_arr(tv[0])).any()
         own = np.minimum(_arr(tv[0]), _arr(tv[1])) if mass else np.minimum(u_rw, u_el)
         score = Interval(*t_ci(own, th.ci))
-        if have_null and (not mass or tv[2] is not None):  # the excess only in one unit, as above
-            null = np.minimum(_arr(tv[2]), _arr(tv[3])) if mass else np.minimum(_arr(u_rw_null), _arr(u_el_null))
-            excess = Interval(*t_ci(own - null, th.ci))
+        null_values = _null_values(u_rw_null, u_el_null, tv, mass) if have_null else None
+        if null_values is not None:
+            excess = Interval(*t_ci(own - null_values, th.ci))
     ref = "null" if have_null else "absolute"
     if not have_null and n < th.min_seeds:
         d_rw, d_el = i_rw, i_el

@@ -34,7 +34,7 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.bounds import Residuals
-from rayexp.studies.composition.composition_analysis import sample_of
+from rayexp.studies.composition.composition_analysis import model_key, sample_of
 from rayexp.studies.composition.learned_bound import learned_bound, same_fit
 from rayexp.studies.composition.stream_setup import task_of
 from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
@@ -172,7 +172,7 @@ def _fit_key(artifacts, signals: dict[str, float]) -> tuple:
     model is the one the analysis read p_pre from (the trial's start, else its pretraining), None where
     unknown; the sample is the composition analysis's (n_seq, seed), which a resolution clamped at its floor
     (a near-exact model) would not tell apart."""
-    key = getattr(artifacts, "start_key", None) or getattr(artifacts, "pretrain_key", None)
+    key = model_key(artifacts)
     env = artifacts.env_config
     try:
         n_actions = len(task_of(env, artifacts.stream())[0].action_tokens)

@@ -72,7 +72,8 @@ def rhat(traces: np.ndarray) -> float:
         return math.nan
     bulk = split_rhat(_rank_normal(x))
     tail = split_rhat(_rank_normal(np.abs(x - np.median(x))))
-    return max(bulk, tail)
+    # Python's max drops a NaN in second place: either one undefined leaves the R-hat undefined
+    return math.nan if math.isnan(bulk) or math.isnan(tail) else max(bulk, tail)
 
 
 def settled(value: float, threshold: float = RHAT_MAX) -> bool:

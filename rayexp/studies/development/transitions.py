@@ -47,7 +47,6 @@ __all__ = [
     "phase_tested",
     "phase_transitions",
     "refuse_transition_k",
-    "tested",
     "threshold",
 ]
 

@@ -60,7 +60,7 @@ def tracking(accuracy, mass, ceiling, chance, eps: float = 1e-9) -> float:
     sum(mass)``. Exactly 0 for a policy spreading any mass evenly over B's tokens; NaN where it puts none
     there or the ceiling does not rise above chance."""
     acc, m, ceil, ch = (np.asarray(x, dtype=np.float64) for x in (accuracy, mass, ceiling, chance))
-    total = float(m.sum()) if m.size else 0.0
+    total = float(m.sum())
     if not total > eps:
         return float("nan")
     return normalised(acc.sum() / total, (m * ceil).sum() / total, (m * ch).sum() / total, eps)

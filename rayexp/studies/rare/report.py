@@ -46,30 +46,34 @@ def _order(label: str) -> tuple:
 is_null = tracking.is_null_run
 
 
-def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
-    """({group: {seed: {metric (without the analysis prefix): value}}} of the task trials, the same of
-    the null trials), grouped by what differs besides the seed and the task, so that a group's task
-    and null trials meet under one label."""
+def _seed_runs(runs: list):
+    """(group label, seed, run) of every rare-capability run, grouped by what differs besides the seed and
+    the task, so that a group's task and null trials meet under one label."""
     runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
-    task: summary.BySeed = {}
-    null: summary.BySeed = {}
     for label, group in _groups(runs, ignore_task=True).items():
         for r in group:
-            m = {k[len(RARE) :]: v for k, v in r.data.metrics.items() if k.startswith(RARE)}
-            (null if is_null(r) else task).setdefault(label, {})[str(r.data.params.get("seed"))] = m
+            yield label, str(r.data.params.get("seed")), r
+
+
+def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
+    """({group: {seed: {metric (without the analysis prefix): value}}} of the task trials, the same of
+    the null trials), grouped as :func:`_seed_runs` groups."""
+    task: summary.BySeed = {}
+    null: summary.BySeed = {}
+    for label, seed, r in _seed_runs(runs):
+        m = {k[len(RARE) :]: v for k, v in r.data.metrics.items() if k.startswith(RARE)}
+        (null if is_null(r) else task).setdefault(label, {})[seed] = m
     return task, null
 
 
 def lineage(runs: list) -> dict[str, dict[str, str]]:
     """{group: {seed: the pretrain key its task trial read}}, grouped as :func:`by_seed` groups: which
     groups' seeds share one pretrained model (the same run's 40 and 120 iterations), to pair them."""
-    runs = [r for r in runs if any(k.startswith(RARE) for k in r.data.metrics)]
     out: dict[str, dict[str, str]] = {}
-    for label, group in _groups(runs, ignore_task=True).items():  # all runs: the labels by_seed gives
-        for r in group:
-            key = getattr(r.data, "tags", {}).get("rayexp.pretrain_key")
-            if key is not None and not is_null(r):
-                out.setdefault(label, {})[str(r.data.params.get("seed"))] = key
+    for label, seed, r in _seed_runs(runs):
+        key = getattr(r.data, "tags", {}).get("rayexp.pretrain_key")
+        if key is not None and not is_null(r):
+            out.setdefault(label, {})[seed] = key
     return out
 
 

@@ -66,9 +66,10 @@ def _t(values) -> str:
 
 
 def capability_rows(groups: Groups) -> list[dict]:
-    """Did RL find the rare capability? B-prediction skill at the trigger (0 = chance, 1 = the exact
-    ceiling) before and after RL and its paired change, per group; the hit rate beside its
-    references, and what the skill is made of: tracking (the choice among B's tokens) and mass on B. Trigger seeking is *not* here (:func:`seeking_rows`)."""
+    """Did RL find the rare capability? B-prediction skill at the trigger (0 = chance, 1 = the exact ceiling)
+    before and after RL and its paired change, per group; the hit rate beside its references, and what the skill
+    is made of: tracking (the choice among B's tokens) and mass on B. Trigger seeking is *not* here
+    (:func:`seeking_rows`)."""
     rows = []
     for label, g in groups.items():
         rows.append(
