@@ -334,7 +334,11 @@ def test_ray_job_submit_with_token_auth(cluster, tmp_path):
     )
     assert denied.returncode != 0  # the cluster refuses a client without its token
     assert "AuthenticationError" in denied.stderr
-    proc, client = run_client(submit, watch, timeout=400, env=cluster["env"])
+    for _ in range(12):  # the head's job agent can come up after its dashboard: Ray says to try again later
+        proc, client = run_client(submit, watch, timeout=400, env=cluster["env"])
+        if proc.returncode == 0 or "No available agent to submit job" not in proc.stdout + proc.stderr:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     assert "1/1 trials finished" in proc.stdout
