@@ -77,10 +77,12 @@ def _fit(artifacts):
     return s, list(reward.action_tokens), p_pre, classes.resolution_of(p_pre, s.p_next)
 
 
+@functools.cache
 def _post_residual(artifacts, on=None) -> np.ndarray:
     """What the map of p_pre leaves of ``artifacts``' post-RL policy on ``on``'s fit (its own by default),
     its actions placed on the tokens they claim among ``on``'s actions (a fixed placement: the map, a mean
-    of training policies, fits each action apart, so the placed policy's residual is the placed residual)."""
+    of training policies, fits each action apart, so the placed policy's residual is the placed residual);
+    once per pair of trials (a trial's own is read by its table and by its learned premise)."""
     s, act, p_pre, res = _fit(artifacts if on is None else on)
     tokens = act if on is None else list(task_of(artifacts.env_config, artifacts.stream())[0].action_tokens)
     pi = np.zeros((*s.tokens.shape, len(act)))
@@ -183,6 +185,7 @@ def trial_rows(storage: str, sweeps: list[str]) -> list[dict]:
         return text + (f"; refuted {refuted}/{len(x)}" if refuted else "")
 
     _fit.cache_clear()  # every trial's fit is read: let the arrays go
+    _post_residual.cache_clear()
     rows = []
     for (process, task), vs in sorted(groups.items()):
         mean, lo, high = t_ci([v["post"] for v in vs])
