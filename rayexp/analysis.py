@@ -87,6 +87,9 @@ class AnalysisResult:
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow.Table
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+    # name -> numpy array a sweep analysis reads again (stored with the trial, not in MLflow): what a
+    # metric cannot carry, such as a residual another trial's premise is checked against
+    arrays: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

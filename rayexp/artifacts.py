@@ -16,6 +16,7 @@ sizes)::
         probes/{phase}.parquet              probe tables (pre, post, rl_pre, rl_post)
         rollouts.npz                        episodes of the final policy, when an analysis needs them
         analyses/{name}.json                a finished analysis's metrics (its stage is done)
+        analyses/{name}.npz                 its arrays a sweep analysis reads again, when it has any
         metrics.json                        the trial's latest metrics (what `rayexp analyze` reads)
         FINISHED                            written last
 
@@ -129,6 +130,16 @@ class TrialArtifacts:
 
     def write_metrics(self, metrics: dict[str, float]) -> None:
         self.store.write_json(self._p("metrics.json"), metrics)
+
+    def put_analysis_arrays(self, name: str, arrays: dict[str, Any]) -> None:
+        import tempfile
+        from pathlib import Path
+
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez_compressed(Path(tmp) / "a.npz", **arrays)
+            self.store.put(Path(tmp) / "a.npz", self._p(f"analyses/{name}.npz"))
 
     def finish_analysis(self, name: str, metrics: dict[str, float]) -> None:
         self.store.write_json(self._p(f"analyses/{name}.json"), metrics)
@@ -270,6 +281,17 @@ class TrialArtifacts:
         """Metrics of a finished analysis, None when it has not finished."""
         rel = self._p(f"analyses/{name}.json")
         return self.store.read_json(rel) if self.store.exists(rel) else None
+
+    def analysis_arrays(self, name: str) -> dict[str, Any] | None:
+        """The arrays an analysis stored (:attr:`rayexp.analysis.AnalysisResult.arrays`), None where it
+        stored none (an older trial, or an analysis that keeps none)."""
+        import numpy as np
+
+        rel = self._p(f"analyses/{name}.npz")
+        if not self.store.exists(rel):
+            return None
+        with np.load(self.store.local_file(rel), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
 
     def size_bytes(self) -> dict[str, int]:
         """Bytes of this trial's own files and of its (shared) pretrain cache entry."""

@@ -328,6 +328,8 @@ def analysis_stage(name: str, params: dict[str, Any]) -> Stage:
                 run_.log_table(tname, table)
             for fname, fig in result.figures.items():
                 run_.log_figure(fname, fig)
+        if result.arrays:  # before the metrics, whose file marks the stage done
+            ctx.artifacts.put_analysis_arrays(name, result.arrays)
         ctx.artifacts.finish_analysis(name, {k: float(v) for k, v in result.metrics.items()})
 
     return Stage(f"analysis:{name}", run, needs=spec.needs, produces=(f"analyses/{name}",))

@@ -16,7 +16,7 @@ from rayexp.studies import composition as composition_study
 from rayexp.studies.composition import interaction as ia
 from rayexp.studies.composition import projection
 from rayexp.studies.composition.composition_analysis import CompositionParams, Scorer, composition
-from rayexp.studies.composition.stream_setup import make_setup
+from rayexp.studies.composition.stream_setup import make_setup, task_of
 from rayexp.studies.composition.verdict import REWEIGHTING, decide
 from rayexp.studies.composition.verdict_analysis import SIGNALS, VerdictParams, verdict
 
@@ -140,6 +140,7 @@ class FakeTrial:
         seed=0,
         task="positive_control",
         null=False,
+        arrays=None,
     ):
         import torch
 
@@ -162,6 +163,7 @@ class FakeTrial:
                 m.unembed_proj.weight.add_(scale * torch.ones_like(m.unembed_proj.weight).cumsum(0) / 6)
             self._policies[it] = m
         self._metrics = stored_metrics or {}
+        self._arrays = arrays  # what its composition analysis kept (None: stored before it kept any)
 
     def stream(self):
         return build_process(self.env_config["process"])
@@ -186,6 +188,9 @@ class FakeTrial:
 
     def analysis_metrics(self, name):
         return None
+
+    def analysis_arrays(self, name):
+        return self._arrays
 
 
 def test_composition_analysis_end_to_end_on_tiny_models():
@@ -367,6 +372,59 @@ def test_the_verdict_withholds_a_bound_whose_premise_the_policy_refutes_and_stat
     assert np.isnan(null_row["share_max_soft_drift"]) and np.isnan(null_row["refuted_drift"])  # not its own rest
 
 
+def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stored():
+    keys = (
+        *RULE_KEYS,
+        "classes/reweighting/unexplained_tv/post",
+        "classes/elicitation/unexplained_tv/post",
+        "classes/planted/sharp/unexplained_tv",
+        "classes/resolution",
+    )
+    probe = FakeTrial("next_token", {})
+    tokens = list(task_of(probe.env_config, probe.stream())[0].action_tokens)  # the next-token task's actions
+    joint = list(task_of(FakeTrial().env_config, FakeTrial().stream())[0].action_tokens)  # the m joint targets
+    shape = (4, 8)  # (held-out sequences, steps)
+    # the learned policy leaves the map nothing, so any share of it leaves the rest what the policy leaves:
+    # seed 1's 0.02 per step is more than its planted sharp reweighting's 0.01 and less than its null's 0.24
+    spread = np.zeros((*shape, len(tokens)))
+    spread[..., 0], spread[..., 1] = 1.0, -1.0
+    masses = (0.005, 0.02, 0.005)
+
+    def trials(rows, task, reward, null=False, arrays=None):
+        out = []
+        for s, r in enumerate(rows):
+            t = FakeTrial(reward, {"m": 3} if reward == "joint_target" else {}, stored_metrics=dict(zip(keys, r)),
+                          seed=s, task=task, null=null, arrays=arrays(s) if arrays else None)  # fmt: skip
+            t.pretrain_key = f"pre{s}"
+            out.append(t)
+        return out
+
+    res = (0.031, 0.027, 0.035)
+    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.24, 0.3, 0.01, r) for r in res], "null", "joint_target", True)
+    pos = trials(
+        [(0.95, 0.8, 0.9, -0.6, 0.9, m, 0.5, 0.01, r) for m, r in zip((0.55, 0.56, 0.58), res)], "pos", "joint_target",
+        arrays=lambda s: {"residual_post": np.zeros((*shape, len(joint))), "action_tokens": np.array(joint)},
+    )  # fmt: skip
+    neg = trials(
+        [(0.09, 0.5, np.nan, 0.1, 0.9, m, 0.3, 0.01, r) for m, r in zip((0.05, 0.06, 0.055), res)], "neg", "next_token",
+        arrays=lambda s: {"residual_post": spread * masses[s], "action_tokens": np.array(tokens)},
+    )  # fmt: skip
+    assert [projection.mass(t.analysis_arrays("composition")["residual_post"]) for t in neg] == pytest.approx(masses)
+    table = verdict(null + pos + neg, VerdictParams()).tables["verdict"].to_pydict()
+    row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+    assert row["verdict"] == "reweighting" and row["refuted_learned_sharp"] == 1 and row["refuted_learned_drift"] == 0
+    assert f"at most {row['share_max_learned_hi']:.2f} of the time (" not in row["reason"]
+    assert (
+        f"pos's learned composition at most {row['share_max_learned_drift_hi']:.2f} of the time for a drifting"
+        in (row["reason"])
+    )
+    assert (
+        "against pos's learned composition this policy refutes the premise of a sharp rest on 1/3 seeds"
+        in (row["reason"])
+    )
+    assert "unchecked" not in row["reason"]
+
+
 def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():
     keys = (
         *RULE_KEYS,
@@ -396,6 +454,8 @@ def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_sa
     each = [(m + 0.01) / (j + 0.01) for m, j in zip((0.05, 0.06, 0.055), (0.55, 0.56, 0.58))]
     assert row["share_max_learned"] == pytest.approx(np.mean(each))
     assert f"pos's learned composition at most {row['share_max_learned_hi']:.2f}" in row["reason"]
+    assert "(that premise unchecked on 3/3 seeds: no stored residual)" in row["reason"]
+    assert np.isnan(row["refuted_learned_sharp"])  # trials stored without their residuals: not checked
     drift = [(m + 0.24) / (j + 0.24) for m, j in zip((0.05, 0.06, 0.055), (0.55, 0.56, 0.58))]
     assert row["share_max_learned_drift"] == pytest.approx(np.mean(drift))
     pos_row = {k: v[table["task"].index("pos")] for k, v in table.items()}
@@ -420,3 +480,27 @@ def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_sa
         row = {k: v[table["task"].index("neg")] for k, v in table.items()}
         assert row["verdict"] == "reweighting" and np.isnan(row["share_max_learned"]), row
         assert "learned composition" not in row["reason"]
+
+
+def test_the_composition_analysis_keeps_the_residual_the_direction_command_recomputes():
+    from rayexp.studies.composition import direction
+    from rayexp.studies.composition.learned_bound import rest_min
+
+    params = CompositionParams(n_seq=60, lookup_k=[1], checkpoints=False)
+    neg, pos = FakeTrial("next_token", {}, task="neg"), FakeTrial(task="pos")
+    kept = {}
+    for t in (neg, pos):
+        t.pretrain_key = "pre0"
+        t.config["analyses"] = [{"name": "composition", "params": {"n_seq": 60}}]  # the sample direction draws
+        kept[t.config["task"]["name"]] = composition(t, params).arrays
+    direction._fit.cache_clear()
+    direction._post_residual.cache_clear()
+    for name, t in (("neg", neg), ("pos", pos)):
+        assert list(kept[name]["action_tokens"]) == direction._fit(t)[1]
+        # (the trial's softmax of centred logits and the command's differ in the last bit)
+        np.testing.assert_allclose(kept[name]["residual_post"], direction._post_residual(t), rtol=0, atol=1e-14)
+    # the verdict's check of the learned premise from the kept arrays is the command's from the models
+    from_arrays = rest_min(kept["neg"]["residual_post"], kept["neg"]["action_tokens"],
+                           kept["pos"]["residual_post"], kept["pos"]["action_tokens"])  # fmt: skip
+    assert np.isfinite(from_arrays)
+    assert from_arrays == pytest.approx(direction.learned_rest_min(neg, pos), rel=1e-9, abs=1e-14)

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from seed_draws import seeds
 
-from rayexp.studies.composition import resolution
+from rayexp.studies.composition import projection, resolution
 from rayexp.studies.composition.battery import map_mass
+from rayexp.studies.composition.battery_cases import CASES, sharpen
 from rayexp.studies.composition.battery_streams import sample
-from rayexp.studies.composition.learned_bound import learned_bound, same_fit
+from rayexp.studies.composition.direction import sample_residual
+from rayexp.studies.composition.learned_bound import learned_bound, rest_min, same_fit
 from rayexp.studies.composition.verdict import COMPOSITION, decide
 
 
@@ -86,3 +88,85 @@ def test_a_soft_composition_is_bounded_by_its_own_mass_and_not_by_the_bayes_poli
     own = resolution.composed_share_max(m_pi, m_sharp, m_soft).mean()
     assert own >= 0.25 - 1e-9  # exact: the map is linear in the policy
     assert resolution.composed_share_max(m_pi, m_sharp, m_bayes).mean() < 0.15  # the Bayes J counts too little
+
+
+def test_the_learned_premise_refuted_on_one_seed_is_stated_for_none():
+    v = _reweighting()
+    m_pi, m_sharp, m_null, m_learned = (seeds(0.06, 0.01), seeds(0.01, 0.002, seed=1), seeds(0.24, seed=2),
+                                        seeds(0.56, seed=3))  # fmt: skip
+    holds = np.minimum(m_sharp, m_null)  # the least rest no larger than either reference: both premises hold
+    out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc", least_rest=holds)
+    assert out.refuted_learned_sharp == 0 and out.refuted_learned_drift == 0
+    assert f"pc's learned composition at most {out.share_max_learned.hi:.2f}" in out.reason
+    assert "unchecked" not in out.reason and "refutes" not in out.reason
+    # one seed whose rest leaves more than its planted sharp reweighting at any share of the learned J, less
+    # than its null: the sharp bound goes, the drifting one stays, and the reason says against which J
+    one = holds.copy()
+    one[2] = m_sharp[2] * 1.01
+    out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc", least_rest=one)
+    assert out.refuted_learned_sharp == 1 and out.refuted_learned_drift == 0
+    assert f"at most {out.share_max_learned.hi:.2f} of the time (" not in out.reason
+    assert f"pc's learned composition at most {out.share_max_learned_drift.hi:.2f} of the time for a drifting" in (
+        out.reason
+    )
+    assert "refutes against that policy on 1/5 seeds" in out.reason
+    assert "against pc's learned composition this policy refutes the premise of a sharp rest on 1/5 seeds" in out.reason
+    # more than its null too: neither bound is stated
+    one[2] = m_null[2] + 0.01
+    out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc", least_rest=one)
+    assert out.refuted_learned_drift == 1 and "at most" not in out.reason[len(v.reason) :]
+    assert "refutes the premise of a sharp rest on 1/5 seeds and of a drifting rest on 1/5 seeds" in out.reason
+    # a premise exactly met is not refuted by rounding; seeds without a stored residual are said unchecked
+    met = m_sharp.copy()
+    met[:2] = np.nan
+    out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc", least_rest=met)
+    assert out.refuted_learned_sharp == 0 and "(that premise unchecked on 2/5 seeds: no stored residual)" in out.reason
+    unchecked = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc")
+    assert np.isnan(unchecked.refuted_learned_sharp) and "unchecked on 5/5 seeds" in unchecked.reason
+
+
+def test_the_learned_premise_on_planted_residuals_holds_for_a_mixture_and_fails_for_a_drift():
+    # the learned J a soft composition (the Bayes probabilities at temperature 1); a quarter of it over the
+    # planted sharp reweighting meets the sharp premise exactly (at share 1/4 the rest is that reweighting),
+    # and a drift of the last tokens (a rest no map of p_pre resolves) refutes it
+    drift = next(c for c in CASES if c.name.startswith("drift") and "interleave(mess3,mess3)" in c.streams)
+    tv = {k: [] for k in ("mix", "drift", "sharp", "learned")}
+    least = {"mix": [], "drift": []}
+    for seed in range(3):
+        s = sample("interleave(mess3,mess3)", 400, seed)
+        sharp, soft = sharpen(s, 10.0), resolution.sharpen(s.P, 1.0)
+        policies = {"mix": 0.25 * soft + 0.75 * sharp, "drift": drift.policy(s, np.random.default_rng(seed)),
+                    "sharp": sharp, "learned": soft}  # fmt: skip
+        r = {k: sample_residual(s, pi) for k, pi in policies.items()}
+        for k, vals in tv.items():
+            vals.append(projection.mass(r[k]))
+        for k, vals in least.items():
+            vals.append(rest_min(r[k], s.act, r["learned"], s.act))
+    assert np.all(np.array(least["mix"]) <= np.array(tv["sharp"]) * (1 + 1e-9))
+    assert np.all(np.array(least["drift"]) > 1.5 * np.array(tv["sharp"]))
+    v = _reweighting()
+    mix = learned_bound(v, tv["mix"], tv["sharp"], None, tv["learned"], "pc", least_rest=least["mix"])
+    assert mix.refuted_learned_sharp == 0 and mix.share_max_learned.mean >= 0.25 - 1e-9
+    assert f"pc's learned composition at most {mix.share_max_learned.hi:.2f}" in mix.reason
+    refuted = learned_bound(v, tv["drift"], tv["sharp"], None, tv["learned"], "pc", least_rest=least["drift"])
+    assert refuted.refuted_learned_sharp == 3 and "at most" not in refuted.reason[len(v.reason) :]
+
+
+def test_a_learned_policy_on_fewer_actions_is_placed_by_its_tokens():
+    # the map fits each action apart from p_pre alone: the residual of a policy placed on some of another's
+    # actions is its residual placed there, so the premise can be checked from the two stored residuals
+    rng = np.random.default_rng(0)
+    p_pre = rng.dirichlet(np.ones(5), size=(60, 4))
+    pi = rng.dirichlet(np.ones(2), size=(60, 4))
+    train, test = np.arange(30), np.arange(30, 60)
+    placed = np.zeros((60, 4, 5))
+    placed[..., [3, 1]] = pi
+    r_placed = projection.residual(p_pre, placed, train, test, 0.05)
+    r = projection.residual(p_pre, pi, train, test, 0.05)
+    np.testing.assert_allclose(r_placed[..., [3, 1]], r, atol=1e-12)
+    np.testing.assert_allclose(np.delete(r_placed, [3, 1], -1), 0.0, atol=1e-12)
+    mine = projection.residual(p_pre, rng.dirichlet(np.ones(5), size=(60, 4)), train, test, 0.05)
+    tokens = [10, 11, 12, 13, 14]
+    assert rest_min(mine, tokens, r, [13, 11]) == projection.rest_mass_min(mine, r_placed)
+    assert np.isnan(rest_min(mine, tokens, r, [13, 15]))  # a learned action the policy lacks
+    assert np.isnan(rest_min(mine[:10], tokens, r, [13, 11]))  # another sample

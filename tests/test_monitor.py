@@ -12,6 +12,7 @@ import sys
 import time
 from types import SimpleNamespace as NS
 
+import numpy as np
 from ray import cloudpickle
 from test_sweep import tiny_sweep, trial_runs, write_sweep
 
@@ -329,7 +330,7 @@ def test_an_analysis_stage_routes_progress_to_tune_only_and_clears_it(monkeypatc
         for k in (1, 2):
             progress(k, 2)
             seen.append(dict(reporter.latest))
-        return AnalysisResult(metrics={"x": 1.0})
+        return AnalysisResult(metrics={"x": 1.0}, arrays={"r": np.arange(3.0)})
 
     spec = NS(fn=fn, needs=())
     monkeypatch.setattr(stages.registry, "get", lambda name, scope: spec)
@@ -338,8 +339,14 @@ def test_an_analysis_stage_routes_progress_to_tune_only_and_clears_it(monkeypatc
     sent = []
     monkeypatch.setattr(reporter, "metrics", lambda m, step, **kw: sent.append(m) or reporter.latest.update(m))
     finished = []
-    artifacts = NS(on=lambda device: artifacts, finish_analysis=lambda name, m: finished.append(m))
+    artifacts = NS(
+        on=lambda device: artifacts,
+        finish_analysis=lambda name, m: finished.append(m),
+        put_analysis_arrays=lambda name, a: finished.append((name, a)),
+    )
     stages.analysis_stage("fake", {}).run(NS(artifacts=artifacts, report=reporter))
+    name, kept = finished.pop(0)  # the arrays stored before the file that marks the stage done
+    assert name == "fake" and list(kept) == ["r"] and kept["r"].tolist() == [0.0, 1.0, 2.0]
     assert [s[stages.ANALYSIS_DONE] for s in seen] == [1, 2] and seen[0][stages.ANALYSIS_TOTAL] == 2
     assert for_tune(stages.ANALYSIS_DONE) and sent[:2] == [{}, {}]  # nothing new for MLflow, a beat for Tune
     assert stages.ANALYSIS_DONE not in reporter.latest and finished == [{"x": 1.0}]

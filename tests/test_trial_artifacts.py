@@ -149,3 +149,18 @@ def test_a_verdict_table_lands_on_the_trial_runs_and_the_parent_description(work
     text = c.get_run(parent).data.tags[tracking.DESCRIPTION_TAG]
     assert text.startswith("The sweep's own words.\n\n**verdict**\n\n| process | task | verdict | score |")
     assert text.count("**verdict**") == 1 and "margin \\| CI above 0.5" in text and "| mess3 | shuffled_null |" in text
+
+
+def test_an_analysiss_arrays_come_back_exactly_and_none_where_it_kept_none(tmp_path):
+    import numpy as np
+
+    from rayexp.artifacts import TrialArtifacts
+
+    t = TrialArtifacts(str(tmp_path), "sweep", "trial0")
+    assert t.analysis_arrays("composition") is None  # an older trial, stored before any were kept
+    r = np.random.default_rng(0).normal(size=(5, 4, 3))
+    t.put_analysis_arrays("composition", {"residual_post": r, "action_tokens": np.array([4, 1, 2])})
+    back = TrialArtifacts(str(tmp_path), "sweep", "trial0").analysis_arrays("composition")
+    assert set(back) == {"residual_post", "action_tokens"} and back["action_tokens"].tolist() == [4, 1, 2]
+    np.testing.assert_array_equal(back["residual_post"], r)  # float64 to the last bit: premises are checked to 1e-9
+    assert t.analysis_arrays("policy_kl") is None

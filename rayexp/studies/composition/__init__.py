@@ -71,6 +71,8 @@ STUDY = Study(
                 "refuted_sharp",
                 "refuted_drift",
                 "refuted_soft",
+                "refuted_learned_sharp",
+                "refuted_learned_drift",
                 "n_seeds",
                 "reason",
             ),

@@ -34,6 +34,8 @@ over steps and sequences):
 - ``reweighting_r2/{pre,post,perturbed}``: each policy from the *pre* model's full distribution;
 - ``composed/{pre,post,perturbed}``: kappa, the interaction left in what that fit cannot explain
   (the verdict's score; NaN where interaction is);
+- array ``residual_post`` (n_test, L, A) with ``action_tokens``: what the map of p_pre leaves of the post-RL
+  policy on the held-out sequences, where the stream has a joint target (the learned bound's premise);
 - ``readout/{final,concat}/{pretrained,post,random_init}``: greedy reward of a linear readout;
 - ``update_norm``, ``sparsity/frac_changed[/{depth}]``, ``sparsity/norm_share/{depth}``;
 - ``delta/{margin,margin_greedy,interaction,composed,expected}`` (post - pre, paired over sequences, ratios
@@ -287,7 +289,8 @@ class Scorer:
                         fitted["tv_reweighting"], p["tv_sharp"], p["tv_composed"]
                     )
                     m[f"classes/composed_share_max/{name}"] = float(resolution.capped(_mean(v["share_max"])))
-                    bounds = projection.trial_bounds(pi[s.test] - fitted["fit_reweighting"], p)
+                    v["residual"] = pi[s.test] - fitted["fit_reweighting"]  # (n_test, L, A)
+                    bounds = projection.trial_bounds(v["residual"], p)
                     m[f"classes/composed_share_max/rest_min/{name}"] = bounds.pop("rest_min")
                     m |= {f"classes/residual/{k}/{name}": val for k, val in bounds.items()}
                 m[f"classes/{cls}/unexplained/{name}"] = _mean(v[f"u_{cls}"])
@@ -377,6 +380,14 @@ def composition(artifacts, params: CompositionParams) -> AnalysisResult:
         for col, key in CURVE.items():
             rows[col].append(m[key.format("it")])
     table = pa.table(rows)
+    # the post-RL policy's held-out residual, with the tokens its actions are: the verdict checks the learned
+    # bound's premise on it against another trial's (:mod:`.learned_bound`), which no metric can carry
+    arrays = {}
+    if "residual" in vals["post"]:
+        arrays = {"residual_post": vals["post"]["residual"], "action_tokens": np.asarray(reward.action_tokens)}
     return AnalysisResult(
-        metrics=metrics, tables={"composition_curve": table}, figures={"composition_curve": curve_figure(rows, metrics)}
+        metrics=metrics,
+        tables={"composition_curve": table},
+        figures={"composition_curve": curve_figure(rows, metrics)},
+        arrays=arrays,
     )

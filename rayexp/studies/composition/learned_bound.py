@@ -17,6 +17,12 @@ That policy's actions may be fewer than the policy's (the m joint targets among 
 tokens). Placed on m of its actions it leaves the map the same mass (a fixed placement commutes with a
 mean, and total variation is unchanged by it), so the bound needs only that the reference has no more
 actions; with more, merging them would shrink what it leaves, and the bound is not stated.
+
+Its premise (the rest leaves the map no more than the planted sharp reweighting does, or than the null's
+policy) is checked as the Bayes bound's is, with the learned policy as J: :func:`rest_min` is the least
+mass any share of it leaves the rest, from the two trials' held-out residuals (each composition analysis
+keeps its own; placing the learned policy places its residual, by the same linearity). A premise any seed
+refutes is stated for none; trials stored without their residual leave it unchecked, and the reason says so.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import dataclasses
 
 import numpy as np
 
-from rayexp.studies.composition.bounds import share_bound
+from rayexp.studies.composition.bounds import refuted, share_bound
+from rayexp.studies.composition.projection import rest_mass_min
 from rayexp.studies.composition.verdict import COMPOSITION, Thresholds, Verdict
 
 
@@ -40,33 +47,75 @@ def same_fit(a: tuple, b: tuple) -> bool:
 
 
 def learned_bound(
-    v: Verdict, tv_policy, tv_sharp, tv_null, tv_learned, learned_from: str, th: Thresholds | None = None
+    v: Verdict,
+    tv_policy,
+    tv_sharp,
+    tv_null,
+    tv_learned,
+    learned_from: str,
+    th: Thresholds | None = None,
+    least_rest=None,
 ) -> Verdict:
     """``v`` with the composed-share bounds against ``learned_from``'s learned policy (per seed, what the
     map leaves of it: ``tv_learned``, NaN where a seed has no such trial on the same fit), for a rest
     resolved as sharpened p_pre (``tv_sharp``) and one that drifts as the null's policy (``tv_null``, None
-    without a null); a verdict other than composition states the first's high end in its reason (only the
-    second's where its policy refutes the sharp rest's premise against the Bayes J on some seed, and neither
-    premise where it refutes it so: they are not checked against the learned J, whose residual is another
-    trial's). Like the Bayes bound it decides nothing."""
+    without a null); a verdict other than composition states each in its reason only where no seed refutes
+    its premise, against the Bayes J (``v.refuted_*``) or against the learned J (``least_rest``: per seed the
+    least mass any share of the learned policy leaves the rest, :func:`rest_min`; NaN or None: unchecked).
+    Like the Bayes bound it decides nothing."""
     th = th or Thresholds()
     learned = share_bound(tv_policy, tv_sharp, tv_learned, th.min_seeds, th.ci)
     drift = share_bound(tv_policy, tv_null, tv_learned, th.min_seeds, th.ci)
     if not np.isfinite(learned.mean):
         return v
+    paired = np.isfinite(np.asarray(tv_learned, dtype=np.float64))
+    least = np.full(paired.shape, np.nan) if least_rest is None else np.asarray(least_rest, dtype=np.float64)
+    unchecked = int((paired & ~np.isfinite(least)).sum())
+    k_sharp, n_sharp = refuted(least, tv_sharp)
+    k_drift, n_drift = refuted(least, tv_null)
+    # a premise refuted against either J on some seed is stated for none (NaN, not checked, compares False)
+    sharp_ok = not v.refuted_sharp > 0 and not k_sharp
+    drift_ok = np.isfinite(drift.hi) and not v.refuted_drift > 0 and not k_drift
     reason = v.reason
-    # a premise refuted against the Bayes J on some seed is not stated against the learned J either (there it
-    # is unchecked: the learned J's residual is another trial's), as the Bayes bounds beside it are not
-    drift_ok = np.isfinite(drift.hi) and not v.refuted_drift > 0
-    if v.code != COMPOSITION and v.refuted_sharp > 0:  # (NaN, not checked, compares False)
-        if drift_ok:
+    if v.code != COMPOSITION:
+        against = f"{learned_from}'s learned composition"
+        if sharp_ok:
+            also = f"; {drift.hi:.2f} for a drifting rest" if drift_ok else ""
+            reason += f"; it acts as {against} at most {learned.hi:.2f} of the time ({learned}{also})"
+        elif drift_ok:
+            why = f"against that policy on {k_sharp}/{n_sharp} seeds" if k_sharp else "against the Bayes J"
             reason += (
-                f"; it acts as {learned_from}'s learned composition at most {drift.hi:.2f} of the time for a drifting "
-                f"rest ({drift}; for a sharp rest, a premise this policy refutes against the Bayes J, not stated)"
+                f"; it acts as {against} at most {drift.hi:.2f} of the time for a drifting rest ({drift}; for a "
+                f"sharp rest, a premise this policy refutes {why}, not stated)"
             )
-    elif v.code != COMPOSITION:
-        also = f"; {drift.hi:.2f} for a drifting rest" if drift_ok else ""
-        reason += (
-            f"; it acts as {learned_from}'s learned composition at most {learned.hi:.2f} of the time ({learned}{also})"
-        )
-    return dataclasses.replace(v, reason=reason, share_max_learned=learned, share_max_learned_drift=drift)
+        if (sharp_ok or drift_ok) and unchecked:
+            reason += f" (that premise unchecked on {unchecked}/{int(paired.sum())} seeds: no stored residual)"
+        if k_sharp or k_drift:  # what the Bayes clauses cannot have said: refuted against the learned J
+            which = [
+                f"{rest} rest on {k}/{n} seeds"
+                for rest, k, n in (("a sharp", k_sharp, n_sharp), ("a drifting", k_drift, n_drift))
+                if k
+            ]
+            reason += f"; against {against} this policy refutes the premise of {' and of '.join(which)}"
+    return dataclasses.replace(
+        v,
+        reason=reason,
+        share_max_learned=learned,
+        share_max_learned_drift=drift,
+        refuted_learned_sharp=float(k_sharp) if n_sharp else float("nan"),
+        refuted_learned_drift=float(k_drift) if n_drift else float("nan"),
+    )
+
+
+def rest_min(residual: np.ndarray, actions, learned_residual: np.ndarray, learned_actions) -> float:
+    """The least mass per step any share of the learned policy leaves the rest of a policy (the learned bound's
+    premise, :func:`.projection.rest_mass_min`), from each trial's held-out residual (n_test, L, A) and the
+    tokens its actions are; the learned policy's placed on the tokens its actions claim among the policy's.
+    NaN where they cannot be set side by side (another shape, or a learned action the policy lacks)."""
+    actions, learned_actions = [int(x) for x in actions], [int(x) for x in learned_actions]
+    residual, learned_residual = np.asarray(residual), np.asarray(learned_residual)
+    if residual.shape[:-1] != learned_residual.shape[:-1] or not set(learned_actions) <= set(actions):
+        return float("nan")
+    placed = np.zeros_like(residual, dtype=np.float64)
+    placed[..., [actions.index(x) for x in learned_actions]] = learned_residual
+    return rest_mass_min(residual, placed)

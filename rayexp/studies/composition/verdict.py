@@ -127,6 +127,9 @@ class Verdict:
     refuted_sharp: float = NAN
     refuted_drift: float = NAN
     refuted_soft: float = NAN
+    # the same for the learned bounds' premises, against the pair's learned J (NaN: not checked)
+    refuted_learned_sharp: float = NAN
+    refuted_learned_drift: float = NAN
 
     @property
     def label(self) -> str:

@@ -35,7 +35,7 @@ from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.bounds import Residuals
 from rayexp.studies.composition.composition_analysis import model_key, sample_of
-from rayexp.studies.composition.learned_bound import learned_bound, same_fit
+from rayexp.studies.composition.learned_bound import learned_bound, rest_min, same_fit
 from rayexp.studies.composition.stream_setup import task_of
 from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
 
@@ -271,13 +271,14 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
         out.append((process, task, v, col))
         null_tv[(process, task)] = tv[2]
     composing = [(p, t) for p, t, w, _ in out if w.code == COMPOSITION and (p, t) not in null_cells]
-    return [_with_learned(row, composing, cells, trials, null_tv, th) for row in out]
+    return [_with_learned(row, composing, cells, trials, null_tv, th, params.analysis) for row in out]
 
 
-def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds):
+def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds, name: str):
     """``row`` with its bounds against its pair's learned composition: the first task (by name) of the same
     process called composition, other than ``row``'s own and never a null (a null called composition is the
-    detector's failure, not a composition to measure by), paired by seed where both fits are one."""
+    detector's failure, not a composition to measure by), paired by seed where both fits are one, with its
+    premise checked on the residuals the two trials' ``name`` analyses stored."""
     process, task, v, col = row
     learned = [t for p, t in composing if p == process and t != task]
     if not learned:
@@ -291,9 +292,18 @@ def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds):
         )
 
     tv_learned = [cells[ref][s]["unexplained_tv_reweighting"] if paired(s) else np.nan for s in seeds]
+    least = [_rest_min(trials[mine][s], trials[ref][s], name) if paired(s) else np.nan for s in seeds]
     m_pi, m_sharp = col["unexplained_tv_reweighting"], col["unexplained_tv_planted_sharp"]
-    v = learned_bound(v, m_pi, m_sharp, null_tv[(process, task)], tv_learned, learned[0], th)
+    v = learned_bound(v, m_pi, m_sharp, null_tv[(process, task)], tv_learned, learned[0], th, least_rest=least)
     return process, task, v, col
+
+
+def _rest_min(mine, learned, name: str) -> float:
+    """:func:`.learned_bound.rest_min` from the two trials' stored residuals; NaN where either kept none."""
+    a, b = mine.analysis_arrays(name), learned.analysis_arrays(name)
+    if not a or not b or "residual_post" not in a or "residual_post" not in b:
+        return float("nan")
+    return rest_min(a["residual_post"], a["action_tokens"], b["residual_post"], b["action_tokens"])
 
 
 @analysis("verdict", params=VerdictParams, scope="sweep")
@@ -338,7 +348,10 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
                 )
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
-            **{f"refuted_{p}": getattr(v, f"refuted_{p}") for p in ("sharp", "drift", "soft")},
+            **{
+                f"refuted_{p}": getattr(v, f"refuted_{p}")
+                for p in ("sharp", "drift", "soft", "learned_sharp", "learned_drift")
+            },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
         }
         for k, val in row.items():
