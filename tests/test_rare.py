@@ -386,3 +386,41 @@ def test_the_exposed_long_sweep_is_the_long_one_but_for_its_exposure():
     for key in ("name", "description"):
         exposed.pop(key), long.pop(key)
     assert exposed == long
+
+
+def test_the_tracking_sweep_is_the_study_but_for_its_exposed_arms():
+    from pathlib import Path
+
+    import yaml
+
+    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
+    full = yaml.safe_load((sweeps / "rare.yaml").read_text())
+    tracking = yaml.safe_load((sweeps / "rare_tracking.yaml").read_text())
+    assert tracking["axes"]["grid"].pop("process.a.eps") == [0.001, 0.0105]
+    assert full["axes"]["grid"].pop("process.a.eps") == [0.0, 0.001, 0.0105]
+    for key in ("name", "description"):
+        tracking.pop(key), full.pop(key)
+    assert tracking == full  # seeds 0-4, pretraining, 40 iterations, the tasks and the null: rare.yaml's draws
+
+
+def test_a_report_of_two_runs_holding_one_seed_is_refused_not_paired_on_one_of_them():
+    from types import SimpleNamespace
+
+    from rayexp.console import OneLineError
+    from rayexp.studies.rare.report import by_seed, check_one_run_per_seed
+
+    def run(run_id, seed, null, cap):
+        metrics = {"analysis/rare/post/capability": cap}
+        params = {"process.a.eps": "0.0", "seed": seed, "task.shuffle_reward": str(null)}
+        return SimpleNamespace(
+            data=SimpleNamespace(metrics=metrics, params=params), info=SimpleNamespace(run_id=run_id)
+        )
+
+    first = [run("a1", "0", False, 0.3), run("a2", "0", True, 0.1), run("a3", "1", False, 0.5)]
+    check_one_run_per_seed(first)  # one task and one null per seed: fine
+    rerun = run("b1", "0", False, 0.9)  # the same settings' seed 0 again, from another parent
+    # what the pairing would otherwise do: keep whichever came last, silently
+    assert by_seed([*first, rerun])[0]["all"]["0"] == {"post/capability": 0.9}
+    with pytest.raises(OneLineError, match=r"seed 0 \(task\): runs a1 and b1 both hold it") as err:
+        check_one_run_per_seed([*first, rerun])
+    assert err.value.code == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rayexp import tracking
+from rayexp.console import OneLineError
 from rayexp.studies.rare import summary
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, mean_range, write_csv
@@ -53,6 +54,22 @@ def _seed_runs(runs: list):
     for label, group in _groups(runs, ignore_task=True).items():
         for r in group:
             yield label, str(r.data.params.get("seed")), r
+
+
+def check_one_run_per_seed(runs: list) -> None:
+    """Refuse reported runs that hold one group's seed twice, task or null (two parents that ran the same
+    settings): pairing by seed would keep one of them unsaid and the seed counts would count both."""
+    seen: dict[tuple, str] = {}
+    for label, seed, r in _seed_runs(runs):
+        key = (label, seed, is_null(r))
+        if key in seen:
+            kind = "null" if key[2] else "task"
+            raise OneLineError(
+                f"--parent: {label}, seed {seed} ({kind}): runs {seen[key]} and {r.info.run_id} both hold it "
+                "(the same settings run twice): report one of them",
+                2,
+            )
+        seen[key] = r.info.run_id
 
 
 def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
@@ -153,6 +170,7 @@ def rare_figure(runs: list, curves: dict[str, dict[str, list]], path: Path) -> P
 
 
 def report_section(inp: ReportInput) -> None:
+    check_one_run_per_seed(inp.runs)
     curves = rare_curves(inp.runs)
     rows = rare_rows(inp.runs, curves)
     if not rows:
