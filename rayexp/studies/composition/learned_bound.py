@@ -83,19 +83,22 @@ def learned_bound(
             also = f"; {drift.hi:.2f} for a drifting rest" if drift_ok else ""
             reason += f"; it acts as {against} at most {learned.hi:.2f} of the time ({learned}{also})"
         elif drift_ok:
-            why = f"against that policy on {k_sharp}/{n_sharp} seeds" if k_sharp else "against the Bayes J"
+            why = ["the Bayes J"] if v.refuted_sharp > 0 else []
+            why += [f"that policy on {k_sharp}/{n_sharp} seeds"] if k_sharp else []
             reason += (
                 f"; it acts as {against} at most {drift.hi:.2f} of the time for a drifting rest ({drift}; for a "
-                f"sharp rest, a premise this policy refutes {why}, not stated)"
+                f"sharp rest, a premise this policy refutes against {' and against '.join(why)}, not stated)"
             )
         if (sharp_ok or drift_ok) and unchecked:
             reason += f" (that premise unchecked on {unchecked}/{int(paired.sum())} seeds: no stored residual)"
-        if k_sharp or k_drift:  # what the Bayes clauses cannot have said: refuted against the learned J
-            which = [
-                f"{rest} rest on {k}/{n} seeds"
-                for rest, k, n in (("a sharp", k_sharp, n_sharp), ("a drifting", k_drift, n_drift))
-                if k
-            ]
+        # what no clause above has said: a premise refuted against the learned J (the sharp one is said
+        # beside the drifting bound where that is stated)
+        which = [
+            f"{rest} rest on {k}/{n} seeds"
+            for rest, k, n in (("a sharp", 0 if drift_ok else k_sharp, n_sharp), ("a drifting", k_drift, n_drift))
+            if k
+        ]
+        if which:
             reason += f"; against {against} this policy refutes the premise of {' and of '.join(which)}"
     return dataclasses.replace(
         v,
