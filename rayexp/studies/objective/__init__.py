@@ -4,10 +4,15 @@ work beyond its null? The maths: :mod:`.task_vectors` (arithmetic, cosines by pa
 leave-one-seed-out classifier and its permutation null, superposition), :mod:`.inference` (seed
 jackknife intervals for pair statistics, Holm over modules) and :mod:`.returns` (exact returns of
 any policy under any reward); the adapters: ``negation`` (:mod:`.negation_analysis`, one
-trial) and ``task_vectors`` (:mod:`.task_vectors_analysis`, across trials), which share
-:mod:`.exact_returns`; :mod:`.report` prints the summary."""
+trial), ``task_vectors`` (:mod:`.task_vectors_analysis`, across trials) and ``matched_negation``
+(:mod:`.matched_negation_analysis`, across trials: negation against the null's update at each reward's
+norm), which share :mod:`.exact_returns`; :mod:`.report` prints the summary."""
 
-from rayexp.studies.objective import negation_analysis, task_vectors_analysis  # noqa: F401  (register)
+from rayexp.studies.objective import (  # noqa: F401  (register)
+    matched_negation_analysis,
+    negation_analysis,
+    task_vectors_analysis,
+)
 from rayexp.studies.objective.report import report_section
 from rayexp.study import Study
 

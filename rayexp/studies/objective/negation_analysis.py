@@ -19,7 +19,9 @@ Metrics (``lam{lambda}`` as ``%g``):
   null task (R_B = R_A, a seed-only update), they say what negating that update does to each R_B, the
   baseline that ``task_vectors`` subtracts (``negation/{task}/lam{l}/beyond_null``). Not matched in size:
   at one lambda a reward's update, longer than the null's on objective.yaml (5.8-8.2 against 4.5),
-  moves the weights further (docs/results/objective.md).
+  moves the weights further (docs/results/objective.md); the sweep analysis ``matched_negation``
+  (:mod:`.matched_negation_analysis`) negates the null's update scaled to each reward's norm, with
+  :class:`Retraining`, :func:`evaluator` and :func:`negated_returns` from here.
 
 The across-seed answer (CIs over seeds, per reward) is in the ``task_vectors`` sweep analysis.
 Cost: one PPO run of ``iterations`` per lambda (RLlib build ~3 s plus the iterations).
@@ -32,6 +34,7 @@ PPO does, and the retrained model loads back to that device.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +45,7 @@ from envs.env_config import real_reward
 from models.config import MAX_SEED, NAME_PATTERN, STRICT
 from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.policy import model_device
+from rayexp.ppo_settings import PPOSettings
 from rayexp.stats import paired_bootstrap_ci
 from rayexp.studies.objective import task_vectors as tv
 from rayexp.studies.objective.exact_returns import (
@@ -87,52 +91,80 @@ def lam_name(lam: float) -> str:
     return f"lam{lam:g}"
 
 
+@dataclass(frozen=True)
+class Retraining:
+    """A trial's brief PPO retraining on R_A: its seed and PPO settings, ``iterations`` long, on its
+    env paying R_A, with its learner share (``artifacts.learner_gpus``, 0 on the CPU)."""
+
+    settings: PPOSettings
+    env: dict[str, Any]
+    gpu: float
+
+    @classmethod
+    def of(cls, artifacts, iterations: int) -> Retraining:
+        settings = artifacts.ppo_settings.model_copy(
+            update={"iterations": iterations, "save_every": 0, "checkpoint_every": 0}
+        )
+        env_a = real_reward(artifacts.env_config) | start_reward_spec(artifacts.config)  # retrain on R_A itself
+        return cls(settings, env_a, float(getattr(artifacts, "learner_gpus", 0.0)))
+
+    def __call__(self, model, tmp: Path, name: str):
+        """``model`` retrained (checkpoints ``{name}.pt`` and ``{name}_retrained.pt`` in ``tmp``), loaded
+        back to ``model``'s device."""
+        from models.checkpoint import load_checkpoint, save_checkpoint
+        from rayexp.ppo import train_ppo
+
+        start = save_checkpoint(tmp / f"{name}.pt", model)
+        out = tmp / f"{name}_retrained.pt"
+        train_ppo(self.settings, self.env, str(start), str(out), gpu=self.gpu)
+        return load_checkpoint(out, map_location=model_device(model))[0]
+
+
+def evaluator(artifacts, params: NegationParams) -> ExactReturns:
+    """The exact scoring of a trial's negation: R_B (its task's reward), R_A and ``score_also``."""
+    env = artifacts.env_config
+    extra = {name: spec.model_dump() for name, spec in params.score_also.items()}
+    specs = {"B": task_reward_spec(env), "A": start_reward_spec(artifacts.config)} | extra
+    return ExactReturns(env, specs, params.n_seq, params.seed)
+
+
+def negated_returns(m_a, tau: tv.Params, lambdas, retrain: Retraining, ev: ExactReturns, tmp: Path) -> dict:
+    """``{lambda: {"raw": returns, "retrained": returns}}`` of ``theta_A - lambda * tau`` before and after
+    ``retrain``, each ``{reward name: per-sequence exact return (n_seq,)}``."""
+    theta_a = params_of(m_a)
+    out = {}
+    for lam in lambdas:
+        negated = with_params(m_a, tv.apply(theta_a, tau, -lam))
+        retrained = retrain(negated, tmp, lam_name(lam))
+        out[lam] = {"raw": ev.returns(negated), "retrained": ev.returns(retrained)}
+    return out
+
+
 @analysis("negation", params=NegationParams, needs=("model_before", "model_after", "env"))
 def negation(artifacts, params: NegationParams) -> AnalysisResult:
     """theta_A - lambda * tau retrained briefly on R_A: does it lean toward minimising R_B?"""
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from rayexp.ppo import train_ppo
-
-    env = artifacts.env_config
-    spec_a = start_reward_spec(artifacts.config)
-    extra = {name: spec.model_dump() for name, spec in params.score_also.items()}
-    ev = ExactReturns(env, {"B": task_reward_spec(env), "A": spec_a} | extra, params.n_seq, params.seed)
+    ev = evaluator(artifacts, params)
     m_a, m_b = artifacts.model_before(), artifacts.model_after()
-    theta_a = params_of(m_a)
-    tau = tv.task_vector(theta_a, params_of(m_b))
-    settings = artifacts.ppo_settings.model_copy(
-        update={"iterations": params.iterations, "save_every": 0, "checkpoint_every": 0}
-    )
-    env_a = real_reward(env) | spec_a  # retrain on R_A itself
+    tau = tv.task_vector(params_of(m_a), params_of(m_b))
     lambdas = sorted(set(params.lambdas) | {0.0})
-    device = model_device(m_a)
-    gpu = float(getattr(artifacts, "learner_gpus", 0.0))  # the trial's learner share (its TrialContext sets it)
 
     metrics: dict[str, float] = {}
     for name, model in (("M_A", m_a), ("M_B", m_b)):
         metrics |= {f"return/{name}/{k}": float(v.mean()) for k, v in ev.returns(model).items()}
-    rows: dict[str, list] = {"lambda": [], "stage": [], "return_B": [], "return_A": []}
-    per_seq: dict[float, dict] = {}
     with tempfile.TemporaryDirectory(prefix="rayexp-negation-") as tmp:
-        for lam in lambdas:
-            negated = with_params(m_a, tv.apply(theta_a, tau, -lam))
-            start = save_checkpoint(Path(tmp) / f"{lam_name(lam)}.pt", negated)
-            out = Path(tmp) / f"{lam_name(lam)}_retrained.pt"
-            train_ppo(settings, env_a, str(start), str(out), gpu=gpu)
-            retrained = load_checkpoint(out, map_location=device)[0]
-            for stage, model in (("raw", negated), ("retrained", retrained)):
-                r = ev.returns(model)
-                metrics |= {f"{lam_name(lam)}/{stage}/{k}": float(v.mean()) for k, v in r.items()}
-                rows["lambda"].append(lam)
-                rows["stage"].append(stage)
-                rows["return_B"].append(float(r["B"].mean()))
-                rows["return_A"].append(float(r["A"].mean()))
-                if stage == "retrained":
-                    per_seq[lam] = r
-    control = per_seq[0.0]
+        got = negated_returns(m_a, tau, lambdas, Retraining.of(artifacts, params.iterations), ev, Path(tmp))
+    rows: dict[str, list] = {"lambda": [], "stage": [], "return_B": [], "return_A": []}
+    for lam in lambdas:
+        for stage, r in got[lam].items():
+            metrics |= {f"{lam_name(lam)}/{stage}/{k}": float(v.mean()) for k, v in r.items()}
+            rows["lambda"].append(lam)
+            rows["stage"].append(stage)
+            rows["return_B"].append(float(r["B"].mean()))
+            rows["return_A"].append(float(r["A"].mean()))
+    control = got[0.0]["retrained"]
     for lam in lambdas:
         for k in ev.values:
-            d, lo, hi = paired_bootstrap_ci(control[k], per_seq[lam][k], seed=params.seed)
+            d, lo, hi = paired_bootstrap_ci(control[k], got[lam]["retrained"][k], seed=params.seed)
             metrics |= {
                 f"{lam_name(lam)}/lean_{k}": d,
                 f"{lam_name(lam)}/lean_{k}/ci_low": lo,

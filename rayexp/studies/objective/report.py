@@ -1,7 +1,8 @@
 """The objective study in `rayexp report`: the ``task_vectors`` analysis's summaries on the parent run
 (the classifier, the cosines by kind of pair, the superposition gains and the negation leans, with
 their Student-t or seed-jackknife intervals), as ``task_vectors.csv``; and the per-module classifier
-with raw and Holm-adjusted permutation p-values (``task_vector_modules.csv``)."""
+with raw and Holm-adjusted permutation p-values (``task_vector_modules.csv``); where ``matched_negation``
+ran, each reward's lean beyond the null matched in size beside the unmatched one (``matched_negation.csv``)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,37 @@ def _finite_or_inf(p: float | None) -> float:
     return p if p is not None and math.isfinite(p) else math.inf
 
 
+MATCHED = "sweep/matched_negation/"
+
+
+def matched_rows(parent_metrics: dict[str, float]) -> list[dict]:
+    """One row per group, task and lambda of ``matched_negation``: the lean beyond the null at one lambda
+    and beyond the null negated as far from theta_A, paired over the same seeds, with the norm ratio."""
+
+    def cell(stem: str, digits: int = 3) -> str:
+        m, lo, hi = (parent_metrics.get(f"{stem}/{k}") for k in ("mean", "ci_low", "ci_high"))
+        return "-" if m is None else f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+    rows = []
+    for key in sorted(parent_metrics):
+        if not (key.startswith(MATCHED) and key.endswith("/beyond_matched_null/mean")):
+            continue
+        group, _, task, lam = key[len(MATCHED) :].split("/")[:4]
+        stem = f"{MATCHED}{group}/negation/{task}"
+        rows.append(
+            {
+                "group": group,
+                "task": task,
+                "lambda": lam.removeprefix("lam"),
+                "|tau_task| / |tau_null|": cell(f"{stem}/norm_ratio", 2),
+                "beyond_null": cell(f"{stem}/{lam}/beyond_null"),
+                "beyond_matched_null": cell(f"{stem}/{lam}/beyond_matched_null"),
+                "seeds": int(parent_metrics.get(f"{stem}/{lam}/beyond_matched_null/n", 0)),
+            }
+        )
+    return rows
+
+
 def report_section(inp: ReportInput) -> None:
     rows = objective_rows(inp.parent_metrics)
     if not rows:
@@ -91,3 +123,9 @@ def report_section(inp: ReportInput) -> None:
         print(format_table(modules), file=inp.file)
         if inp.out is not None:
             write_csv(modules, inp.out / "task_vector_modules.csv")
+    matched = matched_rows(inp.parent_metrics)
+    if matched:
+        print("\nnegation beyond the null, and beyond the null's update scaled to the reward's norm:", file=inp.file)
+        print(format_table(matched), file=inp.file)
+        if inp.out is not None:
+            write_csv(matched, inp.out / "matched_negation.csv")
