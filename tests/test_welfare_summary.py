@@ -86,20 +86,24 @@ def test_cos_reading_finds_a_planted_sign_that_no_single_seeds_band_shows():
 def test_welfare_report_reads_controls_and_cosines_per_seed():
     from types import SimpleNamespace
 
+    from rayexp.stats import t_ci
     from rayexp.studies.welfare.report import control_rows, cos_rows
+    from rayexp.studies.welfare.summary import cell
 
     pre = "analysis/concept_vectors/"
     h = "blocks.1.hook_resid_post"
 
-    def run(effect, ctrl, cos):
+    def run(effect, ctrl, cos, cos_post, null_post):
         m = {f"{pre}steer/post/v_P/effect": effect, f"{pre}steer/post/v_P/control/shuffled": ctrl}
-        m |= {f"{pre}cos/{model}/{h}": cos for model in ("pre", "post")}
+        m |= {f"{pre}cos/pre/{h}": cos, f"{pre}cos/post/{h}": cos_post}
         m |= {f"{pre}null/{model}/{h}/q025": -0.6 for model in ("pre", "post")}
         m |= {f"{pre}null/{model}/{h}/q975": 0.97 for model in ("pre", "post")}
-        m |= {f"{pre}null/{model}/{h}/mean": 0.5 for model in ("pre", "post")}
+        m |= {f"{pre}null/pre/{h}/mean": 0.5, f"{pre}null/post/{h}/mean": null_post}
         return SimpleNamespace(data=SimpleNamespace(metrics=m))
 
-    runs = [run(0.2, 0.1, 0.5), run(0.4, 0.2, 0.6), SimpleNamespace(data=SimpleNamespace(metrics={}))]
+    # after RL each seed's cosine and its own null's mean differ from before, and from the other seed's
+    runs = [run(0.2, 0.1, 0.5, -0.3, 0.45), run(0.4, 0.2, 0.6, -0.35, 0.55)]
+    runs.append(SimpleNamespace(data=SimpleNamespace(metrics={})))
     (row,) = control_rows(runs)  # only the control these runs hold
     assert row["vector"] == "v_P" and row["control"] == "shuffled" and row["seeds"] == 2
     assert row["ratio (geometric mean)"].startswith("2.0 [2.0, 2.0]")
@@ -107,3 +111,10 @@ def test_welfare_report_reads_controls_and_cosines_per_seed():
     assert [r["model"] for r in rows] == ["pre", "post"] and rows[0]["seeds below/inside/above"] == "0/2/0"
     assert rows[0]["reading"].startswith("not antiparallel")
     assert rows[0]["shuffled-label null mean"] == "+0.50" and rows[0]["cos - null mean (paired)"].startswith("+0.050 [")
+    assert row["difference"] == cell(t_ci([0.2 - 0.1, 0.4 - 0.2]))  # effect - control, seed by seed
+    assert rows[0]["cos(v_R, v_P)"] == cell(t_ci([0.5, 0.6]))  # pre's own cosines, not post's
+    assert rows[1]["cos(v_R, v_P)"] == cell(t_ci([-0.3, -0.35]))
+    assert rows[1]["shuffled-label null mean"] == "+0.50"
+    # each seed's post cosine against its own post null: -0.75 and -0.90 (crossed: -0.85, -0.80)
+    assert rows[1]["cos - null mean (paired)"] == cell(t_ci([-0.3 - 0.45, -0.35 - 0.55]))
+    assert rows[1]["reading"].startswith("undecided (the interval reaches below")  # 2 seeds: t interval wide
