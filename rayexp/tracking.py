@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rayexp.console import OneLineError
+
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_KEY_TAG = "rayexp.trial_key"
 SWEEP_TAG = "rayexp.sweep"
@@ -299,6 +301,23 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def is_null_run(run) -> bool:
     """A trial run of a shuffled-reward null task (its logged ``task.shuffle_reward`` param)."""
     return run.data.params.get("task.shuffle_reward") == "True"
+
+
+def runs_by_seed(runs: list, what: str) -> dict[str, Any]:
+    """{seed: run} of one group's runs of one kind (``what`` names it). Two runs holding one seed (the same
+    settings run twice among the reported parents) are refused with one line naming both: a dict would keep
+    whichever came last, and pairing by seed would silently read one of them."""
+    out: dict[str, Any] = {}
+    for r in runs:
+        seed = str(r.data.params.get("seed"))
+        if seed in out:
+            raise OneLineError(
+                f"--parent: {what}, seed {seed}: runs {out[seed].info.run_id} and {r.info.run_id} both hold it "
+                "(the same settings run twice): report one of them",
+                2,
+            )
+        out[seed] = r
+    return out
 
 
 def trial_runs_of(uri: str, parent_run_id: str) -> list:

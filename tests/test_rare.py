@@ -407,7 +407,7 @@ def test_a_report_of_two_runs_holding_one_seed_is_refused_not_paired_on_one_of_t
     from types import SimpleNamespace
 
     from rayexp.console import OneLineError
-    from rayexp.studies.rare.report import by_seed, check_one_run_per_seed
+    from rayexp.studies.rare.report import by_seed, seed_values
 
     def run(run_id, seed, null, cap):
         metrics = {"analysis/rare/post/capability": cap}
@@ -417,10 +417,14 @@ def test_a_report_of_two_runs_holding_one_seed_is_refused_not_paired_on_one_of_t
         )
 
     first = [run("a1", "0", False, 0.3), run("a2", "0", True, 0.1), run("a3", "1", False, 0.5)]
-    check_one_run_per_seed(first)  # one task and one null per seed: fine
+    task, null = by_seed(first)  # one task and one null per seed: paired
+    assert task["all"] == {"0": {"post/capability": 0.3}, "1": {"post/capability": 0.5}}
+    assert null["all"] == {"0": {"post/capability": 0.1}}
     rerun = run("b1", "0", False, 0.9)  # the same settings' seed 0 again, from another parent
-    # what the pairing would otherwise do: keep whichever came last, silently
-    assert by_seed([*first, rerun])[0]["all"]["0"] == {"post/capability": 0.9}
-    with pytest.raises(OneLineError, match=r"seed 0 \(task\): runs a1 and b1 both hold it") as err:
-        check_one_run_per_seed([*first, rerun])
+    with pytest.raises(OneLineError, match=r"all \(task\), seed 0: runs a1 and b1 both hold it") as err:
+        by_seed([*first, rerun])  # it kept whichever came last
     assert err.value.code == 2
+    tasks = [r for r in first if r.data.params["task.shuffle_reward"] == "False"]
+    assert seed_values(tasks)["all"]["post/capability"] == [0.3, 0.5]
+    with pytest.raises(OneLineError, match="seed 0: runs a1 and b1"):
+        seed_values([*tasks, rerun])  # it counted seed 0 twice

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rayexp import tracking
-from rayexp.console import OneLineError
 from rayexp.studies.rare import summary
 from rayexp.study import ReportInput
 from rayexp.tables import format_table, mean_range, write_csv
@@ -56,30 +55,20 @@ def _seed_runs(runs: list):
             yield label, str(r.data.params.get("seed")), r
 
 
-def check_one_run_per_seed(runs: list) -> None:
-    """Refuse reported runs that hold one group's seed twice, task or null (two parents that ran the same
-    settings): pairing by seed would keep one of them unsaid and the seed counts would count both."""
-    seen: dict[tuple, str] = {}
-    for label, seed, r in _seed_runs(runs):
-        key = (label, seed, is_null(r))
-        if key in seen:
-            kind = "null" if key[2] else "task"
-            raise OneLineError(
-                f"--parent: {label}, seed {seed} ({kind}): runs {seen[key]} and {r.info.run_id} both hold it "
-                "(the same settings run twice): report one of them",
-                2,
-            )
-        seen[key] = r.info.run_id
-
-
 def by_seed(runs: list) -> tuple[summary.BySeed, summary.BySeed]:
     """({group: {seed: {metric (without the analysis prefix): value}}} of the task trials, the same of
     the null trials), grouped as :func:`_seed_runs` groups."""
+    kinds: dict[tuple[str, bool], list] = {}
+    for label, _, r in _seed_runs(runs):
+        kinds.setdefault((label, is_null(r)), []).append(r)
     task: summary.BySeed = {}
     null: summary.BySeed = {}
-    for label, seed, r in _seed_runs(runs):
-        m = {k[len(RARE) :]: v for k, v in r.data.metrics.items() if k.startswith(RARE)}
-        (null if is_null(r) else task).setdefault(label, {})[seed] = m
+    for (label, nulls), group in kinds.items():
+        one = tracking.runs_by_seed(group, f"{label} ({'null' if nulls else 'task'})")
+        (null if nulls else task)[label] = {
+            seed: {k[len(RARE) :]: v for k, v in r.data.metrics.items() if k.startswith(RARE)}
+            for seed, r in one.items()
+        }
     return task, null
 
 
@@ -101,7 +90,7 @@ def seed_values(runs: list) -> summary.Groups:
     out: summary.Groups = {}
     for label in sorted(groups, key=_order):
         vals: dict[str, list[float]] = {}
-        for r in groups[label]:
+        for r in tracking.runs_by_seed(groups[label], label).values():  # a seed counted once
             for k, v in r.data.metrics.items():
                 if k.startswith(RARE):
                     vals.setdefault(k[len(RARE) :], []).append(v)
@@ -170,7 +159,6 @@ def rare_figure(runs: list, curves: dict[str, dict[str, list]], path: Path) -> P
 
 
 def report_section(inp: ReportInput) -> None:
-    check_one_run_per_seed(inp.runs)
     curves = rare_curves(inp.runs)
     rows = rare_rows(inp.runs, curves)
     if not rows:

@@ -121,8 +121,8 @@ def cos_rows(runs: list, models: tuple[str, ...] = ("pre", "post")) -> list[dict
     return rows
 
 
-def _by_seed(runs: list) -> dict[str, dict[str, float]]:
-    return {str(r.data.params.get("seed")): r.data.metrics for r in runs}
+def _by_seed(runs: list, what: str) -> dict[str, dict[str, float]]:
+    return {seed: r.data.metrics for seed, r in tracking.runs_by_seed(runs, what).items()}
 
 
 def rotation_rows(task_runs: list, null_runs: list = ()) -> list[dict]:
@@ -134,7 +134,7 @@ def rotation_rows(task_runs: list, null_runs: list = ()) -> list[dict]:
         return []
     keys = set().union(*(r.data.metrics for r in task_runs))
     hooks = sorted({k[len(CV + "align/") : -2] for k in keys if k.startswith(CV + "align/")}, key=_hook_order)
-    task, null = _by_seed(task_runs), _by_seed(null_runs)
+    task, null = _by_seed(task_runs, "task"), _by_seed(null_runs, "null")
     both = sorted(set(task) & set(null))
     rows = []
     for h in hooks:
