@@ -419,7 +419,7 @@ def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stor
         in (row["reason"])
     )
     assert "a premise this policy refutes against that policy on 1/3 seeds, not stated)" in row["reason"]
-    assert "unchecked" not in row["reason"]
+    assert "not checked" not in row["reason"]
 
 
 def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():
@@ -451,7 +451,7 @@ def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_sa
     each = [(m + 0.01) / (j + 0.01) for m, j in zip((0.05, 0.06, 0.055), (0.55, 0.56, 0.58))]
     assert row["share_max_learned"] == pytest.approx(np.mean(each))
     assert f"pos's learned composition at most {row['share_max_learned_hi']:.2f}" in row["reason"]
-    assert "(that premise unchecked on 3/3 seeds: no stored residual)" in row["reason"]
+    assert "(that premise not checked on 3/3 seeds: no residual kept" in row["reason"]
     assert np.isnan(row["refuted_learned_sharp"])  # trials stored without their residuals: not checked
     drift = [(m + 0.24) / (j + 0.24) for m, j in zip((0.05, 0.06, 0.055), (0.55, 0.56, 0.58))]
     assert row["share_max_learned_drift"] == pytest.approx(np.mean(drift))

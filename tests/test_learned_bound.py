@@ -98,7 +98,7 @@ def test_the_learned_premise_refuted_on_one_seed_is_stated_for_none():
     out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc", least_rest=holds)
     assert out.refuted_learned_sharp == 0 and out.refuted_learned_drift == 0
     assert f"pc's learned composition at most {out.share_max_learned.hi:.2f}" in out.reason
-    assert "unchecked" not in out.reason and "refutes" not in out.reason
+    assert "not checked" not in out.reason and "refutes" not in out.reason
     # one seed whose rest leaves more than its planted sharp reweighting at any share of the learned J, less
     # than its null: the sharp bound goes, the drifting one stays, and the reason says against which J
     one = holds.copy()
@@ -123,9 +123,9 @@ def test_the_learned_premise_refuted_on_one_seed_is_stated_for_none():
     met = m_sharp.copy()
     met[:2] = np.nan
     out = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc", least_rest=met)
-    assert out.refuted_learned_sharp == 0 and "(that premise unchecked on 2/5 seeds: no stored residual)" in out.reason
+    assert out.refuted_learned_sharp == 0 and "(that premise not checked on 2/5 seeds: no residual kept" in out.reason
     unchecked = learned_bound(v, m_pi, m_sharp, m_null, m_learned, "pc")
-    assert np.isnan(unchecked.refuted_learned_sharp) and "unchecked on 5/5 seeds" in unchecked.reason
+    assert np.isnan(unchecked.refuted_learned_sharp) and "not checked on 5/5 seeds" in unchecked.reason
 
 
 def test_the_learned_premise_on_planted_residuals_holds_for_a_mixture_and_fails_for_a_drift():

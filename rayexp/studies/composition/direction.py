@@ -126,10 +126,11 @@ def trial_projection(artifacts) -> dict[str, float]:
 def learned_rest_min(artifacts, learned) -> float:
     """The least mass per step any share of ``learned``'s post-RL policy (the pair's learned composition,
     placed on the tokens its actions claim among ``artifacts``' actions) leaves the rest of ``artifacts``'
-    post-RL policy, on ``artifacts``' fit: the learned bound's premise checked from the models (the verdict
-    checks it from the residuals the trials kept, :func:`.learned_bound.rest_min`; this recomputes it for
-    trials stored without them). NaN unless both read one pretrained model on one sample and ``learned``'s
-    action tokens are among ``artifacts``'."""
+    post-RL policy, on ``artifacts``' fit: the learned bound's premise recomputed from the models, the learned
+    policy placed before the map is fitted to it (the verdict places the residual the trial kept instead,
+    :func:`.learned_bound.rest_min`: by the map's linearity the same, which tests/test_composition_analysis.py
+    checks through these two routes; for trials stored without residuals only this one exists). NaN unless
+    both read one pretrained model on one sample and ``learned``'s action tokens are among ``artifacts``'."""
     if model_key(learned) != model_key(artifacts) or sample_of(learned.config) != sample_of(artifacts.config):
         return float("nan")
     other = task_of(learned.env_config, learned.stream())[0].action_tokens

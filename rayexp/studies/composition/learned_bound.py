@@ -90,7 +90,10 @@ def learned_bound(
                 f"sharp rest, a premise this policy refutes against {' and against '.join(why)}, not stated)"
             )
         if (sharp_ok or drift_ok) and unchecked:
-            reason += f" (that premise unchecked on {unchecked}/{int(paired.sum())} seeds: no stored residual)"
+            reason += (
+                f" (that premise not checked on {unchecked}/{int(paired.sum())} seeds: no residual kept, or not on one"
+                " held-out set)"
+            )
         # what no clause above has said: a premise refuted against the learned J (the sharp one is said
         # beside the drifting bound where that is stated)
         which = [

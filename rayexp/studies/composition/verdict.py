@@ -127,7 +127,8 @@ class Verdict:
     refuted_sharp: float = NAN
     refuted_drift: float = NAN
     refuted_soft: float = NAN
-    # the same for the learned bounds' premises, against the pair's learned J (NaN: not checked)
+    # the same for the learned bounds' premises, against the pair's learned J (NaN: not checked, or no
+    # learned bound: fewer than min_seeds paired, or no composition on the pair)
     refuted_learned_sharp: float = NAN
     refuted_learned_drift: float = NAN
 

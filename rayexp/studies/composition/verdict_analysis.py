@@ -17,7 +17,10 @@ CI, verdict, reason, each class's unexplained share, the margin and the reward `
 of p_pre with their intervals, ``spec`` (how
 much more a random-init network's features leave unexplained than the pretrained ones: the readout's
 control) with its interval, ``share_max`` (the largest composed share the policy leaves room for,
-:func:`.resolution.composed_share_max`) with its interval, and the mean over seeds of each signal in
+:func:`.resolution.composed_share_max`) with its interval, the other bounds (``share_max_drift``,
+``share_max_learned``, ``share_max_learned_drift``, ``share_max_soft_drift``) and the seeds refuting each
+premise (``refuted_sharp``, ``refuted_drift``, ``refuted_soft``, ``refuted_learned_sharp``,
+``refuted_learned_drift``: :mod:`.bounds`, :mod:`.learned_bound`), and the mean over seeds of each signal in
 :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
 seeds as points.
 """
@@ -25,6 +28,7 @@ seeds as points.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pyarrow as pa
@@ -271,7 +275,10 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
         out.append((process, task, v, col))
         null_tv[(process, task)] = tv[2]
     composing = [(p, t) for p, t, w, _ in out if w.code == COMPOSITION and (p, t) not in null_cells]
-    return [_with_learned(row, composing, cells, trials, null_tv, th, params.analysis) for row in out]
+    try:
+        return [_with_learned(row, composing, cells, trials, null_tv, th, params.analysis) for row in out]
+    finally:
+        _kept.cache_clear()  # let the arrays go with the verdict
 
 
 def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds, name: str):
@@ -291,16 +298,24 @@ def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds, name: 
             _fit_key(trials[ref][s], cells[ref][s]), _fit_key(trials[mine][s], cells[mine][s])
         )
 
-    tv_learned = [cells[ref][s]["unexplained_tv_reweighting"] if paired(s) else np.nan for s in seeds]
-    least = [_rest_min(trials[mine][s], trials[ref][s], name) if paired(s) else np.nan for s in seeds]
+    ok = {s: paired(s) for s in seeds}
+    tv_learned = [cells[ref][s]["unexplained_tv_reweighting"] if ok[s] else np.nan for s in seeds]
+    least = [_rest_min(trials[mine][s], trials[ref][s], name) if ok[s] else np.nan for s in seeds]
     m_pi, m_sharp = col["unexplained_tv_reweighting"], col["unexplained_tv_planted_sharp"]
     v = learned_bound(v, m_pi, m_sharp, null_tv[(process, task)], tv_learned, learned[0], th, least_rest=least)
     return process, task, v, col
 
 
+@functools.cache
+def _kept(artifacts, name: str) -> dict | None:
+    """A trial's kept arrays, read once per verdict: a learned policy's are paired with every task of its pair."""
+    return artifacts.analysis_arrays(name)
+
+
 def _rest_min(mine, learned, name: str) -> float:
-    """:func:`.learned_bound.rest_min` from the two trials' stored residuals; NaN where either kept none."""
-    a, b = mine.analysis_arrays(name), learned.analysis_arrays(name)
+    """:func:`.learned_bound.rest_min` from the two trials' stored residuals; NaN where either kept none (or
+    they are on different held-out sets)."""
+    a, b = _kept(mine, name), _kept(learned, name)
     if not a or not b or "residual_post" not in a or "residual_post" not in b:
         return float("nan")
     return rest_min(a["residual_post"], a["action_tokens"], b["residual_post"], b["action_tokens"])
