@@ -2,6 +2,8 @@
 update negated as far from theta_A as each reward's, on planted updates whose answer is known, through
 the real ``negation`` analysis (PPO's retraining replaced by a deterministic map)."""
 
+import copy
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -44,12 +46,14 @@ def test_summarise_pairs_the_leans_by_seed():
         "lean_null_matched": np.array([-0.3, -0.4, -0.5, -0.5, -0.6, -0.7]),
     }
     got = summarise(table)
-    assert got["negation/a/lam1/beyond_matched_null/mean"] == pytest.approx(0.0)
+    # both differences on the same seeds: seed 3, with no unmatched lean at lambda 1, is left out of both
+    assert got["negation/a/lam1/beyond_matched_null/mean"] == pytest.approx(-0.05)
+    assert got["negation/a/lam1/beyond_matched_null/n"] == got["negation/a/lam1/beyond_null/n"] == 2
     assert got["negation/a/lam2/beyond_matched_null/mean"] == pytest.approx(-0.1)
     # a constant paired difference has no spread, though each lean has
     assert got["negation/a/lam2/beyond_matched_null/ci_low"] == pytest.approx(-0.1)
-    assert got["negation/a/lam1/beyond_null/mean"] == pytest.approx(-0.3) and got["negation/a/lam1/beyond_null/n"] == 2
-    assert got["negation/a/lam1/null_matched_lean/mean"] == pytest.approx(-0.4)
+    assert got["negation/a/lam1/beyond_null/mean"] == pytest.approx(-0.3)
+    assert got["negation/a/lam1/null_matched_lean/mean"] == pytest.approx(-0.35)
     assert got["negation/a/norm_ratio/mean"] == pytest.approx(np.mean([1.5, 2.0, 2.0]))
     assert got["negation/a/norm_ratio/n"] == 3  # one ratio per seed, not per lambda
 
@@ -179,10 +183,27 @@ def test_another_direction_is_set_against_the_null_at_its_own_norm(points, monke
     assert not any(k.startswith("negation/anti/") for k in only)
     with pytest.raises(ValueError, match="score_also"):
         matched_negation(trials, MatchedNegationParams(tasks=["echo"]))
+    # a task matched to a score_also entry that is not its own reward is refused
+    renamed = copy.deepcopy(_find(trials, "null", 1))
+    scored = renamed.config["analyses"][0]["params"]["score_also"]
+    scored["anti"], scored["shift"] = scored["shift"], scored["anti"]
+    with pytest.raises(ValueError, match="but that task's reward is"):
+        matched_negation([renamed, _find(trials, "anti", 1)], MatchedNegationParams(tasks=["anti"]))
     odd = _Trial(points[("anti", 1)], m_a, _find(trials, "anti", 1).model_after(), start_key="another-M_A")
     odd.stored = _find(trials, "anti", 1).stored
     with pytest.raises(ValueError, match="different models"):
         matched_negation([_find(trials, "null", 1), odd], MatchedNegationParams())
+
+
+def test_control_drift_is_the_gap_to_the_stored_control_and_nan_where_one_is_missing(points, monkeypatch):
+    trials, _, _ = _sweep(points, monkeypatch, {"prefer0": lambda m_a, null, s: interpolate(m_a, null, 2.0)})
+    null = _find(trials, "null", 2)
+    null.stored = dict(null.stored) | {"lam0/retrained/B": null.stored["lam0/retrained/B"] + 0.25}
+    got = matched_negation(trials, MatchedNegationParams()).metrics
+    assert got["control_drift"] == pytest.approx(0.25, abs=1e-9)  # a control that moved is seen
+    del null.stored["lam0/retrained/B"]
+    got = matched_negation(trials, MatchedNegationParams()).metrics
+    assert np.isnan(got["control_drift"])  # a comparison not made is not a 0
 
 
 def test_report_sets_the_matched_lean_beside_the_unmatched_one():

@@ -21,7 +21,11 @@ Metrics, each a mean over seeds with its Student-t interval (``/mean``, ``/ci_lo
 - ``negation/{task}/norm_ratio``: |tau_task| / |tau_null|;
 - ``n_seeds``; ``control_drift``: the largest |difference| between the control (M_A retrained,
   recomputed here) and the null trial's stored one, over seeds and rewards (0 where PPO reproduces,
-  as on the CPU; otherwise the matched leans carry retraining noise of about that size).
+  as on the CPU; otherwise the matched leans carry retraining noise of about that size; NaN where the
+  null trial stored no control to compare, a comparison not made).
+
+A task is matched only where the null's ``score_also`` entry of its name is its own reward, and each
+lambda's two differences are over the same seeds (a seed missing any of the three leans is left out).
 
 Table ``matched_negation``: one row per seed, task and lambda (``lambda_null`` the null's).
 
@@ -40,9 +44,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
-from rayexp.stats import t_ci
+from rayexp.stats import paired_bootstrap_ci, t_ci
 from rayexp.studies.objective import task_vectors as tv
-from rayexp.studies.objective.exact_returns import params_of
+from rayexp.studies.objective.exact_returns import params_of, task_reward_spec
 from rayexp.studies.objective.negation_analysis import (
     NegationParams,
     Retraining,
@@ -87,6 +91,12 @@ def summarise(table: dict[str, np.ndarray], ci: float = 0.95) -> dict[str, float
         put(f"negation/{task}/norm_ratio", table["norm_task"][first] / table["norm_null"][first])
         for lam in sorted(set(table["lambda"][mine].tolist())):
             sel = mine & (table["lambda"] == lam)
+            # the two differences on the same seeds: a seed missing either lean is left out of both
+            sel &= (
+                np.isfinite(table["lean_task"])
+                & np.isfinite(table["lean_null"])
+                & np.isfinite(table["lean_null_matched"])
+            )
             stem = f"negation/{task}/{lam_name(lam)}"
             put(f"{stem}/beyond_matched_null", table["lean_task"][sel] - table["lean_null_matched"][sel])
             put(f"{stem}/beyond_null", table["lean_task"][sel] - table["lean_null"][sel])
@@ -124,6 +134,11 @@ def _pairs(group, params: MatchedNegationParams) -> dict[int, tuple]:
             theirs = negation_params(trial)
             if (theirs.iterations, theirs.n_seq, theirs.seed) != (neg.iterations, neg.n_seq, neg.seed):
                 raise ValueError(f"matched_negation: seed {seed}'s {t!r} ran negation with other settings")
+            if neg.score_also[t].model_dump() != task_reward_spec(trial.env_config):
+                raise ValueError(
+                    f"matched_negation: the null scores {t!r} as {neg.score_also[t].model_dump()}, but that task's "
+                    f"reward is {task_reward_spec(trial.env_config)}"
+                )
         if tasks:
             out[seed] = (null, tasks)
     if not out:
@@ -138,7 +153,7 @@ def _pairs(group, params: MatchedNegationParams) -> dict[int, tuple]:
 def matched_negation(group, params: MatchedNegationParams) -> AnalysisResult:
     """Each reward's negation lean against the null's update negated as far from theta_A, per seed."""
     rows: dict[str, list] = {k: [] for k in (*COLUMNS, "lean_null_matched")}
-    drift = 0.0
+    gaps: list[float] = []
     for seed, (null, tasks) in _pairs(group, params).items():
         neg, stored = negation_params(null), null.analysis_metrics("negation")
         m_a = null.model_before()
@@ -148,8 +163,8 @@ def matched_negation(group, params: MatchedNegationParams) -> AnalysisResult:
         ev, retrain = evaluator(null, neg), Retraining.of(null, neg.iterations)
         with tempfile.TemporaryDirectory(prefix="rayexp-matched-negation-") as tmp:
             control = negated_returns(m_a, tau_null, [0.0], retrain, ev, Path(tmp))[0.0]["retrained"]
-            gaps = [abs(float(v.mean()) - stored.get(f"lam0/retrained/{k}", np.nan)) for k, v in control.items()]
-            drift = max([drift, *(g for g in gaps if np.isfinite(g))])
+            # the stored control's returns must all be there: a missing one is a comparison not made, not a 0
+            gaps += [abs(float(v.mean()) - stored.get(f"lam0/retrained/{k}", np.nan)) for k, v in control.items()]
             for task, trial in tasks.items():
                 own = trial.analysis_metrics("negation")
                 lams = [lam for lam in sorted(set(neg.lambdas) - {0.0}) if f"{lam_name(lam)}/lean_B" in own]
@@ -158,11 +173,12 @@ def matched_negation(group, params: MatchedNegationParams) -> AnalysisResult:
                 (Path(tmp) / task).mkdir()
                 got = negated_returns(m_a, tau_null, scaled, retrain, ev, Path(tmp) / task)
                 for lam, lam_null in zip(lams, scaled):
-                    matched = float(np.mean(got[lam_null]["retrained"][task] - control[task]))
+                    matched = paired_bootstrap_ci(control[task], got[lam_null]["retrained"][task], seed=neg.seed)[0]
                     row = (seed, task, lam, lam_null, norm_task, norm_null)
                     row += (own[f"{lam_name(lam)}/lean_B"], stored.get(f"{lam_name(lam)}/lean_{task}", np.nan), matched)
                     for k, v in zip(rows, row):
                         rows[k].append(v)
     table = {k: np.asarray(v) for k, v in rows.items()}
+    drift = float(max(gaps)) if gaps and np.isfinite(gaps).all() else float("nan")
     metrics = summarise(table, params.ci) | {"n_seeds": float(len(set(rows["seed"]))), "control_drift": drift}
     return AnalysisResult(metrics=metrics, tables={"matched_negation": pa.table(rows)})
