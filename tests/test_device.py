@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_flatten
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.transformer import Transformer, TransformerConfig
 from rayexp import stages
+from rayexp.analysis import AnalysisResult
 from rayexp.artifacts import TrialArtifacts
 from rayexp.config import load_points
 from rayexp.context import DeviceError, Reporter, StageState, TrialContext, trial_device
@@ -211,7 +212,7 @@ def test_probes_rollouts_and_ready_analyses_run_on_the_trials_device_others_on_c
 
     def analysis(artifacts, params):
         seen.setdefault("analyses", []).append(artifacts.device)
-        return SimpleNamespace(metrics={}, tables={}, figures={})
+        return AnalysisResult()  # the contract's result: metrics, tables, figures, arrays
 
     def fake_collect(model, env_config, n, seed=0):
         seen["rollouts"] = next(model.parameters()).device.type
