@@ -149,6 +149,11 @@ def _pairs(group, params: MatchedNegationParams) -> dict[int, tuple]:
     return out
 
 
+def _norm(tau: tv.Params) -> float:
+    """An update's norm as ``task_vectors`` reports it (the whole vector, flattened)."""
+    return float(np.linalg.norm(tv.flatten(tau)))
+
+
 @analysis("matched_negation", params=MatchedNegationParams, needs=("model_before", "model_after", "env"), scope="sweep")
 def matched_negation(group, params: MatchedNegationParams) -> AnalysisResult:
     """Each reward's negation lean against the null's update negated as far from theta_A, per seed."""
@@ -159,7 +164,7 @@ def matched_negation(group, params: MatchedNegationParams) -> AnalysisResult:
         m_a = null.model_before()
         theta_a = params_of(m_a)
         tau_null = tv.task_vector(theta_a, params_of(null.model_after()))
-        norm_null = float(np.linalg.norm(tv.flatten(tau_null)))
+        norm_null = _norm(tau_null)
         ev, retrain = evaluator(null, neg), Retraining.of(null, neg.iterations)
         with tempfile.TemporaryDirectory(prefix="rayexp-matched-negation-") as tmp:
             control = negated_returns(m_a, tau_null, [0.0], retrain, ev, Path(tmp))[0.0]["retrained"]
@@ -168,7 +173,7 @@ def matched_negation(group, params: MatchedNegationParams) -> AnalysisResult:
             for task, trial in tasks.items():
                 own = trial.analysis_metrics("negation")
                 lams = [lam for lam in sorted(set(neg.lambdas) - {0.0}) if f"{lam_name(lam)}/lean_B" in own]
-                norm_task = float(np.linalg.norm(tv.flatten(tv.task_vector(theta_a, params_of(trial.model_after())))))
+                norm_task = _norm(tv.task_vector(theta_a, params_of(trial.model_after())))
                 scaled = matched_lambdas(lams, norm_task, norm_null)
                 (Path(tmp) / task).mkdir()
                 got = negated_returns(m_a, tau_null, scaled, retrain, ev, Path(tmp) / task)
