@@ -379,6 +379,7 @@ def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stor
         "classes/elicitation/unexplained_tv/post",
         "classes/planted/sharp/unexplained_tv",
         "classes/resolution",
+        "classes/residual/sq/post",
     )
     probe = FakeTrial("next_token", {})
     tokens = list(task_of(probe.env_config, probe.stream())[0].action_tokens)  # the next-token task's actions
@@ -390,17 +391,17 @@ def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stor
     spread[..., 0], spread[..., 1] = 1.0, -1.0
     masses = (0.005, 0.02, 0.005)
 
-    def trials(rows, task, reward, null=False, arrays=None):
+    def trials(rows, task, reward, null=False, arrays=None, sq=np.nan):
         out = []
         for s, r in enumerate(rows):
-            t = FakeTrial(reward, {"m": 3} if reward == "joint_target" else {}, stored_metrics=dict(zip(keys, r)),
+            t = FakeTrial(reward, {"m": 3} if reward == "joint_target" else {}, stored_metrics=dict(zip(keys, (*r, sq))),
                           seed=s, task=task, null=null, arrays=arrays(s) if arrays else None)  # fmt: skip
             t.pretrain_key = f"pre{s}"
             out.append(t)
         return out
 
     res = (0.031, 0.027, 0.035)
-    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.24, 0.3, 0.01, r) for r in res], "null", "joint_target", True)
+    null = trials([(0.6, 0.6, 0.0, -0.3, 0.9, 0.24, 0.3, 0.01, r) for r in res], "null", "joint_target", True, sq=1e-3)
     pos = trials(
         [(0.95, 0.8, 0.9, -0.6, 0.9, m, 0.5, 0.01, r) for m, r in zip((0.55, 0.56, 0.58), res)], "pos", "joint_target",
         arrays=lambda s: {"residual_post": np.zeros((*shape, len(joint))), "action_tokens": np.array(joint)},
@@ -420,6 +421,16 @@ def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stor
     )
     assert "a premise this policy refutes against that policy on 1/3 seeds, not stated)" in row["reason"]
     assert "not checked" not in row["reason"]
+    # the residual bound against it: the learned policy leaves the map nothing, so a share a leaves the rest
+    # the policy's residual over (1 - a); seed 1's (16 x 0.02^2 per sequence) is above the null's 1e-3 at any
+    # share, the others' (16 x 0.005^2) below it up to a = 1 - sqrt(0.4)
+    assert row["refuted_learned_l2"] == 1  # the seeds allowing it keep their bound in the table, not the reason
+    assert row["share_max_learned_l2"] == pytest.approx(1 - np.sqrt(0.4), rel=1e-9)
+    assert f"at most {row['share_max_learned_l2_hi']:.2f}" not in row["reason"]
+    assert (
+        "no mixture of pos's learned composition and a rest whose residual is no larger than the null's gives this "
+        "policy on 1/3 seeds, so that bound is not stated" in row["reason"]
+    )
 
 
 def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():

@@ -11,8 +11,9 @@ from rayexp.studies.composition import projection, resolution
 from rayexp.studies.composition.battery import map_mass
 from rayexp.studies.composition.battery_cases import CASES, sharpen
 from rayexp.studies.composition.battery_streams import sample
+from rayexp.studies.composition.bounds import residual_bound
 from rayexp.studies.composition.direction import sample_residual
-from rayexp.studies.composition.learned_bound import learned_bound, rest_min, same_fit
+from rayexp.studies.composition.learned_bound import inner_products, learned_bound, rest_min, same_fit
 from rayexp.studies.composition.verdict import COMPOSITION, decide
 
 
@@ -155,6 +156,58 @@ def test_the_learned_premise_on_planted_residuals_holds_for_a_mixture_and_fails_
     assert refuted.refuted_learned_sharp == 3 and "at most" not in refuted.reason[len(v.reason) :]
 
 
+def test_the_residual_bound_against_the_learned_policy_holds_for_a_mixture_and_is_refuted_by_a_drift():
+    # the planted case of the L2 bound: the learned J a soft composition, a quarter of it over the planted
+    # sharp reweighting, and a rest no larger (in L2) than that reweighting's residual. At share 1/4 the
+    # rest is that reweighting, so the premise is met exactly and the bound is at least 1/4 on every seed;
+    # a drift of the last tokens leaves a residual no share of J brings down to that size
+    drift = next(c for c in CASES if c.name.startswith("drift") and "interleave(mess3,mess3)" in c.streams)
+    products = {"mix": [], "drift": []}
+    sq_sharp, tv_sharp, tv_learned, tv = [], [], [], {"mix": [], "drift": []}
+    for seed in range(3):
+        s = sample("interleave(mess3,mess3)", 400, seed)
+        sharp, soft = sharpen(s, 10.0), resolution.sharpen(s.P, 1.0)
+        r_sharp, r_soft = sample_residual(s, sharp), sample_residual(s, soft)
+        sq_sharp.append(float((r_sharp**2).sum()) / len(r_sharp))
+        tv_sharp.append(projection.mass(r_sharp))
+        tv_learned.append(projection.mass(r_soft))
+        for k, pi in (("mix", 0.25 * soft + 0.75 * sharp), ("drift", drift.policy(s, np.random.default_rng(seed)))):
+            r = sample_residual(s, pi)
+            products[k].append(inner_products(r, s.act, r_soft, s.act))
+            tv[k].append(projection.mass(r))
+            if k == "mix":  # the learned J is the Bayes probabilities: the bound is the verdict's soft one
+                planted = {"r_sharp": r_sharp, "r_composed": r_soft, "r_soft": r_soft}
+                b = projection.trial_bounds(r, planted)
+                assert products[k][-1] == pytest.approx((b["sq"], b["dot_soft"], float((r_soft**2).sum()) / len(r)))
+    mix, drifts = (np.array(products[k]).T for k in ("mix", "drift"))
+    each, k, n = residual_bound(*mix, sq_sharp)
+    # a bound, so at least 1/4; and tight here, since the rest's residual has no part along J's to spare
+    assert (k, n) == (0, 3) and each.lo >= 0.25 - 1e-9 and each.hi == pytest.approx(0.25, abs=1e-9)
+    assert residual_bound(*drifts, sq_sharp)[1:] == (3, 3)
+    v = _reweighting()
+    # (the "null" here is the planted sharp reweighting: the reference rest the premise is written against)
+    out = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*mix, sq_sharp))
+    assert out.refuted_learned_l2 == 0 and out.share_max_learned_l2 == each
+    assert (
+        "it acts as pc's learned composition at most 0.25 of the time for a rest whose residual is no larger "
+        "than the null's (0.25 [0.25, 0.25])" in out.reason
+    )
+    refuted = learned_bound(v, tv["drift"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*drifts, sq_sharp))
+    assert refuted.refuted_learned_l2 == 3
+    assert (
+        "no mixture of pc's learned composition and a rest whose residual is no larger than the null's gives "
+        "this policy on 3/3 seeds, so that bound is not stated" in refuted.reason
+    )
+    # seeds without kept residuals drop out of the L2 bound, and the reason says over how many it holds
+    fewer = [np.append(x[:2], np.nan) for x in mix]
+    some = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*fewer, sq_sharp))
+    assert some.share_max_learned_l2 == residual_bound(*fewer, sq_sharp)[0]
+    assert "(0.25 [0.25, 0.25], on the 2/3 seeds that kept their residual)" in some.reason
+    # without a null there is no reference rest: no L2 bound, and the verdict's other bounds as they were
+    none = learned_bound(v, tv["mix"], tv_sharp, None, tv_learned, "pc", l2=(*mix, None))
+    assert np.isnan(none.share_max_learned_l2.mean) and np.isnan(none.refuted_learned_l2)
+
+
 def test_a_learned_policy_on_fewer_actions_is_placed_by_its_tokens():
     # the map fits each action apart from p_pre alone: the residual of a policy placed on some of another's
     # actions is its residual placed there, so the premise can be checked from the two stored residuals
@@ -171,5 +224,10 @@ def test_a_learned_policy_on_fewer_actions_is_placed_by_its_tokens():
     mine = projection.residual(p_pre, rng.dirichlet(np.ones(5), size=(60, 4)), train, test, 0.05)
     tokens = [10, 11, 12, 13, 14]
     assert rest_min(mine, tokens, r, [13, 11]) == projection.rest_mass_min(mine, r_placed)
+    n = len(mine)
+    assert inner_products(mine, tokens, r, [13, 11]) == pytest.approx(
+        ((mine * mine).sum() / n, (mine * r_placed).sum() / n, (r * r).sum() / n), rel=1e-12
+    )
+    assert np.isnan(inner_products(mine, tokens, r, [13, 15])).all()
     assert np.isnan(rest_min(mine, tokens, r, [13, 15]))  # a learned action the policy lacks
     assert np.isnan(rest_min(mine[:10], tokens, r, [13, 11]))  # another sample

@@ -66,6 +66,7 @@ STUDY = Study(
                 "share_max_hi",
                 "share_max_drift_hi",
                 "share_max_learned_hi",
+                "share_max_learned_l2_hi",
                 "share_max_soft_drift_hi",
                 # beside each bound, on how many seeds its policy refutes the premise (the reason then withholds it)
                 "refuted_sharp",
@@ -73,6 +74,7 @@ STUDY = Study(
                 "refuted_soft",
                 "refuted_learned_sharp",
                 "refuted_learned_drift",
+                "refuted_learned_l2",
                 "n_seeds",
                 "reason",
             ),

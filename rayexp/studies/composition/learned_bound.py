@@ -23,6 +23,12 @@ policy) is checked as the Bayes bound's is, with the learned policy as J: :func:
 mass any share of it leaves the rest, from the two trials' held-out residuals (each composition analysis
 keeps its own; placing the learned policy places its residual, by the same linearity). A premise any seed
 refutes is stated for none; trials stored without their residual leave it unchecked, and the reason says so.
+
+The same residuals give the residual (L2) bound with the learned J (:func:`inner_products`,
+:func:`.bounds.residual_bound`): for a rest whose residual is no larger than the null's, as the Bayes
+probabilities' bound takes it. A mass bound charges the rest all the mass it leaves; the L2 bound charges
+it only the part of its residual that can point against J's, so it can bound a composition that spends too
+little mass to be seen, and the policy refutes its premise where no share of J leaves a rest that small.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ import dataclasses
 
 import numpy as np
 
-from rayexp.studies.composition.bounds import refuted, share_bound
+from rayexp.studies.composition.bounds import refuted, residual_bound, share_bound
 from rayexp.studies.composition.projection import rest_mass_min
 from rayexp.studies.composition.verdict import COMPOSITION, Thresholds, Verdict
+
+NAN = float("nan")
 
 
 def same_fit(a: tuple, b: tuple) -> bool:
@@ -55,6 +63,7 @@ def learned_bound(
     learned_from: str,
     th: Thresholds | None = None,
     least_rest=None,
+    l2=None,
 ) -> Verdict:
     """``v`` with the composed-share bounds against ``learned_from``'s learned policy (per seed, what the
     map leaves of it: ``tv_learned``, NaN where a seed has no such trial on the same fit), for a rest
@@ -62,7 +71,10 @@ def learned_bound(
     without a null); a verdict other than composition states each in its reason only where no seed refutes
     its premise, against the Bayes J (``v.refuted_*``) or against the learned J (``least_rest``: per seed the
     least mass any share of the learned policy leaves the rest, :func:`rest_min`; NaN or None: unchecked).
-    Like the Bayes bound it decides nothing."""
+    ``l2``: per seed (``sq``, ``dot``, ``sq_learned``, ``sq_null``), the policy's squared residual, its inner
+    product with the learned policy's, that one's own (:func:`inner_products`) and the null's, for the
+    residual bound with a rest no larger than the null's, stated where no seed refutes its premise. Like the
+    Bayes bound it decides nothing."""
     th = th or Thresholds()
     learned = share_bound(tv_policy, tv_sharp, tv_learned, th.min_seeds, th.ci)
     drift = share_bound(tv_policy, tv_null, tv_learned, th.min_seeds, th.ci)
@@ -73,6 +85,7 @@ def learned_bound(
     unchecked = int((paired & ~np.isfinite(least)).sum())
     k_sharp, n_sharp = refuted(least, tv_sharp)
     k_drift, n_drift = refuted(least, tv_null)
+    l2_bound, k_l2, n_l2 = residual_bound(*l2, th.min_seeds, th.ci) if l2 is not None else (None, 0, 0)
     # a premise refuted against either J on some seed is stated for none (NaN, not checked, compares False)
     sharp_ok = not v.refuted_sharp > 0 and not k_sharp
     drift_ok = np.isfinite(drift.hi) and not v.refuted_drift > 0 and not k_drift
@@ -103,6 +116,7 @@ def learned_bound(
         ]
         if which:
             reason += f"; against {against} this policy refutes the premise of {' and of '.join(which)}"
+        reason += _l2_clause(l2_bound, k_l2, n_l2, int(paired.sum()), against)
     return dataclasses.replace(
         v,
         reason=reason,
@@ -110,7 +124,22 @@ def learned_bound(
         share_max_learned_drift=drift,
         refuted_learned_sharp=float(k_sharp) if n_sharp else float("nan"),
         refuted_learned_drift=float(k_drift) if n_drift else float("nan"),
+        share_max_learned_l2=l2_bound or v.share_max_learned_l2,
+        refuted_learned_l2=float(k_l2) if n_l2 else NAN,
     )
+
+
+def _l2_clause(bound, k: int, n: int, paired: int, against: str) -> str:
+    """What the residual bound against the learned J adds to a reason: the bound where no seed's policy refutes
+    its premise (and on how many of the paired seeds it was checked, where not all kept residuals), else on
+    how many seeds one does."""
+    rest = "a rest whose residual is no larger than the null's"
+    if k:
+        return f"; no mixture of {against} and {rest} gives this policy on {k}/{n} seeds, so that bound is not stated"
+    if bound is None or not bound.hi < 1:  # (NaN: fewer than min_seeds checked)
+        return ""
+    fewer = f", on the {n}/{paired} seeds that kept their residual" if n < paired else ""
+    return f"; it acts as {against} at most {bound.hi:.2f} of the time for {rest} ({bound}{fewer})"
 
 
 def rest_min(residual: np.ndarray, actions, learned_residual: np.ndarray, learned_actions) -> float:
@@ -118,10 +147,30 @@ def rest_min(residual: np.ndarray, actions, learned_residual: np.ndarray, learne
     premise, :func:`.projection.rest_mass_min`), from each trial's held-out residual (n_test, L, A) and the
     tokens its actions are; the learned policy's placed on the tokens its actions claim among the policy's.
     NaN where they cannot be set side by side (another shape, or a learned action the policy lacks)."""
+    r_j = placed(residual, actions, learned_residual, learned_actions)
+    return NAN if r_j is None else rest_mass_min(np.asarray(residual, dtype=np.float64), r_j)
+
+
+def inner_products(residual, actions, learned_residual, learned_actions) -> tuple[float, float, float]:
+    """(``|r_pi|^2``, ``<r_pi, r_J>``, ``|r_J|^2``) per held-out sequence, the learned policy's residual
+    ``r_J`` placed as :func:`rest_min` places it (the policy's own is its analysis's ``residual_sq``): what the
+    residual bound takes. NaN where the two cannot be set side by side."""
+    r_j = placed(residual, actions, learned_residual, learned_actions)
+    if r_j is None:
+        return NAN, NAN, NAN
+    r_pi = np.asarray(residual, dtype=np.float64)
+    n = len(r_pi)
+    return float((r_pi * r_pi).sum()) / n, float((r_pi * r_j).sum()) / n, float((r_j * r_j).sum()) / n
+
+
+def placed(residual, actions, learned_residual, learned_actions) -> np.ndarray | None:
+    """The learned policy's residual (n_test, L, A') on the policy's actions (n_test, L, A), each of its
+    columns at the token its action is (the map commutes with the placement); None where another shape or
+    a learned action the policy lacks keeps them apart."""
     actions, learned_actions = [int(x) for x in actions], [int(x) for x in learned_actions]
     residual, learned_residual = np.asarray(residual), np.asarray(learned_residual)
     if residual.shape[:-1] != learned_residual.shape[:-1] or not set(learned_actions) <= set(actions):
-        return float("nan")
-    placed = np.zeros_like(residual, dtype=np.float64)
-    placed[..., [actions.index(x) for x in learned_actions]] = learned_residual
-    return rest_mass_min(residual, placed)
+        return None
+    out = np.zeros(residual.shape, dtype=np.float64)
+    out[..., [actions.index(x) for x in learned_actions]] = learned_residual
+    return out

@@ -116,10 +116,10 @@ class Verdict:
     below_bar: Interval = Interval()  # the resolution bar minus u_rw: > 0 where nearer a planted reweighting
     share_max: Interval = Interval()  # the largest composed share a mixture can hold and leave what it leaves
     share_max_drift: Interval = Interval()  # the same for a rest that drifts as the null's policy does
-    # the same two bounds with the pair's own learned composition in place of the Bayes joint-target
-    # policy (:mod:`.learned_bound`)
+    # the same two with the pair's learned composition as J (:mod:`.learned_bound`)
     share_max_learned: Interval = Interval()
     share_max_learned_drift: Interval = Interval()
+    share_max_learned_l2: Interval = Interval()  # the residual bound with it, for a rest no larger than the null's
     # the residual bound on the Bayes probabilities for a rest no larger than the null's (:mod:`.bounds`),
     # over the seeds whose policy allows that premise
     share_max_soft_drift: Interval = Interval()
@@ -131,6 +131,7 @@ class Verdict:
     # learned bound: fewer than min_seeds paired, or no composition on the pair)
     refuted_learned_sharp: float = NAN
     refuted_learned_drift: float = NAN
+    refuted_learned_l2: float = NAN
 
     @property
     def label(self) -> str:

@@ -18,9 +18,10 @@ of p_pre with their intervals, ``spec`` (how
 much more a random-init network's features leave unexplained than the pretrained ones: the readout's
 control) with its interval, ``share_max`` (the largest composed share the policy leaves room for,
 :func:`.resolution.composed_share_max`) with its interval, the other bounds (``share_max_drift``,
-``share_max_learned``, ``share_max_learned_drift``, ``share_max_soft_drift``) and the seeds refuting each
-premise (``refuted_sharp``, ``refuted_drift``, ``refuted_soft``, ``refuted_learned_sharp``,
-``refuted_learned_drift``: :mod:`.bounds`, :mod:`.learned_bound`), and the mean over seeds of each signal in
+``share_max_learned``, ``share_max_learned_drift``, ``share_max_learned_l2``, ``share_max_soft_drift``) and
+the seeds refuting each premise (``refuted_sharp``, ``refuted_drift``, ``refuted_soft``,
+``refuted_learned_sharp``, ``refuted_learned_drift``, ``refuted_learned_l2``: :mod:`.bounds`,
+:mod:`.learned_bound`, paired by :mod:`.learned_pairing`), and the mean over seeds of each signal in
 :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
 seeds as points.
 """
@@ -28,7 +29,6 @@ seeds as points.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 import pyarrow as pa
@@ -38,10 +38,8 @@ from rayexp.analysis import AnalysisResult, Params, analysis
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.bounds import Residuals
-from rayexp.studies.composition.composition_analysis import model_key, sample_of
-from rayexp.studies.composition.learned_bound import learned_bound, rest_min, same_fit
-from rayexp.studies.composition.stream_setup import task_of
-from rayexp.studies.composition.verdict import COMPOSITION, Interval, Thresholds, decide
+from rayexp.studies.composition.learned_pairing import with_learned
+from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 
 #: table column -> key of the per-trial composition analysis
 SIGNALS = {
@@ -171,20 +169,6 @@ def _is_null(artifacts) -> bool:
     return bool(artifacts.env_config.get("shuffle_reward"))
 
 
-def _fit_key(artifacts, signals: dict[str, float]) -> tuple:
-    """(model key, sample, resolution, n_actions): what :func:`.learned_bound.same_fit` pairs trials by. The
-    model is the one the analysis read p_pre from (the trial's start, else its pretraining), None where
-    unknown; the sample is the composition analysis's (n_seq, seed), which a resolution clamped at its floor
-    (a near-exact model) would not tell apart."""
-    key = model_key(artifacts)
-    env = artifacts.env_config
-    try:
-        n_actions = len(task_of(env, artifacts.stream())[0].action_tokens)
-    except (KeyError, ValueError):  # a reward the composition analysis does not score either
-        n_actions = None
-    return key, sample_of(artifacts.config), signals["resolution"], n_actions
-
-
 def _context(t: dict[str, float]) -> dict[str, Interval]:
     def iv(col: str) -> Interval:
         return Interval(t[col], t[f"{col}_ci_low"], t[f"{col}_ci_high"])
@@ -223,7 +207,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
     trials: dict[tuple[str, str], dict[int, object]] = {}  # the artifacts, for the learned bound's pairing
     nulls: dict[str, dict[int, dict[str, float]]] = {}
     null_cells: set[tuple[str, str]] = set()
-    null_tv: dict[tuple[str, str], list[float] | None] = {}  # the null's mass per seed, paired with each task's
+    paired_null: dict[tuple[str, str], dict | None] = {}  # the null's columns, paired with each task's seeds
     for a in group:
         process, task = process_label(a.config["process"]), a.config["task"]["name"]
         signals = trial_signals(a, params.analysis)
@@ -273,52 +257,10 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
             ),
         )
         out.append((process, task, v, col))
-        null_tv[(process, task)] = tv[2]
-    composing = [(p, t) for p, t, w, _ in out if w.code == COMPOSITION and (p, t) not in null_cells]
-    try:
-        return [_with_learned(row, composing, cells, trials, null_tv, th, params.analysis) for row in out]
-    finally:
-        _kept.cache_clear()  # let the arrays go with the verdict
-
-
-def _with_learned(row, composing, cells, trials, null_tv, th: Thresholds, name: str):
-    """``row`` with its bounds against its pair's learned composition: the first task (by name) of the same
-    process called composition, other than ``row``'s own and never a null (a null called composition is the
-    detector's failure, not a composition to measure by), paired by seed where both fits are one, with its
-    premise checked on the residuals the two trials' ``name`` analyses stored."""
-    process, task, v, col = row
-    learned = [t for p, t in composing if p == process and t != task]
-    if not learned:
-        return row
-    seeds = sorted(cells[(process, task)])
-    ref, mine = (process, learned[0]), (process, task)
-
-    def paired(s: int) -> bool:  # built only here: a pair with no composition verdict never builds its stream
-        return s in cells[ref] and same_fit(
-            _fit_key(trials[ref][s], cells[ref][s]), _fit_key(trials[mine][s], cells[mine][s])
-        )
-
-    ok = {s: paired(s) for s in seeds}
-    tv_learned = [cells[ref][s]["unexplained_tv_reweighting"] if ok[s] else np.nan for s in seeds]
-    least = [_rest_min(trials[mine][s], trials[ref][s], name) if ok[s] else np.nan for s in seeds]
-    m_pi, m_sharp = col["unexplained_tv_reweighting"], col["unexplained_tv_planted_sharp"]
-    v = learned_bound(v, m_pi, m_sharp, null_tv[(process, task)], tv_learned, learned[0], th, least_rest=least)
-    return process, task, v, col
-
-
-@functools.cache
-def _kept(artifacts, name: str) -> dict | None:
-    """A trial's kept arrays, read once per verdict: a learned policy's are paired with every task of its pair."""
-    return artifacts.analysis_arrays(name)
-
-
-def _rest_min(mine, learned, name: str) -> float:
-    """:func:`.learned_bound.rest_min` from the two trials' stored residuals; NaN where either kept none (or
-    they are on different held-out sets)."""
-    a, b = _kept(mine, name), _kept(learned, name)
-    if not a or not b or "residual_post" not in a or "residual_post" not in b:
-        return float("nan")
-    return rest_min(a["residual_post"], a["action_tokens"], b["residual_post"], b["action_tokens"])
+        paired_null[(process, task)] = None if ref is None else {
+            k: _null_of(ref, seeds, k) for k in ("unexplained_tv_reweighting", "residual_sq")
+        }  # fmt: skip
+    return with_learned(out, null_cells, cells, trials, paired_null, th, params.analysis)
 
 
 @analysis("verdict", params=VerdictParams, scope="sweep")
@@ -359,13 +301,14 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
                     "share_max_drift",
                     "share_max_learned",
                     "share_max_learned_drift",
+                    "share_max_learned_l2",
                     "share_max_soft_drift",
                 )
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
             **{
                 f"refuted_{p}": getattr(v, f"refuted_{p}")
-                for p in ("sharp", "drift", "soft", "learned_sharp", "learned_drift")
+                for p in ("sharp", "drift", "soft", "learned_sharp", "learned_drift", "learned_l2")
             },
             **{c: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for c, x in col.items()},
         }
