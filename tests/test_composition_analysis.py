@@ -394,7 +394,7 @@ def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stor
     def trials(rows, task, reward, null=False, arrays=None, sq=np.nan):
         out = []
         for s, r in enumerate(rows):
-            t = FakeTrial(reward, {"m": 3} if reward == "joint_target" else {}, stored_metrics=dict(zip(keys, (*r, sq))),
+            t = FakeTrial(reward, {"m": 3} if reward == "joint_target" else {}, stored_metrics=dict(zip(keys, (*r, sq[s] if np.ndim(sq) else sq))),
                           seed=s, task=task, null=null, arrays=arrays(s) if arrays else None)  # fmt: skip
             t.pretrain_key = f"pre{s}"
             out.append(t)
@@ -431,6 +431,32 @@ def test_the_verdict_checks_the_learned_premise_on_the_residuals_the_trials_stor
         "no mixture of pos's learned composition and a rest whose residual is no larger than the null's gives this "
         "policy on 1/3 seeds, so that bound is not stated" in row["reason"]
     )
+    # a learned policy that leaves the map something, and a null whose size differs by seed: the bound is each
+    # seed's share_max_of on the products of the task's residual with the learned one placed on its tokens
+    learned = np.zeros((*shape, len(joint)))
+    learned[..., 0], learned[..., 2] = 0.01, -0.01
+    placed = np.zeros((*shape, len(tokens)))
+    placed[..., [tokens.index(x) for x in joint]] = learned
+    sq_null = (2e-3, 9e-3, 1.5e-3)
+    pos2 = trials(
+        [(0.95, 0.8, 0.9, -0.6, 0.9, m, 0.5, 0.01, r) for m, r in zip((0.55, 0.56, 0.58), res)], "pos", "joint_target",
+        arrays=lambda s: {"residual_post": learned, "action_tokens": np.array(joint)},
+    )  # fmt: skip
+    null2 = trials(
+        [(0.6, 0.6, 0.0, -0.3, 0.9, 0.24, 0.3, 0.01, r) for r in res], "null", "joint_target", True, sq=sq_null
+    )
+    table = verdict(null2 + pos2 + neg, VerdictParams()).tables["verdict"].to_pydict()
+    row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+    each = []
+    for s, q in enumerate(sq_null):
+        r = spread * masses[s]
+        each.append(projection.share_max_of((r * r).sum(), (r * placed).sum(), (placed * placed).sum(), np.sqrt(q * 4)))
+    assert row["refuted_learned_l2"] == 0 and row["share_max_learned_l2"] == pytest.approx(np.mean(each), rel=1e-9)
+    # without a null there is no reference rest: no residual bound against the learned policy
+    table = verdict(pos2 + neg, VerdictParams()).tables["verdict"].to_pydict()
+    row = {k: v[table["task"].index("neg")] for k, v in table.items()}
+    assert np.isfinite(row["share_max_learned"]) and np.isnan(row["share_max_learned_l2"])
+    assert np.isnan(row["refuted_learned_l2"]) and "residual is no larger" not in row["reason"]
 
 
 def test_the_verdict_bounds_each_task_by_its_pairs_learned_composition_on_the_same_fit():

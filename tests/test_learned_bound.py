@@ -189,7 +189,7 @@ def test_the_residual_bound_against_the_learned_policy_holds_for_a_mixture_and_i
     out = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*mix, sq_sharp))
     assert out.refuted_learned_l2 == 0 and out.share_max_learned_l2 == each
     assert (
-        "it acts as pc's learned composition at most 0.25 of the time for a rest whose residual is no larger "
+        "it acts as pc's learned composition at most 0.25 of the time, for a rest whose residual is no larger "
         "than the null's (0.25 [0.25, 0.25])" in out.reason
     )
     refuted = learned_bound(v, tv["drift"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*drifts, sq_sharp))
@@ -202,7 +202,20 @@ def test_the_residual_bound_against_the_learned_policy_holds_for_a_mixture_and_i
     fewer = [np.append(x[:2], np.nan) for x in mix]
     some = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*fewer, sq_sharp))
     assert some.share_max_learned_l2 == residual_bound(*fewer, sq_sharp)[0]
-    assert "(0.25 [0.25, 0.25], on the 2/3 seeds that kept their residual)" in some.reason
+    assert "(0.25 [0.25, 0.25]; checked on 2/3 seeds: no residual kept, or not on one held-out set on the others)" in (
+        some.reason
+    )
+    # too few checked to state it: said not checked, unless the mass bound's note already says which seeds
+    one = [np.append(x[:1], [np.nan, np.nan]) for x in mix]
+    few = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", least_rest=tv_sharp, l2=(*one, sq_sharp))
+    assert few.reason.endswith("; the residual bound against pc's learned composition not checked (no residual kept, "
+                               "or not on one held-out set)")  # fmt: skip
+    assert (
+        "not checked"
+        not in learned_bound(
+            v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", least_rest=[np.nan] * 3, l2=(*one, sq_sharp)
+        ).reason.split("(that premise not checked on 3/3 seeds")[1]
+    )
     # without a null there is no reference rest: no L2 bound, and the verdict's other bounds as they were
     none = learned_bound(v, tv["mix"], tv_sharp, None, tv_learned, "pc", l2=(*mix, None))
     assert np.isnan(none.share_max_learned_l2.mean) and np.isnan(none.refuted_learned_l2)

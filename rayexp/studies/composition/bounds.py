@@ -28,6 +28,7 @@ from rayexp.studies.composition import resolution
 from rayexp.studies.composition.projection import share_max_of
 
 NAN = float("nan")
+L2_REST = "a rest whose residual is no larger than the null's"  # the residual bounds' premise, in a reason
 REL_TOL, ABS_TOL = 1e-9, 1e-12  # rounding in a mass summed over ~1e5 entries is ~1e-13 of it
 
 
@@ -146,14 +147,18 @@ def clauses(
             f"{sharp}{drift})"
         )
     soft_k, soft_n = counts.get("soft", (0, 0))
-    if soft_k:  # as the mass bounds: a premise some seed's policy refutes states no bound over the others
-        out += (
-            f"; no mixture of the Bayes probabilities and a rest whose residual is no larger than the null's gives "
-            f"this policy on {soft_k}/{soft_n} seeds, so that bound is not stated"
-        )
-    elif soft.hi < 1:
-        out += (
-            f"; it acts as the Bayes probabilities (a soft composition) at most {soft.hi:.2f} of the time, for a "
-            f"rest whose residual is no larger than the null's ({soft})"
-        )
-    return out
+    return out + l2_clause(
+        soft, soft_k, soft_n, "the Bayes probabilities", "the Bayes probabilities (a soft composition)"
+    )
+
+
+def l2_clause(bound: Interval, k: int, n: int, j: str, called: str | None = None, note: str = "") -> str:
+    """The residual bound's clause, for a rest no larger than the null's and the composition ``j`` (``called``
+    where the bound is stated): where ``k`` of ``n`` seeds' policies refute its premise, that, and no bound (as
+    the mass bounds: a premise some seed refutes states no bound over the others); else the bound where it
+    bounds anything (``note`` inside its parentheses); else nothing (NaN compares False)."""
+    if k:
+        return f"; no mixture of {j} and {L2_REST} gives this policy on {k}/{n} seeds, so that bound is not stated"
+    if bound.hi < 1:
+        return f"; it acts as {called or j} at most {bound.hi:.2f} of the time, for {L2_REST} ({bound}{note})"
+    return ""

@@ -37,11 +37,9 @@ import dataclasses
 
 import numpy as np
 
-from rayexp.studies.composition.bounds import refuted, residual_bound, share_bound
-from rayexp.studies.composition.projection import rest_mass_min
+from rayexp.studies.composition.bounds import NAN, l2_clause, refuted, residual_bound, share_bound
+from rayexp.studies.composition.projection import products, rest_mass_min
 from rayexp.studies.composition.verdict import COMPOSITION, Thresholds, Verdict
-
-NAN = float("nan")
 
 
 def same_fit(a: tuple, b: tuple) -> bool:
@@ -78,7 +76,7 @@ def learned_bound(
     th = th or Thresholds()
     learned = share_bound(tv_policy, tv_sharp, tv_learned, th.min_seeds, th.ci)
     drift = share_bound(tv_policy, tv_null, tv_learned, th.min_seeds, th.ci)
-    if not np.isfinite(learned.mean):
+    if not np.isfinite(learned.mean):  # fewer than min_seeds paired: no bound of either measure
         return v
     paired = np.isfinite(np.asarray(tv_learned, dtype=np.float64))
     least = np.full(paired.shape, np.nan) if least_rest is None else np.asarray(least_rest, dtype=np.float64)
@@ -116,7 +114,8 @@ def learned_bound(
         ]
         if which:
             reason += f"; against {against} this policy refutes the premise of {' and of '.join(which)}"
-        reason += _l2_clause(l2_bound, k_l2, n_l2, int(paired.sum()), against)
+        noted = (sharp_ok or drift_ok) and unchecked  # the note above said which seeds lack residuals
+        reason += _l2_clause(l2_bound, k_l2, n_l2, int(paired.sum()), against, th.min_seeds, noted)
     return dataclasses.replace(
         v,
         reason=reason,
@@ -124,22 +123,22 @@ def learned_bound(
         share_max_learned_drift=drift,
         refuted_learned_sharp=float(k_sharp) if n_sharp else float("nan"),
         refuted_learned_drift=float(k_drift) if n_drift else float("nan"),
-        share_max_learned_l2=l2_bound or v.share_max_learned_l2,
+        share_max_learned_l2=v.share_max_learned_l2 if l2_bound is None else l2_bound,
         refuted_learned_l2=float(k_l2) if n_l2 else NAN,
     )
 
 
-def _l2_clause(bound, k: int, n: int, paired: int, against: str) -> str:
-    """What the residual bound against the learned J adds to a reason: the bound where no seed's policy refutes
-    its premise (and on how many of the paired seeds it was checked, where not all kept residuals), else on
-    how many seeds one does."""
-    rest = "a rest whose residual is no larger than the null's"
-    if k:
-        return f"; no mixture of {against} and {rest} gives this policy on {k}/{n} seeds, so that bound is not stated"
-    if bound is None or not bound.hi < 1:  # (NaN: fewer than min_seeds checked)
+def _l2_clause(bound, k: int, n: int, paired: int, against: str, min_seeds: int, noted: bool) -> str:
+    """The residual bound against the learned J (:func:`.bounds.l2_clause`), saying on how many of the ``paired``
+    seeds it was checked where not all (``n``); where too few were to state it, that it was not checked,
+    unless the mass bounds' note already said so (``noted``). Nothing without a null (``bound`` None)."""
+    if bound is None:
         return ""
-    fewer = f", on the {n}/{paired} seeds that kept their residual" if n < paired else ""
-    return f"; it acts as {against} at most {bound.hi:.2f} of the time for {rest} ({bound}{fewer})"
+    why = "no residual kept, or not on one held-out set"
+    if not k and n < min_seeds:
+        return "" if noted or not paired else f"; the residual bound against {against} not checked ({why})"
+    note = f"; checked on {n}/{paired} seeds: {why} on the others" if n < paired else ""
+    return l2_clause(bound, k, n, against, note=note)
 
 
 def rest_min(residual: np.ndarray, actions, learned_residual: np.ndarray, learned_actions) -> float:
@@ -156,11 +155,7 @@ def inner_products(residual, actions, learned_residual, learned_actions) -> tupl
     ``r_J`` placed as :func:`rest_min` places it (the policy's own is its analysis's ``residual_sq``): what the
     residual bound takes. NaN where the two cannot be set side by side."""
     r_j = placed(residual, actions, learned_residual, learned_actions)
-    if r_j is None:
-        return NAN, NAN, NAN
-    r_pi = np.asarray(residual, dtype=np.float64)
-    n = len(r_pi)
-    return float((r_pi * r_pi).sum()) / n, float((r_pi * r_j).sum()) / n, float((r_j * r_j).sum()) / n
+    return (NAN,) * 3 if r_j is None else tuple(x / len(r_j) for x in products(residual, r_j))
 
 
 def placed(residual, actions, learned_residual, learned_actions) -> np.ndarray | None:

@@ -8,12 +8,11 @@ import functools
 
 import numpy as np
 
+from rayexp.studies.composition.bounds import NAN
 from rayexp.studies.composition.composition_analysis import model_key, sample_of
 from rayexp.studies.composition.learned_bound import inner_products, learned_bound, rest_min, same_fit
 from rayexp.studies.composition.stream_setup import task_of
 from rayexp.studies.composition.verdict import COMPOSITION, Thresholds
-
-NAN = float("nan")
 
 
 def fit_key(artifacts, signals: dict[str, float]) -> tuple:

@@ -118,13 +118,17 @@ def trial_bounds(r_pi: np.ndarray, planted: dict[str, np.ndarray]) -> dict[str, 
     (so a rest's size can come from another trial on the same sequences: the verdict's drifting rest), the
     residual bound for a rest no larger than the planted sharp reweighting's (``share_max_{j}``, NaN where
     the policy refutes that premise), and :func:`rest_mass_min` against the Bayes argmax."""
-    r_pi = np.asarray(r_pi, dtype=np.float64)
-    n, pp, norm_sharp = len(r_pi), float((r_pi * r_pi).sum()), norm(planted["r_sharp"])
-    out = {"sq": pp / n}
+    n, norm_sharp = len(r_pi), norm(planted["r_sharp"])
+    out = {}
     for j in ("composed", "soft"):
-        r_j = np.asarray(planted[f"r_{j}"], dtype=np.float64)
-        pj = float((r_pi * r_j).sum())
-        out[f"dot_{j}"] = pj / n
-        out[f"share_max_{j}"] = share_max_of(pp, pj, float((r_j * r_j).sum()), norm_sharp)
+        pp, pj, jj = products(r_pi, planted[f"r_{j}"])
+        out["sq"], out[f"dot_{j}"] = pp / n, pj / n
+        out[f"share_max_{j}"] = share_max_of(pp, pj, jj, norm_sharp)
     out["rest_min"] = rest_mass_min(r_pi, planted["r_composed"])
     return out
+
+
+def products(r_pi: np.ndarray, r_j: np.ndarray) -> tuple[float, float, float]:
+    """(``|r_pi|^2``, ``<r_pi, r_j>``, ``|r_j|^2``) over the held-out set: what :func:`share_max_of` takes."""
+    r_pi, r_j = np.asarray(r_pi, dtype=np.float64), np.asarray(r_j, dtype=np.float64)
+    return float((r_pi * r_pi).sum()), float((r_pi * r_j).sum()), float((r_j * r_j).sum())
