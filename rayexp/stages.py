@@ -28,6 +28,7 @@ from rayexp import ppo_state, probes, registry
 from rayexp.analysis import reporting_progress
 from rayexp.cache import PretrainCache
 from rayexp.context import TrialContext
+from rayexp.machine import machine_tags
 from rayexp.resolved import ResolvedTrial
 from rayexp.rollouts import collect
 from rayexp.specs import build_process
@@ -106,6 +107,7 @@ def pretrain(ctx: TrialContext) -> None:
         )
         (out / "history.json").write_text(json.dumps([dict(h) for h in result.history]))
         meta = {"key": ctx.pretrain_key, "process": ctx.trial.process, "model": ctx.model_cfg.model_dump()}
+        meta["machine"] = machine_tags(ctx.pre_cfg.device)  # a cache hit's trial ran elsewhere: where it trained
         (out / "meta.json").write_text(json.dumps(meta | {"pretrain": ctx.pretrain_determining}))
 
     _, hit = PretrainCache(ctx.storage_path).get_or_create(ctx.pretrain_key, build, ctx.workdir, heartbeat(ctx))
@@ -115,8 +117,12 @@ def pretrain(ctx: TrialContext) -> None:
         for row in ctx.artifacts.store.read_json(f"pretrain_cache/{ctx.pretrain_key}/history.json"):
             report.metrics({f"pretrain/{k}": v for k, v in row.items() if k != "step"}, row.get("step", 0))
     if report.run is not None:
+        trained_on = ctx.artifacts.store.read_json(f"pretrain_cache/{ctx.pretrain_key}/meta.json").get("machine", {})
         report.run.set_tags(
             {
+                # entries cached before the machine was recorded say so
+                "rayexp.pretrain_cpu": trained_on.get("rayexp.cpu", "not recorded"),
+                "rayexp.pretrain_cpu_bf16": trained_on.get("rayexp.cpu_bf16", "not recorded"),
                 "rayexp.pretrain_key": ctx.pretrain_key,
                 "rayexp.pretrain_cache": "hit" if hit else "miss",
                 "rayexp.pretrain_precision": ctx.pretrain_determining["precision"],  # auto, resolved

@@ -32,6 +32,7 @@ from rayexp import tracking
 from rayexp.artifacts import TrialArtifacts
 from rayexp.config import flatten, load_points
 from rayexp.context import Reporter, StageState, TrialContext, trial_device
+from rayexp.machine import machine_tags
 from rayexp.ray_local import start_local_ray
 from rayexp.resolved import ResolvedTrial
 from rayexp.settings import TrialConfig
@@ -121,6 +122,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, float]:
                 "rayexp.device": device,  # a tag, not a metric: where it ran is no result of the trial
                 "rayexp.gpu": gpu,
             }
+            | machine_tags(device)  # what a non-reproduction is traced by (docs/reproducibility.md)
         )
 
     workdir = Path(tempfile.mkdtemp(prefix="rayexp-trial-"))

@@ -71,6 +71,7 @@ RAYEXP_LAYERS = [
         "rayexp.tracking",
         "rayexp.ray_local",
         "rayexp.console",
+        "rayexp.machine",
         "rayexp.safe_yaml",
         "rayexp.weights",
         "rayexp.ppo_state",

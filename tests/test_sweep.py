@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from rayexp import tracking
+from rayexp.machine import machine_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXTURE = {"name": "mixture", "components": [{"name": "mess3", "x": 0.05, "a": 0.85}, {"name": "rrxor"}]}
@@ -105,10 +106,15 @@ def test_parallel_trials_land_in_mlflow_and_share_one_pretraining(workdir):
     parent = tracking.client(uri).get_run(outcome.parent_run_id)
     assert parent.data.tags["rayexp.kind"] == "sweep" and parent.info.status == "FINISHED"
     assert "git.sha" in parent.data.tags and parent.data.tags["git.dirty"] in ("true", "false")
+    machine = machine_tags("cpu")  # the trials ran here, on the CPU
     for run in runs:
         task = run.data.tags["rayexp.task"]
         assert run.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
         assert run.info.status == "FINISHED"
+        assert {k: run.data.tags.get(k) for k in machine} == machine
+        # the hit's pretraining was the miss's: the machine that trained it, recorded in the cache entry
+        assert run.data.tags["rayexp.pretrain_cpu_bf16"] == machine["rayexp.cpu_bf16"]
+        assert run.data.tags["rayexp.pretrain_cpu"] == machine["rayexp.cpu"]
         assert run.info.run_name == f"{task} s0 mixture(mess3,rrxor)"  # what tells trials apart first
         m = run.data.metrics
         for key in (
