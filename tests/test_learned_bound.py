@@ -202,14 +202,15 @@ def test_the_residual_bound_against_the_learned_policy_holds_for_a_mixture_and_i
     fewer = [np.append(x[:2], np.nan) for x in mix]
     some = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", l2=(*fewer, sq_sharp))
     assert some.share_max_learned_l2 == residual_bound(*fewer, sq_sharp)[0]
-    assert "(0.25 [0.25, 0.25]; checked on 2/3 seeds: no residual kept, or not on one held-out set on the others)" in (
-        some.reason
+    assert (
+        "(0.25 [0.25, 0.25]; checked on 2/3 seeds, the others having a residual, the policy's, the learned one's "
+        "or the null's, not kept or not on one held-out set)" in some.reason
     )
     # too few checked to state it: said not checked, unless the mass bound's note already says which seeds
     one = [np.append(x[:1], [np.nan, np.nan]) for x in mix]
     few = learned_bound(v, tv["mix"], tv_sharp, tv_sharp, tv_learned, "pc", least_rest=tv_sharp, l2=(*one, sq_sharp))
-    assert few.reason.endswith("; the residual bound against pc's learned composition not checked (no residual kept, "
-                               "or not on one held-out set)")  # fmt: skip
+    assert few.reason.endswith("; the residual bound against pc's learned composition not checked (a residual, the "
+                               "policy's, the learned one's or the null's, not kept or not on one held-out set)")  # fmt: skip
     assert (
         "not checked"
         not in learned_bound(

@@ -134,10 +134,10 @@ def _l2_clause(bound, k: int, n: int, paired: int, against: str, min_seeds: int,
     unless the mass bounds' note already said so (``noted``). Nothing without a null (``bound`` None)."""
     if bound is None:
         return ""
-    why = "no residual kept, or not on one held-out set"
+    why = "a residual, the policy's, the learned one's or the null's, not kept or not on one held-out set"
     if not k and n < min_seeds:
         return "" if noted or not paired else f"; the residual bound against {against} not checked ({why})"
-    note = f"; checked on {n}/{paired} seeds: {why} on the others" if n < paired else ""
+    note = f"; checked on {n}/{paired} seeds, the others having {why}" if n < paired else ""
     return l2_clause(bound, k, n, against, note=note)
 
 
