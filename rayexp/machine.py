@@ -64,3 +64,25 @@ def machine_tags(device: str = "cpu", cpuinfo: Path = Path("/proc/cpuinfo")) -> 
         except Exception as e:  # noqa: BLE001 (a driver error must not fail the trial over a tag)
             logger.warning("GPU name not read: %s", e)
     return tags
+
+
+def summary(tags: list[dict[str, str]]) -> list[str]:
+    """Lines for a report: each distinct machine setting among trial runs' ``tags`` (the pretraining's CPU and
+    bf16 instructions and precision, then where the trial ran and its torch), with how many trials; a
+    warning first where there is more than one, since their numbers can differ beyond seed noise."""
+    keys = (
+        ("pretrained on", "rayexp.pretrain_cpu"),
+        ("bf16 instructions", "rayexp.pretrain_cpu_bf16"),
+        ("precision", "rayexp.pretrain_precision"),
+        ("ran on", "rayexp.cpu"),
+        ("torch", "rayexp.torch"),
+    )
+    counts: dict[str, int] = {}
+    for t in tags:
+        line = ", ".join(f"{label} {t.get(key, 'not recorded')}" for label, key in keys)
+        counts[line] = counts.get(line, 0) + 1
+    lines = [f"machine: {n} trial{'' if n == 1 else 's'} {line}" for line, n in counts.items()]
+    if len(counts) > 1:
+        lines.insert(0, f"warning: these trials come from {len(counts)} machine settings; between them numbers can "
+                        "differ beyond seed noise (docs/reproducibility.md)")  # fmt: skip
+    return lines

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rayexp import tracking
+from rayexp import machine, tracking
 from rayexp.config import SweepError
 from rayexp.registry import STUDIES
 from rayexp.registry import SUMMARY_COLUMNS as KEY_METRICS
@@ -112,6 +112,8 @@ def report(experiment: str, out_dir: str | None = None, parent: str | list[str] 
     parent = parents[0]
     sweeps = f"sweep run {parent}" if len(parents) == 1 else f"sweep runs {', '.join(parents)}"
     print(f"experiment {experiment!r}, {sweeps}, {len(rows)} trials ({uri})", file=file)
+    for line in machine.summary([run.data.tags for run in runs]):
+        print(line, file=file)
     print(format_table(rows), file=file)
     out = Path(out_dir or f"report_{experiment}")
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rayexp.machine import machine_tags, parse_cpuinfo
+from rayexp.machine import machine_tags, parse_cpuinfo, summary
 
 SAPPHIRE = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -38,3 +38,25 @@ def test_tags_tell_a_bf16_machine_from_one_without(tmp_path):
 def test_an_unreadable_cpuinfo_says_unknown_not_none(tmp_path):
     tags = machine_tags(cpuinfo=tmp_path / "missing")
     assert tags["rayexp.cpu_bf16"] == "unknown" and tags["rayexp.cpu"]
+
+
+def test_a_report_says_which_machines_its_trials_come_from_and_warns_when_several():
+    here = {"rayexp.pretrain_cpu": "AMD EPYC", "rayexp.pretrain_cpu_bf16": "avx512_bf16",
+            "rayexp.pretrain_precision": "bf16", "rayexp.cpu": "AMD EPYC", "rayexp.torch": "2.13.0+cpu"}  # fmt: skip
+    one = summary([here, dict(here)])
+    assert one == [
+        (
+            "machine: 2 trials pretrained on AMD EPYC, bf16 instructions avx512_bf16, precision bf16, ran on AMD EPYC, "
+            "torch 2.13.0+cpu"
+        )
+    ]
+    # a run stored before the tags, pooled with one after: two settings, and the warning first
+    old = {"rayexp.pretrain_precision": "fp32"}
+    lines = summary([here, old, here])
+    assert lines[0].startswith("warning: these trials come from 2 machine settings")
+    assert lines[1].startswith("machine: 2 trials pretrained on AMD EPYC")
+    assert lines[2] == (
+        "machine: 1 trial pretrained on not recorded, bf16 instructions not recorded, precision fp32, ran on not "
+        "recorded, torch not recorded"
+    )
+    assert summary([]) == []
