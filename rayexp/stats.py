@@ -47,6 +47,14 @@ def paired_bootstrap_ci(
     return bootstrap_ci(b - a, n_boot=n_boot, ci=ci, seed=seed)
 
 
+def paired_mean(before, after) -> float:
+    """:func:`paired_bootstrap_ci`'s point estimate without its resampling: the mean of ``after - before``
+    over the pairs whose members are both finite; NaN without any."""
+    d = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    return float(np.mean(d)) if d.size else float("nan")
+
+
 # A ratio of means r = mean(num) / mean(den) (the composition margin, the interaction share) is not a
 # mean of per-unit values, so a bootstrap cannot resample it directly. Its linearisation (the delta
 # method) u_i = r + (num_i - r * den_i) / mean(den) has mean(u) = r exactly and the same first-order

@@ -1,4 +1,5 @@
-"""The exact sign-flip test (rayexp.stats.sign_flip_p) against brute-force enumeration of sign patterns."""
+"""The exact sign-flip test (rayexp.stats.sign_flip_p) against brute-force enumeration of sign patterns, and
+the paired mean against the paired bootstrap's point estimate."""
 
 import itertools
 import math
@@ -6,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rayexp.stats import sign_flip_p
+from rayexp.stats import paired_bootstrap_ci, paired_mean, sign_flip_p
 
 
 def _brute(x: np.ndarray) -> float:
@@ -29,3 +30,12 @@ def test_sign_flip_p_floor_and_edges():
     assert sign_flip_p([0.3, 0.5, 0.4, 0.2, 0.6]) == pytest.approx(0.0625)
     assert sign_flip_p([0.3, -0.5, math.nan, 0.4]) == pytest.approx(_brute(np.array([0.3, -0.5, 0.4])))
     assert math.isnan(sign_flip_p([math.nan]))
+
+
+def test_paired_mean_is_the_paired_bootstraps_point_without_resampling():
+    rng = np.random.default_rng(3)
+    before, after = rng.normal(size=40), rng.normal(size=40) + 0.3
+    before[[2, 7]], after[11] = np.nan, np.inf  # pairs with a non-finite member drop out together
+    assert paired_mean(before, after) == paired_bootstrap_ci(before, after)[0]
+    assert paired_mean(before, after) == np.mean(np.delete(after - before, [2, 7, 11]))
+    assert np.isnan(paired_mean([np.nan], [1.0]))
