@@ -58,8 +58,8 @@ def lookup_keys(tokens: np.ndarray, k: int, pad: int) -> np.ndarray:
     return np.stack([padded[:, j + 1 : j + 1 + L] for j in range(k)], axis=-1)  # (N, L, k)
 
 
-def lookup_reward(keys: np.ndarray, P: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """Held-out reward (n_test, L) of the lookup table fitted on ``train`` sequences.
+def lookup_actions(keys: np.ndarray, P: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(N, L) the action the lookup table fitted on ``train`` sequences takes at every context.
 
     ``keys`` (N, L, k) from :func:`lookup_keys`, ``P`` (N, L, A). The table maps each key seen in
     training to the action with the largest summed P there (the expected-reward maximiser for that
@@ -76,7 +76,12 @@ def lookup_reward(keys: np.ndarray, P: np.ndarray, train: np.ndarray, test: np.n
     seen[inv[train].ravel()] = True
     fallback = int(P[train].reshape(-1, A).sum(axis=0).argmax())
     table = np.where(seen, sums.argmax(axis=1), fallback)  # (n_keys,)
-    action = table[inv[test]]  # (n_test, L)
+    return table[inv]
+
+
+def lookup_reward(keys: np.ndarray, P: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Held-out reward (n_test, L) of the lookup table fitted on ``train`` sequences (:func:`lookup_actions`)."""
+    action = lookup_actions(keys, P, train)[test]  # (n_test, L)
     return np.take_along_axis(P[test], action[..., None], axis=-1)[..., 0]
 
 
