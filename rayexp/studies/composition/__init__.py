@@ -68,6 +68,7 @@ STUDY = Study(
                 "share_max_learned_hi",
                 "share_max_learned_l2_hi",
                 "share_max_soft_drift_hi",
+                "beyond_lookup",
                 # beside each bound, on how many seeds its policy refutes the premise (the reason then withholds it)
                 "refuted_sharp",
                 "refuted_drift",

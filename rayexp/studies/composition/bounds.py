@@ -119,6 +119,7 @@ def clauses(
     soft: Interval,
     counts: dict[str, tuple[int, int]],
     visible: bool,
+    n_seeds: int = 0,
 ) -> str:
     """What a verdict other than composition adds about how often the policy can be composed: the mass bounds
     (``most``: a rest resolved as sharpened p_pre, ``drifting``: one that drifts as the null's) where the first
@@ -127,7 +128,8 @@ def clauses(
     ``soft``), else saying so; the drifting bound on its own where the sharp premise is refuted. Nothing where
     the joint-target policy is not ``visible`` to the fit (a product, whose joint target is nearly a map of
     p_pre): acting as it is no composition there, and the residual bound then only says how much of the policy's
-    residual the rest must carry."""
+    residual the rest must carry. A mass bound stated where its premise was checked on fewer than ``n_seeds``
+    seeds (none: no ``rest_min`` logged) says so, as the learned bounds do."""
     if not visible:
         return ""
     out = ""
@@ -144,12 +146,18 @@ def clauses(
         drift = f"; at most {drifting.hi:.2f} for {drifts} ({drifting})" if drift_stated else drift_refuted
         out += (
             f"; it holds the joint-target policy at most {most.hi:.2f} of the time (high end of {most}, for "
-            f"{sharp}{drift})"
+            f"{sharp}{drift}){_unchecked(sharp_n, n_seeds)}"
         )
     soft_k, soft_n = counts.get("soft", (0, 0))
     return out + l2_clause(
         soft, soft_k, soft_n, "the Bayes probabilities", "the Bayes probabilities (a soft composition)"
     )
+
+
+def _unchecked(checked: int, n_seeds: int) -> str:
+    if checked == 0:
+        return "; its premises not checked (no rest_min logged)"
+    return f"; its premises checked on {checked}/{n_seeds} seeds" if checked < n_seeds else ""
 
 
 def l2_clause(bound: Interval, k: int, n: int, j: str, called: str | None = None, note: str = "") -> str:

@@ -31,7 +31,7 @@ over seeds, 95 %)::
     explained(class)    = CI_high(d) < tol  and  CI_high(u) < u_max
     unexplained(class)  = CI_low(d) > tol
     from_pretraining    = CI_low(spec) > tol        generic = CI_high(spec) < tol
-    resolved            = CI_low(below_bar) > 0  or  mean(u_composed) < u_max
+    resolved            = CI_low(below_bar) > 0  or  CI_high(u_composed) < u_max
     earned              = not CI_high(shortfall) >= shortfall_min   (the map earns the policy's reward)
     reweighting    if explained(reweighting) and earned and resolved
     elicitation    elif explained(elicitation) and from_pretraining
@@ -41,7 +41,8 @@ over seeds, 95 %)::
 
 Without ``shortfall`` (trials that logged none) that test is skipped, and a composition reason says so; a
 shortfall finite on one seed of several has no interval and shows no composition. ``resolved`` is skipped
-without ``below_bar`` (trials logged before it), and the reason says so. ``shortfall`` is also NaN where one
+without ``below_bar`` (trials logged before it), and the reason says so; a bar finite on one seed of
+several has no interval and resolves nothing (inconclusive unless the readout explains the policy). ``shortfall`` is also NaN where one
 factor per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
 explained but not ``earned`` or not ``resolved`` is inconclusive unless the readout explains it
 (elicitation). ``earned`` exists because the bar and the map's share count probability mass: a policy
@@ -49,12 +50,8 @@ that acts as a *soft* joint-target policy (the Bayes probabilities themselves) a
 leaves a map of p_pre little more than a sharp reweighting does, and the battery's Mess3 interleaves
 called it reweighting, though its choices earned 0.45 of the composing margin beyond the map's.
 
-A policy that barely leaves its position-only policy (``kl_position``, the mean over seeds of its KL
-from that policy per step, below ``kl_still`` 0.05 nats) has little for either class to explain: a
-constant or position-only policy is a map of p_pre (and a readout of anything), so a reweighting or
-elicitation verdict on it is true and says little. The label stands and the reason says so. Seen: the
-logic study's shuffled null learnt the constant policy "true" (KL 0.000-0.055 by seed, mean 0.015;
-IMPLIES itself 0.28-0.44) and is called reweighting.
+What a reason adds without changing the label (a policy that barely moved, a null on fewer seeds, a
+composition a lookup of the last tokens matches): :mod:`.caveats`.
 
 Without ``u_el_random`` the readout is taken as from pretraining and never as generic (the rule
 before the control, kept for callers that lack it). A control finite on one seed only (a group mixing
@@ -80,74 +77,21 @@ controls (docs/results/composition.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from rayexp.stats import t_ci
-from rayexp.studies.composition import bounds, resolution
+from rayexp.studies.composition import bounds, caveats, resolution
 from rayexp.studies.composition.bounds import Interval, Residuals
-
-REWEIGHTING, INCONCLUSIVE, COMPOSITION, ELICITATION = -1, 0, 1, 2
-LABELS = {
-    REWEIGHTING: "reweighting",
-    INCONCLUSIVE: "inconclusive",
-    COMPOSITION: "composition",
-    ELICITATION: "elicitation",
-}
-NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    code: int
-    reason: str
-    n_seeds: int
-    score: Interval
-    u_rw: Interval
-    u_el: Interval
-    d_rw: Interval
-    d_el: Interval
-    margin: Interval
-    reference: str  # "null" | "absolute"
-    spec: Interval = Interval()  # u_el_random - u_el: how much better pretrained features explain than random-init
-    excess: Interval = Interval()  # score - the null's score, paired by seed (no null: NaN)
-    shortfall: Interval = Interval()  # the policy's reward margin beyond the fitted map of p_pre's
-    below_bar: Interval = Interval()  # the resolution bar minus u_rw: > 0 where nearer a planted reweighting
-    share_max: Interval = Interval()  # the largest composed share a mixture can hold and leave what it leaves
-    share_max_drift: Interval = Interval()  # the same for a rest that drifts as the null's policy does
-    # the same two with the pair's learned composition as J (:mod:`.learned_bound`)
-    share_max_learned: Interval = Interval()
-    share_max_learned_drift: Interval = Interval()
-    share_max_learned_l2: Interval = Interval()  # the residual bound with it, for a rest no larger than the null's
-    # the residual bound on the Bayes probabilities for a rest no larger than the null's (:mod:`.bounds`),
-    # over the seeds whose policy allows that premise
-    share_max_soft_drift: Interval = Interval()
-    # per premise (sharp rest, drifting rest in mass, drifting rest in L2): the seeds whose policy refutes it
-    refuted_sharp: float = NAN
-    refuted_drift: float = NAN
-    refuted_soft: float = NAN
-    # the same for the learned bounds' premises, against the pair's learned J (NaN: not checked, or no
-    # learned bound: fewer than min_seeds paired, or no composition on the pair)
-    refuted_learned_sharp: float = NAN
-    refuted_learned_drift: float = NAN
-    refuted_learned_l2: float = NAN
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.code]
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    tol: float = 0.05
-    u_max: float = 0.35
-    u_abs: float = 0.25
-    margin_min: float = 0.5
-    shortfall_min: float = 0.25
-    min_seeds: int = 2
-    kl_still: float = 0.05  # nats per step: below it the policy barely leaves its position-only one
-    ci: float = 0.95
+from rayexp.studies.composition.verdict_types import (  # noqa: F401  (the rule's names, imported from here)
+    COMPOSITION,
+    ELICITATION,
+    INCONCLUSIVE,
+    LABELS,
+    NAN,
+    REWEIGHTING,
+    Thresholds,
+    Verdict,
+)
 
 
 def _arr(x) -> np.ndarray:
@@ -180,6 +124,7 @@ def decide(
     share_max=None,
     tv_composed=None,
     residuals: Residuals | None = None,
+    beyond_lookup=None,
 ) -> Verdict:
     """The verdict of the rule in the module docstring from per-seed values (n,); the null's (n,)
     are paired with them by position (NaN where a seed has no null). ``context``: one trial's
@@ -203,7 +148,9 @@ def decide(
     of the joint-target policy, mass per step; with it and the null's ``tv`` the same bound is stated for a
     rest that drifts as the null's policy does (``share_max_drift``, paired by seed; not below ``min_seeds``).
     ``residuals`` (:class:`.bounds.Residuals`): with it each bound is stated only where no seed's policy
-    refutes its premise, and the residual bound on the Bayes probabilities is stated too (:mod:`.bounds`)."""
+    refutes its premise, and the residual bound on the Bayes probabilities is stated too (:mod:`.bounds`).
+    ``beyond_lookup`` (n,): the greedy reward beyond the best last-k-token lookup's, per seed; a composition
+    reason says whether it is shown (:func:`.caveats.lookup_note`)."""
     th = th or Thresholds()
     u_rw, u_el, margin = _arr(u_rw), _arr(u_el), _arr(margin)
     have_null = u_rw_null is not None and u_el_null is not None and np.isfinite(_arr(u_rw_null)).any()
@@ -237,6 +184,7 @@ def decide(
         else:
             drw, del_ = u_rw, u_el
         d_rw, d_el = Interval(*t_ci(drw, th.ci)), Interval(*t_ci(del_, th.ci))
+        prefix = caveats.null_note(u_rw, u_rw_null, n) if have_null else ""
         # the score in probability mass where the trials give it, else in shares; absolute either way
         mass = tv is not None and np.isfinite(_arr(tv[0])).any()
         own = np.minimum(_arr(tv[0]), _arr(tv[1])) if mass else np.minimum(u_rw, u_el)
@@ -264,6 +212,8 @@ def decide(
 
     short = over_seeds(shortfall, "shortfall")
     bar = over_seeds(below_bar, "below_bar")
+    thin_bar = n >= th.min_seeds and np.isfinite(bar.mean) and not np.isfinite(bar.lo)
+    lookup = over_seeds(beyond_lookup, "beyond_lookup")
     most = over_seeds(share_max, "share_max")
     most = Interval(*resolution.capped((most.mean, most.lo, most.hi)).tolist())
     # a rest that leaves as much as the null's policy: PPO's drift, not a planted map (paired by seed)
@@ -276,7 +226,13 @@ def decide(
         soft, k_soft, n_soft = bounds.residual_bound(r.sq, r.dot_soft, r.sq_soft, r.sq_null, th.min_seeds, th.ci)
         counts["soft"] = (k_soft, n_soft)
         counts |= {"sharp": bounds.refuted(r.rest_min, r.tv_sharp), "drift": bounds.refuted(r.rest_min, r.tv_null)}
-    composed = NAN if u_composed is None or not np.isfinite(_arr(u_composed)).any() else np.nanmean(_arr(u_composed))
+    # the joint-target policy's own share, and the high end the "not visible" shortcut needs (one seed: its value)
+    composed, composed_hi = NAN, NAN
+    if u_composed is not None and np.isfinite(_arr(u_composed)).any():
+        each = _arr(u_composed)
+        composed = composed_hi = float(np.nanmean(each))
+        if n >= th.min_seeds and np.isfinite(each).sum() >= 2:
+            composed_hi = t_ci(each, th.ci)[2]
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
     thin_control = bool(np.isfinite(spec.mean)) and not has_control
@@ -294,18 +250,15 @@ def decide(
     still = NAN if kl_position is None or not np.isfinite(_arr(kl_position)).any() else np.nanmean(_arr(kl_position))
 
     def out(code: int, why: str) -> Verdict:
-        if code in (REWEIGHTING, ELICITATION) and still < th.kl_still:
-            why += (
-                f"; but the policy barely leaves its position-only policy (KL {still:.3f} nats per step, "
-                f"< {th.kl_still:g}): a constant or position-only policy is a map of anything, so this says little"
-            )
+        if code in (REWEIGHTING, ELICITATION):
+            why += caveats.still_note(still, th.kl_still)
         # where the joint-target policy is itself nearly a map (a product), holding it is no composition
         if code != COMPOSITION:
-            why += bounds.clauses(most, drifting, soft, counts, visible=composed >= th.u_max)
+            why += bounds.clauses(most, drifting, soft, counts, visible=composed_hi >= th.u_max, n_seeds=n)
         k = {f"refuted_{p}": float(c[0]) if c[1] else NAN for p, c in counts.items()}
         return Verdict(
             code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most, drifting,
-            share_max_soft_drift=soft, **k,
+            share_max_soft_drift=soft, beyond_lookup=lookup, **k,
         )  # fmt: skip
 
     against = "beyond the null" if have_null else "absolute, no null for this pair"
@@ -324,6 +277,10 @@ def decide(
                 why_rw + f", but the fitted map does not earn the policy's reward (shortfall {short}, not shown "
                 f"below {th.shortfall_min:g}): a policy composed part of the time, softly, leaves little mass"
             )
+        elif thin_bar:  # as a thin random-init control: one seed's bar does not resolve five
+            near_bar = (
+                why_rw + f", but its resolution bar is logged on one seed only (bar - u {bar.mean:.2f}, no interval)"
+            )
         elif not (np.isfinite(bar.lo) and np.isfinite(composed)):
             no_target = planted_defined is not None and bool(np.all(_arr(planted_defined) == 0))
             why_not = (
@@ -332,11 +289,12 @@ def decide(
                 else "no resolution bar logged"
             )
             return out(REWEIGHTING, why_rw + f"; {why_not}, not tested")
-        elif composed < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
+        elif composed_hi < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
             return out(
                 REWEIGHTING,
-                why_rw + f"; the joint-target policy itself leaves {composed:.2f} to such a map here (< u_max "
-                f"{th.u_max:g}): composition is not visible to the fit, the resolution bar does not apply",
+                why_rw + f"; the joint-target policy itself leaves {composed:.2f} to such a map here (high end "
+                f"{composed_hi:.2f} < u_max {th.u_max:g}): composition is not visible to the fit, the resolution "
+                "bar does not apply",
             )
         elif bar.lo > 0:
             return out(REWEIGHTING, why_rw + f"; below the resolution bar by {bar}")
@@ -381,7 +339,11 @@ def decide(
                     f"neither class explains it ({why_el}), but its reward beyond the fitted map of p_pre is not "
                     f"shown above {th.shortfall_min:g} (shortfall {short})",
                 )
-            return out(COMPOSITION, f"a map of p_pre leaves {d_rw} {beyond}; {why_el}; margin {i_m}{why_short}")
+            return out(
+                COMPOSITION,
+                f"a map of p_pre leaves {d_rw} {beyond}; {why_el}; margin {i_m}{why_short}"
+                + caveats.lookup_note(lookup, th.tol),
+            )
         why = "undefined (one factor at a time suffices)" if not np.isfinite(i_m.mean) else str(i_m)
         return out(INCONCLUSIVE, f"neither class explains it ({why_el}), but the per-phase margin is {why}")
     if explained(d_el, i_el):

@@ -35,9 +35,11 @@ import pyarrow as pa
 from pydantic import Field
 
 from rayexp.analysis import AnalysisResult, Params, analysis
+from rayexp.console import OneLineError
 from rayexp.exact.ceilings import MARGIN_EPS
 from rayexp.specs import metric_segment, process_label
 from rayexp.studies.composition.bounds import Residuals
+from rayexp.studies.composition.caveats import beyond_lookup
 from rayexp.studies.composition.learned_pairing import with_learned
 from rayexp.studies.composition.verdict import Interval, Thresholds, decide
 
@@ -158,6 +160,15 @@ def trial_signals(artifacts, analysis_name: str = "composition") -> dict[str, fl
             gap >= MARGIN_EPS
         ):  # (a ratio of means; the post reward over every sequence, the fit's over the held-out half)
             out["reward_shortfall"] = (out["reward_post_greedy"] - out["fit_reward_reweighting"]) / gap
+    lookups = [v for k, v in found.items() if k.startswith("ceiling/lookup_k")]
+    out["reward_beyond_lookup"] = float(
+        beyond_lookup(
+            [out["reward_post_greedy"]],
+            [[v] for v in lookups] or [[np.nan]],
+            out["ceiling_optimum"],
+            out["ceiling_single_per_phase"],
+        )[0]
+    )
     return out
 
 
@@ -188,10 +199,39 @@ def _context(t: dict[str, float]) -> dict[str, Interval]:
         out["below_bar"] = iv("below_bar")
     if np.isfinite(t["composed_share_max_ci_low"]):
         out["share_max"] = iv("composed_share_max")
+    if np.isfinite(t["reward_beyond_lookup"]):  # one trial's reward against exact ceilings: a point value
+        out["beyond_lookup"] = Interval(t["reward_beyond_lookup"])
     excess = t["unexplained_readout_random_init"] - t["unexplained_elicitation"]
     if np.isfinite(t["readout_excess_ci_low"]):
         out["spec"] = Interval(excess, t["readout_excess_ci_low"], t["readout_excess_ci_high"])
     return out
+
+
+def _difference(x, y, path: str = "") -> tuple[str, object, object] | None:
+    """The first (sorted) dotted path where two configs differ, with the two values; None where equal."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        for key in sorted(x.keys() | y.keys()):
+            found = _difference(x.get(key), y.get(key), f"{path}{key}.")
+            if found:
+                return found
+        return None
+    return None if x == y else (path[:-1], x, y)
+
+
+def _once(by_seed: dict[int, object], a, cell: str) -> None:
+    """Refuse a second trial for one seed of a cell: the rule pairs by seed, so one would silently
+    replace the other (a sweep with a size axis grouped by process alone). Names the setting that tells
+    them apart, so the user can group by it (exit 2, one line)."""
+    first = by_seed.get(_seed(a))
+    if first is None:
+        return
+    found = _difference(first.config, a.config)
+    hint = (
+        f"they differ in {found[0]} ({found[1]} vs {found[2]}): group by it too, --group-by process,{found[0]}"
+        if found
+        else "they ran the same settings (two sweeps pooled?)"
+    )
+    raise OneLineError(f"verdict: {cell}: two trials of this group ran seed {_seed(a)}; {hint}", code=2)
 
 
 def _null_of(ref: dict[int, dict[str, float]] | None, seeds: list[int], key: str) -> list[float] | None:
@@ -210,6 +250,13 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
     paired_null: dict[tuple[str, str], dict | None] = {}  # the null's columns, paired with each task's seeds
     for a in group:
         process, task = process_label(a.config["process"]), a.config["task"]["name"]
+        _once(trials.get((process, task), {}), a, f"{process} {task}")
+        if _is_null(a):  # two null tasks of one pair would replace each other's seeds as well
+            _once(
+                {s: t for (p, _), ts in trials.items() if p == process for s, t in ts.items() if _is_null(t)},
+                a,
+                f"{process} null",
+            )
         signals = trial_signals(a, params.analysis)
         cells.setdefault((process, task), {})[_seed(a)] = signals
         trials.setdefault((process, task), {})[_seed(a)] = a
@@ -219,7 +266,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
     out = []
     for (process, task), by_seed in sorted(cells.items()):
         seeds = sorted(by_seed)
-        col = {c: np.array([by_seed[s][c] for s in seeds]) for c in SIGNALS}
+        col = {c: np.array([by_seed[s][c] for s in seeds]) for c in (*SIGNALS, "reward_beyond_lookup")}
         # the null task itself is judged on absolute thresholds: it cannot be its own reference
         ref = None if (process, task) in null_cells else nulls.get(process)
 
@@ -255,6 +302,7 @@ def verdicts(group, params: VerdictParams) -> list[tuple[str, str, object, dict[
                 sq_null=_null_of(ref, seeds, "residual_sq"),
                 tv_null=tv[2],
             ),
+            beyond_lookup=col["reward_beyond_lookup"],
         )
         out.append((process, task, v, col))
         paired_null[(process, task)] = None if ref is None else {
@@ -303,6 +351,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
                     "share_max_learned_drift",
                     "share_max_learned_l2",
                     "share_max_soft_drift",
+                    "beyond_lookup",
                 )
                 for s, a in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))
             },
@@ -324,6 +373,7 @@ def verdict(group, params: VerdictParams) -> AnalysisResult:
             f"{prefix}/score_excess/ci_low": v.excess.lo,
             f"{prefix}/score_excess/ci_high": v.excess.hi,
             f"{prefix}/n_seeds": float(v.n_seeds),
+            f"{prefix}/beyond_lookup": v.beyond_lookup.mean,
         }
     return AnalysisResult(metrics=metrics, tables={"verdict": pa.table(rows)}, figures={"verdict": _figure(results)})
 
