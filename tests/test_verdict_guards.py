@@ -107,6 +107,9 @@ def test_a_null_on_fewer_seeds_than_the_task_is_said():
     v = decide(*COMPOSED[:3], u_rw_null, u_el_null, shortfall=seeds(0.85, seed=3))
     assert v.reason.startswith("the null covers 2 of 5 seeds (d and the excess run over those); ")
     assert v.n_seeds == 5
+    # three seeds: the rule runs, and says the interval is over fewer seeds than the design asks for
+    three = decide(*(x[:3] for x in COMPOSED), shortfall=seeds(0.85, seed=3)[:3])
+    assert three.code == COMPOSITION and three.reason.startswith("3 seeds, fewer than the 5 the design asks for; ")
 
 
 # ------------------------------------------------------------------------------ beyond a lookup

@@ -6,6 +6,8 @@
   shuffled null learnt the constant policy "true" (KL 0.000-0.055 by seed; IMPLIES itself 0.28-0.44);
 - :func:`null_note`: the pair's null on fewer seeds than the task: its paired differences run over the
   seeds that have one, and ``n_seeds`` alone would not say so;
+- :func:`few_note`: an interval over fewer seeds than docs/design.md §4.4 asks for (:data:`DESIGN_SEEDS`):
+  the rule runs from two, and the label would otherwise read like a five-seed one;
 - :func:`lookup_note`: a composition whose greedy reward a lookup table of the last tokens matches. The
   label keeps docs/design.md's definition (no map of p_pre and no readout of pretrained features beyond
   random-init ones explains the policy, and both factors pay), but on the Mess3 pairs a last-2-token
@@ -32,6 +34,15 @@ def still_note(still: float, kl_still: float) -> str:
         f"; but the policy barely leaves its position-only policy (KL {still:.3f} nats per step, "
         f"< {kl_still:g}): a constant or position-only policy is a map of anything, so this says little"
     )
+
+
+#: the seeds a verdict's intervals should run over (docs/design.md §4.4)
+DESIGN_SEEDS = 5
+
+
+def few_note(n_seeds: int) -> str:
+    """A prefix for a reason whose intervals run over fewer than :data:`DESIGN_SEEDS` seeds."""
+    return f"{n_seeds} seeds, fewer than the {DESIGN_SEEDS} the design asks for; " if n_seeds < DESIGN_SEEDS else ""
 
 
 def null_note(u, u_null, n_seeds: int) -> str:

@@ -184,7 +184,7 @@ def decide(
         else:
             drw, del_ = u_rw, u_el
         d_rw, d_el = Interval(*t_ci(drw, th.ci)), Interval(*t_ci(del_, th.ci))
-        prefix = caveats.null_note(u_rw, u_rw_null, n) if have_null else ""
+        prefix = caveats.few_note(n) + (caveats.null_note(u_rw, u_rw_null, n) if have_null else "")
         # the score in probability mass where the trials give it, else in shares; absolute either way
         mass = tv is not None and np.isfinite(_arr(tv[0])).any()
         own = np.minimum(_arr(tv[0]), _arr(tv[1])) if mass else np.minimum(u_rw, u_el)
