@@ -12,6 +12,7 @@ from seed_draws import seeds
 
 from rayexp.console import OneLineError
 from rayexp.exact import ceilings
+from rayexp.stats import t_ci
 from rayexp.studies.composition import battery, caveats, resolution
 from rayexp.studies.composition.battery_streams import sample
 from rayexp.studies.composition.bounds import Interval, Residuals
@@ -48,8 +49,13 @@ def test_two_trials_for_one_seed_of_a_cell_are_refused_naming_what_tells_them_ap
     assert "--group-by process,model.d_model" in str(err.value) and err.value.code == 2
     # two null tasks of one pair would replace each other's seeds as well
     nulls = [_trial(0, task="shuffled_a", null=True), _trial(0, task="shuffled_b", null=True)]
-    with pytest.raises(OneLineError, match="mess3 null: two trials of this group ran seed 0; they differ in task.name"):
+    with pytest.raises(
+        OneLineError, match="mess3 null: two trials of this group ran seed 0; they differ in task.name"
+    ) as err:
         verdicts(nulls, VerdictParams())
+    # grouping by the task would take the null out of every group: the message says what to do instead
+    assert "keep one null task per pair, or give them distinct seeds" in str(err.value)
+    assert "--group-by" not in str(err.value)
     # one trial per seed goes through (the same cell, grouped by size)
     ((_, _, v, _),) = verdicts([_trial(s, 64) for s in range(5)], VerdictParams())
     assert v.n_seeds == 5
@@ -61,21 +67,34 @@ def test_two_trials_for_one_seed_of_a_cell_are_refused_naming_what_tells_them_ap
 def test_a_resolution_bar_logged_on_one_seed_of_several_resolves_nothing():
     full = decide(*EXPLAINED, below_bar=seeds(0.1, seed=3), u_composed=VISIBLE)
     assert full.code == REWEIGHTING and "below the resolution bar" in full.reason
-    thin = np.full(5, np.nan)
-    thin[0] = -0.1  # the one seed that logged it is above its bar
-    v = decide(*EXPLAINED, below_bar=thin, u_composed=VISIBLE)
-    assert v.code == INCONCLUSIVE and "logged on one seed only (bar - u -0.10, no interval)" in v.reason
-    assert "no resolution bar logged" not in v.reason
+    for lone in (-0.1, 0.1):  # the one seed that logged it above its bar, and below it (what the guard is for)
+        thin = np.full(5, np.nan)
+        thin[0] = lone
+        v = decide(*EXPLAINED, below_bar=thin, u_composed=VISIBLE)
+        assert v.code == INCONCLUSIVE and f"logged on one seed only (bar - u {lone:.2f}, no interval)" in v.reason
+        assert "no resolution bar logged" not in v.reason
+    # on a product the bar does not apply, thin or not: the joint-target policy is itself nearly a map
+    v = decide(*EXPLAINED, below_bar=thin, u_composed=seeds(0.05, seed=4))
+    assert v.code == REWEIGHTING and "not visible" in v.reason
 
 
 def test_the_not_visible_shortcut_needs_the_joint_target_policys_high_end_below_u_max():
     """A product's joint target is nearly a map of p_pre, so the bar does not apply there; the shortcut took
     the mean over seeds, so seeds that straddle u_max skipped the bar on a point value."""
-    tight = decide(*EXPLAINED, below_bar=seeds(-0.05, seed=3), u_composed=seeds(0.05, seed=4))
-    assert tight.code == REWEIGHTING and "high end 0.0" in tight.reason and "not visible" in tight.reason
+    low = seeds(0.05, seed=4)
+    tight = decide(*EXPLAINED, below_bar=seeds(-0.05, seed=3), u_composed=low)
+    hi = t_ci(low)[2]
+    assert (
+        tight.code == REWEIGHTING and f"leaves {low.mean():.2f} to such a map here (high end {hi:.2f}" in tight.reason
+    )
     straddling = [0.05, 0.6, 0.1, 0.55, 0.2]  # mean 0.30 < 0.35, interval high end above it
     v = decide(*EXPLAINED, below_bar=seeds(-0.05, seed=3), u_composed=straddling)
     assert v.code == INCONCLUSIVE and "not clearly below this model's resolution bar" in v.reason
+    # one finite value among five has no high end: the shortcut is not taken on it
+    one = np.full(5, np.nan)
+    one[0] = 0.05
+    v = decide(*EXPLAINED, below_bar=seeds(-0.05, seed=3), u_composed=one)
+    assert v.code == INCONCLUSIVE and "not visible" not in v.reason
 
 
 # ------------------------------------------------------------------------------ premises and coverage
@@ -91,15 +110,15 @@ def _residuals(rest_min):
 def test_a_mass_bound_says_when_its_premise_was_not_checked_or_checked_on_some_seeds():
     kw = {"below_bar": seeds(0.1, seed=3), "u_composed": VISIBLE, "share_max": seeds(0.12, seed=5)}
     checked = decide(*EXPLAINED, **kw, residuals=_residuals(np.full(5, 0.1)))
-    assert checked.code == REWEIGHTING and "of the time" in checked.reason and "premises" not in checked.reason
+    assert checked.code == REWEIGHTING and "of the time" in checked.reason and "premise" not in checked.reason
     unchecked = decide(*EXPLAINED, **kw)  # no rest_min logged at all
     assert unchecked.reason.startswith(checked.reason)
-    assert unchecked.reason.endswith("; its premises not checked (no rest_min logged)")
+    assert unchecked.reason.endswith("; that premise not checked on any seed (no rest_min or planted mass logged)")
     some = decide(*EXPLAINED, **kw, residuals=_residuals([0.1, 0.1, np.nan, np.nan, np.nan]))
-    assert some.reason.endswith("; its premises checked on 2/5 seeds")
+    assert some.reason.endswith("; that premise checked on 2/5 seeds")
 
 
-def test_a_null_on_fewer_seeds_than_the_task_is_said():
+def test_a_null_on_fewer_seeds_than_the_task_and_fewer_seeds_than_the_design_asks_for_are_said():
     full = decide(*COMPOSED, shortfall=seeds(0.85, seed=3))
     assert full.code == COMPOSITION and "null covers" not in full.reason
     u_rw_null, u_el_null = COMPOSED[3].copy(), COMPOSED[4].copy()
@@ -107,6 +126,11 @@ def test_a_null_on_fewer_seeds_than_the_task_is_said():
     v = decide(*COMPOSED[:3], u_rw_null, u_el_null, shortfall=seeds(0.85, seed=3))
     assert v.reason.startswith("the null covers 2 of 5 seeds (d and the excess run over those); ")
     assert v.n_seeds == 5
+    # the readout's null alone missing on three seeds: d for the readout runs over two, and that is said too
+    u_el_null = COMPOSED[4].copy()
+    u_el_null[2:] = np.nan
+    v = decide(*COMPOSED[:4], u_el_null, shortfall=seeds(0.85, seed=3))
+    assert v.reason.startswith("the null covers 2 of 5 seeds")
     # three seeds: the rule runs, and says the interval is over fewer seeds than the design asks for
     three = decide(*(x[:3] for x in COMPOSED), shortfall=seeds(0.85, seed=3)[:3])
     assert three.code == COMPOSITION and three.reason.startswith("3 seeds, fewer than the 5 the design asks for; ")
@@ -120,6 +144,7 @@ def test_beyond_lookup_is_the_reward_over_the_best_logged_lookup_in_the_margins_
     assert got == pytest.approx([(0.48 - 0.49) / (0.5 - 1 / 3), (0.45 - 0.41) / (0.5 - 1 / 3)])
     assert np.isnan(caveats.beyond_lookup([0.48], [[np.nan]], [0.5], [1 / 3])[0])  # no lookup logged
     assert np.isnan(caveats.beyond_lookup([0.48], [[0.4]], [0.5], [0.5])[0])  # no gap: no unit
+    assert np.isnan(caveats.beyond_lookup([0.48], [[0.4]], [0.5], [0.5 - 1e-12])[0])  # nor below MARGIN_EPS
 
 
 def test_a_composition_that_a_lookup_of_the_last_tokens_matches_says_so_and_keeps_its_label():
@@ -137,6 +162,9 @@ def test_a_composition_that_a_lookup_of_the_last_tokens_matches_says_so_and_keep
     bare = decide(*COMPOSED, **kw)  # not logged: nothing said, nothing claimed
     assert "lookup" not in bare.reason and np.isnan(bare.beyond_lookup.mean)
     assert caveats.lookup_note(Interval(0.2), 0.05).endswith("+0.20 (no interval)")
+    # an interval that reaches past the tolerance on both sides is neither matched nor beyond
+    note = caveats.lookup_note(Interval(0.3, 0.02, 0.58), 0.05)
+    assert "not shown beyond the best lookup" in note and "earns as much" not in note
 
 
 def test_the_verdict_table_reads_beyond_lookup_from_the_trials_ceilings():
@@ -190,7 +218,7 @@ def _on_battery_stream(stream: str, policy) -> object:
         per["n_el"].append(float(np.mean(ref["u_el"])))
         keys = [ceilings.lookup_keys(s.tokens, k, pad=s.p_pre.shape[-1]) for k in (1, 2, 4, 6)]
         looks = [[ceilings.lookup_reward(x, s.P, s.train, s.test).mean()] for x in keys]
-        greedy = ceilings.greedy_reward(pi, s.P).mean()
+        greedy = ceilings.greedy_reward(pi[s.test], s.P[s.test]).mean()  # held out, as the lookups are
         per["bl"] += caveats.beyond_lookup(
             [greedy], looks, s.ceil["optimum"].mean(), s.ceil["per_phase"].mean()
         ).tolist()
@@ -217,6 +245,7 @@ def test_a_planted_last_two_token_lookup_is_composition_that_says_a_lookup_earns
     assert v.code == COMPOSITION and v.beyond_lookup.hi < 0.05
     assert "but a lookup of the last tokens earns as much" in v.reason
     bayes = _on_battery_stream(mess3, lambda s: resolution.onehot_argmax(s.P))
-    assert bayes.code == COMPOSITION and bayes.beyond_lookup.lo > 0.05 and "earns as much" not in bayes.reason
+    assert bayes.code == COMPOSITION and "earns as much" not in bayes.reason
+    assert bayes.beyond_lookup.lo > v.beyond_lookup.hi  # the Bayes policy beats the lookups; the planted one is one
     on_z1r = _on_battery_stream(z1r, lambda s: resolution.onehot_argmax(s.P))
     assert on_z1r.code == COMPOSITION and "earns as much" in on_z1r.reason

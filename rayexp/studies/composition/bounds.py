@@ -155,9 +155,10 @@ def clauses(
 
 
 def _unchecked(checked: int, n_seeds: int) -> str:
+    """The sharp premise's coverage (the bound stated first); the drifting one is read from the same rest_min."""
     if checked == 0:
-        return "; its premises not checked (no rest_min logged)"
-    return f"; its premises checked on {checked}/{n_seeds} seeds" if checked < n_seeds else ""
+        return "; that premise not checked on any seed (no rest_min or planted mass logged)"
+    return f"; that premise checked on {checked}/{n_seeds} seeds" if checked < n_seeds else ""
 
 
 def l2_clause(bound: Interval, k: int, n: int, j: str, called: str | None = None, note: str = "") -> str:

@@ -41,9 +41,9 @@ over seeds, 95 %)::
 
 Without ``shortfall`` (trials that logged none) that test is skipped, and a composition reason says so; a
 shortfall finite on one seed of several has no interval and shows no composition. ``resolved`` is skipped
-without ``below_bar`` (trials logged before it), and the reason says so; a bar finite on one seed of
-several has no interval and resolves nothing (inconclusive unless the readout explains the policy). ``shortfall`` is also NaN where one
-factor per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
+without ``below_bar`` (trials logged before it), and the reason says so; a bar (or ``u_composed``)
+finite on one seed of several has no interval and resolves nothing (inconclusive unless the readout
+explains the policy). ``shortfall`` is also NaN where one factor per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
 explained but not ``earned`` or not ``resolved`` is inconclusive unless the readout explains it
 (elicitation). ``earned`` exists because the bar and the map's share count probability mass: a policy
 that acts as a *soft* joint-target policy (the Bayes probabilities themselves) a quarter of the time
@@ -144,7 +144,7 @@ def decide(
     (n,): the largest share of the joint-target policy a mixture can hold and leave what the policy
     leaves (:func:`.resolution.composed_share_max`, per seed; below ``min_seeds``, ``context["share_max"]``);
     it decides nothing, and a verdict other than composition states its high end where the joint-target
-    policy is visible to the fit (``u_composed`` >= ``u_max``). ``tv_composed`` (n,): what the map leaves
+    policy is visible to the fit (the high end of ``u_composed`` >= ``u_max``). ``tv_composed`` (n,): what the map leaves
     of the joint-target policy, mass per step; with it and the null's ``tv`` the same bound is stated for a
     rest that drifts as the null's policy does (``share_max_drift``, paired by seed; not below ``min_seeds``).
     ``residuals`` (:class:`.bounds.Residuals`): with it each bound is stated only where no seed's policy
@@ -184,7 +184,9 @@ def decide(
         else:
             drw, del_ = u_rw, u_el
         d_rw, d_el = Interval(*t_ci(drw, th.ci)), Interval(*t_ci(del_, th.ci))
-        prefix = caveats.few_note(n) + (caveats.null_note(u_rw, u_rw_null, n) if have_null else "")
+        prefix = caveats.few_note(n)
+        if have_null:
+            prefix += caveats.null_note((u_rw, u_el, u_rw_null, u_el_null), n)
         # the score in probability mass where the trials give it, else in shares; absolute either way
         mass = tv is not None and np.isfinite(_arr(tv[0])).any()
         own = np.minimum(_arr(tv[0]), _arr(tv[1])) if mass else np.minimum(u_rw, u_el)
@@ -230,9 +232,13 @@ def decide(
     composed, composed_hi = NAN, NAN
     if u_composed is not None and np.isfinite(_arr(u_composed)).any():
         each = _arr(u_composed)
-        composed = composed_hi = float(np.nanmean(each))
-        if n >= th.min_seeds and np.isfinite(each).sum() >= 2:
+        composed = float(np.nanmean(each))
+        # one finite value among several seeds has no high end (as a thin bar): the shortcut is not taken
+        if n < th.min_seeds:
+            composed_hi = composed
+        elif np.isfinite(each).sum() >= 2:
             composed_hi = t_ci(each, th.ci)[2]
+    visible = (composed_hi if np.isfinite(composed_hi) else composed) >= th.u_max
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
     thin_control = bool(np.isfinite(spec.mean)) and not has_control
@@ -254,7 +260,7 @@ def decide(
             why += caveats.still_note(still, th.kl_still)
         # where the joint-target policy is itself nearly a map (a product), holding it is no composition
         if code != COMPOSITION:
-            why += bounds.clauses(most, drifting, soft, counts, visible=composed_hi >= th.u_max, n_seeds=n)
+            why += bounds.clauses(most, drifting, soft, counts, visible=visible, n_seeds=n)
         k = {f"refuted_{p}": float(c[0]) if c[1] else NAN for p, c in counts.items()}
         return Verdict(
             code, prefix + why, n, score, i_rw, i_el, d_rw, d_el, i_m, ref, spec, excess, short, bar, most, drifting,
@@ -277,6 +283,13 @@ def decide(
                 why_rw + f", but the fitted map does not earn the policy's reward (shortfall {short}, not shown "
                 f"below {th.shortfall_min:g}): a policy composed part of the time, softly, leaves little mass"
             )
+        elif composed_hi < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
+            return out(
+                REWEIGHTING,
+                why_rw + f"; the joint-target policy itself leaves {composed:.2f} to such a map here (high end "
+                f"{composed_hi:.2f} < u_max {th.u_max:g}): composition is not visible to the fit, the resolution "
+                "bar does not apply",
+            )
         elif thin_bar:  # as a thin random-init control: one seed's bar does not resolve five
             near_bar = (
                 why_rw + f", but its resolution bar is logged on one seed only (bar - u {bar.mean:.2f}, no interval)"
@@ -289,13 +302,6 @@ def decide(
                 else "no resolution bar logged"
             )
             return out(REWEIGHTING, why_rw + f"; {why_not}, not tested")
-        elif composed_hi < th.u_max:  # a product's joint target is a map of p_pre: composition is not visible
-            return out(
-                REWEIGHTING,
-                why_rw + f"; the joint-target policy itself leaves {composed:.2f} to such a map here (high end "
-                f"{composed_hi:.2f} < u_max {th.u_max:g}): composition is not visible to the fit, the resolution "
-                "bar does not apply",
-            )
         elif bar.lo > 0:
             return out(REWEIGHTING, why_rw + f"; below the resolution bar by {bar}")
         else:
