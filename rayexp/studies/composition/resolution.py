@@ -15,9 +15,15 @@ trial scores three planted policies on its own pretrained model:
   stream's composition task whatever the trial's reward: a negative control (next token) is asked the
   same question as its pair's positive control (:func:`joint_onto_actions`);
 - ``soft``: the joint target's Bayes probabilities themselves, the softest composition: the J of the
-  residual bound (:func:`.projection.share_max`), which no mass bound reaches.
+  residual bound (:func:`.projection.share_max`), which no mass bound reaches;
+- ``soft_quarter``: ``ALPHA * soft + (1 - ALPHA) * sharp``, the Bayes probabilities a quarter of the time.
 
-The *bar* is halfway between what ``sharp`` and ``quarter`` leave, per held-out sequence. A reweighting
+The *bar* is halfway between what ``sharp`` leaves and the lesser of what ``quarter`` and ``soft_quarter``
+leave, per held-out sequence. A soft composition spends less probability mass per step than a sharp one,
+so ``soft_quarter`` usually leaves less: a bar built from ``quarter`` alone let the battery's soft quarter
+through as a reweighting on redraws 1 and 2 of its Mess3 interleaves with a leaky model (c136ccb's
+predictions, docs/results/composition.md), where its greedy choices are sharpened p_pre's and the reward
+test cannot see it. A reweighting
 verdict then needs the post-RL policy to leave clearly less than the bar: nearer a planted reweighting
 than a planted quarter-composed policy, on this trial's own stream, model and sequences. Halfway, not at
 ``quarter`` itself, because a quarter mixture over another reweighting (argmax, a nonlinear map) leaves
@@ -47,7 +53,7 @@ ALPHA = 0.25
 BETA = 10.0
 #: scores this close to the maximum are a tie, broken toward the lowest index
 TIE = 1e-9
-PLANTED = ("sharp", "quarter", "composed", "soft")
+PLANTED = ("sharp", "quarter", "composed", "soft", "soft_quarter")
 
 
 def onehot_argmax(scores: np.ndarray) -> np.ndarray:
@@ -81,7 +87,13 @@ def planted_policies(p_act: np.ndarray, P: np.ndarray, alpha: float = ALPHA, bet
     tokens ``p_act`` (N, L, A) and the exact joint-target probabilities ``P`` (N, L, A)."""
     sharp, joint = sharpen(p_act, beta), onehot_argmax(P)
     soft = np.asarray(P, dtype=np.float64)
-    return {"sharp": sharp, "quarter": alpha * joint + (1 - alpha) * sharp, "composed": joint, "soft": soft}
+    return {
+        "sharp": sharp,
+        "quarter": alpha * joint + (1 - alpha) * sharp,
+        "composed": joint,
+        "soft": soft,
+        "soft_quarter": alpha * soft + (1 - alpha) * sharp,
+    }
 
 
 def planted_values(
@@ -94,7 +106,8 @@ def planted_values(
 ) -> dict[str, np.ndarray]:
     """Per held-out sequence (n_test,): the share a map of ``p_pre`` (N, L, V), fitted at ``resolution``,
     leaves unexplained of each planted policy (``u_{name}``), that probability mass per step itself
-    (``tv_{name}``), and ``bar``, halfway between ``u_sharp`` and ``u_quarter``; and each residual itself,
+    (``tv_{name}``), and ``bar``, halfway between ``u_sharp`` and the lesser of ``u_quarter`` and
+    ``u_soft_quarter``; and each residual itself,
     (n_test, L, A) (``r_{name}``, the residual bound's inputs)."""
     out = {}
     for name, pi in planted_policies(p_act, P).items():
@@ -102,7 +115,7 @@ def planted_values(
         out[f"u_{name}"] = classes.unexplained_values(pi[test], fit, classes.position_policy(pi, train, test))
         out[f"tv_{name}"] = classes.tv(pi[test], fit).mean(-1)
         out[f"r_{name}"] = pi[test] - fit
-    out["bar"] = 0.5 * (out["u_sharp"] + out["u_quarter"])
+    out["bar"] = 0.5 * (out["u_sharp"] + np.minimum(out["u_quarter"], out["u_soft_quarter"]))
     return out
 
 
