@@ -89,7 +89,9 @@ def test_the_resolution_bar_asks_every_task_of_a_stream_about_its_joint_target(t
     assert ceil["classes/planted/composed/unexplained"] > 0.7  # both factors at one step: no map of p_pre
     assert ceil["classes/planted/sharp/unexplained"] < 0.02 and ceil["classes/planted/quarter/unexplained"] > 0.2
     m, _ = scorer.score("rw", oracle(hmm, lambda b: 3 * log_p(b)))  # a reweighting: well below the bar
-    assert m["classes/reweighting/below_bar/rw"] > 0.1
+    # (the bar goes halfway to the soft quarter, which leaves less than the sharp one: 0.05-0.08 below it here)
+    assert m["classes/reweighting/below_bar/rw"] > 0.03
+    assert ceil["classes/planted/soft_quarter/unexplained"] < ceil["classes/planted/quarter/unexplained"]
     # and it holds the joint-target policy hardly ever: the exact map leaves next to nothing of it
     assert ceil["classes/planted/composed/unexplained_tv"] > 0.3 and m["classes/composed_share_max/rw"] < 0.05
     if task_reward == "next_token":  # the joint target sits on the first m of the task's 6 actions
