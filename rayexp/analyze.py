@@ -25,6 +25,7 @@ from rayexp import registry as analyses
 from rayexp import tracking
 from rayexp.artifacts import find_trials
 from rayexp.config import SweepError
+from rayexp.console import OneLineError
 from rayexp.ray_local import connect
 from rayexp.report import latest_sweep_run
 from rayexp.specs import metric_segment, process_label
@@ -98,13 +99,22 @@ def check_poolable(trials: list) -> None:
         seen.add(seed)
 
 
+def of_run(trials: list, keys: set[str]) -> list:
+    """The stored trials whose key a sweep run's trial runs logged (``rayexp.trial_key``). A sweep run again
+    into the same storage keeps the earlier run's trials beside its own under the same sweep name, and
+    an analysis of one run must not read the other's (found when a rerun of composition_cpu into its
+    old storage gave the verdict two trials per seed). Without keys (runs logged before the tag): all."""
+    return [t for t in trials if t.key in keys] if keys else trials
+
+
 def sweep_trials(uri: str, experiment: str, parent: str | None = None) -> tuple[Any, list]:
     """(parent run, finished trials) of a sweep."""
     run = parent_run(uri, experiment, parent)
     tags = run.data.tags
     if "rayexp.storage" not in tags:
         raise SweepError(uri, "experiment", f"sweep run {run.info.run_id} does not say where its trials are stored")
-    trials = find_trials(tags["rayexp.storage"], tags[tracking.SWEEP_TAG])
+    logged = {r.data.tags.get("rayexp.trial_key") for r in tracking.trial_runs_of(uri, run.info.run_id)}
+    trials = of_run(find_trials(tags["rayexp.storage"], tags[tracking.SWEEP_TAG]), logged - {None})
     if not trials:
         raise SweepError(tags["rayexp.storage"], tags[tracking.SWEEP_TAG], "no finished trials stored for this sweep")
     return run, trials
@@ -175,7 +185,12 @@ def run_analysis(
     try:
         task = ray.remote(num_cpus=1)(_run_group)
         refs = {g: task.remote(name, params, members) for g, members in groups.items()}
-        results = {g: ray.get(ref) for g, ref in refs.items()}
+        try:
+            results = {g: ray.get(ref) for g, ref in refs.items()}
+        except ray.exceptions.RayTaskError as err:  # an analysis's own one-line refusal, without Ray's wrapping
+            if isinstance(err.cause, (SweepError, OneLineError)):
+                raise err.cause from None
+            raise
     finally:
         if started:
             ray.shutdown()

@@ -232,6 +232,27 @@ def test_pooling_sweeps_accepts_new_seeds_and_refuses_anything_else():
     check_poolable([trial(0), trial(0, task="negative_control", lr=5e-4)])  # tasks may differ from each other
 
 
+def test_an_analysis_reads_only_the_trials_its_sweep_run_logged(monkeypatch):
+    """A sweep run again into the same storage keeps the earlier run's trials under the same sweep name:
+    `rayexp analyze` of the latest run read both (composition_cpu rerun in its old storage: two trials per
+    seed, which the verdict now refuses). It reads the trials whose keys the run's trial runs logged."""
+    from types import SimpleNamespace
+
+    from rayexp import analyze
+
+    stored = [SimpleNamespace(key=k) for k in ("old0", "old1", "new0", "new1")]
+    assert [t.key for t in analyze.of_run(stored, {"new0", "new1"})] == ["new0", "new1"]
+    assert analyze.of_run(stored, set()) == stored  # runs logged before the tag: every stored trial
+    tags = {"rayexp.storage": "/store", analyze.tracking.SWEEP_TAG: "sweep"}
+    parent = SimpleNamespace(info=SimpleNamespace(run_id="p"), data=SimpleNamespace(tags=tags))
+    children = [SimpleNamespace(data=SimpleNamespace(tags={"rayexp.trial_key": k})) for k in ("new0", "new1")]
+    monkeypatch.setattr(analyze, "parent_run", lambda uri, experiment, run_id=None: parent)
+    monkeypatch.setattr(analyze.tracking, "trial_runs_of", lambda uri, run_id: children if run_id == "p" else [])
+    monkeypatch.setattr(analyze, "find_trials", lambda storage, sweep: stored)
+    run, trials = analyze.sweep_trials("sqlite:///x.db", "exp")
+    assert run is parent and [t.key for t in trials] == ["new0", "new1"]
+
+
 def test_analyze_refuses_an_unknown_analysis_before_reading_mlflow(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["analyze", "nothing_here", "--analysis", "nope"]) == 2
