@@ -43,12 +43,15 @@ Without ``shortfall`` (trials that logged none) that test is skipped, and a comp
 shortfall finite on one seed of several has no interval and shows no composition. ``resolved`` is skipped
 without ``below_bar`` (trials logged before it), and the reason says so; a bar (or ``u_composed``)
 finite on one seed of several has no interval and resolves nothing (inconclusive unless the readout
-explains the policy). ``shortfall`` is also NaN where one factor per phase is optimal (a next-token task), where composing earns nothing and ``earned`` holds. A policy
-explained but not ``earned`` or not ``resolved`` is inconclusive unless the readout explains it
-(elicitation). ``earned`` exists because the bar and the map's share count probability mass: a policy
-that acts as a *soft* joint-target policy (the Bayes probabilities themselves) a quarter of the time
-leaves a map of p_pre little more than a sharp reweighting does, and the battery's Mess3 interleaves
-called it reweighting, though its choices earned 0.45 of the composing margin beyond the map's.
+explains the policy). ``shortfall`` is also NaN where one factor per phase is optimal (a next-token
+task), where composing earns nothing and ``earned`` holds. A policy explained but not ``earned`` or not
+``resolved`` is inconclusive unless the readout explains it (elicitation). ``earned`` exists because the
+bar and the map's share count probability mass: a policy that acts as a *soft* joint-target policy (the
+Bayes probabilities themselves) a quarter of the time leaves a map of p_pre little more than a sharp
+reweighting does, and the battery's Mess3 interleaves called it reweighting, though its choices earned
+0.45 of the composing margin beyond the map's. Where its choices are sharpened p_pre's (the battery's
+redraws with a leaky model) ``earned`` cannot see it, and since 1fa7798 the bar itself goes halfway to
+that soft quarter (:mod:`.resolution`).
 
 What a reason adds without changing the label (a policy that barely moved, a null on fewer seeds, a
 composition a lookup of the last tokens matches): :mod:`.caveats`.
@@ -144,8 +147,8 @@ def decide(
     (n,): the largest share of the joint-target policy a mixture can hold and leave what the policy
     leaves (:func:`.resolution.composed_share_max`, per seed; below ``min_seeds``, ``context["share_max"]``);
     it decides nothing, and a verdict other than composition states its high end where the joint-target
-    policy is visible to the fit (the high end of ``u_composed`` >= ``u_max``). ``tv_composed`` (n,): what the map leaves
-    of the joint-target policy, mass per step; with it and the null's ``tv`` the same bound is stated for a
+    policy is visible to the fit (the high end of ``u_composed`` >= ``u_max``). ``tv_composed`` (n,): what the
+    map leaves of the joint-target policy, mass per step; with it and the null's ``tv`` the same bound is stated for a
     rest that drifts as the null's policy does (``share_max_drift``, paired by seed; not below ``min_seeds``).
     ``residuals`` (:class:`.bounds.Residuals`): with it each bound is stated only where no seed's policy
     refutes its premise, and the residual bound on the Bayes probabilities is stated too (:mod:`.bounds`).

@@ -18,9 +18,9 @@ of p_pre with their intervals, ``spec`` (how
 much more a random-init network's features leave unexplained than the pretrained ones: the readout's
 control) with its interval, ``share_max`` (the largest composed share the policy leaves room for,
 :func:`.resolution.composed_share_max`) with its interval, the other bounds (``share_max_drift``,
-``share_max_learned``, ``share_max_learned_drift``, ``share_max_learned_l2``, ``share_max_soft_drift``), ``beyond_lookup`` (the greedy
-reward beyond the best last-k-token lookup, :mod:`.caveats`) with its interval, and
-the seeds refuting each premise (``refuted_sharp``, ``refuted_drift``, ``refuted_soft``,
+``share_max_learned``, ``share_max_learned_drift``, ``share_max_learned_l2``, ``share_max_soft_drift``),
+``beyond_lookup`` (the greedy reward beyond the best last-k-token lookup, :mod:`.caveats`) with its
+interval, and the seeds refuting each premise (``refuted_sharp``, ``refuted_drift``, ``refuted_soft``,
 ``refuted_learned_sharp``, ``refuted_learned_drift``, ``refuted_learned_l2``: :mod:`.bounds`,
 :mod:`.learned_bound`, paired by :mod:`.learned_pairing`), and the mean over seeds of each signal in
 :data:`SIGNALS`). Figure ``verdict``: the deciding signals per task,
@@ -230,7 +230,8 @@ def _once(by_seed: dict[int, object], a, cell: str) -> None:
     if not found:
         hint = "they ran the same settings (two sweeps pooled?)"
     elif _is_null(a):  # grouping by the task would take the null out of every task's group
-        hint = f"they differ in {found[0]} ({found[1]} vs {found[2]}): keep one null task per pair, or give them distinct seeds"
+        hint = f"they differ in {found[0]} ({found[1]} vs {found[2]}): keep one null task per pair, or give them "
+        hint += "distinct seeds"
     else:
         hint = f"they differ in {found[0]} ({found[1]} vs {found[2]}): group by it too, --group-by process,{found[0]}"
     raise OneLineError(f"verdict: {cell}: two trials of this group ran seed {_seed(a)}; {hint}", code=2)
