@@ -85,11 +85,10 @@ import numpy as np
 from rayexp.stats import t_ci
 from rayexp.studies.composition import bounds, caveats, resolution
 from rayexp.studies.composition.bounds import Interval, Residuals
-from rayexp.studies.composition.verdict_types import (  # noqa: F401  (the rule's names, imported from here)
+from rayexp.studies.composition.verdict_types import (  # the rule's names, also imported from here
     COMPOSITION,
     ELICITATION,
     INCONCLUSIVE,
-    LABELS,
     NAN,
     REWEIGHTING,
     Thresholds,
@@ -215,9 +214,14 @@ def decide(
             return Interval(*t_ci(_arr(values), th.ci))
         return Interval()
 
+    def thin(iv: Interval) -> bool:
+        """A value with no interval: a signal finite on one seed of several (a group mixing trials logged
+        before and after it), or one trial's point value. It neither shows nor refutes what it measures."""
+        return bool(np.isfinite(iv.mean)) and not np.isfinite(iv.lo)
+
     short = over_seeds(shortfall, "shortfall")
     bar = over_seeds(below_bar, "below_bar")
-    thin_bar = n >= th.min_seeds and np.isfinite(bar.mean) and not np.isfinite(bar.lo)
+    thin_bar = n >= th.min_seeds and thin(bar)
     lookup = over_seeds(beyond_lookup, "beyond_lookup")
     most = over_seeds(share_max, "share_max")
     most = Interval(*resolution.capped((most.mean, most.lo, most.hi)).tolist())
@@ -244,7 +248,7 @@ def decide(
     visible = (composed_hi if np.isfinite(composed_hi) else composed) >= th.u_max
     has_control = bool(np.isfinite(spec.lo))
     # a control logged for one seed only has no interval: it neither credits pretraining nor refutes it
-    thin_control = bool(np.isfinite(spec.mean)) and not has_control
+    thin_control = thin(spec)
     from_pretraining = spec.lo > th.tol if has_control else not thin_control
     generic = has_control and spec.hi < th.tol
 
@@ -324,7 +328,7 @@ def decide(
             else (f"{d_el} beyond the null for a readout" if have_null else f"a readout leaves {d_el} {beyond}")
         )
         if np.isfinite(i_m.lo) and i_m.lo > th.margin_min:
-            if n >= th.min_seeds and np.isfinite(short.mean) and not bounded:  # as a thin random-init control
+            if n >= th.min_seeds and thin(short):  # as a thin random-init control
                 return out(
                     INCONCLUSIVE,
                     f"neither class explains it ({why_el}), but its reward shortfall is finite on one seed only "
