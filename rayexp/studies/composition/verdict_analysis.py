@@ -75,6 +75,7 @@ SIGNALS = {
     "resolution_bar": "classes/reweighting/bar",
     "unexplained_planted_sharp": "classes/planted/sharp/unexplained",
     "unexplained_planted_quarter": "classes/planted/quarter/unexplained",
+    "unexplained_planted_soft_quarter": "classes/planted/soft_quarter/unexplained",
     "unexplained_planted_composed": "classes/planted/composed/unexplained",
     "planted_defined": "classes/planted/defined",
     "unexplained_tv_planted_composed": "classes/planted/composed/unexplained_tv",
