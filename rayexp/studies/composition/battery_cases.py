@@ -13,7 +13,9 @@ Fixed maps are drawn once per ``--draw``, not per seed:
 - quarter-composed over other reweightings (argmax p_pre, g(p_pre)): the resolution bar's planted
   mixture (:mod:`.resolution`) is over sharpened p_pre, so these are the mixtures it was not built from;
 - soft compositions: the joint-target policy at temperature 1 and 1/2 instead of its argmax, mixed in a
-  quarter, half or all of the time, the compositions the bar's sharp planted policy was not built from.
+  quarter, half or all of the time. The bar's sharp quarter was not built from them; since 1fa7798 it
+  also plants the temperature-1 quarter (in-sample for it), so the temperature-1/2 ones and the halves
+  are what test it.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ CASES = (
     ),
     # composed softly: the Bayes policy's probabilities themselves (beta 1) or half-sharpened (beta 2), a quarter,
     # half or all of the time. The bar and the Bayes bound count probability mass, and a quarter of a soft
-    # composition leaves a map little more than a sharp reweighting; the reward test keeps it from "reweighting"
+    # composition leaves a map little more than a sharp reweighting; the reward test and (since 1fa7798,
+    # after the reward test let it through on redraws) the bar's own soft quarter keep it from "reweighting"
     *(
         Case(
             f"soft beta={b:g} alpha={a:g}",

@@ -6,7 +6,7 @@ model. A policy that acts composed a quarter of the time leaves 0.37-0.48 of its
 exact model's p_pre on the PPO pairs' interleaves, and 0.33 on Mess3 x Z1R with a model that errs by
 0.03 (where a fixed cap of 0.35 called it reweighting); a planted *sharp reweighting* leaves 0.00 with an
 exact model and 0.07-0.58 with an imperfect one (the fit is coarse at twice the model's error). So each
-trial scores three planted policies on its own pretrained model:
+trial scores five planted policies on its own pretrained model:
 
 - ``sharp``: p_pre on the action tokens sharpened at :data:`BETA` (a reweighting by construction);
 - ``quarter``: ``ALPHA * joint + (1 - ALPHA) * sharp``, the Bayes joint-target policy a quarter of the

@@ -21,8 +21,8 @@ Inputs, one value per seed (per trial) of one task on one process pair, from the
   the pretrained outputs earns (above 1 where the map earns less than the per-phase single factor).
 - ``below_bar``: the trial's resolution bar minus ``u_rw``, paired over held-out sequences
   (``classes/reweighting/below_bar/post``): the bar is halfway between what the same map leaves of a
-  planted sharp reweighting and of a planted policy composed a quarter of the time, on the trial's own
-  model (:mod:`.resolution`); ``u_composed``: what it leaves of the joint-target policy itself
+  planted sharp reweighting and the lesser of what it leaves of a policy composed a quarter of the time
+  sharply (the joint target's argmax) or softly (its Bayes probabilities), on the trial's own model (:mod:`.resolution`); ``u_composed``: what it leaves of the joint-target policy itself
   (``classes/planted/composed/unexplained``).
 
 Rule (``tol`` 0.05, ``u_max`` 0.35, ``margin_min`` 0.5, ``shortfall_min`` 0.25; intervals are Student-t
@@ -314,7 +314,7 @@ def decide(
         else:
             near_bar = (
                 why_rw + f", but not clearly below this model's resolution bar (bar - u {bar}): it is no nearer a "
-                f"planted sharp reweighting than a policy composed a quarter of the time"
+                f"planted sharp reweighting than a policy composed a quarter of the time (sharply or softly)"
             )
     readout = f"a readout of the frozen features leaves {i_el} unexplained ({against}: {d_el})"
     if explained(d_el, i_el) and from_pretraining:
