@@ -189,6 +189,19 @@ def test_the_shortfall_of_a_stored_trial_without_the_metric_comes_from_its_parts
     assert v.code == INCONCLUSIVE and "earns its reward" in v.reason
 
 
+def test_a_trials_signals_carry_every_planted_share_the_bar_is_built_from():
+    """resolution.planted_values' bar reads the sharp, quarter and soft_quarter shares; verdict.csv holds
+    each (its columns are the seeds' means of these signals), so a reader sees which quarter set the bar."""
+    from types import SimpleNamespace
+
+    from rayexp.studies.composition.verdict_analysis import trial_signals
+
+    planted = {"sharp": 0.015, "quarter": 0.302, "soft_quarter": 0.105}
+    m = {f"analysis/composition/classes/planted/{k}/unexplained": v for k, v in planted.items()}
+    t = trial_signals(SimpleNamespace(metrics=lambda: m))
+    assert {k: t[f"unexplained_planted_{k}"] for k in planted} == planted
+
+
 def test_a_readout_counts_as_elicitation_only_against_random_init_features():
     """docs/design.md §6 rule 2 applied to the readout: a policy that the pretrained features explain
     is elicitation only if random-init features explain it less well (paired by seed)."""

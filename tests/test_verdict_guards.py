@@ -250,23 +250,3 @@ def test_a_planted_last_two_token_lookup_is_composition_that_says_a_lookup_earns
     on_z1r = _on_battery_stream(z1r, lambda s: resolution.onehot_argmax(s.P))
     assert on_z1r.code == COMPOSITION and "earns as much" in on_z1r.reason
 
-
-def test_the_verdict_table_carries_every_planted_share_the_bar_is_built_from():
-    planted = {"sharp": 0.015, "quarter": 0.302, "soft_quarter": 0.105}
-
-    def trial(seed):
-        m = {
-            "classes/reweighting/unexplained/post": 0.09 + 0.01 * seed,
-            "classes/elicitation/unexplained/post": 0.03,
-            "classes/reweighting/bar": 0.06,
-            "classes/planted/defined": 1.0,
-        } | {f"classes/planted/{k}/unexplained": v + 0.001 * seed for k, v in planted.items()}
-        return SimpleNamespace(
-            metrics=lambda: {f"analysis/composition/{k}": v for k, v in m.items()},
-            config={"process": {"name": "mess3"}, "task": {"name": "neg"}, "seed": seed},
-            env_config={},
-        )
-
-    ((_, _, _, col),) = verdicts([trial(s) for s in range(3)], VerdictParams())
-    for k, v in planted.items():
-        assert col[f"unexplained_planted_{k}"] == pytest.approx([v, v + 0.001, v + 0.002])

@@ -17,8 +17,8 @@ over steps and sequences):
   over (optimum - best per-phase single factor), on the held-out sequences (the verdict's reward test);
   ``classes/planted/{sharp,quarter,composed,soft,soft_quarter}/unexplained``: what the same map of p_pre
   leaves of planted policies on this model and stream (:mod:`.resolution`), ``classes/reweighting/bar``
-  halfway from sharp to the lesser of the two quarters, and ``classes/reweighting/below_bar/{model}`` the bar minus the policy's share, paired over
-  held-out sequences (the verdict's resolution test); ``classes/planted/{...}/unexplained_tv`` the same as
+  halfway from sharp to the lesser of the two quarters, and ``classes/reweighting/below_bar/{model}`` the
+  bar minus the policy's share, paired over held-out sequences (the verdict's resolution test); ``classes/planted/{...}/unexplained_tv`` the same as
   probability mass per step, and ``classes/composed_share_max/{model}`` the largest share of the
   joint-target policy a mixture can hold and leave what the policy leaves (:func:`.resolution.composed_share_max`,
   capped at 1: nothing excluded);

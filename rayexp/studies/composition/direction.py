@@ -6,7 +6,8 @@ a soft composition spends little of it: the Bayes joint-target policy's own prob
 the time over sharpened p_pre leave a map 0.165 on the Mess3 interleave, under the sharp quarter's bar
 (0.242). On a joint-target task the reward test caught it; on a next-token task (the negative controls)
 composing earns nothing and no test applies (README, "What it can miss"). Since 1fa7798 the bar plants
-that soft quarter itself, after the battery's redraws let it through (:mod:`.resolution`). The maths is :mod:`.projection`'s.
+that soft quarter itself, after the battery's redraws let it through (:mod:`.resolution`). The maths is
+:mod:`.projection`'s.
 
 As a measure, the projection of a policy's residual on the joint target's is exactly the composed share
 where the map resolves the rest, but it fails its must-say-no cases. On the battery (the command below,

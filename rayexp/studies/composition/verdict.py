@@ -22,7 +22,8 @@ Inputs, one value per seed (per trial) of one task on one process pair, from the
 - ``below_bar``: the trial's resolution bar minus ``u_rw``, paired over held-out sequences
   (``classes/reweighting/below_bar/post``): the bar is halfway between what the same map leaves of a
   planted sharp reweighting and the lesser of what it leaves of a policy composed a quarter of the time
-  sharply (the joint target's argmax) or softly (its Bayes probabilities), on the trial's own model (:mod:`.resolution`); ``u_composed``: what it leaves of the joint-target policy itself
+  sharply (the joint target's argmax) or softly (its Bayes probabilities), on the trial's own model
+  (:mod:`.resolution`); ``u_composed``: what it leaves of the joint-target policy itself
   (``classes/planted/composed/unexplained``).
 
 Rule (``tol`` 0.05, ``u_max`` 0.35, ``margin_min`` 0.5, ``shortfall_min`` 0.25; intervals are Student-t
