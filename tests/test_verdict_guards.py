@@ -249,4 +249,3 @@ def test_a_planted_last_two_token_lookup_is_composition_that_says_a_lookup_earns
     assert bayes.beyond_lookup.lo > v.beyond_lookup.hi  # the Bayes policy beats the lookups; the planted one is one
     on_z1r = _on_battery_stream(z1r, lambda s: resolution.onehot_argmax(s.P))
     assert on_z1r.code == COMPOSITION and "earns as much" in on_z1r.reason
-
