@@ -18,10 +18,10 @@ over steps and sequences):
   ``classes/planted/{sharp,quarter,composed,soft,soft_quarter}/unexplained``: what the same map of p_pre
   leaves of planted policies on this model and stream (:mod:`.resolution`), ``classes/reweighting/bar``
   halfway from sharp to the lesser of the two quarters, and ``classes/reweighting/below_bar/{model}`` the
-  bar minus the policy's share, paired over held-out sequences (the verdict's resolution test); ``classes/planted/{...}/unexplained_tv`` the same as
-  probability mass per step, and ``classes/composed_share_max/{model}`` the largest share of the
-  joint-target policy a mixture can hold and leave what the policy leaves (:func:`.resolution.composed_share_max`,
-  capped at 1: nothing excluded);
+  bar minus the policy's share, paired over held-out sequences (the verdict's resolution test);
+  ``classes/planted/{...}/unexplained_tv`` the same as probability mass per step, and
+  ``classes/composed_share_max/{model}`` the largest share of the joint-target policy a mixture can hold
+  and leave what the policy leaves (:func:`.resolution.composed_share_max`, capped at 1: nothing excluded);
   ``classes/elicitation_random_init/unexplained/post`` (the readout of random-init features) and
   ``classes/elicitation_excess/post`` (its share minus the pretrained one's, paired; with CIs);
 - ``support/...``: exact pass@k of pre and post for k up to 1024, support discovered and lost (:mod:`.support`);
